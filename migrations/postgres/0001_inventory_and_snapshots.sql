@@ -1,0 +1,71 @@
+-- Inventory pushed by the upstream control plane, the snapshots created from it, and the client
+-- tokens that make CreateSnapshot idempotent.
+
+CREATE TABLE accounts (
+    account_id                 text PRIMARY KEY,
+    snapshot_service_activated boolean NOT NULL,
+    insufficient_balance       boolean NOT NULL
+);
+
+CREATE TABLE instances (
+    instance_id     text PRIMARY KEY,
+    account_id      text NOT NULL REFERENCES accounts (account_id),
+    status          text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    last_started_at timestamptz,
+    -- OperationLocks reasons, comma separated (each is validated to hold no comma).
+    lock_reasons    text NOT NULL DEFAULT ''
+);
+
+CREATE TABLE disks (
+    disk_id       text PRIMARY KEY,
+    account_id    text NOT NULL REFERENCES accounts (account_id),
+    category      text NOT NULL,
+    disk_type     text NOT NULL,
+    status        text NOT NULL,
+    instance_id   text REFERENCES instances (instance_id),
+    size_gib      integer NOT NULL,
+    created_at    timestamptz NOT NULL,
+    expires_at    timestamptz,
+    ever_attached boolean NOT NULL,
+    -- Snapshot bookkeeping, kept by the store in every transaction that adds, finishes or removes a
+    -- snapshot of this disk. It lives on the disk row so that CreateSnapshot reads all it needs in
+    -- the one statement that takes the row lock: under READ COMMITTED, other tables read in that
+    -- statement could be older than the lock it waited for.
+    snapshot_count          integer NOT NULL DEFAULT 0 CHECK (snapshot_count >= 0),
+    progressing_snapshot_id text,
+    progressing_since       timestamptz
+);
+
+CREATE INDEX disks_by_account ON disks (account_id);
+
+CREATE TABLE snapshots (
+    snapshot_id          text PRIMARY KEY,
+    account_id           text NOT NULL REFERENCES accounts (account_id),
+    source_disk_id       text NOT NULL REFERENCES disks (disk_id),
+    snapshot_name        text,
+    description          text NOT NULL,
+    source_disk_size_gib integer NOT NULL,
+    source_disk_type     text NOT NULL,
+    status               text NOT NULL,
+    created_at           timestamptz NOT NULL,
+    -- The copy's start: progress is derived from it, so it survives restarts.
+    started_at           timestamptz NOT NULL,
+    last_modified_at     timestamptz NOT NULL
+);
+
+CREATE INDEX snapshots_by_disk ON snapshots (source_disk_id);
+-- A second guard, under the disk lock's: never two snapshots of one disk in progress.
+CREATE UNIQUE INDEX snapshots_one_progressing_per_disk
+    ON snapshots (source_disk_id) WHERE status = 'progressing';
+
+-- (account, token) -> the request it created. Kept when the snapshot is deleted, so a late retry
+-- still gets its original answer.
+CREATE TABLE client_tokens (
+    account_id   text NOT NULL,
+    client_token text NOT NULL,
+    fingerprint  text NOT NULL,
+    snapshot_id  text NOT NULL,
+    created_at   timestamptz NOT NULL,
+    PRIMARY KEY (account_id, client_token)
+);

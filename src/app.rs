@@ -1,0 +1,177 @@
+//! Startup and shutdown, owned by the library so `main.rs` and the tests build the same server.
+//!
+//! [`App::build`] connects the store, runs migrations and binds the listener (port 0 in tests);
+//! [`App::run_until`] serves until the shutdown future resolves, then flips health to
+//! NOT_SERVING, drains in-flight calls and closes the pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::backend::{SimulatedBackend, SnapshotBackend};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, redact_password};
+use crate::grpc::{InventoryApi, SnapshotApi};
+use crate::pb::inventory_service_server::InventoryServiceServer;
+use crate::pb::snapshot_service_server::SnapshotServiceServer;
+use crate::store::{self, Store, StoreError};
+
+/// Fully-qualified names of the services whose health is reported.
+const SERVICE_NAMES: [&str; 3] = [
+    "",
+    "ecs.snapshot.v1.SnapshotService",
+    "ecs.snapshot.v1.InventoryService",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn SnapshotBackend>,
+    clock: Arc<dyn Clock>,
+}
+
+impl App {
+    /// Builds the server with the simulated backend and the system clock.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        Self::build_with(config, Arc::new(SimulatedBackend), Arc::new(SystemClock)).await
+    }
+
+    /// Builds the server with a given snapshot backend and clock.
+    pub async fn build_with(
+        config: Config,
+        backend: Arc<dyn SnapshotBackend>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AppError> {
+        let store = store::connect(&config.database_url, config.db_max_connections).await?;
+        store.migrate().await?;
+        tracing::info!(
+            store = store.kind(),
+            database = %redact_password(&config.database_url),
+            "store ready, migrations applied"
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            config,
+            listener,
+            store,
+            backend,
+            clock,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight calls and closes the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
+        let local_addr = self.local_addr();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        if self.config.admin_token.is_none() {
+            tracing::warn!(
+                "SNAPSHOTD_ADMIN_TOKEN is not set: the InventoryService refuses every call"
+            );
+        }
+        let snapshots = SnapshotApi::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.backend),
+            Arc::clone(&self.clock),
+            self.config.policy(),
+        );
+        let inventory = InventoryApi::new(Arc::clone(&self.store), self.config.admin_token.clone());
+
+        tracing::info!(%local_addr, "snapshotd serving");
+        let draining = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight calls");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        };
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(SnapshotServiceServer::new(snapshots))
+            .add_service(InventoryServiceServer::new(inventory))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), draining)
+            .await?;
+        self.store.close().await;
+        tracing::info!("snapshotd stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

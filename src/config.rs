@@ -1,0 +1,152 @@
+//! Configuration: every flag also reads an environment variable; `snapshotd --help` lists them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::engine::Policy;
+
+/// The file the embedded store uses when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://snapshotd.db";
+
+#[derive(Clone, Parser)]
+#[command(
+    name = "snapshotd",
+    version,
+    about = "The ECS CreateSnapshot API as a gRPC service"
+)]
+pub struct Config {
+    /// Database: postgres://… (production) or sqlite://PATH (embedded; created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SNAPSHOTD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Bearer token the InventoryService requires; unset disables that API.
+    #[arg(long, env = "SNAPSHOTD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// How long after creation a disk is still initializing (e.g. 1h, 90m).
+    #[arg(long, env = "SNAPSHOTD_INIT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub init_window: Duration,
+
+    /// Snapshots one disk may hold.
+    #[arg(long, env = "SNAPSHOTD_SNAPSHOT_QUOTA", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_quota: u32,
+
+    /// Simulated copy rate, used to estimate when a snapshot in progress finishes.
+    #[arg(long, env = "SNAPSHOTD_COPY_RATE_MIBPS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub copy_rate_mibps: u32,
+
+    /// Largest number of database connections (PostgreSQL).
+    #[arg(long, env = "SNAPSHOTD_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+
+    /// Log format; `auto` is text on a terminal and JSON otherwise.
+    #[arg(long, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+}
+
+impl Config {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            snapshot_quota: self.snapshot_quota,
+            init_window: self.init_window,
+            copy_rate_mibps: self.copy_rate_mibps,
+        }
+    }
+
+    /// A configuration for tests and embedding: defaults, no environment read.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        let mut config = Self::parse_from(["snapshotd"]);
+        config.database_url = database_url.into();
+        config.admin_token = None;
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // Hand-written so the admin token never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_password(&self.database_url))
+            .field("listen", &self.listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("init_window", &self.init_window)
+            .field("snapshot_quota", &self.snapshot_quota)
+            .field("copy_rate_mibps", &self.copy_rate_mibps)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_database_urls() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/snap"),
+            "postgres://app:***@db:5432/snap"
+        );
+        assert_eq!(
+            redact_password("sqlite://snapshotd.db"),
+            "sqlite://snapshotd.db"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/snap"),
+            "postgres://app@db/snap"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_never_appears_in_debug_output() {
+        let mut config = Config::for_database("sqlite://x.db");
+        config.admin_token = Some("very-secret".into());
+        assert!(!format!("{config:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,432 @@
+//! Domain values: ids, the inventory records and the validated parts of a request.
+//!
+//! Parse, don't validate: every value that crosses the API edge is built through a `parse`
+//! constructor that enforces the seed's rules, so code holding a `SnapshotName` never re-checks
+//! it. Parse failures are the engine's [`RuleError`]s, so a rule is found by its ECS code.
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::engine::RuleError;
+
+/// Timestamps are UTC instants throughout.
+pub type Timestamp = DateTime<Utc>;
+
+/// A disk id: `d-` followed by 1..62 of `[0-9a-z-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiskId(String);
+
+impl DiskId {
+    pub fn parse(raw: &str) -> Result<Self, RuleError> {
+        if raw.is_empty() {
+            return Err(RuleError::MissingParameter { field: "disk_id" });
+        }
+        let valid = raw.strip_prefix("d-").is_some_and(|rest| {
+            (1..=62).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+        });
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(RuleError::DiskIdValueNotSupported {
+                disk_id: raw.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lower-case alphanumerics used in generated ids.
+const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// `prefix` + 20 random characters of `[0-9a-z]` (about 103 bits of entropy).
+fn generate_id(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + 20);
+    id.push_str(prefix);
+    for _ in 0..20 {
+        id.push(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char);
+    }
+    id
+}
+
+/// A snapshot id: `s-` + 20 characters of `[0-9a-z]`.
+pub fn new_snapshot_id() -> String {
+    generate_id("s-")
+}
+
+/// A request id: a v4 UUID, hyphenated and upper case like the seed's sample.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_upper(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
+}
+
+fn starts_with_url_scheme(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
+/// CJK Unified Ideographs (with extension A and the compatibility block): what the seed calls
+/// "Chinese characters".
+fn is_chinese(c: char) -> bool {
+    matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}')
+}
+
+/// A snapshot name per the seed: 2..128 characters; begins with an English letter or a Chinese
+/// character; then letters, Chinese characters, digits, `_`, `:` or `-`; not `auto…`,
+/// `http://…` or `https://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotName(String);
+
+impl SnapshotName {
+    /// An empty name means "no name" and is allowed.
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, RuleError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        Self::parse(raw).map(Some)
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, RuleError> {
+        let malformed = |why: &'static str| Err(RuleError::InvalidSnapshotNameMalformed { why });
+        let length = raw.chars().count();
+        if !(2..=128).contains(&length) {
+            return malformed("must be 2 to 128 characters long");
+        }
+        let first = raw.chars().next().expect("length checked above");
+        if !(first.is_ascii_alphabetic() || is_chinese(first)) {
+            return malformed("must begin with an English letter or a Chinese character");
+        }
+        if raw.starts_with("auto") {
+            return malformed("must not begin with `auto`, which marks automatic snapshots");
+        }
+        if starts_with_url_scheme(raw) {
+            return malformed("must not begin with http:// or https://");
+        }
+        let allowed =
+            |c: char| c.is_ascii_alphanumeric() || is_chinese(c) || matches!(c, '_' | ':' | '-');
+        if !raw.chars().all(allowed) {
+            return malformed(
+                "may contain only letters, Chinese characters, digits, `_`, `:` and `-`",
+            );
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A snapshot description: empty, or 2..256 characters not beginning with `http://`/`https://`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(raw: &str) -> Result<Self, RuleError> {
+        if raw.is_empty() {
+            return Ok(Self::default());
+        }
+        let malformed = |why: &'static str| Err(RuleError::InvalidDescriptionMalformed { why });
+        if !(2..=256).contains(&raw.chars().count()) {
+            return malformed("must be empty or 2 to 256 characters long");
+        }
+        if starts_with_url_scheme(raw) {
+            return malformed("must not begin with http:// or https://");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A client token: at most 64 printable ASCII characters (0x20..=0x7E).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientToken(String);
+
+impl ClientToken {
+    /// An empty token means "no idempotence requested".
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, RuleError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let malformed = |why: &'static str| Err(RuleError::InvalidClientTokenMalformed { why });
+        if raw.len() > 64 {
+            return malformed("must be at most 64 characters long");
+        }
+        if !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return malformed("must contain only printable ASCII characters");
+        }
+        Ok(Some(Self(raw.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Disk categories known to ECS. Local and ephemeral disks cannot be snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskCategory {
+    Cloud,
+    CloudEfficiency,
+    CloudSsd,
+    CloudEssd,
+    CloudAuto,
+    CloudEssdEntry,
+    LocalSsdPro,
+    LocalHddPro,
+    Ephemeral,
+    EphemeralSsd,
+    ElasticEphemeralDiskStandard,
+    ElasticEphemeralDiskPremium,
+}
+
+impl DiskCategory {
+    pub const ALL: [DiskCategory; 12] = [
+        Self::Cloud,
+        Self::CloudEfficiency,
+        Self::CloudSsd,
+        Self::CloudEssd,
+        Self::CloudAuto,
+        Self::CloudEssdEntry,
+        Self::LocalSsdPro,
+        Self::LocalHddPro,
+        Self::Ephemeral,
+        Self::EphemeralSsd,
+        Self::ElasticEphemeralDiskStandard,
+        Self::ElasticEphemeralDiskPremium,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cloud => "cloud",
+            Self::CloudEfficiency => "cloud_efficiency",
+            Self::CloudSsd => "cloud_ssd",
+            Self::CloudEssd => "cloud_essd",
+            Self::CloudAuto => "cloud_auto",
+            Self::CloudEssdEntry => "cloud_essd_entry",
+            Self::LocalSsdPro => "local_ssd_pro",
+            Self::LocalHddPro => "local_hdd_pro",
+            Self::Ephemeral => "ephemeral",
+            Self::EphemeralSsd => "ephemeral_ssd",
+            Self::ElasticEphemeralDiskStandard => "elastic_ephemeral_disk_standard",
+            Self::ElasticEphemeralDiskPremium => "elastic_ephemeral_disk_premium",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == raw)
+    }
+
+    /// Cloud disks can be snapshotted; local and ephemeral ones cannot
+    /// (`DiskCategory.OperationNotSupported`).
+    pub fn supports_snapshots(self) -> bool {
+        matches!(
+            self,
+            Self::Cloud
+                | Self::CloudEfficiency
+                | Self::CloudSsd
+                | Self::CloudEssd
+                | Self::CloudAuto
+                | Self::CloudEssdEntry
+        )
+    }
+}
+
+/// Generates `as_str`/`parse` for a plain enum stored as text.
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(raw: &str) -> Option<Self> {
+                match raw { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(InstanceStatus {
+    Pending => "Pending",
+    Starting => "Starting",
+    Running => "Running",
+    Stopping => "Stopping",
+    Stopped => "Stopped",
+});
+
+text_enum!(DiskType {
+    System => "system",
+    Data => "data",
+});
+
+// The seed's spellings: `In_use` is the only status a snapshot can be taken in.
+text_enum!(DiskStatus {
+    InUse => "In_use",
+    Available => "Available",
+    Attaching => "Attaching",
+    Detaching => "Detaching",
+    Creating => "Creating",
+    ReIniting => "ReIniting",
+});
+
+text_enum!(SnapshotStatus {
+    Progressing => "progressing",
+    Accomplished => "accomplished",
+    Failed => "failed",
+});
+
+/// A tenant account as pushed by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub account_id: String,
+    pub snapshot_service_activated: bool,
+    pub insufficient_balance: bool,
+}
+
+/// The OperationLocks reason that forbids snapshots.
+pub const SECURITY_LOCK: &str = "security";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub instance_id: String,
+    pub account_id: String,
+    pub status: InstanceStatus,
+    pub created_at: Timestamp,
+    /// `None`: never started since creation.
+    pub last_started_at: Option<Timestamp>,
+    pub lock_reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub disk_id: String,
+    pub account_id: String,
+    pub category: DiskCategory,
+    pub disk_type: DiskType,
+    pub status: DiskStatus,
+    /// The instance it is attached to now.
+    pub instance_id: Option<String>,
+    pub size_gib: i32,
+    pub created_at: Timestamp,
+    /// Subscription end; `None` for pay-as-you-go.
+    pub expires_at: Option<Timestamp>,
+    pub ever_attached: bool,
+}
+
+/// The snapshot currently being copied from a disk, as far as the rules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProgressSnapshot {
+    pub snapshot_id: String,
+    pub started_at: Timestamp,
+    pub source_disk_size_gib: i32,
+}
+
+/// A validated CreateSnapshot request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSnapshotCommand {
+    pub account_id: String,
+    pub disk_id: DiskId,
+    pub snapshot_name: Option<SnapshotName>,
+    pub description: Description,
+    pub client_token: Option<ClientToken>,
+}
+
+impl CreateSnapshotCommand {
+    /// What "identical parameters" means for idempotence: every request field but the token,
+    /// length-prefixed so that no two different requests share a fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let fields = [
+            self.disk_id.as_str(),
+            self.snapshot_name.as_ref().map_or("", SnapshotName::as_str),
+            self.description.as_str(),
+        ];
+        fields
+            .iter()
+            .map(|field| format!("{}:{field}", field.len()))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+/// A snapshot row as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub snapshot_id: String,
+    pub account_id: String,
+    pub source_disk_id: String,
+    pub snapshot_name: Option<String>,
+    pub description: String,
+    pub source_disk_size_gib: i32,
+    pub source_disk_type: DiskType,
+    pub status: SnapshotStatus,
+    pub created_at: Timestamp,
+    /// When the copy started; progress is derived from it, so it survives restarts.
+    pub started_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_have_the_documented_shape() {
+        let id = new_snapshot_id();
+        assert_eq!(id.len(), 22);
+        assert!(id.starts_with("s-"));
+        assert!(id[2..].bytes().all(|b| ID_ALPHABET.contains(&b)));
+        assert_ne!(new_snapshot_id(), new_snapshot_id());
+
+        let request_id = new_request_id();
+        assert_eq!(request_id.len(), 36);
+        assert_eq!(request_id, request_id.to_uppercase());
+        assert!(uuid::Uuid::parse_str(&request_id).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_differ_when_any_parameter_differs() {
+        let base = CreateSnapshotCommand {
+            account_id: "a".into(),
+            disk_id: DiskId::parse("d-1").unwrap(),
+            snapshot_name: None,
+            description: Description::parse("").unwrap(),
+            client_token: None,
+        };
+        let named = CreateSnapshotCommand {
+            snapshot_name: Some(SnapshotName::parse("ab").unwrap()),
+            ..base.clone()
+        };
+        let described = CreateSnapshotCommand {
+            description: Description::parse("ab").unwrap(),
+            ..base.clone()
+        };
+        assert_ne!(base.fingerprint(), named.fingerprint());
+        assert_ne!(named.fingerprint(), described.fingerprint());
+        assert_eq!(base.fingerprint(), base.clone().fingerprint());
+    }
+
+    #[test]
+    fn every_category_round_trips_and_only_cloud_disks_support_snapshots() {
+        for category in DiskCategory::ALL {
+            assert_eq!(DiskCategory::parse(category.as_str()), Some(category));
+            assert_eq!(
+                category.supports_snapshots(),
+                category.as_str().starts_with("cloud")
+            );
+        }
+        assert_eq!(DiskCategory::parse("nvme"), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The engine's error type: one variant per rule, named after the seed's error code.
+
+use std::time::Duration;
+
+/// A rule that refused the request. The variant name is the ECS code with its dots removed;
+/// `grpc/error.rs` maps each to its code, message and details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("MissingParameter: {field} is required")]
+    MissingParameter { field: &'static str },
+
+    #[error("DiskId.ValueNotSupported: {disk_id:?}")]
+    DiskIdValueNotSupported { disk_id: String },
+
+    #[error("InvalidSnapshotName.Malformed: {why}")]
+    InvalidSnapshotNameMalformed { why: &'static str },
+
+    #[error("InvalidDescription.Malformed: {why}")]
+    InvalidDescriptionMalformed { why: &'static str },
+
+    #[error("InvalidClientToken.Malformed: {why}")]
+    InvalidClientTokenMalformed { why: &'static str },
+
+    #[error("IdempotentParameterMismatch: token {client_token:?} was used with other parameters")]
+    IdempotentParameterMismatch { client_token: String },
+
+    #[error("InvalidAccountStatus.SnapshotServiceUnavailable: account {account_id}")]
+    InvalidAccountStatusSnapshotServiceUnavailable { account_id: String },
+
+    #[error("InvalidAccountStatus.NotEnoughBalance: account {account_id}")]
+    InvalidAccountStatusNotEnoughBalance { account_id: String },
+
+    #[error("InvalidDiskId.NotFound: {disk_id}")]
+    InvalidDiskIdNotFound { disk_id: String },
+
+    #[error("DiskCategory.OperationNotSupported: {disk_id} is {category}")]
+    DiskCategoryOperationNotSupported {
+        disk_id: String,
+        category: &'static str,
+    },
+
+    #[error("DiskInArrears: {disk_id}")]
+    DiskInArrears { disk_id: String },
+
+    #[error("IncorrectDiskStatus.NeverAttached: {disk_id}")]
+    IncorrectDiskStatusNeverAttached { disk_id: String },
+
+    #[error("IncorrectDiskStatus: {disk_id} is {status}")]
+    IncorrectDiskStatus {
+        disk_id: String,
+        status: &'static str,
+    },
+
+    #[error("IncorrectInstanceStatus: {instance_id} is {status}")]
+    IncorrectInstanceStatus {
+        disk_id: String,
+        instance_id: String,
+        status: &'static str,
+    },
+
+    #[error("InstanceLockedForSecurity: {instance_id}")]
+    InstanceLockedForSecurity {
+        disk_id: String,
+        instance_id: String,
+    },
+
+    #[error("IncorrectDiskStatus.NeverUsed: {instance_id} never started")]
+    IncorrectDiskStatusNeverUsed {
+        disk_id: String,
+        instance_id: String,
+    },
+
+    #[error("IncorrectDiskStatus.Initializing: {disk_id} ready in {retry_after:?}")]
+    IncorrectDiskStatusInitializing {
+        disk_id: String,
+        retry_after: Duration,
+    },
+
+    #[error("IncorrectDiskStatus.CreatingSnapshot: {snapshot_id} on {disk_id}")]
+    IncorrectDiskStatusCreatingSnapshot {
+        disk_id: String,
+        snapshot_id: String,
+        retry_after: Duration,
+    },
+
+    #[error("QuotaExceed.Snapshot: {disk_id} has {quota}")]
+    QuotaExceedSnapshot { disk_id: String, quota: u32 },
+
+    // Inventory (admin API) input rules.
+    #[error("InvalidParameter: {field}: {why}")]
+    InvalidParameter { field: &'static str, why: String },
+
+    #[error("InvalidAccountId.NotFound: {account_id}")]
+    InvalidAccountIdNotFound { account_id: String },
+
+    #[error("InvalidInstanceId.NotFound: {instance_id}")]
+    InvalidInstanceIdNotFound { instance_id: String },
+}

@@ -1,0 +1,16 @@
+//! The rules engine: pure functions from plain domain values to a verdict.
+//!
+//! No tonic, no sqlx, no clock, no I/O: the store reads the state under the disk lock, passes it
+//! in together with `now`, and writes only if the engine says yes. Every rule of the seed is a
+//! [`RuleError`] variant named after its ECS code, so one grep finds its check, its gRPC mapping
+//! (`grpc/error.rs`) and its tests.
+
+mod create;
+mod error;
+mod idempotence;
+mod inventory;
+
+pub use create::{CreateState, Policy, decide_create, estimated_copy_time};
+pub use error::RuleError;
+pub use idempotence::{TokenBinding, check_token_binding};
+pub use inventory::{check_account_exists, check_disk_attachment};

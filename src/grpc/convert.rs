@@ -1,0 +1,245 @@
+//! Conversions between generated protobuf types and domain values.
+//!
+//! Decoding validates: a proto that does not make a valid domain value is a `RuleError` naming
+//! the field, so a bad inventory record is refused before anything is written.
+
+use chrono::DateTime;
+
+use crate::domain::{
+    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, Timestamp,
+};
+use crate::engine::RuleError;
+use crate::pb;
+
+fn invalid(field: &'static str, why: impl Into<String>) -> RuleError {
+    RuleError::InvalidParameter {
+        field,
+        why: why.into(),
+    }
+}
+
+pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn timestamp_from_proto(
+    field: &'static str,
+    at: Option<prost_types::Timestamp>,
+) -> Result<Option<Timestamp>, RuleError> {
+    at.map(|at| {
+        u32::try_from(at.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+            .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn required_timestamp(
+    field: &'static str,
+    at: Option<prost_types::Timestamp>,
+) -> Result<Timestamp, RuleError> {
+    timestamp_from_proto(field, at)?.ok_or_else(|| invalid(field, "is required"))
+}
+
+/// Account and instance ids: 1..=64 of `[A-Za-z0-9._:-]`.
+fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, RuleError> {
+    if raw.is_empty() {
+        return Err(RuleError::MissingParameter { field });
+    }
+    let valid = raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(invalid(field, "must be 1 to 64 of [A-Za-z0-9._:-]"))
+    }
+}
+
+fn parse_lock_reason(raw: &str) -> Result<String, RuleError> {
+    let valid = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(invalid(
+            "lock_reasons",
+            "each must be 1 to 64 of [A-Za-z0-9_-]",
+        ))
+    }
+}
+
+impl TryFrom<pb::Account> for Account {
+    type Error = RuleError;
+
+    fn try_from(account: pb::Account) -> Result<Self, RuleError> {
+        Ok(Self {
+            account_id: parse_plain_id("account_id", &account.account_id)?,
+            snapshot_service_activated: account.snapshot_service_activated,
+            insufficient_balance: account.insufficient_balance,
+        })
+    }
+}
+
+impl From<Account> for pb::Account {
+    fn from(account: Account) -> Self {
+        Self {
+            account_id: account.account_id,
+            snapshot_service_activated: account.snapshot_service_activated,
+            insufficient_balance: account.insufficient_balance,
+        }
+    }
+}
+
+impl TryFrom<pb::Instance> for Instance {
+    type Error = RuleError;
+
+    fn try_from(instance: pb::Instance) -> Result<Self, RuleError> {
+        let status = match pb::InstanceStatus::try_from(instance.status) {
+            Ok(pb::InstanceStatus::Pending) => InstanceStatus::Pending,
+            Ok(pb::InstanceStatus::Starting) => InstanceStatus::Starting,
+            Ok(pb::InstanceStatus::Running) => InstanceStatus::Running,
+            Ok(pb::InstanceStatus::Stopping) => InstanceStatus::Stopping,
+            Ok(pb::InstanceStatus::Stopped) => InstanceStatus::Stopped,
+            Ok(pb::InstanceStatus::Unspecified) | Err(_) => {
+                return Err(invalid("status", "must be a known INSTANCE_STATUS_*"));
+            }
+        };
+        Ok(Self {
+            instance_id: parse_plain_id("instance_id", &instance.instance_id)?,
+            account_id: parse_plain_id("account_id", &instance.account_id)?,
+            status,
+            created_at: required_timestamp("created_at", instance.created_at)?,
+            last_started_at: timestamp_from_proto("last_started_at", instance.last_started_at)?,
+            lock_reasons: instance
+                .lock_reasons
+                .iter()
+                .map(|r| parse_lock_reason(r))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<Instance> for pb::Instance {
+    fn from(instance: Instance) -> Self {
+        let status = match instance.status {
+            InstanceStatus::Pending => pb::InstanceStatus::Pending,
+            InstanceStatus::Starting => pb::InstanceStatus::Starting,
+            InstanceStatus::Running => pb::InstanceStatus::Running,
+            InstanceStatus::Stopping => pb::InstanceStatus::Stopping,
+            InstanceStatus::Stopped => pb::InstanceStatus::Stopped,
+        };
+        Self {
+            instance_id: instance.instance_id,
+            account_id: instance.account_id,
+            status: status.into(),
+            created_at: Some(timestamp_to_proto(instance.created_at)),
+            last_started_at: instance.last_started_at.map(timestamp_to_proto),
+            lock_reasons: instance.lock_reasons,
+        }
+    }
+}
+
+pub fn disk_type_to_proto(disk_type: DiskType) -> pb::DiskType {
+    match disk_type {
+        DiskType::System => pb::DiskType::System,
+        DiskType::Data => pb::DiskType::Data,
+    }
+}
+
+/// The largest disk ECS offers, in GiB.
+const MAX_DISK_SIZE_GIB: i32 = 65_536;
+
+impl TryFrom<pb::Disk> for Disk {
+    type Error = RuleError;
+
+    fn try_from(disk: pb::Disk) -> Result<Self, RuleError> {
+        let disk_type = match pb::DiskType::try_from(disk.r#type) {
+            Ok(pb::DiskType::System) => DiskType::System,
+            Ok(pb::DiskType::Data) => DiskType::Data,
+            Ok(pb::DiskType::Unspecified) | Err(_) => {
+                return Err(invalid(
+                    "type",
+                    "must be DISK_TYPE_SYSTEM or DISK_TYPE_DATA",
+                ));
+            }
+        };
+        let status = match pb::DiskStatus::try_from(disk.status) {
+            Ok(pb::DiskStatus::InUse) => DiskStatus::InUse,
+            Ok(pb::DiskStatus::Available) => DiskStatus::Available,
+            Ok(pb::DiskStatus::Attaching) => DiskStatus::Attaching,
+            Ok(pb::DiskStatus::Detaching) => DiskStatus::Detaching,
+            Ok(pb::DiskStatus::Creating) => DiskStatus::Creating,
+            Ok(pb::DiskStatus::Reiniting) => DiskStatus::ReIniting,
+            Ok(pb::DiskStatus::Unspecified) | Err(_) => {
+                return Err(invalid("status", "must be a known DISK_STATUS_*"));
+            }
+        };
+        let category = DiskCategory::parse(&disk.category).ok_or_else(|| {
+            invalid(
+                "category",
+                format!("unknown disk category {:?}", disk.category),
+            )
+        })?;
+        let instance_id = match disk.instance_id.as_str() {
+            "" => None,
+            raw => Some(parse_plain_id("instance_id", raw)?),
+        };
+        if status == DiskStatus::InUse && instance_id.is_none() {
+            return Err(invalid(
+                "instance_id",
+                "an In_use disk must name its instance",
+            ));
+        }
+        if !(1..=MAX_DISK_SIZE_GIB).contains(&disk.size_gib) {
+            return Err(invalid(
+                "size_gib",
+                format!("must be 1 to {MAX_DISK_SIZE_GIB}"),
+            ));
+        }
+        Ok(Self {
+            disk_id: DiskId::parse(&disk.disk_id)?.as_str().to_owned(),
+            account_id: parse_plain_id("account_id", &disk.account_id)?,
+            category,
+            disk_type,
+            status,
+            instance_id,
+            size_gib: disk.size_gib,
+            created_at: required_timestamp("created_at", disk.created_at)?,
+            expires_at: timestamp_from_proto("expires_at", disk.expires_at)?,
+            ever_attached: disk.ever_attached,
+        })
+    }
+}
+
+impl From<Disk> for pb::Disk {
+    fn from(disk: Disk) -> Self {
+        let status = match disk.status {
+            DiskStatus::InUse => pb::DiskStatus::InUse,
+            DiskStatus::Available => pb::DiskStatus::Available,
+            DiskStatus::Attaching => pb::DiskStatus::Attaching,
+            DiskStatus::Detaching => pb::DiskStatus::Detaching,
+            DiskStatus::Creating => pb::DiskStatus::Creating,
+            DiskStatus::ReIniting => pb::DiskStatus::Reiniting,
+        };
+        Self {
+            disk_id: disk.disk_id,
+            account_id: disk.account_id,
+            category: disk.category.as_str().to_owned(),
+            r#type: disk_type_to_proto(disk.disk_type).into(),
+            status: status.into(),
+            instance_id: disk.instance_id.unwrap_or_default(),
+            size_gib: disk.size_gib,
+            created_at: Some(timestamp_to_proto(disk.created_at)),
+            expires_at: disk.expires_at.map(timestamp_to_proto),
+            ever_attached: disk.ever_attached,
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The one place errors become `tonic::Status`.
+//!
+//! Every error is a `google.rpc.Status` whose message is the seed's error message, with exactly
+//! one `ErrorInfo` (reason = the ECS code, verbatim; metadata in lowerCamelCase, always with
+//! `httpStatus`), one `RequestInfo`, and the detail the README's error table names. Internal
+//! errors are logged here with their cause chain and reach the client without SQL or internals.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::ERROR_DOMAIN;
+use crate::backend::BackendError;
+use crate::engine::RuleError;
+use crate::store::StoreError;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no caller identity in x-account-id")]
+    MissingIdentity,
+    #[error("the inventory API is disabled: SNAPSHOTD_ADMIN_TOKEN is not set")]
+    AdminApiDisabled,
+    #[error("missing or wrong admin bearer token")]
+    InvalidAdminToken,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("the snapshot backend could not start the copy")]
+    CopyNotStarted(#[source] BackendError),
+    /// Any store failure other than a refusal.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Refused(rule) => Self::Rule(rule),
+            StoreError::CopyNotStarted(cause) => Self::CopyNotStarted(cause),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// The detail that accompanies `ErrorInfo` and `RequestInfo`.
+enum Detail {
+    None,
+    BadRequest {
+        field: &'static str,
+        description: String,
+    },
+    Precondition {
+        subject: String,
+        description: String,
+    },
+    Quota {
+        subject: String,
+        description: String,
+    },
+    Resource {
+        resource_type: &'static str,
+        name: String,
+        owner: String,
+    },
+}
+
+/// What one error answers with.
+struct Answer {
+    code: Code,
+    reason: &'static str,
+    message: String,
+    http_status: u16,
+    metadata: Vec<(&'static str, String)>,
+    detail: Detail,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn new(code: Code, reason: &'static str, http_status: u16, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            http_status,
+            metadata: Vec::new(),
+            detail: Detail::None,
+            retry_after: None,
+        }
+    }
+
+    fn meta(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
+    }
+
+    fn detail(mut self, detail: Detail) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    fn bad_request(self, field: &'static str, description: impl Into<String>) -> Self {
+        self.detail(Detail::BadRequest {
+            field,
+            description: description.into(),
+        })
+    }
+
+    fn precondition(self, subject: String, description: impl Into<String>) -> Self {
+        self.detail(Detail::Precondition {
+            subject,
+            description: description.into(),
+        })
+    }
+}
+
+fn disk_subject(disk_id: &str) -> String {
+    format!("disk/{disk_id}")
+}
+
+fn instance_subject(instance_id: &str) -> String {
+    format!("instance/{instance_id}")
+}
+
+use Code::{
+    FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+    Unauthenticated, Unavailable,
+};
+
+/// The answer for every error, in one exhaustive match.
+fn answer(err: &ApiError) -> Answer {
+    match err {
+        ApiError::MissingIdentity => Answer::new(
+            Unauthenticated,
+            "InvalidIdentity.Missing",
+            401,
+            "The caller identity is missing: set the x-account-id metadata.",
+        ),
+        ApiError::AdminApiDisabled => Answer::new(
+            Unauthenticated,
+            "InventoryApi.Disabled",
+            401,
+            "The inventory API is disabled because no admin token is configured.",
+        ),
+        ApiError::InvalidAdminToken => Answer::new(
+            Unauthenticated,
+            "InvalidAdminToken",
+            401,
+            "The admin bearer token is missing or wrong.",
+        ),
+        ApiError::CopyNotStarted(_) => Answer::new(
+            Internal,
+            "CreateSnapshot.Failed",
+            403,
+            "The process of creating snapshot failed.",
+        ),
+        ApiError::Store(StoreError::Unavailable(_)) => Answer::new(
+            Unavailable,
+            "ServiceUnavailable",
+            503,
+            "The request has failed due to a temporary failure of the server.",
+        )
+        .retry_after(Duration::from_secs(1)),
+        ApiError::Store(_) => Answer::new(
+            Internal,
+            "InternalError",
+            500,
+            "The request processing has failed due to some unknown error, exception or failure.",
+        ),
+        ApiError::Rule(rule) => rule_answer(rule),
+    }
+}
+
+fn rule_answer(rule: &RuleError) -> Answer {
+    match rule {
+        RuleError::MissingParameter { field } => Answer::new(
+            InvalidArgument,
+            "MissingParameter",
+            400,
+            format!("The input parameter \"{field}\" that is mandatory for processing this request is not supplied."),
+        )
+        .bad_request(field, format!("{field} is required")),
+        RuleError::DiskIdValueNotSupported { disk_id } => Answer::new(
+            InvalidArgument,
+            "DiskId.ValueNotSupported",
+            403,
+            "The specified parameter diskid is not supported.",
+        )
+        .meta("diskId", disk_id)
+        .bad_request("disk_id", "must be `d-` followed by 1 to 62 of [0-9a-z-]"),
+        RuleError::InvalidSnapshotNameMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidSnapshotName.Malformed",
+            400,
+            "The specified SnapshotName is wrongly formed.",
+        )
+        .bad_request("snapshot_name", *why),
+        RuleError::InvalidDescriptionMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidDescription.Malformed",
+            404,
+            "The specified description is wrongly formed.",
+        )
+        .bad_request("description", *why),
+        RuleError::InvalidClientTokenMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidClientToken.Malformed",
+            403,
+            "The specified parameter ClientToken is not valid.",
+        )
+        .bad_request("client_token", *why),
+        RuleError::IdempotentParameterMismatch { client_token } => Answer::new(
+            FailedPrecondition,
+            "IdempotentParameterMismatch",
+            403,
+            "The request uses the same client token as a previous, but non-identical request.",
+        )
+        .meta("clientToken", client_token)
+        .precondition(
+            format!("clientToken/{client_token}"),
+            "the token was used before with other parameters; use a new token",
+        ),
+        RuleError::InvalidAccountStatusSnapshotServiceUnavailable { account_id } => Answer::new(
+            PermissionDenied,
+            "InvalidAccountStatus.SnapshotServiceUnavailable",
+            403,
+            "Snapshot service has not been opened yet.",
+        )
+        .meta("accountId", account_id),
+        RuleError::InvalidAccountStatusNotEnoughBalance { account_id } => Answer::new(
+            PermissionDenied,
+            "InvalidAccountStatus.NotEnoughBalance",
+            403,
+            "Your account does not have enough balance.",
+        )
+        .meta("accountId", account_id),
+        RuleError::InvalidDiskIdNotFound { disk_id } => Answer::new(
+            NotFound,
+            "InvalidDiskId.NotFound",
+            404,
+            "The specified DiskId does not exist.",
+        )
+        .meta("diskId", disk_id)
+        .detail(Detail::Resource {
+            resource_type: "disk",
+            name: disk_id.clone(),
+            owner: String::new(),
+        }),
+        RuleError::DiskCategoryOperationNotSupported { disk_id, category } => Answer::new(
+            FailedPrecondition,
+            "DiskCategory.OperationNotSupported",
+            400,
+            "The operation is not supported to the specified disk due to its disk Category",
+        )
+        .meta("diskId", disk_id)
+        .meta("category", *category)
+        .precondition(
+            disk_subject(disk_id),
+            format!("{category} disks cannot be snapshotted"),
+        ),
+        RuleError::DiskInArrears { disk_id } => Answer::new(
+            FailedPrecondition,
+            "DiskInArrears",
+            403,
+            "The specified operation is denied as your disk has expired.",
+        )
+        .meta("diskId", disk_id)
+        .precondition(disk_subject(disk_id), "the disk's subscription has expired"),
+        RuleError::IncorrectDiskStatusNeverAttached { disk_id } => Answer::new(
+            FailedPrecondition,
+            "IncorrectDiskStatus.NeverAttached",
+            403,
+            "The specified disk has never been attached to any instance.",
+        )
+        .meta("diskId", disk_id)
+        .precondition(disk_subject(disk_id), "the disk must have been attached to an instance"),
+        RuleError::IncorrectDiskStatus { disk_id, status } => Answer::new(
+            FailedPrecondition,
+            "IncorrectDiskStatus",
+            403,
+            "The current disk status does not support this operation.",
+        )
+        .meta("diskId", disk_id)
+        .meta("diskStatus", *status)
+        .precondition(
+            disk_subject(disk_id),
+            format!("the disk is {status}; it must be In_use"),
+        ),
+        RuleError::IncorrectInstanceStatus {
+            disk_id,
+            instance_id,
+            status,
+        } => Answer::new(
+            FailedPrecondition,
+            "IncorrectInstanceStatus",
+            400,
+            "The current status of the resource does not support this operation.",
+        )
+        .meta("diskId", disk_id)
+        .meta("instanceId", instance_id)
+        .meta("instanceStatus", *status)
+        .precondition(
+            instance_subject(instance_id),
+            format!("the instance is {status}; it must be Running or Stopped"),
+        ),
+        RuleError::InstanceLockedForSecurity {
+            disk_id,
+            instance_id,
+        } => Answer::new(
+            FailedPrecondition,
+            "InstanceLockedForSecurity",
+            403,
+            "The disk attached instance is locked due to security.",
+        )
+        .meta("diskId", disk_id)
+        .meta("instanceId", instance_id)
+        .precondition(
+            instance_subject(instance_id),
+            "the instance has an OperationLock with LockReason security",
+        ),
+        RuleError::IncorrectDiskStatusNeverUsed {
+            disk_id,
+            instance_id,
+        } => Answer::new(
+            FailedPrecondition,
+            "IncorrectDiskStatus.NeverUsed",
+            403,
+            "The specified disk has never been used after creating.",
+        )
+        .meta("diskId", disk_id)
+        .meta("instanceId", instance_id)
+        .precondition(
+            instance_subject(instance_id),
+            "the instance has never been started since it was created",
+        ),
+        RuleError::IncorrectDiskStatusInitializing {
+            disk_id,
+            retry_after,
+        } => Answer::new(
+            FailedPrecondition,
+            "IncorrectDiskStatus.Initializing",
+            403,
+            "The specified disk is still initializing. Please try again later.",
+        )
+        .meta("diskId", disk_id)
+        .precondition(
+            disk_subject(disk_id),
+            "a new or re-created disk can be snapshotted once its data is initialized",
+        )
+        .retry_after(*retry_after),
+        RuleError::IncorrectDiskStatusCreatingSnapshot {
+            disk_id,
+            snapshot_id,
+            retry_after,
+        } => Answer::new(
+            FailedPrecondition,
+            "IncorrectDiskStatus.CreatingSnapshot",
+            403,
+            "A previous snapshot creation is in process.",
+        )
+        .meta("diskId", disk_id)
+        .meta("snapshotId", snapshot_id)
+        .precondition(
+            disk_subject(disk_id),
+            format!("snapshot {snapshot_id} of this disk is still being created"),
+        )
+        .retry_after(*retry_after),
+        RuleError::QuotaExceedSnapshot { disk_id, quota } => Answer::new(
+            ResourceExhausted,
+            "QuotaExceed.Snapshot",
+            403,
+            "The maximum number of snapshots is exceeded.",
+        )
+        .meta("diskId", disk_id)
+        .meta("quota", quota.to_string())
+        .detail(Detail::Quota {
+            subject: disk_subject(disk_id),
+            description: format!("a disk can hold at most {quota} snapshots"),
+        }),
+        RuleError::InvalidParameter { field, why } => Answer::new(
+            InvalidArgument,
+            "InvalidParameter",
+            400,
+            format!("The specified parameter \"{field}\" is not valid."),
+        )
+        .bad_request(field, why.clone()),
+        RuleError::InvalidAccountIdNotFound { account_id } => Answer::new(
+            NotFound,
+            "InvalidAccountId.NotFound",
+            404,
+            "The specified AccountId does not exist.",
+        )
+        .meta("accountId", account_id)
+        .detail(Detail::Resource {
+            resource_type: "account",
+            name: account_id.clone(),
+            owner: String::new(),
+        }),
+        RuleError::InvalidInstanceIdNotFound { instance_id } => Answer::new(
+            NotFound,
+            "InvalidInstanceId.NotFound",
+            404,
+            "The specified InstanceId does not exist.",
+        )
+        .meta("instanceId", instance_id)
+        .detail(Detail::Resource {
+            resource_type: "instance",
+            name: instance_id.clone(),
+            owner: String::new(),
+        }),
+    }
+}
+
+impl ApiError {
+    /// The ECS error code this error answers with (for logs).
+    pub fn reason(&self) -> &'static str {
+        answer(self).reason
+    }
+
+    /// The status for this error, logging internal causes with their chain.
+    pub fn into_status(self, request_id: &str) -> Status {
+        let answer = answer(&self);
+        match answer.code {
+            Internal | Unavailable => {
+                tracing::error!(reason = answer.reason, error = %error_chain(&self), "request failed")
+            }
+            _ => tracing::info!(reason = answer.reason, "request refused"),
+        }
+
+        let mut metadata: HashMap<String, String> = answer
+            .metadata
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        metadata.insert("httpStatus".to_owned(), answer.http_status.to_string());
+
+        let mut details = ErrorDetails::new();
+        details
+            .set_error_info(answer.reason, ERROR_DOMAIN, metadata)
+            .set_request_info(request_id, "");
+        match answer.detail {
+            Detail::None => {}
+            Detail::BadRequest { field, description } => {
+                details.add_bad_request_violation(field, description);
+            }
+            Detail::Precondition {
+                subject,
+                description,
+            } => {
+                details.add_precondition_failure_violation(answer.reason, subject, description);
+            }
+            Detail::Quota {
+                subject,
+                description,
+            } => {
+                details.add_quota_failure_violation(subject, description);
+            }
+            Detail::Resource {
+                resource_type,
+                name,
+                owner,
+            } => {
+                details.set_resource_info(resource_type, name, owner, answer.message.clone());
+            }
+        }
+        if let Some(delay) = answer.retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        Status::with_error_details(answer.code, answer.message, details)
+    }
+}
+
+/// `err: cause: cause…`, for logs.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}

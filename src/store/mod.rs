@@ -1,0 +1,137 @@
+//! Storage: the [`Store`] trait, its errors, and [`connect`], which picks the backend from the
+//! `DATABASE_URL` scheme.
+//!
+//! Each backend runs CreateSnapshot as one transaction: lock the disk, read the state the engine
+//! needs, let the engine decide, write. PostgreSQL locks the disk row (`SELECT … FOR UPDATE`);
+//! SQLite takes the database write lock up front (`BEGIN IMMEDIATE`). Database facts become
+//! typed errors here, at the store's edge; SQL never leaves this module.
+
+mod create_flow;
+mod postgres;
+mod rows;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::backend::{BackendError, SnapshotBackend};
+use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Timestamp};
+use crate::engine::{Policy, RuleError};
+
+/// What a CreateSnapshot transaction ended with, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new snapshot was stored and its copy started.
+    Created { snapshot_id: String },
+    /// The client token was already bound to identical parameters: the original answer.
+    Replayed { snapshot_id: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine (or an inventory rule checked against stored state) refused; nothing written.
+    #[error(transparent)]
+    Refused(#[from] RuleError),
+    /// The snapshot backend would not start the copy; nothing written.
+    #[error("the snapshot backend could not start the copy")]
+    CopyNotStarted(#[source] BackendError),
+    /// The database cannot be reached (connection refused or lost, pool exhausted or closed).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A row the database holds does not decode into the domain (a bug or a hand edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// A unique key another transaction took first; the transaction is retried.
+    #[error("write conflict")]
+    Conflict(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The configuration asks for something this backend cannot do.
+    #[error("unsupported configuration: {0}")]
+    Unsupported(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        let unreachable = match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // PostgreSQL: the server is shutting down or dropped us (class 57, 08); SQLite: busy.
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("57") || code.starts_with("08") || code == "5" || code == "6"
+            }),
+            _ => false,
+        };
+        if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
+            Self::Conflict(err)
+        } else if unreachable {
+            Self::Unavailable(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+/// The persistence the service needs. One implementation per database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"postgres"` or `"sqlite"`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Applies this backend's embedded migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn put_account(&self, account: &Account) -> Result<Account, StoreError>;
+
+    /// Refuses an unknown account (`InvalidAccountId.NotFound`).
+    async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError>;
+
+    /// Refuses an unknown account or instance, and an instance of another account.
+    async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError>;
+
+    /// Any account's disk (the admin view).
+    async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError>;
+
+    /// Runs the whole CreateSnapshot decision as one transaction serialized per disk.
+    async fn create_snapshot(
+        &self,
+        command: &CreateSnapshotCommand,
+        policy: &Policy,
+        now: Timestamp,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    async fn close(&self);
+}
+
+/// Opens the store named by `database_url` (`postgres://…` or `sqlite://…`).
+pub async fn connect(
+    database_url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            PgStore::connect(database_url, max_connections).await?,
+        ))
+    } else if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::Unsupported(format!(
+            "DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",
+            database_url.split(':').next().unwrap_or_default()
+        )))
+    }
+}

@@ -1,0 +1,215 @@
+//! Row shapes shared by both backends, and their conversion into domain values.
+//!
+//! Enums are stored as their seed spellings (`In_use`, `Running`, `cloud_essd`); a value the
+//! domain does not know is a [`StoreError::Corrupt`], never a panic.
+
+use sqlx::FromRow;
+
+use super::StoreError;
+use crate::domain::{
+    Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
+    InstanceStatus, Timestamp,
+};
+use crate::engine::{CreateState, TokenBinding};
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("unknown {what} {value:?}"))
+}
+
+pub(crate) fn join_lock_reasons(reasons: &[String]) -> String {
+    reasons.join(",")
+}
+
+fn split_lock_reasons(joined: &str) -> Vec<String> {
+    joined
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct AccountRow {
+    pub account_id: String,
+    pub snapshot_service_activated: bool,
+    pub insufficient_balance: bool,
+}
+
+impl From<AccountRow> for Account {
+    fn from(row: AccountRow) -> Self {
+        Self {
+            account_id: row.account_id,
+            snapshot_service_activated: row.snapshot_service_activated,
+            insufficient_balance: row.insufficient_balance,
+        }
+    }
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct InstanceRow {
+    pub instance_id: String,
+    pub account_id: String,
+    pub status: String,
+    pub created_at: Timestamp,
+    pub last_started_at: Option<Timestamp>,
+    pub lock_reasons: String,
+}
+
+impl TryFrom<InstanceRow> for Instance {
+    type Error = StoreError;
+
+    fn try_from(row: InstanceRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            status: InstanceStatus::parse(&row.status)
+                .ok_or_else(|| corrupt("instance status", &row.status))?,
+            lock_reasons: split_lock_reasons(&row.lock_reasons),
+            instance_id: row.instance_id,
+            account_id: row.account_id,
+            created_at: row.created_at,
+            last_started_at: row.last_started_at,
+        })
+    }
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct DiskRow {
+    pub disk_id: String,
+    pub account_id: String,
+    pub category: String,
+    pub disk_type: String,
+    pub status: String,
+    pub instance_id: Option<String>,
+    pub size_gib: i32,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub ever_attached: bool,
+}
+
+impl TryFrom<DiskRow> for Disk {
+    type Error = StoreError;
+
+    fn try_from(row: DiskRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            category: DiskCategory::parse(&row.category)
+                .ok_or_else(|| corrupt("disk category", &row.category))?,
+            disk_type: DiskType::parse(&row.disk_type)
+                .ok_or_else(|| corrupt("disk type", &row.disk_type))?,
+            status: DiskStatus::parse(&row.status)
+                .ok_or_else(|| corrupt("disk status", &row.status))?,
+            disk_id: row.disk_id,
+            account_id: row.account_id,
+            instance_id: row.instance_id,
+            size_gib: row.size_gib,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            ever_attached: row.ever_attached,
+        })
+    }
+}
+
+/// The caller's account and token binding, read when the disk is not there to lock.
+#[derive(Debug, FromRow)]
+pub(crate) struct CallerRow {
+    #[sqlx(flatten)]
+    pub account: OptionalAccountColumns,
+    #[sqlx(flatten)]
+    pub token: OptionalTokenColumns,
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct OptionalAccountColumns {
+    pub acct_id: Option<String>,
+    pub acct_snapshot_service_activated: Option<bool>,
+    pub acct_insufficient_balance: Option<bool>,
+}
+
+impl OptionalAccountColumns {
+    fn into_account(self) -> Option<Account> {
+        Some(Account {
+            account_id: self.acct_id?,
+            snapshot_service_activated: self.acct_snapshot_service_activated?,
+            insufficient_balance: self.acct_insufficient_balance?,
+        })
+    }
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct OptionalTokenColumns {
+    pub token_fingerprint: Option<String>,
+    pub token_snapshot_id: Option<String>,
+}
+
+impl OptionalTokenColumns {
+    pub fn into_binding(self) -> Option<TokenBinding> {
+        Some(TokenBinding {
+            fingerprint: self.token_fingerprint?,
+            snapshot_id: self.token_snapshot_id?,
+        })
+    }
+}
+
+/// The one row CreateSnapshot reads under the disk lock: the disk with its bookkeeping, its
+/// account, its instance and the caller's token binding.
+#[derive(Debug, FromRow)]
+pub(crate) struct LockedDiskRow {
+    #[sqlx(flatten)]
+    pub disk: DiskRow,
+    pub snapshot_count: i32,
+    pub progressing_snapshot_id: Option<String>,
+    pub progressing_since: Option<Timestamp>,
+    #[sqlx(flatten)]
+    pub account: OptionalAccountColumns,
+    pub inst_id: Option<String>,
+    pub inst_account_id: Option<String>,
+    pub inst_status: Option<String>,
+    pub inst_created_at: Option<Timestamp>,
+    pub inst_last_started_at: Option<Timestamp>,
+    pub inst_lock_reasons: Option<String>,
+    #[sqlx(flatten)]
+    pub token: OptionalTokenColumns,
+}
+
+impl CallerRow {
+    pub fn into_parts(self) -> (CreateState, Option<TokenBinding>) {
+        let state = CreateState {
+            account: self.account.into_account(),
+            ..CreateState::default()
+        };
+        (state, self.token.into_binding())
+    }
+}
+
+impl LockedDiskRow {
+    pub fn into_parts(self) -> Result<(CreateState, Option<TokenBinding>), StoreError> {
+        let disk = Disk::try_from(self.disk)?;
+        let instance = match (self.inst_id, self.inst_account_id, self.inst_status) {
+            (Some(instance_id), Some(account_id), Some(status)) => {
+                Some(Instance::try_from(InstanceRow {
+                    instance_id,
+                    account_id,
+                    status,
+                    created_at: self.inst_created_at.unwrap_or_default(),
+                    last_started_at: self.inst_last_started_at,
+                    lock_reasons: self.inst_lock_reasons.unwrap_or_default(),
+                })?)
+            }
+            _ => None,
+        };
+        let in_progress = match (self.progressing_snapshot_id, self.progressing_since) {
+            (Some(snapshot_id), Some(started_at)) => Some(InProgressSnapshot {
+                snapshot_id,
+                started_at,
+                source_disk_size_gib: disk.size_gib,
+            }),
+            _ => None,
+        };
+        let state = CreateState {
+            account: self.account.into_account(),
+            disk: Some(disk),
+            instance,
+            snapshot_count: i64::from(self.snapshot_count),
+            in_progress,
+        };
+        Ok((state, self.token.into_binding()))
+    }
+}

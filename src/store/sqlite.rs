@@ -1,0 +1,340 @@
+//! The embedded SQLite store: the zero-setup default, one process per database file.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE`, which takes the database's write lock
+//! before the first read, so one request's lock-check-insert is serialized exactly as PostgreSQL
+//! serializes it per disk (here: per database). WAL keeps readers off the writer's back.
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::create_flow::{CreateTx, decide_and_write};
+use super::rows::{
+    AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns,
+    join_lock_reasons,
+};
+use super::{CreateOutcome, Store, StoreError};
+use crate::backend::SnapshotBackend;
+use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp};
+use crate::engine::{
+    CreateState, Policy, RuleError, TokenBinding, check_account_exists, check_disk_attachment,
+};
+
+const LOCK_AND_READ_SQL: &str = "\
+SELECT d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id, d.size_gib,
+       d.created_at, d.expires_at, d.ever_attached,
+       d.snapshot_count, d.progressing_snapshot_id, d.progressing_since,
+       a.account_id AS acct_id, a.snapshot_service_activated AS acct_snapshot_service_activated,
+       a.insufficient_balance AS acct_insufficient_balance,
+       i.instance_id AS inst_id, i.account_id AS inst_account_id, i.status AS inst_status,
+       i.created_at AS inst_created_at, i.last_started_at AS inst_last_started_at,
+       i.lock_reasons AS inst_lock_reasons,
+       t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id
+FROM disks d
+LEFT JOIN accounts a ON a.account_id = d.account_id
+LEFT JOIN instances i ON i.instance_id = d.instance_id
+LEFT JOIN client_tokens t ON t.account_id = d.account_id AND t.client_token = ?3
+WHERE d.disk_id = ?1 AND d.account_id = ?2";
+
+const READ_CALLER_SQL: &str = "\
+SELECT a.account_id AS acct_id, a.snapshot_service_activated AS acct_snapshot_service_activated,
+       a.insufficient_balance AS acct_insufficient_balance,
+       t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id
+FROM (SELECT ?1 AS account_id) caller
+LEFT JOIN accounts a ON a.account_id = caller.account_id
+LEFT JOIN client_tokens t ON t.account_id = caller.account_id AND t.client_token = ?2";
+
+const READ_TOKEN_SQL: &str = "\
+SELECT fingerprint AS token_fingerprint, snapshot_id AS token_snapshot_id
+FROM client_tokens WHERE account_id = ?1 AND client_token = ?2";
+
+const INSERT_SNAPSHOT_SQL: &str = "\
+INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name, description,
+                       source_disk_size_gib, source_disk_type, status, created_at, started_at,
+                       last_modified_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)";
+
+const INSERT_TOKEN_SQL: &str = "\
+INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5)";
+
+const COUNT_SNAPSHOT_SQL: &str = "\
+UPDATE disks
+SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = ?2, progressing_since = ?3
+WHERE disk_id = ?1";
+
+const UPSERT_ACCOUNT_SQL: &str = "\
+INSERT INTO accounts (account_id, snapshot_service_activated, insufficient_balance)
+VALUES (?1, ?2, ?3)
+ON CONFLICT (account_id) DO UPDATE
+SET snapshot_service_activated = excluded.snapshot_service_activated,
+    insufficient_balance = excluded.insufficient_balance
+RETURNING account_id, snapshot_service_activated, insufficient_balance";
+
+const UPSERT_INSTANCE_SQL: &str = "\
+INSERT INTO instances (instance_id, account_id, status, created_at, last_started_at, lock_reasons)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (instance_id) DO UPDATE
+SET account_id = excluded.account_id, status = excluded.status, created_at = excluded.created_at,
+    last_started_at = excluded.last_started_at, lock_reasons = excluded.lock_reasons
+RETURNING instance_id, account_id, status, created_at, last_started_at, lock_reasons";
+
+const UPSERT_DISK_SQL: &str = "\
+INSERT INTO disks (disk_id, account_id, category, disk_type, status, instance_id, size_gib,
+                   created_at, expires_at, ever_attached)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (disk_id) DO UPDATE
+SET account_id = excluded.account_id, category = excluded.category,
+    disk_type = excluded.disk_type, status = excluded.status, instance_id = excluded.instance_id,
+    size_gib = excluded.size_gib, created_at = excluded.created_at,
+    expires_at = excluded.expires_at, ever_attached = excluded.ever_attached
+RETURNING disk_id, account_id, category, disk_type, status, instance_id, size_gib, created_at,
+          expires_at, ever_attached";
+
+const SELECT_DISK_SQL: &str = "\
+SELECT disk_id, account_id, category, disk_type, status, instance_id, size_gib, created_at,
+       expires_at, ever_attached
+FROM disks WHERE disk_id = ?1";
+
+const SELECT_ACCOUNT_EXISTS_SQL: &str = "SELECT account_id FROM accounts WHERE account_id = ?1";
+
+const SELECT_INSTANCE_ACCOUNT_SQL: &str = "SELECT account_id FROM instances WHERE instance_id = ?1";
+
+/// Takes the write lock at the start, so reads inside the transaction are the state it writes on.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by a `sqlite://PATH` URL.
+    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(database_url)
+            .map_err(StoreError::Database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
+    }
+}
+
+/// One CreateSnapshot transaction on SQLite.
+struct SqliteCreateTx<'t>(&'t mut Transaction<'static, Sqlite>);
+
+impl SqliteCreateTx<'_> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut *self.0
+    }
+}
+
+impl CreateTx for SqliteCreateTx<'_> {
+    async fn lock_and_read(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<(CreateState, Option<TokenBinding>)>, StoreError> {
+        let row: Option<LockedDiskRow> = sqlx::query_as(LOCK_AND_READ_SQL)
+            .bind(command.disk_id.as_str())
+            .bind(&command.account_id)
+            .bind(command.client_token.as_ref().map(|t| t.as_str()))
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(LockedDiskRow::into_parts).transpose()
+    }
+
+    async fn read_caller(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<(CreateState, Option<TokenBinding>), StoreError> {
+        let row: CallerRow = sqlx::query_as(READ_CALLER_SQL)
+            .bind(&command.account_id)
+            .bind(command.client_token.as_ref().map(|t| t.as_str()))
+            .fetch_one(self.conn())
+            .await?;
+        Ok(row.into_parts())
+    }
+
+    async fn read_token(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<TokenBinding>, StoreError> {
+        let row: Option<OptionalTokenColumns> = sqlx::query_as(READ_TOKEN_SQL)
+            .bind(&command.account_id)
+            .bind(command.client_token.as_ref().map(|t| t.as_str()))
+            .fetch_optional(self.conn())
+            .await?;
+        Ok(row.and_then(OptionalTokenColumns::into_binding))
+    }
+
+    async fn insert(
+        &mut self,
+        snapshot: &Snapshot,
+        command: &CreateSnapshotCommand,
+    ) -> Result<(), StoreError> {
+        sqlx::query(INSERT_SNAPSHOT_SQL)
+            .bind(&snapshot.snapshot_id)
+            .bind(&snapshot.account_id)
+            .bind(&snapshot.source_disk_id)
+            .bind(snapshot.snapshot_name.as_deref())
+            .bind(&snapshot.description)
+            .bind(snapshot.source_disk_size_gib)
+            .bind(snapshot.source_disk_type.as_str())
+            .bind(snapshot.status.as_str())
+            .bind(snapshot.created_at)
+            .bind(snapshot.started_at)
+            .execute(self.conn())
+            .await?;
+        if let Some(token) = &command.client_token {
+            sqlx::query(INSERT_TOKEN_SQL)
+                .bind(&snapshot.account_id)
+                .bind(token.as_str())
+                .bind(command.fingerprint())
+                .bind(&snapshot.snapshot_id)
+                .bind(snapshot.created_at)
+                .execute(self.conn())
+                .await?;
+        }
+        sqlx::query(COUNT_SNAPSHOT_SQL)
+            .bind(&snapshot.source_disk_id)
+            .bind(&snapshot.snapshot_id)
+            .bind(snapshot.started_at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn put_account(&self, account: &Account) -> Result<Account, StoreError> {
+        let row: AccountRow = sqlx::query_as(UPSERT_ACCOUNT_SQL)
+            .bind(&account.account_id)
+            .bind(account.snapshot_service_activated)
+            .bind(account.insufficient_balance)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.into())
+    }
+
+    async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError> {
+        let mut tx = self.begin_write().await?;
+        require_account(&mut tx, &instance.account_id).await?;
+        let row: InstanceRow = sqlx::query_as(UPSERT_INSTANCE_SQL)
+            .bind(&instance.instance_id)
+            .bind(&instance.account_id)
+            .bind(instance.status.as_str())
+            .bind(instance.created_at)
+            .bind(instance.last_started_at)
+            .bind(join_lock_reasons(&instance.lock_reasons))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError> {
+        let mut tx = self.begin_write().await?;
+        require_account(&mut tx, &disk.account_id).await?;
+        if let Some(instance_id) = &disk.instance_id {
+            let owner: Option<(String,)> = sqlx::query_as(SELECT_INSTANCE_ACCOUNT_SQL)
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            check_disk_attachment(disk, instance_id, owner.map(|(owner,)| owner).as_deref())?;
+        }
+        let row: DiskRow = sqlx::query_as(UPSERT_DISK_SQL)
+            .bind(&disk.disk_id)
+            .bind(&disk.account_id)
+            .bind(disk.category.as_str())
+            .bind(disk.disk_type.as_str())
+            .bind(disk.status.as_str())
+            .bind(disk.instance_id.as_deref())
+            .bind(disk.size_gib)
+            .bind(disk.created_at)
+            .bind(disk.expires_at)
+            .bind(disk.ever_attached)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError> {
+        let row: Option<DiskRow> = sqlx::query_as(SELECT_DISK_SQL)
+            .bind(disk_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.ok_or_else(|| {
+            RuleError::InvalidDiskIdNotFound {
+                disk_id: disk_id.to_owned(),
+            }
+            .into()
+        })
+        .and_then(Disk::try_from)
+    }
+
+    async fn create_snapshot(
+        &self,
+        command: &CreateSnapshotCommand,
+        policy: &Policy,
+        now: Timestamp,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<CreateOutcome, StoreError> {
+        // BEGIN IMMEDIATE serializes writers, so no unique-key race is left to retry.
+        let mut tx = self.begin_write().await?;
+        let outcome =
+            decide_and_write(&mut SqliteCreateTx(&mut tx), command, policy, now, backend).await?;
+        if matches!(outcome, CreateOutcome::Created { .. }) {
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn require_account(
+    tx: &mut Transaction<'static, Sqlite>,
+    account_id: &str,
+) -> Result<(), StoreError> {
+    let found: Option<(String,)> = sqlx::query_as(SELECT_ACCOUNT_EXISTS_SQL)
+        .bind(account_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(check_account_exists(account_id, found.is_some())?)
+}
