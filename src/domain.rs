@@ -429,4 +429,235 @@ mod tests {
         }
         assert_eq!(DiskCategory::parse("nvme"), None);
     }
+
+    fn repeat(c: char, n: usize) -> String {
+        std::iter::repeat_n(c, n).collect()
+    }
+
+    #[test]
+    fn a_disk_id_is_d_dash_and_1_to_62_lowercase_alphanumerics_or_hyphens() {
+        let not_supported = |raw: &str| {
+            Err(RuleError::DiskIdValueNotSupported {
+                disk_id: raw.to_owned(),
+            })
+        };
+        let shortest = "d-a".to_owned();
+        let longest = format!("d-{}", repeat('z', 62));
+        let too_long = format!("d-{}", repeat('z', 63));
+        let cases = [
+            (
+                "empty",
+                String::new(),
+                Err(RuleError::MissingParameter { field: "disk_id" }),
+            ),
+            (
+                "one character after the prefix",
+                shortest.clone(),
+                Ok(shortest),
+            ),
+            (
+                "62 characters after the prefix",
+                longest.clone(),
+                Ok(longest),
+            ),
+            (
+                "digits, letters and hyphens",
+                "d-0a-9z--".to_owned(),
+                Ok("d-0a-9z--".to_owned()),
+            ),
+            (
+                "63 characters after the prefix",
+                too_long.clone(),
+                not_supported(&too_long),
+            ),
+            ("the prefix alone", "d-".to_owned(), not_supported("d-")),
+            ("uppercase", "d-ABC".to_owned(), not_supported("d-ABC")),
+            (
+                "uppercase prefix",
+                "D-abc".to_owned(),
+                not_supported("D-abc"),
+            ),
+            ("underscore", "d-a_b".to_owned(), not_supported("d-a_b")),
+            ("missing prefix", "abc".to_owned(), not_supported("abc")),
+            ("another prefix", "i-abc".to_owned(), not_supported("i-abc")),
+            ("non-ASCII", "d-é".to_owned(), not_supported("d-é")),
+            ("space", "d-a b".to_owned(), not_supported("d-a b")),
+        ];
+        for (label, raw, expected) in cases {
+            assert_eq!(
+                DiskId::parse(&raw).map(|id| id.as_str().to_owned()),
+                expected,
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_name_follows_the_seed_rules_counted_in_characters() {
+        const LENGTH: &str = "must be 2 to 128 characters long";
+        const FIRST: &str = "must begin with an English letter or a Chinese character";
+        const AUTO: &str = "must not begin with `auto`, which marks automatic snapshots";
+        const URL: &str = "must not begin with http:// or https://";
+        const CHARSET: &str =
+            "may contain only letters, Chinese characters, digits, `_`, `:` and `-`";
+        let cases = [
+            ("one letter", "a".to_owned(), Err(LENGTH)),
+            ("two letters", "ab".to_owned(), Ok(())),
+            ("128 letters", repeat('a', 128), Ok(())),
+            ("129 letters", repeat('a', 129), Err(LENGTH)),
+            ("one Chinese character", "快".to_owned(), Err(LENGTH)),
+            ("two Chinese characters", "快照".to_owned(), Ok(())),
+            (
+                "128 Chinese characters (384 bytes)",
+                repeat('快', 128),
+                Ok(()),
+            ),
+            ("129 Chinese characters", repeat('快', 129), Err(LENGTH)),
+            ("uppercase first letter", "Backup".to_owned(), Ok(())),
+            ("Chinese first character", "快照-1".to_owned(), Ok(())),
+            ("digit first", "1backup".to_owned(), Err(FIRST)),
+            ("underscore first", "_backup".to_owned(), Err(FIRST)),
+            ("hyphen first", "-backup".to_owned(), Err(FIRST)),
+            ("colon first", ":backup".to_owned(), Err(FIRST)),
+            ("non-English letter first", "émile".to_owned(), Err(FIRST)),
+            ("auto alone", "auto".to_owned(), Err(AUTO)),
+            ("auto prefix", "autoX".to_owned(), Err(AUTO)),
+            (
+                "auto prefix with a hyphen",
+                "auto-daily".to_owned(),
+                Err(AUTO),
+            ),
+            // The seed forbids the literal prefix `auto`; other casings are ordinary names.
+            ("capitalised Auto prefix", "Auto1".to_owned(), Ok(())),
+            ("auto later in the name", "my-auto".to_owned(), Ok(())),
+            ("http:// prefix", "http://x".to_owned(), Err(URL)),
+            ("https:// prefix", "https://x".to_owned(), Err(URL)),
+            ("http without slashes", "http:x".to_owned(), Ok(())),
+            ("period", "a.b".to_owned(), Err(CHARSET)),
+            ("space", "a b".to_owned(), Err(CHARSET)),
+            ("slash", "a/b".to_owned(), Err(CHARSET)),
+            ("Chinese punctuation", "快照，".to_owned(), Err(CHARSET)),
+            ("digits after the first", "a123".to_owned(), Ok(())),
+            ("underscore after the first", "a_b".to_owned(), Ok(())),
+            ("colon after the first", "a:b".to_owned(), Ok(())),
+            ("hyphen after the first", "a-b".to_owned(), Ok(())),
+            (
+                "every allowed kind",
+                "Db:快照_2026-06-01".to_owned(),
+                Ok(()),
+            ),
+        ];
+        for (label, raw, expected) in cases {
+            let expected = expected
+                .map(|()| raw.clone())
+                .map_err(|why| RuleError::InvalidSnapshotNameMalformed { why });
+            assert_eq!(
+                SnapshotName::parse(&raw).map(|name| name.as_str().to_owned()),
+                expected,
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_snapshot_name_means_no_name() {
+        let cases = [
+            ("empty", "", Ok(None)),
+            ("valid", "ab", Ok(Some("ab".to_owned()))),
+            (
+                "malformed",
+                "a",
+                Err(RuleError::InvalidSnapshotNameMalformed {
+                    why: "must be 2 to 128 characters long",
+                }),
+            ),
+        ];
+        for (label, raw, expected) in cases {
+            assert_eq!(
+                SnapshotName::parse_optional(raw).map(|name| name.map(|n| n.as_str().to_owned())),
+                expected,
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_description_is_empty_or_2_to_256_characters_not_starting_with_a_url() {
+        const LENGTH: &str = "must be empty or 2 to 256 characters long";
+        const URL: &str = "must not begin with http:// or https://";
+        let cases = [
+            ("empty", String::new(), Ok(())),
+            ("one character", "a".to_owned(), Err(LENGTH)),
+            ("one Chinese character", "快".to_owned(), Err(LENGTH)),
+            ("two characters", "ab".to_owned(), Ok(())),
+            ("256 characters", repeat('a', 256), Ok(())),
+            ("257 characters", repeat('a', 257), Err(LENGTH)),
+            (
+                "256 Chinese characters (768 bytes)",
+                repeat('快', 256),
+                Ok(()),
+            ),
+            ("257 Chinese characters", repeat('快', 257), Err(LENGTH)),
+            ("http:// prefix", "http://example.com".to_owned(), Err(URL)),
+            (
+                "https:// prefix",
+                "https://example.com".to_owned(),
+                Err(URL),
+            ),
+            (
+                "a URL later in the text",
+                "see https://example.com".to_owned(),
+                Ok(()),
+            ),
+            (
+                "spaces and punctuation",
+                "nightly backup, v1.2!".to_owned(),
+                Ok(()),
+            ),
+        ];
+        for (label, raw, expected) in cases {
+            let expected = expected
+                .map(|()| raw.clone())
+                .map_err(|why| RuleError::InvalidDescriptionMalformed { why });
+            assert_eq!(
+                Description::parse(&raw).map(|d| d.as_str().to_owned()),
+                expected,
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_token_is_at_most_64_printable_ascii_characters() {
+        const LENGTH: &str = "must be at most 64 characters long";
+        const PRINTABLE: &str = "must contain only printable ASCII characters";
+        let cases = [
+            ("empty means no token", String::new(), Ok(None)),
+            ("one character", "x".to_owned(), Ok(Some(()))),
+            ("64 characters", repeat('x', 64), Ok(Some(()))),
+            ("65 characters", repeat('x', 65), Err(LENGTH)),
+            ("space", "a b".to_owned(), Ok(Some(()))),
+            ("tilde", "a~b".to_owned(), Ok(Some(()))),
+            (
+                "every printable kind",
+                "Az09 !\"#-_.~".to_owned(),
+                Ok(Some(())),
+            ),
+            ("control character", "a\u{1}b".to_owned(), Err(PRINTABLE)),
+            ("tab", "a\tb".to_owned(), Err(PRINTABLE)),
+            ("newline", "a\nb".to_owned(), Err(PRINTABLE)),
+            ("DEL", "a\u{7f}b".to_owned(), Err(PRINTABLE)),
+            ("non-ASCII", "tokén".to_owned(), Err(PRINTABLE)),
+        ];
+        for (label, raw, expected) in cases {
+            let expected = expected
+                .map(|token| token.map(|()| raw.clone()))
+                .map_err(|why| RuleError::InvalidClientTokenMalformed { why });
+            assert_eq!(
+                ClientToken::parse_optional(&raw).map(|t| t.map(|t| t.as_str().to_owned())),
+                expected,
+                "{label}"
+            );
+        }
+    }
 }

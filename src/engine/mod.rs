@@ -9,6 +9,8 @@ mod create;
 mod error;
 mod idempotence;
 mod inventory;
+#[cfg(test)]
+mod tests;
 
 pub use create::{CreateState, Policy, decide_create, estimated_copy_time};
 pub use error::RuleError;

@@ -1,0 +1,648 @@
+//! CreateSnapshot against the real server: the happy path and every row of the error table.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use snapshotd::backend::{BackendError, SnapshotBackend};
+use snapshotd::domain::Snapshot;
+use snapshotd::pb;
+use tonic::Code;
+
+use crate::assertions::{Detail, assert_error, retry_delay_secs};
+use crate::helpers::{
+    Backend, Options, as_account, create_request, minutes_ago, spawn_app, spawn_app_with, world,
+};
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_healthy_disk_gets_a_snapshot_id_and_a_request_id,
+    a_call_without_an_account_is_unauthenticated,
+    an_empty_disk_id_is_a_missing_parameter,
+    a_malformed_disk_id_is_not_supported,
+    a_malformed_snapshot_name_is_refused,
+    a_malformed_description_is_refused,
+    a_malformed_client_token_is_refused,
+    an_account_without_the_snapshot_service_is_refused,
+    an_account_without_balance_is_refused,
+    a_missing_disk_is_not_found,
+    local_and_ephemeral_disks_are_not_supported,
+    an_expired_disk_is_in_arrears,
+    a_disk_never_attached_is_refused,
+    a_disk_not_in_use_is_refused,
+    an_instance_neither_running_nor_stopped_is_refused,
+    an_instance_locked_for_security_is_refused,
+    an_instance_never_started_is_refused,
+    a_disk_younger_than_the_init_window_is_initializing,
+    a_second_snapshot_is_refused_while_one_is_in_progress,
+    a_disk_at_its_quota_is_refused,
+    a_backend_that_cannot_start_the_copy_fails_the_request_and_stores_nothing,
+    an_unreadable_row_is_an_internal_error_without_internals,
+    input_errors_are_checked_in_the_table_order,
+);
+
+async fn a_healthy_disk_gets_a_snapshot_id_and_a_request_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+
+    let response = app
+        .create(
+            "acct-a",
+            pb::CreateSnapshotRequest {
+                disk_id: "d-acct-a-0".into(),
+                snapshot_name: "nightly-2026:11".into(),
+                description: "before the upgrade".into(),
+                client_token: String::new(),
+            },
+        )
+        .await
+        .expect("CreateSnapshot");
+
+    let id = &response.snapshot_id;
+    assert_eq!(id.len(), 22, "{id}");
+    assert!(id.starts_with("s-"));
+    assert!(
+        id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    );
+    let request_id = &response.request_id;
+    assert!(uuid::Uuid::parse_str(request_id).is_ok());
+    assert_eq!(*request_id, request_id.to_uppercase());
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
+
+async fn a_call_without_an_account_is_unauthenticated(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+
+    let status = app
+        .snapshots()
+        .create_snapshot(create_request("d-acct-a-0"))
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidIdentity.Missing",
+        "401",
+        Detail::None,
+    );
+
+    let status = app
+        .create("", create_request("d-acct-a-0"))
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidIdentity.Missing",
+        "401",
+        Detail::None,
+    );
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
+
+async fn an_empty_disk_id_is_a_missing_parameter(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let status = app.create_on("acct-a", "").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "MissingParameter",
+        "400",
+        Detail::BadRequest("disk_id"),
+    );
+}
+
+async fn a_malformed_disk_id_is_not_supported(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let too_long = format!("d-{}", "a".repeat(63));
+    for disk_id in [
+        "disk-1",
+        "d-",
+        "d-ABC",
+        "d-a_b",
+        "D-1",
+        too_long.as_str(),
+        "d-é",
+    ] {
+        let status = app.create_on("acct-a", disk_id).await.unwrap_err();
+        let metadata = assert_error(
+            &status,
+            Code::InvalidArgument,
+            "DiskId.ValueNotSupported",
+            "403",
+            Detail::BadRequest("disk_id"),
+        );
+        assert_eq!(metadata.get("diskId").map(String::as_str), Some(disk_id));
+    }
+}
+
+async fn a_malformed_snapshot_name_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let too_long = format!("a{}", "b".repeat(128));
+    for name in [
+        "a",
+        "1abc",
+        "_abc",
+        "auto-nightly",
+        "http://x",
+        "https://x",
+        "a b",
+        "a.b",
+        too_long.as_str(),
+    ] {
+        let request = pb::CreateSnapshotRequest {
+            snapshot_name: name.into(),
+            ..create_request("d-acct-a-0")
+        };
+        let status = app.create("acct-a", request).await.unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidSnapshotName.Malformed",
+            "400",
+            Detail::BadRequest("snapshot_name"),
+        );
+    }
+    assert_eq!(app.count_rows("snapshots").await, 0);
+
+    // 128 Chinese characters are 384 bytes but 128 characters: allowed.
+    let request = pb::CreateSnapshotRequest {
+        snapshot_name: "快".repeat(128),
+        ..create_request("d-acct-a-0")
+    };
+    app.create("acct-a", request)
+        .await
+        .expect("a 128-character Chinese name");
+}
+
+async fn a_malformed_description_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let too_long = "x".repeat(257);
+    for description in [
+        "x",
+        "http://example.com",
+        "https://example.com",
+        too_long.as_str(),
+    ] {
+        let request = pb::CreateSnapshotRequest {
+            description: description.into(),
+            ..create_request("d-acct-a-0")
+        };
+        let status = app.create("acct-a", request).await.unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidDescription.Malformed",
+            "404",
+            Detail::BadRequest("description"),
+        );
+    }
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
+
+async fn a_malformed_client_token_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let too_long = "t".repeat(65);
+    for token in [too_long.as_str(), "tök", "tab\there", "bell\u{7}"] {
+        let request = pb::CreateSnapshotRequest {
+            client_token: token.into(),
+            ..create_request("d-acct-a-0")
+        };
+        let status = app.create("acct-a", request).await.unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidClientToken.Malformed",
+            "403",
+            Detail::BadRequest("client_token"),
+        );
+    }
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    assert_eq!(app.count_rows("client_tokens").await, 0);
+}
+
+async fn an_account_without_the_snapshot_service_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut inactive = world("acct-a", 1);
+    inactive.account.snapshot_service_activated = false;
+    app.seed(&inactive).await;
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "InvalidAccountStatus.SnapshotServiceUnavailable",
+        "403",
+        Detail::None,
+    );
+    // An account the inventory never heard of has not opened the service either.
+    let status = app
+        .create_on("acct-unknown", "d-acct-a-0")
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "InvalidAccountStatus.SnapshotServiceUnavailable",
+        "403",
+        Detail::None,
+    );
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
+
+async fn an_account_without_balance_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut broke = world("acct-a", 1);
+    broke.account.insufficient_balance = true;
+    app.seed(&broke).await;
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "InvalidAccountStatus.NotEnoughBalance",
+        "403",
+        Detail::None,
+    );
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
+
+async fn a_missing_disk_is_not_found(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+
+    let status = app.create_on("acct-a", "d-nowhere").await.unwrap_err();
+    let metadata = assert_error(
+        &status,
+        Code::NotFound,
+        "InvalidDiskId.NotFound",
+        "404",
+        Detail::ResourceInfo("disk"),
+    );
+    assert_eq!(
+        metadata.get("diskId").map(String::as_str),
+        Some("d-nowhere")
+    );
+}
+
+/// Seeds a world whose only disk is changed by `change`, and expects `reason` for it.
+async fn refused_after(
+    backend: Backend,
+    change: impl FnOnce(&mut crate::helpers::World),
+    code: Code,
+    reason: &str,
+    http_status: &str,
+    detail: Detail,
+) -> tonic::Status {
+    let app = spawn_app(backend).await;
+    let mut w = world("acct-a", 1);
+    change(&mut w);
+    app.seed(&w).await;
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    let metadata = assert_error(&status, code, reason, http_status, detail);
+    assert_eq!(
+        metadata.get("diskId").map(String::as_str),
+        Some("d-acct-a-0")
+    );
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        0,
+        "{reason} writes nothing"
+    );
+    status
+}
+
+async fn local_and_ephemeral_disks_are_not_supported(backend: Backend) {
+    for category in [
+        "local_ssd_pro",
+        "local_hdd_pro",
+        "ephemeral",
+        "ephemeral_ssd",
+        "elastic_ephemeral_disk_standard",
+        "elastic_ephemeral_disk_premium",
+    ] {
+        refused_after(
+            backend,
+            |w| w.disks[0].category = category.into(),
+            Code::FailedPrecondition,
+            "DiskCategory.OperationNotSupported",
+            "400",
+            Detail::PreconditionFailure,
+        )
+        .await;
+    }
+}
+
+async fn an_expired_disk_is_in_arrears(backend: Backend) {
+    refused_after(
+        backend,
+        |w| w.disks[0].expires_at = Some(minutes_ago(1)),
+        Code::FailedPrecondition,
+        "DiskInArrears",
+        "403",
+        Detail::PreconditionFailure,
+    )
+    .await;
+}
+
+async fn a_disk_never_attached_is_refused(backend: Backend) {
+    refused_after(
+        backend,
+        |w| {
+            let disk = &mut w.disks[0];
+            disk.ever_attached = false;
+            disk.status = pb::DiskStatus::Available.into();
+            disk.instance_id.clear();
+        },
+        Code::FailedPrecondition,
+        "IncorrectDiskStatus.NeverAttached",
+        "403",
+        Detail::PreconditionFailure,
+    )
+    .await;
+}
+
+async fn a_disk_not_in_use_is_refused(backend: Backend) {
+    for status in [
+        pb::DiskStatus::Available,
+        pb::DiskStatus::Attaching,
+        pb::DiskStatus::Detaching,
+        pb::DiskStatus::Creating,
+        pb::DiskStatus::Reiniting,
+    ] {
+        refused_after(
+            backend,
+            |w| w.disks[0].status = status.into(),
+            Code::FailedPrecondition,
+            "IncorrectDiskStatus",
+            "403",
+            Detail::PreconditionFailure,
+        )
+        .await;
+    }
+}
+
+async fn an_instance_neither_running_nor_stopped_is_refused(backend: Backend) {
+    for status in [
+        pb::InstanceStatus::Pending,
+        pb::InstanceStatus::Starting,
+        pb::InstanceStatus::Stopping,
+    ] {
+        let refusal = refused_after(
+            backend,
+            |w| w.instance.status = status.into(),
+            Code::FailedPrecondition,
+            "IncorrectInstanceStatus",
+            "400",
+            Detail::PreconditionFailure,
+        )
+        .await;
+        let metadata = assert_error(
+            &refusal,
+            Code::FailedPrecondition,
+            "IncorrectInstanceStatus",
+            "400",
+            Detail::PreconditionFailure,
+        );
+        assert_eq!(
+            metadata.get("instanceId").map(String::as_str),
+            Some("i-acct-a")
+        );
+    }
+    // A stopped instance is fine.
+    let app = spawn_app(backend).await;
+    let mut w = world("acct-a", 1);
+    w.instance.status = pb::InstanceStatus::Stopped.into();
+    app.seed(&w).await;
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("stopped instance");
+}
+
+async fn an_instance_locked_for_security_is_refused(backend: Backend) {
+    refused_after(
+        backend,
+        |w| w.instance.lock_reasons = vec!["financial".into(), "security".into()],
+        Code::FailedPrecondition,
+        "InstanceLockedForSecurity",
+        "403",
+        Detail::PreconditionFailure,
+    )
+    .await;
+}
+
+async fn an_instance_never_started_is_refused(backend: Backend) {
+    refused_after(
+        backend,
+        |w| w.instance.last_started_at = None,
+        Code::FailedPrecondition,
+        "IncorrectDiskStatus.NeverUsed",
+        "403",
+        Detail::PreconditionFailure,
+    )
+    .await;
+}
+
+async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
+    let status = refused_after(
+        backend,
+        |w| w.disks[0].created_at = Some(minutes_ago(59)),
+        Code::FailedPrecondition,
+        "IncorrectDiskStatus.Initializing",
+        "403",
+        Detail::PreconditionFailureAndRetry,
+    )
+    .await;
+    let delay = retry_delay_secs(&status);
+    assert!(
+        (55..=61).contains(&delay),
+        "about one minute left, got {delay}s"
+    );
+
+    let app = spawn_app(backend).await;
+    let mut w = world("acct-a", 1);
+    w.disks[0].created_at = Some(minutes_ago(61));
+    app.seed(&w).await;
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("61 minutes is past the window");
+
+    // The window is configurable.
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|c| c.init_window = std::time::Duration::from_secs(10 * 60)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut w = world("acct-a", 1);
+    w.disks[0].created_at = Some(minutes_ago(11));
+    app.seed(&w).await;
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("a 10-minute window");
+}
+
+async fn a_second_snapshot_is_refused_while_one_is_in_progress(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let first = app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    let metadata = assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "IncorrectDiskStatus.CreatingSnapshot",
+        "403",
+        Detail::PreconditionFailureAndRetry,
+    );
+    assert_eq!(metadata.get("snapshotId"), Some(&first.snapshot_id));
+    // 40 GiB at 256 MiB/s is 160 s.
+    let delay = retry_delay_secs(&status);
+    assert!(
+        (150..=160).contains(&delay),
+        "about 160 s left, got {delay}s"
+    );
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
+
+async fn a_disk_at_its_quota_is_refused(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|c| c.snapshot_quota = 3),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    for _ in 0..3 {
+        app.create_on("acct-a", "d-acct-a-0")
+            .await
+            .expect("under quota");
+        crate::helpers::finish_copies(&app).await;
+    }
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::ResourceExhausted,
+        "QuotaExceed.Snapshot",
+        "403",
+        Detail::QuotaFailure,
+    );
+    let quota = tonic_types::StatusExt::get_details_quota_failure(&status).unwrap();
+    assert_eq!(quota.violations[0].subject, "disk/d-acct-a-0");
+    assert_eq!(app.count_rows("snapshots").await, 3);
+}
+
+/// A data plane that refuses every copy.
+struct RefusingBackend;
+
+#[async_trait]
+impl SnapshotBackend for RefusingBackend {
+    async fn start_copy(&self, _snapshot: &Snapshot) -> Result<(), BackendError> {
+        Err(BackendError("no capacity in this zone".into()))
+    }
+}
+
+async fn a_backend_that_cannot_start_the_copy_fails_the_request_and_stores_nothing(
+    backend: Backend,
+) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            snapshot_backend: Arc::new(RefusingBackend),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    let request = pb::CreateSnapshotRequest {
+        client_token: "tok-1".into(),
+        ..create_request("d-acct-a-0")
+    };
+    let status = app.create("acct-a", request).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::Internal,
+        "CreateSnapshot.Failed",
+        "403",
+        Detail::None,
+    );
+    assert!(
+        !status.message().contains("capacity"),
+        "no internals: {}",
+        status.message()
+    );
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    assert_eq!(
+        app.count_rows("client_tokens").await,
+        0,
+        "a failed request binds no token"
+    );
+}
+
+async fn an_unreadable_row_is_an_internal_error_without_internals(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    crate::helpers::execute_sql(&app, "UPDATE disks SET category = 'floppy'").await;
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::Internal,
+        "InternalError",
+        "500",
+        Detail::None,
+    );
+    let message = status.message().to_lowercase();
+    for leak in ["floppy", "select", "sql", "disks"] {
+        assert!(!message.contains(leak), "{leak} leaked: {message}");
+    }
+}
+
+async fn input_errors_are_checked_in_the_table_order(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Everything is wrong: the identity check answers first, then disk id, name, description, token.
+    let all_wrong = pb::CreateSnapshotRequest {
+        disk_id: "bad".into(),
+        snapshot_name: "1".into(),
+        description: "x".into(),
+        client_token: "t".repeat(65),
+    };
+    let status = app
+        .snapshots()
+        .create_snapshot(all_wrong.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let expected = [
+        "DiskId.ValueNotSupported",
+        "InvalidSnapshotName.Malformed",
+        "InvalidDescription.Malformed",
+        "InvalidClientToken.Malformed",
+    ];
+    let mut request = all_wrong;
+    for (step, reason) in expected.iter().enumerate() {
+        let status = app
+            .snapshots()
+            .create_snapshot(as_account("acct-a", request.clone()))
+            .await
+            .unwrap_err();
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!(info.reason, *reason, "step {step}");
+        match step {
+            0 => request.disk_id = "d-1".into(),
+            1 => request.snapshot_name = "ok-name".into(),
+            2 => request.description = String::new(),
+            _ => {}
+        }
+    }
+}
