@@ -1,0 +1,117 @@
+//! The per-disk lock under real concurrency: many tasks, one disk; many disks at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tonic::Code;
+
+use crate::assertions::{Detail, assert_error};
+use crate::helpers::{Backend, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world};
+use crate::on_both_backends;
+
+on_both_backends!(
+    sixty_four_concurrent_creates_on_one_disk_yield_exactly_one_snapshot,
+    concurrent_creates_never_exceed_the_quota,
+    concurrent_creates_on_different_disks_all_succeed,
+);
+
+async fn sixty_four_concurrent_creates_on_one_disk_yield_exactly_one_snapshot(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
+    app.seed(&world("acct-a", 1)).await;
+
+    let results = concurrently(64, |_| {
+        let app = app.clone();
+        async move { app.create_on("acct-a", "d-acct-a-0").await }
+    })
+    .await;
+
+    let (created, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(created.len(), 1, "exactly one create wins");
+    for status in refused.into_iter().map(Result::unwrap_err) {
+        assert_error(
+            &status,
+            Code::FailedPrecondition,
+            "IncorrectDiskStatus.CreatingSnapshot",
+            "403",
+            Detail::PreconditionFailureAndRetry,
+        );
+    }
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
+
+async fn concurrent_creates_never_exceed_the_quota(backend: Backend) {
+    let app = Arc::new(
+        spawn_app_with(
+            backend,
+            Options {
+                configure: Box::new(|c| c.snapshot_quota = 4),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    app.seed(&world("acct-a", 1)).await;
+
+    // Rounds of 16 racers; between rounds the copy in progress finishes.
+    for _ in 0..6 {
+        concurrently(16, |_| {
+            let app = app.clone();
+            async move { app.create_on("acct-a", "d-acct-a-0").await }
+        })
+        .await;
+        finish_copies(&app).await;
+    }
+    assert_eq!(app.count_rows("snapshots").await, 4);
+}
+
+async fn concurrent_creates_on_different_disks_all_succeed(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
+    app.seed(&world("acct-a", 32)).await;
+
+    let results = concurrently(32, |n| {
+        let app = app.clone();
+        async move { app.create_on("acct-a", &format!("d-acct-a-{n}")).await }
+    })
+    .await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(app.count_rows("snapshots").await, 32);
+}
+
+/// PostgreSQL locks per disk: a create on one disk does not wait for a lock held on another.
+/// (SQLite serializes all writes on its one database lock, so this is PostgreSQL's alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
+    let app = Arc::new(spawn_app(Backend::Postgres).await);
+    app.seed(&world("acct-a", 2)).await;
+
+    // Hold disk 0's row lock in another session, as a slow CreateSnapshot would.
+    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM disks WHERE disk_id = 'd-acct-a-0' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let blocked = tokio::spawn({
+        let app = app.clone();
+        async move { app.create_on("acct-a", "d-acct-a-0").await }
+    });
+    let other_disk = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.create_on("acct-a", "d-acct-a-1"),
+    )
+    .await
+    .expect("disk 1 does not wait for disk 0's lock");
+    other_disk.expect("disk 1 is snapshotted");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!blocked.is_finished(), "disk 0's create waits for its row lock");
+    tx.rollback().await.unwrap();
+    blocked
+        .await
+        .unwrap()
+        .expect("disk 0's create proceeds once the lock is released");
+    assert_eq!(app.count_rows("snapshots").await, 2);
+}
