@@ -230,6 +230,25 @@ impl TestDatabase {
     }
 }
 
+/// The address of the PostgreSQL server the tests use.
+pub async fn postgres_server_addr() -> SocketAddr {
+    let url = postgres_admin_url().await;
+    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let host_port = after_at.split('/').next().expect("host:port");
+    tokio::net::lookup_host(host_port)
+        .await
+        .expect("resolving the PostgreSQL host")
+        .next()
+        .expect("an address")
+}
+
+/// `url` with its host and port replaced by `addr`.
+pub fn replace_host(url: &str, addr: SocketAddr) -> String {
+    let (credentials, rest) = url.rsplit_once('@').expect("a URL with a user");
+    let (_, path) = rest.split_once('/').expect("a URL with a database");
+    format!("{credentials}@{addr}/{path}")
+}
+
 fn replace_database(url: &str, database: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("a URL with a database path");
     format!("{base}/{database}")

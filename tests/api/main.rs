@@ -1,7 +1,11 @@
 //! Integration tests: the real server on a random port, real tonic clients, and a fresh
 //! PostgreSQL database or SQLite file per test. Each API test runs on both backends.
 
+mod assertions;
+mod fault_proxy;
 mod helpers;
 
-mod assertions;
+mod concurrency;
 mod create_snapshot;
+mod faults;
+mod idempotence;

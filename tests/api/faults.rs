@@ -1,0 +1,70 @@
+//! The database going away under a running server: requests fail fast as UNAVAILABLE with
+//! RetryInfo (not INTERNAL, not a hang), nothing half-written, and the same process recovers.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tonic::Code;
+
+use crate::assertions::{Detail, assert_error};
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::{Backend, Options, finish_copies, postgres_server_addr, spawn_app, spawn_app_with, world};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_postgres_connection_is_unavailable_with_retry_info_and_the_server_recovers() {
+    let proxy = FaultProxy::start(postgres_server_addr().await).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        Options {
+            configure: Box::new(move |c| {
+                c.database_url = crate::helpers::replace_host(&c.database_url, proxy_addr);
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 2)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.expect("the database is there");
+
+    proxy.cut();
+    let started = Instant::now();
+    let status = app.create_on("acct-a", "d-acct-a-1").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(8), "fails fast: {:?}", started.elapsed());
+    assert_error(&status, Code::Unavailable, "ServiceUnavailable", "503", Detail::RetryInfo);
+    assert!(!status.message().to_lowercase().contains("connection"), "{}", status.message());
+
+    proxy.restore();
+    let mut recovered = None;
+    for _ in 0..20 {
+        match app.create_on("acct-a", "d-acct-a-1").await {
+            Ok(response) => {
+                recovered = Some(response);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    recovered.expect("the same process recovers when the database returns");
+    assert_eq!(app.count_rows("snapshots").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sqlite_database_locked_by_another_process_is_unavailable_and_nothing_is_written() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.seed(&world("acct-a", 1)).await;
+
+    // Another process holds the write lock for longer than the busy timeout.
+    let mut other = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+    assert_error(&status, Code::Unavailable, "ServiceUnavailable", "503", Detail::RetryInfo);
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    app.create_on("acct-a", "d-acct-a-0").await.expect("works once the lock is gone");
+    finish_copies(&app).await;
+}
