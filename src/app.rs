@@ -71,6 +71,13 @@ impl App {
             database = %redact_password(&config.database_url),
             "store ready, migrations applied"
         );
+        if config.seeds_demo() && store.kind() == "sqlite" && store.is_empty().await? {
+            crate::demo::seed_demo(store.as_ref(), clock.now()).await?;
+            tracing::info!(
+                account = crate::demo::DEMO_ACCOUNT,
+                "seeded the demo inventory into the new embedded store (disable with --no-demo)"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {

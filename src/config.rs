@@ -49,6 +49,14 @@ pub struct Config {
     #[arg(long, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
+    /// Seed the demo inventory (acct-demo) into an empty embedded store at startup.
+    #[arg(long, env = "SNAPSHOTD_DEMO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub demo: bool,
+
+    /// Same as `--demo false`.
+    #[arg(long)]
+    pub no_demo: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -64,6 +72,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Put the demo inventory (acct-demo) into DATABASE_URL, then exit. Safe to repeat.
+    SeedDemo,
 }
 
 impl Config {
@@ -75,11 +85,17 @@ impl Config {
         }
     }
 
+    /// Whether to seed the demo inventory into an empty embedded store.
+    pub fn seeds_demo(&self) -> bool {
+        self.demo && !self.no_demo
+    }
+
     /// A configuration for tests and embedding: defaults, no environment read.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         let mut config = Self::parse_from(["snapshotd"]);
         config.database_url = database_url.into();
         config.admin_token = None;
+        config.demo = false;
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config
     }
@@ -100,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("copy_rate_mibps", &self.copy_rate_mibps)
             .field("db_max_connections", &self.db_max_connections)
             .field("log_format", &self.log_format)
+            .field("demo", &self.seeds_demo())
             .finish()
     }
 }

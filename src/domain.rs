@@ -41,6 +41,17 @@ impl DiskId {
     }
 }
 
+/// Account and instance ids: 1..=64 of `[A-Za-z0-9._:-]`. The same rule holds for the
+/// `x-account-id` header and the inventory, so every caller the header admits can be stored.
+pub const MAX_PLAIN_ID_LEN: usize = 64;
+
+pub fn is_plain_id(raw: &str) -> bool {
+    (1..=MAX_PLAIN_ID_LEN).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Lower-case alphanumerics used in generated ids.
 const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 

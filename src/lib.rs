@@ -7,6 +7,7 @@ pub mod app;
 pub mod backend;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod grpc;

@@ -3,23 +3,41 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use snapshotd::config::{Command, Config};
-use snapshotd::{App, app, telemetry};
+use snapshotd::config::{Command, Config, redact_password};
+use snapshotd::{App, app, demo, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init(config.log_format);
     match config.command.clone().unwrap_or(Command::Serve) {
-        Command::Serve => match serve(config).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "snapshotd failed");
-                eprintln!("snapshotd: {err}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve => exit_code(serve(config).await),
+        Command::SeedDemo => exit_code(seed_demo(config).await),
     }
+}
+
+fn exit_code(result: Result<(), app::AppError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "snapshotd failed");
+            eprintln!("snapshotd: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn seed_demo(config: Config) -> Result<(), app::AppError> {
+    let store = store::connect(&config.database_url, 2).await?;
+    store.migrate().await?;
+    demo::seed_demo(store.as_ref(), chrono::Utc::now()).await?;
+    store.close().await;
+    println!(
+        "seeded the demo inventory ({}) into {}",
+        demo::DEMO_ACCOUNT,
+        redact_password(&config.database_url)
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), app::AppError> {

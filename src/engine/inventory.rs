@@ -14,6 +14,43 @@ pub fn check_account_exists(account_id: &str, exists: bool) -> Result<(), RuleEr
     }
 }
 
+/// An instance cannot move to another account while another account's disks are attached to it.
+pub fn check_instance_reassignment(
+    instance_id: &str,
+    foreign_disk_attached: Option<&str>,
+) -> Result<(), RuleError> {
+    match foreign_disk_attached {
+        None => Ok(()),
+        Some(disk_id) => Err(RuleError::InvalidParameter {
+            field: "account_id",
+            why: format!(
+                "disk {disk_id} of another account is attached to instance {instance_id}; \
+                 detach it first"
+            ),
+        }),
+    }
+}
+
+/// A disk that has snapshots keeps its account: they are that account's data.
+pub fn check_disk_reassignment(
+    disk: &Disk,
+    stored_owner: Option<&str>,
+    snapshot_count: i64,
+) -> Result<(), RuleError> {
+    match stored_owner {
+        Some(owner) if owner != disk.account_id && snapshot_count > 0 => {
+            Err(RuleError::InvalidParameter {
+                field: "account_id",
+                why: format!(
+                    "disk {} has snapshots of account {owner} and cannot change account",
+                    disk.disk_id
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A disk may be attached only to an existing instance of its own account.
 /// `instance_owner` is the account of `instance_id`, `None` when there is no such instance.
 pub fn check_disk_attachment(

@@ -15,4 +15,7 @@ mod tests;
 pub use create::{CreateState, Policy, decide_create, estimated_copy_time};
 pub use error::RuleError;
 pub use idempotence::{TokenBinding, check_token_binding};
-pub use inventory::{check_account_exists, check_disk_attachment};
+pub use inventory::{
+    check_account_exists, check_disk_attachment, check_disk_reassignment,
+    check_instance_reassignment,
+};

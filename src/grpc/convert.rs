@@ -7,6 +7,7 @@ use chrono::DateTime;
 
 use crate::domain::{
     Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, Timestamp,
+    is_plain_id,
 };
 use crate::engine::RuleError;
 use crate::pb;
@@ -32,7 +33,8 @@ fn timestamp_from_proto(
     at.map(|at| {
         u32::try_from(at.nanos)
             .ok()
-            .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+            // Microseconds: what PostgreSQL keeps, so both backends store the same instant.
+            .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos / 1000 * 1000))
             .ok_or_else(|| invalid(field, "is not a valid timestamp"))
     })
     .transpose()
@@ -50,11 +52,7 @@ fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, RuleError> {
     if raw.is_empty() {
         return Err(RuleError::MissingParameter { field });
     }
-    let valid = raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if valid {
+    if is_plain_id(raw) {
         Ok(raw.to_owned())
     } else {
         Err(invalid(field, "must be 1 to 64 of [A-Za-z0-9._:-]"))

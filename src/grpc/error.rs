@@ -21,6 +21,8 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("no caller identity in x-account-id")]
     MissingIdentity,
+    #[error("x-account-id is not a valid account id")]
+    MalformedIdentity,
     #[error("the inventory API is disabled: SNAPSHOTD_ADMIN_TOKEN is not set")]
     AdminApiDisabled,
     #[error("missing or wrong admin bearer token")]
@@ -141,6 +143,12 @@ fn answer(err: &ApiError) -> Answer {
             "InvalidIdentity.Missing",
             401,
             "The caller identity is missing: set the x-account-id metadata.",
+        ),
+        ApiError::MalformedIdentity => Answer::new(
+            Unauthenticated,
+            "InvalidIdentity.Malformed",
+            401,
+            "The caller identity in x-account-id is not a valid account id.",
         ),
         ApiError::AdminApiDisabled => Answer::new(
             Unauthenticated,

@@ -93,6 +93,9 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// True when no account has been stored yet (a store never used).
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+
     async fn put_account(&self, account: &Account) -> Result<Account, StoreError>;
 
     /// Refuses an unknown account (`InvalidAccountId.NotFound`).

@@ -21,6 +21,7 @@ use crate::backend::SnapshotBackend;
 use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp};
 use crate::engine::{
     CreateState, Policy, RuleError, TokenBinding, check_account_exists, check_disk_attachment,
+    check_disk_reassignment, check_instance_reassignment,
 };
 
 /// How often a CreateSnapshot transaction is retried after losing a unique-key race.
@@ -101,6 +102,13 @@ const SELECT_DISK_SQL: &str = "\
 SELECT disk_id, account_id, category, disk_type, status, instance_id, size_gib, created_at,
        expires_at, ever_attached
 FROM disks WHERE disk_id = $1";
+
+const FOREIGN_DISK_ON_INSTANCE_SQL: &str =
+    "SELECT disk_id FROM disks WHERE instance_id = $1 AND account_id <> $2 LIMIT 1";
+
+const DISK_OWNER_SQL: &str = "SELECT account_id, snapshot_count FROM disks WHERE disk_id = $1";
+
+const ANY_ACCOUNT_SQL: &str = "SELECT account_id FROM accounts LIMIT 1";
 
 const SELECT_ACCOUNT_EXISTS_SQL: &str = "SELECT account_id FROM accounts WHERE account_id = $1";
 
@@ -217,6 +225,13 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        let any: Option<(String,)> = sqlx::query_as(ANY_ACCOUNT_SQL)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(any.is_none())
+    }
+
     async fn put_account(&self, account: &Account) -> Result<Account, StoreError> {
         let row: AccountRow = sqlx::query_as(UPSERT_ACCOUNT_SQL)
             .bind(&account.account_id)
@@ -230,6 +245,15 @@ impl Store for PgStore {
     async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError> {
         let mut tx = self.pool.begin().await?;
         require_account(&mut tx, &instance.account_id).await?;
+        let foreign: Option<(String,)> = sqlx::query_as(FOREIGN_DISK_ON_INSTANCE_SQL)
+            .bind(&instance.instance_id)
+            .bind(&instance.account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        check_instance_reassignment(
+            &instance.instance_id,
+            foreign.as_ref().map(|(disk_id,)| disk_id.as_str()),
+        )?;
         let row: InstanceRow = sqlx::query_as(UPSERT_INSTANCE_SQL)
             .bind(&instance.instance_id)
             .bind(&instance.account_id)
@@ -246,6 +270,16 @@ impl Store for PgStore {
     async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError> {
         let mut tx = self.pool.begin().await?;
         require_account(&mut tx, &disk.account_id).await?;
+        let stored: Option<(String, i32)> = sqlx::query_as(DISK_OWNER_SQL)
+            .bind(&disk.disk_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (stored_owner, snapshot_count) = stored.unzip();
+        check_disk_reassignment(
+            disk,
+            stored_owner.as_deref(),
+            snapshot_count.map_or(0, i64::from),
+        )?;
         if let Some(instance_id) = &disk.instance_id {
             let owner: Option<(String,)> = sqlx::query_as(SELECT_INSTANCE_ACCOUNT_SQL)
                 .bind(instance_id)

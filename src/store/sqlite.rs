@@ -7,6 +7,8 @@
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use crate::backend::SnapshotBackend;
 use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp};
 use crate::engine::{
     CreateState, Policy, RuleError, TokenBinding, check_account_exists, check_disk_attachment,
+    check_disk_reassignment, check_instance_reassignment,
 };
 
 const LOCK_AND_READ_SQL: &str = "\
@@ -98,6 +101,13 @@ SELECT disk_id, account_id, category, disk_type, status, instance_id, size_gib, 
        expires_at, ever_attached
 FROM disks WHERE disk_id = ?1";
 
+const FOREIGN_DISK_ON_INSTANCE_SQL: &str =
+    "SELECT disk_id FROM disks WHERE instance_id = ?1 AND account_id <> ?2 LIMIT 1";
+
+const DISK_OWNER_SQL: &str = "SELECT account_id, snapshot_count FROM disks WHERE disk_id = ?1";
+
+const ANY_ACCOUNT_SQL: &str = "SELECT account_id FROM accounts LIMIT 1";
+
 const SELECT_ACCOUNT_EXISTS_SQL: &str = "SELECT account_id FROM accounts WHERE account_id = ?1";
 
 const SELECT_INSTANCE_ACCOUNT_SQL: &str = "SELECT account_id FROM instances WHERE instance_id = ?1";
@@ -107,13 +117,25 @@ const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held for the life of the store: a second server on the same file would break the
+    /// serialization `BEGIN IMMEDIATE` gives within one process's pool.
+    _process_lock: File,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by a `sqlite://PATH` URL.
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(database_url)
-            .map_err(StoreError::Database)?
+        let options = SqliteConnectOptions::from_str(database_url).map_err(StoreError::Database)?;
+        let path = options.get_filename().to_path_buf();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Unsupported(
+                "an in-memory SQLite database would lose every snapshot on restart; \
+                 give DATABASE_URL a file, e.g. sqlite://snapshotd.db"
+                    .into(),
+            ));
+        }
+        let process_lock = lock_for_one_process(&path)?;
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -124,7 +146,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            _process_lock: process_lock,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -239,6 +264,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        let any: Option<(String,)> = sqlx::query_as(ANY_ACCOUNT_SQL)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(any.is_none())
+    }
+
     async fn put_account(&self, account: &Account) -> Result<Account, StoreError> {
         let row: AccountRow = sqlx::query_as(UPSERT_ACCOUNT_SQL)
             .bind(&account.account_id)
@@ -252,6 +284,15 @@ impl Store for SqliteStore {
     async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError> {
         let mut tx = self.begin_write().await?;
         require_account(&mut tx, &instance.account_id).await?;
+        let foreign: Option<(String,)> = sqlx::query_as(FOREIGN_DISK_ON_INSTANCE_SQL)
+            .bind(&instance.instance_id)
+            .bind(&instance.account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        check_instance_reassignment(
+            &instance.instance_id,
+            foreign.as_ref().map(|(disk_id,)| disk_id.as_str()),
+        )?;
         let row: InstanceRow = sqlx::query_as(UPSERT_INSTANCE_SQL)
             .bind(&instance.instance_id)
             .bind(&instance.account_id)
@@ -268,6 +309,16 @@ impl Store for SqliteStore {
     async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError> {
         let mut tx = self.begin_write().await?;
         require_account(&mut tx, &disk.account_id).await?;
+        let stored: Option<(String, i32)> = sqlx::query_as(DISK_OWNER_SQL)
+            .bind(&disk.disk_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (stored_owner, snapshot_count) = stored.unzip();
+        check_disk_reassignment(
+            disk,
+            stored_owner.as_deref(),
+            snapshot_count.map_or(0, i64::from),
+        )?;
         if let Some(instance_id) = &disk.instance_id {
             let owner: Option<(String,)> = sqlx::query_as(SELECT_INSTANCE_ACCOUNT_SQL)
                 .bind(instance_id)
@@ -325,6 +376,33 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Takes an exclusive lock on `<database>.lock`, refusing a second server on the same file.
+fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {
+    let mut lock_path = database.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unsupported(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Unsupported(format!(
+            "another snapshotd is already serving {}; the embedded SQLite store allows one \
+             server process per database file: run replicas on PostgreSQL",
+            database.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StoreError::Unsupported(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }
 

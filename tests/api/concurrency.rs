@@ -7,7 +7,9 @@ use sqlx::Connection;
 use tonic::Code;
 
 use crate::assertions::{Detail, assert_error};
-use crate::helpers::{Backend, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world};
+use crate::helpers::{
+    Backend, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -107,7 +109,10 @@ async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
     other_disk.expect("disk 1 is snapshotted");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!blocked.is_finished(), "disk 0's create waits for its row lock");
+    assert!(
+        !blocked.is_finished(),
+        "disk 0's create waits for its row lock"
+    );
     tx.rollback().await.unwrap();
     blocked
         .await

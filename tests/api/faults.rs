@@ -8,7 +8,9 @@ use tonic::Code;
 
 use crate::assertions::{Detail, assert_error};
 use crate::fault_proxy::FaultProxy;
-use crate::helpers::{Backend, Options, finish_copies, postgres_server_addr, spawn_app, spawn_app_with, world};
+use crate::helpers::{
+    Backend, Options, finish_copies, postgres_server_addr, spawn_app, spawn_app_with, world,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_postgres_connection_is_unavailable_with_retry_info_and_the_server_recovers() {
@@ -25,14 +27,30 @@ async fn a_lost_postgres_connection_is_unavailable_with_retry_info_and_the_serve
     )
     .await;
     app.seed(&world("acct-a", 2)).await;
-    app.create_on("acct-a", "d-acct-a-0").await.expect("the database is there");
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("the database is there");
 
     proxy.cut();
     let started = Instant::now();
     let status = app.create_on("acct-a", "d-acct-a-1").await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(8), "fails fast: {:?}", started.elapsed());
-    assert_error(&status, Code::Unavailable, "ServiceUnavailable", "503", Detail::RetryInfo);
-    assert!(!status.message().to_lowercase().contains("connection"), "{}", status.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    assert_error(
+        &status,
+        Code::Unavailable,
+        "ServiceUnavailable",
+        "503",
+        Detail::RetryInfo,
+    );
+    assert!(
+        !status.message().to_lowercase().contains("connection"),
+        "{}",
+        status.message()
+    );
 
     proxy.restore();
     let mut recovered = None;
@@ -59,12 +77,23 @@ async fn a_sqlite_database_locked_by_another_process_is_unavailable_and_nothing_
 
     // Another process holds the write lock for longer than the busy timeout.
     let mut other = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
     let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
-    assert_error(&status, Code::Unavailable, "ServiceUnavailable", "503", Detail::RetryInfo);
+    assert_error(
+        &status,
+        Code::Unavailable,
+        "ServiceUnavailable",
+        "503",
+        Detail::RetryInfo,
+    );
     sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
 
     assert_eq!(app.count_rows("snapshots").await, 0);
-    app.create_on("acct-a", "d-acct-a-0").await.expect("works once the lock is gone");
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("works once the lock is gone");
     finish_copies(&app).await;
 }

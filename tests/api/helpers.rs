@@ -73,14 +73,14 @@ async fn can_connect(url: &str) -> bool {
 }
 
 async fn find_postgres() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if url.starts_with("postgres") {
-            assert!(
-                can_connect(&url).await,
-                "DATABASE_URL={url} does not accept connections: start that PostgreSQL server"
-            );
-            return url;
-        }
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && url.starts_with("postgres")
+    {
+        assert!(
+            can_connect(&url).await,
+            "DATABASE_URL={url} does not accept connections: start that PostgreSQL server"
+        );
+        return url;
     }
     let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
     if can_connect(&local).await {

@@ -27,12 +27,21 @@ async fn a_replay_with_identical_parameters_returns_the_original_snapshot(backen
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 1)).await;
 
-    let first = app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap();
+    let first = app
+        .create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap();
     // The disk now has a snapshot in progress, yet the replay answers with the original id.
-    let replay = app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap();
+    let replay = app
+        .create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap();
 
     assert_eq!(replay.snapshot_id, first.snapshot_id);
-    assert_ne!(replay.request_id, first.request_id, "each call has its own request id");
+    assert_ne!(
+        replay.request_id, first.request_id,
+        "each call has its own request id"
+    );
     assert_eq!(app.count_rows("snapshots").await, 1);
     assert_eq!(app.count_rows("client_tokens").await, 1);
 }
@@ -40,7 +49,9 @@ async fn a_replay_with_identical_parameters_returns_the_original_snapshot(backen
 async fn a_token_reused_with_other_parameters_is_a_mismatch(backend: Backend) {
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 2)).await;
-    app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap();
+    app.create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap();
 
     let other_name = pb::CreateSnapshotRequest {
         snapshot_name: "weekly".into(),
@@ -60,7 +71,10 @@ async fn a_token_reused_with_other_parameters_is_a_mismatch(backend: Backend) {
             "403",
             Detail::PreconditionFailure,
         );
-        assert_eq!(metadata.get("clientToken").map(String::as_str), Some("tok-1"));
+        assert_eq!(
+            metadata.get("clientToken").map(String::as_str),
+            Some("tok-1")
+        );
     }
     assert_eq!(app.count_rows("snapshots").await, 1);
 }
@@ -71,15 +85,24 @@ async fn a_failed_request_does_not_bind_its_token(backend: Backend) {
     w.instance.status = pb::InstanceStatus::Stopping.into();
     app.seed(&w).await;
 
-    let status = app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap_err();
+    let status = app
+        .create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(app.count_rows("client_tokens").await, 0);
 
     // Once the instance has stopped, the same token creates the snapshot.
     w.instance.status = pb::InstanceStatus::Stopped.into();
     app.put_instance(w.instance.clone()).await;
-    let created = app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap();
-    let replay = app.create("acct-a", with_token("d-acct-a-0", "tok-1")).await.unwrap();
+    let created = app
+        .create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap();
+    let replay = app
+        .create("acct-a", with_token("d-acct-a-0", "tok-1"))
+        .await
+        .unwrap();
     assert_eq!(created.snapshot_id, replay.snapshot_id);
 }
 
@@ -89,7 +112,10 @@ async fn one_token_raced_by_fifty_tasks_yields_one_snapshot(backend: Backend) {
 
     let results = concurrently(50, |_| {
         let app = app.clone();
-        async move { app.create("acct-a", with_token("d-acct-a-0", "raced")).await }
+        async move {
+            app.create("acct-a", with_token("d-acct-a-0", "raced"))
+                .await
+        }
     })
     .await;
 
@@ -102,9 +128,7 @@ async fn one_token_raced_by_fifty_tasks_yields_one_snapshot(backend: Backend) {
     assert_eq!(app.count_rows("client_tokens").await, 1);
 }
 
-async fn one_token_raced_over_several_disks_yields_one_snapshot_and_mismatches(
-    backend: Backend,
-) {
+async fn one_token_raced_over_several_disks_yields_one_snapshot_and_mismatches(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
     app.seed(&world("acct-a", 5)).await;
 
@@ -132,6 +156,10 @@ async fn one_token_raced_over_several_disks_yields_one_snapshot_and_mismatches(
             }
         }
     }
-    assert_eq!(ids.len(), 1, "exactly one snapshot id was handed out: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        1,
+        "exactly one snapshot id was handed out: {ids:?}"
+    );
     assert_eq!(app.count_rows("snapshots").await, 1);
 }

@@ -9,3 +9,6 @@ mod concurrency;
 mod create_snapshot;
 mod faults;
 mod idempotence;
+mod inventory;
+mod server;
+mod tenants;
