@@ -127,7 +127,7 @@ impl SqliteStore {
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(database_url).map_err(StoreError::Database)?;
         let path = options.get_filename().to_path_buf();
-        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+        if database_url.contains(":memory:") || database_url.contains("mode=memory") {
             return Err(StoreError::Unsupported(
                 "an in-memory SQLite database would lose every snapshot on restart; \
                  give DATABASE_URL a file, e.g. sqlite://snapshotd.db"

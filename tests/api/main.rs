@@ -7,6 +7,7 @@ mod helpers;
 
 mod concurrency;
 mod create_snapshot;
+mod embedded;
 mod faults;
 mod idempotence;
 mod inventory;

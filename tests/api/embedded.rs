@@ -1,0 +1,333 @@
+//! The embedded default, through the real binary: no DATABASE_URL, an empty directory, the
+//! demo inventory, data that survives a restart, and one server per SQLite file.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use snapshotd::pb;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_types::StatusExt;
+
+use crate::helpers::{Backend, TestDatabase, as_account};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_snapshotd");
+
+/// A `snapshotd` process; killed if the test ends without stopping it.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(BINARY);
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("SNAPSHOTD_LISTEN", &addr)
+            .env("SNAPSHOTD_LOG_FORMAT", "json")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self {
+            child: command.spawn().expect("starting snapshotd"),
+            addr,
+        }
+    }
+
+    /// Waits until health says SERVING; returns a channel to the server.
+    async fn ready(&mut self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("snapshotd exited early with {status}: {}", self.stderr());
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let serving = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == 1);
+                if serving {
+                    return channel;
+                }
+            }
+            assert!(Instant::now() < deadline, "snapshotd never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the process to exit by itself (a refused startup); fails after 20 s.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "snapshotd did not exit within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut output = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut output);
+        }
+        output
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.exit_status()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo_request(disk_id: &str, token: &str) -> pb::CreateSnapshotRequest {
+    pb::CreateSnapshotRequest {
+        disk_id: disk_id.into(),
+        client_token: token.into(),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    channel: &Channel,
+    account: &str,
+    request: pb::CreateSnapshotRequest,
+) -> Result<pb::CreateSnapshotResponse, tonic::Status> {
+    pb::snapshot_service_client::SnapshotServiceClient::new(channel.clone())
+        .create_snapshot(as_account(account, request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_with_no_database_url_keeps_its_snapshots_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut first = Server::start(dir.path(), &[], &[]);
+    let channel = first.ready().await;
+    let created = create(
+        &channel,
+        "acct-demo",
+        demo_request("d-demo-ok", "restart-1"),
+    )
+    .await
+    .expect("a snapshot of the demo disk");
+    assert!(first.terminate().success(), "a clean exit on SIGTERM");
+    assert!(dir.path().join("snapshotd.db").exists(), "the default file");
+
+    let mut second = Server::start(dir.path(), &[], &[]);
+    let channel = second.ready().await;
+    // The token still answers with the same snapshot, and the copy still holds the disk.
+    let replay = create(
+        &channel,
+        "acct-demo",
+        demo_request("d-demo-ok", "restart-1"),
+    )
+    .await
+    .expect("the replay after the restart");
+    assert_eq!(replay.snapshot_id, created.snapshot_id);
+    let busy = create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+        .await
+        .unwrap_err();
+    let info = busy.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "IncorrectDiskStatus.CreatingSnapshot");
+    assert_eq!(info.metadata.get("snapshotId"), Some(&created.snapshot_id));
+    assert!(second.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_demo_disk_shows_its_documented_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[], &[]);
+    let channel = server.ready().await;
+
+    let expected = [
+        ("acct-demo", "d-demo-ok", None),
+        (
+            "acct-demo",
+            "d-demo-ok",
+            Some("IncorrectDiskStatus.CreatingSnapshot"),
+        ),
+        ("acct-demo", "d-demo-ok-2", None),
+        (
+            "acct-demo",
+            "d-demo-local",
+            Some("DiskCategory.OperationNotSupported"),
+        ),
+        ("acct-demo", "d-demo-expired", Some("DiskInArrears")),
+        (
+            "acct-demo",
+            "d-demo-never-attached",
+            Some("IncorrectDiskStatus.NeverAttached"),
+        ),
+        ("acct-demo", "d-demo-detached", Some("IncorrectDiskStatus")),
+        (
+            "acct-demo",
+            "d-demo-instance-starting",
+            Some("IncorrectInstanceStatus"),
+        ),
+        (
+            "acct-demo",
+            "d-demo-instance-locked",
+            Some("InstanceLockedForSecurity"),
+        ),
+        (
+            "acct-demo",
+            "d-demo-never-used",
+            Some("IncorrectDiskStatus.NeverUsed"),
+        ),
+        (
+            "acct-demo",
+            "d-demo-new",
+            Some("IncorrectDiskStatus.Initializing"),
+        ),
+        (
+            "acct-demo-inactive",
+            "d-demo-inactive",
+            Some("InvalidAccountStatus.SnapshotServiceUnavailable"),
+        ),
+        (
+            "acct-demo-broke",
+            "d-demo-broke",
+            Some("InvalidAccountStatus.NotEnoughBalance"),
+        ),
+        (
+            "acct-demo",
+            "d-demo-missing",
+            Some("InvalidDiskId.NotFound"),
+        ),
+    ];
+    assert_eq!(
+        snapshotd::demo::DEMO_DISKS.len(),
+        expected
+            .iter()
+            .filter(|(_, d, _)| *d != "d-demo-missing")
+            .count()
+            - 1,
+        "every demo disk is exercised"
+    );
+    for (account, disk_id, reason) in expected {
+        let result = create(&channel, account, demo_request(disk_id, "")).await;
+        match (reason, result) {
+            (None, Ok(_)) => {}
+            (Some(reason), Err(status)) => {
+                let info = status.get_details_error_info().expect("ErrorInfo");
+                assert_eq!(info.reason, reason, "{disk_id}");
+            }
+            (reason, result) => panic!("{disk_id}: expected {reason:?}, got {result:?}"),
+        }
+    }
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_demo_leaves_the_embedded_store_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env) in [
+        (vec!["--no-demo"], vec![]),
+        (vec![], vec![("SNAPSHOTD_DEMO", "false")]),
+    ] {
+        let _ = std::fs::remove_file(dir.path().join("snapshotd.db"));
+        let mut server = Server::start(dir.path(), &args, &env);
+        let channel = server.ready().await;
+        let status = create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "no acct-demo: {status:?}"
+        );
+        assert!(server.terminate().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path(), &[], &[]);
+    first.ready().await;
+
+    let mut second = Server::start(dir.path(), &[], &[]);
+    let status = second.exit_status();
+    let stderr = second.stderr();
+    assert!(!status.success(), "the second server must not start");
+    assert!(
+        stderr.contains("one server process per database file"),
+        "a clear startup error: {stderr}"
+    );
+    assert!(first.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_url_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[], &[("DATABASE_URL", "sqlite::memory:")]);
+    let status = server.exit_status();
+    let stderr = server.stderr();
+    assert!(!status.success());
+    assert!(stderr.contains("in-memory"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_demo_puts_the_demo_inventory_into_postgres_only_on_request() {
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Serving PostgreSQL never seeds it implicitly.
+    let mut server = Server::start(dir.path(), &[], &[("DATABASE_URL", &db.url)]);
+    let channel = server.ready().await;
+    let status = create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "no demo account yet");
+
+    let output = Command::new(BINARY)
+        .arg("seed-demo")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+        .await
+        .expect("the demo disk after seed-demo");
+    assert!(server.terminate().success());
+}
