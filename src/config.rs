@@ -74,6 +74,9 @@ pub enum Command {
     Serve,
     /// Put the demo inventory (acct-demo) into DATABASE_URL, then exit. Safe to repeat.
     SeedDemo,
+    /// Ask the server at SNAPSHOTD_LISTEN for its gRPC health; exit 0 when SERVING
+    /// (for container health checks).
+    Health,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
     match config.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => exit_code(serve(config).await),
         Command::SeedDemo => exit_code(seed_demo(config).await),
+        Command::Health => health(config).await,
     }
 }
 
@@ -22,6 +23,41 @@ fn exit_code(result: Result<(), app::AppError>) -> ExitCode {
         Err(err) => {
             tracing::error!(error = %err, "snapshotd failed");
             eprintln!("snapshotd: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn health(config: Config) -> ExitCode {
+    // A wildcard listen address is reached on loopback.
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let response = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
+        Ok(Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Ok(Err(err)) => {
+            eprintln!("snapshotd health: {err}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("snapshotd health: no answer from {addr} within 5 s");
             ExitCode::FAILURE
         }
     }

@@ -331,3 +331,26 @@ async fn seed_demo_puts_the_demo_inventory_into_postgres_only_on_request() {
         .expect("the demo disk after seed-demo");
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_subcommand_reports_a_serving_server_and_fails_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[], &[]);
+    server.ready().await;
+    let probe = |addr: &str| {
+        Command::new(BINARY)
+            .arg("health")
+            .env_clear()
+            .env("SNAPSHOTD_LISTEN", addr)
+            .output()
+            .unwrap()
+    };
+
+    let serving = probe(&server.addr);
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
+
+    let addr = server.addr.clone();
+    assert!(server.terminate().success());
+    assert!(!probe(&addr).status.success(), "no server, no health");
+}
