@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/ecs/snapshot/v1/inventory.proto",
     "proto/ecs/snapshot/v1/snapshot.proto",
+    "proto/ecs/snapshot/v1/image.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,15 +17,18 @@ use tonic_health::server::HealthReporter;
 use crate::backend::{SimulatedBackend, SnapshotBackend};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, redact_password};
-use crate::grpc::{InventoryApi, SnapshotApi};
+use crate::grpc::{ImageApi, InventoryApi, SnapshotApi};
+use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
 use crate::store::{self, Store, StoreError};
+use crate::worker::Worker;
 
 /// Fully-qualified names of the services whose health is reported.
-const SERVICE_NAMES: [&str; 3] = [
+const SERVICE_NAMES: [&str; 4] = [
     "",
     "ecs.snapshot.v1.SnapshotService",
+    "ecs.snapshot.v1.ImageService",
     "ecs.snapshot.v1.InventoryService",
 ];
 
@@ -55,7 +58,8 @@ pub struct App {
 impl App {
     /// Builds the server with the simulated backend and the system clock.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        Self::build_with(config, Arc::new(SimulatedBackend), Arc::new(SystemClock)).await
+        let backend = Arc::new(SimulatedBackend::new(config.copy_rate_mibps));
+        Self::build_with(config, backend, Arc::new(SystemClock)).await
     }
 
     /// Builds the server with a given snapshot backend and clock.
@@ -104,6 +108,16 @@ impl App {
         Arc::clone(&self.store)
     }
 
+    /// The lifecycle worker over this app's store, backend and clock (for stepping in tests;
+    /// [`App::run_until`] runs its own every `worker_interval`).
+    pub fn worker(&self) -> Worker {
+        Worker::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.backend),
+            Arc::clone(&self.clock),
+        )
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight calls and closes the store.
     pub async fn run_until(
         self,
@@ -136,6 +150,9 @@ impl App {
             self.config.policy(),
         );
         let inventory = InventoryApi::new(Arc::clone(&self.store), self.config.admin_token.clone());
+        let images = ImageApi::new(Arc::clone(&self.store), Arc::clone(&self.clock));
+        let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(self.worker().run(self.config.worker_interval, worker_stop));
 
         tracing::info!(%local_addr, "snapshotd serving");
         let draining = {
@@ -151,9 +168,15 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(SnapshotServiceServer::new(snapshots))
+            .add_service(ImageServiceServer::new(images))
             .add_service(InventoryServiceServer::new(inventory))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), draining)
             .await?;
+        // The worker finishes the step it is in; then the pool can close.
+        let _ = stop_worker.send(true);
+        if let Err(err) = worker.await {
+            tracing::error!(error = %err, "the worker task failed");
+        }
         self.store.close().await;
         tracing::info!("snapshotd stopped");
         Ok(())

@@ -15,3 +15,28 @@ impl Clock for SystemClock {
         chrono::Utc::now()
     }
 }
+
+/// A clock that moves only when told: for tests of time-driven behaviour (progress, retention).
+#[derive(Debug)]
+pub struct ManualClock {
+    now: std::sync::Mutex<Timestamp>,
+}
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        Self {
+            now: std::sync::Mutex::new(start),
+        }
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut now = self.now.lock().expect("clock lock");
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.now.lock().expect("clock lock")
+    }
+}

@@ -37,9 +37,13 @@ pub struct Config {
     #[arg(long, env = "SNAPSHOTD_SNAPSHOT_QUOTA", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_quota: u32,
 
-    /// Simulated copy rate, used to estimate when a snapshot in progress finishes.
+    /// Copy rate of the simulated snapshot backend (MiB/s): a snapshot of N GiB takes N×1024/rate s.
     #[arg(long, env = "SNAPSHOTD_COPY_RATE_MIBPS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub copy_rate_mibps: u32,
+
+    /// How often the worker looks for finished copies and expired snapshots when idle.
+    #[arg(long, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub worker_interval: Duration,
 
     /// Largest number of database connections (PostgreSQL).
     #[arg(long, env = "SNAPSHOTD_DB_MAX_CONNECTIONS", default_value_t = 32)]
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("init_window", &self.init_window)
             .field("snapshot_quota", &self.snapshot_quota)
             .field("copy_rate_mibps", &self.copy_rate_mibps)
+            .field("worker_interval", &self.worker_interval)
             .field("db_max_connections", &self.db_max_connections)
             .field("log_format", &self.log_format)
             .field("demo", &self.seeds_demo())

@@ -71,6 +71,46 @@ pub fn new_snapshot_id() -> String {
     generate_id("s-")
 }
 
+/// An image id: `m-` + 20 characters of `[0-9a-z]`.
+pub fn new_image_id() -> String {
+    generate_id("m-")
+}
+
+/// True for `prefix` followed by exactly 20 of `[0-9a-z]`, the shape of the ids we generate.
+fn is_generated_id(raw: &str, prefix: &str) -> bool {
+    raw.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 20
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
+}
+
+/// A snapshot id as a caller sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    pub fn parse(raw: &str) -> Result<Self, RuleError> {
+        if raw.is_empty() {
+            return Err(RuleError::MissingParameter {
+                field: "snapshot_id",
+            });
+        }
+        if is_generated_id(raw, "s-") {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(RuleError::InvalidSnapshotIdMalformed {
+                snapshot_id: raw.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A request id: a v4 UUID, hyphenated and upper case like the seed's sample.
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4()
@@ -175,6 +215,142 @@ impl ClientToken {
         }
         if !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return malformed("must contain only printable ASCII characters");
+        }
+        Ok(Some(Self(raw.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How long a snapshot is kept: `None` forever, else 1..=65536 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionDays(Option<u32>);
+
+impl RetentionDays {
+    pub const MAX: i32 = 65_536;
+
+    pub fn parse(raw: i32) -> Result<Self, RuleError> {
+        match raw {
+            0 => Ok(Self(None)),
+            1..=Self::MAX => Ok(Self(u32::try_from(raw).ok())),
+            _ => Err(RuleError::InvalidRetentionDaysMalformed {
+                retention_days: raw,
+            }),
+        }
+    }
+
+    pub fn days(self) -> Option<u32> {
+        self.0
+    }
+
+    /// 0 for "forever", as the API shows it.
+    pub fn as_i32(self) -> i32 {
+        self.0.map_or(0, |d| i32::try_from(d).unwrap_or(i32::MAX))
+    }
+
+    /// When a snapshot created at `created_at` is released.
+    pub fn release_at(self, created_at: Timestamp) -> Option<Timestamp> {
+        self.0
+            .map(|days| created_at + chrono::TimeDelta::days(i64::from(days)))
+    }
+}
+
+/// A resource tag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// At most this many tags on one snapshot.
+pub const MAX_TAGS: usize = 20;
+
+fn contains_url(text: &str) -> bool {
+    text.contains("http://") || text.contains("https://")
+}
+
+impl Tag {
+    /// A tag as ECS allows it: key 1..=128 characters, not `acs:`/`aliyun`-prefixed, value at
+    /// most 128 characters; neither may contain `http://` or `https://`.
+    pub fn parse(key: &str, value: &str) -> Result<Self, RuleError> {
+        let bad_key = |why: &'static str| Err(RuleError::InvalidTagKeyMalformed { why });
+        if key.is_empty() {
+            return bad_key("a tag key must not be empty");
+        }
+        if key.chars().count() > 128 {
+            return bad_key("a tag key must be at most 128 characters long");
+        }
+        if key.starts_with("acs:") || key.starts_with("aliyun") {
+            return bad_key("a tag key must not begin with `acs:` or `aliyun`");
+        }
+        if contains_url(key) {
+            return bad_key("a tag key must not contain http:// or https://");
+        }
+        let bad_value = |why: &'static str| Err(RuleError::InvalidTagValueMalformed { why });
+        if value.chars().count() > 128 {
+            return bad_value("a tag value must be at most 128 characters long");
+        }
+        if contains_url(value) {
+            return bad_value("a tag value must not contain http:// or https://");
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// A request's tags: each valid, at most [`MAX_TAGS`], no key twice.
+    pub fn parse_all<'a>(
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Vec<Self>, RuleError> {
+        let mut parsed: Vec<Self> = Vec::new();
+        for (key, value) in tags {
+            if parsed.len() == MAX_TAGS {
+                return Err(RuleError::InvalidTagKeyMalformed {
+                    why: "at most 20 tags are allowed",
+                });
+            }
+            let tag = Self::parse(key, value)?;
+            if parsed.iter().any(|t| t.key == tag.key) {
+                return Err(RuleError::DuplicateTagKey { key: tag.key });
+            }
+            parsed.push(tag);
+        }
+        Ok(parsed)
+    }
+}
+
+/// A custom image name: 2..128 characters, begins with a letter or a Chinese character; then
+/// letters, Chinese characters, digits, `.`, `_`, `:` or `-`; not `http://…`, `https://…`,
+/// `aliyun…` or `acs:…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, RuleError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let malformed = |why: &'static str| Err(RuleError::InvalidImageNameMalformed { why });
+        if !(2..=128).contains(&raw.chars().count()) {
+            return malformed("must be 2 to 128 characters long");
+        }
+        let first = raw.chars().next().expect("length checked above");
+        if !(first.is_ascii_alphabetic() || is_chinese(first)) {
+            return malformed("must begin with an English letter or a Chinese character");
+        }
+        if starts_with_url_scheme(raw) || raw.starts_with("aliyun") || raw.starts_with("acs:") {
+            return malformed("must not begin with http://, https://, aliyun or acs:");
+        }
+        let allowed = |c: char| {
+            c.is_ascii_alphanumeric() || is_chinese(c) || matches!(c, '.' | '_' | ':' | '-')
+        };
+        if !raw.chars().all(allowed) {
+            return malformed(
+                "may contain only letters, Chinese characters, digits, `.`, `_`, `:` and `-`",
+            );
         }
         Ok(Some(Self(raw.to_owned())))
     }
@@ -354,22 +530,79 @@ pub struct CreateSnapshotCommand {
     pub snapshot_name: Option<SnapshotName>,
     pub description: Description,
     pub client_token: Option<ClientToken>,
+    pub retention: RetentionDays,
+    pub tags: Vec<Tag>,
+}
+
+/// Joins fields length-prefixed, so that no two different field lists share a fingerprint.
+fn fingerprint_of<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
+    fields
+        .into_iter()
+        .map(|field| format!("{}:{field}", field.len()))
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 impl CreateSnapshotCommand {
-    /// What "identical parameters" means for idempotence: every request field but the token,
-    /// length-prefixed so that no two different requests share a fingerprint.
+    /// What "identical parameters" means for idempotence: every request field but the token.
+    /// Tags count as a set (their order does not matter).
     pub fn fingerprint(&self) -> String {
-        let fields = [
+        let retention = self.retention.as_i32().to_string();
+        let mut tags = self.tags.clone();
+        tags.sort();
+        let mut fields = vec![
             self.disk_id.as_str(),
             self.snapshot_name.as_ref().map_or("", SnapshotName::as_str),
             self.description.as_str(),
+            retention.as_str(),
         ];
-        fields
-            .iter()
-            .map(|field| format!("{}:{field}", field.len()))
-            .collect::<Vec<_>>()
-            .join("|")
+        for tag in &tags {
+            fields.push(&tag.key);
+            fields.push(&tag.value);
+        }
+        fingerprint_of(fields)
+    }
+}
+
+/// A validated CreateImage request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateImageCommand {
+    pub account_id: String,
+    pub snapshot_id: SnapshotId,
+    pub image_name: Option<ImageName>,
+    pub client_token: Option<ClientToken>,
+}
+
+impl CreateImageCommand {
+    pub fn fingerprint(&self) -> String {
+        fingerprint_of([
+            self.snapshot_id.as_str(),
+            self.image_name.as_ref().map_or("", ImageName::as_str),
+        ])
+    }
+}
+
+/// What a snapshot is used by: nothing, or a custom image (which pins it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotUsage {
+    None,
+    Image,
+}
+
+impl SnapshotUsage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Image => "image",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "none" => Some(Self::None),
+            "image" => Some(Self::Image),
+            _ => None,
+        }
     }
 }
 
@@ -387,6 +620,12 @@ pub struct Snapshot {
     pub created_at: Timestamp,
     /// When the copy started; progress is derived from it, so it survives restarts.
     pub started_at: Timestamp,
+    /// When the backend expects the copy to be done; the worker looks at it from then on.
+    pub copy_due_at: Timestamp,
+    pub last_modified_at: Timestamp,
+    pub retention: RetentionDays,
+    pub tags: Vec<Tag>,
+    pub usage: SnapshotUsage,
 }
 
 #[cfg(test)]
@@ -415,6 +654,8 @@ mod tests {
             snapshot_name: None,
             description: Description::parse("").unwrap(),
             client_token: None,
+            retention: RetentionDays::default(),
+            tags: Vec::new(),
         };
         let named = CreateSnapshotCommand {
             snapshot_name: Some(SnapshotName::parse("ab").unwrap()),

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod pb;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 pub use app::App;
 pub use config::Config;

@@ -51,10 +51,41 @@ CREATE TABLE snapshots (
     created_at           timestamptz NOT NULL,
     -- The copy's start: progress is derived from it, so it survives restarts.
     started_at           timestamptz NOT NULL,
-    last_modified_at     timestamptz NOT NULL
+    -- When the backend expects the copy to be done: the worker looks at it from then on.
+    copy_due_at          timestamptz NOT NULL,
+    last_modified_at     timestamptz NOT NULL,
+    -- 0 keeps the snapshot forever; else it is released at release_at (unless an image uses it).
+    retention_days       integer NOT NULL DEFAULT 0,
+    release_at           timestamptz,
+    -- 'none' or 'image': an image pins its snapshot.
+    usage                text NOT NULL DEFAULT 'none'
 );
 
 CREATE INDEX snapshots_by_disk ON snapshots (source_disk_id);
+-- DescribeSnapshots pages by (created_at, snapshot_id), newest first, within an account.
+CREATE INDEX snapshots_by_account_newest ON snapshots (account_id, created_at DESC, snapshot_id DESC);
+-- The worker's two queues.
+CREATE INDEX snapshots_copies_due ON snapshots (copy_due_at) WHERE status = 'progressing';
+CREATE INDEX snapshots_releases_due ON snapshots (release_at) WHERE release_at IS NOT NULL;
+
+CREATE TABLE snapshot_tags (
+    snapshot_id text NOT NULL REFERENCES snapshots (snapshot_id) ON DELETE CASCADE,
+    key         text NOT NULL,
+    value       text NOT NULL,
+    PRIMARY KEY (snapshot_id, key)
+);
+
+CREATE INDEX snapshot_tags_by_key ON snapshot_tags (key, value);
+
+CREATE TABLE images (
+    image_id    text PRIMARY KEY,
+    account_id  text NOT NULL REFERENCES accounts (account_id),
+    snapshot_id text NOT NULL REFERENCES snapshots (snapshot_id),
+    image_name  text,
+    created_at  timestamptz NOT NULL
+);
+
+CREATE INDEX images_by_snapshot ON images (snapshot_id);
 -- A second guard, under the disk lock's: never two snapshots of one disk in progress.
 CREATE UNIQUE INDEX snapshots_one_progressing_per_disk
     ON snapshots (source_disk_id) WHERE status = 'progressing';
@@ -66,6 +97,16 @@ CREATE TABLE client_tokens (
     client_token text NOT NULL,
     fingerprint  text NOT NULL,
     snapshot_id  text NOT NULL,
+    created_at   timestamptz NOT NULL,
+    PRIMARY KEY (account_id, client_token)
+);
+
+-- The same for CreateImage.
+CREATE TABLE image_client_tokens (
+    account_id   text NOT NULL,
+    client_token text NOT NULL,
+    fingerprint  text NOT NULL,
+    image_id     text NOT NULL,
     created_at   timestamptz NOT NULL,
     PRIMARY KEY (account_id, client_token)
 );

@@ -86,6 +86,43 @@ pub enum RuleError {
     #[error("QuotaExceed.Snapshot: {disk_id} has {quota}")]
     QuotaExceedSnapshot { disk_id: String, quota: u32 },
 
+    // Lifecycle: DescribeSnapshots, DeleteSnapshot, CreateImage, retention and tags.
+    #[error("InvalidSnapshotId.Malformed: {snapshot_id:?}")]
+    InvalidSnapshotIdMalformed { snapshot_id: String },
+
+    #[error("InvalidSnapshotIds.Malformed: {why}")]
+    InvalidSnapshotIdsMalformed { why: &'static str },
+
+    #[error("InvalidNextToken.Malformed")]
+    InvalidNextTokenMalformed,
+
+    #[error("InvalidRetentionDays.Malformed: {retention_days}")]
+    InvalidRetentionDaysMalformed { retention_days: i32 },
+
+    #[error("InvalidTagKey.Malformed: {why}")]
+    InvalidTagKeyMalformed { why: &'static str },
+
+    #[error("InvalidTagValue.Malformed: {why}")]
+    InvalidTagValueMalformed { why: &'static str },
+
+    #[error("Duplicate.TagKey: {key}")]
+    DuplicateTagKey { key: String },
+
+    #[error("InvalidSnapshotId.NotFound: {snapshot_id}")]
+    InvalidSnapshotIdNotFound { snapshot_id: String },
+
+    #[error("SnapshotCreatedImage: {snapshot_id}")]
+    SnapshotCreatedImage { snapshot_id: String },
+
+    #[error("InvalidSnapshotId.NotReady: {snapshot_id} is {status}")]
+    InvalidSnapshotIdNotReady {
+        snapshot_id: String,
+        status: &'static str,
+    },
+
+    #[error("InvalidImageName.Malformed: {why}")]
+    InvalidImageNameMalformed { why: &'static str },
+
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

@@ -9,6 +9,7 @@ mod create;
 mod error;
 mod idempotence;
 mod inventory;
+mod lifecycle;
 #[cfg(test)]
 mod tests;
 
@@ -18,4 +19,7 @@ pub use idempotence::{TokenBinding, check_token_binding};
 pub use inventory::{
     check_account_exists, check_disk_attachment, check_disk_reassignment,
     check_instance_reassignment,
+};
+pub use lifecycle::{
+    DeletePlan, MAX_SNAPSHOT_IDS, SnapshotFacts, decide_create_image, decide_delete, page_size,
 };

@@ -6,11 +6,12 @@
 use chrono::DateTime;
 
 use crate::domain::{
-    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, Timestamp,
-    is_plain_id,
+    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, Snapshot,
+    SnapshotId, SnapshotStatus, Tag, Timestamp, is_plain_id,
 };
 use crate::engine::RuleError;
 use crate::pb;
+use crate::store::PageCursor;
 
 fn invalid(field: &'static str, why: impl Into<String>) -> RuleError {
     RuleError::InvalidParameter {
@@ -238,6 +239,135 @@ impl From<Disk> for pb::Disk {
             created_at: Some(timestamp_to_proto(disk.created_at)),
             expires_at: disk.expires_at.map(timestamp_to_proto),
             ever_attached: disk.ever_attached,
+        }
+    }
+}
+
+pub fn tags_to_proto(tags: Vec<Tag>) -> Vec<pb::Tag> {
+    tags.into_iter()
+        .map(|t| pb::Tag {
+            key: t.key,
+            value: t.value,
+        })
+        .collect()
+}
+
+/// Request tags, validated (CreateSnapshot and DescribeSnapshots share the rules).
+pub fn tags_from_proto(tags: &[pb::Tag]) -> Result<Vec<Tag>, RuleError> {
+    Tag::parse_all(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))
+}
+
+pub fn snapshot_status_to_proto(status: SnapshotStatus) -> pb::SnapshotStatus {
+    match status {
+        SnapshotStatus::Progressing => pb::SnapshotStatus::Progressing,
+        SnapshotStatus::Accomplished => pb::SnapshotStatus::Accomplished,
+        SnapshotStatus::Failed => pb::SnapshotStatus::Failed,
+    }
+}
+
+/// A status filter: `UNSPECIFIED` means any.
+pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, RuleError> {
+    match pb::SnapshotStatus::try_from(raw) {
+        Ok(pb::SnapshotStatus::Unspecified) => Ok(None),
+        Ok(pb::SnapshotStatus::Progressing) => Ok(Some(SnapshotStatus::Progressing)),
+        Ok(pb::SnapshotStatus::Accomplished) => Ok(Some(SnapshotStatus::Accomplished)),
+        Ok(pb::SnapshotStatus::Failed) => Ok(Some(SnapshotStatus::Failed)),
+        Err(_) => Err(invalid("status", "must be a known SNAPSHOT_STATUS_*")),
+    }
+}
+
+/// A snapshot as the API shows it, with its copy's progress as the backend reports it.
+pub fn snapshot_to_proto(snapshot: Snapshot, progress: u8, remaining_secs: u64) -> pb::Snapshot {
+    pb::Snapshot {
+        snapshot_name: snapshot.snapshot_name.unwrap_or_default(),
+        description: snapshot.description,
+        source_disk_size_gib: snapshot.source_disk_size_gib,
+        source_disk_type: disk_type_to_proto(snapshot.source_disk_type).into(),
+        status: snapshot_status_to_proto(snapshot.status).into(),
+        progress: i32::from(progress),
+        remain_time_seconds: i32::try_from(remaining_secs).unwrap_or(i32::MAX),
+        created_at: Some(timestamp_to_proto(snapshot.created_at)),
+        last_modified_at: Some(timestamp_to_proto(snapshot.last_modified_at)),
+        retention_days: snapshot.retention.as_i32(),
+        tags: tags_to_proto(snapshot.tags),
+        usage: snapshot.usage.as_str().to_owned(),
+        snapshot_id: snapshot.snapshot_id,
+        source_disk_id: snapshot.source_disk_id,
+    }
+}
+
+const NEXT_TOKEN_VERSION: &str = "v1";
+
+/// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>`.
+pub fn encode_next_token(cursor: &PageCursor) -> String {
+    let plain = format!(
+        "{NEXT_TOKEN_VERSION}|{}|{}|{}",
+        cursor.created_at.timestamp(),
+        cursor.created_at.timestamp_subsec_nanos(),
+        cursor.snapshot_id
+    );
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a `next_token` back; anything this service did not write is malformed.
+pub fn decode_next_token(token: &str) -> Result<PageCursor, RuleError> {
+    let malformed = || RuleError::InvalidNextTokenMalformed;
+    if !token.len().is_multiple_of(2) || token.len() > 256 {
+        return Err(malformed());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
+                .map_err(|_| malformed())
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let mut parts = plain.split('|');
+    let (Some(NEXT_TOKEN_VERSION), Some(seconds), Some(nanos), Some(snapshot_id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(malformed());
+    };
+    let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
+    let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
+    let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
+    let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
+    Ok(PageCursor {
+        created_at,
+        snapshot_id: snapshot_id.as_str().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_next_token_round_trips_and_anything_else_is_malformed() {
+        let cursor = PageCursor {
+            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
+            snapshot_id: "s-0123456789abcdefghij".into(),
+        };
+        let token = encode_next_token(&cursor);
+        assert_eq!(decode_next_token(&token), Ok(cursor));
+        for bad in [
+            "",
+            "zz",
+            "abc",
+            "7631",
+            &token[..token.len() - 2],
+            &format!("{token}00"),
+        ] {
+            assert_eq!(
+                decode_next_token(bad),
+                Err(RuleError::InvalidNextTokenMalformed),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -391,6 +391,104 @@ fn rule_answer(rule: &RuleError) -> Answer {
             subject: disk_subject(disk_id),
             description: format!("a disk can hold at most {quota} snapshots"),
         }),
+        RuleError::InvalidSnapshotIdMalformed { snapshot_id } => Answer::new(
+            InvalidArgument,
+            "InvalidSnapshotId.Malformed",
+            400,
+            "The specified parameter SnapshotId is not valid.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .bad_request("snapshot_id", "must be `s-` followed by 20 of [0-9a-z]"),
+        RuleError::InvalidSnapshotIdsMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidSnapshotIds.Malformed",
+            403,
+            "The specified parameter SnapshotIds is not valid.",
+        )
+        .bad_request("snapshot_ids", *why),
+        RuleError::InvalidNextTokenMalformed => Answer::new(
+            InvalidArgument,
+            "InvalidNextToken.Malformed",
+            400,
+            "The specified parameter NextToken is not valid.",
+        )
+        .bad_request("next_token", "pass back the next_token of the previous page unchanged"),
+        RuleError::InvalidRetentionDaysMalformed { retention_days } => Answer::new(
+            InvalidArgument,
+            "InvalidRetentionDays.Malformed",
+            400,
+            "The specified parameter RetentionDays is not valid.",
+        )
+        .bad_request(
+            "retention_days",
+            format!("{retention_days} is not 0 (keep forever) or 1 to 65536 days"),
+        ),
+        RuleError::InvalidTagKeyMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidTagKey.Malformed",
+            400,
+            "The specified Tag.n.Key is not valid.",
+        )
+        .bad_request("tags", *why),
+        RuleError::InvalidTagValueMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidTagValue.Malformed",
+            400,
+            "The specified Tag.n.Value is not valid.",
+        )
+        .bad_request("tags", *why),
+        RuleError::DuplicateTagKey { key } => Answer::new(
+            InvalidArgument,
+            "Duplicate.TagKey",
+            400,
+            "The Tag.N.Key contain duplicate key.",
+        )
+        .bad_request("tags", format!("the key {key:?} appears more than once")),
+        RuleError::InvalidSnapshotIdNotFound { snapshot_id } => Answer::new(
+            NotFound,
+            "InvalidSnapshotId.NotFound",
+            404,
+            "The specified SnapshotId does not exist.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .detail(Detail::Resource {
+            resource_type: "snapshot",
+            name: snapshot_id.clone(),
+            owner: String::new(),
+        }),
+        RuleError::SnapshotCreatedImage { snapshot_id } => Answer::new(
+            FailedPrecondition,
+            "SnapshotCreatedImage",
+            403,
+            "The snapshot has been used to create user defined image.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .precondition(
+            format!("snapshot/{snapshot_id}"),
+            "an image was made from this snapshot; it cannot be deleted",
+        ),
+        RuleError::InvalidSnapshotIdNotReady {
+            snapshot_id,
+            status,
+        } => Answer::new(
+            FailedPrecondition,
+            "InvalidSnapshotId.NotReady",
+            403,
+            "The specified snapshot has not completed yet.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .meta("snapshotStatus", *status)
+        .precondition(
+            format!("snapshot/{snapshot_id}"),
+            format!("the snapshot is {status}; an image needs an accomplished snapshot"),
+        ),
+        RuleError::InvalidImageNameMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidImageName.Malformed",
+            400,
+            "The specified parameter ImageName is not valid.",
+        )
+        .bad_request("image_name", *why),
         RuleError::InvalidParameter { field, why } => Answer::new(
             InvalidArgument,
             "InvalidParameter",

@@ -7,10 +7,12 @@
 pub mod convert;
 pub mod error;
 pub mod identity;
+pub mod image;
 pub mod inventory;
 pub mod snapshot;
 
 pub use error::ApiError;
+pub use image::ImageApi;
 pub use inventory::InventoryApi;
 pub use snapshot::SnapshotApi;
 

@@ -6,21 +6,60 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::ApiError;
+use super::convert::{
+    decode_next_token, encode_next_token, snapshot_status_filter, snapshot_to_proto,
+    tags_from_proto,
+};
 use super::identity::caller_account;
-use crate::backend::SnapshotBackend;
+use crate::backend::{CopyState, SnapshotBackend};
 use crate::clock::Clock;
 use crate::domain::{
-    ClientToken, CreateSnapshotCommand, Description, DiskId, SnapshotName, new_request_id,
+    ClientToken, CreateSnapshotCommand, Description, DiskId, RetentionDays, SnapshotId,
+    SnapshotName, SnapshotStatus, new_request_id,
 };
-use crate::engine::Policy;
+use crate::engine::{MAX_SNAPSHOT_IDS, Policy, RuleError, page_size};
 use crate::pb;
-use crate::store::{CreateOutcome, Store};
+use crate::store::{CreateOutcome, SnapshotQuery, Store};
 
 pub struct SnapshotApi {
     store: Arc<dyn Store>,
     backend: Arc<dyn SnapshotBackend>,
     clock: Arc<dyn Clock>,
     policy: Policy,
+}
+
+/// Runs one call on a span carrying its method, request id and caller, mapping its error.
+pub(crate) async fn handle<T, F, Fut>(
+    method: &'static str,
+    metadata: &tonic::metadata::MetadataMap,
+    call: F,
+) -> Result<Response<T>, Status>
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let request_id = new_request_id();
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        request_id = %request_id,
+        account = tracing::field::Empty,
+        disk = tracing::field::Empty,
+    );
+    async {
+        let result = match caller_account(metadata) {
+            Ok(account_id) => {
+                tracing::Span::current().record("account", account_id.as_str());
+                call(account_id, request_id.clone()).await
+            }
+            Err(err) => Err(err),
+        };
+        result
+            .map(Response::new)
+            .map_err(|err| err.into_status(&request_id))
+    }
+    .instrument(span)
+    .await
 }
 
 impl SnapshotApi {
@@ -40,17 +79,18 @@ impl SnapshotApi {
 
     async fn create(
         &self,
-        request: Request<pb::CreateSnapshotRequest>,
-    ) -> Result<(CreateOutcome, String), ApiError> {
-        let account_id = caller_account(request.metadata())?;
-        tracing::Span::current().record("account", account_id.as_str());
-        let request = request.into_inner();
-        // Input rules in the table's order (#2..#6): the first failing one answers.
+        account_id: String,
+        request: pb::CreateSnapshotRequest,
+    ) -> Result<String, ApiError> {
+        tracing::Span::current().record("disk", request.disk_id.as_str());
+        // Input rules in the table's order: the first failing one answers.
         let command = CreateSnapshotCommand {
             disk_id: DiskId::parse(&request.disk_id)?,
             snapshot_name: SnapshotName::parse_optional(&request.snapshot_name)?,
             description: Description::parse(&request.description)?,
             client_token: ClientToken::parse_optional(&request.client_token)?,
+            retention: RetentionDays::parse(request.retention_days)?,
+            tags: tags_from_proto(&request.tags)?,
             account_id,
         };
         let outcome = self
@@ -62,12 +102,93 @@ impl SnapshotApi {
                 self.backend.as_ref(),
             )
             .await?;
-        let snapshot_id = match &outcome {
-            CreateOutcome::Created { snapshot_id } | CreateOutcome::Replayed { snapshot_id } => {
-                snapshot_id.clone()
+        let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
+        let replayed = matches!(outcome, CreateOutcome::Replayed { .. });
+        tracing::info!(snapshot_id = %id, replayed, "snapshot created");
+        Ok(id.clone())
+    }
+
+    async fn describe(
+        &self,
+        account_id: String,
+        request: pb::DescribeSnapshotsRequest,
+    ) -> Result<(Vec<pb::Snapshot>, String), ApiError> {
+        if request.snapshot_ids.len() > MAX_SNAPSHOT_IDS {
+            return Err(RuleError::InvalidSnapshotIdsMalformed {
+                why: "at most 100 snapshot ids",
             }
+            .into());
+        }
+        let snapshot_ids = request
+            .snapshot_ids
+            .iter()
+            .map(|id| SnapshotId::parse(id).map(|id| id.as_str().to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| RuleError::InvalidSnapshotIdsMalformed {
+                why: "each must be `s-` followed by 20 of [0-9a-z]",
+            })?;
+        let disk_id = match request.disk_id.as_str() {
+            "" => None,
+            raw => Some(DiskId::parse(raw)?.as_str().to_owned()),
         };
-        Ok((outcome, snapshot_id))
+        let query = SnapshotQuery {
+            account_id,
+            disk_id,
+            snapshot_ids,
+            status: snapshot_status_filter(request.status)?,
+            snapshot_name: Some(request.snapshot_name).filter(|n| !n.is_empty()),
+            tags: tags_from_proto(&request.tags)?,
+            after: match request.next_token.as_str() {
+                "" => None,
+                token => Some(decode_next_token(token)?),
+            },
+            limit: page_size(request.max_results)?,
+        };
+        let page = self.store.describe_snapshots(&query).await?;
+        let now = self.clock.now();
+        let mut snapshots = Vec::with_capacity(page.snapshots.len());
+        for snapshot in page.snapshots {
+            let (progress, remaining) = match snapshot.status {
+                SnapshotStatus::Accomplished => (100, 0),
+                SnapshotStatus::Failed => (0, 0),
+                SnapshotStatus::Progressing => {
+                    match self.backend.copy_state(&snapshot, now).await {
+                        CopyState::Copying {
+                            progress_percent,
+                            remaining,
+                        } => (progress_percent, remaining.as_secs_f64().ceil() as u64),
+                        // Done or failed, and the worker is about to record it.
+                        CopyState::Done | CopyState::Failed(_) => (100, 0),
+                    }
+                }
+            };
+            snapshots.push(snapshot_to_proto(snapshot, progress, remaining));
+        }
+        let next_token = page
+            .next
+            .as_ref()
+            .map(encode_next_token)
+            .unwrap_or_default();
+        Ok((snapshots, next_token))
+    }
+
+    async fn delete(
+        &self,
+        account_id: String,
+        request: pb::DeleteSnapshotRequest,
+    ) -> Result<(), ApiError> {
+        let snapshot_id = SnapshotId::parse(&request.snapshot_id)?;
+        self.store
+            .delete_snapshot(
+                &account_id,
+                snapshot_id.as_str(),
+                request.force,
+                self.clock.now(),
+                self.backend.as_ref(),
+            )
+            .await?;
+        tracing::info!(snapshot_id = %snapshot_id.as_str(), "snapshot deleted");
+        Ok(())
     }
 }
 
@@ -77,27 +198,54 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        let request_id = new_request_id();
-        let span = tracing::info_span!(
+        let (metadata, _, request) = request.into_parts();
+        handle(
             "CreateSnapshot",
-            request_id = %request_id,
-            account = tracing::field::Empty,
-            disk = %request.get_ref().disk_id,
-        );
-        async {
-            match self.create(request).await {
-                Ok((outcome, snapshot_id)) => {
-                    let replayed = matches!(outcome, CreateOutcome::Replayed { .. });
-                    tracing::info!(snapshot_id = %snapshot_id, replayed, "snapshot created");
-                    Ok(Response::new(pb::CreateSnapshotResponse {
-                        request_id: request_id.clone(),
-                        snapshot_id,
-                    }))
-                }
-                Err(err) => Err(err.into_status(&request_id)),
-            }
-        }
-        .instrument(span)
+            &metadata,
+            |account_id, request_id| async move {
+                let snapshot_id = self.create(account_id, request).await?;
+                Ok(pb::CreateSnapshotResponse {
+                    request_id,
+                    snapshot_id,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn describe_snapshots(
+        &self,
+        request: Request<pb::DescribeSnapshotsRequest>,
+    ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(
+            "DescribeSnapshots",
+            &metadata,
+            |account_id, request_id| async move {
+                let (snapshots, next_token) = self.describe(account_id, request).await?;
+                Ok(pb::DescribeSnapshotsResponse {
+                    request_id,
+                    snapshots,
+                    next_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(
+            "DeleteSnapshot",
+            &metadata,
+            |account_id, request_id| async move {
+                self.delete(account_id, request).await?;
+                Ok(pb::DeleteSnapshotResponse { request_id })
+            },
+        )
         .await
     }
 }

@@ -5,7 +5,9 @@
 
 use super::{CreateOutcome, StoreError};
 use crate::backend::SnapshotBackend;
-use crate::domain::{CreateSnapshotCommand, Snapshot, SnapshotStatus, Timestamp, new_snapshot_id};
+use crate::domain::{
+    CreateSnapshotCommand, Snapshot, SnapshotStatus, SnapshotUsage, Timestamp, new_snapshot_id,
+};
 use crate::engine::{CreateState, Policy, TokenBinding, check_token_binding, decide_create};
 
 /// The statements of one CreateSnapshot transaction, already begun by the backend.
@@ -55,7 +57,7 @@ pub(crate) async fn decide_and_write(
         && let Some(snapshot_id) =
             check_token_binding(token.as_str(), binding.as_ref(), &fingerprint)?
     {
-        return Ok(CreateOutcome::Replayed { snapshot_id });
+        return Ok(CreateOutcome::Replayed { id: snapshot_id });
     }
 
     if let Err(refusal) = decide_create(
@@ -73,7 +75,7 @@ pub(crate) async fn decide_and_write(
             if let Some(snapshot_id) =
                 check_token_binding(token.as_str(), fresh.as_ref(), &fingerprint)?
             {
-                return Ok(CreateOutcome::Replayed { snapshot_id });
+                return Ok(CreateOutcome::Replayed { id: snapshot_id });
             }
         }
         return Err(refusal.into());
@@ -83,7 +85,7 @@ pub(crate) async fn decide_and_write(
         .disk
         .as_ref()
         .expect("the engine admits only an existing disk");
-    let snapshot = Snapshot {
+    let mut snapshot = Snapshot {
         snapshot_id: new_snapshot_id(),
         account_id: command.account_id.clone(),
         source_disk_id: disk.disk_id.clone(),
@@ -97,13 +99,19 @@ pub(crate) async fn decide_and_write(
         status: SnapshotStatus::Progressing,
         created_at: now,
         started_at: now,
+        copy_due_at: now,
+        last_modified_at: now,
+        retention: command.retention,
+        tags: command.tags.clone(),
+        usage: SnapshotUsage::None,
     };
-    backend
+    let copy_time = backend
         .start_copy(&snapshot)
         .await
         .map_err(StoreError::CopyNotStarted)?;
+    snapshot.copy_due_at = now + copy_time;
     tx.insert(&snapshot, command).await?;
     Ok(CreateOutcome::Created {
-        snapshot_id: snapshot.snapshot_id,
+        id: snapshot.snapshot_id,
     })
 }

@@ -7,6 +7,8 @@
 //! typed errors here, at the store's edge; SQL never leaves this module.
 
 mod create_flow;
+mod lifecycle_flow;
+mod lifecycle_sql;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -19,16 +21,61 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::backend::{BackendError, SnapshotBackend};
-use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Timestamp};
+use crate::domain::{
+    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, SnapshotStatus,
+    Tag, Timestamp,
+};
 use crate::engine::{Policy, RuleError};
 
-/// What a CreateSnapshot transaction ended with, when it did not fail.
+/// What a create transaction (snapshot or image) ended with, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
-    /// A new snapshot was stored and its copy started.
-    Created { snapshot_id: String },
+    /// A new resource was stored (for CreateSnapshot: and its copy started).
+    Created { id: String },
     /// The client token was already bound to identical parameters: the original answer.
-    Replayed { snapshot_id: String },
+    Replayed { id: String },
+}
+
+/// Where a page of DescribeSnapshots ends: the last row's sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: Timestamp,
+    pub snapshot_id: String,
+}
+
+/// A validated DescribeSnapshots request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    pub account_id: String,
+    pub disk_id: Option<String>,
+    pub snapshot_ids: Vec<String>,
+    pub status: Option<SnapshotStatus>,
+    pub snapshot_name: Option<String>,
+    /// Every tag must match; an empty value matches any value of the key.
+    pub tags: Vec<Tag>,
+    pub after: Option<PageCursor>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<Snapshot>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+/// What one worker step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkDone {
+    pub accomplished: usize,
+    pub failed: usize,
+    pub released: usize,
+}
+
+impl WorkDone {
+    pub fn is_idle(&self) -> bool {
+        self.accomplished + self.failed + self.released == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +162,43 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         backend: &dyn SnapshotBackend,
     ) -> Result<CreateOutcome, StoreError>;
+
+    /// One page of the caller's snapshots.
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, StoreError>;
+
+    /// Deletes the caller's snapshot, cancelling its copy if it is still in progress.
+    async fn delete_snapshot(
+        &self,
+        account_id: &str,
+        snapshot_id: &str,
+        force: bool,
+        now: Timestamp,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<(), StoreError>;
+
+    /// Makes an image of the caller's accomplished snapshot, pinning it; idempotent by token.
+    async fn create_image(
+        &self,
+        command: &CreateImageCommand,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// Asks the backend about up to `limit` copies due by `now`, and records those that
+    /// finished or failed. Claimed with `SKIP LOCKED`, so replicas share the queue.
+    async fn advance_copies(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError>;
+
+    /// Releases up to `limit` snapshots past their retention that no image uses.
+    async fn release_expired(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -12,17 +12,24 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::create_flow::{CreateTx, decide_and_write};
+use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
 use super::rows::{
     AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns,
     join_lock_reasons,
 };
-use super::{CreateOutcome, Store, StoreError};
+use super::{CreateOutcome, SnapshotPage, SnapshotQuery, Store, StoreError, WorkDone};
 use crate::backend::SnapshotBackend;
-use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp};
+use crate::domain::{
+    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
+};
 use crate::engine::{
     CreateState, Policy, RuleError, TokenBinding, check_account_exists, check_disk_attachment,
     check_disk_reassignment, check_instance_reassignment,
 };
+
+const DIALECT: Dialect = Dialect::POSTGRES;
+
+impl_lifecycle_tx!(Postgres, DIALECT);
 
 /// How often a CreateSnapshot transaction is retried after losing a unique-key race.
 const CONFLICT_ATTEMPTS: usize = 3;
@@ -60,11 +67,14 @@ pub(crate) const INSERT_SNAPSHOT_SQL: &str = "\
 WITH new_snapshot AS (
     INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name, description,
                            source_disk_size_gib, source_disk_type, status, created_at, started_at,
-                           last_modified_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)
+                           last_modified_at, copy_due_at, retention_days, release_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $13, $14, $15)
 ), binding AS (
     INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id, created_at)
     SELECT $2, $11, $12, $1, $9 WHERE $11::text IS NOT NULL
+), tags AS (
+    INSERT INTO snapshot_tags (snapshot_id, key, value)
+    SELECT $1, tag.key, tag.value FROM UNNEST($16::text[], $17::text[]) AS tag (key, value)
 )
 UPDATE disks
 SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $1, progressing_since = $10
@@ -201,6 +211,23 @@ impl CreateTx for PgCreateTx<'_> {
             .bind(snapshot.started_at)
             .bind(command.client_token.as_ref().map(|t| t.as_str()))
             .bind(command.fingerprint())
+            .bind(snapshot.copy_due_at)
+            .bind(snapshot.retention.as_i32())
+            .bind(snapshot.retention.release_at(snapshot.created_at))
+            .bind(
+                snapshot
+                    .tags
+                    .iter()
+                    .map(|t| t.key.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                snapshot
+                    .tags
+                    .iter()
+                    .map(|t| t.value.clone())
+                    .collect::<Vec<_>>(),
+            )
             .execute(self.conn())
             .await?;
         Ok(())
@@ -331,10 +358,10 @@ impl Store for PgStore {
             let result =
                 decide_and_write(&mut PgCreateTx(&mut tx), command, policy, now, backend).await;
             let result = match result {
-                Ok(CreateOutcome::Created { snapshot_id }) => tx
+                Ok(created @ CreateOutcome::Created { .. }) => tx
                     .commit()
                     .await
-                    .map(|()| CreateOutcome::Created { snapshot_id })
+                    .map(|()| created)
                     .map_err(StoreError::from),
                 other => other, // refusals and replays wrote nothing: drop rolls back
             };
@@ -343,6 +370,71 @@ impl Store for PgStore {
                 result => return result,
             }
         }
+    }
+
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, StoreError> {
+        describe_on!(&self.pool, DIALECT, query)
+    }
+
+    async fn delete_snapshot(
+        &self,
+        account_id: &str,
+        snapshot_id: &str,
+        force: bool,
+        _now: Timestamp,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lifecycle_flow::delete(&mut tx, account_id, snapshot_id, force, backend).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_image(
+        &self,
+        command: &CreateImageCommand,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let result = match lifecycle_flow::create_image(&mut tx, command, now).await {
+                Ok(created @ CreateOutcome::Created { .. }) => tx
+                    .commit()
+                    .await
+                    .map(|()| created)
+                    .map_err(StoreError::from),
+                other => other,
+            };
+            match result {
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn advance_copies(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = lifecycle_flow::advance_copies(&mut tx, now, limit, backend).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn release_expired(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = lifecycle_flow::release_expired(&mut tx, now, limit, backend).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn close(&self) {

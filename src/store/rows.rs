@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use super::StoreError;
 use crate::domain::{
     Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
-    InstanceStatus, Timestamp,
+    InstanceStatus, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage, Tag, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -212,4 +212,95 @@ impl LockedDiskRow {
         };
         Ok((state, self.token.into_binding()))
     }
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct SnapshotRow {
+    pub snapshot_id: String,
+    pub account_id: String,
+    pub source_disk_id: String,
+    pub snapshot_name: Option<String>,
+    pub description: String,
+    pub source_disk_size_gib: i32,
+    pub source_disk_type: String,
+    pub status: String,
+    pub created_at: Timestamp,
+    pub started_at: Timestamp,
+    pub copy_due_at: Timestamp,
+    pub last_modified_at: Timestamp,
+    pub retention_days: i32,
+    pub usage: String,
+}
+
+impl TryFrom<SnapshotRow> for Snapshot {
+    type Error = StoreError;
+
+    /// Tags are read separately; see [`attach_tags`].
+    fn try_from(row: SnapshotRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            source_disk_type: DiskType::parse(&row.source_disk_type)
+                .ok_or_else(|| corrupt("disk type", &row.source_disk_type))?,
+            status: SnapshotStatus::parse(&row.status)
+                .ok_or_else(|| corrupt("snapshot status", &row.status))?,
+            usage: SnapshotUsage::parse(&row.usage)
+                .ok_or_else(|| corrupt("snapshot usage", &row.usage))?,
+            retention: RetentionDays::parse(row.retention_days)
+                .map_err(|_| corrupt("retention", &row.retention_days.to_string()))?,
+            snapshot_id: row.snapshot_id,
+            account_id: row.account_id,
+            source_disk_id: row.source_disk_id,
+            snapshot_name: row.snapshot_name,
+            description: row.description,
+            source_disk_size_gib: row.source_disk_size_gib,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            copy_due_at: row.copy_due_at,
+            last_modified_at: row.last_modified_at,
+            tags: Vec::new(),
+        })
+    }
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct TagRow {
+    pub snapshot_id: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// Puts each tag row on its snapshot.
+pub(crate) fn attach_tags(snapshots: &mut [Snapshot], tags: Vec<TagRow>) {
+    for tag in tags {
+        if let Some(snapshot) = snapshots
+            .iter_mut()
+            .find(|s| s.snapshot_id == tag.snapshot_id)
+        {
+            snapshot.tags.push(Tag {
+                key: tag.key,
+                value: tag.value,
+            });
+        }
+    }
+}
+
+/// Converts rows, keeping the first `limit` and saying where the next page starts.
+pub(crate) fn into_page(
+    rows: Vec<SnapshotRow>,
+    limit: u32,
+) -> Result<(Vec<Snapshot>, Option<super::PageCursor>), StoreError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    let snapshots = rows
+        .into_iter()
+        .take(limit)
+        .map(Snapshot::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = more.then(|| {
+        let last = snapshots.last().expect("a full page");
+        super::PageCursor {
+            created_at: last.created_at,
+            snapshot_id: last.snapshot_id.clone(),
+        }
+    });
+    Ok((snapshots, next))
 }

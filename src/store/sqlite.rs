@@ -13,13 +13,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::create_flow::{CreateTx, decide_and_write};
+use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
+use super::lifecycle_sql;
 use super::rows::{
     AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns,
     join_lock_reasons,
 };
-use super::{CreateOutcome, Store, StoreError};
+use super::{CreateOutcome, SnapshotPage, SnapshotQuery, Store, StoreError, WorkDone};
 use crate::backend::SnapshotBackend;
-use crate::domain::{Account, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp};
+use crate::domain::{
+    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
+};
 use crate::engine::{
     CreateState, Policy, RuleError, TokenBinding, check_account_exists, check_disk_attachment,
     check_disk_reassignment, check_instance_reassignment,
@@ -56,8 +60,8 @@ FROM client_tokens WHERE account_id = ?1 AND client_token = ?2";
 const INSERT_SNAPSHOT_SQL: &str = "\
 INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name, description,
                        source_disk_size_gib, source_disk_type, status, created_at, started_at,
-                       last_modified_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)";
+                       last_modified_at, copy_due_at, retention_days, release_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11, ?12, ?13)";
 
 const INSERT_TOKEN_SQL: &str = "\
 INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id, created_at)
@@ -111,6 +115,14 @@ const ANY_ACCOUNT_SQL: &str = "SELECT account_id FROM accounts LIMIT 1";
 const SELECT_ACCOUNT_EXISTS_SQL: &str = "SELECT account_id FROM accounts WHERE account_id = ?1";
 
 const SELECT_INSTANCE_ACCOUNT_SQL: &str = "SELECT account_id FROM instances WHERE instance_id = ?1";
+
+const DIALECT: Dialect = Dialect::SQLITE;
+
+/// Transactions on SQLite never lose a unique-key race (writers are serialized), but CreateImage
+/// shares its retry loop with PostgreSQL's.
+const CONFLICT_ATTEMPTS: usize = 1;
+
+impl_lifecycle_tx!(Sqlite, DIALECT);
 
 /// Takes the write lock at the start, so reads inside the transaction are the state it writes on.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -224,8 +236,20 @@ impl CreateTx for SqliteCreateTx<'_> {
             .bind(snapshot.status.as_str())
             .bind(snapshot.created_at)
             .bind(snapshot.started_at)
+            .bind(snapshot.copy_due_at)
+            .bind(snapshot.retention.as_i32())
+            .bind(snapshot.retention.release_at(snapshot.created_at))
             .execute(self.conn())
             .await?;
+        let insert_tag = lifecycle_sql::for_sqlite(lifecycle_sql::INSERT_TAG);
+        for tag in &snapshot.tags {
+            sqlx::query(&insert_tag)
+                .bind(&snapshot.snapshot_id)
+                .bind(&tag.key)
+                .bind(&tag.value)
+                .execute(self.conn())
+                .await?;
+        }
         if let Some(token) = &command.client_token {
             sqlx::query(INSERT_TOKEN_SQL)
                 .bind(&snapshot.account_id)
@@ -372,6 +396,71 @@ impl Store for SqliteStore {
             tx.commit().await?;
         }
         Ok(outcome)
+    }
+
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, StoreError> {
+        describe_on!(&self.pool, DIALECT, query)
+    }
+
+    async fn delete_snapshot(
+        &self,
+        account_id: &str,
+        snapshot_id: &str,
+        force: bool,
+        _now: Timestamp,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        lifecycle_flow::delete(&mut tx, account_id, snapshot_id, force, backend).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_image(
+        &self,
+        command: &CreateImageCommand,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = match lifecycle_flow::create_image(&mut tx, command, now).await {
+                Ok(created @ CreateOutcome::Created { .. }) => tx
+                    .commit()
+                    .await
+                    .map(|()| created)
+                    .map_err(StoreError::from),
+                other => other,
+            };
+            match result {
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn advance_copies(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = lifecycle_flow::advance_copies(&mut tx, now, limit, backend).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn release_expired(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        backend: &dyn SnapshotBackend,
+    ) -> Result<WorkDone, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = lifecycle_flow::release_expired(&mut tx, now, limit, backend).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn close(&self) {

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use snapshotd::backend::{BackendError, SnapshotBackend};
-use snapshotd::domain::Snapshot;
+use std::time::Duration;
+
+use snapshotd::backend::{BackendError, CopyState, SnapshotBackend};
+use snapshotd::domain::{Snapshot, Timestamp};
 use snapshotd::pb;
 use tonic::Code;
 
@@ -51,7 +53,7 @@ async fn a_healthy_disk_gets_a_snapshot_id_and_a_request_id(backend: Backend) {
                 disk_id: "d-acct-a-0".into(),
                 snapshot_name: "nightly-2026:11".into(),
                 description: "before the upgrade".into(),
-                client_token: String::new(),
+                ..Default::default()
             },
         )
         .await
@@ -547,8 +549,16 @@ struct RefusingBackend;
 
 #[async_trait]
 impl SnapshotBackend for RefusingBackend {
-    async fn start_copy(&self, _snapshot: &Snapshot) -> Result<(), BackendError> {
+    async fn start_copy(&self, _snapshot: &Snapshot) -> Result<Duration, BackendError> {
         Err(BackendError("no capacity in this zone".into()))
+    }
+
+    async fn copy_state(&self, _snapshot: &Snapshot, _now: Timestamp) -> CopyState {
+        CopyState::Failed("never started".into())
+    }
+
+    async fn cancel_copy(&self, _snapshot: &Snapshot) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 
@@ -616,6 +626,7 @@ async fn input_errors_are_checked_in_the_table_order(backend: Backend) {
         snapshot_name: "1".into(),
         description: "x".into(),
         client_token: "t".repeat(65),
+        ..Default::default()
     };
     let status = app
         .snapshots()

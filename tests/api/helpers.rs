@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
-use snapshotd::clock::SystemClock;
+use snapshotd::clock::{Clock, ManualClock, SystemClock};
 use snapshotd::grpc::convert::timestamp_to_proto;
 use snapshotd::pb;
 use snapshotd::pb::inventory_service_client::InventoryServiceClient;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
+use snapshotd::worker::{Outcome, Worker};
 use snapshotd::{App, Config};
 use sqlx::Connection;
 use tokio::sync::{OnceCell, oneshot};
@@ -282,21 +283,29 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub backend: Backend,
     pub db: TestDatabase,
+    /// The server's clock; `None` when the test asked for real time.
+    pub clock: Option<Arc<ManualClock>>,
+    pub worker: Worker,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     channel: Channel,
 }
 
+/// How a test's server differs from the default one: a manual clock that only moves when the
+/// test says so, and no background worker (the test steps it with [`TestApp::tick`]).
 pub struct Options {
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
     pub snapshot_backend: Arc<dyn SnapshotBackend>,
+    /// Wall-clock time and the background worker, as in production.
+    pub real_time: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             configure: Box::new(|_| {}),
-            snapshot_backend: Arc::new(SimulatedBackend),
+            snapshot_backend: Arc::new(SimulatedBackend::new(256)),
+            real_time: false,
         }
     }
 }
@@ -310,10 +319,19 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
     let mut config = Config::for_database(db.url.clone());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 16;
+    if !options.real_time {
+        config.worker_interval = Duration::from_secs(24 * 3600);
+    }
     (options.configure)(&mut config);
-    let app = App::build_with(config, options.snapshot_backend, Arc::new(SystemClock))
+    let manual_clock = (!options.real_time).then(|| Arc::new(ManualClock::new(Utc::now())));
+    let clock: Arc<dyn Clock> = match &manual_clock {
+        Some(manual) => manual.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let app = App::build_with(config, options.snapshot_backend, clock)
         .await
         .expect("building the app");
+    let worker = app.worker();
     let addr = app.local_addr();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -332,6 +350,8 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
         addr,
         backend,
         db,
+        clock: manual_clock,
+        worker,
         shutdown: Some(shutdown),
         server: Some(server),
         channel,
@@ -427,6 +447,25 @@ impl TestApp {
                 sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
             }
         }
+    }
+
+    /// Moves the server's manual clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock
+            .as_ref()
+            .expect("a manual clock (the default)")
+            .advance(by);
+    }
+
+    /// Steps the worker until it finds nothing to do; returns what it did in all.
+    pub async fn tick_until_idle(&self) -> snapshotd::store::WorkDone {
+        let mut total = snapshotd::store::WorkDone::default();
+        while let Outcome::Worked(done) = self.worker.tick().await.expect("a worker step") {
+            total.accomplished += done.accomplished;
+            total.failed += done.failed;
+            total.released += done.released;
+        }
+        total
     }
 
     /// Stops the server gracefully and waits for it.
@@ -557,12 +596,8 @@ pub async fn execute_sql(app: &TestApp, sql: &str) {
     app.execute(sql).await;
 }
 
-/// Marks every copy in progress as finished.
-// TODO(lifecycle): replace with the worker's `tick()` once snapshots complete on their own.
+/// Lets every copy in progress finish: an hour passes on the server's clock and the worker runs.
 pub async fn finish_copies(app: &TestApp) {
-    app.execute(
-        "UPDATE snapshots SET status = 'accomplished' WHERE status = 'progressing';
-         UPDATE disks SET progressing_snapshot_id = NULL, progressing_since = NULL;",
-    )
-    .await;
+    app.advance(Duration::from_secs(3600));
+    app.tick_until_idle().await;
 }

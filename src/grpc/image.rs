@@ -1,0 +1,62 @@
+//! `ecs.snapshot.v1.ImageService`: custom images from accomplished snapshots.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::ApiError;
+use super::snapshot::handle;
+use crate::clock::Clock;
+use crate::domain::{ClientToken, CreateImageCommand, ImageName, SnapshotId};
+use crate::pb;
+use crate::store::{CreateOutcome, Store};
+
+pub struct ImageApi {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ImageApi {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    async fn create(
+        &self,
+        account_id: String,
+        request: pb::CreateImageRequest,
+    ) -> Result<String, ApiError> {
+        let command = CreateImageCommand {
+            snapshot_id: SnapshotId::parse(&request.snapshot_id)?,
+            image_name: ImageName::parse_optional(&request.image_name)?,
+            client_token: ClientToken::parse_optional(&request.client_token)?,
+            account_id,
+        };
+        let outcome = self.store.create_image(&command, self.clock.now()).await?;
+        let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = outcome;
+        tracing::info!(image_id = %id, snapshot_id = %command.snapshot_id.as_str(), "image created");
+        Ok(id)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::image_service_server::ImageService for ImageApi {
+    async fn create_image(
+        &self,
+        request: Request<pb::CreateImageRequest>,
+    ) -> Result<Response<pb::CreateImageResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(
+            "CreateImage",
+            &metadata,
+            |account_id, request_id| async move {
+                let image_id = self.create(account_id, request).await?;
+                Ok(pb::CreateImageResponse {
+                    request_id,
+                    image_id,
+                })
+            },
+        )
+        .await
+    }
+}
