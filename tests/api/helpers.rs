@@ -316,6 +316,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
     let db = TestDatabase::create(backend).await;
+    spawn_on(backend, db, options).await
+}
+
+/// Another server on `app`'s database, as a second replica would run (the database stays
+/// `app`'s to drop).
+pub async fn spawn_replica(app: &TestApp, options: Options) -> TestApp {
+    let db = TestDatabase {
+        url: app.db.url.clone(),
+        admin_url: None,
+        name: String::new(),
+        _dir: None,
+    };
+    spawn_on(app.backend, db, options).await
+}
+
+async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestApp {
     let mut config = Config::for_database(db.url.clone());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 16;

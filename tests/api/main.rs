@@ -13,3 +13,4 @@ mod idempotence;
 mod inventory;
 mod server;
 mod tenants;
+mod worker;

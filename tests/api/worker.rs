@@ -1,0 +1,140 @@
+//! The lifecycle worker: copies finish when their time has come, failures free the disk, two
+//! replicas share the queue without doing any snapshot twice, and in real time a snapshot is
+//! shown accomplished within a second of its copy time elapsing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use snapshotd::backend::SimulatedBackend;
+use snapshotd::pb;
+
+use crate::helpers::{
+    Backend, Options, TestApp, as_account, concurrently, spawn_app, spawn_app_with,
+    spawn_replica, world,
+};
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_copy_finishes_when_its_time_has_come_and_frees_the_disk,
+    in_real_time_a_snapshot_is_accomplished_within_a_second_of_its_copy_time,
+);
+
+async fn describe_one(app: &TestApp, snapshot_id: &str) -> pb::Snapshot {
+    let request = pb::DescribeSnapshotsRequest {
+        snapshot_ids: vec![snapshot_id.to_owned()],
+        ..Default::default()
+    };
+    let mut response = app
+        .snapshots()
+        .describe_snapshots(as_account("acct-a", request))
+        .await
+        .expect("DescribeSnapshots")
+        .into_inner();
+    assert_eq!(response.snapshots.len(), 1);
+    response.snapshots.remove(0)
+}
+
+async fn a_copy_finishes_when_its_time_has_come_and_frees_the_disk(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let created = app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    // 40 GiB at 256 MiB/s: 160 s.
+    app.advance(Duration::from_secs(159));
+    assert!(app.tick_until_idle().await.is_idle(), "not due before 160 s");
+    let snapshot = describe_one(&app, &created.snapshot_id).await;
+    assert_eq!(snapshot.status(), pb::SnapshotStatus::Progressing);
+    assert_eq!(snapshot.progress, 99);
+    assert_eq!(snapshot.remain_time_seconds, 1);
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect_err("the disk is still busy");
+
+    app.advance(Duration::from_secs(1));
+    let done = app.tick_until_idle().await;
+    assert_eq!(done.accomplished, 1);
+    let snapshot = describe_one(&app, &created.snapshot_id).await;
+    assert_eq!(snapshot.status(), pb::SnapshotStatus::Accomplished);
+    assert_eq!((snapshot.progress, snapshot.remain_time_seconds), (100, 0));
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("the finished copy freed the disk");
+    assert!(app.tick_until_idle().await.is_idle(), "nothing is done twice");
+}
+
+async fn in_real_time_a_snapshot_is_accomplished_within_a_second_of_its_copy_time(
+    backend: Backend,
+) {
+    // 40 GiB at 40960 MiB/s: one second.
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|c| c.copy_rate_mibps = 40_960),
+            snapshot_backend: Arc::new(SimulatedBackend::new(40_960)),
+            real_time: true,
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    let created_at = Instant::now();
+    let created = app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    let copy_time = Duration::from_secs(1);
+    loop {
+        let snapshot = describe_one(&app, &created.snapshot_id).await;
+        let elapsed = created_at.elapsed();
+        if snapshot.status() == pb::SnapshotStatus::Accomplished {
+            assert!(elapsed >= copy_time, "not before the copy time: {elapsed:?}");
+            break;
+        }
+        assert!(
+            elapsed <= copy_time + Duration::from_secs(1),
+            "accomplished within a second of the copy time, still {:?} after {elapsed:?}",
+            snapshot.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two servers on one PostgreSQL database step their workers at the same time: every snapshot
+/// is completed, and by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
+    let first = Arc::new(spawn_app(Backend::Postgres).await);
+    let second = Arc::new(spawn_replica(&first, Options::default()).await);
+    const DISKS: usize = 300;
+    first.seed(&world("acct-a", DISKS)).await;
+    let created = concurrently(DISKS, |n| {
+        let app = if n % 2 == 0 { first.clone() } else { second.clone() };
+        async move { app.create_on("acct-a", &format!("d-acct-a-{n}")).await }
+    })
+    .await;
+    assert!(created.iter().all(Result::is_ok));
+
+    first.advance(Duration::from_secs(3600));
+    second.advance(Duration::from_secs(3600));
+    let done = concurrently(2, |n| {
+        let app = if n == 0 { first.clone() } else { second.clone() };
+        async move { app.tick_until_idle().await }
+    })
+    .await;
+
+    let accomplished: usize = done.iter().map(|d| d.accomplished).sum();
+    assert_eq!(accomplished, DISKS, "each snapshot completed once: {done:?}");
+    first
+        .execute("DO $$ BEGIN IF EXISTS (SELECT 1 FROM snapshots WHERE status <> 'accomplished') THEN RAISE EXCEPTION 'unfinished'; END IF; END $$")
+        .await;
+}
+
+/// The embedded store refuses a second server on its file, in one process as across processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_server_on_one_sqlite_file_is_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let config = snapshotd::Config::for_database(app.db.url.clone());
+    let refused = snapshotd::App::build(config).await;
+    let err = refused.err().expect("a second server on the same file is refused");
+    assert!(
+        err.to_string().contains("one server process per database file"),
+        "{err}"
+    );
+}
