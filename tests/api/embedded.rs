@@ -108,6 +108,12 @@ impl Server {
             .expect("kill");
         self.exit_status()
     }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed server");
+    }
 }
 
 impl Drop for Server {
@@ -354,3 +360,85 @@ async fn the_health_subcommand_reports_a_serving_server_and_fails_without_one() 
     assert!(server.terminate().success());
     assert!(!probe(&addr).status.success(), "no server, no health");
 }
+
+async fn describe_demo(channel: &Channel, snapshot_id: &str) -> pb::Snapshot {
+    let request = pb::DescribeSnapshotsRequest {
+        snapshot_ids: vec![snapshot_id.to_owned()],
+        ..Default::default()
+    };
+    let mut page = pb::snapshot_service_client::SnapshotServiceClient::new(channel.clone())
+        .describe_snapshots(as_account("acct-demo", request))
+        .await
+        .expect("DescribeSnapshots")
+        .into_inner();
+    assert_eq!(
+        page.snapshots.len(),
+        1,
+        "the acknowledged snapshot is there"
+    );
+    page.snapshots.remove(0)
+}
+
+/// A server stopped (SIGTERM) or killed (SIGKILL) mid-copy loses no acknowledged snapshot, and
+/// the next server finishes the copy.
+async fn a_copy_survives_the_server(backend: Backend, stop: impl FnOnce(Server)) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(backend).await;
+    if backend == Backend::Postgres {
+        let seeded = Command::new(BINARY)
+            .arg("seed-demo")
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(seeded.status.success(), "{seeded:?}");
+    }
+    // The demo disk holds 40 GiB: three seconds at this rate.
+    let env = [
+        ("SNAPSHOTD_COPY_RATE_MIBPS", "13654"),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
+    let mut first = Server::start(dir.path(), &[], &env);
+    let channel = first.ready().await;
+    let created = create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+        .await
+        .expect("acknowledged");
+    let started = Instant::now();
+    stop(first);
+
+    let mut second = Server::start(dir.path(), &[], &env);
+    let channel = second.ready().await;
+    let snapshot = describe_demo(&channel, &created.snapshot_id).await;
+    if started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(snapshot.status(), pb::SnapshotStatus::Progressing);
+    }
+    loop {
+        let snapshot = describe_demo(&channel, &created.snapshot_id).await;
+        if snapshot.status() == pb::SnapshotStatus::Accomplished {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the copy finishes after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(second.terminate().success());
+}
+
+async fn a_server_stopped_mid_copy_loses_nothing_and_the_copy_finishes_after_restart(
+    backend: Backend,
+) {
+    a_copy_survives_the_server(backend, |server| assert!(server.terminate().success())).await;
+}
+
+async fn a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_restart(
+    backend: Backend,
+) {
+    a_copy_survives_the_server(backend, Server::kill).await;
+}
+
+crate::on_both_backends!(
+    a_server_stopped_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
+    a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
+);

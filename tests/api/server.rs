@@ -29,6 +29,7 @@ async fn health_reports_serving_for_every_service(backend: Backend) {
     for service in [
         "",
         "ecs.snapshot.v1.SnapshotService",
+        "ecs.snapshot.v1.ImageService",
         "ecs.snapshot.v1.InventoryService",
     ] {
         let response = health
@@ -49,6 +50,7 @@ async fn reflection_v1_and_v1alpha_describe_the_contract_and_the_error_details(b
 
     let symbols = [
         "ecs.snapshot.v1.SnapshotService",
+        "ecs.snapshot.v1.ImageService",
         "ecs.snapshot.v1.InventoryService",
         "google.rpc.ErrorInfo",
         "google.rpc.BadRequest",

@@ -9,8 +9,8 @@ use snapshotd::backend::SimulatedBackend;
 use snapshotd::pb;
 
 use crate::helpers::{
-    Backend, Options, TestApp, as_account, concurrently, spawn_app, spawn_app_with,
-    spawn_replica, world,
+    Backend, Options, TestApp, as_account, concurrently, spawn_app, spawn_app_with, spawn_replica,
+    world,
 };
 use crate::on_both_backends;
 
@@ -41,7 +41,10 @@ async fn a_copy_finishes_when_its_time_has_come_and_frees_the_disk(backend: Back
 
     // 40 GiB at 256 MiB/s: 160 s.
     app.advance(Duration::from_secs(159));
-    assert!(app.tick_until_idle().await.is_idle(), "not due before 160 s");
+    assert!(
+        app.tick_until_idle().await.is_idle(),
+        "not due before 160 s"
+    );
     let snapshot = describe_one(&app, &created.snapshot_id).await;
     assert_eq!(snapshot.status(), pb::SnapshotStatus::Progressing);
     assert_eq!(snapshot.progress, 99);
@@ -59,7 +62,10 @@ async fn a_copy_finishes_when_its_time_has_come_and_frees_the_disk(backend: Back
     app.create_on("acct-a", "d-acct-a-0")
         .await
         .expect("the finished copy freed the disk");
-    assert!(app.tick_until_idle().await.is_idle(), "nothing is done twice");
+    assert!(
+        app.tick_until_idle().await.is_idle(),
+        "nothing is done twice"
+    );
 }
 
 async fn in_real_time_a_snapshot_is_accomplished_within_a_second_of_its_copy_time(
@@ -84,7 +90,10 @@ async fn in_real_time_a_snapshot_is_accomplished_within_a_second_of_its_copy_tim
         let snapshot = describe_one(&app, &created.snapshot_id).await;
         let elapsed = created_at.elapsed();
         if snapshot.status() == pb::SnapshotStatus::Accomplished {
-            assert!(elapsed >= copy_time, "not before the copy time: {elapsed:?}");
+            assert!(
+                elapsed >= copy_time,
+                "not before the copy time: {elapsed:?}"
+            );
             break;
         }
         assert!(
@@ -105,7 +114,11 @@ async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
     const DISKS: usize = 300;
     first.seed(&world("acct-a", DISKS)).await;
     let created = concurrently(DISKS, |n| {
-        let app = if n % 2 == 0 { first.clone() } else { second.clone() };
+        let app = if n % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
         async move { app.create_on("acct-a", &format!("d-acct-a-{n}")).await }
     })
     .await;
@@ -114,13 +127,20 @@ async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
     first.advance(Duration::from_secs(3600));
     second.advance(Duration::from_secs(3600));
     let done = concurrently(2, |n| {
-        let app = if n == 0 { first.clone() } else { second.clone() };
+        let app = if n == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
         async move { app.tick_until_idle().await }
     })
     .await;
 
     let accomplished: usize = done.iter().map(|d| d.accomplished).sum();
-    assert_eq!(accomplished, DISKS, "each snapshot completed once: {done:?}");
+    assert_eq!(
+        accomplished, DISKS,
+        "each snapshot completed once: {done:?}"
+    );
     first
         .execute("DO $$ BEGIN IF EXISTS (SELECT 1 FROM snapshots WHERE status <> 'accomplished') THEN RAISE EXCEPTION 'unfinished'; END IF; END $$")
         .await;
@@ -132,9 +152,12 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
     let app = spawn_app(Backend::Sqlite).await;
     let config = snapshotd::Config::for_database(app.db.url.clone());
     let refused = snapshotd::App::build(config).await;
-    let err = refused.err().expect("a second server on the same file is refused");
+    let err = refused
+        .err()
+        .expect("a second server on the same file is refused");
     assert!(
-        err.to_string().contains("one server process per database file"),
+        err.to_string()
+            .contains("one server process per database file"),
         "{err}"
     );
 }
