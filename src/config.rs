@@ -18,47 +18,62 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://snapshotd.db";
 )]
 pub struct Config {
     /// Database: postgres://… (production) or sqlite://PATH (embedded; created if missing).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Address the gRPC server listens on.
-    #[arg(long, env = "SNAPSHOTD_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
 
     /// Bearer token the InventoryService requires; unset disables that API.
-    #[arg(long, env = "SNAPSHOTD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 
     /// How long after creation a disk is still initializing (e.g. 1h, 90m).
-    #[arg(long, env = "SNAPSHOTD_INIT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_INIT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub init_window: Duration,
 
     /// Snapshots one disk may hold.
-    #[arg(long, env = "SNAPSHOTD_SNAPSHOT_QUOTA", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "SNAPSHOTD_SNAPSHOT_QUOTA", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_quota: u32,
 
     /// Copy rate of the simulated snapshot backend (MiB/s): a snapshot of N GiB takes N×1024/rate s.
-    #[arg(long, env = "SNAPSHOTD_COPY_RATE_MIBPS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "SNAPSHOTD_COPY_RATE_MIBPS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub copy_rate_mibps: u32,
 
     /// How often the worker looks for finished copies and expired snapshots when idle.
-    #[arg(long, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub worker_interval: Duration,
 
     /// Largest number of database connections (PostgreSQL).
-    #[arg(long, env = "SNAPSHOTD_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_DB_MAX_CONNECTIONS",
+        default_value_t = 32
+    )]
     pub db_max_connections: u32,
 
     /// Log format; `auto` is text on a terminal and JSON otherwise.
-    #[arg(long, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    #[arg(long, global = true, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
     /// Seed the demo inventory (acct-demo) into an empty embedded store at startup.
-    #[arg(long, env = "SNAPSHOTD_DEMO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[arg(long, global = true, env = "SNAPSHOTD_DEMO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub demo: bool,
 
     /// Same as `--demo false`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_demo: bool,
 
     #[command(subcommand)]

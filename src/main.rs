@@ -21,8 +21,8 @@ fn exit_code(result: Result<(), app::AppError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "snapshotd failed");
-            eprintln!("snapshotd: {err}");
+            tracing::error!(error = %error_chain(&err), "snapshotd failed");
+            eprintln!("snapshotd: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -79,4 +79,16 @@ async fn seed_demo(config: Config) -> Result<(), app::AppError> {
 async fn serve(config: Config) -> Result<(), app::AppError> {
     let app = App::build(config).await?;
     app.run_until(app::shutdown_signal()).await
+}
+
+/// `err: cause: cause…`, so a startup failure says why (e.g. "connection refused").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

@@ -103,8 +103,12 @@ impl SnapshotApi {
             )
             .await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
-        let replayed = matches!(outcome, CreateOutcome::Replayed { .. });
-        tracing::info!(snapshot_id = %id, replayed, "snapshot created");
+        match outcome {
+            CreateOutcome::Created { .. } => tracing::info!(snapshot_id = %id, "snapshot created"),
+            CreateOutcome::Replayed { .. } => {
+                tracing::info!(snapshot_id = %id, "client token replayed: the original snapshot")
+            }
+        }
         Ok(id.clone())
     }
 

@@ -106,9 +106,17 @@ async fn find_postgres() -> String {
 }
 
 fn postgres_bin_dir() -> Result<PathBuf, String> {
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if dir.join("initdb").exists() {
+    for probe in [
+        Command::new("pg_config").arg("--bindir").output(),
+        Command::new("sh")
+            .args(["-c", "dirname \"$(command -v initdb)\""])
+            .output(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&probe.stdout).trim());
+        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
             return Ok(dir);
         }
     }
@@ -121,17 +129,16 @@ fn postgres_bin_dir() -> Result<PathBuf, String> {
     found.pop().ok_or_else(|| "initdb was not found".to_owned())
 }
 
-/// Runs `initdb` and `pg_ctl start` in a temporary directory on a free port. As root, the
-/// binaries run as the `postgres` user (PostgreSQL refuses to run as root).
+/// Starts (or reuses) one throwaway cluster in `$TMPDIR/snapshotd-test-pg`, made with `initdb`
+/// on a free port. It is left running for the next test run, so runs do not pile up clusters;
+/// stop it with `pg_ctl -D $TMPDIR/snapshotd-test-pg/data stop`. As root, the binaries run as
+/// the `postgres` user (PostgreSQL refuses to run as root).
 fn start_throwaway_cluster() -> Result<String, String> {
     let bin = postgres_bin_dir()?;
-    let dir = std::env::temp_dir().join(format!("snapshotd-pg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join("snapshotd-test-pg");
     let data = dir.join("data");
+    let port_file = dir.join("port");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
     let as_root = Command::new("id")
         .arg("-u")
         .output()
@@ -164,18 +171,45 @@ fn start_throwaway_cluster() -> Result<String, String> {
             .map_err(|e| e.to_string())?;
     }
     let data_str = data.to_string_lossy().into_owned();
-    run(
-        "initdb",
-        &[
-            "-D",
-            &data_str,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ],
-    )?;
+    let saved_port = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok());
+    if let Some(port) = saved_port
+        && run("pg_ctl", &["status", "-D", &data_str]).is_ok()
+    {
+        let answers = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )
+        .is_ok();
+        if answers {
+            return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+        }
+        // Running but out of reach (another network namespace): start it afresh.
+        run(
+            "pg_ctl",
+            &["-D", &data_str, "-m", "immediate", "-w", "stop"],
+        )?;
+    }
+    if !data.join("PG_VERSION").exists() {
+        let _ = std::fs::remove_dir_all(&data);
+        run(
+            "initdb",
+            &[
+                "-D",
+                &data_str,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        )?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
         dir.to_string_lossy()
@@ -185,6 +219,7 @@ fn start_throwaway_cluster() -> Result<String, String> {
         "pg_ctl",
         &["-D", &data_str, "-l", &log, "-o", &options, "-w", "start"],
     )?;
+    std::fs::write(&port_file, port.to_string()).map_err(|e| e.to_string())?;
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
