@@ -298,14 +298,17 @@ pub fn snapshot_to_proto(snapshot: Snapshot, progress: u8, remaining_secs: u64) 
 
 const NEXT_TOKEN_VERSION: &str = "v1";
 
-/// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>`.
+/// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>|<crc32>`. The
+/// checksum makes a token that was altered (or not written by us) malformed rather than a cursor
+/// somewhere else.
 pub fn encode_next_token(cursor: &PageCursor) -> String {
-    let plain = format!(
+    let body = format!(
         "{NEXT_TOKEN_VERSION}|{}|{}|{}",
         cursor.created_at.timestamp(),
         cursor.created_at.timestamp_subsec_nanos(),
         cursor.snapshot_id
     );
+    let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
     plain.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -323,7 +326,11 @@ pub fn decode_next_token(token: &str) -> Result<PageCursor, RuleError> {
         })
         .collect::<Result<Vec<u8>, _>>()?;
     let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let mut parts = plain.split('|');
+    let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
+    if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
+        return Err(malformed());
+    }
+    let mut parts = body.split('|');
     let (Some(NEXT_TOKEN_VERSION), Some(seconds), Some(nanos), Some(snapshot_id), None) = (
         parts.next(),
         parts.next(),

@@ -1,6 +1,6 @@
 //! The CreateSnapshot transaction, written once for both backends.
 //!
-//! A backend supplies the statements ([`CreateTx`]); this file supplies the order: read under the
+//! A backend supplies the statements ([`CreateReads`], [`InsertSnapshot`]); this file supplies the order: read under the
 //! lock, settle the client token, let the engine decide, start the copy, write.
 
 use super::{CreateOutcome, StoreError};
@@ -10,8 +10,9 @@ use crate::domain::{
 };
 use crate::engine::{CreateState, Policy, TokenBinding, check_token_binding, decide_create};
 
-/// The statements of one CreateSnapshot transaction, already begun by the backend.
-pub(crate) trait CreateTx {
+/// The reads of one CreateSnapshot transaction, already begun; the same SQL on both backends
+/// (see `inventory_flow::impl_shared_tx!`).
+pub(crate) trait CreateReads {
     /// Locks the caller's disk and reads the state the engine needs and the caller's token
     /// binding, in one statement. `None` when the caller has no such disk.
     async fn lock_and_read(
@@ -30,19 +31,23 @@ pub(crate) trait CreateTx {
         &mut self,
         command: &CreateSnapshotCommand,
     ) -> Result<Option<TokenBinding>, StoreError>;
+}
 
-    /// Inserts the snapshot and the token binding and updates the disk's bookkeeping.
-    async fn insert(
+/// The write of one CreateSnapshot transaction, backend by backend (one statement on
+/// PostgreSQL).
+pub(crate) trait InsertSnapshot {
+    /// Inserts the snapshot, its tags and the token binding and updates the disk's bookkeeping.
+    async fn insert_snapshot(
         &mut self,
         snapshot: &Snapshot,
         command: &CreateSnapshotCommand,
     ) -> Result<(), StoreError>;
 }
 
-/// Runs the decision inside `tx`. On `Ok(Created)` the caller commits; on anything else it
-/// rolls back (dropping the transaction does).
+/// Runs the decision inside `tx`. On `Ok` the caller commits; on an error it rolls back
+/// (dropping the transaction does).
 pub(crate) async fn decide_and_write(
-    tx: &mut impl CreateTx,
+    tx: &mut (impl CreateReads + InsertSnapshot),
     command: &CreateSnapshotCommand,
     policy: &Policy,
     now: Timestamp,
@@ -110,7 +115,7 @@ pub(crate) async fn decide_and_write(
         .await
         .map_err(StoreError::CopyNotStarted)?;
     snapshot.copy_due_at = now + copy_time;
-    tx.insert(&snapshot, command).await?;
+    tx.insert_snapshot(&snapshot, command).await?;
     Ok(CreateOutcome::Created {
         id: snapshot.snapshot_id,
     })

@@ -57,9 +57,6 @@ pub(crate) const FREE_DISK: &str = "UPDATE disks SET progressing_snapshot_id = N
 pub(crate) const POSTPONE_COPY: &str =
     "UPDATE snapshots SET copy_due_at = $2 WHERE snapshot_id = $1";
 
-pub(crate) const INSERT_TAG: &str =
-    "INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)";
-
 pub(crate) const READ_IMAGE_TOKEN: &str = "SELECT fingerprint AS token_fingerprint, \
     image_id AS token_snapshot_id FROM image_client_tokens WHERE account_id = $1 AND client_token = $2";
 
@@ -171,10 +168,7 @@ pub(crate) fn tags_of(ids: &[String]) -> (String, Vec<Param>) {
     (b.sql, b.params)
 }
 
-/// PostgreSQL's `$N` placeholders as SQLite's `?N` (same numbering, same meaning).
-pub(crate) fn for_sqlite(sql: &str) -> String {
-    sql.replace('$', "?")
-}
+pub(crate) use super::shared_sql::for_sqlite;
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,12 @@
 //! typed errors here, at the store's edge; SQL never leaves this module.
 
 mod create_flow;
+mod inventory_flow;
 mod lifecycle_flow;
 mod lifecycle_sql;
 mod postgres;
 mod rows;
+mod shared_sql;
 mod sqlite;
 
 use std::sync::Arc;

@@ -7,10 +7,13 @@ mod helpers;
 
 mod concurrency;
 mod create_snapshot;
+mod delete_and_images;
+mod describe;
 mod embedded;
 mod faults;
 mod idempotence;
 mod inventory;
 mod server;
+mod tags_and_retention;
 mod tenants;
 mod worker;

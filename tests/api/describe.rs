@@ -1,0 +1,920 @@
+//! DescribeSnapshots against the real server: every field of a snapshot as its copy moves and
+//! completes, each filter, tenant isolation, pagination over ties, and the request's errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use snapshotd::backend::{BackendError, CopyState, SimulatedBackend, SnapshotBackend};
+use snapshotd::clock::Clock;
+use snapshotd::domain::{Snapshot, Timestamp};
+use snapshotd::pb;
+use tonic::{Code, Status};
+
+use crate::assertions::{Detail, assert_error};
+use crate::helpers::{
+    Backend, Options, TestApp, as_account, create_request, spawn_app, spawn_app_with, world,
+};
+use crate::on_both_backends;
+
+on_both_backends!(
+    describe_returns_the_callers_snapshots_newest_first_with_every_field,
+    each_filter_narrows_the_listing_to_the_matching_snapshots,
+    another_accounts_snapshots_never_appear,
+    walking_next_token_visits_every_snapshot_once_in_order,
+    a_snapshot_created_during_a_walk_does_not_disturb_it,
+    more_than_100_or_malformed_snapshot_ids_are_refused,
+    an_out_of_range_max_results_is_an_invalid_parameter,
+    a_next_token_the_service_did_not_write_is_malformed,
+    a_malformed_disk_id_filter_is_not_supported,
+    a_malformed_tag_filter_is_refused,
+    a_describe_without_an_account_is_unauthenticated,
+    a_next_token_with_any_one_character_changed_is_malformed,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Local helpers.
+
+async fn describe(
+    app: &TestApp,
+    account: &str,
+    request: pb::DescribeSnapshotsRequest,
+) -> Result<pb::DescribeSnapshotsResponse, Status> {
+    app.snapshots()
+        .describe_snapshots(as_account(account, request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The ids one page lists, in order.
+async fn listed(
+    app: &TestApp,
+    account: &str,
+    request: pb::DescribeSnapshotsRequest,
+) -> Vec<String> {
+    describe(app, account, request)
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots
+        .into_iter()
+        .map(|s| s.snapshot_id)
+        .collect()
+}
+
+/// The server's (manual) clock.
+fn server_now(app: &TestApp) -> Timestamp {
+    app.clock.as_ref().expect("a manual clock").now()
+}
+
+#[track_caller]
+fn assert_at(actual: Option<prost_types::Timestamp>, expected: Timestamp, what: &str) {
+    let actual = actual.unwrap_or_else(|| panic!("{what} is set"));
+    let actual =
+        DateTime::<Utc>::from_timestamp(actual.seconds, u32::try_from(actual.nanos).unwrap())
+            .expect("a valid timestamp");
+    // PostgreSQL keeps microseconds.
+    assert!(
+        (actual - expected).abs() < TimeDelta::milliseconds(1),
+        "{what}: {actual} is not {expected}"
+    );
+}
+
+fn tag(key: &str, value: &str) -> pb::Tag {
+    pb::Tag {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+fn sorted_tags(mut tags: Vec<pb::Tag>) -> Vec<(String, String)> {
+    tags.sort_by(|a, b| a.key.cmp(&b.key));
+    tags.into_iter().map(|t| (t.key, t.value)).collect()
+}
+
+#[track_caller]
+fn assert_request_id(request_id: &str) {
+    assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
+    assert_eq!(request_id, request_id.to_uppercase());
+}
+
+/// Copies from `fails_disk` fail; every other copy is simulated at 256 MiB/s.
+struct FailsOneDisk {
+    fails_disk: &'static str,
+    inner: SimulatedBackend,
+}
+
+impl FailsOneDisk {
+    fn new(fails_disk: &'static str) -> Self {
+        Self {
+            fails_disk,
+            inner: SimulatedBackend::new(256),
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotBackend for FailsOneDisk {
+    async fn start_copy(&self, snapshot: &Snapshot) -> Result<Duration, BackendError> {
+        self.inner.start_copy(snapshot).await
+    }
+
+    async fn copy_state(&self, snapshot: &Snapshot, now: Timestamp) -> CopyState {
+        if snapshot.source_disk_id == self.fails_disk {
+            CopyState::Failed("bad sector".into())
+        } else {
+            self.inner.copy_state(snapshot, now).await
+        }
+    }
+
+    async fn cancel_copy(&self, snapshot: &Snapshot) -> Result<(), BackendError> {
+        self.inner.cancel_copy(snapshot).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fields.
+
+async fn describe_returns_the_callers_snapshots_newest_first_with_every_field(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut w = world("acct-a", 2);
+    // A 20 GiB system disk: 80 s at 256 MiB/s.
+    w.disks[1].r#type = pb::DiskType::System.into();
+    w.disks[1].size_gib = 20;
+    app.seed(&w).await;
+
+    let first_at = server_now(&app);
+    let first = app
+        .create(
+            "acct-a",
+            pb::CreateSnapshotRequest {
+                snapshot_name: "nightly-1".into(),
+                description: "before the upgrade".into(),
+                retention_days: 7,
+                tags: vec![tag("team", ""), tag("env", "prod")],
+                ..create_request("d-acct-a-0")
+            },
+        )
+        .await
+        .expect("first CreateSnapshot");
+    app.advance(Duration::from_secs(10));
+    let second_at = server_now(&app);
+    let second = app
+        .create_on("acct-a", "d-acct-a-1")
+        .await
+        .expect("second CreateSnapshot");
+    app.advance(Duration::from_secs(30));
+
+    let response = describe(&app, "acct-a", pb::DescribeSnapshotsRequest::default())
+        .await
+        .expect("DescribeSnapshots");
+
+    assert_request_id(&response.request_id);
+    assert!(response.next_token.is_empty(), "one page only");
+    let ids: Vec<_> = response.snapshots.iter().map(|s| &s.snapshot_id).collect();
+    assert_eq!(
+        ids,
+        [&second.snapshot_id, &first.snapshot_id],
+        "newest first"
+    );
+    let (newer, older) = (&response.snapshots[0], &response.snapshots[1]);
+
+    // 40 s of 160 s.
+    assert_eq!(older.snapshot_name, "nightly-1");
+    assert_eq!(older.description, "before the upgrade");
+    assert_eq!(older.source_disk_id, "d-acct-a-0");
+    assert_eq!(older.source_disk_size_gib, 40);
+    assert_eq!(older.source_disk_type(), pb::DiskType::Data);
+    assert_eq!(older.status(), pb::SnapshotStatus::Progressing);
+    assert_eq!(older.progress, 25);
+    assert_eq!(older.remain_time_seconds, 120);
+    assert_at(older.created_at, first_at, "created_at");
+    assert_at(older.last_modified_at, first_at, "last_modified_at");
+    assert_eq!(older.retention_days, 7);
+    assert_eq!(
+        sorted_tags(older.tags.clone()),
+        [
+            ("env".to_owned(), "prod".to_owned()),
+            ("team".to_owned(), String::new())
+        ]
+    );
+    assert_eq!(older.usage, "none");
+
+    // 30 s of 80 s: 37.5 % (truncated), 50 s left.
+    assert_eq!(newer.snapshot_name, "");
+    assert_eq!(newer.description, "");
+    assert_eq!(newer.source_disk_id, "d-acct-a-1");
+    assert_eq!(newer.source_disk_size_gib, 20);
+    assert_eq!(newer.source_disk_type(), pb::DiskType::System);
+    assert_eq!(newer.status(), pb::SnapshotStatus::Progressing);
+    assert_eq!(newer.progress, 37);
+    assert_eq!(newer.remain_time_seconds, 50);
+    assert_at(newer.created_at, second_at, "created_at");
+    assert_eq!(newer.retention_days, 0, "kept forever");
+    assert!(newer.tags.is_empty());
+    assert_eq!(newer.usage, "none");
+
+    // The clock moves: 100 s of 160 s.
+    app.advance(Duration::from_secs(60));
+    let older = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            snapshot_ids: vec![first.snapshot_id.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .snapshots
+    .remove(0);
+    assert_eq!(older.status(), pb::SnapshotStatus::Progressing);
+    assert_eq!((older.progress, older.remain_time_seconds), (62, 60));
+
+    crate::helpers::finish_copies(&app).await;
+    let done_at = server_now(&app);
+    let response = describe(&app, "acct-a", pb::DescribeSnapshotsRequest::default())
+        .await
+        .unwrap();
+    assert_request_id(&response.request_id);
+    let ids: Vec<_> = response.snapshots.iter().map(|s| &s.snapshot_id).collect();
+    assert_eq!(ids, [&second.snapshot_id, &first.snapshot_id]);
+    for (snapshot, created_at) in response.snapshots.iter().zip([second_at, first_at]) {
+        assert_eq!(snapshot.status(), pb::SnapshotStatus::Accomplished);
+        assert_eq!(snapshot.progress, 100);
+        assert_eq!(snapshot.remain_time_seconds, 0);
+        assert_at(snapshot.created_at, created_at, "created_at is kept");
+        assert_at(
+            snapshot.last_modified_at,
+            done_at,
+            "last_modified_at moves on completion",
+        );
+    }
+    assert_eq!(response.snapshots[1].retention_days, 7);
+    assert_eq!(response.snapshots[1].tags.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters.
+
+struct FilterWorld {
+    app: TestApp,
+    /// acct-a: d-0 accomplished, name alpha, env=prod team=db.
+    a0: String,
+    /// acct-a: d-1 accomplished, name beta, env=dev.
+    a1: String,
+    /// acct-a: d-2 failed, name gamma, team=web.
+    a2: String,
+    /// acct-a: d-0 progressing, name alpha, env=prod.
+    a3: String,
+    /// acct-b: its d-0 progressing, name alpha, env=prod.
+    b0: String,
+}
+
+async fn filter_world(backend: Backend) -> FilterWorld {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            snapshot_backend: Arc::new(FailsOneDisk::new("d-acct-a-2")),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 3)).await;
+    app.seed(&world("acct-b", 1)).await;
+    let create = |disk: &str, name: &str, tags: Vec<pb::Tag>| pb::CreateSnapshotRequest {
+        snapshot_name: name.into(),
+        tags,
+        ..create_request(disk)
+    };
+
+    let a0 = app
+        .create(
+            "acct-a",
+            create(
+                "d-acct-a-0",
+                "alpha",
+                vec![tag("env", "prod"), tag("team", "db")],
+            ),
+        )
+        .await
+        .unwrap()
+        .snapshot_id;
+    app.advance(Duration::from_secs(1));
+    let a1 = app
+        .create(
+            "acct-a",
+            create("d-acct-a-1", "beta", vec![tag("env", "dev")]),
+        )
+        .await
+        .unwrap()
+        .snapshot_id;
+    app.advance(Duration::from_secs(1));
+    let a2 = app
+        .create(
+            "acct-a",
+            create("d-acct-a-2", "gamma", vec![tag("team", "web")]),
+        )
+        .await
+        .unwrap()
+        .snapshot_id;
+    app.advance(Duration::from_secs(3600));
+    let done = app.tick_until_idle().await;
+    assert_eq!((done.accomplished, done.failed), (2, 1));
+    let a3 = app
+        .create(
+            "acct-a",
+            create("d-acct-a-0", "alpha", vec![tag("env", "prod")]),
+        )
+        .await
+        .unwrap()
+        .snapshot_id;
+    app.advance(Duration::from_secs(1));
+    let b0 = app
+        .create(
+            "acct-b",
+            create("d-acct-b-0", "alpha", vec![tag("env", "prod")]),
+        )
+        .await
+        .unwrap()
+        .snapshot_id;
+    FilterWorld {
+        app,
+        a0,
+        a1,
+        a2,
+        a3,
+        b0,
+    }
+}
+
+async fn each_filter_narrows_the_listing_to_the_matching_snapshots(backend: Backend) {
+    let FilterWorld {
+        app,
+        a0,
+        a1,
+        a2,
+        a3,
+        ..
+    } = filter_world(backend).await;
+    let base = pb::DescribeSnapshotsRequest::default;
+    let status = |s: pb::SnapshotStatus| pb::DescribeSnapshotsRequest {
+        status: s.into(),
+        ..base()
+    };
+    let tags = |tags: Vec<pb::Tag>| pb::DescribeSnapshotsRequest { tags, ..base() };
+    let cases: Vec<(&str, pb::DescribeSnapshotsRequest, Vec<&String>)> = vec![
+        ("no filter", base(), vec![&a3, &a2, &a1, &a0]),
+        (
+            "disk_id",
+            pb::DescribeSnapshotsRequest {
+                disk_id: "d-acct-a-0".into(),
+                ..base()
+            },
+            vec![&a3, &a0],
+        ),
+        (
+            "disk_id without snapshots",
+            pb::DescribeSnapshotsRequest {
+                disk_id: "d-acct-a-9".into(),
+                ..base()
+            },
+            vec![],
+        ),
+        (
+            "a subset of snapshot_ids",
+            pb::DescribeSnapshotsRequest {
+                snapshot_ids: vec![a0.clone(), a2.clone()],
+                ..base()
+            },
+            vec![&a2, &a0],
+        ),
+        (
+            "snapshot_ids that do not exist",
+            pb::DescribeSnapshotsRequest {
+                snapshot_ids: vec!["s-00000000000000000000".into()],
+                ..base()
+            },
+            vec![],
+        ),
+        (
+            "UNSPECIFIED status is any",
+            status(pb::SnapshotStatus::Unspecified),
+            vec![&a3, &a2, &a1, &a0],
+        ),
+        (
+            "PROGRESSING",
+            status(pb::SnapshotStatus::Progressing),
+            vec![&a3],
+        ),
+        (
+            "ACCOMPLISHED",
+            status(pb::SnapshotStatus::Accomplished),
+            vec![&a1, &a0],
+        ),
+        ("FAILED", status(pb::SnapshotStatus::Failed), vec![&a2]),
+        (
+            "snapshot_name",
+            pb::DescribeSnapshotsRequest {
+                snapshot_name: "alpha".into(),
+                ..base()
+            },
+            vec![&a3, &a0],
+        ),
+        (
+            "snapshot_name nobody has",
+            pb::DescribeSnapshotsRequest {
+                snapshot_name: "delta".into(),
+                ..base()
+            },
+            vec![],
+        ),
+        ("one tag", tags(vec![tag("env", "prod")]), vec![&a3, &a0]),
+        (
+            "an empty value matches any value of the key",
+            tags(vec![tag("env", "")]),
+            vec![&a3, &a1, &a0],
+        ),
+        (
+            "every tag must match",
+            tags(vec![tag("env", "prod"), tag("team", "db")]),
+            vec![&a0],
+        ),
+        (
+            "every tag must match, one with any value",
+            tags(vec![tag("team", ""), tag("env", "prod")]),
+            vec![&a0],
+        ),
+        ("a key alone", tags(vec![tag("team", "")]), vec![&a2, &a0]),
+        (
+            "a value nobody has",
+            tags(vec![tag("env", "staging")]),
+            vec![],
+        ),
+        ("a key nobody has", tags(vec![tag("owner", "")]), vec![]),
+        (
+            "filters combine",
+            pb::DescribeSnapshotsRequest {
+                disk_id: "d-acct-a-0".into(),
+                status: pb::SnapshotStatus::Accomplished.into(),
+                snapshot_name: "alpha".into(),
+                tags: vec![tag("team", "db")],
+                ..base()
+            },
+            vec![&a0],
+        ),
+        (
+            "filters combine to nothing",
+            pb::DescribeSnapshotsRequest {
+                disk_id: "d-acct-a-1".into(),
+                snapshot_name: "alpha".into(),
+                ..base()
+            },
+            vec![],
+        ),
+    ];
+    for (label, request, expected) in cases {
+        let ids = listed(&app, "acct-a", request).await;
+        let ids: Vec<&String> = ids.iter().collect();
+        assert_eq!(ids, expected, "{label}");
+    }
+}
+
+async fn another_accounts_snapshots_never_appear(backend: Backend) {
+    let FilterWorld {
+        app, a0, a3, b0, ..
+    } = filter_world(backend).await;
+
+    assert_eq!(
+        listed(&app, "acct-b", pb::DescribeSnapshotsRequest::default()).await,
+        std::slice::from_ref(&b0)
+    );
+    let by_ids = |ids: Vec<String>| pb::DescribeSnapshotsRequest {
+        snapshot_ids: ids,
+        ..Default::default()
+    };
+    assert!(
+        listed(&app, "acct-a", by_ids(vec![b0.clone()]))
+            .await
+            .is_empty(),
+        "not even by its id"
+    );
+    assert_eq!(
+        listed(&app, "acct-a", by_ids(vec![b0.clone(), a0.clone()])).await,
+        std::slice::from_ref(&a0)
+    );
+    assert!(
+        listed(&app, "acct-b", by_ids(vec![a0.clone(), a3.clone()]))
+            .await
+            .is_empty()
+    );
+    let by_disk = pb::DescribeSnapshotsRequest {
+        disk_id: "d-acct-b-0".into(),
+        ..Default::default()
+    };
+    assert!(listed(&app, "acct-a", by_disk).await.is_empty());
+    let by_name = pb::DescribeSnapshotsRequest {
+        snapshot_name: "alpha".into(),
+        ..Default::default()
+    };
+    assert_eq!(listed(&app, "acct-a", by_name).await, [a3, a0]);
+    assert!(
+        listed(&app, "acct-nobody", pb::DescribeSnapshotsRequest::default())
+            .await
+            .is_empty(),
+        "an account with nothing sees nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pagination.
+
+/// Follows `next_token` from the first page; returns the ids of each page.
+async fn walk(app: &TestApp, max_results: i32) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next_token = String::new();
+    loop {
+        let response = describe(
+            app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                max_results,
+                next_token: next_token.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a page");
+        pages.push(
+            response
+                .snapshots
+                .into_iter()
+                .map(|s| s.snapshot_id)
+                .collect(),
+        );
+        assert!(pages.len() <= 100, "the walk does not end");
+        if response.next_token.is_empty() {
+            return pages;
+        }
+        next_token = response.next_token;
+    }
+}
+
+/// 30 snapshots on 30 disks: 20 a second apart, then 10 at one instant. Returns their ids in
+/// the order DescribeSnapshots must list them: newest first, ties by id descending.
+async fn thirty_snapshots(app: &TestApp) -> Vec<String> {
+    let mut created: Vec<(u32, String)> = Vec::new();
+    for n in 0..30u32 {
+        let id = app
+            .create_on("acct-a", &format!("d-acct-a-{n}"))
+            .await
+            .expect("CreateSnapshot")
+            .snapshot_id;
+        created.push((n.min(20), id));
+        if n < 20 {
+            app.advance(Duration::from_secs(1));
+        }
+    }
+    created.sort_by(|a, b| b.cmp(a));
+    created.into_iter().map(|(_, id)| id).collect()
+}
+
+async fn walking_next_token_visits_every_snapshot_once_in_order(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 30)).await;
+    let expected = thirty_snapshots(&app).await;
+
+    // (max_results, page sizes): 0 is the default of 10; the first page of 7 ends inside the
+    // ten snapshots that share one created_at.
+    for (max_results, sizes) in [
+        (7, vec![7, 7, 7, 7, 2]),
+        (0, vec![10, 10, 10]),
+        (1, vec![1; 30]),
+        (29, vec![29, 1]),
+        (30, vec![30]),
+        (100, vec![30]),
+    ] {
+        let pages = walk(&app, max_results).await;
+        let got_sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+        assert_eq!(got_sizes, sizes, "page sizes for max_results {max_results}");
+        let visited: Vec<String> = pages.into_iter().flatten().collect();
+        let unique: std::collections::HashSet<_> = visited.iter().collect();
+        assert_eq!(unique.len(), visited.len(), "no duplicates ({max_results})");
+        assert_eq!(
+            visited, expected,
+            "every snapshot once, in order ({max_results})"
+        );
+    }
+
+    // The default page says there is more.
+    let first = describe(&app, "acct-a", pb::DescribeSnapshotsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(first.snapshots.len(), 10, "the default page size is 10");
+    assert!(!first.next_token.is_empty());
+}
+
+async fn a_snapshot_created_during_a_walk_does_not_disturb_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 31)).await;
+    let expected = thirty_snapshots(&app).await;
+
+    let page = |next_token: String| pb::DescribeSnapshotsRequest {
+        max_results: 7,
+        next_token,
+        ..Default::default()
+    };
+    let first = describe(&app, "acct-a", page(String::new())).await.unwrap();
+    let mut visited: Vec<String> = first.snapshots.into_iter().map(|s| s.snapshot_id).collect();
+    app.advance(Duration::from_secs(1));
+    let newcomer = app.create_on("acct-a", "d-acct-a-30").await.unwrap();
+    let mut next_token = first.next_token;
+    while !next_token.is_empty() {
+        let response = describe(&app, "acct-a", page(next_token)).await.unwrap();
+        visited.extend(response.snapshots.into_iter().map(|s| s.snapshot_id));
+        next_token = response.next_token;
+    }
+    assert_eq!(visited, expected);
+
+    let all = listed(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            max_results: 100,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 31);
+    assert_eq!(all[0], newcomer.snapshot_id, "a new walk starts with it");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+fn snapshot_id(n: usize) -> String {
+    format!("s-{n:020}")
+}
+
+async fn more_than_100_or_malformed_snapshot_ids_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    let hundred: Vec<String> = (0..100).map(snapshot_id).collect();
+    let response = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            snapshot_ids: hundred.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("100 ids are fine");
+    assert!(response.snapshots.is_empty());
+
+    let mut too_many = hundred.clone();
+    too_many.push(snapshot_id(100));
+    let mut malformed_lists = vec![too_many];
+    for bad in [
+        "s-abc",
+        "snap-0000000000000000000",
+        "S-00000000000000000000",
+        "s-0000000000000000000A",
+        "s-000000000000000000000",
+        "",
+    ] {
+        malformed_lists.push(vec![snapshot_id(1), bad.to_owned(), snapshot_id(2)]);
+    }
+    for snapshot_ids in malformed_lists {
+        let status = describe(
+            &app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                snapshot_ids: snapshot_ids.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidSnapshotIds.Malformed",
+            "403",
+            Detail::BadRequest("snapshot_ids"),
+        );
+    }
+}
+
+async fn an_out_of_range_max_results_is_an_invalid_parameter(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for max_results in [-1, 101, i32::MIN, i32::MAX] {
+        let status = describe(
+            &app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                max_results,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidParameter",
+            "400",
+            Detail::BadRequest("max_results"),
+        );
+    }
+    for max_results in [1, 100] {
+        describe(
+            &app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                max_results,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("max_results {max_results}: {e:?}"));
+    }
+}
+
+async fn a_next_token_the_service_did_not_write_is_malformed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 2)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    app.advance(Duration::from_secs(1));
+    app.create_on("acct-a", "d-acct-a-1").await.unwrap();
+    let page = |next_token: &str| pb::DescribeSnapshotsRequest {
+        max_results: 1,
+        next_token: next_token.to_owned(),
+        ..Default::default()
+    };
+    let token = describe(&app, "acct-a", page("")).await.unwrap().next_token;
+    assert!(!token.is_empty());
+
+    let with_char = |index: usize, c: char| {
+        let mut changed: Vec<char> = token.chars().collect();
+        changed[index] = c;
+        changed.into_iter().collect::<String>()
+    };
+    let truncated = token[..token.len() - 2].to_owned();
+    for bad in [
+        "abc".to_owned(),
+        "zz".to_owned(),
+        "7631".to_owned(),
+        // Not hex any more.
+        with_char(0, 'g'),
+        with_char(token.len() - 1, 'x'),
+        // "v1" becomes "v2".
+        with_char(3, '2'),
+        // The first separator becomes `}`.
+        with_char(5, 'd'),
+        truncated,
+        format!("{token}00"),
+        "x".repeat(300),
+    ] {
+        let status = describe(&app, "acct-a", page(&bad)).await.unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "InvalidNextToken.Malformed",
+            "400",
+            Detail::BadRequest("next_token"),
+        );
+    }
+    let second = describe(&app, "acct-a", page(&token))
+        .await
+        .expect("the real token still works");
+    assert_eq!(second.snapshots.len(), 1);
+    assert!(second.next_token.is_empty());
+}
+
+async fn a_malformed_disk_id_filter_is_not_supported(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for disk_id in ["disk-1", "d-", "d-ABC", "D-1"] {
+        let status = describe(
+            &app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                disk_id: disk_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        let metadata = assert_error(
+            &status,
+            Code::InvalidArgument,
+            "DiskId.ValueNotSupported",
+            "403",
+            Detail::BadRequest("disk_id"),
+        );
+        assert_eq!(metadata.get("diskId").map(String::as_str), Some(disk_id));
+    }
+}
+
+async fn a_malformed_tag_filter_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cases = [
+        (vec![tag("", "x")], "InvalidTagKey.Malformed"),
+        (vec![tag("acs:env", "")], "InvalidTagKey.Malformed"),
+        (vec![tag("env", "https://x")], "InvalidTagValue.Malformed"),
+        (vec![tag("env", "a"), tag("env", "b")], "Duplicate.TagKey"),
+    ];
+    for (tags, reason) in cases {
+        let status = describe(
+            &app,
+            "acct-a",
+            pb::DescribeSnapshotsRequest {
+                tags,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            reason,
+            "400",
+            Detail::BadRequest("tags"),
+        );
+    }
+}
+
+async fn a_describe_without_an_account_is_unauthenticated(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    let status = app
+        .snapshots()
+        .describe_snapshots(pb::DescribeSnapshotsRequest::default())
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidIdentity.Missing",
+        "401",
+        Detail::None,
+    );
+    let status = describe(&app, "", pb::DescribeSnapshotsRequest::default())
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidIdentity.Missing",
+        "401",
+        Detail::None,
+    );
+}
+
+/// A token is opaque: one changed character, even one that keeps it hex, makes it a token the
+/// service did not write.
+async fn a_next_token_with_any_one_character_changed_is_malformed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 3)).await;
+    for n in 0..3 {
+        app.create_on("acct-a", &format!("d-acct-a-{n}"))
+            .await
+            .unwrap();
+        app.advance(Duration::from_secs(1));
+    }
+    let page = |next_token: &str| pb::DescribeSnapshotsRequest {
+        max_results: 1,
+        next_token: next_token.to_owned(),
+        ..Default::default()
+    };
+    let token = describe(&app, "acct-a", page("")).await.unwrap().next_token;
+    assert!(!token.is_empty());
+
+    let mut accepted = Vec::new();
+    for index in 0..token.len() {
+        let mut changed: Vec<char> = token.chars().collect();
+        changed[index] = if changed[index] == '0' { '1' } else { '0' };
+        let changed: String = changed.into_iter().collect();
+        match describe(&app, "acct-a", page(&changed)).await {
+            Ok(response) => accepted.push((index, response.snapshots.len())),
+            Err(status) => {
+                assert_error(
+                    &status,
+                    Code::InvalidArgument,
+                    "InvalidNextToken.Malformed",
+                    "400",
+                    Detail::BadRequest("next_token"),
+                );
+            }
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "changed tokens accepted (position, snapshots listed): {accepted:?}"
+    );
+}
