@@ -14,6 +14,7 @@ mod postgres;
 mod rows;
 mod shared_sql;
 mod sqlite;
+mod store_impl;
 
 use std::sync::Arc;
 

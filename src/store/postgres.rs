@@ -8,14 +8,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::create_flow::{InsertSnapshot, decide_and_write};
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
-use super::{CreateOutcome, SnapshotPage, SnapshotQuery, Store, StoreError, WorkDone};
+use super::store_impl::impl_store;
+use super::{CreateOutcome, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
 use crate::backend::SnapshotBackend;
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
@@ -132,123 +132,4 @@ impl InsertSnapshot for Transaction<'_, Postgres> {
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn is_empty(&self) -> Result<bool, StoreError> {
-        let any = self.pool.begin().await?.any_account().await?;
-        Ok(!any)
-    }
-
-    async fn put_account(&self, account: &Account) -> Result<Account, StoreError> {
-        in_write_tx!(self, tx, tx.upsert_account(account))
-    }
-
-    async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError> {
-        in_write_tx!(self, tx, inventory_flow::put_instance(&mut tx, instance))
-    }
-
-    async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError> {
-        in_write_tx!(self, tx, inventory_flow::put_disk(&mut tx, disk))
-    }
-
-    async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError> {
-        let disk = self.pool.begin().await?.select_disk(disk_id).await?;
-        disk.ok_or_else(|| {
-            RuleError::InvalidDiskIdNotFound {
-                disk_id: disk_id.to_owned(),
-            }
-            .into()
-        })
-    }
-
-    async fn create_snapshot(
-        &self,
-        command: &CreateSnapshotCommand,
-        policy: &Policy,
-        now: Timestamp,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<CreateOutcome, StoreError> {
-        in_write_tx!(
-            self,
-            tx,
-            decide_and_write(&mut tx, command, policy, now, backend)
-        )
-    }
-
-    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, StoreError> {
-        describe_on!(&self.pool, DIALECT, query)
-    }
-
-    async fn delete_snapshot(
-        &self,
-        account_id: &str,
-        snapshot_id: &str,
-        force: bool,
-        _now: Timestamp,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<(), StoreError> {
-        in_write_tx!(
-            self,
-            tx,
-            lifecycle_flow::delete(&mut tx, account_id, snapshot_id, force, backend)
-        )
-    }
-
-    async fn create_image(
-        &self,
-        command: &CreateImageCommand,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        in_write_tx!(
-            self,
-            tx,
-            lifecycle_flow::create_image(&mut tx, command, now)
-        )
-    }
-
-    async fn advance_copies(
-        &self,
-        now: Timestamp,
-        limit: u32,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<WorkDone, StoreError> {
-        in_write_tx!(
-            self,
-            tx,
-            lifecycle_flow::advance_copies(&mut tx, now, limit, backend)
-        )
-    }
-
-    async fn release_expired(
-        &self,
-        now: Timestamp,
-        limit: u32,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<WorkDone, StoreError> {
-        in_write_tx!(
-            self,
-            tx,
-            lifecycle_flow::release_expired(&mut tx, now, limit, backend)
-        )
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-}
+impl_store!(PgStore, "postgres", "./migrations/postgres");
