@@ -93,6 +93,9 @@ pub enum Command {
     Serve,
     /// Put the demo inventory (acct-demo) into DATABASE_URL, then exit. Safe to repeat.
     SeedDemo,
+    /// Check the stored data against the service's promises (quota, one copy in progress per
+    /// disk, tokens, ownership); print each breach and exit 1 if there is any.
+    Check,
     /// Ask the server at SNAPSHOTD_LISTEN for its gRPC health; exit 0 when SERVING
     /// (for container health checks).
     Health,

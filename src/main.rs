@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Serve => exit_code(serve(config).await),
         Command::SeedDemo => exit_code(seed_demo(config).await),
         Command::Health => health(config).await,
+        Command::Check => check(config).await,
     }
 }
 
@@ -60,6 +61,31 @@ async fn health(config: Config) -> ExitCode {
             eprintln!("snapshotd health: no answer from {addr} within 5 s");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn check(config: Config) -> ExitCode {
+    let result = async {
+        let store = store::connect(&config.database_url, 2).await?;
+        store.migrate().await?;
+        let violations = store.check_invariants(config.snapshot_quota).await?;
+        store.close().await;
+        Ok::<_, app::AppError>(violations)
+    }
+    .await;
+    match result {
+        Ok(violations) if violations.is_empty() => {
+            println!("ok: every promise holds");
+            ExitCode::SUCCESS
+        }
+        Ok(violations) => {
+            for v in &violations {
+                println!("BROKEN {}: {} ({})", v.promise, v.subject, v.detail);
+            }
+            println!("{} breach(es)", violations.len());
+            ExitCode::FAILURE
+        }
+        Err(err) => exit_code(Err(err)),
     }
 }
 

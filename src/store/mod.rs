@@ -7,6 +7,7 @@
 //! typed errors here, at the store's edge; SQL never leaves this module.
 
 mod create_flow;
+mod invariants_sql;
 mod inventory_flow;
 mod lifecycle_flow;
 mod lifecycle_sql;
@@ -65,6 +66,15 @@ pub struct SnapshotPage {
     pub snapshots: Vec<Snapshot>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
+}
+
+/// A broken promise found by [`Store::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub promise: &'static str,
+    /// The disk, snapshot or token concerned.
+    pub subject: String,
+    pub detail: String,
 }
 
 /// What one worker step did.
@@ -202,6 +212,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         backend: &dyn SnapshotBackend,
     ) -> Result<WorkDone, StoreError>;
+
+    /// Every stored breach of the service's promises (quota, one copy in progress per disk,
+    /// tokens, ownership, bookkeeping); empty when all hold.
+    async fn check_invariants(&self, snapshot_quota: u32) -> Result<Vec<Violation>, StoreError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -132,4 +132,4 @@ impl InsertSnapshot for Transaction<'_, Postgres> {
     }
 }
 
-impl_store!(PgStore, "postgres", "./migrations/postgres");
+impl_store!(PgStore, "postgres", "./migrations/postgres", str::to_owned);

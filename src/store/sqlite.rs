@@ -155,7 +155,7 @@ impl InsertSnapshot for Transaction<'_, Sqlite> {
     }
 }
 
-impl_store!(SqliteStore, "sqlite", "./migrations/sqlite");
+impl_store!(SqliteStore, "sqlite", "./migrations/sqlite", for_sqlite);
 
 /// Takes an exclusive lock on `<database>.lock`, refusing a second server on the same file.
 fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {

@@ -2,9 +2,10 @@
 //! `in_write_tx!` (how a write transaction begins, commits and retries) and its transaction
 //! traits, then invokes [`impl_store!`].
 
-/// `impl Store for $store`, with `kind()` = `$kind` and migrations from `$migrations`.
+/// `impl Store for $store`, with `kind()` = `$kind`, migrations from `$migrations`, and `$sql`
+/// turning the shared SQL into the backend's.
 macro_rules! impl_store {
-    ($store:ty, $kind:literal, $migrations:literal) => {
+    ($store:ty, $kind:literal, $migrations:literal, $sql:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             fn kind(&self) -> &'static str {
@@ -120,6 +121,28 @@ macro_rules! impl_store {
                     tx,
                     lifecycle_flow::release_expired(&mut tx, now, limit, backend)
                 )
+            }
+
+            async fn check_invariants(
+                &self,
+                snapshot_quota: u32,
+            ) -> Result<Vec<$crate::store::Violation>, StoreError> {
+                let mut violations = Vec::new();
+                for check in $crate::store::invariants_sql::CHECKS {
+                    let statement = $sql(check.sql);
+                    let mut query = sqlx::query_as::<_, (String, String)>(&statement);
+                    if check.takes_quota {
+                        query = query.bind(i64::from(snapshot_quota));
+                    }
+                    for (subject, detail) in query.fetch_all(&self.pool).await? {
+                        violations.push($crate::store::Violation {
+                            promise: check.promise,
+                            subject,
+                            detail,
+                        });
+                    }
+                }
+                Ok(violations)
             }
 
             async fn close(&self) {

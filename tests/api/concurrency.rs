@@ -40,6 +40,7 @@ async fn sixty_four_concurrent_creates_on_one_disk_yield_exactly_one_snapshot(ba
         );
     }
     assert_eq!(app.count_rows("snapshots").await, 1);
+    app.assert_invariants().await;
 }
 
 async fn concurrent_creates_never_exceed_the_quota(backend: Backend) {
@@ -65,6 +66,7 @@ async fn concurrent_creates_never_exceed_the_quota(backend: Backend) {
         finish_copies(&app).await;
     }
     assert_eq!(app.count_rows("snapshots").await, 4);
+    app.assert_invariants().await;
 }
 
 async fn concurrent_creates_on_different_disks_all_succeed(backend: Backend) {
@@ -79,6 +81,7 @@ async fn concurrent_creates_on_different_disks_all_succeed(backend: Backend) {
 
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(app.count_rows("snapshots").await, 32);
+    app.assert_invariants().await;
 }
 
 /// PostgreSQL locks per disk: a create on one disk does not wait for a lock held on another.
@@ -119,4 +122,5 @@ async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
         .unwrap()
         .expect("disk 0's create proceeds once the lock is released");
     assert_eq!(app.count_rows("snapshots").await, 2);
+    app.assert_invariants().await;
 }

@@ -442,3 +442,48 @@ crate::on_both_backends!(
     a_server_stopped_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
     a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let check = || {
+        Command::new(BINARY)
+            .arg("check")
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap()
+    };
+    let sound = check();
+    assert!(sound.status.success(), "{sound:?}");
+    assert!(String::from_utf8_lossy(&sound.stdout).contains("every promise holds"));
+
+    let mut server = Server::start(
+        Path::new("."),
+        &[],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("SNAPSHOTD_DEMO", "true"),
+        ],
+    );
+    let channel = server.ready().await;
+    create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
+        .await
+        .unwrap();
+    assert!(server.terminate().success());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE disks SET snapshot_count = 9 WHERE disk_id = 'd-demo-ok'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let broken = check();
+    assert!(!broken.status.success(), "{broken:?}");
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        report.contains("BROKEN a disk's snapshot count"),
+        "{report}"
+    );
+}

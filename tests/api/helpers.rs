@@ -321,6 +321,9 @@ pub struct TestApp {
     /// The server's clock; `None` when the test asked for real time.
     pub clock: Option<Arc<ManualClock>>,
     pub worker: Worker,
+    pub store: Arc<dyn snapshotd::store::Store>,
+    /// The server's snapshot quota, for the invariant checker.
+    pub snapshot_quota: u32,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     channel: Channel,
@@ -374,6 +377,7 @@ async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestA
         config.worker_interval = Duration::from_secs(24 * 3600);
     }
     (options.configure)(&mut config);
+    let snapshot_quota = config.snapshot_quota;
     let manual_clock = (!options.real_time).then(|| Arc::new(ManualClock::new(Utc::now())));
     let clock: Arc<dyn Clock> = match &manual_clock {
         Some(manual) => manual.clone(),
@@ -383,6 +387,7 @@ async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestA
         .await
         .expect("building the app");
     let worker = app.worker();
+    let store = app.store();
     let addr = app.local_addr();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -403,6 +408,8 @@ async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestA
         db,
         clock: manual_clock,
         worker,
+        store,
+        snapshot_quota,
         shutdown: Some(shutdown),
         server: Some(server),
         channel,
@@ -498,6 +505,16 @@ impl TestApp {
                 sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
             }
         }
+    }
+
+    /// Fails the test if the stored data breaks any promise (`snapshotd check`).
+    pub async fn assert_invariants(&self) {
+        let violations = self
+            .store
+            .check_invariants(self.snapshot_quota)
+            .await
+            .expect("running the invariant checker");
+        assert!(violations.is_empty(), "broken promises: {violations:#?}");
     }
 
     /// Moves the server's manual clock forward.

@@ -125,6 +125,7 @@ async fn one_token_raced_by_fifty_tasks_yields_one_snapshot(backend: Backend) {
         .collect();
     assert_eq!(ids.len(), 1, "one snapshot id for all: {ids:?}");
     assert_eq!(app.count_rows("snapshots").await, 1);
+    app.assert_invariants().await;
     assert_eq!(app.count_rows("client_tokens").await, 1);
 }
 
@@ -162,4 +163,5 @@ async fn one_token_raced_over_several_disks_yields_one_snapshot_and_mismatches(b
         "exactly one snapshot id was handed out: {ids:?}"
     );
     assert_eq!(app.count_rows("snapshots").await, 1);
+    app.assert_invariants().await;
 }

@@ -141,6 +141,7 @@ async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
         accomplished, DISKS,
         "each snapshot completed once: {done:?}"
     );
+    first.assert_invariants().await;
     first
         .execute("DO $$ BEGIN IF EXISTS (SELECT 1 FROM snapshots WHERE status <> 'accomplished') THEN RAISE EXCEPTION 'unfinished'; END IF; END $$")
         .await;
@@ -160,4 +161,58 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
             .contains("one server process per database file"),
         "{err}"
     );
+}
+
+on_both_backends!(the_invariant_checker_reports_each_broken_promise);
+
+/// The checker the race tests rely on can fail: break each promise by hand and see it reported.
+async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 2)).await;
+    app.seed(&world("acct-b", 0)).await;
+    let token_request = pb::CreateSnapshotRequest {
+        disk_id: "d-acct-a-0".into(),
+        client_token: "tok".into(),
+        ..Default::default()
+    };
+    app.create("acct-a", token_request).await.unwrap();
+    crate::helpers::finish_copies(&app).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    app.assert_invariants().await;
+
+    let promises = |violations: Vec<snapshotd::store::Violation>| {
+        let mut promises: Vec<_> = violations.iter().map(|v| v.promise).collect();
+        promises.sort_unstable();
+        promises.dedup();
+        promises
+    };
+    // Two snapshots on a disk are over a quota of one.
+    assert_eq!(
+        promises(app.store.check_invariants(1).await.unwrap()),
+        ["a disk holds at most its quota of snapshots"]
+    );
+
+    let breaches = [
+        (
+            "UPDATE disks SET snapshot_count = 7 WHERE disk_id = 'd-acct-a-0'",
+            "a disk's snapshot count is the number of its snapshots",
+        ),
+        (
+            "UPDATE disks SET progressing_snapshot_id = NULL, progressing_since = NULL",
+            "a disk's copy in progress is its progressing snapshot",
+        ),
+        (
+            "UPDATE client_tokens SET account_id = 'acct-b'",
+            "a client token names a snapshot of its own account",
+        ),
+        (
+            "UPDATE snapshots SET account_id = 'acct-b' WHERE status = 'accomplished'",
+            "a snapshot belongs to its disk's account",
+        ),
+    ];
+    for (sql, promise) in breaches {
+        app.execute(sql).await;
+        let found = promises(app.store.check_invariants(64).await.unwrap());
+        assert!(found.contains(&promise), "{promise} after {sql}: {found:?}");
+    }
 }
