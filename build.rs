@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // prost's codec, but an undecodable request is INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

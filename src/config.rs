@@ -115,7 +115,8 @@ impl Config {
         self.demo && !self.no_demo
     }
 
-    /// A configuration for tests and embedding: defaults, no environment read.
+    /// A configuration for tests and embedding: the defaults (and any `SNAPSHOTD_*` variables set),
+    /// with `database_url`, no admin token, no demo, and an ephemeral loopback port.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         let mut config = Self::parse_from(["snapshotd"]);
         config.database_url = database_url.into();

@@ -4,6 +4,7 @@
 //! map the result back. Each call gets a request id, returned in the response body or in the
 //! error's `RequestInfo`, and carried on the call's tracing span.
 
+pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod identity;

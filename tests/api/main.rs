@@ -17,3 +17,4 @@ mod server;
 mod tags_and_retention;
 mod tenants;
 mod worker;
+mod hostile;
