@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -154,12 +155,22 @@ impl App {
         let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(self.worker().run(self.config.worker_interval, worker_stop));
 
+        let (stop_watch, watch_stop) = tokio::sync::watch::channel(false);
+        let database_watch = tokio::spawn(watch_database(
+            Arc::clone(&self.store),
+            health.clone(),
+            watch_stop,
+        ));
+
         tracing::info!(%local_addr, "snapshotd serving");
         let draining = {
             let health = health.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight calls");
+                // Stop the database watch first, so it cannot report SERVING again.
+                let _ = stop_watch.send(true);
+                let _ = database_watch.await;
                 set_health(&health, ServingStatus::NotServing).await;
             }
         };
@@ -186,6 +197,38 @@ impl App {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for name in SERVICE_NAMES {
         health.set_service_status(name, status).await;
+    }
+}
+
+/// How often readiness asks the database whether it is there.
+const DATABASE_PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reports NOT_SERVING for every service while the database does not answer, SERVING again once
+/// it does: a balancer then sends calls to a replica that can serve them.
+async fn watch_database(
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATABASE_PING_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let reachable = tokio::time::timeout(DATABASE_PING_INTERVAL * 4, store.ping())
+            .await
+            .is_ok_and(|ping| ping.is_ok());
+        if reachable != serving {
+            serving = reachable;
+            if serving {
+                tracing::info!("the database answers again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::error!("the database does not answer: NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
     }
 }
 

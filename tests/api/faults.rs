@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::assertions::{Detail, assert_error};
 use crate::fault_proxy::FaultProxy;
@@ -52,7 +54,10 @@ async fn a_lost_postgres_connection_is_unavailable_with_retry_info_and_the_serve
         status.message()
     );
 
+    assert_health_becomes(&app, ServingStatus::NotServing).await;
+
     proxy.restore();
+    assert_health_becomes(&app, ServingStatus::Serving).await;
     let mut recovered = None;
     for _ in 0..20 {
         match app.create_on("acct-a", "d-acct-a-1").await {
@@ -96,4 +101,28 @@ async fn a_sqlite_database_locked_by_another_process_is_unavailable_and_nothing_
         .await
         .expect("works once the lock is gone");
     finish_copies(&app).await;
+}
+
+/// Polls the overall health until it reports `expected` (at most ten seconds).
+async fn assert_health_becomes(app: &crate::helpers::TestApp, expected: ServingStatus) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "health stayed {status:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
