@@ -35,16 +35,17 @@ const SERVICE_NAMES: [&str; 4] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("store: {0}")]
+    // Messages name the step; the cause follows in the error's source chain (main prints it).
+    #[error("store")]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("reflection: {0}")]
+    #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("server: {0}")]
+    #[error("server")]
     Transport(#[from] tonic::transport::Error),
 }
 

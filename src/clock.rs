@@ -12,7 +12,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        chrono::Utc::now()
+        // Microseconds: what PostgreSQL keeps, so both backends store the same instants.
+        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)
     }
 }
 

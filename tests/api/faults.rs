@@ -122,7 +122,148 @@ async fn assert_health_becomes(app: &crate::helpers::TestApp, expected: ServingS
         if status == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "health stayed {status:?}, expected {expected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "health stayed {status:?}, expected {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Holds disk `disk_id`'s row lock in another session, as a slow transaction would; the
+/// server's CreateSnapshot on that disk then waits inside its own transaction.
+async fn hold_disk_lock(app: &crate::helpers::TestApp, disk_id: &str) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM disks WHERE disk_id = $1 FOR UPDATE")
+        .bind(disk_id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// The server's session that waits for a lock, once it is waiting.
+async fn waiting_server_backend(app: &crate::helpers::TestApp) -> i32 {
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'snapshotd' \
+             AND wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(pid) = waiting {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server's transaction never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn with_token(disk_id: &str, token: &str) -> snapshotd::pb::CreateSnapshotRequest {
+    snapshotd::pb::CreateSnapshotRequest {
+        disk_id: disk_id.into(),
+        client_token: token.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_killed_mid_transaction_fails_cleanly_and_a_retry_succeeds_once() {
+    let app = std::sync::Arc::new(spawn_app(Backend::Postgres).await);
+    app.seed(&world("acct-a", 1)).await;
+    let mut holder = hold_disk_lock(&app, "d-acct-a-0").await;
+
+    let request = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.create("acct-a", with_token("d-acct-a-0", "killed-1"))
+                .await
+        }
+    });
+    let pid = waiting_server_backend(&app).await;
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+
+    let status = request.await.unwrap().unwrap_err();
+    assert_error(
+        &status,
+        Code::Unavailable,
+        "ServiceUnavailable",
+        "503",
+        Detail::RetryInfo,
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(app.count_rows("snapshots").await, 0, "nothing half-written");
+    assert_eq!(
+        app.count_rows("client_tokens").await,
+        0,
+        "the token is not bound"
+    );
+
+    let first = app
+        .create("acct-a", with_token("d-acct-a-0", "killed-1"))
+        .await
+        .unwrap();
+    let again = app
+        .create("acct-a", with_token("d-acct-a-0", "killed-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.snapshot_id, again.snapshot_id);
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        1,
+        "the retry succeeded exactly once"
+    );
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_gives_up_mid_request_leaves_nothing_half_written() {
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 1)).await;
+    let mut holder = hold_disk_lock(&app, "d-acct-a-0").await;
+
+    let mut request = crate::helpers::as_account("acct-a", with_token("d-acct-a-0", "impatient"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = app.snapshots().create_snapshot(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+
+    // The server dropped the call: its transaction rolled back and let go of its connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    assert_eq!(app.count_rows("client_tokens").await, 0);
+    let created = app
+        .create("acct-a", with_token("d-acct-a-0", "impatient"))
+        .await
+        .unwrap();
+    let replay = app
+        .create("acct-a", with_token("d-acct-a-0", "impatient"))
+        .await
+        .unwrap();
+    assert_eq!(created.snapshot_id, replay.snapshot_id);
+    assert_eq!(app.count_rows("snapshots").await, 1);
+    app.assert_invariants().await;
 }

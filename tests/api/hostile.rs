@@ -57,7 +57,11 @@ impl Codec for RawCodec {
 }
 
 /// Calls `path` with `body` as `account`.
-pub async fn call_raw(app: &TestApp, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+pub async fn call_raw(
+    app: &TestApp,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -95,7 +99,9 @@ async fn invalid_utf8_in_a_string_field_is_invalid_argument_and_nothing_is_writt
     );
     assert_eq!(app.count_rows("snapshots").await, 0);
     // A truncated body too.
-    let status = call_raw(&app, CREATE, vec![0x0a, 0x10, b'd']).await.unwrap_err();
+    let status = call_raw(&app, CREATE, vec![0x0a, 0x10, b'd'])
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
