@@ -156,10 +156,15 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
     let err = refused
         .err()
         .expect("a second server on the same file is refused");
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     assert!(
-        err.to_string()
-            .contains("one server process per database file"),
-        "{err}"
+        chain.contains("one server process per database file"),
+        "{chain}"
     );
 }
 
