@@ -487,3 +487,132 @@ async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
         "{report}"
     );
 }
+
+/// Every snapshot id of `account`, walking DescribeSnapshots to the end.
+async fn all_snapshot_ids(channel: &Channel, account: &str) -> std::collections::HashSet<String> {
+    let mut client = pb::snapshot_service_client::SnapshotServiceClient::new(channel.clone());
+    let mut ids = std::collections::HashSet::new();
+    let mut next_token = String::new();
+    loop {
+        let request = pb::DescribeSnapshotsRequest {
+            max_results: 100,
+            next_token: next_token.clone(),
+            ..Default::default()
+        };
+        let page = client
+            .describe_snapshots(as_account(account, request))
+            .await
+            .expect("DescribeSnapshots")
+            .into_inner();
+        ids.extend(page.snapshots.into_iter().map(|s| s.snapshot_id));
+        if page.next_token.is_empty() {
+            return ids;
+        }
+        next_token = page.next_token;
+    }
+}
+
+const CRASH_DISKS: usize = 64;
+
+/// Creates snapshots from 64 tasks (one disk each, a new client token per call) until the
+/// server stops answering; returns the ids it acknowledged.
+async fn load_until_the_server_dies(channel: Channel, round: usize) -> Vec<String> {
+    let acknowledged = crate::helpers::concurrently(CRASH_DISKS, |n| {
+        let channel = channel.clone();
+        async move {
+            let mut ids = Vec::new();
+            for attempt in 0.. {
+                let request = pb::CreateSnapshotRequest {
+                    disk_id: format!("d-acct-a-{n}"),
+                    client_token: format!("r{round}-t{n}-a{attempt}"),
+                    ..Default::default()
+                };
+                match create(&channel, "acct-a", request).await {
+                    Ok(response) => ids.push(response.snapshot_id),
+                    Err(status) if status.code() == Code::FailedPrecondition => {
+                        // The disk's copy is still running.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(status) if status.code() == Code::ResourceExhausted => break,
+                    Err(_) => break, // the server is gone
+                }
+            }
+            ids
+        }
+    })
+    .await;
+    acknowledged.into_iter().flatten().collect()
+}
+
+/// SIGKILL under 64-way load, three times: every acknowledged snapshot is there after the
+/// restart, the stored data keeps every promise, and the service goes on.
+async fn sigkill_under_load_loses_no_acknowledged_snapshot(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(backend).await;
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("SNAPSHOTD_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN),
+        ("SNAPSHOTD_DEMO", "false"),
+        // 40 GiB in 0.2 s: disks free up quickly, so the load keeps writing.
+        ("SNAPSHOTD_COPY_RATE_MIBPS", "204800"),
+        ("SNAPSHOTD_WORKER_INTERVAL", "50ms"),
+        ("SNAPSHOTD_SNAPSHOT_QUOTA", "10000"),
+    ];
+    let mut acknowledged = std::collections::HashSet::new();
+    for round in 0..3 {
+        let mut server = Server::start(dir.path(), &[], &env);
+        let channel = server.ready().await;
+        if round == 0 {
+            let world = crate::helpers::world("acct-a", CRASH_DISKS);
+            let mut inventory =
+                pb::inventory_service_client::InventoryServiceClient::new(channel.clone());
+            inventory
+                .put_account(crate::helpers::as_admin(world.account.clone()))
+                .await
+                .unwrap();
+            inventory
+                .put_instance(crate::helpers::as_admin(world.instance.clone()))
+                .await
+                .unwrap();
+            for disk in world.disks {
+                inventory
+                    .put_disk(crate::helpers::as_admin(disk))
+                    .await
+                    .unwrap();
+            }
+        }
+        let stored = all_snapshot_ids(&channel, "acct-a").await;
+        let lost: Vec<_> = acknowledged.difference(&stored).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged but lost: {lost:?}"
+        );
+
+        let load = tokio::spawn(load_until_the_server_dies(channel, round));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        server.kill();
+        let ids = load.await.unwrap();
+        assert!(!ids.is_empty(), "round {round}: the load made snapshots");
+        acknowledged.extend(ids);
+    }
+
+    let mut server = Server::start(dir.path(), &[], &env);
+    let channel = server.ready().await;
+    let stored = all_snapshot_ids(&channel, "acct-a").await;
+    let lost: Vec<_> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    eprintln!(
+        "{backend:?}: 3 SIGKILLs under {CRASH_DISKS}-way load, {} acknowledged, 0 lost",
+        acknowledged.len()
+    );
+    assert!(server.terminate().success());
+    let check = Command::new(BINARY)
+        .args(["check", "--snapshot-quota", "10000"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+}
+
+crate::on_both_backends!(sigkill_under_load_loses_no_acknowledged_snapshot);
