@@ -71,8 +71,8 @@ impl PgStore {
     }
 }
 
-/// Runs `$body` (which uses the transaction `$tx`) and commits, retrying a lost unique-key race;
-/// an error drops the transaction, which rolls it back.
+/// Runs `$body` (which uses the transaction `$tx`) and commits, or rolls back on an error;
+/// retries a lost unique-key race.
 macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
         let mut attempt = 1;
@@ -80,7 +80,12 @@ macro_rules! in_write_tx {
             let mut $tx = $store.pool.begin().await?;
             let result = match $body.await {
                 Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
-                Err(err) => Err(err),
+                // Roll back now: a dropped transaction's ROLLBACK waits for the connection's
+                // next use, and until then it keeps its row locks.
+                Err(err) => {
+                    let _ = $tx.rollback().await;
+                    Err(err)
+                }
             };
             match result {
                 Err(StoreError::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => attempt += 1,

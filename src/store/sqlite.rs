@@ -94,14 +94,23 @@ impl SqliteStore {
 }
 
 /// Runs `$body` (which uses the transaction `$tx`) in a `BEGIN IMMEDIATE` transaction and
-/// commits; an error drops the transaction, which rolls it back. Writers are serialized, so no
-/// unique-key race is left to retry.
+/// commits, or rolls back on an error. Writers are serialized, so no unique-key race is left to
+/// retry.
 macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
         let mut $tx = $store.pool.begin_with(BEGIN_WRITE).await?;
-        let value = $body.await?;
-        $tx.commit().await?;
-        Ok(value)
+        match $body.await {
+            Ok(value) => {
+                $tx.commit().await?;
+                Ok(value)
+            }
+            // Roll back now: a dropped transaction's ROLLBACK waits for the connection's next
+            // use, and until then it holds the database's write lock.
+            Err(err) => {
+                let _ = $tx.rollback().await;
+                Err(err)
+            }
+        }
     }};
 }
 

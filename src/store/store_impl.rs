@@ -23,7 +23,9 @@ macro_rules! impl_store {
             }
 
             async fn is_empty(&self) -> Result<bool, StoreError> {
-                let any = self.pool.begin().await?.any_account().await?;
+                let mut tx = self.pool.begin().await?;
+                let any = tx.any_account().await?;
+                tx.commit().await?;
                 Ok(!any)
             }
 
@@ -40,7 +42,9 @@ macro_rules! impl_store {
             }
 
             async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError> {
-                let disk = self.pool.begin().await?.select_disk(disk_id).await?;
+                let mut tx = self.pool.begin().await?;
+                let disk = tx.select_disk(disk_id).await?;
+                tx.commit().await?;
                 disk.ok_or_else(|| {
                     RuleError::InvalidDiskIdNotFound {
                         disk_id: disk_id.to_owned(),

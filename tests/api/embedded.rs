@@ -19,6 +19,8 @@ const BINARY: &str = env!("CARGO_BIN_EXE_snapshotd");
 struct Server {
     child: Child,
     addr: String,
+    /// Where its logs go: a file, not a pipe, so a chatty server never blocks on a full pipe.
+    log: tempfile::NamedTempFile,
 }
 
 fn free_port() -> u16 {
@@ -32,6 +34,7 @@ fn free_port() -> u16 {
 impl Server {
     fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut command = Command::new(BINARY);
         command
             .current_dir(dir)
@@ -40,13 +43,14 @@ impl Server {
             .env("SNAPSHOTD_LOG_FORMAT", "json")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log.reopen().expect("the log file"));
         for (key, value) in env {
             command.env(key, value);
         }
         Self {
             child: command.spawn().expect("starting snapshotd"),
             addr,
+            log,
         }
     }
 
@@ -91,12 +95,7 @@ impl Server {
     }
 
     fn stderr(&mut self) -> String {
-        use std::io::Read;
-        let mut output = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = stderr.read_to_string(&mut output);
-        }
-        output
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -589,7 +588,7 @@ async fn sigkill_under_load_loses_no_acknowledged_snapshot(backend: Backend) {
         );
 
         let load = tokio::spawn(load_until_the_server_dies(channel, round));
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         server.kill();
         let ids = load.await.unwrap();
         assert!(!ids.is_empty(), "round {round}: the load made snapshots");
