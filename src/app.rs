@@ -70,7 +70,11 @@ impl App {
         backend: Arc<dyn SnapshotBackend>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
-        let store = store::connect(&config.database_url, config.db_max_connections).await?;
+        let pool = store::PoolOptions {
+            max_connections: config.db_max_connections,
+            acquire_timeout: config.db_acquire_timeout,
+        };
+        let store = store::connect_with(&config.database_url, pool).await?;
         store.migrate().await?;
         tracing::info!(
             store = store.kind(),

@@ -64,6 +64,11 @@ pub struct Config {
     )]
     pub db_max_connections: u32,
 
+    /// How long a call waits for a database connection before it is answered UNAVAILABLE (with
+    /// RetryInfo): the bound on a call's wait while the database is gone or saturated.
+    #[arg(long, global = true, env = "SNAPSHOTD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
     /// Log format; `auto` is text on a terminal and JSON otherwise.
     #[arg(long, global = true, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -142,6 +147,7 @@ impl std::fmt::Debug for Config {
             .field("copy_rate_mibps", &self.copy_rate_mibps)
             .field("worker_interval", &self.worker_interval)
             .field("db_max_connections", &self.db_max_connections)
+            .field("db_acquire_timeout", &self.db_acquire_timeout)
             .field("log_format", &self.log_format)
             .field("demo", &self.seeds_demo())
             .finish()

@@ -221,17 +221,47 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the store named by `database_url` (`postgres://…` or `sqlite://…`).
+/// How a store's pool behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Connections at most (PostgreSQL; SQLite uses a few, its writers being serialized).
+    pub max_connections: u32,
+    /// How long a call waits for a connection before failing as unavailable.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl PoolOptions {
+    /// `max_connections` connections, waiting at most five seconds for one.
+    pub fn with_max_connections(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by `database_url` (`postgres://…` or `sqlite://…`) with at most
+/// `max_connections` connections.
 pub async fn connect(
     database_url: &str,
     max_connections: u32,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with(
+        database_url,
+        PoolOptions::with_max_connections(max_connections),
+    )
+    .await
+}
+
+/// Opens the store named by `database_url` with these pool options.
+pub async fn connect_with(
+    database_url: &str,
+    pool: PoolOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            PgStore::connect(database_url, max_connections).await?,
-        ))
+        Ok(Arc::new(PgStore::connect(database_url, pool).await?))
     } else if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+        Ok(Arc::new(SqliteStore::connect(database_url, pool).await?))
     } else {
         Err(StoreError::Unsupported(format!(
             "DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",

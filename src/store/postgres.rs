@@ -6,7 +6,6 @@
 //! Requests for different disks never wait for each other.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -15,7 +14,7 @@ use super::create_flow::{InsertSnapshot, decide_and_write};
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
 use super::store_impl::impl_store;
-use super::{CreateOutcome, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
+use super::{CreateOutcome, PoolOptions, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
 use crate::backend::SnapshotBackend;
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
@@ -54,13 +53,13 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(database_url)
             .map_err(StoreError::Database)?
             .application_name("snapshotd");
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self { pool })

@@ -17,7 +17,7 @@ use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
 use super::shared_sql::for_sqlite;
 use super::store_impl::impl_store;
-use super::{CreateOutcome, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
+use super::{CreateOutcome, PoolOptions, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
 use crate::backend::SnapshotBackend;
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
@@ -60,7 +60,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by a `sqlite://PATH` URL.
-    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(database_url).map_err(StoreError::Database)?;
         let path = options.get_filename().to_path_buf();
         if database_url.contains(":memory:") || database_url.contains("mode=memory") {
@@ -78,8 +78,8 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(pool.max_connections.clamp(1, 4))
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self {

@@ -267,3 +267,114 @@ async fn a_client_that_gives_up_mid_request_leaves_nothing_half_written() {
     assert_eq!(app.count_rows("snapshots").await, 1);
     app.assert_invariants().await;
 }
+
+/// PostgreSQL itself stopped for a few seconds under load: calls fail fast as UNAVAILABLE with
+/// RetryInfo, health reports NOT_SERVING while it is gone, and the same process recovers when it
+/// returns, with every acknowledged snapshot still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgresql_stopped_under_load_fails_fast_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = crate::helpers::Cluster::new(dir.path().join("pg")).expect("a private cluster");
+    cluster.start().expect("starting the private cluster");
+    let db = crate::helpers::TestDatabase::create_on(&cluster.admin_url()).await;
+    let app = std::sync::Arc::new(
+        crate::helpers::spawn_on(
+            Backend::Postgres,
+            db,
+            crate::helpers::Options {
+                real_time: true,
+                configure: Box::new(|c| c.copy_rate_mibps = 204_800),
+                snapshot_backend: std::sync::Arc::new(snapshotd::backend::SimulatedBackend::new(
+                    204_800,
+                )),
+            },
+        )
+        .await,
+    );
+    app.seed(&world("acct-a", 16)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = crate::helpers::concurrently(16, |n| {
+        let (app, stop) = (app.clone(), stop.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut slowest_failure = Duration::ZERO;
+            let mut unavailable = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                match app.create_on("acct-a", &format!("d-acct-a-{n}")).await {
+                    Ok(response) => acknowledged.push(response.snapshot_id),
+                    Err(status) => {
+                        match status.code() {
+                            Code::FailedPrecondition => {}
+                            Code::Unavailable => {
+                                unavailable += 1;
+                                slowest_failure = slowest_failure.max(started.elapsed());
+                                assert!(
+                                    tonic_types::StatusExt::get_details_retry_info(&status)
+                                        .is_some(),
+                                    "RetryInfo on {status:?}"
+                                );
+                            }
+                            other => {
+                                panic!("only refusals and UNAVAILABLE, got {other:?}: {status:?}")
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acknowledged, unavailable, slowest_failure)
+        }
+    });
+    let outage = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::spawn_blocking({
+            let cluster_dir = dir.path().join("pg");
+            move || {
+                crate::helpers::Cluster::new(cluster_dir)
+                    .unwrap()
+                    .stop()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert_health_becomes(&app, ServingStatus::NotServing).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.start().expect("PostgreSQL returns");
+        assert_health_becomes(&app, ServingStatus::Serving).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (results, ()) = tokio::join!(load, outage);
+
+    let unavailable: usize = results.iter().map(|r| r.1).sum();
+    let slowest = results.iter().map(|r| r.2).max().unwrap();
+    assert!(unavailable > 0, "the outage was seen");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "failed fast: slowest {slowest:?}"
+    );
+    eprintln!("PostgreSQL stopped for 3 s: {unavailable} UNAVAILABLE answers, slowest {slowest:?}");
+    // After it returns: the same process serves, and nothing acknowledged is missing.
+    for (acknowledged, _, _) in &results {
+        for id in acknowledged {
+            let listed = app
+                .snapshots()
+                .describe_snapshots(crate::helpers::as_account(
+                    "acct-a",
+                    snapshotd::pb::DescribeSnapshotsRequest {
+                        snapshot_ids: vec![id.clone()],
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(listed.snapshots.len(), 1, "acknowledged {id} is there");
+        }
+    }
+    app.assert_invariants().await;
+    let _ = cluster.stop();
+}

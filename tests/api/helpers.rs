@@ -129,23 +129,70 @@ fn postgres_bin_dir() -> Result<PathBuf, String> {
     found.pop().ok_or_else(|| "initdb was not found".to_owned())
 }
 
-/// Starts (or reuses) one throwaway cluster in `$TMPDIR/snapshotd-test-pg`, made with `initdb`
-/// on a free port. It is left running for the next test run, so runs do not pile up clusters;
-/// stop it with `pg_ctl -D $TMPDIR/snapshotd-test-pg/data stop`. As root, the binaries run as
-/// the `postgres` user (PostgreSQL refuses to run as root).
-fn start_throwaway_cluster() -> Result<String, String> {
-    let bin = postgres_bin_dir()?;
-    let dir = std::env::temp_dir().join("snapshotd-test-pg");
-    let data = dir.join("data");
-    let port_file = dir.join("port");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let as_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let run = |program: &str, args: &[&str]| -> Result<(), String> {
-        let program = bin.join(program);
-        let mut command = if as_root {
+/// A PostgreSQL cluster of the tests' own, made with `initdb` in `dir` and run with `pg_ctl`.
+/// As root, the binaries run as the `postgres` user (PostgreSQL refuses to run as root).
+pub struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_root: bool,
+}
+
+impl Cluster {
+    /// The cluster in `dir`, made if missing, on its saved port or a free one.
+    pub fn new(dir: PathBuf) -> Result<Self, String> {
+        let bin = postgres_bin_dir()?;
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let saved_port = std::fs::read_to_string(dir.join("port"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        let port = match saved_port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port(),
+        };
+        std::fs::write(dir.join("port"), port.to_string()).map_err(|e| e.to_string())?;
+        let cluster = Self {
+            bin,
+            dir,
+            port,
+            as_root,
+        };
+        if cluster.as_root {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+        if !cluster.data().join("PG_VERSION").exists() {
+            let _ = std::fs::remove_dir_all(cluster.data());
+            let data = cluster.data_arg();
+            cluster.run(
+                "initdb",
+                &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn data_arg(&self) -> String {
+        self.data().to_string_lossy().into_owned()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let program = self.bin.join(program);
+        let mut command = if self.as_root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&program);
             c
@@ -162,65 +209,60 @@ fn start_throwaway_cluster() -> Result<String, String> {
                 String::from_utf8_lossy(&output.stderr)
             ))
         }
-    };
-    if as_root {
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .map_err(|e| e.to_string())?;
     }
-    let data_str = data.to_string_lossy().into_owned();
-    let saved_port = std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<u16>().ok());
-    if let Some(port) = saved_port
-        && run("pg_ctl", &["status", "-D", &data_str]).is_ok()
-    {
-        let answers = std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], port)),
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.run("pg_ctl", &["status", "-D", &self.data_arg()])
+            .is_ok()
+    }
+
+    fn answers(&self) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
             Duration::from_secs(2),
         )
-        .is_ok();
-        if answers {
-            return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+        .is_ok()
+    }
+
+    pub fn start(&self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
+            self.port,
+            self.dir.to_string_lossy()
+        );
+        let log = self.dir.join("postgres.log").to_string_lossy().into_owned();
+        let data = self.data_arg();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        )
+    }
+
+    /// Stops at once, as a crash or an operator's fast shutdown would.
+    pub fn stop(&self) -> Result<(), String> {
+        let data = self.data_arg();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+    }
+}
+
+/// Starts (or reuses) one throwaway cluster in `$TMPDIR/snapshotd-test-pg` on a free port. It is
+/// left running for the next test run, so runs do not pile up clusters; stop it with
+/// `pg_ctl -D $TMPDIR/snapshotd-test-pg/data stop`.
+fn start_throwaway_cluster() -> Result<String, String> {
+    let cluster = Cluster::new(std::env::temp_dir().join("snapshotd-test-pg"))?;
+    if cluster.is_running() {
+        if cluster.answers() {
+            return Ok(cluster.admin_url());
         }
         // Running but out of reach (another network namespace): start it afresh.
-        run(
-            "pg_ctl",
-            &["-D", &data_str, "-m", "immediate", "-w", "stop"],
-        )?;
+        cluster.stop()?;
     }
-    if !data.join("PG_VERSION").exists() {
-        let _ = std::fs::remove_dir_all(&data);
-        run(
-            "initdb",
-            &[
-                "-D",
-                &data_str,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-        )?;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
-        dir.to_string_lossy()
-    );
-    let log = dir.join("postgres.log").to_string_lossy().into_owned();
-    run(
-        "pg_ctl",
-        &["-D", &data_str, "-l", &log, "-o", &options, "-w", "start"],
-    )?;
-    std::fs::write(&port_file, port.to_string()).map_err(|e| e.to_string())?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+    cluster.start()?;
+    Ok(cluster.admin_url())
 }
 
 /// A database made for one test, dropped when the test ends (even when it panics).
@@ -232,6 +274,24 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A fresh PostgreSQL database on the server at `admin_url`.
+    pub async fn create_on(admin_url: &str) -> Self {
+        let name = format!("snapshotd_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connecting to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("creating the test database");
+        Self {
+            url: replace_database(admin_url, &name),
+            admin_url: Some(admin_url.to_owned()),
+            name,
+            _dir: None,
+        }
+    }
+
     pub async fn create(backend: Backend) -> Self {
         match backend {
             Backend::Postgres => {
@@ -369,7 +429,8 @@ pub async fn spawn_replica(app: &TestApp, options: Options) -> TestApp {
     spawn_on(app.backend, db, options).await
 }
 
-async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestApp {
+/// A server on a database the test made itself.
+pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> TestApp {
     let mut config = Config::for_database(db.url.clone());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 16;
