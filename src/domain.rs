@@ -191,6 +191,9 @@ impl Description {
         if starts_with_url_scheme(raw) {
             return malformed("must not begin with http:// or https://");
         }
+        if raw.contains('\0') {
+            return malformed("must not contain NUL characters");
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -288,12 +291,18 @@ impl Tag {
         if contains_url(key) {
             return bad_key("a tag key must not contain http:// or https://");
         }
+        if key.contains('\0') {
+            return bad_key("a tag key must not contain NUL characters");
+        }
         let bad_value = |why: &'static str| Err(RuleError::InvalidTagValueMalformed { why });
         if value.chars().count() > 128 {
             return bad_value("a tag value must be at most 128 characters long");
         }
         if contains_url(value) {
             return bad_value("a tag value must not contain http:// or https://");
+        }
+        if value.contains('\0') {
+            return bad_value("a tag value must not contain NUL characters");
         }
         Ok(Self {
             key: key.to_owned(),

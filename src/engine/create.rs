@@ -56,11 +56,12 @@ pub fn estimated_copy_time(size_gib: i32, rate_mibps: u32) -> Duration {
     Duration::from_secs(mib.div_ceil(rate).max(1))
 }
 
-/// Time left until `deadline`, never negative, rounded up to whole seconds, at least one second.
+/// Time left until `deadline`, never negative, rounded up to whole seconds (a retry hint must
+/// never be early), at least one second.
 fn time_left(now: Timestamp, deadline: Timestamp) -> Duration {
     let left = (deadline - now).max(TimeDelta::zero());
-    let millis = u64::try_from(left.num_milliseconds()).unwrap_or(0);
-    Duration::from_secs(millis.div_ceil(1000).max(1))
+    let whole_seconds = left.num_seconds() + i64::from(left.subsec_nanos() > 0);
+    Duration::from_secs(u64::try_from(whole_seconds).unwrap_or(0).max(1))
 }
 
 /// Decides whether a snapshot of `state.disk` may be created now. The first failing rule answers.

@@ -27,6 +27,10 @@ pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
     }
 }
 
+/// Inventory timestamps must lie in 1970..=9999: what every backend stores (PostgreSQL's range
+/// stops in 4713 BC) and what a cloud inventory can mean.
+const LATEST_TIMESTAMP_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
 fn timestamp_from_proto(
     field: &'static str,
     at: Option<prost_types::Timestamp>,
@@ -34,9 +38,10 @@ fn timestamp_from_proto(
     at.map(|at| {
         u32::try_from(at.nanos)
             .ok()
+            .filter(|_| (0..=LATEST_TIMESTAMP_SECONDS).contains(&at.seconds))
             // Microseconds: what PostgreSQL keeps, so both backends store the same instant.
             .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos / 1000 * 1000))
-            .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+            .ok_or_else(|| invalid(field, "must be a timestamp from 1970 to 9999"))
     })
     .transpose()
 }

@@ -140,7 +140,9 @@ impl SnapshotApi {
             disk_id,
             snapshot_ids,
             status: snapshot_status_filter(request.status)?,
-            snapshot_name: Some(request.snapshot_name).filter(|n| !n.is_empty()),
+            // Only a valid name can match: refuse anything else as CreateSnapshot would.
+            snapshot_name: SnapshotName::parse_optional(&request.snapshot_name)?
+                .map(|name| name.as_str().to_owned()),
             tags: tags_from_proto(&request.tags)?,
             after: match request.next_token.as_str() {
                 "" => None,
