@@ -529,6 +529,9 @@ pub struct InProgressSnapshot {
     pub snapshot_id: String,
     pub started_at: Timestamp,
     pub source_disk_size_gib: i32,
+    /// When the backend said the copy would be done, when the store could read it; else the
+    /// engine estimates it from the size and the copy rate.
+    pub due_at: Option<Timestamp>,
 }
 
 /// A validated CreateSnapshot request.

@@ -145,8 +145,10 @@ pub fn decide_create(
         });
     }
     if let Some(in_progress) = &state.in_progress {
-        let done_at = in_progress.started_at
-            + estimated_copy_time(in_progress.source_disk_size_gib, policy.copy_rate_mibps);
+        let done_at = in_progress.due_at.unwrap_or_else(|| {
+            in_progress.started_at
+                + estimated_copy_time(in_progress.source_disk_size_gib, policy.copy_rate_mibps)
+        });
         return Err(RuleError::IncorrectDiskStatusCreatingSnapshot {
             disk_id,
             snapshot_id: in_progress.snapshot_id.clone(),

@@ -106,6 +106,7 @@ fn in_progress(started_at: Timestamp, size_gib: i32) -> Option<InProgressSnapsho
         snapshot_id: SNAPSHOT.to_owned(),
         started_at,
         source_disk_size_gib: size_gib,
+        due_at: None,
     })
 }
 
@@ -775,5 +776,23 @@ fn a_disk_attaches_only_to_an_existing_instance_of_its_own_account() {
             expected,
             "{label}"
         );
+    }
+}
+
+#[test]
+fn the_retry_hint_uses_the_backends_due_time_when_the_store_read_it() {
+    let (mut state, policy, _) = healthy();
+    let started_at = now() - TimeDelta::seconds(60);
+    state.in_progress = Some(InProgressSnapshot {
+        snapshot_id: SNAPSHOT.to_owned(),
+        started_at,
+        source_disk_size_gib: 40,
+        due_at: Some(now() + TimeDelta::seconds(1000)),
+    });
+    match decide_with(&state, &policy) {
+        Err(RuleError::IncorrectDiskStatusCreatingSnapshot { retry_after, .. }) => {
+            assert_eq!(retry_after, Duration::from_secs(1000));
+        }
+        other => panic!("expected CreatingSnapshot, got {other:?}"),
     }
 }

@@ -157,6 +157,9 @@ pub(crate) struct LockedDiskRow {
     pub snapshot_count: i32,
     pub progressing_snapshot_id: Option<String>,
     pub progressing_since: Option<Timestamp>,
+    /// The progressing snapshot's expected end. Read in the locking statement, so on PostgreSQL
+    /// it can be missing when that snapshot committed while the statement waited for the lock.
+    pub progressing_due_at: Option<Timestamp>,
     #[sqlx(flatten)]
     pub account: OptionalAccountColumns,
     pub inst_id: Option<String>,
@@ -200,6 +203,7 @@ impl LockedDiskRow {
                 snapshot_id,
                 started_at,
                 source_disk_size_gib: disk.size_gib,
+                due_at: self.progressing_due_at,
             }),
             _ => None,
         };

@@ -14,11 +14,13 @@ SELECT d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id
        i.instance_id AS inst_id, i.account_id AS inst_account_id, i.status AS inst_status,
        i.created_at AS inst_created_at, i.last_started_at AS inst_last_started_at,
        i.lock_reasons AS inst_lock_reasons,
-       t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id
+       t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id,
+       p.copy_due_at AS progressing_due_at
 FROM disks d
 LEFT JOIN accounts a ON a.account_id = d.account_id
 LEFT JOIN instances i ON i.instance_id = d.instance_id
 LEFT JOIN client_tokens t ON t.account_id = d.account_id AND t.client_token = $3
+LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id
 WHERE d.disk_id = $1 AND d.account_id = $2";
 
 /// The caller's (`$1`) account and binding of token `$2`, when there is no disk to lock.

@@ -36,6 +36,7 @@ on_both_backends!(
     an_instance_never_started_is_refused,
     a_disk_younger_than_the_init_window_is_initializing,
     a_second_snapshot_is_refused_while_one_is_in_progress,
+    the_retry_hint_follows_the_backends_own_estimate_of_the_copy,
     a_disk_at_its_quota_is_refused,
     a_backend_that_cannot_start_the_copy_fails_the_request_and_stores_nothing,
     an_unreadable_row_is_an_internal_error_without_internals,
@@ -656,4 +657,26 @@ async fn input_errors_are_checked_in_the_table_order(backend: Backend) {
             _ => {}
         }
     }
+}
+
+async fn the_retry_hint_follows_the_backends_own_estimate_of_the_copy(backend: Backend) {
+    // The data plane copies at 1 MiB/s (40 GiB: 40960 s) while the configured rate says 256.
+    let app = spawn_app_with(
+        backend,
+        Options {
+            snapshot_backend: Arc::new(snapshotd::backend::SimulatedBackend::new(1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+
+    let delay = retry_delay_secs(&status);
+    assert!(
+        (40_950..=40_960).contains(&delay),
+        "the backend's 40960 s, got {delay}s"
+    );
 }

@@ -289,6 +289,7 @@ fn engine_input(world: &World) -> (CreateState, Policy) {
                 snapshot_id: IN_PROGRESS.to_owned(),
                 started_at: now - world.copy_started_ago,
                 source_disk_size_gib: world.copy_size_gib,
+                due_at: None,
             }
         }),
     };
