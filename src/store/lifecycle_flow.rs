@@ -75,10 +75,11 @@ pub(crate) trait LifecycleTx {
         command: &CreateImageCommand,
         now: Timestamp,
     ) -> Result<(), StoreError>;
-    async fn due_copies(&mut self, now: Timestamp, limit: u32)
-    -> Result<Vec<Snapshot>, StoreError>;
-    async fn due_releases(
+    /// Claims up to `limit` rows of a worker queue (`queue_sql`, in the shared dialect, takes
+    /// `now` as `$1` and `limit` as `$2`), skipping rows another replica holds.
+    async fn claim(
         &mut self,
+        queue_sql: &str,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Snapshot>, StoreError>;
@@ -149,7 +150,7 @@ pub(crate) async fn advance_copies(
     backend: &dyn SnapshotBackend,
 ) -> Result<WorkDone, StoreError> {
     let mut done = WorkDone::default();
-    for snapshot in tx.due_copies(now, limit).await? {
+    for snapshot in tx.claim(&lifecycle_sql::due_copies(), now, limit).await? {
         match backend.copy_state(&snapshot, now).await {
             CopyState::Done => {
                 tx.finish_copy(&snapshot, SnapshotStatus::Accomplished, now)
@@ -178,7 +179,7 @@ pub(crate) async fn release_expired(
     backend: &dyn SnapshotBackend,
 ) -> Result<WorkDone, StoreError> {
     let mut done = WorkDone::default();
-    for snapshot in tx.due_releases(now, limit).await? {
+    for snapshot in tx.claim(&lifecycle_sql::due_releases(), now, limit).await? {
         if snapshot.status == SnapshotStatus::Progressing {
             cancel_copy(backend, &snapshot).await;
         }
@@ -335,36 +336,13 @@ macro_rules! impl_lifecycle_tx {
                 Ok(())
             }
 
-            async fn due_copies(
+            async fn claim(
                 &mut self,
+                queue_sql: &str,
                 now: $crate::domain::Timestamp,
                 limit: u32,
             ) -> Result<Vec<$crate::domain::Snapshot>, $crate::store::StoreError> {
-                use $crate::store::lifecycle_sql as sql;
-                let statement = format!(
-                    "{}{}",
-                    $dialect.sql(&sql::due_copies()),
-                    $dialect.lock_skip_locked
-                );
-                let rows: Vec<$crate::store::rows::SnapshotRow> = sqlx::query_as(&statement)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut **self)
-                    .await?;
-                Ok($crate::store::lifecycle_flow::decode_queue(rows))
-            }
-
-            async fn due_releases(
-                &mut self,
-                now: $crate::domain::Timestamp,
-                limit: u32,
-            ) -> Result<Vec<$crate::domain::Snapshot>, $crate::store::StoreError> {
-                use $crate::store::lifecycle_sql as sql;
-                let statement = format!(
-                    "{}{}",
-                    $dialect.sql(&sql::due_releases()),
-                    $dialect.lock_skip_locked
-                );
+                let statement = format!("{}{}", $dialect.sql(queue_sql), $dialect.lock_skip_locked);
                 let rows: Vec<$crate::store::rows::SnapshotRow> = sqlx::query_as(&statement)
                     .bind(now)
                     .bind(i64::from(limit))
