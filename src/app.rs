@@ -1,8 +1,9 @@
 //! Startup and shutdown, owned by the library so `main.rs` and the tests build the same server.
 //!
-//! [`App::build`] connects the store, runs migrations and binds the listener (port 0 in tests);
-//! [`App::run_until`] serves until the shutdown future resolves, then flips health to
-//! NOT_SERVING, drains in-flight calls and closes the pool.
+//! [`App::build`] connects the store, runs migrations, reads the TLS files and binds the
+//! listeners (port 0 in tests); [`App::run_until`] serves until the shutdown future resolves,
+//! then flips health to NOT_SERVING for every service, stops accepting, gives in-flight calls
+//! `SNAPSHOTD_SHUTDOWN_GRACE` to finish, stops the worker after its step and closes the pool.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,18 +12,20 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::backend::{SimulatedBackend, SnapshotBackend};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, redact_password};
-use crate::grpc::{ImageApi, InventoryApi, SnapshotApi};
+use crate::config::{Config, MetricsListen, redact_password};
+use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi};
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
 use crate::store::{self, Store, StoreError};
+use crate::telemetry::{self, metric};
 use crate::worker::Worker;
 
 /// Fully-qualified names of the services whose health is reported.
@@ -43,6 +46,15 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot read {path}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("cannot install the signal handlers")]
+    Signals(#[source] std::io::Error),
     #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server")]
@@ -52,6 +64,8 @@ pub enum AppError {
 pub struct App {
     config: Config,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    tls: Option<ServerTlsConfig>,
     store: Arc<dyn Store>,
     backend: Arc<dyn SnapshotBackend>,
     clock: Arc<dyn Clock>,
@@ -88,15 +102,17 @@ impl App {
                 "seeded the demo inventory into the new embedded store (disable with --no-demo)"
             );
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let tls = tls_config(&config)?;
+        let listener = bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            MetricsListen::Off => None,
+            MetricsListen::At(addr) => Some(bind(addr).await?),
+        };
         Ok(Self {
             config,
             listener,
+            metrics_listener,
+            tls,
             store,
             backend,
             clock,
@@ -108,6 +124,15 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -149,45 +174,126 @@ impl App {
                 "SNAPSHOTD_ADMIN_TOKEN is not set: the InventoryService refuses every call"
             );
         }
+        let gate = Arc::new(Gate::new(self.config.rate_limit));
         let snapshots = SnapshotApi::new(
             Arc::clone(&self.store),
             Arc::clone(&self.backend),
             Arc::clone(&self.clock),
             self.config.policy(),
+            Arc::clone(&gate),
         );
         let inventory = InventoryApi::new(Arc::clone(&self.store), self.config.admin_token.clone());
-        let images = ImageApi::new(Arc::clone(&self.store), Arc::clone(&self.clock));
+        let images = ImageApi::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            Arc::clone(&gate),
+        );
+        let layer = RpcLayer::new(
+            self.config.max_concurrent_requests,
+            self.config.request_timeout,
+        );
         let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(self.worker().run(self.config.worker_interval, worker_stop));
 
-        let (stop_watch, watch_stop) = tokio::sync::watch::channel(false);
+        // Everything that runs beside the server stops when this turns true.
+        let (stop_side_tasks, side_stop) = tokio::sync::watch::channel(false);
         let database_watch = tokio::spawn(watch_database(
             Arc::clone(&self.store),
             health.clone(),
-            watch_stop,
+            side_stop.clone(),
         ));
+        let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics served at /metrics");
+            let mut stop = side_stop.clone();
+            let store = Arc::clone(&self.store);
+            let layer = layer.clone();
+            let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
+            tokio::spawn(telemetry::serve_metrics(
+                listener,
+                telemetry::metrics_handle(),
+                refresh,
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ))
+        });
 
-        tracing::info!(%local_addr, "snapshotd serving");
+        tracing::info!(%local_addr, tls = self.tls.is_some(), "snapshotd serving");
+        let (signalled, shutdown_started) = tokio::sync::oneshot::channel::<()>();
         let draining = {
             let health = health.clone();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: draining in-flight calls");
+                tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
                 // Stop the database watch first, so it cannot report SERVING again.
-                let _ = stop_watch.send(true);
+                let _ = stop_side_tasks.send(true);
                 let _ = database_watch.await;
                 set_health(&health, ServingStatus::NotServing).await;
+                let _ = signalled.send(());
             }
         };
-        Server::builder()
+
+        let limit = self.config.max_message_size as usize;
+        let mut server = Server::builder()
+            .http2_keepalive_interval(Some(self.config.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
+            .max_connection_age(self.config.max_connection_age)
+            .max_connection_age_grace(self.config.request_timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).map_err(AppError::Tls)?;
+        }
+        let serving = server
+            .layer(layer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(SnapshotServiceServer::new(snapshots))
-            .add_service(ImageServiceServer::new(images))
-            .add_service(InventoryServiceServer::new(inventory))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), draining)
-            .await?;
+            .add_service(
+                SnapshotServiceServer::new(snapshots)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
+            .add_service(
+                ImageServiceServer::new(images)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
+            .add_service(
+                InventoryServiceServer::new(inventory)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), draining);
+
+        // The grace period starts when the shutdown signal arrives; calls still running when it
+        // ends are cut off (their transactions roll back).
+        let grace = self.config.shutdown_grace;
+        let grace_over = async move {
+            if shutdown_started.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = grace_over => tracing::warn!(
+                ?grace,
+                "calls still in flight at the end of the shutdown grace period were cut off"
+            ),
+        }
+        let _ = housekeeping.await;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         // The worker finishes the step it is in; then the pool can close.
         let _ = stop_worker.send(true);
         if let Err(err) = worker.await {
@@ -199,9 +305,67 @@ impl App {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// The server's TLS settings from `SNAPSHOTD_TLS_*`: none, TLS, or mTLS with a client CA.
+fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| AppError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for name in SERVICE_NAMES {
         health.set_service_status(name, status).await;
+    }
+}
+
+/// How often idle accounts' rate-limit buckets are forgotten.
+const THROTTLE_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the rate limiter's memory bounded by the accounts active in the last minute or so.
+async fn forget_idle_accounts(gate: Arc<Gate>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(THROTTLE_HOUSEKEEPING_INTERVAL) => gate.forget_idle_accounts(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sets the gauges that are read at scrape time: the pool, calls in flight, stored snapshots.
+async fn read_gauges(store: Arc<dyn Store>, layer: RpcLayer) {
+    let pool = store.pool_stats();
+    metric::db_pool(pool.connections, pool.idle, pool.max_connections);
+    metric::rpc_in_flight(layer.in_flight());
+    // Bounded, so a scrape answers (with the last counts) while the database is away.
+    match tokio::time::timeout(Duration::from_secs(2), store.count_snapshots_by_status()).await {
+        Ok(Ok(counts)) => {
+            for status in ["progressing", "accomplished", "failed"] {
+                let count = counts
+                    .iter()
+                    .find(|(name, _)| name == status)
+                    .map_or(0, |(_, count)| *count);
+                metric::snapshots(status, count);
+            }
+        }
+        Ok(Err(err)) => tracing::debug!(error = %err, "counting snapshots for the metrics"),
+        Err(_) => tracing::debug!("counting snapshots for the metrics took over 2 s"),
     }
 }
 
@@ -237,19 +401,26 @@ async fn watch_database(
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+/// SIGTERM and SIGINT (Ctrl-C), installed once so that a second signal is never missed.
+pub struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
         tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

@@ -1,6 +1,9 @@
 //! Configuration: every flag also reads an environment variable; `snapshotd --help` lists them.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,6 +72,72 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_acquire_timeout: Duration,
 
+    /// How long in-flight calls may take to finish after SIGTERM before they are cut off.
+    #[arg(long, global = true, env = "SNAPSHOTD_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Longest a call may run; a slower one is answered DEADLINE_EXCEEDED (a client's shorter
+    /// grpc-timeout also applies).
+    #[arg(long, global = true, env = "SNAPSHOTD_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls served at once; beyond it a call is shed at once with UNAVAILABLE and RetryInfo.
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// Per-account token bucket, `PER_SECOND[,BURST]` (e.g. `50,100`; the burst defaults to the
+    /// rate); a call beyond it is answered RESOURCE_EXHAUSTED `Throttling`. Off when unset.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_RATE_LIMIT",
+        value_name = "PER_SECOND[,BURST]"
+    )]
+    pub rate_limit: Option<RateLimit>,
+
+    /// Largest request or response message, in bytes.
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_message_size: u32,
+
+    /// HTTP/2 PING interval on idle connections (a peer that does not answer is dropped).
+    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long to wait for a PING's answer before dropping the connection.
+    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connections are closed gracefully (GOAWAY) after this age, so clients rebalance across
+    /// replicas; calls in flight get SNAPSHOTD_REQUEST_TIMEOUT to finish.
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// Where Prometheus metrics are served (`/metrics`), or `off`.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// PEM certificate chain for TLS; with SNAPSHOTD_TLS_KEY, the server speaks only TLS.
+    #[arg(long, global = true, env = "SNAPSHOTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for SNAPSHOTD_TLS_CERT.
+    #[arg(long, global = true, env = "SNAPSHOTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log format; `auto` is text on a terminal and JSON otherwise.
     #[arg(long, global = true, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -90,6 +159,60 @@ pub enum LogFormat {
     Auto,
     Text,
     Json,
+}
+
+/// `SNAPSHOTD_RATE_LIMIT`: a token bucket of `burst` tokens refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let number = |part: &str| match part.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "`{raw}` is not PER_SECOND[,BURST] with positive whole numbers (e.g. 50,100)"
+            )),
+        };
+        let (per_second, burst) = match raw.split_once(',') {
+            Some((rate, burst)) => (number(rate)?, number(burst)?),
+            None => (number(raw)?, number(raw)?),
+        };
+        Ok(Self { per_second, burst })
+    }
+}
+
+/// `SNAPSHOTD_METRICS_LISTEN`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        raw.parse()
+            .map(Self::At)
+            .map_err(|_| format!("`{raw}` is not an address like 127.0.0.1:9464, nor `off`"))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::At(addr) => addr.fmt(f),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -128,6 +251,10 @@ impl Config {
         config.admin_token = None;
         config.demo = false;
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.metrics_listen = MetricsListen::Off;
+        config.tls_cert = None;
+        config.tls_key = None;
+        config.tls_client_ca = None;
         config
     }
 }
@@ -148,6 +275,18 @@ impl std::fmt::Debug for Config {
             .field("worker_interval", &self.worker_interval)
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("rate_limit", &self.rate_limit)
+            .field("max_message_size", &self.max_message_size)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("max_connection_age", &self.max_connection_age)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_client_ca", &self.tls_client_ca)
             .field("log_format", &self.log_format)
             .field("demo", &self.seeds_demo())
             .finish()
@@ -191,6 +330,37 @@ mod tests {
             redact_password("postgres://app@db/snap"),
             "postgres://app@db/snap"
         );
+    }
+
+    #[test]
+    fn rate_limits_parse_with_and_without_a_burst() {
+        assert_eq!(
+            "50".parse::<RateLimit>(),
+            Ok(RateLimit {
+                per_second: 50,
+                burst: 50
+            })
+        );
+        assert_eq!(
+            "5, 20".parse::<RateLimit>(),
+            Ok(RateLimit {
+                per_second: 5,
+                burst: 20
+            })
+        );
+        for bad in ["", "0", "5,0", "-1", "a,b", "1.5", "5,10,15"] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_listener_can_be_turned_off() {
+        assert_eq!("off".parse::<MetricsListen>(), Ok(MetricsListen::Off));
+        assert_eq!(
+            "0.0.0.0:9464".parse::<MetricsListen>(),
+            Ok(MetricsListen::At(SocketAddr::from(([0, 0, 0, 0], 9464))))
+        );
+        assert!("9464".parse::<MetricsListen>().is_err());
     }
 
     #[test]

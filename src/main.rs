@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use snapshotd::config::{Command, Config, redact_password};
+use snapshotd::telemetry::error_chain;
 use snapshotd::{App, app, demo, store, telemetry};
 
 #[tokio::main]
@@ -103,18 +104,17 @@ async fn seed_demo(config: Config) -> Result<(), app::AppError> {
 }
 
 async fn serve(config: Config) -> Result<(), app::AppError> {
+    let mut signals = app::ShutdownSignals::install().map_err(app::AppError::Signals)?;
     let app = App::build(config).await?;
-    app.run_until(app::shutdown_signal()).await
-}
-
-/// `err: cause: cause…`, so a startup failure says why (e.g. "connection refused").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
+    app.run_until(async move {
+        signals.next().await;
+        // A second signal means "now": in-flight calls are abandoned (their transactions roll
+        // back in the database when the connections drop).
+        tokio::spawn(async move {
+            signals.next().await;
+            eprintln!("snapshotd: second signal: exiting at once");
+            std::process::exit(1);
+        });
+    })
+    .await
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::backend::SnapshotBackend;
 use crate::clock::Clock;
 use crate::store::{Store, StoreError, WorkDone};
+use crate::telemetry::metric;
 
 /// Rows claimed per step and queue.
 const BATCH: u32 = 64;
@@ -80,7 +81,13 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
-            let pause = match self.tick().await {
+            let step = self.tick().await;
+            metric::worker_step(match &step {
+                Ok(Outcome::Worked(_)) => "worked",
+                Ok(Outcome::Idle) => "idle",
+                Err(_) => "failed",
+            });
+            let pause = match step {
                 Ok(Outcome::Worked(_)) => Duration::ZERO,
                 Ok(Outcome::Idle) => interval,
                 Err(err) => {

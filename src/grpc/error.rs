@@ -13,6 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::ERROR_DOMAIN;
 use crate::backend::BackendError;
+use crate::config::RateLimit;
 use crate::engine::RuleError;
 use crate::store::StoreError;
 
@@ -23,6 +24,8 @@ pub enum ApiError {
     MissingIdentity,
     #[error("x-account-id is not a valid account id")]
     MalformedIdentity,
+    #[error("x-account-id names {header} but the client certificate is account {certificate}")]
+    IdentityMismatch { certificate: String, header: String },
     #[error("the inventory API is disabled: SNAPSHOTD_ADMIN_TOKEN is not set")]
     AdminApiDisabled,
     #[error("missing or wrong admin bearer token")]
@@ -34,6 +37,25 @@ pub enum ApiError {
     /// Any store failure other than a refusal.
     #[error(transparent)]
     Store(StoreError),
+    /// The account used up its token bucket (`SNAPSHOTD_RATE_LIMIT`).
+    #[error("account {account_id} is over its rate limit")]
+    Throttled {
+        account_id: String,
+        limit: RateLimit,
+        retry_after: Duration,
+    },
+    /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
+    #[error("{limit} calls are already in progress")]
+    Overloaded { limit: u32 },
+    /// The call ran past `SNAPSHOTD_REQUEST_TIMEOUT`.
+    #[error("the call did not finish within {timeout:?}")]
+    DeadlineExceeded { timeout: Duration },
+    /// The handler panicked; the message is logged, never sent.
+    #[error("the handler panicked: {message}")]
+    Panicked { message: String },
+    /// The routing layer failed (not expected: tonic's routes do not fail).
+    #[error("the server's routing failed")]
+    Routing(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for ApiError {
@@ -130,9 +152,13 @@ fn instance_subject(instance_id: &str) -> String {
     format!("instance/{instance_id}")
 }
 
+/// How long a shed call is told to wait: long enough for a burst to pass, short enough that a
+/// client does not notice.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(200);
+
 use Code::{
-    FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
-    Unauthenticated, Unavailable,
+    DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
+    ResourceExhausted, Unauthenticated, Unavailable,
 };
 
 /// The answer for every error, in one exhaustive match.
@@ -150,6 +176,17 @@ fn answer(err: &ApiError) -> Answer {
             401,
             "The caller identity in x-account-id is not a valid account id.",
         ),
+        ApiError::IdentityMismatch {
+            certificate,
+            header,
+        } => Answer::new(
+            PermissionDenied,
+            "InvalidIdentity.Mismatch",
+            403,
+            "The x-account-id metadata names another account than the client certificate.",
+        )
+        .meta("certificateAccountId", certificate)
+        .meta("headerAccountId", header),
         ApiError::AdminApiDisabled => Answer::new(
             Unauthenticated,
             "InventoryApi.Disabled",
@@ -175,12 +212,49 @@ fn answer(err: &ApiError) -> Answer {
             "The request has failed due to a temporary failure of the server.",
         )
         .retry_after(Duration::from_secs(1)),
-        ApiError::Store(_) => Answer::new(
+        ApiError::Store(_) | ApiError::Panicked { .. } | ApiError::Routing(_) => Answer::new(
             Internal,
             "InternalError",
             500,
             "The request processing has failed due to some unknown error, exception or failure.",
         ),
+        ApiError::Throttled {
+            account_id,
+            limit,
+            retry_after,
+        } => Answer::new(
+            ResourceExhausted,
+            "Throttling",
+            403,
+            "Request was denied due to user flow control.",
+        )
+        .meta("accountId", account_id)
+        .meta("ratePerSecond", limit.per_second.to_string())
+        .meta("burst", limit.burst.to_string())
+        .detail(Detail::Quota {
+            subject: format!("account/{account_id}"),
+            description: format!(
+                "at most {} calls per second (bursts of {})",
+                limit.per_second, limit.burst
+            ),
+        })
+        .retry_after(*retry_after),
+        ApiError::Overloaded { limit } => Answer::new(
+            Unavailable,
+            "ServiceUnavailable",
+            503,
+            "The request has failed due to a temporary failure of the server.",
+        )
+        .meta("cause", "overloaded")
+        .meta("concurrencyLimit", limit.to_string())
+        .retry_after(OVERLOADED_RETRY_AFTER),
+        ApiError::DeadlineExceeded { timeout } => Answer::new(
+            DeadlineExceeded,
+            "RequestTimeout",
+            504,
+            "The request processing has timed out.",
+        )
+        .meta("timeoutMs", timeout.as_millis().to_string()),
         ApiError::Rule(rule) => rule_answer(rule),
     }
 }
@@ -529,16 +603,10 @@ impl ApiError {
         answer(self).reason
     }
 
-    /// The status for this error, logging internal causes with their chain.
+    /// The status for this error. A server-side failure keeps the error as the status's source,
+    /// so the call's log line (`layer.rs`) can give the cause chain; it is never sent.
     pub fn into_status(self, request_id: &str) -> Status {
         let answer = answer(&self);
-        match answer.code {
-            Internal | Unavailable => {
-                tracing::error!(reason = answer.reason, error = %error_chain(&self), "request failed")
-            }
-            _ => tracing::info!(reason = answer.reason, "request refused"),
-        }
-
         let mut metadata: HashMap<String, String> = answer
             .metadata
             .into_iter()
@@ -578,18 +646,10 @@ impl ApiError {
         if let Some(delay) = answer.retry_after {
             details.set_retry_info(Some(delay));
         }
-        Status::with_error_details(answer.code, answer.message, details)
+        let mut status = Status::with_error_details(answer.code, answer.message, details);
+        if matches!(answer.code, Internal | Unavailable) {
+            status.set_source(std::sync::Arc::new(self));
+        }
+        status
     }
-}
-
-/// `err: cause: cause…`, for logs.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
 }

@@ -1,17 +1,69 @@
-//! Who is calling: the tenant account (`x-account-id`, set by the mesh or gateway) for the
-//! snapshot API, and the admin bearer token for the inventory API.
+//! Who is calling: the tenant account for the snapshot API, and the admin bearer token for the
+//! inventory API.
+//!
+//! The account comes from a client certificate that names one (mTLS, a URI SAN
+//! `spiffe://<trust domain>/account/<account id>`), else from `x-account-id`, which the mesh or
+//! gateway sets. When both are there they must agree.
 
 use subtle::ConstantTimeEq;
+use tonic::Extensions;
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use x509_parser::extensions::GeneralName;
 
 use super::ApiError;
 use crate::domain::is_plain_id;
 
 pub const ACCOUNT_HEADER: &str = "x-account-id";
 
-/// The caller's account: required, and an account id the inventory accepts
-/// (1..=64 of `[A-Za-z0-9._:-]`). Surrounding white space is not part of it.
-pub fn caller_account(metadata: &MetadataMap) -> Result<String, ApiError> {
+/// The caller's account: from the client certificate when it names one, else from
+/// `x-account-id`.
+pub fn caller_account(metadata: &MetadataMap, extensions: &Extensions) -> Result<String, ApiError> {
+    let Some(certificate) = certificate_account(extensions) else {
+        return header_account(metadata);
+    };
+    match header_account(metadata) {
+        Err(ApiError::MissingIdentity) => Ok(certificate),
+        Ok(header) if header != certificate => Err(ApiError::IdentityMismatch {
+            certificate,
+            header,
+        }),
+        Ok(_) => Ok(certificate),
+        Err(malformed) => Err(malformed),
+    }
+}
+
+/// The account a verified client certificate names, if any.
+fn certificate_account(extensions: &Extensions) -> Option<String> {
+    let certificates = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    account_from_certificate(certificates.first()?.as_ref())
+}
+
+/// The account in a DER certificate's `spiffe://<trust domain>/account/<id>` URI SAN.
+pub fn account_from_certificate(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = certificate.subject_alternative_name().ok()??;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::URI(uri) => spiffe_account(uri),
+            _ => None,
+        })
+}
+
+fn spiffe_account(uri: &str) -> Option<String> {
+    let (_trust_domain, path) = uri.strip_prefix("spiffe://")?.split_once('/')?;
+    let account = path.strip_prefix("account/")?;
+    is_plain_id(account).then(|| account.to_owned())
+}
+
+/// `x-account-id`: required, and an account id the inventory accepts (1..=64 of
+/// `[A-Za-z0-9._:-]`). Surrounding white space is not part of it.
+fn header_account(metadata: &MetadataMap) -> Result<String, ApiError> {
     let Some(raw) = metadata.get(ACCOUNT_HEADER) else {
         return Err(ApiError::MissingIdentity);
     };
@@ -61,6 +113,27 @@ mod tests {
             map.insert(*key, value.parse().unwrap());
         }
         map
+    }
+
+    fn caller_account(metadata: &MetadataMap) -> Result<String, ApiError> {
+        super::caller_account(metadata, &Extensions::new())
+    }
+
+    #[test]
+    fn only_spiffe_account_uris_name_an_account() {
+        assert_eq!(
+            spiffe_account("spiffe://example.org/account/acct-1").as_deref(),
+            Some("acct-1")
+        );
+        for other in [
+            "spiffe://example.org/ns/default/sa/web",
+            "spiffe://example.org/account/",
+            "spiffe://example.org/account/a b",
+            "spiffe://example.org/account/a/b",
+            "https://example.org/account/acct-1",
+        ] {
+            assert_eq!(spiffe_account(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use super::snapshot::handle;
+use super::call::{Gate, handle};
 use crate::clock::Clock;
 use crate::domain::{ClientToken, CreateImageCommand, ImageName, SnapshotId};
 use crate::pb;
@@ -14,11 +14,12 @@ use crate::store::{CreateOutcome, Store};
 pub struct ImageApi {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    gate: Arc<Gate>,
 }
 
 impl ImageApi {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, gate: Arc<Gate>) -> Self {
+        Self { store, clock, gate }
     }
 
     async fn create(
@@ -34,7 +35,8 @@ impl ImageApi {
         };
         let outcome = self.store.create_image(&command, self.clock.now()).await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = outcome;
-        tracing::info!(image_id = %id, snapshot_id = %command.snapshot_id.as_str(), "image created");
+        tracing::Span::current().record("snapshot", command.snapshot_id.as_str());
+        tracing::debug!(image_id = %id, "image created");
         Ok(id)
     }
 }
@@ -45,10 +47,11 @@ impl pb::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         handle(
-            "CreateImage",
+            &self.gate,
             &metadata,
+            &extensions,
             |account_id, request_id| async move {
                 let image_id = self.create(account_id, request).await?;
                 Ok(pb::CreateImageResponse {

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::ApiError;
+use super::call::request_id;
 use super::identity::require_admin;
-use crate::domain::{Account, Disk, DiskId, Instance, new_request_id};
+use crate::domain::{Account, Disk, DiskId, Instance};
 use crate::pb;
 use crate::store::Store;
 
@@ -21,23 +21,21 @@ impl InventoryApi {
         Self { store, admin_token }
     }
 
-    /// Authenticates, runs `call`, and maps its error, all on one span with a request id.
+    /// Authenticates, runs `call`, and maps its error with the call's request id.
     async fn handle<T, F>(
         &self,
-        method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
         call: F,
     ) -> Result<Response<T>, Status>
     where
         F: Future<Output = Result<T, ApiError>>,
     {
-        let request_id = new_request_id();
-        let span = tracing::info_span!("inventory", method, request_id = %request_id);
+        let request_id = request_id(extensions);
         async {
             require_admin(metadata, self.admin_token.as_deref())?;
             call.await
         }
-        .instrument(span)
         .await
         .map(Response::new)
         .map_err(|err| err.into_status(&request_id))
@@ -50,8 +48,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::Account>,
     ) -> Result<Response<pb::Account>, Status> {
-        let (metadata, _, account) = request.into_parts();
-        self.handle("PutAccount", &metadata, async {
+        let (metadata, extensions, account) = request.into_parts();
+        self.handle(&metadata, &extensions, async {
             let account = Account::try_from(account)?;
             Ok(self.store.put_account(&account).await?.into())
         })
@@ -62,8 +60,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::Instance>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let (metadata, _, instance) = request.into_parts();
-        self.handle("PutInstance", &metadata, async {
+        let (metadata, extensions, instance) = request.into_parts();
+        self.handle(&metadata, &extensions, async {
             let instance = Instance::try_from(instance)?;
             Ok(self.store.put_instance(&instance).await?.into())
         })
@@ -71,8 +69,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     }
 
     async fn put_disk(&self, request: Request<pb::Disk>) -> Result<Response<pb::Disk>, Status> {
-        let (metadata, _, disk) = request.into_parts();
-        self.handle("PutDisk", &metadata, async {
+        let (metadata, extensions, disk) = request.into_parts();
+        self.handle(&metadata, &extensions, async {
             let disk = Disk::try_from(disk)?;
             Ok(self.store.put_disk(&disk).await?.into())
         })
@@ -83,8 +81,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetDiskRequest>,
     ) -> Result<Response<pb::Disk>, Status> {
-        let (metadata, _, get) = request.into_parts();
-        self.handle("GetDisk", &metadata, async {
+        let (metadata, extensions, get) = request.into_parts();
+        self.handle(&metadata, &extensions, async {
             let disk_id = DiskId::parse(&get.disk_id)?;
             Ok(self.store.get_disk(disk_id.as_str()).await?.into())
         })

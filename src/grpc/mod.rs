@@ -1,20 +1,26 @@
-//! The gRPC edge: one file per service, conversions, identity, and the one error → Status map.
+//! The gRPC edge: one file per service, conversions, identity, throttling, the one error →
+//! Status map, and the tower layer every call passes through.
 //!
 //! Handlers are thin: decode into domain values, call the store (which asks the engine), and
-//! map the result back. Each call gets a request id, returned in the response body or in the
-//! error's `RequestInfo`, and carried on the call's tracing span.
+//! map the result back. The layer gives each call a request id, returned in the response body
+//! or the error's `RequestInfo` and in `x-request-id` metadata, and carried on its span.
 
+pub mod call;
 pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod identity;
 pub mod image;
 pub mod inventory;
+pub mod layer;
 pub mod snapshot;
+pub mod throttle;
 
+pub use call::Gate;
 pub use error::ApiError;
 pub use image::ImageApi;
 pub use inventory::InventoryApi;
+pub use layer::RpcLayer;
 pub use snapshot::SnapshotApi;
 
 /// Domain of every `ErrorInfo` this service returns.

@@ -3,19 +3,18 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::ApiError;
+use super::call::{Gate, handle};
 use super::convert::{
     decode_next_token, encode_next_token, snapshot_status_filter, snapshot_to_proto,
     tags_from_proto,
 };
-use super::identity::caller_account;
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::clock::Clock;
 use crate::domain::{
     ClientToken, CreateSnapshotCommand, Description, DiskId, RetentionDays, SnapshotId,
-    SnapshotName, SnapshotStatus, new_request_id,
+    SnapshotName, SnapshotStatus,
 };
 use crate::engine::{MAX_SNAPSHOT_IDS, Policy, RuleError, page_size};
 use crate::pb;
@@ -26,40 +25,7 @@ pub struct SnapshotApi {
     backend: Arc<dyn SnapshotBackend>,
     clock: Arc<dyn Clock>,
     policy: Policy,
-}
-
-/// Runs one call on a span carrying its method, request id and caller, mapping its error.
-pub(crate) async fn handle<T, F, Fut>(
-    method: &'static str,
-    metadata: &tonic::metadata::MetadataMap,
-    call: F,
-) -> Result<Response<T>, Status>
-where
-    F: FnOnce(String, String) -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    let request_id = new_request_id();
-    let span = tracing::info_span!(
-        "rpc",
-        method,
-        request_id = %request_id,
-        account = tracing::field::Empty,
-        disk = tracing::field::Empty,
-    );
-    async {
-        let result = match caller_account(metadata) {
-            Ok(account_id) => {
-                tracing::Span::current().record("account", account_id.as_str());
-                call(account_id, request_id.clone()).await
-            }
-            Err(err) => Err(err),
-        };
-        result
-            .map(Response::new)
-            .map_err(|err| err.into_status(&request_id))
-    }
-    .instrument(span)
-    .await
+    gate: Arc<Gate>,
 }
 
 impl SnapshotApi {
@@ -68,12 +34,14 @@ impl SnapshotApi {
         backend: Arc<dyn SnapshotBackend>,
         clock: Arc<dyn Clock>,
         policy: Policy,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             store,
             backend,
             clock,
             policy,
+            gate,
         }
     }
 
@@ -103,10 +71,11 @@ impl SnapshotApi {
             )
             .await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
+        tracing::Span::current().record("snapshot", id.as_str());
         match outcome {
-            CreateOutcome::Created { .. } => tracing::info!(snapshot_id = %id, "snapshot created"),
+            CreateOutcome::Created { .. } => tracing::debug!("snapshot created"),
             CreateOutcome::Replayed { .. } => {
-                tracing::info!(snapshot_id = %id, "client token replayed: the original snapshot")
+                tracing::debug!("client token replayed: the original snapshot")
             }
         }
         Ok(id.clone())
@@ -193,7 +162,7 @@ impl SnapshotApi {
                 self.backend.as_ref(),
             )
             .await?;
-        tracing::info!(snapshot_id = %snapshot_id.as_str(), "snapshot deleted");
+        tracing::Span::current().record("snapshot", snapshot_id.as_str());
         Ok(())
     }
 }
@@ -204,10 +173,11 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         handle(
-            "CreateSnapshot",
+            &self.gate,
             &metadata,
+            &extensions,
             |account_id, request_id| async move {
                 let snapshot_id = self.create(account_id, request).await?;
                 Ok(pb::CreateSnapshotResponse {
@@ -223,10 +193,11 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DescribeSnapshotsRequest>,
     ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         handle(
-            "DescribeSnapshots",
+            &self.gate,
             &metadata,
+            &extensions,
             |account_id, request_id| async move {
                 let (snapshots, next_token) = self.describe(account_id, request).await?;
                 Ok(pb::DescribeSnapshotsResponse {
@@ -243,10 +214,11 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         handle(
-            "DeleteSnapshot",
+            &self.gate,
             &metadata,
+            &extensions,
             |account_id, request_id| async move {
                 self.delete(account_id, request).await?;
                 Ok(pb::DeleteSnapshotResponse { request_id })

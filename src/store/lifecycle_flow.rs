@@ -153,12 +153,14 @@ pub(crate) async fn advance_copies(
     for snapshot in tx.claim(&lifecycle_sql::due_copies(), now, limit).await? {
         match backend.copy_state(&snapshot, now).await {
             CopyState::Done => {
+                record_lag(&snapshot, now);
                 tx.finish_copy(&snapshot, SnapshotStatus::Accomplished, now)
                     .await?;
                 done.accomplished += 1;
             }
             CopyState::Failed(reason) => {
                 tracing::warn!(snapshot_id = %snapshot.snapshot_id, %reason, "copy failed");
+                record_lag(&snapshot, now);
                 tx.finish_copy(&snapshot, SnapshotStatus::Failed, now)
                     .await?;
                 done.failed += 1;
@@ -169,6 +171,12 @@ pub(crate) async fn advance_copies(
         }
     }
     Ok(done)
+}
+
+/// How late the worker is: the time from when the copy was due to now.
+fn record_lag(snapshot: &Snapshot, now: Timestamp) {
+    let lag = (now - snapshot.copy_due_at).to_std().unwrap_or_default();
+    crate::telemetry::metric::worker_lag(lag);
 }
 
 /// One worker step over snapshots past their retention inside `tx`; the caller commits.

@@ -217,8 +217,22 @@ pub trait Store: Send + Sync + 'static {
     /// tokens, ownership, bookkeeping); empty when all hold.
     async fn check_invariants(&self, snapshot_quota: u32) -> Result<Vec<Violation>, StoreError>;
 
+    /// How many snapshots are stored in each status (for the metrics).
+    async fn count_snapshots_by_status(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// The connection pool's state now (for the metrics).
+    fn pool_stats(&self) -> PoolStats;
+
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
+}
+
+/// A connection pool's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub connections: u32,
+    pub idle: usize,
+    pub max_connections: u32,
 }
 
 /// How a store's pool behaves.

@@ -76,7 +76,9 @@ macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
         let mut attempt = 1;
         loop {
+            let waiting = std::time::Instant::now();
             let mut $tx = $store.pool.begin().await?;
+            $crate::telemetry::metric::db_begin_wait(waiting.elapsed());
             let result = match $body.await {
                 Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
                 // Roll back now: a dropped transaction's ROLLBACK waits for the connection's

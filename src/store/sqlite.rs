@@ -98,7 +98,9 @@ impl SqliteStore {
 /// retry.
 macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
+        let waiting = std::time::Instant::now();
         let mut $tx = $store.pool.begin_with(BEGIN_WRITE).await?;
+        $crate::telemetry::metric::db_begin_wait(waiting.elapsed());
         match $body.await {
             Ok(value) => {
                 $tx.commit().await?;

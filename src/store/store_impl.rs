@@ -149,6 +149,23 @@ macro_rules! impl_store {
                 Ok(violations)
             }
 
+            async fn count_snapshots_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                let counts = sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM snapshots GROUP BY status ORDER BY status",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(counts)
+            }
+
+            fn pool_stats(&self) -> $crate::store::PoolStats {
+                $crate::store::PoolStats {
+                    connections: self.pool.size(),
+                    idle: self.pool.num_idle(),
+                    max_connections: self.pool.options().get_max_connections(),
+                }
+            }
+
             async fn close(&self) {
                 self.pool.close().await;
             }

@@ -2,125 +2,16 @@
 //! demo inventory, data that survives a restart, and one server per SQLite file.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use snapshotd::pb;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
 use crate::helpers::{Backend, TestDatabase, as_account};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_snapshotd");
-
-/// A `snapshotd` process; killed if the test ends without stopping it.
-struct Server {
-    child: Child,
-    addr: String,
-    /// Where its logs go: a file, not a pipe, so a chatty server never blocks on a full pipe.
-    log: tempfile::NamedTempFile,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = tempfile::NamedTempFile::new().expect("a log file");
-        let mut command = Command::new(BINARY);
-        command
-            .current_dir(dir)
-            .env_clear()
-            .env("SNAPSHOTD_LISTEN", &addr)
-            .env("SNAPSHOTD_LOG_FORMAT", "json")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("the log file"));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Self {
-            child: command.spawn().expect("starting snapshotd"),
-            addr,
-            log,
-        }
-    }
-
-    /// Waits until health says SERVING; returns a channel to the server.
-    async fn ready(&mut self) -> Channel {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("snapshotd exited early with {status}: {}", self.stderr());
-            }
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .connect()
-                .await
-            {
-                let serving = HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .is_ok_and(|r| r.into_inner().status == 1);
-                if serving {
-                    return channel;
-                }
-            }
-            assert!(Instant::now() < deadline, "snapshotd never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits for the process to exit by itself (a refused startup); fails after 20 s.
-    fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "snapshotd did not exit within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        self.exit_status()
-    }
-
-    /// SIGKILL: no chance to clean up.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping the killed server");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::process::{BINARY, Server};
 
 fn demo_request(disk_id: &str, token: &str) -> pb::CreateSnapshotRequest {
     pb::CreateSnapshotRequest {

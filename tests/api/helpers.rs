@@ -458,11 +458,10 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
         .await
         .expect("the server runs");
     });
+    // Lazy: a TLS server (tests/api/tls.rs) is reached with the test's own channel instead.
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect()
-        .await
-        .expect("connecting to the server");
+        .connect_lazy();
     TestApp {
         addr,
         backend,

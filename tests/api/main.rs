@@ -4,6 +4,7 @@
 mod assertions;
 mod fault_proxy;
 mod helpers;
+mod process;
 
 mod concurrency;
 mod create_snapshot;

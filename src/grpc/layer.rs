@@ -1,0 +1,374 @@
+//! The tower layer every gRPC call passes through. In order:
+//!
+//! 1. a request id (returned in `x-request-id`, in the body or `RequestInfo`, and on the call's
+//!    span beside the client's own `x-request-id`, kept as `client_request_id`);
+//! 2. load shedding: past `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` calls in progress, a call is
+//!    answered UNAVAILABLE with RetryInfo at once instead of queueing;
+//! 3. the request timeout (`SNAPSHOTD_REQUEST_TIMEOUT`), answered DEADLINE_EXCEEDED;
+//! 4. panic catching, answered INTERNAL;
+//!
+//! and, when the answer is known, one log line and the metrics for the call. Health checks and
+//! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
+//! `Health/Watch` is a long stream); their lines are logged at DEBUG.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+use super::ApiError;
+use crate::domain::new_request_id;
+use crate::telemetry::{error_chain, metric};
+
+/// The metadata key carrying request ids, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The longest client `x-request-id` kept for the logs; a longer one is ignored.
+const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// Services whose methods are named in logs and metrics; any other path is `unknown`, so a
+/// client cannot grow the metrics' label sets.
+const SERVICES: [(&str, Kind); 6] = [
+    ("ecs.snapshot.v1.SnapshotService", Kind::Api),
+    ("ecs.snapshot.v1.ImageService", Kind::Api),
+    ("ecs.snapshot.v1.InventoryService", Kind::Api),
+    ("grpc.health.v1.Health", Kind::Infrastructure),
+    ("grpc.reflection.v1.ServerReflection", Kind::Infrastructure),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        Kind::Infrastructure,
+    ),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Api,
+    Infrastructure,
+}
+
+/// The request id the layer gave a call, in the request's extensions for the handlers.
+#[derive(Clone, Debug)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    fn new() -> Self {
+        Self(new_request_id().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcLayer {
+    limits: Arc<Limits>,
+}
+
+struct Limits {
+    slots: Arc<Semaphore>,
+    max_concurrent: u32,
+    timeout: Duration,
+}
+
+impl RpcLayer {
+    pub fn new(max_concurrent: u32, timeout: Duration) -> Self {
+        Self {
+            limits: Arc::new(Limits {
+                slots: Arc::new(Semaphore::new(max_concurrent as usize)),
+                max_concurrent,
+                timeout,
+            }),
+        }
+    }
+
+    /// API calls in progress now (for the metrics).
+    pub fn in_flight(&self) -> usize {
+        (self.limits.max_concurrent as usize).saturating_sub(self.limits.slots.available_permits())
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            limits: Arc::clone(&self.limits),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S> Service<Request<Body>> for RpcService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is decided per call: `call` sheds instead of making the connection wait.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let (method, kind) = route(request.uri().path());
+        let request_id = RequestId::new();
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            request_id = request_id.as_str(),
+            client_request_id = tracing::field::Empty,
+            account = tracing::field::Empty,
+            disk = tracing::field::Empty,
+            snapshot = tracing::field::Empty,
+        );
+        if let Some(client_id) = client_request_id(request.headers()) {
+            span.record("client_request_id", client_id);
+        }
+        request.extensions_mut().insert(request_id.clone());
+
+        // Taken here, not in the future, so a burst is counted in arrival order.
+        let slot = match kind {
+            Kind::Infrastructure => Ok(None),
+            Kind::Api => Arc::clone(&self.limits.slots).try_acquire_owned().map(Some),
+        };
+        let inner = self.inner.clone();
+        let limits = Arc::clone(&self.limits);
+        let mut record = CallRecord::new(method, kind);
+        Box::pin(
+            async move {
+                let outcome = match slot {
+                    Err(_) => Err(ApiError::Overloaded {
+                        limit: limits.max_concurrent,
+                    }),
+                    Ok(slot) => {
+                        let outcome = run(inner, request, kind, limits.timeout).await;
+                        drop(slot);
+                        outcome
+                    }
+                };
+                let mut response =
+                    outcome.unwrap_or_else(|err| err.into_status(request_id.as_str()).into_http());
+                if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                record.finish(&response);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Runs the call under the timeout (API calls only), turning a panic into an error.
+async fn run<S>(
+    inner: S,
+    request: Request<Body>,
+    kind: Kind,
+    timeout: Duration,
+) -> Result<Response<Body>, ApiError>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let call = AssertUnwindSafe(inner.oneshot(request)).catch_unwind();
+    let ran = match kind {
+        Kind::Api => tokio::time::timeout(timeout, call).await,
+        Kind::Infrastructure => Ok(call.await),
+    };
+    match ran {
+        Err(_elapsed) => Err(ApiError::DeadlineExceeded { timeout }),
+        Ok(Err(panic)) => Err(ApiError::Panicked {
+            message: panic_message(panic.as_ref()),
+        }),
+        Ok(Ok(Err(err))) => Err(ApiError::Routing(err.into())),
+        Ok(Ok(Ok(response))) => Ok(response),
+    }
+}
+
+/// The method's name for logs and metrics, and what kind of service it belongs to.
+fn route(path: &str) -> (String, Kind) {
+    let known = path
+        .strip_prefix('/')
+        .and_then(|path| path.split_once('/'))
+        .and_then(|(service, method)| {
+            let (_, kind) = SERVICES.iter().find(|(name, _)| *name == service)?;
+            let plain = !method.is_empty()
+                && method.len() <= 64
+                && method.bytes().all(|b| b.is_ascii_alphanumeric());
+            plain.then(|| (method.to_owned(), *kind))
+        });
+    known.unwrap_or_else(|| ("unknown".to_owned(), Kind::Api))
+}
+
+/// A client's `x-request-id`, if it is one we can log as is.
+fn client_request_id(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let printable = value.bytes().all(|b| b.is_ascii_graphic());
+    (!value.is_empty() && value.len() <= MAX_CLIENT_REQUEST_ID && printable).then_some(value)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+/// One call's log line and metrics, written when the answer is known, or when the call is
+/// dropped unanswered (the client cancelled, or its own deadline passed).
+struct CallRecord {
+    method: String,
+    kind: Kind,
+    started: Instant,
+    finished: bool,
+}
+
+impl CallRecord {
+    fn new(method: String, kind: Kind) -> Self {
+        Self {
+            method,
+            kind,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, response: &Response<Body>) {
+        self.finished = true;
+        // A trailers-only answer (every error) carries grpc-status in its headers; a success
+        // sends its status in trailers, after the body.
+        let code = response
+            .headers()
+            .get(Status::GRPC_STATUS)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from);
+        let status = response.extensions().get::<Status>();
+        let reason = status
+            .and_then(|status| status.get_error_details().error_info().cloned())
+            .map(|info| info.reason)
+            .unwrap_or_default();
+        let cause = status
+            .and_then(|status| std::error::Error::source(status))
+            .map(error_chain);
+        self.write(code, &reason, cause.as_deref());
+    }
+
+    fn write(&self, code: Code, reason: &str, cause: Option<&str>) {
+        let latency = self.started.elapsed();
+        let code_name = code_name(code);
+        metric::rpc(&self.method, code_name, reason, latency);
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        let cause = cause.unwrap_or("");
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(code = code_name, reason, latency_ms, cause, "call finished")
+            };
+        }
+        match (code, self.kind) {
+            (Code::Ok, Kind::Infrastructure) => line!(debug),
+            (Code::Ok, Kind::Api) => line!(info),
+            (Code::Internal | Code::Unknown | Code::DataLoss, _) => line!(error),
+            (Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted, _) => {
+                line!(warn)
+            }
+            _ => line!(info),
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.write(
+                Code::Cancelled,
+                "",
+                Some("the client went away (cancelled, or its deadline passed) before the answer"),
+            );
+        }
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as grpc-go and Envoy print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_services_name_their_methods() {
+        let (method, kind) = route("/ecs.snapshot.v1.SnapshotService/CreateSnapshot");
+        assert_eq!(method, "CreateSnapshot");
+        assert!(kind == Kind::Api);
+        let (method, kind) = route("/grpc.health.v1.Health/Watch");
+        assert_eq!(method, "Watch");
+        assert!(kind == Kind::Infrastructure);
+        for hostile in [
+            "/",
+            "/x.Y/Z",
+            "/ecs.snapshot.v1.SnapshotService/",
+            "/ecs.snapshot.v1.SnapshotService/a/b",
+            "/ecs.snapshot.v1.SnapshotService/ünï",
+        ] {
+            assert_eq!(route(hostile).0, "unknown", "{hostile}");
+        }
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_printable_and_short() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("trace-42"));
+        assert_eq!(client_request_id(&headers), Some("trace-42"));
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("a b"));
+        assert_eq!(client_request_id(&headers), None);
+        let long = "x".repeat(MAX_CLIENT_REQUEST_ID + 1);
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(client_request_id(&headers), None);
+    }
+}
