@@ -14,8 +14,12 @@ COPY --from=build /src/target/release/snapshotd /usr/local/bin/snapshotd
 USER snapshotd
 WORKDIR /var/lib/snapshotd
 ENV SNAPSHOTD_LISTEN=0.0.0.0:50051 \
+    SNAPSHOTD_METRICS_LISTEN=0.0.0.0:9464 \
     SNAPSHOTD_LOG_FORMAT=json
-EXPOSE 50051
+# gRPC, and Prometheus metrics at /metrics.
+EXPOSE 50051 9464
+# SIGTERM drains (SNAPSHOTD_SHUTDOWN_GRACE, 20 s): give `docker stop` longer than that (-t 30).
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=6s --start-period=10s --retries=3 \
     CMD ["snapshotd", "health"]
 ENTRYPOINT ["snapshotd"]

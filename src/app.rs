@@ -36,6 +36,9 @@ const SERVICE_NAMES: [&str; 4] = [
     "ecs.snapshot.v1.InventoryService",
 ];
 
+/// The health "service" a liveness probe asks about (readiness asks about `""`).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     // Messages name the step; the cause follows in the error's source chain (main prints it).
@@ -157,6 +160,11 @@ impl App {
         let local_addr = self.local_addr();
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
+        // Liveness: SERVING as long as the process answers, whatever the database does, so an
+        // orchestrator restarts a stuck process but not one waiting for its database.
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
