@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -158,13 +159,17 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
         let local_addr = self.local_addr();
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::Serving).await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
         // Liveness: SERVING as long as the process answers, whatever the database does, so an
         // orchestrator restarts a stuck process but not one waiting for its database.
-        health
+        reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
+        let health = Readiness {
+            reporter,
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        health.set(ServingStatus::Serving).await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -213,15 +218,16 @@ impl App {
         let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "metrics served at /metrics");
+            tracing::info!(addr = ?addr, "metrics at /metrics, probes at /livez and /readyz");
             let mut stop = side_stop.clone();
             let store = Arc::clone(&self.store);
             let layer = layer.clone();
             let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
-            tokio::spawn(telemetry::serve_metrics(
+            tokio::spawn(telemetry::serve_admin(
                 listener,
                 telemetry::metrics_handle(),
                 refresh,
+                Arc::clone(&health.ready),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -238,7 +244,7 @@ impl App {
                 // Stop the database watch first, so it cannot report SERVING again.
                 let _ = stop_side_tasks.send(true);
                 let _ = database_watch.await;
-                set_health(&health, ServingStatus::NotServing).await;
+                health.set(ServingStatus::NotServing).await;
                 let _ = signalled.send(());
             }
         };
@@ -337,9 +343,21 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
     Ok(Some(tls))
 }
 
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for name in SERVICE_NAMES {
-        health.set_service_status(name, status).await;
+/// Readiness, told alike to the gRPC health service (every name in [`SERVICE_NAMES`]) and to
+/// the plain-HTTP `/readyz` probe beside the metrics.
+#[derive(Clone)]
+struct Readiness {
+    reporter: HealthReporter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    async fn set(&self, status: ServingStatus) {
+        self.ready
+            .store(status == ServingStatus::Serving, Ordering::Relaxed);
+        for name in SERVICE_NAMES {
+            self.reporter.set_service_status(name, status).await;
+        }
     }
 }
 
@@ -384,7 +402,7 @@ const DATABASE_PING_INTERVAL: Duration = Duration::from_millis(500);
 /// it does: a balancer then sends calls to a replica that can serve them.
 async fn watch_database(
     store: Arc<dyn Store>,
-    health: HealthReporter,
+    health: Readiness,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut serving = true;
@@ -400,10 +418,10 @@ async fn watch_database(
             serving = reachable;
             if serving {
                 tracing::info!("the database answers again: SERVING");
-                set_health(&health, ServingStatus::Serving).await;
+                health.set(ServingStatus::Serving).await;
             } else {
                 tracing::error!("the database does not answer: NOT_SERVING");
-                set_health(&health, ServingStatus::NotServing).await;
+                health.set(ServingStatus::NotServing).await;
             }
         }
     }

@@ -2,11 +2,13 @@
 //!
 //! Logs: `tracing` with `RUST_LOG` filtering, as text on a terminal or JSON lines otherwise.
 //! Metrics: the `metrics` facade, recorded where things happen (see [`metric`]), rendered by
-//! `metrics-exporter-prometheus` on `SNAPSHOTD_METRICS_LISTEN` at `/metrics`.
+//! `metrics-exporter-prometheus` on `SNAPSHOTD_METRICS_LISTEN` at `/metrics`, beside plain-HTTP
+//! probes (`/livez`, `/readyz`) for orchestrators that cannot speak gRPC health over TLS.
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -74,19 +76,24 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves. `refresh` runs before each
-/// scrape, to set the gauges that are read rather than recorded (pool, stored snapshots).
-pub async fn serve_metrics<R, F>(
+/// Serves `GET /metrics`, `/livez` and `/readyz` on `listener` until `shutdown` resolves.
+/// `refresh` runs before each scrape, to set the gauges that are read rather than recorded (pool,
+/// stored snapshots); `ready` is the server's readiness, as the gRPC health service reports it.
+pub async fn serve_admin<R, F>(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     refresh: R,
+    ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     R: Fn() -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send,
 {
-    let render = move || {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let metrics = move || {
         let handle = handle.clone();
         let refresh = refresh.clone();
         async move {
@@ -101,7 +108,20 @@ where
             )
         }
     };
-    let router = axum::Router::new().route("/metrics", axum::routing::get(render));
+    let readyz = move || {
+        let serving = ready.load(Ordering::Relaxed);
+        async move {
+            if serving {
+                (StatusCode::OK, "SERVING\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+            }
+        }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "SERVING\n" }))
+        .route("/readyz", get(readyz));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
