@@ -11,6 +11,7 @@ mod invariants_sql;
 mod inventory_flow;
 mod lifecycle_flow;
 mod lifecycle_sql;
+mod pgbench;
 mod postgres;
 mod rows;
 mod shared_sql;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use pgbench::{PgbenchWorkload, create_snapshot_pgbench_script};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -23,7 +23,11 @@ use crate::engine::{Policy, RuleError};
 
 const DIALECT: Dialect = Dialect::POSTGRES;
 
-impl_shared_tx!(Postgres, str::to_owned, " FOR UPDATE OF d");
+/// What PostgreSQL appends to [`LOCK_AND_READ`](super::shared_sql::LOCK_AND_READ): the disk row
+/// lock that serializes CreateSnapshot per disk.
+pub(crate) const LOCK_DISK: &str = " FOR UPDATE OF d";
+
+impl_shared_tx!(Postgres, str::to_owned, LOCK_DISK);
 impl_lifecycle_tx!(Postgres, DIALECT);
 
 /// How often a transaction is retried after losing a unique-key race (a client token taken by a

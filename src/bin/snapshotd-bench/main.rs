@@ -1,0 +1,157 @@
+//! `snapshotd-bench`: a load generator for a running snapshotd, and the database limit measured
+//! beside it.
+//!
+//! It sets up its own inventory through the InventoryService (accounts, instances and disks
+//! named after a run id, so runs never collide), drives one scenario at a concurrency over a
+//! number of HTTP/2 connections for a duration, and prints throughput, latency percentiles and
+//! a count per gRPC code and reason. With `--limit-database-url` it then runs `pgbench` with the
+//! store's own CreateSnapshot transaction against the same database, at the same concurrency
+//! and for as long, and prints service ÷ limit. `bench/limit.sh` wraps all of it.
+
+mod limit;
+mod report;
+mod scenario;
+mod server_stats;
+mod setup;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tonic::transport::Channel;
+
+use crate::report::Report;
+use crate::scenario::Scenario;
+use crate::setup::Naming;
+
+#[derive(Parser)]
+#[command(name = "snapshotd-bench", about = "Load generator for snapshotd")]
+struct Args {
+    /// The server to load.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// The server's admin token, to set up the inventory.
+    #[arg(long, env = "SNAPSHOTD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    #[arg(long, value_enum, default_value_t = Scenario::Spread)]
+    scenario: Scenario,
+    /// How long to measure (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load before measuring starts (connections, caches, pool).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Accounts to set up (each with one instance).
+    #[arg(long, default_value_t = 64)]
+    accounts: usize,
+    /// Disks to set up, spread over the accounts.
+    #[arg(long, default_value_t = 8192)]
+    disks: usize,
+    /// `spread`/`mixed`: a disk is snapshotted again only this long after its last snapshot
+    /// (longer than the server's copy time plus its worker interval).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    revisit_after: Duration,
+    /// `describe`: snapshots the described account holds.
+    #[arg(long, default_value_t = 2000)]
+    describe_snapshots: usize,
+    /// The server's process id (same machine): report its peak RSS and CPU per call.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the report as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// After the run, measure the database limit with pgbench on this database (the server's).
+    #[arg(long)]
+    limit_database_url: Option<String>,
+    /// Names the run's accounts and disks (default: random).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Print the pgbench script for this run's disks and exit.
+    #[arg(long)]
+    print_pgbench_script: bool,
+    /// No progress line (for logs).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
+        Err(err) => {
+            eprintln!("snapshotd-bench: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark; `Ok(false)` when calls failed other than as the scenario expects.
+async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let naming = Naming::new(args.run_id.clone(), args.accounts, args.disks);
+    if args.print_pgbench_script {
+        print!("{}", limit::script(&naming));
+        return Ok(true);
+    }
+    let mut channels = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
+    }
+    let progress = report::Progress::new(args.quiet);
+    progress.say(&format!(
+        "setting up {} accounts and {} disks (run {})",
+        naming.accounts,
+        naming.disks,
+        naming.run_id
+    ));
+    setup::inventory(&channels[0], &args.admin_token, &naming).await?;
+    let plan = scenario::Plan {
+        scenario: args.scenario,
+        naming: Arc::new(naming),
+        revisit_after: args.revisit_after,
+    };
+    if matches!(args.scenario, Scenario::Describe) {
+        progress.say(&format!(
+            "creating {} snapshots to describe",
+            args.describe_snapshots
+        ));
+        setup::snapshots_to_describe(&channels[0], &plan.naming, args.describe_snapshots).await?;
+    }
+    let sampler = args.server_pid.map(server_stats::Sampler::start);
+    let outcome = scenario::drive(
+        &plan,
+        &channels,
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        &progress,
+        sampler.as_ref(),
+    )
+    .await;
+    let server = sampler.map(|sampler| sampler.finish());
+    progress.finish();
+
+    let mut report = Report::new(&args.target, &plan, &args, outcome, server);
+    if let Some(url) = &args.limit_database_url {
+        eprintln!("measuring the database limit with pgbench ({} clients)…", args.concurrency);
+        report.limit = Some(limit::measure(url, &plan.naming, args.concurrency, args.duration)?);
+    }
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")?;
+        }
+    }
+    Ok(report.unexpected == 0)
+}

@@ -1,0 +1,213 @@
+//! The progress line while a run goes, and the summary at its end (a table, or JSON).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::Args;
+use crate::limit::Limit;
+use crate::scenario::{Outcome, Plan, Scenario};
+use crate::server_stats::ServerStats;
+
+/// The progress line (stderr), or nothing with `--quiet`.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("a valid template"));
+        Self { bar }
+    }
+
+    pub fn say(&self, message: &str) {
+        self.bar.set_message(message.to_owned());
+        self.bar.tick();
+    }
+
+    /// Updates the line until the run's deadline.
+    pub async fn run(
+        &self,
+        done: &AtomicU64,
+        unexpected: &AtomicU64,
+        epoch: Instant,
+        warmup: Duration,
+        duration: Duration,
+    ) {
+        let deadline = epoch + warmup + duration;
+        let mut last = (Instant::now(), 0);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let calls = done.load(Ordering::Relaxed);
+            let rate = (calls - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+            last = (now, calls);
+            let phase = if now < epoch + warmup { "warming up" } else { "measuring" };
+            self.say(&format!(
+                "{phase} {:>5.1}s/{:.0}s · {calls} calls · {rate:.0}/s · unexpected {}",
+                (now - epoch).as_secs_f64(),
+                (warmup + duration).as_secs_f64(),
+                unexpected.load(Ordering::Relaxed),
+            ));
+            tokio::time::sleep(Duration::from_millis(250).min(deadline - now)).await;
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub target: String,
+    pub scenario: Scenario,
+    pub run_id: String,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub seconds: f64,
+    pub calls: u64,
+    pub calls_per_second: f64,
+    /// Successful calls per second (for creates: snapshots made per second).
+    pub ok_per_second: f64,
+    pub latency: Latency,
+    /// Calls by "CODE reason".
+    pub answers: BTreeMap<String, u64>,
+    /// Calls answered otherwise than the scenario expects.
+    pub unexpected: u64,
+    /// Times no disk was free to snapshot: more disks, or a shorter `--revisit-after`, needed.
+    pub starved: u64,
+    pub server: Option<ServerStats>,
+    pub limit: Option<Limit>,
+}
+
+impl Report {
+    pub fn new(
+        target: &str,
+        plan: &Plan,
+        args: &Args,
+        outcome: Outcome,
+        mut server: Option<ServerStats>,
+    ) -> Self {
+        let calls: u64 = outcome.answers.values().sum();
+        let ok = outcome.answers.get("OK").copied().unwrap_or(0);
+        let unexpected = outcome
+            .answers
+            .iter()
+            .filter(|(answer, _)| {
+                *answer != "OK"
+                    && !plan
+                        .scenario
+                        .expected_refusals()
+                        .iter()
+                        .any(|reason| answer.ends_with(reason))
+            })
+            .map(|(_, count)| count)
+            .sum();
+        let seconds = outcome.elapsed.as_secs_f64();
+        let ms = |quantile: f64| outcome.latency.value_at_quantile(quantile) as f64 / 1e3;
+        if let (Some(server), Some(cpu)) = (server.as_mut(), outcome.server_cpu) {
+            server.cpu_seconds = cpu.as_secs_f64();
+            server.cpu_us_per_call = (calls > 0).then(|| cpu.as_secs_f64() * 1e6 / calls as f64);
+        }
+        Self {
+            target: target.to_owned(),
+            scenario: plan.scenario,
+            run_id: plan.naming.run_id.clone(),
+            concurrency: args.concurrency,
+            connections: args.connections,
+            seconds,
+            calls,
+            calls_per_second: calls as f64 / seconds,
+            ok_per_second: ok as f64 / seconds,
+            latency: Latency {
+                p50_ms: ms(0.50),
+                p90_ms: ms(0.90),
+                p99_ms: ms(0.99),
+                max_ms: outcome.latency.max() as f64 / 1e3,
+            },
+            answers: outcome.answers,
+            unexpected,
+            starved: outcome.starved,
+            server,
+            limit: None,
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {:?} · {} concurrent over {} connections · {:.1} s · {}",
+            self.scenario, self.concurrency, self.connections, self.seconds, self.target
+        );
+        let _ = writeln!(
+            out,
+            "throughput  {:>10.0} calls/s   ({:.0} OK/s, {} calls)",
+            self.calls_per_second, self.ok_per_second, self.calls
+        );
+        let _ = writeln!(
+            out,
+            "latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   max {:.2}",
+            self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.max_ms
+        );
+        let _ = writeln!(out, "{:<60} {:>10}", "answer (code reason)", "calls");
+        for (answer, count) in &self.answers {
+            let _ = writeln!(out, "{answer:<60} {count:>10}");
+        }
+        let _ = writeln!(out, "unexpected answers: {}", self.unexpected);
+        if self.starved > 0 {
+            let _ = writeln!(
+                out,
+                "starved: {} times no disk was free (add --disks or shorten --revisit-after)",
+                self.starved
+            );
+        }
+        if let Some(server) = &self.server {
+            let _ = writeln!(
+                out,
+                "server      peak RSS {:.1} MiB   CPU {:.2} s   {} µs CPU per call",
+                server.peak_rss_kib as f64 / 1024.0,
+                server.cpu_seconds,
+                server
+                    .cpu_us_per_call
+                    .map_or("–".to_owned(), |us| format!("{us:.0}")),
+            );
+        }
+        if let Some(limit) = &self.limit {
+            let _ = writeln!(
+                out,
+                "limit       pgbench {:.0} tx/s with the store's transaction ({} clients)",
+                limit.pgbench_tps, limit.clients
+            );
+            let _ = writeln!(
+                out,
+                "HEADLINE    service ÷ limit = {:.0} ÷ {:.0} = {:.2}",
+                self.ok_per_second,
+                limit.pgbench_tps,
+                self.ok_per_second / limit.pgbench_tps
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! The server's resource use, read from `/proc` (same machine): peak RSS sampled during the run,
+//! and CPU time over the measured part.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct ServerStats {
+    pub pid: u32,
+    pub peak_rss_kib: u64,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_call: Option<f64>,
+}
+
+pub struct Sampler {
+    pid: u32,
+    peak_rss_kib: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Samples the server's RSS every 100 ms until [`Sampler::finish`].
+    pub fn start(pid: u32) -> Self {
+        let peak_rss_kib = Arc::new(AtomicU64::new(0));
+        let peak = Arc::clone(&peak_rss_kib);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(rss) = rss_kib(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self {
+            pid,
+            peak_rss_kib,
+            task,
+        }
+    }
+
+    /// The server's CPU time (user + system) so far.
+    pub fn cpu(&self) -> Duration {
+        cpu_time(self.pid).unwrap_or_default()
+    }
+
+    pub fn cpu_since(&self, before: Duration) -> Duration {
+        self.cpu().saturating_sub(before)
+    }
+
+    pub fn finish(self) -> ServerStats {
+        self.task.abort();
+        ServerStats {
+            pid: self.pid,
+            peak_rss_kib: self.peak_rss_kib.load(Ordering::Relaxed),
+            cpu_seconds: 0.0,
+            cpu_us_per_call: None,
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime from `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
