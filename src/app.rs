@@ -219,7 +219,6 @@ impl App {
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics at /metrics, probes at /livez and /readyz");
-            let mut stop = side_stop.clone();
             let store = Arc::clone(&self.store);
             let layer = layer.clone();
             let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
@@ -228,9 +227,8 @@ impl App {
                 telemetry::metrics_handle(),
                 refresh,
                 Arc::clone(&health.ready),
-                async move {
-                    let _ = stop.changed().await;
-                },
+                // Up until the very end, so scrapes and `/readyz` see the drain; aborted below.
+                std::future::pending(),
             ))
         });
 
@@ -238,6 +236,7 @@ impl App {
         let (signalled, shutdown_started) = tokio::sync::oneshot::channel::<()>();
         let draining = {
             let health = health.clone();
+            let stream_layer = layer.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
@@ -245,6 +244,9 @@ impl App {
                 let _ = stop_side_tasks.send(true);
                 let _ = database_watch.await;
                 health.set(ServingStatus::NotServing).await;
+                // Open Health/Watch streams would hold their connections, and so the drain,
+                // open until the grace ends: they end now, after sending NOT_SERVING.
+                stream_layer.end_streams();
                 let _ = signalled.send(());
             }
         };
@@ -259,6 +261,7 @@ impl App {
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).map_err(AppError::Tls)?;
         }
+        let cut_off_layer = layer.clone();
         let serving = server
             .layer(layer)
             .add_service(health_service)
@@ -297,12 +300,20 @@ impl App {
                 std::future::pending::<()>().await;
             }
         };
+        tokio::pin!(serving);
         tokio::select! {
-            served = serving => served?,
-            () = grace_over => tracing::warn!(
-                ?grace,
-                "calls still in flight at the end of the shutdown grace period were cut off"
-            ),
+            served = &mut serving => served?,
+            () = grace_over => {
+                tracing::warn!(
+                    ?grace,
+                    "the shutdown grace period is over: calls still running are answered \
+                     UNAVAILABLE and their work is dropped"
+                );
+                cut_off_layer.cut_off();
+                if tokio::time::timeout(CUT_OFF_FLUSH, &mut serving).await.is_err() {
+                    tracing::warn!("connections still open after the cut-off are dropped");
+                }
+            }
         }
         let _ = housekeeping.await;
         if let Some(metrics_server) = metrics_server {
@@ -360,6 +371,9 @@ impl Readiness {
         }
     }
 }
+
+/// How long, after the grace period, the answers to cut-off calls have to reach their clients.
+const CUT_OFF_FLUSH: Duration = Duration::from_secs(1);
 
 /// How often idle accounts' rate-limit buckets are forgotten.
 const THROTTLE_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);

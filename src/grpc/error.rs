@@ -47,6 +47,9 @@ pub enum ApiError {
     /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
     #[error("{limit} calls are already in progress")]
     Overloaded { limit: u32 },
+    /// The shutdown grace period ended before the call did.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// The call ran past `SNAPSHOTD_REQUEST_TIMEOUT`.
     #[error("the call did not finish within {timeout:?}")]
     DeadlineExceeded { timeout: Duration },
@@ -247,6 +250,14 @@ fn answer(err: &ApiError) -> Answer {
         )
         .meta("cause", "overloaded")
         .meta("concurrencyLimit", limit.to_string())
+        .retry_after(OVERLOADED_RETRY_AFTER),
+        ApiError::ShuttingDown => Answer::new(
+            Unavailable,
+            "ServiceUnavailable",
+            503,
+            "The request has failed due to a temporary failure of the server.",
+        )
+        .meta("cause", "shutting_down")
         .retry_after(OVERLOADED_RETRY_AFTER),
         ApiError::DeadlineExceeded { timeout } => Answer::new(
             DeadlineExceeded,

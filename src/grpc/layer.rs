@@ -10,16 +10,26 @@
 //! and, when the answer is known, one log line and the metrics for the call. Health checks and
 //! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
 //! `Health/Watch` is a long stream); their lines are logged at DEBUG.
+//!
+//! At shutdown the layer ends what would otherwise hold the drain open: [`RpcLayer::end_streams`]
+//! closes open `Health/Watch` and reflection streams (after the NOT_SERVING they carry) with
+//! UNAVAILABLE, and [`RpcLayer::cut_off`], at the end of the grace period, answers the calls still
+//! running UNAVAILABLE (their transactions roll back), so every client gets an answer it may retry
+//! elsewhere.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use http_body::Frame;
 use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
 use tonic::{Code, Status};
@@ -80,6 +90,10 @@ struct Limits {
     slots: Arc<Semaphore>,
     max_concurrent: u32,
     timeout: Duration,
+    /// Cancelled when the drain starts: long infrastructure streams end.
+    streams_end: CancellationToken,
+    /// Cancelled when the grace period ends: API calls still running are answered.
+    cut_off: CancellationToken,
 }
 
 impl RpcLayer {
@@ -89,8 +103,21 @@ impl RpcLayer {
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
                 timeout,
+                streams_end: CancellationToken::new(),
+                cut_off: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Ends open `Health/Watch` and reflection streams with UNAVAILABLE, after what they have
+    /// to send (the NOT_SERVING set just before).
+    pub fn end_streams(&self) {
+        self.limits.streams_end.cancel();
+    }
+
+    /// Answers every API call still running UNAVAILABLE at once; their work is dropped.
+    pub fn cut_off(&self) {
+        self.limits.cut_off.cancel();
     }
 
     /// API calls in progress now (for the metrics).
@@ -163,13 +190,24 @@ where
                         limit: limits.max_concurrent,
                     }),
                     Ok(slot) => {
-                        let outcome = run(inner, request, kind, limits.timeout).await;
+                        let outcome = tokio::select! {
+                            outcome = run(inner, request, kind, limits.timeout) => outcome,
+                            () = limits.cut_off.cancelled(), if kind == Kind::Api => {
+                                Err(ApiError::ShuttingDown)
+                            }
+                        };
                         drop(slot);
                         outcome
                     }
                 };
-                let mut response =
-                    outcome.unwrap_or_else(|err| err.into_status(request_id.as_str()).into_http());
+                let mut response = match outcome {
+                    Ok(response) if kind == Kind::Infrastructure => {
+                        let ended = limits.streams_end.clone().cancelled_owned();
+                        response.map(|body| Body::new(EndOnShutdown::new(body, ended)))
+                    }
+                    Ok(response) => response,
+                    Err(err) => err.into_status(request_id.as_str()).into_http(),
+                };
                 if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
@@ -308,9 +346,64 @@ impl Drop for CallRecord {
             self.write(
                 Code::Cancelled,
                 "",
-                Some("the client went away (cancelled, or its deadline passed) before the answer"),
+                Some("dropped before its answer: the client went away or its deadline passed"),
             );
         }
+    }
+}
+
+/// A streaming response body that ends with UNAVAILABLE once the drain starts. The inner body
+/// is polled first, so whatever it already has (the NOT_SERVING update) is sent before the end.
+struct EndOnShutdown {
+    inner: Body,
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl EndOnShutdown {
+    fn new(inner: Body, ended: WaitForCancellationFutureOwned) -> Self {
+        Self {
+            inner,
+            ended: Box::pin(ended),
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for EndOnShutdown {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+            Poll::Pending => match this.ended.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    this.done = true;
+                    let mut trailers = HeaderMap::new();
+                    Status::unavailable("the server is shutting down")
+                        .add_header(&mut trailers)
+                        .map_err(|_| Status::internal("building the shutdown trailers"))?;
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 

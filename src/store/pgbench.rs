@@ -34,23 +34,23 @@ pub fn create_snapshot_pgbench_script(workload: &PgbenchWorkload<'_>) -> String 
     let insert = bind(
         INSERT_SNAPSHOT_SQL,
         &[
-            &snapshot,       // $1 snapshot_id
-            &account,        // $2 account_id
-            &disk,           // $3 source_disk_id
-            "NULL",          // $4 snapshot_name
-            "''",            // $5 description
-            "1",             // $6 source_disk_size_gib
-            "'data'",        // $7 source_disk_type
+            &snapshot,        // $1 snapshot_id
+            &account,         // $2 account_id
+            &disk,            // $3 source_disk_id
+            "NULL",           // $4 snapshot_name
+            "''",             // $5 description
+            "1",              // $6 source_disk_size_gib
+            "'data'",         // $7 source_disk_type
             "'accomplished'", // $8 status
-            "now()",         // $9 created_at
-            "now()",         // $10 started_at
-            "NULL",          // $11 client_token (none: no binding row)
-            "NULL",          // $12 fingerprint
-            "now()",         // $13 copy_due_at
-            "0",             // $14 retention_days (keep)
-            "NULL",          // $15 release_at
-            "'{}'",          // $16 tag keys
-            "'{}'",          // $17 tag values
+            "now()",          // $9 created_at
+            "now()",          // $10 started_at
+            "NULL",           // $11 client_token (none: no binding row)
+            "NULL",           // $12 fingerprint
+            "now()",          // $13 copy_due_at
+            "0",              // $14 retention_days (keep)
+            "NULL",           // $15 release_at
+            "'{}'",           // $16 tag keys
+            "'{}'",           // $17 tag values
         ],
     );
     format!(
@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn placeholders_are_replaced_by_number_not_by_prefix() {
         assert_eq!(
-            bind("$1, $10, $1::text, $2", &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]),
+            bind(
+                "$1, $10, $1::text, $2",
+                &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+            ),
             "a, j, a::text, b"
         );
     }

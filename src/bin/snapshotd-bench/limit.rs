@@ -35,7 +35,9 @@ pub fn measure(
 ) -> Result<Limit, Box<dyn std::error::Error>> {
     let file = std::env::temp_dir().join(format!("snapshotd-bench-{}.sql", naming.run_id));
     std::fs::write(&file, script(naming))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(clients);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(clients);
     let seconds = duration.as_secs().max(1);
     let output = Command::new("pgbench")
         .args(["--no-vacuum", "--protocol=prepared"])

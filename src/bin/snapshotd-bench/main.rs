@@ -28,9 +28,9 @@ use crate::setup::Naming;
 #[derive(Parser)]
 #[command(name = "snapshotd-bench", about = "Load generator for snapshotd")]
 struct Args {
-    /// The server to load.
+    /// The server to load; repeat for replicas (connections are spread over them).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
-    target: String,
+    target: Vec<String>,
     /// The server's admin token, to set up the inventory.
     #[arg(long, env = "SNAPSHOTD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
@@ -61,9 +61,10 @@ struct Args {
     /// `describe`: snapshots the described account holds.
     #[arg(long, default_value_t = 2000)]
     describe_snapshots: usize,
-    /// The server's process id (same machine): report its peak RSS and CPU per call.
+    /// The server's process id (same machine), repeated for replicas: report peak RSS (the
+    /// largest of them) and CPU per call (all of them).
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Also write the report as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -102,15 +103,14 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         return Ok(true);
     }
     let mut channels = Vec::with_capacity(args.connections.max(1));
-    for _ in 0..args.connections.max(1) {
-        channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
+    for connection in 0..args.connections.max(args.target.len()) {
+        let target = &args.target[connection % args.target.len()];
+        channels.push(Channel::from_shared(target.clone())?.connect().await?);
     }
     let progress = report::Progress::new(args.quiet);
     progress.say(&format!(
         "setting up {} accounts and {} disks (run {})",
-        naming.accounts,
-        naming.disks,
-        naming.run_id
+        naming.accounts, naming.disks, naming.run_id
     ));
     setup::inventory(&channels[0], &args.admin_token, &naming).await?;
     let plan = scenario::Plan {
@@ -125,7 +125,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         ));
         setup::snapshots_to_describe(&channels[0], &plan.naming, args.describe_snapshots).await?;
     }
-    let sampler = args.server_pid.map(server_stats::Sampler::start);
+    let sampler = (!args.server_pid.is_empty())
+        .then(|| server_stats::Sampler::start(args.server_pid.clone()));
     let outcome = scenario::drive(
         &plan,
         &channels,
@@ -139,10 +140,18 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let server = sampler.map(|sampler| sampler.finish());
     progress.finish();
 
-    let mut report = Report::new(&args.target, &plan, &args, outcome, server);
+    let mut report = Report::new(&args.target.join(","), &plan, &args, outcome, server);
     if let Some(url) = &args.limit_database_url {
-        eprintln!("measuring the database limit with pgbench ({} clients)…", args.concurrency);
-        report.limit = Some(limit::measure(url, &plan.naming, args.concurrency, args.duration)?);
+        eprintln!(
+            "measuring the database limit with pgbench ({} clients)…",
+            args.concurrency
+        );
+        report.limit = Some(limit::measure(
+            url,
+            &plan.naming,
+            args.concurrency,
+            args.duration,
+        )?);
     }
     print!("{}", report.table());
     if let Some(path) = &args.json {

@@ -53,7 +53,11 @@ impl Progress {
             let calls = done.load(Ordering::Relaxed);
             let rate = (calls - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
             last = (now, calls);
-            let phase = if now < epoch + warmup { "warming up" } else { "measuring" };
+            let phase = if now < epoch + warmup {
+                "warming up"
+            } else {
+                "measuring"
+            };
             self.say(&format!(
                 "{phase} {:>5.1}s/{:.0}s · {calls} calls · {rate:.0}/s · unexpected {}",
                 (now - epoch).as_secs_f64(),

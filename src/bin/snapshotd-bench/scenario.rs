@@ -38,7 +38,10 @@ impl Scenario {
     /// The ErrorInfo reasons this scenario expects besides success.
     pub fn expected_refusals(self) -> &'static [&'static str] {
         match self {
-            Scenario::Hot => &["IncorrectDiskStatus.CreatingSnapshot", "QuotaExceed.Snapshot"],
+            Scenario::Hot => &[
+                "IncorrectDiskStatus.CreatingSnapshot",
+                "QuotaExceed.Snapshot",
+            ],
             _ => &[],
         }
     }
@@ -232,7 +235,9 @@ impl Worker {
                 } else {
                     let victim = self.shared.created.lock().expect("not poisoned").pop();
                     match victim {
-                        Some((account, snapshot_id)) => Some(self.delete(account, snapshot_id).await),
+                        Some((account, snapshot_id)) => {
+                            Some(self.delete(account, snapshot_id).await)
+                        }
                         None => Some(self.describe_first_page(0).await),
                     }
                 }
@@ -254,7 +259,11 @@ impl Worker {
         self.shared.free_at_ms[disk].store(free_at, Ordering::Release);
         if let (Some(id), Scenario::Mixed) = (snapshot_id, self.scenario) {
             let account = self.naming.owner_of_disk(disk);
-            self.shared.created.lock().expect("not poisoned").push((account, id));
+            self.shared
+                .created
+                .lock()
+                .expect("not poisoned")
+                .push((account, id));
         }
         Some(answer)
     }
@@ -283,12 +292,20 @@ impl Worker {
 
     fn as_account<T>(&self, account: usize, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        let id = self.naming.account(account).parse().expect("a plain account id");
+        let id = self
+            .naming
+            .account(account)
+            .parse()
+            .expect("a plain account id");
         request.metadata_mut().insert("x-account-id", id);
         request
     }
 
-    async fn create(&mut self, disk: usize, client_token: Option<String>) -> (Answer, Option<String>) {
+    async fn create(
+        &mut self,
+        disk: usize,
+        client_token: Option<String>,
+    ) -> (Answer, Option<String>) {
         let request = self.as_account(
             self.naming.owner_of_disk(disk),
             pb::CreateSnapshotRequest {
@@ -351,5 +368,7 @@ fn refusal(status: &tonic::Status) -> Answer {
         .error_info()
         .map(|info| info.reason.clone())
         .unwrap_or_default();
-    format!("{:?} {reason}", status.code()).trim_end().to_owned()
+    format!("{:?} {reason}", status.code())
+        .trim_end()
+        .to_owned()
 }

@@ -1,5 +1,5 @@
-//! The server's resource use, read from `/proc` (same machine): peak RSS sampled during the run,
-//! and CPU time over the measured part.
+//! The servers' resource use, read from `/proc` (same machine): peak RSS sampled during the run
+//! (the largest replica's), and CPU time over the measured part (all replicas together).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,41 +9,44 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 pub struct ServerStats {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     pub peak_rss_kib: u64,
     pub cpu_seconds: f64,
     pub cpu_us_per_call: Option<f64>,
 }
 
 pub struct Sampler {
-    pid: u32,
+    pids: Vec<u32>,
     peak_rss_kib: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
     /// Samples the server's RSS every 100 ms until [`Sampler::finish`].
-    pub fn start(pid: u32) -> Self {
+    pub fn start(pids: Vec<u32>) -> Self {
         let peak_rss_kib = Arc::new(AtomicU64::new(0));
         let peak = Arc::clone(&peak_rss_kib);
+        let sampled = pids.clone();
         let task = tokio::spawn(async move {
             loop {
-                if let Some(rss) = rss_kib(pid) {
-                    peak.fetch_max(rss, Ordering::Relaxed);
+                for pid in &sampled {
+                    if let Some(rss) = rss_kib(*pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
         Self {
-            pid,
+            pids,
             peak_rss_kib,
             task,
         }
     }
 
-    /// The server's CPU time (user + system) so far.
+    /// The servers' CPU time (user + system) so far.
     pub fn cpu(&self) -> Duration {
-        cpu_time(self.pid).unwrap_or_default()
+        self.pids.iter().filter_map(|pid| cpu_time(*pid)).sum()
     }
 
     pub fn cpu_since(&self, before: Duration) -> Duration {
@@ -53,7 +56,7 @@ impl Sampler {
     pub fn finish(self) -> ServerStats {
         self.task.abort();
         ServerStats {
-            pid: self.pid,
+            pids: self.pids,
             peak_rss_kib: self.peak_rss_kib.load(Ordering::Relaxed),
             cpu_seconds: 0.0,
             cpu_us_per_call: None,

@@ -26,7 +26,9 @@ impl Naming {
         let run_id = run_id.unwrap_or_else(|| {
             let mut rng = rand::rng();
             (0..6)
-                .map(|_| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)]))
+                .map(|_| {
+                    char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)])
+                })
                 .collect()
         });
         Self {
@@ -68,7 +70,9 @@ fn ago(duration: Duration) -> prost_types::Timestamp {
 
 fn admin<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("a printable token");
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a printable token");
     request.metadata_mut().insert("authorization", value);
     request
 }
