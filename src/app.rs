@@ -204,6 +204,7 @@ impl App {
         let layer = RpcLayer::new(
             self.config.max_concurrent_requests,
             self.config.request_timeout,
+            self.config.max_message_size as usize,
         );
         let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(self.worker().run(self.config.worker_interval, worker_stop));
@@ -251,12 +252,15 @@ impl App {
             }
         };
 
+        // Requests only: the limit protects the server; a client bounds what it accepts.
         let limit = self.config.max_message_size as usize;
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
+            // No `max_connection_age_grace`: with one, tonic 0.14 drops the connection at
+            // age + grace without a GOAWAY; without, it sends GOAWAY at the age and lets the
+            // calls in flight (bounded by the request timeout) finish.
             .max_connection_age(self.config.max_connection_age)
-            .max_connection_age_grace(self.config.request_timeout)
             .tcp_nodelay(true);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).map_err(AppError::Tls)?;
@@ -270,21 +274,18 @@ impl App {
             .add_service(
                 SnapshotServiceServer::new(snapshots)
                     .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip),
             )
             .add_service(
                 ImageServiceServer::new(images)
                     .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip),
             )
             .add_service(
                 InventoryServiceServer::new(inventory)
                     .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip),
             )

@@ -95,7 +95,7 @@ pub struct Config {
     )]
     pub rate_limit: Option<RateLimit>,
 
-    /// Largest request or response message, in bytes.
+    /// Largest request message, in bytes; a larger one is answered RESOURCE_EXHAUSTED.
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_message_size: u32,
 
@@ -108,7 +108,7 @@ pub struct Config {
     pub keepalive_timeout: Duration,
 
     /// Connections are closed gracefully (GOAWAY) after this age, so clients rebalance across
-    /// replicas; calls in flight get SNAPSHOTD_REQUEST_TIMEOUT to finish.
+    /// replicas; calls in flight on them finish first.
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
 

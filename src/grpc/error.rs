@@ -47,6 +47,9 @@ pub enum ApiError {
     /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
     #[error("{limit} calls are already in progress")]
     Overloaded { limit: u32 },
+    /// The request message is over `SNAPSHOTD_MAX_MESSAGE_SIZE` (tonic refused to decode it).
+    #[error("the request message is over {limit} bytes")]
+    RequestTooLarge { limit: usize },
     /// The shutdown grace period ended before the call did.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -251,6 +254,17 @@ fn answer(err: &ApiError) -> Answer {
         .meta("cause", "overloaded")
         .meta("concurrencyLimit", limit.to_string())
         .retry_after(OVERLOADED_RETRY_AFTER),
+        ApiError::RequestTooLarge { limit } => Answer::new(
+            ResourceExhausted,
+            "RequestTooLarge",
+            413,
+            "The request message is too large.",
+        )
+        .meta("maxMessageBytes", limit.to_string())
+        .bad_request(
+            "request",
+            format!("the encoded message must be at most {limit} bytes"),
+        ),
         ApiError::ShuttingDown => Answer::new(
             Unavailable,
             "ServiceUnavailable",

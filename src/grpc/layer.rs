@@ -6,6 +6,8 @@
 //!    answered UNAVAILABLE with RetryInfo at once instead of queueing;
 //! 3. the request timeout (`SNAPSHOTD_REQUEST_TIMEOUT`), answered DEADLINE_EXCEEDED;
 //! 4. panic catching, answered INTERNAL;
+//! 5. tonic's refusal of a request over `SNAPSHOTD_MAX_MESSAGE_SIZE` (OUT_OF_RANGE, bare)
+//!    answered as the gRPC convention has it: RESOURCE_EXHAUSTED, with the usual details;
 //!
 //! and, when the answer is known, one log line and the metrics for the call. Health checks and
 //! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
@@ -90,6 +92,7 @@ struct Limits {
     slots: Arc<Semaphore>,
     max_concurrent: u32,
     timeout: Duration,
+    max_message_size: usize,
     /// Cancelled when the drain starts: long infrastructure streams end.
     streams_end: CancellationToken,
     /// Cancelled when the grace period ends: API calls still running are answered.
@@ -97,12 +100,13 @@ struct Limits {
 }
 
 impl RpcLayer {
-    pub fn new(max_concurrent: u32, timeout: Duration) -> Self {
+    pub fn new(max_concurrent: u32, timeout: Duration, max_message_size: usize) -> Self {
         Self {
             limits: Arc::new(Limits {
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
                 timeout,
+                max_message_size,
                 streams_end: CancellationToken::new(),
                 cut_off: CancellationToken::new(),
             }),
@@ -205,6 +209,11 @@ where
                         let ended = limits.streams_end.clone().cancelled_owned();
                         response.map(|body| Body::new(EndOnShutdown::new(body, ended)))
                     }
+                    Ok(response) if is_request_too_large(&response) => {
+                        let limit = limits.max_message_size;
+                        let err = ApiError::RequestTooLarge { limit };
+                        err.into_status(request_id.as_str()).into_http()
+                    }
                     Ok(response) => response,
                     Err(err) => err.into_status(request_id.as_str()).into_http(),
                 };
@@ -243,6 +252,14 @@ where
         Ok(Ok(Err(err))) => Err(ApiError::Routing(err.into())),
         Ok(Ok(Ok(response))) => Ok(response),
     }
+}
+
+/// Whether this is tonic's answer to a request message over the decoding limit (a trailers-only
+/// answer, whose `Status` tonic leaves in the response's extensions).
+fn is_request_too_large(response: &Response<Body>) -> bool {
+    response.extensions().get::<Status>().is_some_and(|status| {
+        status.code() == Code::OutOfRange && status.message().contains("message length too large")
+    })
 }
 
 /// The method's name for logs and metrics, and what kind of service it belongs to.

@@ -123,7 +123,13 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_keeps_serving(b
 
     let status = call_raw(&app, CREATE, body).await.unwrap_err();
 
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        tonic_types::StatusExt::get_error_details(&status)
+            .error_info()
+            .map(|info| info.reason.as_str()),
+        Some("RequestTooLarge")
+    );
     assert_eq!(app.count_rows("snapshots").await, 0);
     app.create_on("acct-a", "d-acct-a-0")
         .await

@@ -22,4 +22,6 @@ mod server;
 mod tags_and_retention;
 mod tenant_matrix;
 mod tenants;
+mod tls;
+mod transport;
 mod worker;
