@@ -603,14 +603,7 @@ async fn mtls_a_certificate_without_an_account_leaves_identity_to_the_header() {
 
 /// The text of `err` and every error in its source chain.
 fn chain_text(err: &AppError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    snapshotd::telemetry::error_chain(err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
