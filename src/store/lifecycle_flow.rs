@@ -58,10 +58,11 @@ pub(crate) trait LifecycleTx {
     /// Deletes the snapshot and frees its quota (and its disk, if it was being copied).
     async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
     /// Records the end of a copy and frees the disk.
-    async fn finish_copy(
+    /// Records the end of these copies and frees their disks, in one statement per status and
+    /// one for the disks.
+    async fn finish_copies(
         &mut self,
-        snapshot: &Snapshot,
-        status: SnapshotStatus,
+        finished: &[(&Snapshot, SnapshotStatus)],
         now: Timestamp,
     ) -> Result<(), StoreError>;
     async fn postpone_copy(
@@ -150,26 +151,27 @@ pub(crate) async fn advance_copies(
     backend: &dyn SnapshotBackend,
 ) -> Result<WorkDone, StoreError> {
     let mut done = WorkDone::default();
-    for snapshot in tx.claim(&lifecycle_sql::due_copies(), now, limit).await? {
-        match backend.copy_state(&snapshot, now).await {
+    let claimed = tx.claim(&lifecycle_sql::due_copies(), now, limit).await?;
+    let mut finished = Vec::with_capacity(claimed.len());
+    for snapshot in &claimed {
+        match backend.copy_state(snapshot, now).await {
             CopyState::Done => {
-                record_lag(&snapshot, now);
-                tx.finish_copy(&snapshot, SnapshotStatus::Accomplished, now)
-                    .await?;
+                record_lag(snapshot, now);
+                finished.push((snapshot, SnapshotStatus::Accomplished));
                 done.accomplished += 1;
             }
             CopyState::Failed(reason) => {
                 tracing::warn!(snapshot_id = %snapshot.snapshot_id, %reason, "copy failed");
-                record_lag(&snapshot, now);
-                tx.finish_copy(&snapshot, SnapshotStatus::Failed, now)
-                    .await?;
+                record_lag(snapshot, now);
+                finished.push((snapshot, SnapshotStatus::Failed));
                 done.failed += 1;
             }
             CopyState::Copying { remaining, .. } => {
-                tx.postpone_copy(&snapshot, now + remaining).await?;
+                tx.postpone_copy(snapshot, now + remaining).await?;
             }
         }
     }
+    tx.finish_copies(&finished, now).await?;
     Ok(done)
 }
 
@@ -277,24 +279,47 @@ macro_rules! impl_lifecycle_tx {
                 Ok(())
             }
 
-            async fn finish_copy(
+            async fn finish_copies(
                 &mut self,
-                snapshot: &$crate::domain::Snapshot,
-                status: $crate::domain::SnapshotStatus,
+                finished: &[(&$crate::domain::Snapshot, $crate::domain::SnapshotStatus)],
                 now: $crate::domain::Timestamp,
             ) -> Result<(), $crate::store::StoreError> {
+                use $crate::domain::SnapshotStatus;
                 use $crate::store::lifecycle_sql as sql;
-                sqlx::query(&$dialect.sql(sql::SET_STATUS))
-                    .bind(&snapshot.snapshot_id)
-                    .bind(status.as_str())
-                    .bind(now)
-                    .execute(&mut **self)
-                    .await?;
-                sqlx::query(&$dialect.sql(sql::FREE_DISK))
-                    .bind(&snapshot.source_disk_id)
-                    .bind(&snapshot.snapshot_id)
-                    .execute(&mut **self)
-                    .await?;
+                if finished.is_empty() {
+                    return Ok(());
+                }
+                for status in [SnapshotStatus::Accomplished, SnapshotStatus::Failed] {
+                    let ids: Vec<&str> = finished
+                        .iter()
+                        .filter(|(_, finished_as)| *finished_as == status)
+                        .map(|(snapshot, _)| snapshot.snapshot_id.as_str())
+                        .collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let statement = $dialect.sql(&sql::set_status_of(ids.len()));
+                    let mut query = sqlx::query(&statement).bind(status.as_str()).bind(now);
+                    for id in ids {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut **self).await?;
+                }
+                // Disks in id order, so concurrent steps lock them in one order.
+                let mut disks: Vec<(&str, &str)> = finished
+                    .iter()
+                    .map(|(s, _)| (s.source_disk_id.as_str(), s.snapshot_id.as_str()))
+                    .collect();
+                disks.sort_unstable();
+                let statement = $dialect.sql(&sql::free_disks_of(disks.len()));
+                let mut query = sqlx::query(&statement);
+                for (disk_id, _) in &disks {
+                    query = query.bind(*disk_id);
+                }
+                for (_, snapshot_id) in &disks {
+                    query = query.bind(*snapshot_id);
+                }
+                query.execute(&mut **self).await?;
                 Ok(())
             }
 

@@ -45,13 +45,33 @@ pub(crate) const UNCOUNT_SNAPSHOT: &str = "UPDATE disks SET snapshot_count = sna
     progressing_since = CASE WHEN progressing_snapshot_id = $2 THEN NULL ELSE progressing_since END \
     WHERE disk_id = $1";
 
-/// Sets snapshot `$1`'s status to `$2` at `$3`.
-pub(crate) const SET_STATUS: &str =
-    "UPDATE snapshots SET status = $2, last_modified_at = $3 WHERE snapshot_id = $1";
+/// Sets the status of `count` snapshots (`$3`…) to `$1` at `$2`: one statement for a whole
+/// worker step.
+pub(crate) fn set_status_of(count: usize) -> String {
+    format!(
+        "UPDATE snapshots SET status = $1, last_modified_at = $2 WHERE snapshot_id IN ({})",
+        placeholders(3, count)
+    )
+}
 
-/// Frees disk `$1` for a new snapshot if `$2` was its copy in progress.
-pub(crate) const FREE_DISK: &str = "UPDATE disks SET progressing_snapshot_id = NULL, \
-    progressing_since = NULL WHERE disk_id = $1 AND progressing_snapshot_id = $2";
+/// Frees the disks (`$1`… , `count` of them) whose copy in progress is one of the `count`
+/// snapshots that follow: a snapshot belongs to one disk, so a disk is freed only by its own.
+pub(crate) fn free_disks_of(count: usize) -> String {
+    format!(
+        "UPDATE disks SET progressing_snapshot_id = NULL, progressing_since = NULL \
+         WHERE disk_id IN ({}) AND progressing_snapshot_id IN ({})",
+        placeholders(1, count),
+        placeholders(1 + count, count)
+    )
+}
+
+/// `$first, …` for `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Looks at snapshot `$1` again at `$2`.
 pub(crate) const POSTPONE_COPY: &str =

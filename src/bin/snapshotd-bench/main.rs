@@ -142,6 +142,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
 
     let mut report = Report::new(&args.target.join(","), &plan, &args, outcome, server);
     if let Some(url) = &args.limit_database_url {
+        // The servers' pools would take connections pgbench needs (and CPU): stop them first.
+        server_stats::stop(&args.server_pid);
         eprintln!(
             "measuring the database limit with pgbench ({} clients)…",
             args.concurrency

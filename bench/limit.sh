@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Measures snapshotd beside its database's limit, in one run on one machine.
+#
+#   bench/limit.sh [scenario] [concurrency] [duration]      # defaults: spread 64 10s
+#
+# Builds the release binaries; makes a fresh PostgreSQL database; starts REPLICAS servers on it
+# (default 1); drives the scenario with snapshotd-bench; then runs pgbench with the store's own
+# CreateSnapshot transaction on the same database, at the same concurrency, for as long, and
+# prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead
+# (no pgbench limit then).
+#
+# Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
+# BACKEND (postgres|sqlite), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the
+# JSON report), SERVER_ENV (extra `VAR=value` words for the servers).
+set -euo pipefail
+
+scenario=${1:-spread}
+concurrency=${2:-64}
+duration=${3:-10s}
+backend=${BACKEND:-postgres}
+replicas=${REPLICAS:-1}
+admin_url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+token=bench-token
+
+cd "$(dirname "$0")/.."
+cargo build --release --locked --bins -q
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+case "$backend" in
+postgres)
+    database=snapshotd_bench
+    psql "$admin_url" -q -v ON_ERROR_STOP=1 \
+        -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
+    database_url="${admin_url%/*}/$database"
+    ;;
+sqlite)
+    database_url="sqlite://$work/bench.db"
+    replicas=1
+    ;;
+*)
+    echo "BACKEND must be postgres or sqlite" >&2
+    exit 2
+    ;;
+esac
+
+targets=()
+pid_args=()
+for replica in $(seq 1 "$replicas"); do
+    port=$((50150 + replica))
+    # Copies finish at once and the worker looks often, so `spread` can revisit disks quickly.
+    env DATABASE_URL="$database_url" SNAPSHOTD_ADMIN_TOKEN="$token" \
+        SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_METRICS_LISTEN=off \
+        SNAPSHOTD_COPY_RATE_MIBPS=1000000 SNAPSHOTD_WORKER_INTERVAL=100ms \
+        SNAPSHOTD_DEMO=false SNAPSHOTD_LOG_FORMAT=json RUST_LOG=warn ${SERVER_ENV:-} \
+        target/release/snapshotd >"$work/server-$replica.log" 2>&1 &
+    pids+=("$!")
+    pid_args+=(--server-pid "$!")
+    targets+=(--target "http://127.0.0.1:$port")
+    for _ in $(seq 1 100); do
+        target/release/snapshotd health --listen "127.0.0.1:$port" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    target/release/snapshotd health --listen "127.0.0.1:$port" >/dev/null ||
+        { cat "$work/server-$replica.log" >&2; exit 1; }
+done
+
+limit_args=()
+# pgbench runs after the servers are stopped (the bench does it), so the pools free their connections.
+if [ "$backend" = postgres ]; then
+    limit_args=(--limit-database-url "$database_url")
+fi
+json_args=()
+if [ -n "${JSON:-}" ]; then
+    json_args=(--json "$JSON")
+fi
+
+echo "snapshotd ($backend, $replicas replica(s)) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
+target/release/snapshotd-bench "${targets[@]}" --admin-token "$token" \
+    --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
+    --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
+    "${pid_args[@]}" "${limit_args[@]}" "${json_args[@]}"
