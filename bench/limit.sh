@@ -11,7 +11,8 @@
 #
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
 # BACKEND (postgres|sqlite), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the
-# JSON report), SERVER_ENV (extra `VAR=value` words for the servers).
+# JSON report), SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server
+# binary to measure, default target/release/snapshotd).
 set -euo pipefail
 
 scenario=${1:-spread}
@@ -59,7 +60,7 @@ for replica in $(seq 1 "$replicas"); do
         SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_METRICS_LISTEN=off \
         SNAPSHOTD_COPY_RATE_MIBPS=1000000 SNAPSHOTD_WORKER_INTERVAL=100ms \
         SNAPSHOTD_DEMO=false SNAPSHOTD_LOG_FORMAT=json RUST_LOG=warn ${SERVER_ENV:-} \
-        target/release/snapshotd >"$work/server-$replica.log" 2>&1 &
+        "${SERVER_BIN:-target/release/snapshotd}" >"$work/server-$replica.log" 2>&1 &
     pids+=("$!")
     pid_args+=(--server-pid "$!")
     targets+=(--target "http://127.0.0.1:$port")

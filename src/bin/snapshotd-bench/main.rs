@@ -25,6 +25,9 @@ use crate::report::Report;
 use crate::scenario::Scenario;
 use crate::setup::Naming;
 
+/// The most pgbench clients by default (a default PostgreSQL accepts 100 connections).
+const MAX_LIMIT_CLIENTS: usize = 64;
+
 #[derive(Parser)]
 #[command(name = "snapshotd-bench", about = "Load generator for snapshotd")]
 struct Args {
@@ -71,6 +74,10 @@ struct Args {
     /// After the run, measure the database limit with pgbench on this database (the server's).
     #[arg(long)]
     limit_database_url: Option<String>,
+    /// pgbench clients for the limit (default: the concurrency, at most 64, which a default
+    /// PostgreSQL's `max_connections` of 100 allows).
+    #[arg(long)]
+    limit_clients: Option<usize>,
     /// Names the run's accounts and disks (default: random).
     #[arg(long)]
     run_id: Option<String>,
@@ -144,16 +151,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     if let Some(url) = &args.limit_database_url {
         // The servers' pools would take connections pgbench needs (and CPU): stop them first.
         server_stats::stop(&args.server_pid);
-        eprintln!(
-            "measuring the database limit with pgbench ({} clients)…",
-            args.concurrency
-        );
-        report.limit = Some(limit::measure(
-            url,
-            &plan.naming,
-            args.concurrency,
-            args.duration,
-        )?);
+        let clients = args
+            .limit_clients
+            .unwrap_or(args.concurrency.min(MAX_LIMIT_CLIENTS));
+        eprintln!("measuring the database limit with pgbench ({clients} clients)…");
+        match limit::measure(url, &plan.naming, clients, args.duration) {
+            Ok(limit) => report.limit = Some(limit),
+            // The service's numbers stand on their own: print them anyway.
+            Err(err) => eprintln!("snapshotd-bench: no database limit: {err}"),
+        }
     }
     print!("{}", report.table());
     if let Some(path) = &args.json {
