@@ -6,6 +6,7 @@ mod fault_proxy;
 mod helpers;
 mod process;
 
+mod bench;
 mod concurrency;
 mod create_snapshot;
 mod delete_and_images;
