@@ -1122,6 +1122,55 @@ async fn json_logs_have_one_line_per_call_with_the_request_ids_the_client_saw() 
     );
 }
 
+/// An internal error is logged at ERROR with its whole cause chain, while the client gets the
+/// generic INTERNAL answer with none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_error_is_logged_at_error_with_its_cause_chain() {
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let (mut server, channel, _dir) = start_seeded(&db, &[("SNAPSHOTD_LOG_FORMAT", "json")]).await;
+    // A hand edit the domain cannot read: the row no longer decodes.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("connecting to the test database");
+    sqlx::query("UPDATE disks SET status = 'Melted' WHERE disk_id = $1")
+        .bind(DISK)
+        .execute(&pool)
+        .await
+        .expect("corrupting the disk row");
+    pool.close().await;
+
+    let status = SnapshotServiceClient::new(channel.clone())
+        .create_snapshot(create_request(DISK, None))
+        .await
+        .expect_err("a row that does not decode");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        !status.message().contains("Melted") && !status.message().contains("corrupt"),
+        "no internals reach the client: {status:?}"
+    );
+    let request_id = status
+        .get_details_request_info()
+        .expect("RequestInfo")
+        .request_id;
+
+    server.signal("TERM");
+    server.exited_within(Duration::from_secs(20)).await;
+    let lines = json_lines(&server.stderr());
+    let failed = call_lines(&lines, &request_id);
+    assert_eq!(failed.len(), 1, "one line for the call: {failed:#?}");
+    let line = failed[0];
+    assert_eq!(text_field(line, "/level"), "ERROR", "{line}");
+    assert_eq!(text_field(line, "/code"), "INTERNAL", "{line}");
+    assert_eq!(text_field(line, "/reason"), "InternalError", "{line}");
+    let cause = text_field(line, "/cause");
+    assert!(
+        cause.contains("corrupt row") && cause.contains("Melted"),
+        "the cause chain, down to the bad value: {cause}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_plain_text_lines() {
     let db = TestDatabase::create(Backend::Sqlite).await;
