@@ -6,7 +6,7 @@ use tonic::{Extensions, Response, Status};
 
 use super::ApiError;
 use super::identity::caller_account;
-use super::layer::RequestId;
+use super::layer::{RequestId, note_account};
 use super::throttle::Throttle;
 use crate::config::RateLimit;
 use crate::domain::new_request_id;
@@ -54,7 +54,7 @@ where
     let request_id = request_id(extensions);
     let result = async {
         let account_id = caller_account(metadata, extensions)?;
-        tracing::Span::current().record("account", account_id.as_str());
+        note_account(&account_id);
         if let Some(throttle) = &gate.throttle {
             throttle.admit(&account_id)?;
         }

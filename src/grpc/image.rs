@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::call::{Gate, handle};
+use super::layer::note_snapshot;
 use crate::clock::Clock;
 use crate::domain::{ClientToken, CreateImageCommand, ImageName, SnapshotId};
 use crate::pb;
@@ -35,7 +36,7 @@ impl ImageApi {
         };
         let outcome = self.store.create_image(&command, self.clock.now()).await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = outcome;
-        tracing::Span::current().record("snapshot", command.snapshot_id.as_str());
+        note_snapshot(command.snapshot_id.as_str());
         tracing::debug!(image_id = %id, "image created");
         Ok(id)
     }

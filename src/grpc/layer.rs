@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,47 @@ const SERVICES: [(&str, Kind); 6] = [
 enum Kind {
     Api,
     Infrastructure,
+}
+
+tokio::task_local! {
+    /// The facts of the call being handled, for its log line.
+    static FACTS: Arc<CallFacts>;
+}
+
+/// What a handler learns about its call (who, which disk, which snapshot), for the call's one
+/// log line. Kept beside the span rather than recorded on it: recording a field on a span makes
+/// the JSON formatter rewrite all of the span's fields, once per field.
+#[derive(Default)]
+pub struct CallFacts {
+    account: OnceLock<String>,
+    disk: OnceLock<String>,
+    snapshot: OnceLock<String>,
+}
+
+impl CallFacts {
+    fn get(slot: &OnceLock<String>) -> &str {
+        slot.get().map_or("", String::as_str)
+    }
+}
+
+fn note(fact: impl FnOnce(&CallFacts) -> &OnceLock<String>, value: &str) {
+    // Outside a call (a handler used without the layer) there is nothing to note.
+    let _ = FACTS.try_with(|facts| fact(facts).set(value.to_owned()));
+}
+
+/// Notes the caller's account for the call's log line.
+pub fn note_account(account_id: &str) {
+    note(|facts| &facts.account, account_id);
+}
+
+/// Notes the disk the call is about.
+pub fn note_disk(disk_id: &str) {
+    note(|facts| &facts.disk, disk_id);
+}
+
+/// Notes the snapshot the call made or is about.
+pub fn note_snapshot(snapshot_id: &str) {
+    note(|facts| &facts.snapshot, snapshot_id);
 }
 
 /// The request id the layer gave a call, in the request's extensions for the handlers.
@@ -165,18 +206,8 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let (method, kind) = route(request.uri().path());
         let request_id = RequestId::new();
-        let span = tracing::info_span!(
-            "rpc",
-            method = %method,
-            request_id = request_id.as_str(),
-            client_request_id = tracing::field::Empty,
-            account = tracing::field::Empty,
-            disk = tracing::field::Empty,
-            snapshot = tracing::field::Empty,
-        );
-        if let Some(client_id) = client_request_id(request.headers()) {
-            span.record("client_request_id", client_id);
-        }
+        let span = tracing::info_span!("rpc", method = %method, request_id = request_id.as_str());
+        let client_id = client_request_id(request.headers()).map(str::to_owned);
         request.extensions_mut().insert(request_id.clone());
 
         // Taken here, not in the future, so a burst is counted in arrival order.
@@ -186,7 +217,8 @@ where
         };
         let inner = self.inner.clone();
         let limits = Arc::clone(&self.limits);
-        let mut record = CallRecord::new(method, kind);
+        let facts = Arc::new(CallFacts::default());
+        let mut record = CallRecord::new(method, kind, client_id, Arc::clone(&facts));
         Box::pin(
             async move {
                 let outcome = match slot {
@@ -194,8 +226,9 @@ where
                         limit: limits.max_concurrent,
                     }),
                     Ok(slot) => {
+                        let call = FACTS.scope(facts, run(inner, request, kind, limits.timeout));
                         let outcome = tokio::select! {
-                            outcome = run(inner, request, kind, limits.timeout) => outcome,
+                            outcome = call => outcome,
                             () = limits.cut_off.cancelled(), if kind == Kind::Api => {
                                 Err(ApiError::ShuttingDown)
                             }
@@ -299,15 +332,24 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 struct CallRecord {
     method: String,
     kind: Kind,
+    client_request_id: Option<String>,
+    facts: Arc<CallFacts>,
     started: Instant,
     finished: bool,
 }
 
 impl CallRecord {
-    fn new(method: String, kind: Kind) -> Self {
+    fn new(
+        method: String,
+        kind: Kind,
+        client_request_id: Option<String>,
+        facts: Arc<CallFacts>,
+    ) -> Self {
         Self {
             method,
             kind,
+            client_request_id,
+            facts,
             started: Instant::now(),
             finished: false,
         }
@@ -340,9 +382,23 @@ impl CallRecord {
         metric::rpc(&self.method, code_name, reason, latency);
         let latency_ms = latency.as_secs_f64() * 1e3;
         let cause = cause.unwrap_or("");
+        let client_request_id = self.client_request_id.as_deref().unwrap_or("");
+        let account = CallFacts::get(&self.facts.account);
+        let disk = CallFacts::get(&self.facts.disk);
+        let snapshot = CallFacts::get(&self.facts.snapshot);
         macro_rules! line {
             ($level:ident) => {
-                tracing::$level!(code = code_name, reason, latency_ms, cause, "call finished")
+                tracing::$level!(
+                    code = code_name,
+                    reason,
+                    latency_ms,
+                    client_request_id,
+                    account,
+                    disk,
+                    snapshot,
+                    cause,
+                    "call finished"
+                )
             };
         }
         match (code, self.kind) {

@@ -10,6 +10,7 @@ use super::convert::{
     decode_next_token, encode_next_token, snapshot_status_filter, snapshot_to_proto,
     tags_from_proto,
 };
+use super::layer::{note_disk, note_snapshot};
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::clock::Clock;
 use crate::domain::{
@@ -50,7 +51,7 @@ impl SnapshotApi {
         account_id: String,
         request: pb::CreateSnapshotRequest,
     ) -> Result<String, ApiError> {
-        tracing::Span::current().record("disk", request.disk_id.as_str());
+        note_disk(&request.disk_id);
         // Input rules in the table's order: the first failing one answers.
         let command = CreateSnapshotCommand {
             disk_id: DiskId::parse(&request.disk_id)?,
@@ -71,7 +72,7 @@ impl SnapshotApi {
             )
             .await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
-        tracing::Span::current().record("snapshot", id.as_str());
+        note_snapshot(id);
         match outcome {
             CreateOutcome::Created { .. } => tracing::debug!("snapshot created"),
             CreateOutcome::Replayed { .. } => {
@@ -162,7 +163,7 @@ impl SnapshotApi {
                 self.backend.as_ref(),
             )
             .await?;
-        tracing::Span::current().record("snapshot", snapshot_id.as_str());
+        note_snapshot(snapshot_id.as_str());
         Ok(())
     }
 }

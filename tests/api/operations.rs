@@ -1032,18 +1032,10 @@ async fn json_logs_have_one_line_per_call_with_the_request_ids_the_client_saw() 
     assert_eq!(text_field(ok, "/reason"), "", "{ok}");
     assert_eq!(text_field(ok, "/cause"), "", "{ok}");
     assert_eq!(text_field(ok, "/span/method"), "CreateSnapshot", "{ok}");
-    assert_eq!(
-        text_field(ok, "/span/client_request_id"),
-        "corr-123",
-        "{ok}"
-    );
-    assert_eq!(text_field(ok, "/span/account"), ACCOUNT, "{ok}");
-    assert_eq!(text_field(ok, "/span/disk"), DISK, "{ok}");
-    assert_eq!(
-        text_field(ok, "/span/snapshot"),
-        created.snapshot_id,
-        "{ok}"
-    );
+    assert_eq!(text_field(ok, "/client_request_id"), "corr-123", "{ok}");
+    assert_eq!(text_field(ok, "/account"), ACCOUNT, "{ok}");
+    assert_eq!(text_field(ok, "/disk"), DISK, "{ok}");
+    assert_eq!(text_field(ok, "/snapshot"), created.snapshot_id, "{ok}");
     let latency = ok
         .pointer("/latency_ms")
         .and_then(serde_json::Value::as_f64)
@@ -1061,7 +1053,7 @@ async fn json_logs_have_one_line_per_call_with_the_request_ids_the_client_saw() 
     let correlated = lines
         .iter()
         .filter(|line| {
-            line.pointer("/span/client_request_id")
+            line.pointer("/client_request_id")
                 .and_then(serde_json::Value::as_str)
                 == Some("corr-123")
         })
@@ -1079,13 +1071,9 @@ async fn json_logs_have_one_line_per_call_with_the_request_ids_the_client_saw() 
     assert_eq!(text_field(no, "/code"), "NOT_FOUND", "{no}");
     assert_eq!(text_field(no, "/reason"), "InvalidDiskId.NotFound", "{no}");
     assert_eq!(text_field(no, "/span/method"), "CreateSnapshot", "{no}");
-    assert_eq!(
-        text_field(no, "/span/client_request_id"),
-        "corr-456",
-        "{no}"
-    );
-    assert_eq!(text_field(no, "/span/account"), ACCOUNT, "{no}");
-    assert_eq!(text_field(no, "/span/disk"), MISSING_DISK, "{no}");
+    assert_eq!(text_field(no, "/client_request_id"), "corr-456", "{no}");
+    assert_eq!(text_field(no, "/account"), ACCOUNT, "{no}");
+    assert_eq!(text_field(no, "/disk"), MISSING_DISK, "{no}");
     assert!(
         no.pointer("/latency_ms")
             .and_then(serde_json::Value::as_f64)
