@@ -3,6 +3,8 @@
 //! CreateSnapshot is four round trips: `BEGIN`; one statement that locks the disk row
 //! (`FOR UPDATE OF d`) and reads everything the engine needs; one statement that inserts the
 //! snapshot, its tags and the token binding and updates the disk's bookkeeping; `COMMIT`.
+//! (sqlx adds a ping when the connection goes back to the pool, after the call's answer is
+//! decided; `tests/api/round_trips.rs` counts them on the wire.)
 //! Requests for different disks never wait for each other.
 
 use std::str::FromStr;
@@ -29,6 +31,9 @@ pub(crate) const LOCK_DISK: &str = " FOR UPDATE OF d";
 
 impl_shared_tx!(Postgres, str::to_owned, LOCK_DISK);
 impl_lifecycle_tx!(Postgres, DIALECT);
+
+/// A pooled connection idle longer than this is pinged before it is used.
+const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a transaction is retried after losing a unique-key race (a client token taken by a
 /// concurrent request); the retry then sees the winner's binding.
@@ -64,6 +69,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
+            // sqlx pings every connection it hands out: one more round trip in front of every
+            // transaction. It already pings each connection given back (off the call's path),
+            // so only a connection idle for a while, which the server or a proxy may have
+            // dropped, is pinged before use.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IDLE_CONNECTIONS_AFTER {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Self { pool })

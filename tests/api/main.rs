@@ -19,6 +19,7 @@ mod idempotence;
 mod inventory;
 mod load;
 mod operations;
+mod round_trips;
 mod server;
 mod tags_and_retention;
 mod tenant_matrix;

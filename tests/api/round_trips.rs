@@ -1,0 +1,176 @@
+//! How many database round trips a CreateSnapshot costs on PostgreSQL, counted on the wire: a
+//! proxy between the server and PostgreSQL reads the frontend protocol and records each message
+//! after which the client waits for the server (`Sync` ends an extended-protocol exchange,
+//! `Query` is a simple query such as `BEGIN` or `COMMIT`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::{Backend, Options, postgres_server_addr, spawn_app_with, world};
+
+/// Records the round trips from clients to PostgreSQL through it: `"Sync"`, or a simple
+/// query's text.
+struct CountingProxy {
+    addr: SocketAddr,
+    round_trips: Arc<Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let round_trips = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::clone(&round_trips);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = async {
+                        let mut frames = FrontendFrames::default();
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let waits = frames.feed(&buffer[..n]);
+                            counter.lock().unwrap().extend(waits);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                    tokio::select! {
+                        () = upstream => {}
+                        _ = downstream => {}
+                    }
+                });
+            }
+        });
+        Self { addr, round_trips }
+    }
+
+    /// Everything recorded so far, emptying the record.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.round_trips.lock().unwrap())
+    }
+}
+
+/// Splits the frontend byte stream into messages: first the untyped startup message (length
+/// first), then `type, length, body` messages.
+#[derive(Default)]
+struct FrontendFrames {
+    started: bool,
+    pending: Vec<u8>,
+}
+
+impl FrontendFrames {
+    /// Takes more bytes; returns the round trips they completed: `"Sync"`, or a simple query's
+    /// text.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut waits = Vec::new();
+        loop {
+            let header = if self.started { 5 } else { 4 };
+            if self.pending.len() < header {
+                return waits;
+            }
+            let length_at = header - 4;
+            let length =
+                u32::from_be_bytes(self.pending[length_at..length_at + 4].try_into().unwrap())
+                    as usize;
+            let total = length_at + length;
+            if self.pending.len() < total {
+                return waits;
+            }
+            if self.started {
+                match self.pending[0] {
+                    b'S' => waits.push("Sync".to_owned()),
+                    b'Q' => {
+                        let text = &self.pending[5..total];
+                        let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
+                        waits.push(text.into_owned());
+                    }
+                    _ => {}
+                }
+            }
+            self.started = true;
+            self.pending.drain(..total);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
+    let proxy = CountingProxy::start(postgres_server_addr().await).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        Options {
+            configure: Box::new(move |config| {
+                // Plain TCP, so the proxy can read the protocol; one connection, so its
+                // statement cache is warm after the first create.
+                let url = crate::helpers::replace_host(&config.database_url, proxy_addr);
+                config.database_url = format!("{url}?sslmode=disable");
+                config.db_max_connections = 1;
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 8)).await;
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("a first create prepares the statements");
+
+    // The readiness check pings the database every 500 ms on the same connection and may land
+    // in a window: the creates that show none of it are counted (most of them).
+    let mut windows = Vec::new();
+    for disk in 1..8 {
+        proxy.take();
+        app.create_on("acct-a", &format!("d-acct-a-{disk}"))
+            .await
+            .expect("a snapshot");
+        // sqlx pings the connection as it goes back to the pool, after the answer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        windows.push(proxy.take());
+    }
+    let expected = ["BEGIN", "Sync", "Sync", "COMMIT", "Sync"];
+    let exact = windows
+        .iter()
+        .filter(|window| window.as_slice() == expected)
+        .count();
+    assert!(
+        exact >= 5,
+        "a create is BEGIN, the locking read, the one-statement write and COMMIT (no ping in \
+         front of BEGIN), then sqlx's ping on release: {windows:?}"
+    );
+    for window in &windows {
+        let begin = window.iter().position(|w| w == "BEGIN").expect("a BEGIN");
+        let commit = window.iter().position(|w| w == "COMMIT").expect("a COMMIT");
+        assert_eq!(commit - begin, 3, "two statements inside: {window:?}");
+    }
+}
+
+#[test]
+fn frames_are_counted_across_reads() {
+    let mut frames = FrontendFrames::default();
+    // A startup message of 8 bytes, then Sync ('S', length 4) split over two reads, then a
+    // Query "BEGIN".
+    let mut stream = vec![0, 0, 0, 8, 0, 3, 0, 0];
+    stream.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    stream.extend_from_slice(&[b'Q', 0, 0, 0, 10]);
+    stream.extend_from_slice(b"BEGIN\0");
+    assert!(frames.feed(&stream[..10]).is_empty());
+    assert_eq!(frames.feed(&stream[10..]), ["Sync", "BEGIN"]);
+}
