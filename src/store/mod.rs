@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use pgbench::{PgbenchWorkload, create_snapshot_pgbench_script};
+pub use pgbench::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -62,6 +62,25 @@ pub fn create_snapshot_pgbench_script(workload: &PgbenchWorkload<'_>) -> String 
     )
 }
 
+/// `pgbench` from the PATH, else from Debian's versioned PostgreSQL directories (it ships with
+/// the server, in `postgresql-NN`).
+pub fn pgbench_program() -> std::path::PathBuf {
+    let on_path = std::process::Command::new("pgbench")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if on_path {
+        return "pgbench".into();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|version| version.path().join("bin/pgbench"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| "pgbench".into())
+}
+
 /// Replaces each `$N` placeholder with `values[N - 1]`.
 fn bind(sql: &str, values: &[&str]) -> String {
     let mut out = String::with_capacity(sql.len() * 2);

@@ -140,7 +140,7 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
     let file = dir.path().join("create.sql");
     std::fs::write(&file, &script.stdout).unwrap();
     let before = app.count_rows("snapshots").await;
-    let pgbench = Command::new("pgbench")
+    let pgbench = Command::new(snapshotd::store::pgbench_program())
         .args([
             "--no-vacuum",
             "--protocol=prepared",
@@ -150,7 +150,7 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
         .arg(format!("--file={}", file.display()))
         .arg(&app.db.url)
         .output()
-        .expect("pgbench must be installed (Debian: postgresql-client) for this test");
+        .expect("pgbench must be installed for this test (Debian ships it in the postgresql package, with the server)");
     assert!(
         pgbench.status.success(),
         "pgbench ran the script: {}{}",

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Serialize;
-use snapshotd::store::{PgbenchWorkload, create_snapshot_pgbench_script};
+use snapshotd::store::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 
 use crate::setup::Naming;
 
@@ -39,7 +39,7 @@ pub fn measure(
         .map_or(1, |n| n.get())
         .min(clients);
     let seconds = duration.as_secs().max(1);
-    let output = Command::new("pgbench")
+    let output = Command::new(pgbench_program())
         .args(["--no-vacuum", "--protocol=prepared"])
         .arg(format!("--client={clients}"))
         .arg(format!("--jobs={threads}"))
@@ -47,7 +47,7 @@ pub fn measure(
         .arg(format!("--file={}", file.display()))
         .arg(database_url)
         .output()
-        .map_err(|err| format!("running pgbench (is it installed? postgresql-client): {err}"))?;
+        .map_err(|err| format!("running pgbench (is it installed? Debian ships it in the postgresql package): {err}"))?;
     let _ = std::fs::remove_file(&file);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
