@@ -1,8 +1,7 @@
 //! What every tenant call does around its handler: find the request id the layer assigned,
 //! identify the caller, apply the account's rate limit, and map the handler's error.
 
-use tonic::metadata::MetadataMap;
-use tonic::{Extensions, Response, Status};
+use tonic::{Extensions, Request, Response, Status};
 
 use super::ApiError;
 use super::identity::caller_account;
@@ -40,25 +39,25 @@ pub fn request_id(extensions: &Extensions) -> String {
     }
 }
 
-/// Runs one tenant call: identify, throttle, then `call(account_id, request_id)`.
-pub async fn handle<T, F, Fut>(
+/// Runs one tenant call: identify, throttle, then `call(account_id, request_id, message)`.
+pub async fn handle<M, T, F, Fut>(
     gate: &Gate,
-    metadata: &MetadataMap,
-    extensions: &Extensions,
+    request: Request<M>,
     call: F,
 ) -> Result<Response<T>, Status>
 where
-    F: FnOnce(String, String) -> Fut,
+    F: FnOnce(String, String, M) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let request_id = request_id(extensions);
+    let (metadata, extensions, message) = request.into_parts();
+    let request_id = request_id(&extensions);
     let result = async {
-        let account_id = caller_account(metadata, extensions)?;
+        let account_id = caller_account(&metadata, &extensions)?;
         note_account(&account_id);
         if let Some(throttle) = &gate.throttle {
             throttle.admit(&account_id)?;
         }
-        call(account_id, request_id.clone()).await
+        call(account_id, request_id.clone(), message).await
     }
     .await;
     result

@@ -48,12 +48,10 @@ impl pb::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
         handle(
             &self.gate,
-            &metadata,
-            &extensions,
-            |account_id, request_id| async move {
+            request,
+            |account_id, request_id, request| async move {
                 let image_id = self.create(account_id, request).await?;
                 Ok(pb::CreateImageResponse {
                     request_id,

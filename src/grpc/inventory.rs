@@ -21,20 +21,21 @@ impl InventoryApi {
         Self { store, admin_token }
     }
 
-    /// Authenticates, runs `call`, and maps its error with the call's request id.
-    async fn handle<T, F>(
+    /// Authenticates, runs `call(message)`, and maps its error with the call's request id.
+    async fn handle<M, T, F, Fut>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
-        extensions: &tonic::Extensions,
+        request: Request<M>,
         call: F,
     ) -> Result<Response<T>, Status>
     where
-        F: Future<Output = Result<T, ApiError>>,
+        F: FnOnce(M) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
     {
-        let request_id = request_id(extensions);
+        let (metadata, extensions, message) = request.into_parts();
+        let request_id = request_id(&extensions);
         async {
-            require_admin(metadata, self.admin_token.as_deref())?;
-            call.await
+            require_admin(&metadata, self.admin_token.as_deref())?;
+            call(message).await
         }
         .await
         .map(Response::new)
@@ -48,8 +49,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::Account>,
     ) -> Result<Response<pb::Account>, Status> {
-        let (metadata, extensions, account) = request.into_parts();
-        self.handle(&metadata, &extensions, async {
+        self.handle(request, |account| async move {
             let account = Account::try_from(account)?;
             Ok(self.store.put_account(&account).await?.into())
         })
@@ -60,8 +60,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::Instance>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let (metadata, extensions, instance) = request.into_parts();
-        self.handle(&metadata, &extensions, async {
+        self.handle(request, |instance| async move {
             let instance = Instance::try_from(instance)?;
             Ok(self.store.put_instance(&instance).await?.into())
         })
@@ -69,8 +68,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     }
 
     async fn put_disk(&self, request: Request<pb::Disk>) -> Result<Response<pb::Disk>, Status> {
-        let (metadata, extensions, disk) = request.into_parts();
-        self.handle(&metadata, &extensions, async {
+        self.handle(request, |disk| async move {
             let disk = Disk::try_from(disk)?;
             Ok(self.store.put_disk(&disk).await?.into())
         })
@@ -81,8 +79,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetDiskRequest>,
     ) -> Result<Response<pb::Disk>, Status> {
-        let (metadata, extensions, get) = request.into_parts();
-        self.handle(&metadata, &extensions, async {
+        self.handle(request, |get| async move {
             let disk_id = DiskId::parse(&get.disk_id)?;
             Ok(self.store.get_disk(disk_id.as_str()).await?.into())
         })

@@ -174,12 +174,10 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
         handle(
             &self.gate,
-            &metadata,
-            &extensions,
-            |account_id, request_id| async move {
+            request,
+            |account_id, request_id, request| async move {
                 let snapshot_id = self.create(account_id, request).await?;
                 Ok(pb::CreateSnapshotResponse {
                     request_id,
@@ -194,12 +192,10 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DescribeSnapshotsRequest>,
     ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
         handle(
             &self.gate,
-            &metadata,
-            &extensions,
-            |account_id, request_id| async move {
+            request,
+            |account_id, request_id, request| async move {
                 let (snapshots, next_token) = self.describe(account_id, request).await?;
                 Ok(pb::DescribeSnapshotsResponse {
                     request_id,
@@ -215,12 +211,10 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
         handle(
             &self.gate,
-            &metadata,
-            &extensions,
-            |account_id, request_id| async move {
+            request,
+            |account_id, request_id, request| async move {
                 self.delete(account_id, request).await?;
                 Ok(pb::DeleteSnapshotResponse { request_id })
             },
