@@ -97,9 +97,13 @@ async fn every_scenario_runs_and_reports_only_the_answers_it_expects() {
             "{scenario}: calls are the sum of the answers"
         );
         let latency = &report["latency"];
+        let ms = |field: &str| {
+            latency[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{scenario}: a number at latency.{field}: {latency}"))
+        };
         assert!(
-            latency["p50_ms"].as_f64() <= latency["p99_ms"].as_f64()
-                && latency["p99_ms"].as_f64() <= latency["max_ms"].as_f64(),
+            0.0 < ms("p50_ms") && ms("p50_ms") <= ms("p99_ms") && ms("p99_ms") <= ms("max_ms"),
             "{scenario}: {latency}"
         );
     }

@@ -118,14 +118,7 @@ impl Report {
         let unexpected = outcome
             .answers
             .iter()
-            .filter(|(answer, _)| {
-                *answer != "OK"
-                    && !plan
-                        .scenario
-                        .expected_refusals()
-                        .iter()
-                        .any(|reason| answer.ends_with(reason))
-            })
+            .filter(|(answer, _)| !plan.scenario.expects(answer))
             .map(|(_, count)| count)
             .sum();
         let seconds = outcome.elapsed.as_secs_f64();

@@ -36,7 +36,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// The ErrorInfo reasons this scenario expects besides success.
-    pub fn expected_refusals(self) -> &'static [&'static str] {
+    fn expected_refusals(self) -> &'static [&'static str] {
         match self {
             Scenario::Hot => &[
                 "IncorrectDiskStatus.CreatingSnapshot",
@@ -44,6 +44,15 @@ impl Scenario {
             ],
             _ => &[],
         }
+    }
+
+    /// Whether an answer ("OK", or "CODE reason") is one this scenario expects.
+    pub fn expects(self, answer: &str) -> bool {
+        answer == "OK"
+            || self
+                .expected_refusals()
+                .iter()
+                .any(|reason| answer.ends_with(reason))
     }
 }
 
@@ -201,13 +210,7 @@ impl Worker {
             }
             let micros = u64::try_from((finished - started).as_micros()).unwrap_or(u64::MAX);
             tally.latency.saturating_record(micros.max(1));
-            let expected = answer == "OK"
-                || self
-                    .scenario
-                    .expected_refusals()
-                    .iter()
-                    .any(|reason| answer.ends_with(reason));
-            if !expected {
+            if !self.scenario.expects(&answer) {
                 self.shared.unexpected.fetch_add(1, Ordering::Relaxed);
             }
             self.shared.done.fetch_add(1, Ordering::Relaxed);
