@@ -1,6 +1,7 @@
 //! `snapshotd-bench`, the load generator, against a real server: each scenario runs and reports
 //! what the server answered, and its pgbench script (generated from the store's SQL) runs as
-//! is on the server's PostgreSQL database.
+//! is on the server's PostgreSQL database, where the bench measures the limit and pgbench's own
+//! latency.
 
 use std::process::Command;
 use std::time::Duration;
@@ -123,9 +124,29 @@ async fn every_scenario_runs_and_reports_only_the_answers_it_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database() {
     let app = bench_server(Backend::Postgres).await;
-    // Set the run's disks up through the bench, then run its script with pgbench.
-    let (report, code) = run_bench(&app, "spread", &["--run-id", "pgb1"]).await;
+    // Set the run's disks up through the bench, measuring its limit as `bench/limit.sh` does,
+    // then run its script with pgbench directly.
+    let (report, code) = run_bench(
+        &app,
+        "spread",
+        &["--run-id", "pgb1", "--limit-database-url", &app.db.url],
+    )
+    .await;
     assert_eq!(code, 0, "{report:#}");
+    let limit = &report["limit"];
+    let number = |field: &str| {
+        limit[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("a number at limit.{field}: {report:#}"))
+    };
+    assert!(number("pgbench_tps") > 0.0, "{limit}");
+    // pgbench's own latency, read from its per-transaction log.
+    assert!(
+        0.0 < number("latency_p50_ms")
+            && number("latency_p50_ms") <= number("latency_p99_ms")
+            && number("latency_p99_ms") <= number("latency_max_ms"),
+        "{limit}"
+    );
     let script = Command::new(BENCH)
         .args([
             "--admin-token",

@@ -194,8 +194,13 @@ impl Report {
         if let Some(limit) = &self.limit {
             let _ = writeln!(
                 out,
-                "limit       pgbench {:.0} tx/s with the store's transaction ({} clients)",
-                limit.pgbench_tps, limit.clients
+                "limit       pgbench {:.0} tx/s, p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
+                 with the store's transaction ({} clients)",
+                limit.pgbench_tps,
+                limit.latency_p50_ms,
+                limit.latency_p99_ms,
+                limit.latency_max_ms,
+                limit.clients
             );
             let _ = writeln!(
                 out,
@@ -203,6 +208,21 @@ impl Report {
                 self.ok_per_second,
                 limit.pgbench_tps,
                 self.ok_per_second / limit.pgbench_tps
+            );
+            // The database's own p99 grows with its clients, so it is a fair floor only at the
+            // same concurrency; say so when pgbench ran with fewer (it is capped at 64).
+            let concurrency = if limit.clients == self.concurrency {
+                "same concurrency".to_owned()
+            } else {
+                format!(
+                    "service {} in flight, pgbench {} clients",
+                    self.concurrency, limit.clients
+                )
+            };
+            let _ = writeln!(
+                out,
+                "p99         service {:.2} ms vs database alone {:.2} ms ({concurrency})",
+                self.latency.p99_ms, limit.latency_p99_ms
             );
         }
         out
