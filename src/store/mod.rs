@@ -7,6 +7,7 @@
 //! typed errors here, at the store's edge; SQL never leaves this module.
 
 mod create_flow;
+mod group_commit;
 mod invariants_sql;
 mod inventory_flow;
 mod lifecycle_flow;
@@ -32,6 +33,10 @@ use crate::domain::{
     Tag, Timestamp,
 };
 use crate::engine::{Policy, RuleError};
+
+/// How often a write transaction is retried after losing a unique-key race (a client token
+/// taken by a concurrent request); the retry then sees the winner's binding.
+const CONFLICT_ATTEMPTS: usize = 3;
 
 /// What a create transaction (snapshot or image) ended with, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]

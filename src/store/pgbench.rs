@@ -1,15 +1,16 @@
 //! The PostgreSQL CreateSnapshot transaction as a `pgbench` script, generated from the very SQL
-//! strings the store runs ([`LOCK_AND_READ`] with [`LOCK_DISK`], then [`INSERT_SNAPSHOT_SQL`]),
-//! so the database limit the benchmark measures cannot drift from the service's transaction.
+//! strings the store runs ([`LOCK_FREE_DISKS_AND_READ`], then [`INSERT_SNAPSHOTS_SQL`]), so the
+//! database limit the benchmark measures cannot drift from the service's transaction.
 //!
 //! Each pgbench transaction is `BEGIN`, the locking read of a random disk, the one-statement
-//! write, `COMMIT`: the four round trips of a successful CreateSnapshot without a client token.
+//! write, `COMMIT`: the four round trips of a successful CreateSnapshot without a client token
+//! written alone, one call per transaction. (Under load the service writes several calls per
+//! transaction, see `group_commit`, so it can pass this limit.)
 //! The snapshot is written `accomplished` so that a disk can be picked again at once (the
 //! service's `progressing` row is unique per disk); that only skips one partial-index entry, so
 //! the limit measured is, if anything, slightly optimistic.
 
-use super::postgres::{INSERT_SNAPSHOT_SQL, LOCK_DISK};
-use super::shared_sql::LOCK_AND_READ;
+use super::postgres::{INSERT_SNAPSHOTS_SQL, LOCK_FREE_DISKS_AND_READ};
 
 /// Which disks the script snapshots: `disks` of them, numbered by the pgbench variable `:disk`
 /// (0-based), whose ids and owners are the given SQL expressions of `:disk`.
@@ -27,30 +28,32 @@ pub fn create_snapshot_pgbench_script(workload: &PgbenchWorkload<'_>) -> String 
     let account = format!("({})", workload.account_id_sql);
     // The snapshot id: unique enough for a benchmark (1e12 values).
     let snapshot = "('s-' || :snap)".to_owned();
+    let one = |value: &str| format!("ARRAY[{value}]");
     let lock_and_read = bind(
-        &format!("{LOCK_AND_READ}{LOCK_DISK}"),
-        &[&disk, &account, "NULL::text"],
+        LOCK_FREE_DISKS_AND_READ,
+        &[&one(&disk), &one(&account), "ARRAY[NULL]"],
     );
     let insert = bind(
-        INSERT_SNAPSHOT_SQL,
+        INSERT_SNAPSHOTS_SQL,
         &[
-            &snapshot,        // $1 snapshot_id
-            &account,         // $2 account_id
-            &disk,            // $3 source_disk_id
-            "NULL",           // $4 snapshot_name
-            "''",             // $5 description
-            "1",              // $6 source_disk_size_gib
-            "'data'",         // $7 source_disk_type
-            "'accomplished'", // $8 status
-            "now()",          // $9 created_at
-            "now()",          // $10 started_at
-            "NULL",           // $11 client_token (none: no binding row)
-            "NULL",           // $12 fingerprint
-            "now()",          // $13 copy_due_at
-            "0",              // $14 retention_days (keep)
-            "NULL",           // $15 release_at
-            "'{}'",           // $16 tag keys
-            "'{}'",           // $17 tag values
+            &one(&snapshot),         // $1 snapshot_id
+            &one(&account),          // $2 account_id
+            &one(&disk),             // $3 source_disk_id
+            "ARRAY[NULL]",           // $4 snapshot_name
+            "ARRAY['']",             // $5 description
+            "ARRAY[1]",              // $6 source_disk_size_gib
+            "ARRAY['data']",         // $7 source_disk_type
+            "ARRAY['accomplished']", // $8 status
+            "ARRAY[now()]",          // $9 created_at
+            "ARRAY[now()]",          // $10 started_at
+            "ARRAY[NULL]",           // $11 client_token (none: no binding row)
+            "ARRAY[NULL]",           // $12 fingerprint
+            "ARRAY[now()]",          // $13 copy_due_at
+            "ARRAY[0]",              // $14 retention_days (keep)
+            "ARRAY[NULL]",           // $15 release_at
+            "'{}'",                  // $16 tag snapshot ids
+            "'{}'",                  // $17 tag keys
+            "'{}'",                  // $18 tag values
         ],
     );
     format!(
@@ -125,7 +128,7 @@ mod tests {
         });
         assert!(!script.contains('$'), "{script}");
         assert!(script.contains("\\set disk random(0, 99)"));
-        assert!(script.contains("FOR UPDATE OF d;"));
+        assert!(script.contains("FOR UPDATE OF d SKIP LOCKED;"));
         assert!(script.contains("INSERT INTO snapshots"));
         assert!(script.trim_end().ends_with("COMMIT;"));
     }

@@ -12,11 +12,17 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::create_flow::{InsertSnapshot, decide_and_write};
+use super::create_flow::{CreateBatchReads, InsertSnapshots, LockedRead, decide_and_write};
+use super::group_commit::GroupCommit;
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
+use super::rows::BatchLockedDiskRow;
+use super::shared_sql::{create_state_columns, create_state_joins};
 use super::store_impl::impl_store;
-use super::{CreateOutcome, PoolOptions, SnapshotPage, SnapshotQuery, StoreError, WorkDone};
+use super::{
+    CONFLICT_ATTEMPTS, CreateOutcome, PoolOptions, SnapshotPage, SnapshotQuery, StoreError,
+    WorkDone,
+};
 use crate::backend::SnapshotBackend;
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, Timestamp,
@@ -35,30 +41,66 @@ impl_lifecycle_tx!(Postgres, DIALECT);
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How often a transaction is retried after losing a unique-key race (a client token taken by a
-/// concurrent request); the retry then sees the winner's binding.
-const CONFLICT_ATTEMPTS: usize = 3;
+/// Locks the disks of a batch of CreateSnapshot calls that no other transaction holds, in disk
+/// order, and reads what the engine needs for each: arrays of disk ids `$1`, callers `$2` and
+/// tokens `$3`, one element per call. A call whose disk is locked elsewhere, or is not the
+/// caller's, has no row; `request_index` (1-based) says which call a row answers.
+pub(crate) const LOCK_FREE_DISKS_AND_READ: &str = concat!(
+    "SELECT req.n AS request_index, ",
+    create_state_columns!(),
+    "
+FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS req (disk_id, account_id, client_token, n)
+JOIN disks d ON d.disk_id = req.disk_id AND d.account_id = req.account_id",
+    create_state_joins!("req.client_token"),
+    "
+ORDER BY d.disk_id
+FOR UPDATE OF d SKIP LOCKED"
+);
 
-/// The snapshot, its tags and its token binding, and the disk's bookkeeping, in one statement.
-pub(crate) const INSERT_SNAPSHOT_SQL: &str = "\
-WITH new_snapshot AS (
+/// Snapshots with their tags and token bindings, and their disks' bookkeeping, in one
+/// statement: arrays with one element per snapshot (`$1`–`$15`), and the tags flattened
+/// (`$16` snapshot ids, `$17` keys, `$18` values).
+pub(crate) const INSERT_SNAPSHOTS_SQL: &str = "\
+WITH new AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::int4[], $7::text[], $8::text[], $9::timestamptz[],
+                         $10::timestamptz[], $11::text[], $12::text[], $13::timestamptz[],
+                         $14::int4[], $15::timestamptz[])
+        AS s (snapshot_id, account_id, source_disk_id, snapshot_name, description,
+              source_disk_size_gib, source_disk_type, status, created_at, started_at,
+              client_token, fingerprint, copy_due_at, retention_days, release_at)
+), new_snapshots AS (
     INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name, description,
                            source_disk_size_gib, source_disk_type, status, created_at, started_at,
                            last_modified_at, copy_due_at, retention_days, release_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $13, $14, $15)
-), binding AS (
+    SELECT snapshot_id, account_id, source_disk_id, snapshot_name, description,
+           source_disk_size_gib, source_disk_type, status, created_at, started_at,
+           created_at, copy_due_at, retention_days, release_at
+    FROM new
+), bindings AS (
     INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id, created_at)
-    SELECT $2, $11, $12, $1, $9 WHERE $11::text IS NOT NULL
+    SELECT account_id, client_token, fingerprint, snapshot_id, created_at
+    FROM new WHERE client_token IS NOT NULL
 ), tags AS (
     INSERT INTO snapshot_tags (snapshot_id, key, value)
-    SELECT $1, tag.key, tag.value FROM UNNEST($16::text[], $17::text[]) AS tag (key, value)
+    SELECT * FROM UNNEST($16::text[], $17::text[], $18::text[])
 )
-UPDATE disks
-SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $1, progressing_since = $10
-WHERE disk_id = $3";
+UPDATE disks d
+SET snapshot_count = d.snapshot_count + 1, progressing_snapshot_id = new.snapshot_id,
+    progressing_since = new.started_at
+FROM new
+WHERE d.disk_id = new.source_disk_id";
+
+/// Create transactions at once (see [`GroupCommit`]): the database's commit rate peaks with
+/// few of them, and more only queue inside it.
+const CREATE_WRITERS: usize = 4;
+
+/// Calls written in one create transaction at most.
+const CREATE_BATCH: usize = 64;
 
 pub struct PgStore {
     pool: PgPool,
+    group_commit: GroupCommit,
 }
 
 impl PgStore {
@@ -84,11 +126,22 @@ impl PgStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            group_commit: GroupCommit::new(CREATE_WRITERS, CREATE_BATCH),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Begins a write transaction.
+    async fn begin_write(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
+        let waiting = std::time::Instant::now();
+        let tx = self.pool.begin().await?;
+        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+        Ok(tx)
     }
 }
 
@@ -98,9 +151,7 @@ macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
         let mut attempt = 1;
         loop {
-            let waiting = std::time::Instant::now();
-            let mut $tx = $store.pool.begin().await?;
-            $crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+            let mut $tx = $store.begin_write().await?;
             let result = match $body.await {
                 Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
                 // Roll back now: a dropped transaction's ROLLBACK waits for the connection's
@@ -118,45 +169,97 @@ macro_rules! in_write_tx {
     }};
 }
 
-impl InsertSnapshot for Transaction<'_, Postgres> {
-    async fn insert_snapshot(
+impl InsertSnapshots for Transaction<'_, Postgres> {
+    async fn insert_snapshots(
         &mut self,
-        snapshot: &Snapshot,
-        command: &CreateSnapshotCommand,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> Result<(), StoreError> {
-        sqlx::query(INSERT_SNAPSHOT_SQL)
-            .bind(&snapshot.snapshot_id)
-            .bind(&snapshot.account_id)
-            .bind(&snapshot.source_disk_id)
-            .bind(snapshot.snapshot_name.as_deref())
-            .bind(&snapshot.description)
-            .bind(snapshot.source_disk_size_gib)
-            .bind(snapshot.source_disk_type.as_str())
-            .bind(snapshot.status.as_str())
-            .bind(snapshot.created_at)
-            .bind(snapshot.started_at)
-            .bind(command.client_token.as_ref().map(|t| t.as_str()))
-            .bind(command.fingerprint())
-            .bind(snapshot.copy_due_at)
-            .bind(snapshot.retention.as_i32())
-            .bind(snapshot.retention.release_at(snapshot.created_at))
-            .bind(
-                snapshot
-                    .tags
-                    .iter()
-                    .map(|t| t.key.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                snapshot
-                    .tags
-                    .iter()
-                    .map(|t| t.value.clone())
-                    .collect::<Vec<_>>(),
-            )
+        let column = |field: fn(&Snapshot, &CreateSnapshotCommand) -> Option<String>| {
+            snapshots
+                .iter()
+                .map(|(snapshot, command)| field(snapshot, command))
+                .collect::<Vec<_>>()
+        };
+        let timestamps = |field: fn(&Snapshot) -> Option<Timestamp>| {
+            snapshots
+                .iter()
+                .map(|(snapshot, _)| field(snapshot))
+                .collect::<Vec<_>>()
+        };
+        let integers = |field: fn(&Snapshot) -> i32| {
+            snapshots
+                .iter()
+                .map(|(snapshot, _)| field(snapshot))
+                .collect::<Vec<_>>()
+        };
+        let tags = snapshots.iter().flat_map(|(snapshot, _)| {
+            snapshot
+                .tags
+                .iter()
+                .map(|tag| (&snapshot.snapshot_id, &tag.key, &tag.value))
+        });
+        let (mut tag_snapshots, mut tag_keys, mut tag_values) = (vec![], vec![], vec![]);
+        for (snapshot_id, key, value) in tags {
+            tag_snapshots.push(snapshot_id.as_str());
+            tag_keys.push(key.as_str());
+            tag_values.push(value.as_str());
+        }
+        sqlx::query(INSERT_SNAPSHOTS_SQL)
+            .bind(column(|s, _| Some(s.snapshot_id.clone())))
+            .bind(column(|s, _| Some(s.account_id.clone())))
+            .bind(column(|s, _| Some(s.source_disk_id.clone())))
+            .bind(column(|s, _| s.snapshot_name.clone()))
+            .bind(column(|s, _| Some(s.description.clone())))
+            .bind(integers(|s| s.source_disk_size_gib))
+            .bind(column(|s, _| Some(s.source_disk_type.as_str().to_owned())))
+            .bind(column(|s, _| Some(s.status.as_str().to_owned())))
+            .bind(timestamps(|s| Some(s.created_at)))
+            .bind(timestamps(|s| Some(s.started_at)))
+            .bind(column(|_, c| {
+                c.client_token.as_ref().map(|t| t.as_str().to_owned())
+            }))
+            .bind(column(|_, c| Some(c.fingerprint())))
+            .bind(timestamps(|s| Some(s.copy_due_at)))
+            .bind(integers(|s| s.retention.as_i32()))
+            .bind(timestamps(|s| s.retention.release_at(s.created_at)))
+            .bind(tag_snapshots)
+            .bind(tag_keys)
+            .bind(tag_values)
             .execute(&mut **self)
             .await?;
         Ok(())
+    }
+}
+
+impl CreateBatchReads for Transaction<'_, Postgres> {
+    async fn lock_free_and_read(
+        &mut self,
+        commands: &[&CreateSnapshotCommand],
+    ) -> Result<Vec<Option<Result<LockedRead, StoreError>>>, StoreError> {
+        let disks: Vec<&str> = commands.iter().map(|c| c.disk_id.as_str()).collect();
+        let callers: Vec<&str> = commands.iter().map(|c| c.account_id.as_str()).collect();
+        let tokens: Vec<Option<&str>> = commands
+            .iter()
+            .map(|c| c.client_token.as_ref().map(|t| t.as_str()))
+            .collect();
+        let rows: Vec<BatchLockedDiskRow> = sqlx::query_as(LOCK_FREE_DISKS_AND_READ)
+            .bind(disks)
+            .bind(callers)
+            .bind(tokens)
+            .fetch_all(&mut **self)
+            .await?;
+        let mut reads: Vec<Option<Result<LockedRead, StoreError>>> =
+            commands.iter().map(|_| None).collect();
+        for row in rows {
+            let slot = usize::try_from(row.request_index - 1)
+                .ok()
+                .and_then(|index| reads.get_mut(index))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("batch read row {}", row.request_index))
+                })?;
+            *slot = Some(row.locked.into_parts());
+        }
+        Ok(reads)
     }
 }
 

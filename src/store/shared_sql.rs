@@ -3,10 +3,12 @@
 //! CreateSnapshot transaction. Row locks are not part of these texts: PostgreSQL appends its
 //! `FOR UPDATE` clauses; SQLite's `BEGIN IMMEDIATE` already holds the whole database.
 
-/// Everything CreateSnapshot's engine needs, for the caller's disk `$1` (caller `$2`, token
-/// `$3`). PostgreSQL appends `FOR UPDATE OF d`.
-pub(crate) const LOCK_AND_READ: &str = "\
-SELECT d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id, d.size_gib,
+/// The columns CreateSnapshot's engine needs about a disk `d`, with its account `a`, instance
+/// `i`, progressing snapshot `p` and the caller's token binding `t` (a string literal, so that
+/// PostgreSQL's batch read can share it).
+macro_rules! create_state_columns {
+    () => {
+        "d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id, d.size_gib,
        d.created_at, d.expires_at, d.ever_attached,
        d.snapshot_count, d.progressing_snapshot_id, d.progressing_since,
        a.account_id AS acct_id, a.snapshot_service_activated AS acct_snapshot_service_activated,
@@ -15,13 +17,38 @@ SELECT d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id
        i.created_at AS inst_created_at, i.last_started_at AS inst_last_started_at,
        i.lock_reasons AS inst_lock_reasons,
        t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id,
-       p.copy_due_at AS progressing_due_at
-FROM disks d
+       p.copy_due_at AS progressing_due_at"
+    };
+}
+pub(crate) use create_state_columns;
+
+/// The joins behind [`create_state_columns!`], from the disk `d`; the token is `$token`.
+macro_rules! create_state_joins {
+    ($token:literal) => {
+        concat!(
+            "
 LEFT JOIN accounts a ON a.account_id = d.account_id
 LEFT JOIN instances i ON i.instance_id = d.instance_id
-LEFT JOIN client_tokens t ON t.account_id = d.account_id AND t.client_token = $3
-LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id
-WHERE d.disk_id = $1 AND d.account_id = $2";
+LEFT JOIN client_tokens t ON t.account_id = d.account_id AND t.client_token = ",
+            $token,
+            "
+LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id"
+        )
+    };
+}
+pub(crate) use create_state_joins;
+
+/// Everything CreateSnapshot's engine needs, for the caller's disk `$1` (caller `$2`, token
+/// `$3`). PostgreSQL appends `FOR UPDATE OF d`.
+pub(crate) const LOCK_AND_READ: &str = concat!(
+    "SELECT ",
+    create_state_columns!(),
+    "
+FROM disks d",
+    create_state_joins!("$3"),
+    "
+WHERE d.disk_id = $1 AND d.account_id = $2"
+);
 
 /// The caller's (`$1`) account and binding of token `$2`, when there is no disk to lock.
 pub(crate) const READ_CALLER: &str = "\

@@ -12,7 +12,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::create_flow::{InsertSnapshot, decide_and_write};
+use super::create_flow::{
+    CreateBatchReads, CreateReads, InsertSnapshots, LockedRead, decide_and_write,
+};
+use super::group_commit::GroupCommit;
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
 use super::shared_sql::for_sqlite;
@@ -51,8 +54,16 @@ WHERE disk_id = ?1";
 /// Takes the write lock at the start, so reads inside the transaction are the state it writes on.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
+/// One write transaction at a time: SQLite has one writer. Batching still pays, with one commit
+/// (one WAL sync) for many calls.
+const CREATE_WRITERS: usize = 1;
+
+/// Calls written in one create transaction at most.
+const CREATE_BATCH: usize = 64;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    group_commit: GroupCommit,
     /// Held for the life of the store: a second server on the same file would break the
     /// serialization `BEGIN IMMEDIATE` gives within one process's pool.
     _process_lock: File,
@@ -84,12 +95,21 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
+            group_commit: GroupCommit::new(CREATE_WRITERS, CREATE_BATCH),
             _process_lock: process_lock,
         })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Begins a write transaction, holding the database's write lock.
+    async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>, StoreError> {
+        let waiting = std::time::Instant::now();
+        let tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+        Ok(tx)
     }
 }
 
@@ -98,9 +118,7 @@ impl SqliteStore {
 /// retry.
 macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
-        let waiting = std::time::Instant::now();
-        let mut $tx = $store.pool.begin_with(BEGIN_WRITE).await?;
-        $crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+        let mut $tx = $store.begin_write().await?;
         match $body.await {
             Ok(value) => {
                 $tx.commit().await?;
@@ -116,54 +134,83 @@ macro_rules! in_write_tx {
     }};
 }
 
-impl InsertSnapshot for Transaction<'_, Sqlite> {
-    async fn insert_snapshot(
+impl InsertSnapshots for Transaction<'_, Sqlite> {
+    async fn insert_snapshots(
         &mut self,
-        snapshot: &Snapshot,
-        command: &CreateSnapshotCommand,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> Result<(), StoreError> {
-        sqlx::query(INSERT_SNAPSHOT_SQL)
-            .bind(&snapshot.snapshot_id)
-            .bind(&snapshot.account_id)
-            .bind(&snapshot.source_disk_id)
-            .bind(snapshot.snapshot_name.as_deref())
-            .bind(&snapshot.description)
-            .bind(snapshot.source_disk_size_gib)
-            .bind(snapshot.source_disk_type.as_str())
-            .bind(snapshot.status.as_str())
-            .bind(snapshot.created_at)
-            .bind(snapshot.started_at)
-            .bind(snapshot.copy_due_at)
-            .bind(snapshot.retention.as_i32())
-            .bind(snapshot.retention.release_at(snapshot.created_at))
-            .execute(&mut **self)
-            .await?;
-        for tag in &snapshot.tags {
-            sqlx::query(INSERT_TAG_SQL)
-                .bind(&snapshot.snapshot_id)
-                .bind(&tag.key)
-                .bind(&tag.value)
-                .execute(&mut **self)
-                .await?;
+        for (snapshot, command) in snapshots {
+            insert_snapshot(self, snapshot, command).await?;
         }
-        if let Some(token) = &command.client_token {
-            sqlx::query(INSERT_TOKEN_SQL)
-                .bind(&snapshot.account_id)
-                .bind(token.as_str())
-                .bind(command.fingerprint())
-                .bind(&snapshot.snapshot_id)
-                .bind(snapshot.created_at)
-                .execute(&mut **self)
-                .await?;
-        }
-        sqlx::query(COUNT_SNAPSHOT_SQL)
-            .bind(&snapshot.source_disk_id)
-            .bind(&snapshot.snapshot_id)
-            .bind(snapshot.started_at)
-            .execute(&mut **self)
-            .await?;
         Ok(())
     }
+}
+
+// The whole database is held from `BEGIN IMMEDIATE`: the batch's reads are the one-call reads,
+// in an order that cannot wait on anyone.
+impl CreateBatchReads for Transaction<'_, Sqlite> {
+    async fn lock_free_and_read(
+        &mut self,
+        commands: &[&CreateSnapshotCommand],
+    ) -> Result<Vec<Option<Result<LockedRead, StoreError>>>, StoreError> {
+        let mut reads = Vec::with_capacity(commands.len());
+        for command in commands {
+            reads.push(match self.lock_and_read(command).await {
+                Ok(read) => read.map(Ok),
+                Err(StoreError::Corrupt(detail)) => Some(Err(StoreError::Corrupt(detail))),
+                Err(err) => return Err(err),
+            });
+        }
+        Ok(reads)
+    }
+}
+
+async fn insert_snapshot(
+    tx: &mut Transaction<'_, Sqlite>,
+    snapshot: &Snapshot,
+    command: &CreateSnapshotCommand,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_SNAPSHOT_SQL)
+        .bind(&snapshot.snapshot_id)
+        .bind(&snapshot.account_id)
+        .bind(&snapshot.source_disk_id)
+        .bind(snapshot.snapshot_name.as_deref())
+        .bind(&snapshot.description)
+        .bind(snapshot.source_disk_size_gib)
+        .bind(snapshot.source_disk_type.as_str())
+        .bind(snapshot.status.as_str())
+        .bind(snapshot.created_at)
+        .bind(snapshot.started_at)
+        .bind(snapshot.copy_due_at)
+        .bind(snapshot.retention.as_i32())
+        .bind(snapshot.retention.release_at(snapshot.created_at))
+        .execute(&mut **tx)
+        .await?;
+    for tag in &snapshot.tags {
+        sqlx::query(INSERT_TAG_SQL)
+            .bind(&snapshot.snapshot_id)
+            .bind(&tag.key)
+            .bind(&tag.value)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(token) = &command.client_token {
+        sqlx::query(INSERT_TOKEN_SQL)
+            .bind(&snapshot.account_id)
+            .bind(token.as_str())
+            .bind(command.fingerprint())
+            .bind(&snapshot.snapshot_id)
+            .bind(snapshot.created_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query(COUNT_SNAPSHOT_SQL)
+        .bind(&snapshot.source_disk_id)
+        .bind(&snapshot.snapshot_id)
+        .bind(snapshot.started_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 impl_store!(SqliteStore, "sqlite", "./migrations/sqlite", for_sqlite);

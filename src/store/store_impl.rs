@@ -6,6 +6,63 @@
 /// turning the shared SQL into the backend's.
 macro_rules! impl_store {
     ($store:ty, $kind:literal, $migrations:literal, $sql:expr) => {
+        impl $store {
+            /// Writes one batch of queued CreateSnapshot calls in one transaction and answers
+            /// each (see `group_commit`).
+            async fn write_batch(
+                &self,
+                batch: Vec<$crate::store::group_commit::Queued>,
+                backend: &dyn SnapshotBackend,
+            ) {
+                use $crate::store::group_commit::Verdict;
+                let mut attempt = 1;
+                let failure = loop {
+                    let mut tx = match self.begin_write().await {
+                        Ok(tx) => tx,
+                        Err(err) => break err,
+                    };
+                    let decided =
+                        $crate::store::create_flow::decide_batch(&mut tx, &batch, backend).await;
+                    let decision = match decided {
+                        // A caller whose snapshot was about to be committed went away: write
+                        // the batch again without it, as its own transaction would have
+                        // been rolled back.
+                        Ok(decision) if decision.abandoned_writes(&batch) => {
+                            let _ = tx.rollback().await;
+                            continue;
+                        }
+                        Ok(decision) => decision,
+                        Err(err) => {
+                            let _ = tx.rollback().await;
+                            match err {
+                                StoreError::Conflict(_)
+                                    if attempt < $crate::store::CONFLICT_ATTEMPTS =>
+                                {
+                                    attempt += 1;
+                                    continue;
+                                }
+                                err => break err,
+                            }
+                        }
+                    };
+                    match tx.commit().await {
+                        Ok(()) => return decision.answer(batch),
+                        Err(err) => break StoreError::from(err),
+                    }
+                };
+                // The batch failed as a whole: a lone call gets the error, the calls of a
+                // larger batch each find their own answer alone.
+                let lone = batch.len() == 1;
+                let mut failure = Some(failure);
+                for queued in batch {
+                    match failure.take().filter(|_| lone) {
+                        Some(err) => queued.answer(Verdict::Answer(Err(err))),
+                        None => queued.answer(Verdict::RunAlone),
+                    }
+                }
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             fn kind(&self) -> &'static str {
@@ -60,11 +117,20 @@ macro_rules! impl_store {
                 now: Timestamp,
                 backend: &dyn SnapshotBackend,
             ) -> Result<CreateOutcome, StoreError> {
-                in_write_tx!(
-                    self,
-                    tx,
-                    decide_and_write(&mut tx, command, policy, now, backend)
-                )
+                let verdict = self
+                    .group_commit
+                    .submit(command, policy, now, |batch| {
+                        self.write_batch(batch, backend)
+                    })
+                    .await;
+                match verdict {
+                    $crate::store::group_commit::Verdict::Answer(answer) => answer,
+                    $crate::store::group_commit::Verdict::RunAlone => in_write_tx!(
+                        self,
+                        tx,
+                        decide_and_write(&mut tx, command, policy, now, backend)
+                    ),
+                }
             }
 
             async fn describe_snapshots(
