@@ -6,6 +6,8 @@
 //! [`decide_batch`] is a batch's (see [`super::group_commit`]), which settles the usual cases
 //! and sends every other call to the one-call path.
 
+use std::collections::HashSet;
+
 use super::group_commit::{Queued, Verdict};
 use super::{CreateOutcome, StoreError};
 use crate::backend::SnapshotBackend;
@@ -182,8 +184,7 @@ pub(crate) struct BatchDecision {
     pub writes: Vec<(usize, Snapshot)>,
 }
 
-/// Decides a batch of calls (at most one per disk and per token) inside `tx`, without waiting
-/// for any row lock. A call left without a verdict is written if the batch commits: its
+/// Decides a batch of calls inside `tx`, without waiting for any row lock. A call left without a verdict is written if the batch commits: its
 /// snapshot is in `writes`. Calls whose callers went away get `RunAlone` (which nobody reads)
 /// and are not written.
 pub(crate) async fn decide_batch(
@@ -195,15 +196,26 @@ pub(crate) async fn decide_batch(
     let reads = tx.lock_free_and_read(&commands).await?;
     let mut verdicts = Vec::with_capacity(batch.len());
     let mut admitted = Vec::new();
+    // What earlier calls of this batch write: a later call's read is stale there.
+    let mut written_disks = HashSet::new();
+    let mut written_tokens = HashSet::new();
     for (index, (queued, read)) in batch.iter().zip(reads).enumerate() {
+        let command = &queued.command;
+        let token = command
+            .client_token
+            .as_ref()
+            .map(|token| (command.account_id.as_str(), token.as_str()));
+        let stale = written_disks.contains(command.disk_id.as_str())
+            || token.is_some_and(|token| written_tokens.contains(&token));
         let verdict = match read {
             _ if !queued.is_awaited() => Some(Verdict::RunAlone),
-            // Locked by another transaction, or not the caller's disk: the one-call path
-            // waits for the lock or finds the right refusal.
-            None => Some(Verdict::RunAlone),
+            _ if stale => Some(Verdict::Retry),
+            // Locked by another transaction, or not the caller's disk: another batch may find
+            // it free; the one-call path waits for the lock or finds the right refusal.
+            None => Some(Verdict::Retry),
             Some(Err(corrupt)) => Some(Verdict::Answer(Err(corrupt))),
             Some(Ok((state, binding))) => match judge(
-                &queued.command,
+                command,
                 &state,
                 binding.as_ref(),
                 &queued.policy,
@@ -214,11 +226,11 @@ pub(crate) async fn decide_batch(
                 }
                 // A token's binding must be read afresh before a refusal (see
                 // `decide_and_write`); the one-call path does that.
-                Ok(Judgement::Refused(_)) if queued.command.client_token.is_some() => {
-                    Some(Verdict::RunAlone)
-                }
+                Ok(Judgement::Refused(_)) if token.is_some() => Some(Verdict::RunAlone),
                 Ok(Judgement::Refused(refusal)) => Some(Verdict::Answer(Err(refusal.into()))),
                 Ok(Judgement::Admitted(snapshot)) => {
+                    written_disks.insert(command.disk_id.as_str());
+                    written_tokens.extend(token);
                     admitted.push((index, snapshot));
                     None
                 }

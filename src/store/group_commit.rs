@@ -8,14 +8,15 @@
 //! transaction: one locking read for all their disks, the engine's decision for each, one write
 //! for all that were admitted, one commit. Under light load every call leads a batch of one.
 //!
-//! A batch holds at most one call per disk and per client token, so each call's decision sees
-//! exactly the state it would see alone. A batch never waits for a row lock (`SKIP LOCKED`): a
-//! call whose disk another transaction holds, and every other unusual case, is told to
-//! [`Verdict::RunAlone`], and runs the one-call transaction in its own task, as if there were
-//! no batching. A call that went away (its client cancelled, its deadline passed) before its
-//! batch wrote is left out of the write.
+//! Each call is decided on what the batch's locking read found for it, so only while no earlier
+//! call of the batch wrote its disk or its client token; a later call on such a disk or token
+//! is queued again ([`Verdict::Retry`]) and sees the write in a later batch. A batch never
+//! waits for a row lock (`SKIP LOCKED`): a call whose disk another transaction holds is queued
+//! again too. A call queued [`RETRIES`] times, and every unusual case, is told to
+//! [`Verdict::RunAlone`]: it runs the one-call transaction in its own task, as if there were no
+//! batching, and waits for its disk's lock there. A call that went away (its client cancelled,
+//! its deadline passed) before its batch wrote is left out of the write.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -51,9 +52,15 @@ impl Queued {
 pub(crate) enum Verdict {
     /// The call's answer; when `Ok`, written and committed.
     Answer(Result<CreateOutcome, StoreError>),
+    /// The batch could not settle this call yet (its disk was locked elsewhere, or written
+    /// by an earlier call of the batch): queue it again for a later batch.
+    Retry,
     /// The batch could not settle this call: run it in a transaction of its own.
     RunAlone,
 }
+
+/// How often a call is queued again before it runs alone (and waits for its disk's lock).
+const RETRIES: usize = 3;
 
 pub(crate) struct GroupCommit {
     queue: Mutex<Vec<Queued>>,
@@ -71,15 +78,39 @@ impl GroupCommit {
         }
     }
 
-    /// Queues the call and waits for its verdict, writing batches (the caller's and others')
-    /// with `write_batch` whenever it gets a turn. `write_batch` must answer every call it is
-    /// given.
+    /// Queues the call and waits for its answer, writing batches (the caller's and others')
+    /// with `write_batch` whenever it gets a turn. `None`: the caller must run the call alone.
+    /// `write_batch` must answer every call it is given.
     pub async fn submit<W, F>(
         &self,
         command: &CreateSnapshotCommand,
         policy: &Policy,
         now: Timestamp,
         write_batch: W,
+    ) -> Option<Result<CreateOutcome, StoreError>>
+    where
+        W: Fn(Vec<Queued>) -> F,
+        F: Future<Output = ()>,
+    {
+        for _ in 0..=RETRIES {
+            match self
+                .queue_and_wait(command, policy, now, &write_batch)
+                .await
+            {
+                Verdict::Answer(answer) => return Some(answer),
+                Verdict::Retry => continue,
+                Verdict::RunAlone => return None,
+            }
+        }
+        None
+    }
+
+    async fn queue_and_wait<W, F>(
+        &self,
+        command: &CreateSnapshotCommand,
+        policy: &Policy,
+        now: Timestamp,
+        write_batch: &W,
     ) -> Verdict
     where
         W: Fn(Vec<Queued>) -> F,
@@ -110,33 +141,11 @@ impl GroupCommit {
         }
     }
 
-    /// The oldest queued calls, up to `max_batch`, at most one per disk and per client token;
-    /// the others stay queued in order.
+    /// The oldest queued calls, up to `max_batch`.
     fn take_batch(&self) -> Vec<Queued> {
         let mut queue = self.lock_queue();
-        let mut disks = HashSet::new();
-        let mut tokens = HashSet::new();
-        let mut batch = Vec::new();
-        let mut kept = Vec::new();
-        for queued in queue.drain(..) {
-            let command = &queued.command;
-            let token = command
-                .client_token
-                .as_ref()
-                .map(|token| (command.account_id.clone(), token.as_str().to_owned()));
-            let fits = batch.len() < self.max_batch
-                && !disks.contains(command.disk_id.as_str())
-                && token.as_ref().is_none_or(|token| !tokens.contains(token));
-            if fits {
-                disks.insert(command.disk_id.as_str().to_owned());
-                tokens.extend(token);
-                batch.push(queued);
-            } else {
-                kept.push(queued);
-            }
-        }
-        *queue = kept;
-        batch
+        let taken = queue.len().min(self.max_batch);
+        queue.drain(..taken).collect()
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {

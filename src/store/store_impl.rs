@@ -117,15 +117,15 @@ macro_rules! impl_store {
                 now: Timestamp,
                 backend: &dyn SnapshotBackend,
             ) -> Result<CreateOutcome, StoreError> {
-                let verdict = self
+                let answer = self
                     .group_commit
                     .submit(command, policy, now, |batch| {
                         self.write_batch(batch, backend)
                     })
                     .await;
-                match verdict {
-                    $crate::store::group_commit::Verdict::Answer(answer) => answer,
-                    $crate::store::group_commit::Verdict::RunAlone => in_write_tx!(
+                match answer {
+                    Some(answer) => answer,
+                    None => in_write_tx!(
                         self,
                         tx,
                         decide_and_write(&mut tx, command, policy, now, backend)
