@@ -2,11 +2,13 @@
 //! transaction.
 //!
 //! A transaction's cost on the database is mostly per transaction (four round trips, a WAL
-//! flush at commit), not per row. So only a few create transactions run at
-//! once (`writers`); a call that arrives while they are all busy waits in a queue, and whichever call gets
-//! the next turn (the *leader*) takes up to `max_batch` queued calls and writes them in one
-//! transaction: one locking read for all their disks, the engine's decision for each, one write
-//! for all that were admitted, one commit. Under light load every call leads a batch of one.
+//! flush at commit), not per row. So the calls are spread by disk over a few *lanes*, and each
+//! lane writes one transaction at a time: a call that arrives while its lane is busy waits in
+//! the lane's queue, and whichever call gets the lane's next turn (the *leader*) takes up to
+//! `max_batch` queued calls and writes them in one transaction: one locking read for all their
+//! disks, the engine's decision for each, one write for all that were admitted, one commit.
+//! Under light load every call leads a batch of one. A disk's calls always take the same lane,
+//! so the batches of one process never contend for a disk's lock.
 //!
 //! Each call is decided on what the batch's locking read found for it, so only while no earlier
 //! call of the batch wrote its disk or its client token; a later call on such a disk or token
@@ -18,6 +20,7 @@
 //! its deadline passed) before its batch wrote is left out of the write.
 
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use tokio::sync::{Semaphore, oneshot};
@@ -63,17 +66,29 @@ pub(crate) enum Verdict {
 const RETRIES: usize = 3;
 
 pub(crate) struct GroupCommit {
-    queue: Mutex<Vec<Queued>>,
-    turns: Semaphore,
+    lanes: Vec<Lane>,
+    pick_lane: RandomState,
     max_batch: usize,
 }
 
+/// The calls of some disks, written one batch at a time: a disk's calls always take the same
+/// lane, so two batches of one process never contend for one disk.
+struct Lane {
+    queue: Mutex<Vec<Queued>>,
+    turn: Semaphore,
+}
+
 impl GroupCommit {
-    /// At most `writers` batches at once, of at most `max_batch` calls each.
-    pub fn new(writers: usize, max_batch: usize) -> Self {
+    /// `lanes` batches at once at most, of at most `max_batch` calls each.
+    pub fn new(lanes: usize, max_batch: usize) -> Self {
         Self {
-            queue: Mutex::new(Vec::new()),
-            turns: Semaphore::new(writers),
+            lanes: (0..lanes.max(1))
+                .map(|_| Lane {
+                    queue: Mutex::new(Vec::new()),
+                    turn: Semaphore::new(1),
+                })
+                .collect(),
+            pick_lane: RandomState::new(),
             max_batch: max_batch.max(1),
         }
     }
@@ -116,8 +131,10 @@ impl GroupCommit {
         W: Fn(Vec<Queued>) -> F,
         F: Future<Output = ()>,
     {
+        let lane = &self.lanes
+            [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
         let (reply, mut verdict) = oneshot::channel();
-        self.lock_queue().push(Queued {
+        lane.lock_queue().push(Queued {
             command: command.clone(),
             policy: *policy,
             now,
@@ -128,9 +145,9 @@ impl GroupCommit {
                 biased;
                 // A leader that was cancelled mid-batch dropped our reply: run alone.
                 answer = &mut verdict => return answer.unwrap_or(Verdict::RunAlone),
-                turn = self.turns.acquire() => {
+                turn = lane.turn.acquire() => {
                     let _turn = turn.expect("the semaphore is never closed");
-                    let batch = self.take_batch();
+                    let batch = lane.take_batch(self.max_batch);
                     if batch.is_empty() {
                         // Another leader took this call; its answer is on the way.
                         return verdict.await.unwrap_or(Verdict::RunAlone);
@@ -140,11 +157,13 @@ impl GroupCommit {
             }
         }
     }
+}
 
+impl Lane {
     /// The oldest queued calls, up to `max_batch`.
-    fn take_batch(&self) -> Vec<Queued> {
+    fn take_batch(&self, max_batch: usize) -> Vec<Queued> {
         let mut queue = self.lock_queue();
-        let taken = queue.len().min(self.max_batch);
+        let taken = queue.len().min(max_batch);
         queue.drain(..taken).collect()
     }
 

@@ -54,9 +54,8 @@ WHERE disk_id = ?1";
 /// Takes the write lock at the start, so reads inside the transaction are the state it writes on.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-/// One write transaction at a time: SQLite has one writer. Batching still pays, with one commit
-/// (one WAL sync) for many calls.
-const CREATE_WRITERS: usize = 1;
+/// One lane: SQLite has one writer. Batching still pays, with one commit for many calls.
+const CREATE_LANES: usize = 1;
 
 /// Calls written in one create transaction at most.
 const CREATE_BATCH: usize = 64;
@@ -95,7 +94,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
-            group_commit: GroupCommit::new(CREATE_WRITERS, CREATE_BATCH),
+            group_commit: GroupCommit::new(CREATE_LANES, CREATE_BATCH),
             _process_lock: process_lock,
         })
     }
