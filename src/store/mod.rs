@@ -3,7 +3,8 @@
 //!
 //! Each backend runs CreateSnapshot as one transaction: lock the disk, read the state the engine
 //! needs, let the engine decide, write. PostgreSQL locks the disk row (`SELECT … FOR UPDATE`);
-//! SQLite takes the database write lock up front (`BEGIN IMMEDIATE`). Database facts become
+//! SQLite takes the database write lock up front (`BEGIN IMMEDIATE`). Under load, calls that
+//! arrive together share such a transaction ([`group_commit`]). Database facts become
 //! typed errors here, at the store's edge; SQL never leaves this module.
 
 mod create_flow;

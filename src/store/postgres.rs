@@ -1,11 +1,14 @@
 //! The PostgreSQL store: production, several replicas on one database.
 //!
-//! CreateSnapshot is four round trips: `BEGIN`; one statement that locks the disk row
-//! (`FOR UPDATE OF d`) and reads everything the engine needs; one statement that inserts the
-//! snapshot, its tags and the token binding and updates the disk's bookkeeping; `COMMIT`.
-//! (sqlx adds a ping when the connection goes back to the pool, after the call's answer is
-//! decided; `tests/api/round_trips.rs` counts them on the wire.)
-//! Requests for different disks never wait for each other.
+//! CreateSnapshot is four round trips: `BEGIN`; one statement that locks the disk rows
+//! (`FOR UPDATE OF d SKIP LOCKED`) and reads everything the engine needs; one statement that
+//! inserts the snapshots, their tags and token bindings and updates the disks' bookkeeping;
+//! `COMMIT`. Both statements take arrays, so under load one transaction writes a batch of calls
+//! ([`GroupCommit`]). A call the batch cannot settle runs alone with
+//! [`LOCK_AND_READ`](super::shared_sql::LOCK_AND_READ) and a plain `FOR UPDATE OF d`, which
+//! waits for the lock. (sqlx adds a ping when the connection goes back to the pool, after the
+//! call's answer is decided; `tests/api/round_trips.rs` counts them on the wire.) Requests for
+//! different disks never wait for each other.
 
 use std::str::FromStr;
 
