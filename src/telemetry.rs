@@ -65,6 +65,13 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&BUCKETS)
                 .expect("the bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        metric::CREATE_BATCH_CALLS.to_owned(),
+                    ),
+                    &metric::BATCH_BUCKETS,
+                )
+                .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
@@ -145,7 +152,12 @@ pub mod metric {
     pub const DB_POOL_IDLE: &str = "snapshotd_db_pool_idle_connections";
     pub const DB_POOL_MAX: &str = "snapshotd_db_pool_max_connections";
     pub const DB_BEGIN_WAIT: &str = "snapshotd_db_begin_wait_seconds";
+    pub const CREATE_BATCH_CALLS: &str = "snapshotd_create_batch_calls";
+    pub const CREATE_RUN_ALONE: &str = "snapshotd_create_run_alone_total";
     pub const BUILD_INFO: &str = "snapshotd_build_info";
+
+    /// Buckets of [`CREATE_BATCH_CALLS`]: calls, not seconds (a batch holds at most 64).
+    pub(super) const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
     pub(super) fn describe() {
         describe_counter!(
@@ -171,6 +183,14 @@ pub mod metric {
             DB_BEGIN_WAIT,
             Unit::Seconds,
             "time to get a database connection and begin a write transaction"
+        );
+        describe_histogram!(
+            CREATE_BATCH_CALLS,
+            "CreateSnapshot calls decided by one committed create transaction (group commit)"
+        );
+        describe_counter!(
+            CREATE_RUN_ALONE,
+            "CreateSnapshot calls a batch could not settle, run in a transaction of their own"
         );
         describe_gauge!(BUILD_INFO, "always 1; the version is a label");
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -211,5 +231,13 @@ pub mod metric {
 
     pub fn db_begin_wait(wait: Duration) {
         histogram!(DB_BEGIN_WAIT).record(wait.as_secs_f64());
+    }
+
+    pub fn create_batch(calls: usize) {
+        histogram!(CREATE_BATCH_CALLS).record(calls as f64);
+    }
+
+    pub fn create_run_alone() {
+        counter!(CREATE_RUN_ALONE).increment(1);
     }
 }

@@ -55,13 +55,22 @@ pub(crate) trait InsertSnapshots {
 /// The locking read of a batch: what the engine needs for each call, on a transaction already
 /// begun.
 pub(crate) trait CreateBatchReads: InsertSnapshots {
-    /// For each command, in order: its disk's state and token binding, with the disk locked;
-    /// `None` when the disk is not the caller's or another transaction holds its lock (never
-    /// waited for). A row that does not decode is that command's error.
+    /// For each command, in order, what its locking read found; a lock held by another
+    /// transaction is never waited for.
     async fn lock_free_and_read(
         &mut self,
         commands: &[&CreateSnapshotCommand],
-    ) -> Result<Vec<Option<Result<LockedRead, StoreError>>>, StoreError>;
+    ) -> Result<Vec<BatchRead>, StoreError>;
+}
+
+/// What a batch's locking read found for one call.
+pub(crate) enum BatchRead {
+    /// The disk, now locked, and what the engine needs (or why the row does not decode).
+    Locked(Result<LockedRead, StoreError>),
+    /// Another transaction holds the disk's lock.
+    Busy,
+    /// The caller has no such disk.
+    Missing,
 }
 
 /// What one call's locking read found.
@@ -210,11 +219,12 @@ pub(crate) async fn decide_batch(
         let verdict = match read {
             _ if !queued.is_awaited() => Some(Verdict::RunAlone),
             _ if stale => Some(Verdict::Retry),
-            // Locked by another transaction, or not the caller's disk: another batch may find
-            // it free; the one-call path waits for the lock or finds the right refusal.
-            None => Some(Verdict::Retry),
-            Some(Err(corrupt)) => Some(Verdict::Answer(Err(corrupt))),
-            Some(Ok((state, binding))) => match judge(
+            // A later batch may find it free.
+            BatchRead::Busy => Some(Verdict::Retry),
+            // The one-call path finds the right refusal.
+            BatchRead::Missing => Some(Verdict::RunAlone),
+            BatchRead::Locked(Err(corrupt)) => Some(Verdict::Answer(Err(corrupt))),
+            BatchRead::Locked(Ok((state, binding))) => match judge(
                 command,
                 &state,
                 binding.as_ref(),

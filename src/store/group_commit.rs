@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -95,7 +95,8 @@ impl GroupCommit {
 
     /// Queues the call and waits for its answer, writing batches (the caller's and others')
     /// with `write_batch` whenever it gets a turn. `None`: the caller must run the call alone.
-    /// `write_batch` must answer every call it is given.
+    /// `write_batch` must answer every call it is given, and returns the cause when it found
+    /// the database unreachable.
     pub async fn submit<W, F>(
         &self,
         command: &CreateSnapshotCommand,
@@ -105,7 +106,7 @@ impl GroupCommit {
     ) -> Option<Result<CreateOutcome, StoreError>>
     where
         W: Fn(Vec<Queued>) -> F,
-        F: Future<Output = ()>,
+        F: Future<Output = Option<Arc<sqlx::Error>>>,
     {
         for _ in 0..=RETRIES {
             match self
@@ -129,7 +130,7 @@ impl GroupCommit {
     ) -> Verdict
     where
         W: Fn(Vec<Queued>) -> F,
-        F: Future<Output = ()>,
+        F: Future<Output = Option<Arc<sqlx::Error>>>,
     {
         let lane = &self.lanes
             [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
@@ -152,7 +153,14 @@ impl GroupCommit {
                         // Another leader took this call; its answer is on the way.
                         return verdict.await.unwrap_or(Verdict::RunAlone);
                     }
-                    write_batch(batch).await;
+                    if let Some(cause) = write_batch(batch).await {
+                        // The calls queued meanwhile share the answer rather than each waiting
+                        // for the database again, one batch after another.
+                        for queued in lane.take_batch(usize::MAX) {
+                            let unreachable = StoreError::Unavailable(Arc::clone(&cause));
+                            queued.answer(Verdict::Answer(Err(unreachable)));
+                        }
+                    }
                 }
             }
         }

@@ -108,8 +108,9 @@ pub enum StoreError {
     #[error("the snapshot backend could not start the copy")]
     CopyNotStarted(#[source] BackendError),
     /// The database cannot be reached (connection refused or lost, pool exhausted or closed).
+    /// Shared: every call of a batch that met it gets it.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// A row the database holds does not decode into the domain (a bug or a hand edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -142,7 +143,7 @@ impl From<sqlx::Error> for StoreError {
         if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
             Self::Conflict(err)
         } else if unreachable {
-            Self::Unavailable(err)
+            Self::Unavailable(Arc::new(err))
         } else {
             Self::Database(err)
         }

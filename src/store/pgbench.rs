@@ -128,7 +128,7 @@ mod tests {
         });
         assert!(!script.contains('$'), "{script}");
         assert!(script.contains("\\set disk random(0, 99)"));
-        assert!(script.contains("FOR UPDATE OF d SKIP LOCKED;"));
+        assert!(script.contains("FOR UPDATE OF d SKIP LOCKED"));
         assert!(script.contains("INSERT INTO snapshots"));
         assert!(script.trim_end().ends_with("COMMIT;"));
     }

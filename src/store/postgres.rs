@@ -13,13 +13,13 @@
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
 
-use super::create_flow::{CreateBatchReads, InsertSnapshots, LockedRead, decide_and_write};
+use super::create_flow::{BatchRead, CreateBatchReads, InsertSnapshots, decide_and_write};
 use super::group_commit::GroupCommit;
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
 use super::lifecycle_flow::{self, Dialect, describe_on, impl_lifecycle_tx};
-use super::rows::BatchLockedDiskRow;
+use super::rows::LockedDiskRow;
 use super::shared_sql::{create_state_columns, create_state_joins};
 use super::store_impl::impl_store;
 use super::{
@@ -46,18 +46,29 @@ const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::fr
 
 /// Locks the disks of a batch of CreateSnapshot calls that no other transaction holds, in disk
 /// order, and reads what the engine needs for each: arrays of disk ids `$1`, callers `$2` and
-/// tokens `$3`, one element per call. A call whose disk is locked elsewhere, or is not the
-/// caller's, has no row; `request_index` (1-based) says which call a row answers.
+/// tokens `$3`, one element per call. One row per call (`requested`, 1-based): with the
+/// engine's columns when its disk was locked; without them (`request_index` is NULL) when the
+/// disk is locked elsewhere (`disk_exists`) or is not the caller's.
 pub(crate) const LOCK_FREE_DISKS_AND_READ: &str = concat!(
-    "SELECT req.n AS request_index, ",
+    "WITH req AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS r (disk_id, account_id, client_token, n)
+), locked AS MATERIALIZED (
+    SELECT req.n AS request_index, ",
     create_state_columns!(),
     "
-FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS req (disk_id, account_id, client_token, n)
-JOIN disks d ON d.disk_id = req.disk_id AND d.account_id = req.account_id",
+    FROM req
+    JOIN disks d ON d.disk_id = req.disk_id AND d.account_id = req.account_id",
     create_state_joins!("req.client_token"),
     "
-ORDER BY d.disk_id
-FOR UPDATE OF d SKIP LOCKED"
+    ORDER BY d.disk_id
+    FOR UPDATE OF d SKIP LOCKED
+)
+SELECT req.n AS requested,
+       EXISTS (SELECT 1 FROM disks x WHERE x.disk_id = req.disk_id AND x.account_id = req.account_id)
+           AS disk_exists,
+       locked.*
+FROM req LEFT JOIN locked ON locked.request_index = req.n"
 );
 
 /// Snapshots with their tags and token bindings, and their disks' bookkeeping, in one
@@ -240,31 +251,42 @@ impl CreateBatchReads for Transaction<'_, Postgres> {
     async fn lock_free_and_read(
         &mut self,
         commands: &[&CreateSnapshotCommand],
-    ) -> Result<Vec<Option<Result<LockedRead, StoreError>>>, StoreError> {
+    ) -> Result<Vec<BatchRead>, StoreError> {
         let disks: Vec<&str> = commands.iter().map(|c| c.disk_id.as_str()).collect();
         let callers: Vec<&str> = commands.iter().map(|c| c.account_id.as_str()).collect();
         let tokens: Vec<Option<&str>> = commands
             .iter()
             .map(|c| c.client_token.as_ref().map(|t| t.as_str()))
             .collect();
-        let rows: Vec<BatchLockedDiskRow> = sqlx::query_as(LOCK_FREE_DISKS_AND_READ)
+        let rows = sqlx::query(LOCK_FREE_DISKS_AND_READ)
             .bind(disks)
             .bind(callers)
             .bind(tokens)
             .fetch_all(&mut **self)
             .await?;
-        let mut reads: Vec<Option<Result<LockedRead, StoreError>>> =
-            commands.iter().map(|_| None).collect();
+        let mut reads: Vec<Option<BatchRead>> = commands.iter().map(|_| None).collect();
         for row in rows {
-            let slot = usize::try_from(row.request_index - 1)
+            let requested: i64 = row.try_get("requested")?;
+            let locked: Option<i64> = row.try_get("request_index")?;
+            let read = match locked {
+                Some(_) => BatchRead::Locked(
+                    LockedDiskRow::from_row(&row)
+                        .map_err(StoreError::from)
+                        .and_then(LockedDiskRow::into_parts),
+                ),
+                None if row.try_get("disk_exists")? => BatchRead::Busy,
+                None => BatchRead::Missing,
+            };
+            let slot = usize::try_from(requested - 1)
                 .ok()
                 .and_then(|index| reads.get_mut(index))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("batch read row {}", row.request_index))
-                })?;
-            *slot = Some(row.locked.into_parts());
+                .ok_or_else(|| StoreError::Corrupt(format!("batch read row {requested}")))?;
+            *slot = Some(read);
         }
-        Ok(reads)
+        reads
+            .into_iter()
+            .map(|read| read.ok_or_else(|| StoreError::Corrupt("a call without its row".into())))
+            .collect()
     }
 }
 

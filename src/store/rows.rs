@@ -172,14 +172,6 @@ pub(crate) struct LockedDiskRow {
     pub token: OptionalTokenColumns,
 }
 
-/// A [`LockedDiskRow`] of a batch read, with the position of its request in the batch (1-based).
-#[derive(Debug, FromRow)]
-pub(crate) struct BatchLockedDiskRow {
-    pub request_index: i64,
-    #[sqlx(flatten)]
-    pub locked: LockedDiskRow,
-}
-
 impl CallerRow {
     pub fn into_parts(self) -> (CreateState, Option<TokenBinding>) {
         let state = CreateState {

@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::create_flow::{
-    CreateBatchReads, CreateReads, InsertSnapshots, LockedRead, decide_and_write,
+    BatchRead, CreateBatchReads, CreateReads, InsertSnapshots, decide_and_write,
 };
 use super::group_commit::GroupCommit;
 use super::inventory_flow::{self, InventoryTx, impl_shared_tx};
@@ -151,12 +151,15 @@ impl CreateBatchReads for Transaction<'_, Sqlite> {
     async fn lock_free_and_read(
         &mut self,
         commands: &[&CreateSnapshotCommand],
-    ) -> Result<Vec<Option<Result<LockedRead, StoreError>>>, StoreError> {
+    ) -> Result<Vec<BatchRead>, StoreError> {
         let mut reads = Vec::with_capacity(commands.len());
         for command in commands {
             reads.push(match self.lock_and_read(command).await {
-                Ok(read) => read.map(Ok),
-                Err(StoreError::Corrupt(detail)) => Some(Err(StoreError::Corrupt(detail))),
+                Ok(Some(read)) => BatchRead::Locked(Ok(read)),
+                Ok(None) => BatchRead::Missing,
+                Err(StoreError::Corrupt(detail)) => {
+                    BatchRead::Locked(Err(StoreError::Corrupt(detail)))
+                }
                 Err(err) => return Err(err),
             });
         }

@@ -8,12 +8,12 @@ macro_rules! impl_store {
     ($store:ty, $kind:literal, $migrations:literal, $sql:expr) => {
         impl $store {
             /// Writes one batch of queued CreateSnapshot calls in one transaction and answers
-            /// each (see `group_commit`).
+            /// each (see `group_commit`); returns the cause when the database was unreachable.
             async fn write_batch(
                 &self,
                 batch: Vec<$crate::store::group_commit::Queued>,
                 backend: &dyn SnapshotBackend,
-            ) {
+            ) -> Option<std::sync::Arc<sqlx::Error>> {
                 use $crate::store::group_commit::Verdict;
                 let mut attempt = 1;
                 let failure = loop {
@@ -46,20 +46,34 @@ macro_rules! impl_store {
                         }
                     };
                     match tx.commit().await {
-                        Ok(()) => return decision.answer(batch),
+                        Ok(()) => {
+                            $crate::telemetry::metric::create_batch(batch.len());
+                            decision.answer(batch);
+                            return None;
+                        }
                         Err(err) => break StoreError::from(err),
                     }
                 };
-                // The batch failed as a whole: a lone call gets the error, the calls of a
-                // larger batch each find their own answer alone.
+                // The batch failed as a whole. An unreachable database is every call's answer
+                // (each would wait for it again alone); otherwise a lone call gets the error, and
+                // the calls of a larger batch each find their own answer alone.
+                let unreachable = match &failure {
+                    StoreError::Unavailable(cause) => Some(cause.clone()),
+                    _ => None,
+                };
                 let lone = batch.len() == 1;
                 let mut failure = Some(failure);
                 for queued in batch {
-                    match failure.take().filter(|_| lone) {
-                        Some(err) => queued.answer(Verdict::Answer(Err(err))),
-                        None => queued.answer(Verdict::RunAlone),
-                    }
+                    let verdict = match &failure {
+                        Some(StoreError::Unavailable(cause)) => {
+                            Verdict::Answer(Err(StoreError::Unavailable(cause.clone())))
+                        }
+                        Some(_) if lone => Verdict::Answer(Err(failure.take().expect("some"))),
+                        _ => Verdict::RunAlone,
+                    };
+                    queued.answer(verdict);
                 }
+                unreachable
             }
         }
 
@@ -125,11 +139,14 @@ macro_rules! impl_store {
                     .await;
                 match answer {
                     Some(answer) => answer,
-                    None => in_write_tx!(
-                        self,
-                        tx,
-                        decide_and_write(&mut tx, command, policy, now, backend)
-                    ),
+                    None => {
+                        $crate::telemetry::metric::create_run_alone();
+                        in_write_tx!(
+                            self,
+                            tx,
+                            decide_and_write(&mut tx, command, policy, now, backend)
+                        )
+                    }
                 }
             }
 
