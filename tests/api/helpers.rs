@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
@@ -21,7 +21,8 @@ use snapshotd::pb::inventory_service_client::InventoryServiceClient;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use snapshotd::worker::{Outcome, Worker};
 use snapshotd::{App, Config};
-use sqlx::Connection;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 use tokio::sync::{OnceCell, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -701,6 +702,60 @@ pub fn world(account_id: &str, disks: usize) -> World {
         disks: (0..disks)
             .map(|n| attached_disk(account_id, &instance_id, &format!("d-{account_id}-{n}")))
             .collect(),
+    }
+}
+
+/// The test holding a disk's row lock from its own PostgreSQL session, as a concurrent
+/// transaction would.
+pub struct DiskLock {
+    pool: PgPool,
+    tx: Transaction<'static, Postgres>,
+}
+
+impl DiskLock {
+    pub async fn hold(url: &str, disk_id: &str) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .expect("connecting to the test database");
+        let mut tx = pool.begin().await.expect("BEGIN");
+        let locked: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM disks WHERE disk_id = $1 FOR UPDATE")
+                .bind(disk_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .expect("locking the disk row");
+        assert!(locked.is_some(), "the disk {disk_id} is stored");
+        Self { pool, tx }
+    }
+
+    /// Waits until some other session of the database waits on a lock: the server's create.
+    pub async fn wait_for_a_waiter(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("reading pg_stat_activity");
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server's CreateSnapshot never waited on the disk lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn release(self) {
+        self.tx.rollback().await.expect("ROLLBACK");
+        self.pool.close().await;
     }
 }
 

@@ -14,6 +14,7 @@ mod describe;
 mod edge;
 mod embedded;
 mod faults;
+mod group_commit;
 mod hostile;
 mod idempotence;
 mod inventory;

@@ -14,7 +14,6 @@ use snapshotd::pb;
 use snapshotd::pb::inventory_service_client::InventoryServiceClient;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Transaction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -24,7 +23,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestDatabase, World, as_account, as_admin, world};
+use crate::helpers::{
+    ADMIN_TOKEN, Backend, DiskLock, TestDatabase, World, as_account, as_admin, world,
+};
 use crate::process::{BINARY, Server, free_port};
 
 const ACCOUNT: &str = "acct-ops";
@@ -112,59 +113,6 @@ fn create_in_background(
 ) -> JoinHandle<Result<pb::CreateSnapshotResponse, tonic::Status>> {
     let channel = channel.clone();
     tokio::spawn(async move { create(&channel, DISK).await })
-}
-
-/// The test holding a disk's row lock, as a concurrent transaction would.
-struct DiskLock {
-    pool: PgPool,
-    tx: Transaction<'static, Postgres>,
-}
-
-impl DiskLock {
-    async fn hold(url: &str, disk_id: &str) -> Self {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(url)
-            .await
-            .expect("connecting to the test database");
-        let mut tx = pool.begin().await.expect("BEGIN");
-        let locked: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM disks WHERE disk_id = $1 FOR UPDATE")
-                .bind(disk_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .expect("locking the disk row");
-        assert!(locked.is_some(), "the disk {disk_id} is stored");
-        Self { pool, tx }
-    }
-
-    /// Waits until some other session of the database waits on a lock: the server's create.
-    async fn wait_for_a_waiter(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .expect("reading pg_stat_activity");
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server's CreateSnapshot never waited on the disk lock"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn release(self) {
-        self.tx.rollback().await.expect("ROLLBACK");
-        self.pool.close().await;
-    }
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
