@@ -64,12 +64,7 @@ impl SnapshotApi {
         };
         let outcome = self
             .store
-            .create_snapshot(
-                &command,
-                &self.policy,
-                self.clock.now(),
-                self.backend.as_ref(),
-            )
+            .create_snapshot(&command, &self.policy, self.clock.now(), &self.backend)
             .await?;
         let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
         note_snapshot(id);

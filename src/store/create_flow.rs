@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use super::group_commit::{Queued, Verdict};
+use super::lifecycle_flow::cancel_copy;
 use super::{CreateOutcome, StoreError};
 use crate::backend::SnapshotBackend;
 use crate::domain::{
@@ -66,7 +67,7 @@ pub(crate) trait CreateBatchReads: InsertSnapshots {
 /// What a batch's locking read found for one call.
 pub(crate) enum BatchRead {
     /// The disk, now locked, and what the engine needs (or why the row does not decode).
-    Locked(Result<LockedRead, StoreError>),
+    Locked(Box<Result<LockedRead, StoreError>>),
     /// Another transaction holds the disk's lock.
     Busy,
     /// The caller has no such disk.
@@ -180,7 +181,10 @@ pub(crate) async fn decide_and_write(
         Judgement::Admitted(snapshot) => snapshot,
     };
     start_copy(&mut snapshot, backend).await?;
-    tx.insert_snapshots(&[(&snapshot, command)]).await?;
+    if let Err(err) = tx.insert_snapshots(&[(&snapshot, command)]).await {
+        cancel_copy(backend, &snapshot).await;
+        return Err(err);
+    }
     Ok(CreateOutcome::Created {
         id: snapshot.snapshot_id,
     })
@@ -223,28 +227,30 @@ pub(crate) async fn decide_batch(
             BatchRead::Busy => Some(Verdict::Retry),
             // The one-call path finds the right refusal.
             BatchRead::Missing => Some(Verdict::RunAlone),
-            BatchRead::Locked(Err(corrupt)) => Some(Verdict::Answer(Err(corrupt))),
-            BatchRead::Locked(Ok((state, binding))) => match judge(
-                command,
-                &state,
-                binding.as_ref(),
-                &queued.policy,
-                queued.now,
-            ) {
-                Ok(Judgement::Replayed(id)) => {
-                    Some(Verdict::Answer(Ok(CreateOutcome::Replayed { id })))
-                }
-                // A token's binding must be read afresh before a refusal (see
-                // `decide_and_write`); the one-call path does that.
-                Ok(Judgement::Refused(_)) if token.is_some() => Some(Verdict::RunAlone),
-                Ok(Judgement::Refused(refusal)) => Some(Verdict::Answer(Err(refusal.into()))),
-                Ok(Judgement::Admitted(snapshot)) => {
-                    written_disks.insert(command.disk_id.as_str());
-                    written_tokens.extend(token);
-                    admitted.push((index, snapshot));
-                    None
-                }
-                Err(err) => Some(Verdict::Answer(Err(err))),
+            BatchRead::Locked(locked) => match *locked {
+                Err(corrupt) => Some(Verdict::Answer(Err(corrupt))),
+                Ok((state, binding)) => match judge(
+                    command,
+                    &state,
+                    binding.as_ref(),
+                    &queued.policy,
+                    queued.now,
+                ) {
+                    Ok(Judgement::Replayed(id)) => {
+                        Some(Verdict::Answer(Ok(CreateOutcome::Replayed { id })))
+                    }
+                    // A token's binding must be read afresh before a refusal (see
+                    // `decide_and_write`); the one-call path does that.
+                    Ok(Judgement::Refused(_)) if token.is_some() => Some(Verdict::RunAlone),
+                    Ok(Judgement::Refused(refusal)) => Some(Verdict::Answer(Err(refusal.into()))),
+                    Ok(Judgement::Admitted(snapshot)) => {
+                        written_disks.insert(command.disk_id.as_str());
+                        written_tokens.extend(token);
+                        admitted.push((index, snapshot));
+                        None
+                    }
+                    Err(err) => Some(Verdict::Answer(Err(err))),
+                },
             },
         };
         verdicts.push(verdict);
@@ -266,8 +272,12 @@ pub(crate) async fn decide_batch(
         .iter()
         .map(|(index, snapshot)| (snapshot, &batch[*index].command))
         .collect();
-    if !rows.is_empty() {
-        tx.insert_snapshots(&rows).await?;
+    if !rows.is_empty()
+        && let Err(err) = tx.insert_snapshots(&rows).await
+    {
+        let decision = BatchDecision { verdicts, writes };
+        decision.cancel_copies(backend).await;
+        return Err(err);
     }
     Ok(BatchDecision { verdicts, writes })
 }
@@ -283,6 +293,14 @@ impl BatchDecision {
         }
         for (queued, verdict) in batch.into_iter().zip(verdicts) {
             queued.answer(verdict.unwrap_or(Verdict::RunAlone));
+        }
+    }
+
+    /// Cancels the copies started for the snapshots this decision would have written (it is
+    /// being rolled back).
+    pub async fn cancel_copies(&self, backend: &dyn SnapshotBackend) {
+        for (_, snapshot) in &self.writes {
+            cancel_copy(backend, snapshot).await;
         }
     }
 

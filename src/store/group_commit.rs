@@ -17,7 +17,8 @@
 //! again too. A call queued [`RETRIES`] times, and every unusual case, is told to
 //! [`Verdict::RunAlone`]: it runs the one-call transaction in its own task, as if there were no
 //! batching, and waits for its disk's lock there. A call that went away (its client cancelled,
-//! its deadline passed) before its batch wrote is left out of the write.
+//! its deadline passed) before its batch wrote is left out of the write. A batch runs in a task
+//! of its own, so its leader's going away never cuts it short.
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -66,7 +67,7 @@ pub(crate) enum Verdict {
 const RETRIES: usize = 3;
 
 pub(crate) struct GroupCommit {
-    lanes: Vec<Lane>,
+    lanes: Vec<Arc<Lane>>,
     pick_lane: RandomState,
     max_batch: usize,
 }
@@ -75,7 +76,7 @@ pub(crate) struct GroupCommit {
 /// lane, so two batches of one process never contend for one disk.
 struct Lane {
     queue: Mutex<Vec<Queued>>,
-    turn: Semaphore,
+    turn: Arc<Semaphore>,
 }
 
 impl GroupCommit {
@@ -83,9 +84,11 @@ impl GroupCommit {
     pub fn new(lanes: usize, max_batch: usize) -> Self {
         Self {
             lanes: (0..lanes.max(1))
-                .map(|_| Lane {
-                    queue: Mutex::new(Vec::new()),
-                    turn: Semaphore::new(1),
+                .map(|_| {
+                    Arc::new(Lane {
+                        queue: Mutex::new(Vec::new()),
+                        turn: Arc::new(Semaphore::new(1)),
+                    })
                 })
                 .collect(),
             pick_lane: RandomState::new(),
@@ -106,7 +109,7 @@ impl GroupCommit {
     ) -> Option<Result<CreateOutcome, StoreError>>
     where
         W: Fn(Vec<Queued>) -> F,
-        F: Future<Output = Option<Arc<sqlx::Error>>>,
+        F: Future<Output = Option<Arc<sqlx::Error>>> + Send + 'static,
     {
         for _ in 0..=RETRIES {
             match self
@@ -130,7 +133,7 @@ impl GroupCommit {
     ) -> Verdict
     where
         W: Fn(Vec<Queued>) -> F,
-        F: Future<Output = Option<Arc<sqlx::Error>>>,
+        F: Future<Output = Option<Arc<sqlx::Error>>> + Send + 'static,
     {
         let lane = &self.lanes
             [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
@@ -144,22 +147,32 @@ impl GroupCommit {
         loop {
             tokio::select! {
                 biased;
-                // A leader that was cancelled mid-batch dropped our reply: run alone.
+                // A batch that broke off (a panic) dropped our reply: run alone.
                 answer = &mut verdict => return answer.unwrap_or(Verdict::RunAlone),
-                turn = lane.turn.acquire() => {
-                    let _turn = turn.expect("the semaphore is never closed");
+                turn = Arc::clone(&lane.turn).acquire_owned() => {
+                    let turn = turn.expect("the semaphore is never closed");
                     let batch = lane.take_batch(self.max_batch);
                     if batch.is_empty() {
                         // Another leader took this call; its answer is on the way.
                         return verdict.await.unwrap_or(Verdict::RunAlone);
                     }
-                    if let Some(cause) = write_batch(batch).await {
-                        // The calls queued meanwhile share the answer rather than each waiting
-                        // for the database again, one batch after another.
-                        for queued in lane.take_batch(usize::MAX) {
-                            let unreachable = StoreError::Unavailable(Arc::clone(&cause));
-                            queued.answer(Verdict::Answer(Err(unreachable)));
+                    // In a task of its own, holding the lane's turn: if this call goes away
+                    // (cancelled, past its deadline), the batch still ends and answers the
+                    // others. Dropped halfway, it could commit with nobody told.
+                    let write = write_batch(batch);
+                    let lane = Arc::clone(lane);
+                    let writing = tokio::spawn(async move {
+                        let _turn = turn;
+                        if let Some(cause) = write.await {
+                            // The calls queued meanwhile share the answer rather than each
+                            // waiting for the database again, one batch after another.
+                            lane.answer_all(&cause);
                         }
+                    });
+                    if let Err(failed) = writing.await
+                        && failed.is_panic()
+                    {
+                        std::panic::resume_unwind(failed.into_panic());
                     }
                 }
             }
@@ -167,7 +180,24 @@ impl GroupCommit {
     }
 }
 
+/// Resolves once no caller of `batch` waits for its answer any more.
+pub(crate) async fn all_gone(batch: &[Queued]) {
+    // Polled: a caller's going away is seen within this delay.
+    const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+    while batch.iter().any(Queued::is_awaited) {
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+}
+
 impl Lane {
+    /// Answers every queued call: the database is unreachable.
+    fn answer_all(&self, cause: &Arc<sqlx::Error>) {
+        for queued in self.take_batch(usize::MAX) {
+            let unreachable = StoreError::Unavailable(Arc::clone(cause));
+            queued.answer(Verdict::Answer(Err(unreachable)));
+        }
+    }
+
     /// The oldest queued calls, up to `max_batch`.
     fn take_batch(&self, max_batch: usize) -> Vec<Queued> {
         let mut queue = self.lock_queue();

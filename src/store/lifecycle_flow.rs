@@ -110,7 +110,7 @@ pub(crate) async fn delete(
     tx.delete_and_uncount(&snapshot).await
 }
 
-async fn cancel_copy(backend: &dyn SnapshotBackend, snapshot: &Snapshot) {
+pub(crate) async fn cancel_copy(backend: &dyn SnapshotBackend, snapshot: &Snapshot) {
     if let Err(err) = backend.cancel_copy(snapshot).await {
         // The row goes regardless: a copy nobody references is the backend's to clean up.
         tracing::warn!(snapshot_id = %snapshot.snapshot_id, error = %err, "cancelling a copy failed");

@@ -176,13 +176,14 @@ pub trait Store: Send + Sync + 'static {
     /// Any account's disk (the admin view).
     async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError>;
 
-    /// Runs the whole CreateSnapshot decision as one transaction serialized per disk.
+    /// Runs the whole CreateSnapshot decision as one transaction serialized per disk (possibly
+    /// shared with other calls: `group_commit`).
     async fn create_snapshot(
         &self,
         command: &CreateSnapshotCommand,
         policy: &Policy,
         now: Timestamp,
-        backend: &dyn SnapshotBackend,
+        backend: &Arc<dyn SnapshotBackend>,
     ) -> Result<CreateOutcome, StoreError>;
 
     /// One page of the caller's snapshots.

@@ -151,14 +151,14 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
 
-    /// Begins a write transaction.
-    async fn begin_write(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
-        let waiting = std::time::Instant::now();
-        let tx = self.pool.begin().await?;
-        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
-        Ok(tx)
-    }
+/// Begins a write transaction.
+async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let waiting = std::time::Instant::now();
+    let tx = pool.begin().await?;
+    crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+    Ok(tx)
 }
 
 /// Runs `$body` (which uses the transaction `$tx`) and commits, or rolls back on an error;
@@ -167,7 +167,7 @@ macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
         let mut attempt = 1;
         loop {
-            let mut $tx = $store.begin_write().await?;
+            let mut $tx = begin_write(&$store.pool).await?;
             let result = match $body.await {
                 Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
                 // Roll back now: a dropped transaction's ROLLBACK waits for the connection's
@@ -269,11 +269,11 @@ impl CreateBatchReads for Transaction<'_, Postgres> {
             let requested: i64 = row.try_get("requested")?;
             let locked: Option<i64> = row.try_get("request_index")?;
             let read = match locked {
-                Some(_) => BatchRead::Locked(
+                Some(_) => BatchRead::Locked(Box::new(
                     LockedDiskRow::from_row(&row)
                         .map_err(StoreError::from)
                         .and_then(LockedDiskRow::into_parts),
-                ),
+                )),
                 None if row.try_get("disk_exists")? => BatchRead::Busy,
                 None => BatchRead::Missing,
             };
@@ -290,4 +290,10 @@ impl CreateBatchReads for Transaction<'_, Postgres> {
     }
 }
 
-impl_store!(PgStore, "postgres", "./migrations/postgres", str::to_owned);
+impl_store!(
+    PgStore,
+    Postgres,
+    "postgres",
+    "./migrations/postgres",
+    str::to_owned
+);

@@ -102,14 +102,14 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
 
-    /// Begins a write transaction, holding the database's write lock.
-    async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>, StoreError> {
-        let waiting = std::time::Instant::now();
-        let tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
-        Ok(tx)
-    }
+/// Begins a write transaction, holding the database's write lock.
+async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    let waiting = std::time::Instant::now();
+    let tx = pool.begin_with(BEGIN_WRITE).await?;
+    crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+    Ok(tx)
 }
 
 /// Runs `$body` (which uses the transaction `$tx`) in a `BEGIN IMMEDIATE` transaction and
@@ -117,7 +117,7 @@ impl SqliteStore {
 /// retry.
 macro_rules! in_write_tx {
     ($store:expr, $tx:ident, $body:expr) => {{
-        let mut $tx = $store.begin_write().await?;
+        let mut $tx = begin_write(&$store.pool).await?;
         match $body.await {
             Ok(value) => {
                 $tx.commit().await?;
@@ -155,10 +155,10 @@ impl CreateBatchReads for Transaction<'_, Sqlite> {
         let mut reads = Vec::with_capacity(commands.len());
         for command in commands {
             reads.push(match self.lock_and_read(command).await {
-                Ok(Some(read)) => BatchRead::Locked(Ok(read)),
+                Ok(Some(read)) => BatchRead::Locked(Box::new(Ok(read))),
                 Ok(None) => BatchRead::Missing,
                 Err(StoreError::Corrupt(detail)) => {
-                    BatchRead::Locked(Err(StoreError::Corrupt(detail)))
+                    BatchRead::Locked(Box::new(Err(StoreError::Corrupt(detail))))
                 }
                 Err(err) => return Err(err),
             });
@@ -215,7 +215,13 @@ async fn insert_snapshot(
     Ok(())
 }
 
-impl_store!(SqliteStore, "sqlite", "./migrations/sqlite", for_sqlite);
+impl_store!(
+    SqliteStore,
+    Sqlite,
+    "sqlite",
+    "./migrations/sqlite",
+    for_sqlite
+);
 
 /// Takes an exclusive lock on `<database>.lock`, refusing a second server on the same file.
 fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {

@@ -5,54 +5,68 @@
 /// `impl Store for $store`, with `kind()` = `$kind`, migrations from `$migrations`, and `$sql`
 /// turning the shared SQL into the backend's.
 macro_rules! impl_store {
-    ($store:ty, $kind:literal, $migrations:literal, $sql:expr) => {
+    ($store:ty, $db:ty, $kind:literal, $migrations:literal, $sql:expr) => {
         impl $store {
             /// Writes one batch of queued CreateSnapshot calls in one transaction and answers
             /// each (see `group_commit`); returns the cause when the database was unreachable.
+            /// It owns all it uses: it runs in a task of its own, so that no caller's going
+            /// away can drop it halfway and leave the others' answers unknown.
             async fn write_batch(
-                &self,
+                pool: sqlx::Pool<$db>,
                 batch: Vec<$crate::store::group_commit::Queued>,
-                backend: &dyn SnapshotBackend,
+                backend: std::sync::Arc<dyn SnapshotBackend>,
             ) -> Option<std::sync::Arc<sqlx::Error>> {
-                use $crate::store::group_commit::Verdict;
-                let mut attempt = 1;
-                let failure = loop {
-                    let mut tx = match self.begin_write().await {
-                        Ok(tx) => tx,
-                        Err(err) => break err,
-                    };
-                    let decided =
-                        $crate::store::create_flow::decide_batch(&mut tx, &batch, backend).await;
-                    let decision = match decided {
+                use $crate::store::group_commit::{Verdict, all_gone};
+                let written = async {
+                    let mut attempt = 1;
+                    loop {
+                        let mut tx = begin_write(&pool).await?;
+                        let decided = $crate::store::create_flow::decide_batch(
+                            &mut tx,
+                            &batch,
+                            backend.as_ref(),
+                        )
+                        .await;
+                        let decision = match decided {
+                            Ok(decision) => decision,
+                            Err(StoreError::Conflict(_))
+                                if attempt < $crate::store::CONFLICT_ATTEMPTS =>
+                            {
+                                let _ = tx.rollback().await;
+                                attempt += 1;
+                                continue;
+                            }
+                            Err(err) => {
+                                let _ = tx.rollback().await;
+                                return Err(err);
+                            }
+                        };
                         // A caller whose snapshot was about to be committed went away: write
-                        // the batch again without it, as its own transaction would have
-                        // been rolled back.
-                        Ok(decision) if decision.abandoned_writes(&batch) => {
+                        // the batch again without it, as its own transaction would have been
+                        // rolled back.
+                        if decision.abandoned_writes(&batch) {
                             let _ = tx.rollback().await;
+                            decision.cancel_copies(backend.as_ref()).await;
                             continue;
                         }
-                        Ok(decision) => decision,
-                        Err(err) => {
-                            let _ = tx.rollback().await;
-                            match err {
-                                StoreError::Conflict(_)
-                                    if attempt < $crate::store::CONFLICT_ATTEMPTS =>
-                                {
-                                    attempt += 1;
-                                    continue;
-                                }
-                                err => break err,
-                            }
-                        }
-                    };
-                    match tx.commit().await {
-                        Ok(()) => {
-                            $crate::telemetry::metric::create_batch(batch.len());
-                            decision.answer(batch);
-                            return None;
-                        }
-                        Err(err) => break StoreError::from(err),
+                        tx.commit().await?;
+                        return Ok::<_, StoreError>(decision);
                     }
+                };
+                let written = tokio::select! {
+                    biased;
+                    written = written => written,
+                    // Nobody waits for this batch any more (say a slow copy outlasted every
+                    // caller's deadline): stop, which rolls it back, and free the lane.
+                    () = all_gone(&batch) => return None,
+                };
+                let failure = match written {
+                    Ok(decision) => {
+                        $crate::telemetry::metric::create_batch(batch.len());
+                        decision.answer(batch);
+                        return None;
+                    }
+                    Err(failure) => failure,
                 };
                 // The batch failed as a whole. An unreachable database is every call's answer
                 // (each would wait for it again alone); otherwise a lone call gets the error, and
@@ -129,12 +143,12 @@ macro_rules! impl_store {
                 command: &CreateSnapshotCommand,
                 policy: &Policy,
                 now: Timestamp,
-                backend: &dyn SnapshotBackend,
+                backend: &std::sync::Arc<dyn SnapshotBackend>,
             ) -> Result<CreateOutcome, StoreError> {
                 let answer = self
                     .group_commit
                     .submit(command, policy, now, |batch| {
-                        self.write_batch(batch, backend)
+                        Self::write_batch(self.pool.clone(), batch, backend.clone())
                     })
                     .await;
                 match answer {
@@ -144,7 +158,7 @@ macro_rules! impl_store {
                         in_write_tx!(
                             self,
                             tx,
-                            decide_and_write(&mut tx, command, policy, now, backend)
+                            decide_and_write(&mut tx, command, policy, now, backend.as_ref())
                         )
                     }
                 }

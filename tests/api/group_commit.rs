@@ -8,7 +8,7 @@
 //!   runs alone later, the rest of the batch is answered at once;
 //! - many calls on one disk, or with one client token, in one batch are answered as if they had
 //!   run one by one (one snapshot, the others refused or replayed);
-//! - (ignored: a known bug) callers whose batch's leader goes away during COMMIT are told the
+//! - callers whose batch's leader goes away during COMMIT are told the
 //!   truth about their snapshot.
 //!
 //! The test decides when batches finish with a gate backend: `start_copy`, which a batch calls
@@ -99,6 +99,8 @@ struct GateBackend {
     gates: Mutex<HashMap<String, Arc<Gate>>>,
     /// `start_copy` calls per disk: a batch written again starts its copies again.
     copies_started: Mutex<HashMap<String, usize>>,
+    /// `cancel_copy` calls per disk: a batch rolled back cancels the copies it started.
+    copies_cancelled: Mutex<HashMap<String, usize>>,
 }
 
 impl GateBackend {
@@ -107,6 +109,7 @@ impl GateBackend {
             inner: SimulatedBackend::new(256),
             gates: Mutex::new(HashMap::new()),
             copies_started: Mutex::new(HashMap::new()),
+            copies_cancelled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -119,13 +122,17 @@ impl GateBackend {
     }
 
     fn copies_started(&self, disk: &str) -> usize {
-        self.copies_started
-            .lock()
-            .unwrap()
-            .get(disk)
-            .copied()
-            .unwrap_or(0)
+        count_of(&self.copies_started, disk)
     }
+
+    /// Copies started and not cancelled.
+    fn copies_live(&self, disk: &str) -> usize {
+        self.copies_started(disk) - count_of(&self.copies_cancelled, disk)
+    }
+}
+
+fn count_of(counts: &Mutex<HashMap<String, usize>>, disk: &str) -> usize {
+    counts.lock().unwrap().get(disk).copied().unwrap_or(0)
 }
 
 #[async_trait]
@@ -154,6 +161,12 @@ impl SnapshotBackend for GateBackend {
     }
 
     async fn cancel_copy(&self, snapshot: &Snapshot) -> Result<(), BackendError> {
+        *self
+            .copies_cancelled
+            .lock()
+            .unwrap()
+            .entry(snapshot.source_disk_id.clone())
+            .or_default() += 1;
         self.inner.cancel_copy(snapshot).await
     }
 }
@@ -374,13 +387,20 @@ async fn a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Not a promise, a fact worth seeing: a batch written again without the callers who left
-    // starts the copies of the others again.
+    // A batch written again without the callers who left starts the others' copies again, and
+    // cancels those of the attempt it rolled back: one live copy per snapshot, none for the
+    // calls that went away.
     let copies: usize = stayed.iter().map(|d| gates.copies_started(d)).sum();
     println!(
         "copies started for the {} calls that stayed: {copies}",
         stayed.len()
     );
+    for disk in &stayed {
+        assert_eq!(gates.copies_live(disk), 1, "live copies of {disk}");
+    }
+    for disk in &leaving {
+        assert_eq!(gates.copies_live(disk), 0, "live copies of {disk}");
+    }
     app.assert_invariants().await;
 }
 
@@ -484,13 +504,12 @@ impl CommitHold {
 
 /// A batch's leader is whichever queued call gets the lane's turn; if its client goes away while
 /// the batch's COMMIT is in flight, the batch still commits, and the other callers of the batch
-/// must be told so. Today they are told to run alone (their reply was dropped with the leader's
-/// future), and their one-call transaction finds the snapshot its own batch just wrote: a
-/// caller who is still waiting is refused `IncorrectDiskStatus.CreatingSnapshot` while its
-/// snapshot exists.
+/// must be told so. (When the batch ran inside the leader's call, it was dropped with it: the
+/// others were told to run alone, and their one-call transaction found the snapshot their own
+/// batch had just written, so a caller still waiting was refused
+/// `IncorrectDiskStatus.CreatingSnapshot` while its snapshot existed. A batch now runs in a task
+/// of its own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "group commit bug: when a leader's client goes away during COMMIT, the other callers \
-            of its batch are refused although their snapshots were written"]
 async fn callers_whose_leader_goes_away_during_commit_are_told_their_snapshot_was_written() {
     let gates = GateBackend::new();
     let app = spawn_gated(Backend::Postgres, &gates, 64).await;

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use prost::Message;
-use snapshotd::backend::SimulatedBackend;
+use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
 use snapshotd::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Description, Disk, DiskCategory, DiskId,
     DiskStatus, DiskType, Instance, InstanceStatus, RetentionDays, SnapshotId,
@@ -679,7 +679,7 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
             .await
             .expect("PutDisk");
     }
-    let backend = SimulatedBackend::new(COPY_RATE_MIBPS);
+    let backend: Arc<dyn SnapshotBackend> = Arc::new(SimulatedBackend::new(COPY_RATE_MIBPS));
     let policy = Policy {
         copy_rate_mibps: COPY_RATE_MIBPS,
         ..Policy::default()
@@ -703,7 +703,7 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
             other => panic!("seeding a snapshot: {other:?}"),
         }
         store
-            .advance_copies(now + TimeDelta::seconds(1), 64, &backend)
+            .advance_copies(now + TimeDelta::seconds(1), 64, backend.as_ref())
             .await
             .expect("finishing the seeded copy");
     }

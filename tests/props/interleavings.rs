@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use snapshotd::backend::SimulatedBackend;
+use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
 use snapshotd::clock::{Clock, ManualClock};
 use snapshotd::domain::{
     Account, ClientToken, CreateImageCommand, CreateSnapshotCommand, Description, Disk,
@@ -258,7 +258,7 @@ fn matches(got: &Result<Expected, String>, want: &Expected) -> bool {
 struct Harness {
     store: Arc<dyn Store>,
     clock: Arc<ManualClock>,
-    backend: Arc<SimulatedBackend>,
+    backend: Arc<dyn SnapshotBackend>,
     worker: Worker,
     policy: Policy,
     /// When the clock started (a whole second, so both backends store every instant exactly).
@@ -276,7 +276,7 @@ impl Harness {
             .single()
             .expect("a valid instant");
         let clock = Arc::new(ManualClock::new(start));
-        let backend = Arc::new(SimulatedBackend::new(RATE_MIBPS));
+        let backend: Arc<dyn SnapshotBackend> = Arc::new(SimulatedBackend::new(RATE_MIBPS));
         let worker = Worker::new(store.clone(), backend.clone(), clock.clone());
         store
             .put_account(&Account {
@@ -402,7 +402,7 @@ impl Harness {
                     let expected = model.expect_create(*token, params);
                     let result = self
                         .store
-                        .create_snapshot(&command, &self.policy, now, self.backend.as_ref())
+                        .create_snapshot(&command, &self.policy, now, &self.backend)
                         .await;
                     let got = answered(&result);
                     seen.record("CreateSnapshot", &got);
@@ -759,7 +759,7 @@ impl Harness {
                 };
                 match self
                     .store
-                    .create_snapshot(&command, &self.policy, now, self.backend.as_ref())
+                    .create_snapshot(&command, &self.policy, now, &self.backend)
                     .await
                 {
                     Ok(CreateOutcome::Created { id }) => Answer::Created(id),
