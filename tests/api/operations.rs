@@ -766,10 +766,23 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
         ),
         1.0
     );
+    // Group commit: the created call was written by a committed create transaction; the call
+    // on a disk the caller doesn't have was sent to run alone (to find its refusal).
+    assert!(
+        value(&all, &body, "snapshotd_create_batch_calls_count", &[]) >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&all, &body, "snapshotd_create_run_alone_total", &[]),
+        1.0,
+        "{body}"
+    );
     for family in [
         "# TYPE snapshotd_rpc_requests_total counter",
         "# TYPE snapshotd_rpc_duration_seconds histogram",
         "# TYPE snapshotd_snapshots gauge",
+        "# TYPE snapshotd_create_batch_calls histogram",
+        "# TYPE snapshotd_create_run_alone_total counter",
     ] {
         assert!(body.contains(family), "{family}:\n{body}");
     }
