@@ -106,10 +106,10 @@ FROM new
 WHERE d.disk_id = new.source_disk_id";
 
 /// Create transactions at once, one per lane (see [`GroupCommit`]). The database's commit rate
-/// peaks with few transactions in flight (pgbench here: at 8 clients already), and batching
-/// needs calls to wait for a busy lane. 2 and 4 measured alike on 2 cores; 4 leaves more room
-/// on a larger database, and makes one slow batch hold up fewer disks.
-const CREATE_LANES: usize = 4;
+/// peaks with few transactions in flight (pgbench here: at 8 clients already), and batches form
+/// only while a lane is busy. Measured side by side on 2 cores (`bench/README.md`): 2 lanes beat
+/// 4 at every load tried (16 and 64 in flight, 1 to 3 replicas), and 4 beat 8.
+const CREATE_LANES: usize = 2;
 
 /// Calls written in one create transaction at most.
 const CREATE_BATCH: usize = 64;
