@@ -180,6 +180,14 @@ impl GroupCommit {
     }
 }
 
+/// Answers each of `calls` that the database is unreachable, for `cause`.
+pub(crate) fn answer_unreachable(calls: Vec<Queued>, cause: &Arc<sqlx::Error>) {
+    for queued in calls {
+        let unreachable = StoreError::Unavailable(Arc::clone(cause));
+        queued.answer(Verdict::Answer(Err(unreachable)));
+    }
+}
+
 /// Resolves once no caller of `batch` waits for its answer any more.
 pub(crate) async fn all_gone(batch: &[Queued]) {
     // Polled: a caller's going away is seen within this delay.
@@ -192,10 +200,7 @@ pub(crate) async fn all_gone(batch: &[Queued]) {
 impl Lane {
     /// Answers every queued call: the database is unreachable.
     fn answer_all(&self, cause: &Arc<sqlx::Error>) {
-        for queued in self.take_batch(usize::MAX) {
-            let unreachable = StoreError::Unavailable(Arc::clone(cause));
-            queued.answer(Verdict::Answer(Err(unreachable)));
-        }
+        answer_unreachable(self.take_batch(usize::MAX), cause);
     }
 
     /// The oldest queued calls, up to `max_batch`.

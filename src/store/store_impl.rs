@@ -71,23 +71,23 @@ macro_rules! impl_store {
                 // The batch failed as a whole. An unreachable database is every call's answer
                 // (each would wait for it again alone); otherwise a lone call gets the error, and
                 // the calls of a larger batch each find their own answer alone.
-                let unreachable = match &failure {
-                    StoreError::Unavailable(cause) => Some(cause.clone()),
-                    _ => None,
-                };
-                let lone = batch.len() == 1;
-                let mut failure = Some(failure);
-                for queued in batch {
-                    let verdict = match &failure {
-                        Some(StoreError::Unavailable(cause)) => {
-                            Verdict::Answer(Err(StoreError::Unavailable(cause.clone())))
+                match failure {
+                    StoreError::Unavailable(cause) => {
+                        $crate::store::group_commit::answer_unreachable(batch, &cause);
+                        Some(cause)
+                    }
+                    failure if batch.len() == 1 => {
+                        let lone = batch.into_iter().next().expect("one call");
+                        lone.answer(Verdict::Answer(Err(failure)));
+                        None
+                    }
+                    _ => {
+                        for queued in batch {
+                            queued.answer(Verdict::RunAlone);
                         }
-                        Some(_) if lone => Verdict::Answer(Err(failure.take().expect("some"))),
-                        _ => Verdict::RunAlone,
-                    };
-                    queued.answer(verdict);
+                        None
+                    }
                 }
-                unreachable
             }
         }
 
