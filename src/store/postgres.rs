@@ -234,7 +234,9 @@ impl InsertSnapshots for Transaction<'_, Postgres> {
             .bind(column(|_, c| {
                 c.client_token.as_ref().map(|t| t.as_str().to_owned())
             }))
-            .bind(column(|_, c| Some(c.fingerprint())))
+            .bind(column(|_, c| {
+                c.client_token.as_ref().map(|_| c.fingerprint())
+            }))
             .bind(timestamps(|s| Some(s.copy_due_at)))
             .bind(integers(|s| s.retention.as_i32()))
             .bind(timestamps(|s| s.retention.release_at(s.created_at)))
