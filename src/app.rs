@@ -25,6 +25,7 @@ use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi};
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
+use crate::service::{Service, ServiceError};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::{self, metric};
 use crate::worker::Worker;
@@ -45,6 +46,8 @@ pub enum AppError {
     // Messages name the step; the cause follows in the error's source chain (main prints it).
     #[error("store")]
     Store(#[from] StoreError),
+    #[error("store")]
+    Service(#[from] ServiceError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -70,9 +73,7 @@ pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
-    store: Arc<dyn Store>,
-    backend: Arc<dyn SnapshotBackend>,
-    clock: Arc<dyn Clock>,
+    service: Arc<Service>,
 }
 
 impl App {
@@ -88,19 +89,17 @@ impl App {
         backend: Arc<dyn SnapshotBackend>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
-        let pool = store::PoolOptions {
-            max_connections: config.db_max_connections,
-            acquire_timeout: config.db_acquire_timeout,
-        };
-        let store = store::connect_with(&config.database_url, pool).await?;
+        let store = store::connect(&config.database_url, config.pool_options()).await?;
         store.migrate().await?;
         tracing::info!(
             store = store.kind(),
             database = %redact_password(&config.database_url),
             "store ready, migrations applied"
         );
-        if config.seeds_demo() && store.kind() == "sqlite" && store.is_empty().await? {
-            crate::demo::seed_demo(store.as_ref(), clock.now()).await?;
+        let now = clock.now();
+        let service = Arc::new(Service::new(store, backend, clock, config.policy()));
+        if config.seeds_demo() && service.store().kind() == "sqlite" && service.is_empty().await? {
+            crate::demo::seed_demo(&service, now).await?;
             tracing::info!(
                 account = crate::demo::DEMO_ACCOUNT,
                 "seeded the demo inventory into the new embedded store (disable with --no-demo)"
@@ -117,9 +116,7 @@ impl App {
             listener,
             metrics_listener,
             tls,
-            store,
-            backend,
-            clock,
+            service,
         })
     }
 
@@ -140,17 +137,18 @@ impl App {
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
-        Arc::clone(&self.store)
+        Arc::clone(self.service.store())
     }
 
-    /// The lifecycle worker over this app's store, backend and clock (for stepping in tests;
-    /// [`App::run_until`] runs its own every `worker_interval`).
+    /// The use cases, as the edges call them.
+    pub fn service(&self) -> Arc<Service> {
+        Arc::clone(&self.service)
+    }
+
+    /// The lifecycle worker over this app's service (for stepping in tests; [`App::run_until`]
+    /// runs its own every `worker_interval`).
     pub fn worker(&self) -> Worker {
-        Worker::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.backend),
-            Arc::clone(&self.clock),
-        )
+        Worker::new(Arc::clone(&self.service))
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight calls and closes the store.
@@ -188,19 +186,10 @@ impl App {
             );
         }
         let gate = Arc::new(Gate::new(self.config.rate_limit));
-        let snapshots = SnapshotApi::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.backend),
-            Arc::clone(&self.clock),
-            self.config.policy(),
-            Arc::clone(&gate),
-        );
-        let inventory = InventoryApi::new(Arc::clone(&self.store), self.config.admin_token.clone());
-        let images = ImageApi::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.clock),
-            Arc::clone(&gate),
-        );
+        let snapshots = SnapshotApi::new(Arc::clone(&self.service), Arc::clone(&gate));
+        let inventory =
+            InventoryApi::new(Arc::clone(&self.service), self.config.admin_token.clone());
+        let images = ImageApi::new(Arc::clone(&self.service), Arc::clone(&gate));
         let layer = RpcLayer::new(
             self.config.max_concurrent_requests,
             self.config.request_timeout,
@@ -212,16 +201,17 @@ impl App {
         // Everything that runs beside the server stops when this turns true.
         let (stop_side_tasks, side_stop) = tokio::sync::watch::channel(false);
         let database_watch = tokio::spawn(watch_database(
-            Arc::clone(&self.store),
+            self.store(),
             health.clone(),
             side_stop.clone(),
         ));
         let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
+        let store = self.store();
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics at /metrics, probes at /livez and /readyz");
-            let store = Arc::clone(&self.store);
             let layer = layer.clone();
+            let store = Arc::clone(&store);
             let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
             tokio::spawn(telemetry::serve_admin(
                 listener,
@@ -325,7 +315,7 @@ impl App {
         if let Err(err) = worker.await {
             tracing::error!(error = %err, "the worker task failed");
         }
-        self.store.close().await;
+        store.close().await;
         tracing::info!("snapshotd stopped");
         Ok(())
     }
@@ -395,7 +385,8 @@ async fn read_gauges(store: Arc<dyn Store>, layer: RpcLayer) {
     metric::db_pool(pool.connections, pool.idle, pool.max_connections);
     metric::rpc_in_flight(layer.in_flight());
     // Bounded, so a scrape answers (with the last counts) while the database is away.
-    match tokio::time::timeout(Duration::from_secs(2), store.count_snapshots_by_status()).await {
+    let counted = async { store.read().await?.count_snapshots_by_status().await };
+    match tokio::time::timeout(Duration::from_secs(2), counted).await {
         Ok(Ok(counts)) => {
             for status in ["progressing", "accomplished", "failed"] {
                 let count = counts

@@ -230,6 +230,14 @@ pub enum Command {
 }
 
 impl Config {
+    /// The store's pool, as `--db-max-connections` and `--db-acquire-timeout` say.
+    pub fn pool_options(&self) -> crate::store::PoolOptions {
+        crate::store::PoolOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             snapshot_quota: self.snapshot_quota,

@@ -10,7 +10,7 @@ use crate::domain::{
     Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus, SECURITY_LOCK,
     Timestamp,
 };
-use crate::store::{Store, StoreError};
+use crate::service::{Service, ServiceError};
 
 /// The demo tenant; call the snapshot API with `x-account-id: acct-demo`.
 pub const DEMO_ACCOUNT: &str = "acct-demo";
@@ -165,16 +165,16 @@ pub fn demo_inventory(now: Timestamp) -> (Vec<Account>, Vec<Instance>, Vec<Disk>
 }
 
 /// Puts the demo inventory into `store` (an upsert: safe to repeat).
-pub async fn seed_demo(store: &dyn Store, now: Timestamp) -> Result<(), StoreError> {
+pub async fn seed_demo(service: &Service, now: Timestamp) -> Result<(), ServiceError> {
     let (accounts, instances, disks) = demo_inventory(now);
     for account in &accounts {
-        store.put_account(account).await?;
+        service.put_account(account).await?;
     }
     for instance in &instances {
-        store.put_instance(instance).await?;
+        service.put_instance(instance).await?;
     }
     for disk in &disks {
-        store.put_disk(disk).await?;
+        service.put_disk(disk).await?;
     }
     Ok(())
 }

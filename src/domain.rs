@@ -640,6 +640,35 @@ pub struct Snapshot {
     pub usage: SnapshotUsage,
 }
 
+/// Where a page of DescribeSnapshots ends: the last row's sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: Timestamp,
+    pub snapshot_id: String,
+}
+
+/// A validated DescribeSnapshots request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    pub account_id: String,
+    pub disk_id: Option<String>,
+    pub snapshot_ids: Vec<String>,
+    pub status: Option<SnapshotStatus>,
+    pub snapshot_name: Option<String>,
+    /// Every tag must match; an empty value matches any value of the key.
+    pub tags: Vec<Tag>,
+    pub after: Option<PageCursor>,
+    pub limit: u32,
+}
+
+/// One page of snapshots, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<Snapshot>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! snapshotd: the cloud-disk CreateSnapshot API (Alibaba Cloud ECS semantics) as a gRPC service.
 //!
-//! Dependencies point one way: `grpc` → `engine` ← `store`. The engine is pure rules; the store
-//! runs each decision as one transaction; the gRPC layer decodes, calls and maps errors.
+//! One core, thin edges: the gRPC edge (`grpc`) converts each call into domain values and calls
+//! one use case of `service`, which runs the pure rules (`engine`) inside a transaction of the
+//! `store`. `docs/architecture.md` has the map.
 
 pub mod app;
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod grpc;
 pub mod pb;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

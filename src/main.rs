@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use std::sync::Arc;
+
+use snapshotd::backend::SimulatedBackend;
+use snapshotd::clock::SystemClock;
 use snapshotd::config::{Command, Config, redact_password};
+use snapshotd::service::Service;
 use snapshotd::telemetry::error_chain;
 use snapshotd::{App, app, demo, store, telemetry};
 
@@ -67,9 +72,13 @@ async fn health(config: Config) -> ExitCode {
 
 async fn check(config: Config) -> ExitCode {
     let result = async {
-        let store = store::connect(&config.database_url, 2).await?;
+        let store = store::connect(&config.database_url, config.pool_options()).await?;
         store.migrate().await?;
-        let violations = store.check_invariants(config.snapshot_quota).await?;
+        let violations = store
+            .read()
+            .await?
+            .check_invariants(config.snapshot_quota)
+            .await?;
         store.close().await;
         Ok::<_, app::AppError>(violations)
     }
@@ -91,9 +100,15 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn seed_demo(config: Config) -> Result<(), app::AppError> {
-    let store = store::connect(&config.database_url, 2).await?;
+    let store = store::connect(&config.database_url, config.pool_options()).await?;
     store.migrate().await?;
-    demo::seed_demo(store.as_ref(), chrono::Utc::now()).await?;
+    let service = Service::new(
+        Arc::clone(&store),
+        Arc::new(SimulatedBackend::new(config.copy_rate_mibps)),
+        Arc::new(SystemClock),
+        config.policy(),
+    );
+    demo::seed_demo(&service, chrono::Utc::now()).await?;
     store.close().await;
     println!(
         "seeded the demo inventory ({}) into {}",

@@ -11,14 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::backend::SnapshotBackend;
-use crate::clock::Clock;
-use crate::store::{Store, StoreError, WorkDone};
+use crate::service::{Service, ServiceError, WorkDone};
 use crate::telemetry::metric;
-
-/// Rows claimed per step and queue: a step records them in a few statements, so a large batch
-/// lets the worker keep up with a high create rate.
-const BATCH: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -28,40 +22,17 @@ pub enum Outcome {
 
 #[derive(Clone)]
 pub struct Worker {
-    store: Arc<dyn Store>,
-    backend: Arc<dyn SnapshotBackend>,
-    clock: Arc<dyn Clock>,
+    service: Arc<Service>,
 }
 
 impl Worker {
-    pub fn new(
-        store: Arc<dyn Store>,
-        backend: Arc<dyn SnapshotBackend>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
-            store,
-            backend,
-            clock,
-        }
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
     }
 
     /// One step: finish due copies, then release expired snapshots.
-    pub async fn tick(&self) -> Result<Outcome, StoreError> {
-        let now = self.clock.now();
-        let copies = self
-            .store
-            .advance_copies(now, BATCH, self.backend.as_ref())
-            .await?;
-        let releases = self
-            .store
-            .release_expired(now, BATCH, self.backend.as_ref())
-            .await?;
-        let done = WorkDone {
-            accomplished: copies.accomplished,
-            failed: copies.failed,
-            released: releases.released,
-        };
+    pub async fn tick(&self) -> Result<Outcome, ServiceError> {
+        let done = self.service.worker_step().await?;
         if done.is_idle() {
             Ok(Outcome::Idle)
         } else {

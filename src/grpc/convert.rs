@@ -5,13 +5,14 @@
 
 use chrono::DateTime;
 
+use crate::domain::PageCursor;
 use crate::domain::{
-    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, Snapshot,
+    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus,
     SnapshotId, SnapshotStatus, Tag, Timestamp, is_plain_id,
 };
 use crate::engine::RuleError;
 use crate::pb;
-use crate::store::PageCursor;
+use crate::service::SnapshotView;
 
 fn invalid(field: &'static str, why: impl Into<String>) -> RuleError {
     RuleError::InvalidParameter {
@@ -282,7 +283,14 @@ pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, RuleEr
 }
 
 /// A snapshot as the API shows it, with its copy's progress as the backend reports it.
-pub fn snapshot_to_proto(snapshot: Snapshot, progress: u8, remaining_secs: u64) -> pb::Snapshot {
+/// A snapshot with its copy's progress, as DescribeSnapshots shows it.
+pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
+    let SnapshotView {
+        snapshot,
+        progress_percent: progress,
+        remaining,
+    } = view;
+    let remaining_secs = remaining.as_secs_f64().ceil() as u64;
     pb::Snapshot {
         snapshot_name: snapshot.snapshot_name.unwrap_or_default(),
         description: snapshot.description,

@@ -15,6 +15,7 @@ use super::ERROR_DOMAIN;
 use crate::backend::BackendError;
 use crate::config::RateLimit;
 use crate::engine::RuleError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// Everything a handler can fail with.
@@ -64,12 +65,12 @@ pub enum ApiError {
     Routing(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
         match err {
-            StoreError::Refused(rule) => Self::Rule(rule),
-            StoreError::CopyNotStarted(cause) => Self::CopyNotStarted(cause),
-            other => Self::Store(other),
+            ServiceError::Refused(rule) => Self::Rule(rule),
+            ServiceError::CopyNotStarted(cause) => Self::CopyNotStarted(cause),
+            ServiceError::Store(store) => Self::Store(store),
         }
     }
 }

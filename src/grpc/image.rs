@@ -7,20 +7,18 @@ use tonic::{Request, Response, Status};
 use super::ApiError;
 use super::call::{Gate, handle};
 use super::layer::note_snapshot;
-use crate::clock::Clock;
 use crate::domain::{ClientToken, CreateImageCommand, ImageName, SnapshotId};
 use crate::pb;
-use crate::store::{CreateOutcome, Store};
+use crate::service::Service;
 
 pub struct ImageApi {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    service: Arc<Service>,
     gate: Arc<Gate>,
 }
 
 impl ImageApi {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, gate: Arc<Gate>) -> Self {
-        Self { store, clock, gate }
+    pub fn new(service: Arc<Service>, gate: Arc<Gate>) -> Self {
+        Self { service, gate }
     }
 
     async fn create(
@@ -34,11 +32,10 @@ impl ImageApi {
             client_token: ClientToken::parse_optional(&request.client_token)?,
             account_id,
         };
-        let outcome = self.store.create_image(&command, self.clock.now()).await?;
-        let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = outcome;
+        let outcome = self.service.create_image(&command).await?;
         note_snapshot(command.snapshot_id.as_str());
-        tracing::debug!(image_id = %id, "image created");
-        Ok(id)
+        tracing::debug!(image_id = %outcome.id(), "image created");
+        Ok(outcome.id().to_owned())
     }
 }
 

@@ -9,16 +9,19 @@ use super::call::request_id;
 use super::identity::require_admin;
 use crate::domain::{Account, Disk, DiskId, Instance};
 use crate::pb;
-use crate::store::Store;
+use crate::service::Service;
 
 pub struct InventoryApi {
-    store: Arc<dyn Store>,
+    service: Arc<Service>,
     admin_token: Option<String>,
 }
 
 impl InventoryApi {
-    pub fn new(store: Arc<dyn Store>, admin_token: Option<String>) -> Self {
-        Self { store, admin_token }
+    pub fn new(service: Arc<Service>, admin_token: Option<String>) -> Self {
+        Self {
+            service,
+            admin_token,
+        }
     }
 
     /// Authenticates, runs `call(message)`, and maps its error with the call's request id.
@@ -51,7 +54,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::Account>, Status> {
         self.handle(request, |account| async move {
             let account = Account::try_from(account)?;
-            Ok(self.store.put_account(&account).await?.into())
+            Ok(self.service.put_account(&account).await?.into())
         })
         .await
     }
@@ -62,7 +65,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::Instance>, Status> {
         self.handle(request, |instance| async move {
             let instance = Instance::try_from(instance)?;
-            Ok(self.store.put_instance(&instance).await?.into())
+            Ok(self.service.put_instance(&instance).await?.into())
         })
         .await
     }
@@ -70,7 +73,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     async fn put_disk(&self, request: Request<pb::Disk>) -> Result<Response<pb::Disk>, Status> {
         self.handle(request, |disk| async move {
             let disk = Disk::try_from(disk)?;
-            Ok(self.store.put_disk(&disk).await?.into())
+            Ok(self.service.put_disk(&disk).await?.into())
         })
         .await
     }
@@ -81,7 +84,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::Disk>, Status> {
         self.handle(request, |get| async move {
             let disk_id = DiskId::parse(&get.disk_id)?;
-            Ok(self.store.get_disk(disk_id.as_str()).await?.into())
+            Ok(self.service.get_disk(&disk_id).await?.into())
         })
         .await
     }

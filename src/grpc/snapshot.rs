@@ -11,39 +11,22 @@ use super::convert::{
     tags_from_proto,
 };
 use super::layer::{note_disk, note_snapshot};
-use crate::backend::{CopyState, SnapshotBackend};
-use crate::clock::Clock;
 use crate::domain::{
     ClientToken, CreateSnapshotCommand, Description, DiskId, RetentionDays, SnapshotId,
-    SnapshotName, SnapshotStatus,
+    SnapshotName, SnapshotQuery,
 };
-use crate::engine::{MAX_SNAPSHOT_IDS, Policy, RuleError, page_size};
+use crate::engine::{MAX_SNAPSHOT_IDS, RuleError, page_size};
 use crate::pb;
-use crate::store::{CreateOutcome, SnapshotQuery, Store};
+use crate::service::{CreateOutcome, Service};
 
 pub struct SnapshotApi {
-    store: Arc<dyn Store>,
-    backend: Arc<dyn SnapshotBackend>,
-    clock: Arc<dyn Clock>,
-    policy: Policy,
+    service: Arc<Service>,
     gate: Arc<Gate>,
 }
 
 impl SnapshotApi {
-    pub fn new(
-        store: Arc<dyn Store>,
-        backend: Arc<dyn SnapshotBackend>,
-        clock: Arc<dyn Clock>,
-        policy: Policy,
-        gate: Arc<Gate>,
-    ) -> Self {
-        Self {
-            store,
-            backend,
-            clock,
-            policy,
-            gate,
-        }
+    pub fn new(service: Arc<Service>, gate: Arc<Gate>) -> Self {
+        Self { service, gate }
     }
 
     async fn create(
@@ -62,19 +45,15 @@ impl SnapshotApi {
             tags: tags_from_proto(&request.tags)?,
             account_id,
         };
-        let outcome = self
-            .store
-            .create_snapshot(&command, &self.policy, self.clock.now(), &self.backend)
-            .await?;
-        let (CreateOutcome::Created { id } | CreateOutcome::Replayed { id }) = &outcome;
-        note_snapshot(id);
+        let outcome = self.service.create_snapshot(&command).await?;
+        note_snapshot(outcome.id());
         match outcome {
             CreateOutcome::Created { .. } => tracing::debug!("snapshot created"),
             CreateOutcome::Replayed { .. } => {
                 tracing::debug!("client token replayed: the original snapshot")
             }
         }
-        Ok(id.clone())
+        Ok(outcome.id().to_owned())
     }
 
     async fn describe(
@@ -115,26 +94,8 @@ impl SnapshotApi {
             },
             limit: page_size(request.max_results)?,
         };
-        let page = self.store.describe_snapshots(&query).await?;
-        let now = self.clock.now();
-        let mut snapshots = Vec::with_capacity(page.snapshots.len());
-        for snapshot in page.snapshots {
-            let (progress, remaining) = match snapshot.status {
-                SnapshotStatus::Accomplished => (100, 0),
-                SnapshotStatus::Failed => (0, 0),
-                SnapshotStatus::Progressing => {
-                    match self.backend.copy_state(&snapshot, now).await {
-                        CopyState::Copying {
-                            progress_percent,
-                            remaining,
-                        } => (progress_percent, remaining.as_secs_f64().ceil() as u64),
-                        // Done or failed, and the worker is about to record it.
-                        CopyState::Done | CopyState::Failed(_) => (100, 0),
-                    }
-                }
-            };
-            snapshots.push(snapshot_to_proto(snapshot, progress, remaining));
-        }
+        let page = self.service.describe_snapshots(&query).await?;
+        let snapshots = page.snapshots.into_iter().map(snapshot_to_proto).collect();
         let next_token = page
             .next
             .as_ref()
@@ -149,14 +110,8 @@ impl SnapshotApi {
         request: pb::DeleteSnapshotRequest,
     ) -> Result<(), ApiError> {
         let snapshot_id = SnapshotId::parse(&request.snapshot_id)?;
-        self.store
-            .delete_snapshot(
-                &account_id,
-                snapshot_id.as_str(),
-                request.force,
-                self.clock.now(),
-                self.backend.as_ref(),
-            )
+        self.service
+            .delete_snapshot(&account_id, &snapshot_id, request.force)
             .await?;
         note_snapshot(snapshot_id.as_str());
         Ok(())

@@ -1,120 +1,41 @@
-//! Storage: the [`Store`] trait, its errors, and [`connect`], which picks the backend from the
-//! `DATABASE_URL` scheme.
+//! Storage: the [`Store`] and [`Transaction`] traits the service runs its use cases on, their
+//! errors, and [`connect`], which picks the backend from the `DATABASE_URL` scheme.
 //!
-//! Each backend runs CreateSnapshot as one transaction: lock the disk, read the state the engine
-//! needs, let the engine decide, write. PostgreSQL locks the disk row (`SELECT … FOR UPDATE`);
-//! SQLite takes the database write lock up front (`BEGIN IMMEDIATE`). Under load, calls that
-//! arrive together share such a transaction ([`group_commit`]). Database facts become
-//! typed errors here, at the store's edge; SQL never leaves this module.
+//! The store decides nothing: it runs statements. The service (`crate::service`) begins a
+//! write transaction, reads under its locks, asks the engine, and writes. Every statement both
+//! backends run alike is written once, in [`shared`], generic over the two sqlx drivers (SQLite
+//! reads PostgreSQL's `$1` placeholders as they are); what differs (row locks, array statements,
+//! how a write transaction begins, pool set-up) is in `postgres/` and `sqlite/`, behind
+//! [`shared::Dialect`]. Database facts become typed errors here; SQL never leaves this module.
 
-mod create_flow;
-mod group_commit;
-mod invariants_sql;
-mod inventory_flow;
-mod lifecycle_flow;
-mod lifecycle_sql;
-mod pgbench;
-mod postgres;
+pub mod postgres;
 mod rows;
-mod shared_sql;
-mod sqlite;
-mod store_impl;
+mod shared;
+pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use pgbench::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::backend::{BackendError, SnapshotBackend};
 use crate::domain::{
-    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, SnapshotStatus,
-    Tag, Timestamp,
+    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, SnapshotPage,
+    SnapshotQuery, SnapshotStatus, Timestamp,
 };
-use crate::engine::{Policy, RuleError};
-
-/// How often a write transaction is retried after losing a unique-key race (a client token
-/// taken by a concurrent request); the retry then sees the winner's binding.
-const CONFLICT_ATTEMPTS: usize = 3;
-
-/// What a create transaction (snapshot or image) ended with, when it did not fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CreateOutcome {
-    /// A new resource was stored (for CreateSnapshot: and its copy started).
-    Created { id: String },
-    /// The client token was already bound to identical parameters: the original answer.
-    Replayed { id: String },
-}
-
-/// Where a page of DescribeSnapshots ends: the last row's sort key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageCursor {
-    pub created_at: Timestamp,
-    pub snapshot_id: String,
-}
-
-/// A validated DescribeSnapshots request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotQuery {
-    pub account_id: String,
-    pub disk_id: Option<String>,
-    pub snapshot_ids: Vec<String>,
-    pub status: Option<SnapshotStatus>,
-    pub snapshot_name: Option<String>,
-    /// Every tag must match; an empty value matches any value of the key.
-    pub tags: Vec<Tag>,
-    pub after: Option<PageCursor>,
-    pub limit: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotPage {
-    pub snapshots: Vec<Snapshot>,
-    /// Where the next page starts; `None` on the last page.
-    pub next: Option<PageCursor>,
-}
-
-/// A broken promise found by [`Store::check_invariants`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub promise: &'static str,
-    /// The disk, snapshot or token concerned.
-    pub subject: String,
-    pub detail: String,
-}
-
-/// What one worker step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WorkDone {
-    pub accomplished: usize,
-    pub failed: usize,
-    pub released: usize,
-}
-
-impl WorkDone {
-    pub fn is_idle(&self) -> bool {
-        self.accomplished + self.failed + self.released == 0
-    }
-}
+use crate::engine::{CreateState, TokenBinding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The engine (or an inventory rule checked against stored state) refused; nothing written.
-    #[error(transparent)]
-    Refused(#[from] RuleError),
-    /// The snapshot backend would not start the copy; nothing written.
-    #[error("the snapshot backend could not start the copy")]
-    CopyNotStarted(#[source] BackendError),
     /// The database cannot be reached (connection refused or lost, pool exhausted or closed).
-    /// Shared: every call of a batch that met it gets it.
+    /// Cloneable, so that every call of a batch that met it can be told.
     #[error("the database is unavailable")]
-    Unavailable(#[source] Arc<sqlx::Error>),
+    Unavailable(#[source] Unreachable),
     /// A row the database holds does not decode into the domain (a bug or a hand edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// A unique key another transaction took first; the transaction is retried.
+    /// A unique key another transaction took first; the transaction is worth retrying.
     #[error("write conflict")]
     Conflict(#[source] sqlx::Error),
     #[error("database error")]
@@ -125,6 +46,11 @@ pub enum StoreError {
     #[error("unsupported configuration: {0}")]
     Unsupported(String),
 }
+
+/// Why the database could not be reached, shared by every call that met it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Unreachable(Arc<sqlx::Error>);
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
@@ -143,98 +69,20 @@ impl From<sqlx::Error> for StoreError {
         if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
             Self::Conflict(err)
         } else if unreachable {
-            Self::Unavailable(Arc::new(err))
+            Self::Unavailable(Unreachable(Arc::new(err)))
         } else {
             Self::Database(err)
         }
     }
 }
 
-/// The persistence the service needs. One implementation per database.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `"postgres"` or `"sqlite"`, for logs.
-    fn kind(&self) -> &'static str;
-
-    /// Applies this backend's embedded migrations.
-    async fn migrate(&self) -> Result<(), StoreError>;
-
-    /// A cheap round trip, for readiness.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// True when no account has been stored yet (a store never used).
-    async fn is_empty(&self) -> Result<bool, StoreError>;
-
-    async fn put_account(&self, account: &Account) -> Result<Account, StoreError>;
-
-    /// Refuses an unknown account (`InvalidAccountId.NotFound`).
-    async fn put_instance(&self, instance: &Instance) -> Result<Instance, StoreError>;
-
-    /// Refuses an unknown account or instance, and an instance of another account.
-    async fn put_disk(&self, disk: &Disk) -> Result<Disk, StoreError>;
-
-    /// Any account's disk (the admin view).
-    async fn get_disk(&self, disk_id: &str) -> Result<Disk, StoreError>;
-
-    /// Runs the whole CreateSnapshot decision as one transaction serialized per disk (possibly
-    /// shared with other calls: `group_commit`).
-    async fn create_snapshot(
-        &self,
-        command: &CreateSnapshotCommand,
-        policy: &Policy,
-        now: Timestamp,
-        backend: &Arc<dyn SnapshotBackend>,
-    ) -> Result<CreateOutcome, StoreError>;
-
-    /// One page of the caller's snapshots.
-    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, StoreError>;
-
-    /// Deletes the caller's snapshot, cancelling its copy if it is still in progress.
-    async fn delete_snapshot(
-        &self,
-        account_id: &str,
-        snapshot_id: &str,
-        force: bool,
-        now: Timestamp,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<(), StoreError>;
-
-    /// Makes an image of the caller's accomplished snapshot, pinning it; idempotent by token.
-    async fn create_image(
-        &self,
-        command: &CreateImageCommand,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError>;
-
-    /// Asks the backend about up to `limit` copies due by `now`, and records those that
-    /// finished or failed. Claimed with `SKIP LOCKED`, so replicas share the queue.
-    async fn advance_copies(
-        &self,
-        now: Timestamp,
-        limit: u32,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<WorkDone, StoreError>;
-
-    /// Releases up to `limit` snapshots past their retention that no image uses.
-    async fn release_expired(
-        &self,
-        now: Timestamp,
-        limit: u32,
-        backend: &dyn SnapshotBackend,
-    ) -> Result<WorkDone, StoreError>;
-
-    /// Every stored breach of the service's promises (quota, one copy in progress per disk,
-    /// tokens, ownership, bookkeeping); empty when all hold.
-    async fn check_invariants(&self, snapshot_quota: u32) -> Result<Vec<Violation>, StoreError>;
-
-    /// How many snapshots are stored in each status (for the metrics).
-    async fn count_snapshots_by_status(&self) -> Result<Vec<(String, i64)>, StoreError>;
-
-    /// The connection pool's state now (for the metrics).
-    fn pool_stats(&self) -> PoolStats;
-
-    /// Closes the pool, waiting for connections in use to be returned.
-    async fn close(&self);
+/// A broken promise found by [`Store::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub promise: &'static str,
+    /// The disk, snapshot or token concerned.
+    pub subject: String,
+    pub detail: String,
 }
 
 /// A connection pool's state.
@@ -254,38 +102,203 @@ pub struct PoolOptions {
     pub acquire_timeout: std::time::Duration,
 }
 
-impl PoolOptions {
-    /// `max_connections` connections, waiting at most five seconds for one.
-    pub fn with_max_connections(max_connections: u32) -> Self {
-        Self {
-            max_connections,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        }
-    }
+/// What one call's locking read found: the state the engine needs, and the caller's binding
+/// of the call's client token.
+pub type LockedRead = (CreateState, Option<TokenBinding>);
+
+/// What a batch's locking read found for one call.
+pub enum BatchRead {
+    /// The disk, now locked, and what the engine needs (or why the row does not decode).
+    Locked(Box<Result<LockedRead, StoreError>>),
+    /// Another transaction holds the disk's lock.
+    Busy,
+    /// The caller has no such disk.
+    Missing,
 }
 
-/// Opens the store named by `database_url` (`postgres://…` or `sqlite://…`) with at most
-/// `max_connections` connections.
-pub async fn connect(
-    database_url: &str,
-    max_connections: u32,
-) -> Result<Arc<dyn Store>, StoreError> {
-    connect_with(
-        database_url,
-        PoolOptions::with_max_connections(max_connections),
-    )
-    .await
+/// The persistence the service needs. One implementation per database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"postgres"` or `"sqlite"`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// How many create transactions should run at once: the database's sweet spot.
+    fn create_lanes(&self) -> usize;
+
+    /// Applies this backend's embedded migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Begins a write transaction, in which reads lock what they read until it ends (PostgreSQL:
+    /// row locks; SQLite: the database's write lock, taken up front).
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
+
+    /// A connection outside any transaction, for reads that lock nothing: each statement sees
+    /// what was committed when it started (and would commit on its own).
+    async fn read(&self) -> Result<Box<dyn Transaction>, StoreError>;
+
+    /// The connection pool's state now (for the metrics).
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    async fn close(&self);
 }
 
-/// Opens the store named by `database_url` with these pool options.
-pub async fn connect_with(
-    database_url: &str,
-    pool: PoolOptions,
-) -> Result<Arc<dyn Store>, StoreError> {
+/// The statements the service runs, on one connection: a write transaction ([`Store::begin`])
+/// or, for reads alone, a connection outside any ([`Store::read`], where `commit` and `rollback`
+/// do nothing). Dropping a transaction without [`Transaction::commit`] rolls it back, but only
+/// when its connection is next used: end it with [`Transaction::rollback`].
+#[async_trait]
+pub trait Transaction: Send {
+    // Reads.
+
+    /// Whether any account is stored (a store never used has none).
+    async fn any_account(&mut self) -> Result<bool, StoreError>;
+
+    /// Any account's disk (the admin view).
+    async fn select_disk(&mut self, disk_id: &str) -> Result<Option<Disk>, StoreError>;
+
+    /// One page of the query's snapshots, with their tags.
+    async fn describe_snapshots(
+        &mut self,
+        query: &SnapshotQuery,
+    ) -> Result<SnapshotPage, StoreError>;
+
+    /// Every stored breach of the service's promises (quota, one copy in progress per disk,
+    /// tokens, ownership, bookkeeping); empty when all hold.
+    async fn check_invariants(&mut self, snapshot_quota: u32)
+    -> Result<Vec<Violation>, StoreError>;
+
+    /// How many snapshots are stored in each status (for the metrics).
+    async fn count_snapshots_by_status(&mut self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    // CreateSnapshot.
+
+    /// Locks the caller's disk and reads the state the engine needs and the caller's token
+    /// binding, in one statement, waiting for the lock. `None` when the caller has no such disk.
+    async fn lock_disk_and_read(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<LockedRead>, StoreError>;
+
+    /// For each command, in order, what its locking read found; a disk another transaction
+    /// holds is never waited for ([`BatchRead::Busy`]).
+    async fn lock_free_disks_and_read(
+        &mut self,
+        commands: &[&CreateSnapshotCommand],
+    ) -> Result<Vec<BatchRead>, StoreError>;
+
+    /// The caller's account and token binding (when there is no disk to lock).
+    async fn read_caller(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<LockedRead, StoreError>;
+
+    /// The caller's binding of the command's client token, read afresh.
+    async fn read_token(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<TokenBinding>, StoreError>;
+
+    /// Inserts the snapshots with their tags and token bindings, and counts each on its disk
+    /// as its copy in progress.
+    async fn insert_snapshots(
+        &mut self,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
+    ) -> Result<(), StoreError>;
+
+    // Inventory.
+
+    async fn account_exists(&mut self, account_id: &str) -> Result<bool, StoreError>;
+
+    /// A disk of another account than `account_id` attached to `instance_id`.
+    async fn foreign_disk_on(
+        &mut self,
+        instance_id: &str,
+        account_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// The stored account and snapshot count of `disk_id`.
+    async fn disk_owner(&mut self, disk_id: &str) -> Result<Option<(String, i32)>, StoreError>;
+
+    async fn instance_owner(&mut self, instance_id: &str) -> Result<Option<String>, StoreError>;
+
+    async fn upsert_account(&mut self, account: &Account) -> Result<Account, StoreError>;
+
+    async fn upsert_instance(&mut self, instance: &Instance) -> Result<Instance, StoreError>;
+
+    async fn upsert_disk(&mut self, disk: &Disk) -> Result<Disk, StoreError>;
+
+    // The snapshot lifecycle.
+
+    /// The caller's snapshot, locked until the transaction ends.
+    async fn lock_own_snapshot(
+        &mut self,
+        account_id: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Deletes the snapshot and frees its quota (and its disk, if it was being copied).
+    async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// The caller's binding of an image client token.
+    async fn read_image_token(
+        &mut self,
+        account_id: &str,
+        client_token: &str,
+    ) -> Result<Option<TokenBinding>, StoreError>;
+
+    /// Inserts the image (and its token binding) and pins its snapshot.
+    async fn insert_image(
+        &mut self,
+        image_id: &str,
+        command: &CreateImageCommand,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Up to `limit` progressing snapshots whose copy is due by `now`, oldest due first,
+    /// skipping (not waiting for) rows another transaction holds.
+    async fn claim_due_copies(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>, StoreError>;
+
+    /// Up to `limit` snapshots past their retention by `now` that no image uses, skipping rows
+    /// another transaction holds.
+    async fn claim_due_releases(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>, StoreError>;
+
+    /// Looks at the snapshot's copy again at `due`.
+    async fn postpone_copy(
+        &mut self,
+        snapshot: &Snapshot,
+        due: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Records the end of these copies and frees their disks.
+    async fn finish_copies(
+        &mut self,
+        finished: &[(&Snapshot, SnapshotStatus)],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    async fn rollback(self: Box<Self>);
+}
+
+/// Opens the store named by `database_url` (`postgres://…` or `sqlite://…`).
+pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(database_url, pool).await?))
+        Ok(Arc::new(postgres::connect(database_url, pool).await?))
     } else if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(database_url, pool).await?))
+        Ok(Arc::new(sqlite::connect(database_url, pool).await?))
     } else {
         Err(StoreError::Unsupported(format!(
             "DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",

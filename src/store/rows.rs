@@ -8,7 +8,8 @@ use sqlx::FromRow;
 use super::StoreError;
 use crate::domain::{
     Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
-    InstanceStatus, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage, Tag, Timestamp,
+    InstanceStatus, PageCursor, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage, Tag,
+    Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -291,7 +292,7 @@ pub(crate) fn attach_tags(snapshots: &mut [Snapshot], tags: Vec<TagRow>) {
 pub(crate) fn into_page(
     rows: Vec<SnapshotRow>,
     limit: u32,
-) -> Result<(Vec<Snapshot>, Option<super::PageCursor>), StoreError> {
+) -> Result<(Vec<Snapshot>, Option<PageCursor>), StoreError> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
     let snapshots = rows
@@ -301,10 +302,23 @@ pub(crate) fn into_page(
         .collect::<Result<Vec<_>, _>>()?;
     let next = more.then(|| {
         let last = snapshots.last().expect("a full page");
-        super::PageCursor {
+        PageCursor {
             created_at: last.created_at,
             snapshot_id: last.snapshot_id.clone(),
         }
     });
     Ok((snapshots, next))
+}
+
+/// Rows of a worker queue, skipping (and logging) any that do not decode, so that one bad row
+/// cannot stop the queue behind it.
+pub(crate) fn decode_queue(rows: Vec<SnapshotRow>) -> Vec<Snapshot> {
+    rows.into_iter()
+        .filter_map(|row| {
+            let id = row.snapshot_id.clone();
+            Snapshot::try_from(row)
+                .map_err(|err| tracing::error!(snapshot_id = %id, error = %err, "skipping an unreadable snapshot"))
+                .ok()
+        })
+        .collect()
 }

@@ -165,7 +165,7 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
     let file = dir.path().join("create.sql");
     std::fs::write(&file, &script.stdout).unwrap();
     let before = app.count_rows("snapshots").await;
-    let pgbench = Command::new(snapshotd::store::pgbench_program())
+    let pgbench = Command::new(pgbench_program())
         .args([
             "--no-vacuum",
             "--protocol=prepared",
@@ -187,4 +187,18 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
         before + 50,
         "each pgbench transaction inserted one snapshot"
     );
+}
+
+/// `pgbench` from the PATH, else from Debian's versioned PostgreSQL directories.
+fn pgbench_program() -> std::path::PathBuf {
+    if Command::new("pgbench").arg("--version").output().is_ok() {
+        return "pgbench".into();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|version| version.path().join("bin/pgbench"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| "pgbench".into())
 }

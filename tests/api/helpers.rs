@@ -570,12 +570,16 @@ impl TestApp {
 
     /// Fails the test if the stored data breaks any promise (`snapshotd check`).
     pub async fn assert_invariants(&self) {
-        let violations = self
-            .store
-            .check_invariants(self.snapshot_quota)
-            .await
-            .expect("running the invariant checker");
+        let violations = self.check_invariants(self.snapshot_quota).await;
         assert!(violations.is_empty(), "broken promises: {violations:#?}");
+    }
+
+    /// What the invariant checker finds with this quota.
+    pub async fn check_invariants(&self, snapshot_quota: u32) -> Vec<snapshotd::store::Violation> {
+        let mut read = self.store.read().await.expect("a connection");
+        read.check_invariants(snapshot_quota)
+            .await
+            .expect("running the invariant checker")
     }
 
     /// Moves the server's manual clock forward.
@@ -587,8 +591,8 @@ impl TestApp {
     }
 
     /// Steps the worker until it finds nothing to do; returns what it did in all.
-    pub async fn tick_until_idle(&self) -> snapshotd::store::WorkDone {
-        let mut total = snapshotd::store::WorkDone::default();
+    pub async fn tick_until_idle(&self) -> snapshotd::service::WorkDone {
+        let mut total = snapshotd::service::WorkDone::default();
         while let Outcome::Worked(done) = self.worker.tick().await.expect("a worker step") {
             total.accomplished += done.accomplished;
             total.failed += done.failed;

@@ -21,14 +21,12 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use prost::Message;
-use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
 use snapshotd::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Description, Disk, DiskCategory, DiskId,
     DiskStatus, DiskType, Instance, InstanceStatus, RetentionDays, SnapshotId,
 };
-use snapshotd::engine::Policy;
 use snapshotd::pb;
-use snapshotd::store::CreateOutcome;
+use snapshotd::service::{CreateOutcome, Service};
 use snapshotd::{App, Config};
 use tokio::sync::oneshot;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -581,7 +579,7 @@ impl Server {
         config.copy_rate_mibps = COPY_RATE_MIBPS;
         config.worker_interval = Duration::from_millis(5);
         let app = App::build(config).await.expect("building the app");
-        let seeded = seed(app.store().as_ref()).await;
+        let seeded = seed(&app.service()).await;
         SEEDED_SNAPSHOTS.with(|ids| *ids.borrow_mut() = seeded);
         let addr = app.local_addr();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -632,10 +630,10 @@ const COPY_RATE_MIBPS: u32 = 1_048_576;
 /// Two accounts with a running instance each; healthy 1 GiB disks `d-fuzz-0..2` and
 /// `d-other`; two accomplished snapshots of `d-fuzz-1`, the first pinned by an image. Returns
 /// the snapshot ids.
-async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
+async fn seed(service: &Service) -> Vec<String> {
     let now = Utc::now();
     for account_id in [ACCOUNT, "acct-other"] {
-        store
+        service
             .put_account(&Account {
                 account_id: account_id.to_owned(),
                 snapshot_service_activated: true,
@@ -645,7 +643,7 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
             .expect("PutAccount");
     }
     for (instance_id, account_id) in [("i-fuzz", ACCOUNT), ("i-other", "acct-other")] {
-        store
+        service
             .put_instance(&Instance {
                 instance_id: instance_id.to_owned(),
                 account_id: account_id.to_owned(),
@@ -663,7 +661,7 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
         ("d-fuzz-2", ACCOUNT, "i-fuzz"),
         ("d-other", "acct-other", "i-other"),
     ] {
-        store
+        service
             .put_disk(&Disk {
                 disk_id: disk_id.to_owned(),
                 account_id: account_id.to_owned(),
@@ -679,11 +677,6 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
             .await
             .expect("PutDisk");
     }
-    let backend: Arc<dyn SnapshotBackend> = Arc::new(SimulatedBackend::new(COPY_RATE_MIBPS));
-    let policy = Policy {
-        copy_rate_mibps: COPY_RATE_MIBPS,
-        ..Policy::default()
-    };
     let mut ids = Vec::new();
     for _ in 0..2 {
         let command = CreateSnapshotCommand {
@@ -695,17 +688,23 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
             retention: RetentionDays::default(),
             tags: Vec::new(),
         };
-        match store
-            .create_snapshot(&command, &policy, now, &backend)
-            .await
-        {
+        match service.create_snapshot(&command).await {
             Ok(CreateOutcome::Created { id }) => ids.push(id),
             other => panic!("seeding a snapshot: {other:?}"),
         }
-        store
-            .advance_copies(now + TimeDelta::seconds(1), 64, backend.as_ref())
+        // The copy of a 1 GiB disk takes a millisecond at this rate.
+        let mut steps = 0;
+        while service
+            .worker_step()
             .await
-            .expect("finishing the seeded copy");
+            .expect("a worker step")
+            .accomplished
+            == 0
+        {
+            steps += 1;
+            assert!(steps < 1000, "the seeded copy never finished");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     let image = CreateImageCommand {
         account_id: ACCOUNT.to_owned(),
@@ -713,8 +712,8 @@ async fn seed(store: &dyn snapshotd::store::Store) -> Vec<String> {
         image_name: None,
         client_token: None,
     };
-    store
-        .create_image(&image, now)
+    service
+        .create_image(&image)
         .await
         .expect("seeding an image");
     ids

@@ -27,10 +27,11 @@ use snapshotd::clock::{Clock, ManualClock};
 use snapshotd::domain::{
     Account, ClientToken, CreateImageCommand, CreateSnapshotCommand, Description, Disk,
     DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus, RetentionDays,
-    SnapshotId, SnapshotName, SnapshotStatus, Timestamp,
+    SnapshotId, SnapshotName, SnapshotQuery, SnapshotStatus, Timestamp,
 };
 use snapshotd::engine::Policy;
-use snapshotd::store::{CreateOutcome, SnapshotQuery, Store, StoreError};
+use snapshotd::service::{CreateOutcome, Service, ServiceError};
+use snapshotd::store::{PoolOptions, Store};
 use snapshotd::worker::{Outcome, Worker};
 
 use crate::support::{Backend, TestDatabase, config, runtime};
@@ -224,9 +225,9 @@ impl Model {
 }
 
 /// The rule a refusal names (its ECS code), or a description of an unexpected store error.
-fn refusal_code(err: &StoreError) -> String {
+fn refusal_code(err: &ServiceError) -> String {
     match err {
-        StoreError::Refused(rule) => rule
+        ServiceError::Refused(rule) => rule
             .to_string()
             .split(':')
             .next()
@@ -236,7 +237,7 @@ fn refusal_code(err: &StoreError) -> String {
     }
 }
 
-fn answered(result: &Result<CreateOutcome, StoreError>) -> Result<Expected, String> {
+fn answered(result: &Result<CreateOutcome, ServiceError>) -> Result<Expected, String> {
     match result {
         Ok(CreateOutcome::Created { .. }) => Ok(Expected::Created),
         Ok(CreateOutcome::Replayed { id }) => Ok(Expected::Replayed(id.clone())),
@@ -257,17 +258,20 @@ fn matches(got: &Result<Expected, String>, want: &Expected) -> bool {
 
 struct Harness {
     store: Arc<dyn Store>,
+    service: Arc<Service>,
     clock: Arc<ManualClock>,
-    backend: Arc<dyn SnapshotBackend>,
     worker: Worker,
-    policy: Policy,
     /// When the clock started (a whole second, so both backends store every instant exactly).
     start: Timestamp,
 }
 
 impl Harness {
     async fn new(db: &TestDatabase, disks: usize) -> Self {
-        let store = snapshotd::store::connect(&db.url, 4)
+        let pool = PoolOptions {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        };
+        let store = snapshotd::store::connect(&db.url, pool)
             .await
             .expect("connecting the store");
         store.migrate().await.expect("migrating");
@@ -277,8 +281,19 @@ impl Harness {
             .expect("a valid instant");
         let clock = Arc::new(ManualClock::new(start));
         let backend: Arc<dyn SnapshotBackend> = Arc::new(SimulatedBackend::new(RATE_MIBPS));
-        let worker = Worker::new(store.clone(), backend.clone(), clock.clone());
-        store
+        let policy = Policy {
+            snapshot_quota: QUOTA,
+            init_window: Duration::from_secs(3600),
+            copy_rate_mibps: RATE_MIBPS,
+        };
+        let service = Arc::new(Service::new(
+            Arc::clone(&store),
+            backend,
+            clock.clone(),
+            policy,
+        ));
+        let worker = Worker::new(Arc::clone(&service));
+        service
             .put_account(&Account {
                 account_id: ACCOUNT.to_owned(),
                 snapshot_service_activated: true,
@@ -286,7 +301,7 @@ impl Harness {
             })
             .await
             .expect("PutAccount");
-        store
+        service
             .put_instance(&Instance {
                 instance_id: INSTANCE.to_owned(),
                 account_id: ACCOUNT.to_owned(),
@@ -298,7 +313,7 @@ impl Harness {
             .await
             .expect("PutInstance");
         for (disk, size_gib) in SIZES_GIB.into_iter().enumerate().take(disks) {
-            store
+            service
                 .put_disk(&Disk {
                     disk_id: disk_id(disk),
                     account_id: ACCOUNT.to_owned(),
@@ -314,17 +329,11 @@ impl Harness {
                 .await
                 .expect("PutDisk");
         }
-        let policy = Policy {
-            snapshot_quota: QUOTA,
-            init_window: Duration::from_secs(3600),
-            copy_rate_mibps: RATE_MIBPS,
-        };
         Self {
             store,
+            service,
             clock,
-            backend,
             worker,
-            policy,
             start,
         }
     }
@@ -335,7 +344,7 @@ impl Harness {
         let mut after = None;
         loop {
             let page = self
-                .store
+                .service
                 .describe_snapshots(&SnapshotQuery {
                     account_id: ACCOUNT.to_owned(),
                     disk_id: None,
@@ -348,7 +357,7 @@ impl Harness {
                 })
                 .await
                 .expect("DescribeSnapshots");
-            for snapshot in page.snapshots {
+            for snapshot in page.snapshots.into_iter().map(|view| view.snapshot) {
                 listed.insert(
                     snapshot.snapshot_id,
                     (snapshot.source_disk_id, snapshot.status),
@@ -400,10 +409,7 @@ impl Harness {
                     };
                     let params = (*disk, *name, *retention_days);
                     let expected = model.expect_create(*token, params);
-                    let result = self
-                        .store
-                        .create_snapshot(&command, &self.policy, now, &self.backend)
-                        .await;
+                    let result = self.service.create_snapshot(&command).await;
                     let got = answered(&result);
                     seen.record("CreateSnapshot", &got);
                     prop_assert!(
@@ -441,8 +447,12 @@ impl Harness {
                     let id = model.pick(*pick);
                     let expected = model.expect_delete(&id);
                     let result = self
-                        .store
-                        .delete_snapshot(ACCOUNT, &id, *force, now, self.backend.as_ref())
+                        .service
+                        .delete_snapshot(
+                            ACCOUNT,
+                            &SnapshotId::parse(&id).expect("a snapshot id"),
+                            *force,
+                        )
                         .await
                         .map_err(|err| refusal_code(&err));
                     seen.record(
@@ -474,7 +484,7 @@ impl Harness {
                         }),
                     };
                     let expected = model.expect_image(*token, &id);
-                    let result = self.store.create_image(&command, now).await;
+                    let result = self.service.create_image(&command).await;
                     let got = answered(&result);
                     seen.record("CreateImage", &got);
                     prop_assert!(
@@ -519,7 +529,7 @@ impl Harness {
     }
 
     async fn check(&self, model: &Model, context: &str) -> Result<(), TestCaseError> {
-        let violations = self.store.check_invariants(QUOTA).await.map_err(|err| {
+        let violations = self.service.check_invariants().await.map_err(|err| {
             TestCaseError::fail(format!("{context}: the checker failed: {err:?}"))
         })?;
         prop_assert!(
@@ -729,14 +739,14 @@ struct Ledger {
 }
 
 impl Harness {
-    async fn apply(&self, op: &Op, candidates: &[String], now: Timestamp) -> Answer {
+    async fn apply(&self, op: &Op, candidates: &[String]) -> Answer {
         let pick = |n: usize| {
             candidates
                 .get(n % candidates.len().max(1))
                 .cloned()
                 .unwrap_or_else(|| UNKNOWN_SNAPSHOT.to_owned())
         };
-        let refused = |err: StoreError| Answer::Refused(refusal_code(&err));
+        let refused = |err: ServiceError| Answer::Refused(refusal_code(&err));
         match op {
             Op::Create {
                 disk,
@@ -757,11 +767,7 @@ impl Harness {
                     retention: RetentionDays::parse(*retention_days).expect("retention"),
                     tags: Vec::new(),
                 };
-                match self
-                    .store
-                    .create_snapshot(&command, &self.policy, now, &self.backend)
-                    .await
-                {
+                match self.service.create_snapshot(&command).await {
                     Ok(CreateOutcome::Created { id }) => Answer::Created(id),
                     Ok(CreateOutcome::Replayed { id }) => Answer::Replayed(id),
                     Err(err) => refused(err),
@@ -770,8 +776,12 @@ impl Harness {
             Op::Delete { pick: n } => {
                 let id = pick(*n);
                 match self
-                    .store
-                    .delete_snapshot(ACCOUNT, &id, false, now, self.backend.as_ref())
+                    .service
+                    .delete_snapshot(
+                        ACCOUNT,
+                        &SnapshotId::parse(&id).expect("a snapshot id"),
+                        false,
+                    )
                     .await
                 {
                     Ok(()) => Answer::Deleted(id),
@@ -786,7 +796,7 @@ impl Harness {
                     image_name: None,
                     client_token: None,
                 };
-                match self.store.create_image(&command, now).await {
+                match self.service.create_image(&command).await {
                     Ok(_) => Answer::Imaged(id),
                     Err(err) => refused(err),
                 }
@@ -817,10 +827,9 @@ impl Harness {
                 (now - self.start).num_seconds()
             );
             let candidates: Vec<String> = ledger.acknowledged.keys().cloned().collect();
-            let answers = futures::future::join_all(
-                batch.ops.iter().map(|op| self.apply(op, &candidates, now)),
-            )
-            .await;
+            let answers =
+                futures::future::join_all(batch.ops.iter().map(|op| self.apply(op, &candidates)))
+                    .await;
             // Creations first: a replay listed before its creation in the batch ran after it.
             let mut answers: Vec<(&Op, Answer)> = batch.ops.iter().zip(answers).collect();
             answers.sort_by_key(|(_, answer)| !matches!(answer, Answer::Created(_)));
@@ -905,7 +914,7 @@ impl Harness {
                 }
             }
 
-            let violations = self.store.check_invariants(QUOTA).await.map_err(|err| {
+            let violations = self.service.check_invariants().await.map_err(|err| {
                 TestCaseError::fail(format!("{context}: the checker failed: {err:?}"))
             })?;
             prop_assert!(

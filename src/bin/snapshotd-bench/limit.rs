@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::pgbench::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use snapshotd::store::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 
 use crate::setup::Naming;
 

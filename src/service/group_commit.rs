@@ -1,0 +1,405 @@
+//! Group commit for CreateSnapshot: calls that arrive while others are being written share one
+//! transaction.
+//!
+//! A transaction's cost on the database is mostly per transaction (four round trips, a WAL
+//! flush at commit), not per row. So the calls are spread by disk over a few *lanes*, and each
+//! lane writes one transaction at a time: a call that arrives while its lane is busy waits in
+//! the lane's queue, and whichever call gets the lane's next turn (the *leader*) takes up to
+//! `max_batch` queued calls and writes them in one transaction: one locking read for all their
+//! disks, the engine's decision for each, one write for all that were admitted, one commit.
+//! Under light load every call leads a batch of one. A disk's calls always take the same lane,
+//! so the batches of one process never contend for a disk's lock.
+//!
+//! Each call is decided on what the batch's locking read found for it, so only while no earlier
+//! call of the batch wrote its disk or its client token; a later call on such a disk or token
+//! is queued again ([`Verdict::Retry`]) and sees the write in a later batch. A batch never
+//! waits for a row lock (`SKIP LOCKED`): a call whose disk another transaction holds is queued
+//! again too. A call queued [`RETRIES`] times, and every unusual case, is told to
+//! [`Verdict::RunAlone`]: it runs the one-call transaction in its own task, as if there were no
+//! batching, and waits for its disk's lock there. A call that went away (its client cancelled,
+//! its deadline passed) before its batch wrote is left out of the write. A batch runs in a task
+//! of its own, so its leader's going away never cuts it short.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, oneshot};
+
+use super::snapshots::{Judgement, judge, start_copy};
+use super::{CONFLICT_ATTEMPTS, CreateOutcome, ServiceError, cancel_copy};
+use crate::backend::SnapshotBackend;
+use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
+use crate::engine::Policy;
+use crate::store::{BatchRead, Store, StoreError, Transaction, Unreachable};
+
+/// One queued CreateSnapshot call.
+#[derive(Debug)]
+struct Queued {
+    pub command: CreateSnapshotCommand,
+    pub policy: Policy,
+    pub now: Timestamp,
+    reply: oneshot::Sender<Verdict>,
+}
+
+impl Queued {
+    /// Whether the caller still waits for the answer.
+    pub fn is_awaited(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    /// Gives the caller its answer (a caller that went away just doesn't get it).
+    pub fn answer(self, verdict: Verdict) {
+        let _ = self.reply.send(verdict);
+    }
+}
+
+/// What a batch tells each of its calls.
+#[derive(Debug)]
+enum Verdict {
+    /// The call's answer; when `Ok`, written and committed.
+    Answer(Result<CreateOutcome, ServiceError>),
+    /// The batch could not settle this call yet (its disk was locked elsewhere, or written
+    /// by an earlier call of the batch): queue it again for a later batch.
+    Retry,
+    /// The batch could not settle this call: run it in a transaction of its own.
+    RunAlone,
+}
+
+/// How often a call is queued again before it runs alone (and waits for its disk's lock).
+const RETRIES: usize = 3;
+
+pub(super) struct GroupCommit {
+    lanes: Vec<Arc<Lane>>,
+    pick_lane: RandomState,
+    max_batch: usize,
+}
+
+/// The calls of some disks, written one batch at a time: a disk's calls always take the same
+/// lane, so two batches of one process never contend for one disk.
+struct Lane {
+    queue: Mutex<Vec<Queued>>,
+    turn: Arc<Semaphore>,
+}
+
+impl GroupCommit {
+    /// `lanes` batches at once at most, of at most `max_batch` calls each.
+    pub fn new(lanes: usize, max_batch: usize) -> Self {
+        Self {
+            lanes: (0..lanes.max(1))
+                .map(|_| {
+                    Arc::new(Lane {
+                        queue: Mutex::new(Vec::new()),
+                        turn: Arc::new(Semaphore::new(1)),
+                    })
+                })
+                .collect(),
+            pick_lane: RandomState::new(),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Queues the call and waits for its answer, writing batches (the caller's and others')
+    /// whenever it gets a turn. `None`: the caller must run the call alone.
+    pub async fn submit(
+        &self,
+        command: &CreateSnapshotCommand,
+        policy: &Policy,
+        now: Timestamp,
+        store: &Arc<dyn Store>,
+        backend: &Arc<dyn SnapshotBackend>,
+    ) -> Option<Result<CreateOutcome, ServiceError>> {
+        for _ in 0..=RETRIES {
+            match self
+                .queue_and_wait(command, policy, now, store, backend)
+                .await
+            {
+                Verdict::Answer(answer) => return Some(answer),
+                Verdict::Retry => continue,
+                Verdict::RunAlone => return None,
+            }
+        }
+        None
+    }
+
+    async fn queue_and_wait(
+        &self,
+        command: &CreateSnapshotCommand,
+        policy: &Policy,
+        now: Timestamp,
+        store: &Arc<dyn Store>,
+        backend: &Arc<dyn SnapshotBackend>,
+    ) -> Verdict {
+        let lane = &self.lanes
+            [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
+        let (reply, mut verdict) = oneshot::channel();
+        lane.lock_queue().push(Queued {
+            command: command.clone(),
+            policy: *policy,
+            now,
+            reply,
+        });
+        loop {
+            tokio::select! {
+                biased;
+                // A batch that broke off (a panic) dropped our reply: run alone.
+                answer = &mut verdict => return answer.unwrap_or(Verdict::RunAlone),
+                turn = Arc::clone(&lane.turn).acquire_owned() => {
+                    let turn = turn.expect("the semaphore is never closed");
+                    let batch = lane.take_batch(self.max_batch);
+                    if batch.is_empty() {
+                        // Another leader took this call; its answer is on the way.
+                        return verdict.await.unwrap_or(Verdict::RunAlone);
+                    }
+                    // In a task of its own, holding the lane's turn: if this call goes away
+                    // (cancelled, past its deadline), the batch still ends and answers the
+                    // others. Dropped halfway, it could commit with nobody told.
+                    let write = write_batch(Arc::clone(store), batch, Arc::clone(backend));
+                    let lane = Arc::clone(lane);
+                    let writing = tokio::spawn(async move {
+                        let _turn = turn;
+                        if let Some(cause) = write.await {
+                            // The calls queued meanwhile share the answer rather than each
+                            // waiting for the database again, one batch after another.
+                            lane.answer_all(&cause);
+                        }
+                    });
+                    if let Err(failed) = writing.await
+                        && failed.is_panic()
+                    {
+                        std::panic::resume_unwind(failed.into_panic());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers each of `calls` that the database is unreachable, for `cause`.
+fn answer_unreachable(calls: Vec<Queued>, cause: &Unreachable) {
+    for queued in calls {
+        let unreachable = StoreError::Unavailable(cause.clone());
+        queued.answer(Verdict::Answer(Err(unreachable.into())));
+    }
+}
+
+/// Resolves once no caller of `batch` waits for its answer any more.
+async fn all_gone(batch: &[Queued]) {
+    // Polled: a caller's going away is seen within this delay.
+    const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+    while batch.iter().any(Queued::is_awaited) {
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+}
+
+impl Lane {
+    /// Answers every queued call: the database is unreachable.
+    fn answer_all(&self, cause: &Unreachable) {
+        answer_unreachable(self.take_batch(usize::MAX), cause);
+    }
+
+    /// The oldest queued calls, up to `max_batch`.
+    fn take_batch(&self, max_batch: usize) -> Vec<Queued> {
+        let mut queue = self.lock_queue();
+        let taken = queue.len().min(max_batch);
+        queue.drain(..taken).collect()
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        // The queue is a plain list, consistent between statements: a panic elsewhere cannot
+        // leave it half-changed, so a poisoned lock is still good.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes one batch of queued calls in one transaction and answers each; returns the cause
+/// when the database was unreachable. It owns all it uses: it runs in a task of its own, so
+/// that no caller's going away can drop it halfway and leave the others' answers unknown.
+async fn write_batch(
+    store: Arc<dyn Store>,
+    batch: Vec<Queued>,
+    backend: Arc<dyn SnapshotBackend>,
+) -> Option<Unreachable> {
+    let written = async {
+        let mut attempt = 1;
+        loop {
+            let mut tx = store.begin().await?;
+            let decision = match decide_batch(tx.as_mut(), &batch, backend.as_ref()).await {
+                Ok(decision) => decision,
+                Err(err) => {
+                    tx.rollback().await;
+                    if err.is_conflict() && attempt < CONFLICT_ATTEMPTS {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            // A caller whose snapshot was about to be committed went away: write the batch
+            // again without it, as its own transaction would have been rolled back.
+            if decision.abandoned_writes(&batch) {
+                tx.rollback().await;
+                decision.cancel_copies(backend.as_ref()).await;
+                continue;
+            }
+            tx.commit().await?;
+            return Ok::<_, ServiceError>(decision);
+        }
+    };
+    let written = tokio::select! {
+        biased;
+        written = written => written,
+        // Nobody waits for this batch any more (say a slow copy outlasted every caller's
+        // deadline): stop, which rolls it back, and free the lane.
+        () = all_gone(&batch) => return None,
+    };
+    // A batch that failed as a whole: an unreachable database is every call's answer (each
+    // would wait for it again alone); otherwise a lone call gets the error, and the calls of a
+    // larger batch each find their own answer alone.
+    match written {
+        Ok(decision) => {
+            crate::telemetry::metric::create_batch(batch.len());
+            decision.answer(batch);
+            None
+        }
+        Err(ServiceError::Store(StoreError::Unavailable(cause))) => {
+            answer_unreachable(batch, &cause);
+            Some(cause)
+        }
+        Err(failure) if batch.len() == 1 => {
+            let lone = batch.into_iter().next().expect("one call");
+            lone.answer(Verdict::Answer(Err(failure)));
+            None
+        }
+        Err(_) => {
+            for queued in batch {
+                queued.answer(Verdict::RunAlone);
+            }
+            None
+        }
+    }
+}
+
+/// What a batch decided before it writes: each call's verdict, and the snapshots to write (by
+/// index into the batch).
+struct BatchDecision {
+    verdicts: Vec<Option<Verdict>>,
+    writes: Vec<(usize, Snapshot)>,
+}
+
+/// Decides a batch of calls inside `tx`, without waiting for any row lock. A call left without a verdict is written if the batch commits: its
+/// snapshot is in `writes`. Calls whose callers went away get `RunAlone` (which nobody reads)
+/// and are not written.
+async fn decide_batch(
+    tx: &mut dyn Transaction,
+    batch: &[Queued],
+    backend: &dyn SnapshotBackend,
+) -> Result<BatchDecision, ServiceError> {
+    let commands: Vec<&CreateSnapshotCommand> = batch.iter().map(|q| &q.command).collect();
+    let reads = tx.lock_free_disks_and_read(&commands).await?;
+    let mut verdicts = Vec::with_capacity(batch.len());
+    let mut admitted = Vec::new();
+    // What earlier calls of this batch write: a later call's read is stale there.
+    let mut written_disks = HashSet::new();
+    let mut written_tokens = HashSet::new();
+    for (index, (queued, read)) in batch.iter().zip(reads).enumerate() {
+        let command = &queued.command;
+        let token = command
+            .client_token
+            .as_ref()
+            .map(|token| (command.account_id.as_str(), token.as_str()));
+        let stale = written_disks.contains(command.disk_id.as_str())
+            || token.is_some_and(|token| written_tokens.contains(&token));
+        let verdict = match read {
+            _ if !queued.is_awaited() => Some(Verdict::RunAlone),
+            _ if stale => Some(Verdict::Retry),
+            // A later batch may find it free.
+            BatchRead::Busy => Some(Verdict::Retry),
+            // The one-call path finds the right refusal.
+            BatchRead::Missing => Some(Verdict::RunAlone),
+            BatchRead::Locked(locked) => match *locked {
+                Err(corrupt) => Some(Verdict::Answer(Err(corrupt.into()))),
+                Ok((state, binding)) => match judge(
+                    command,
+                    &state,
+                    binding.as_ref(),
+                    &queued.policy,
+                    queued.now,
+                ) {
+                    Ok(Judgement::Replayed(id)) => {
+                        Some(Verdict::Answer(Ok(CreateOutcome::Replayed { id })))
+                    }
+                    // A token's binding must be read afresh before a refusal (see
+                    // `decide_and_write`); the one-call path does that.
+                    Ok(Judgement::Refused(_)) if token.is_some() => Some(Verdict::RunAlone),
+                    Ok(Judgement::Refused(refusal)) => Some(Verdict::Answer(Err(refusal.into()))),
+                    Ok(Judgement::Admitted(snapshot)) => {
+                        written_disks.insert(command.disk_id.as_str());
+                        written_tokens.extend(token);
+                        admitted.push((index, snapshot));
+                        None
+                    }
+                    Err(err) => Some(Verdict::Answer(Err(err))),
+                },
+            },
+        };
+        verdicts.push(verdict);
+    }
+    let started = futures_util::future::join_all(
+        admitted
+            .iter_mut()
+            .map(|(_, snapshot)| start_copy(snapshot, backend)),
+    )
+    .await;
+    let mut writes = Vec::with_capacity(admitted.len());
+    for ((index, snapshot), started) in admitted.into_iter().zip(started) {
+        match started {
+            Ok(()) => writes.push((index, snapshot)),
+            Err(err) => verdicts[index] = Some(Verdict::Answer(Err(err))),
+        }
+    }
+    let rows: Vec<(&Snapshot, &CreateSnapshotCommand)> = writes
+        .iter()
+        .map(|(index, snapshot)| (snapshot, &batch[*index].command))
+        .collect();
+    if !rows.is_empty()
+        && let Err(err) = tx.insert_snapshots(&rows).await
+    {
+        let decision = BatchDecision { verdicts, writes };
+        decision.cancel_copies(backend).await;
+        return Err(err.into());
+    }
+    Ok(BatchDecision { verdicts, writes })
+}
+
+impl BatchDecision {
+    /// Answers every call of the committed batch.
+    fn answer(self, batch: Vec<Queued>) {
+        let mut verdicts = self.verdicts;
+        for (index, snapshot) in self.writes {
+            verdicts[index] = Some(Verdict::Answer(Ok(CreateOutcome::Created {
+                id: snapshot.snapshot_id,
+            })));
+        }
+        for (queued, verdict) in batch.into_iter().zip(verdicts) {
+            queued.answer(verdict.unwrap_or(Verdict::RunAlone));
+        }
+    }
+
+    /// Cancels the copies started for the snapshots this decision would have written (it is
+    /// being rolled back).
+    async fn cancel_copies(&self, backend: &dyn SnapshotBackend) {
+        for (_, snapshot) in &self.writes {
+            cancel_copy(backend, snapshot).await;
+        }
+    }
+
+    /// Whether a caller whose snapshot is about to be committed has gone away.
+    fn abandoned_writes(&self, batch: &[Queued]) -> bool {
+        self.writes
+            .iter()
+            .any(|(index, _)| !batch[*index].is_awaited())
+    }
+}

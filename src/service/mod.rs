@@ -1,0 +1,146 @@
+//! The use cases: what each call does, once, for every edge.
+//!
+//! One method per use case on [`Service`]: CreateSnapshot (with group commit), DescribeSnapshots,
+//! DeleteSnapshot, CreateImage, the inventory puts, the worker's step and the invariant check.
+//! Each write runs as "begin, read under the lock, let the engine decide, write, commit" on the
+//! store's [`Transaction`]; the service owns the clock, the data plane and the policy, so an
+//! edge only converts its request into domain values, calls one method and converts the answer.
+
+mod group_commit;
+mod images;
+mod inventory;
+mod snapshots;
+mod worker;
+
+use std::sync::Arc;
+
+pub use snapshots::{DescribedPage, SnapshotView};
+pub use worker::WorkDone;
+
+use crate::backend::{BackendError, SnapshotBackend};
+use crate::clock::Clock;
+use crate::domain::Snapshot;
+use crate::engine::{Policy, RuleError};
+use crate::store::{Store, StoreError, Transaction, Violation};
+use group_commit::GroupCommit;
+
+/// How often a write is tried when it loses a unique-key race (a client token taken by a
+/// concurrent request); the next try sees the winner's binding.
+const CONFLICT_ATTEMPTS: usize = 3;
+
+/// What a use case can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A rule refused the request; nothing was written.
+    #[error(transparent)]
+    Refused(#[from] RuleError),
+    /// The data plane would not start the copy; nothing was written.
+    #[error("the snapshot backend could not start the copy")]
+    CopyNotStarted(#[source] BackendError),
+    /// The store failed (unreachable, corrupt, …); nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// A lost unique-key race: the whole transaction is worth another try.
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Conflict(_)))
+    }
+}
+
+/// What a create (snapshot or image) ended with, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new resource was stored (for CreateSnapshot: and its copy started).
+    Created { id: String },
+    /// The client token was already bound to identical parameters: the original answer.
+    Replayed { id: String },
+}
+
+impl CreateOutcome {
+    pub fn id(&self) -> &str {
+        let (Self::Created { id } | Self::Replayed { id }) = self;
+        id
+    }
+}
+
+/// The use cases, over one store, data plane, clock and policy.
+pub struct Service {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn SnapshotBackend>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    group_commit: GroupCommit,
+}
+
+/// Calls written in one create transaction at most.
+const CREATE_BATCH: usize = 64;
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn SnapshotBackend>,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+    ) -> Self {
+        let group_commit = GroupCommit::new(store.create_lanes(), CREATE_BATCH);
+        Self {
+            store,
+            backend,
+            clock,
+            policy,
+            group_commit,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Every stored breach of the service's promises (`snapshotd check`); empty when all hold.
+    pub async fn check_invariants(&self) -> Result<Vec<Violation>, ServiceError> {
+        let mut read = self.store.read().await?;
+        Ok(read.check_invariants(self.policy.snapshot_quota).await?)
+    }
+}
+
+/// Commits `tx` when `result` is `Ok`, else rolls it back; the result either way.
+async fn finish<T>(
+    tx: Box<dyn Transaction>,
+    result: Result<T, ServiceError>,
+) -> Result<T, ServiceError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            tx.rollback().await;
+            Err(err)
+        }
+    }
+}
+
+/// Runs `attempt` again while it loses a unique-key race, at most [`CONFLICT_ATTEMPTS`] times.
+async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ServiceError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(err) if err.is_conflict() && tries < CONFLICT_ATTEMPTS => tries += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Asks the data plane to stop copying `snapshot`. Best effort: the row goes regardless, and a
+/// copy nobody references is the data plane's to clean up.
+async fn cancel_copy(backend: &dyn SnapshotBackend, snapshot: &Snapshot) {
+    if let Err(err) = backend.cancel_copy(snapshot).await {
+        tracing::warn!(snapshot_id = %snapshot.snapshot_id, error = %err, "cancelling a copy failed");
+    }
+}

@@ -1,0 +1,92 @@
+//! The lifecycle worker's step: finish copies whose time has come, release snapshots past
+//! their retention. Each queue is claimed with `SKIP LOCKED` (PostgreSQL), so replicas share it.
+
+use super::{Service, ServiceError, cancel_copy, finish};
+use crate::backend::{CopyState, SnapshotBackend};
+use crate::domain::{Snapshot, SnapshotStatus, Timestamp};
+use crate::store::Transaction;
+
+/// Rows claimed per step and queue: a step records them in a few statements, so a large batch
+/// lets the worker keep up with a high create rate.
+const BATCH: u32 = 256;
+
+/// What one worker step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkDone {
+    pub accomplished: usize,
+    pub failed: usize,
+    pub released: usize,
+}
+
+impl WorkDone {
+    pub fn is_idle(&self) -> bool {
+        self.accomplished + self.failed + self.released == 0
+    }
+}
+
+impl Service {
+    /// One step: finish due copies, then release expired snapshots, each in a transaction.
+    pub async fn worker_step(&self) -> Result<WorkDone, ServiceError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let copies = advance_copies(tx.as_mut(), now, self.backend.as_ref()).await;
+        let copies = finish(tx, copies).await?;
+        let mut tx = self.store.begin().await?;
+        let released = release_expired(tx.as_mut(), now, self.backend.as_ref()).await;
+        let released = finish(tx, released).await?;
+        Ok(WorkDone { released, ..copies })
+    }
+}
+
+/// Asks the data plane about the copies due by `now`, and records those that ended.
+async fn advance_copies(
+    tx: &mut dyn Transaction,
+    now: Timestamp,
+    backend: &dyn SnapshotBackend,
+) -> Result<WorkDone, ServiceError> {
+    let mut done = WorkDone::default();
+    let claimed = tx.claim_due_copies(now, BATCH).await?;
+    let mut finished = Vec::with_capacity(claimed.len());
+    for snapshot in &claimed {
+        match backend.copy_state(snapshot, now).await {
+            CopyState::Done => {
+                record_lag(snapshot, now);
+                finished.push((snapshot, SnapshotStatus::Accomplished));
+                done.accomplished += 1;
+            }
+            CopyState::Failed(reason) => {
+                tracing::warn!(snapshot_id = %snapshot.snapshot_id, %reason, "copy failed");
+                record_lag(snapshot, now);
+                finished.push((snapshot, SnapshotStatus::Failed));
+                done.failed += 1;
+            }
+            CopyState::Copying { remaining, .. } => {
+                tx.postpone_copy(snapshot, now + remaining).await?;
+            }
+        }
+    }
+    tx.finish_copies(&finished, now).await?;
+    Ok(done)
+}
+
+/// How late the worker is: the time from when the copy was due to now.
+fn record_lag(snapshot: &Snapshot, now: Timestamp) {
+    let lag = (now - snapshot.copy_due_at).to_std().unwrap_or_default();
+    crate::telemetry::metric::worker_lag(lag);
+}
+
+/// Deletes the snapshots past their retention by `now` that no image uses; how many.
+async fn release_expired(
+    tx: &mut dyn Transaction,
+    now: Timestamp,
+    backend: &dyn SnapshotBackend,
+) -> Result<usize, ServiceError> {
+    let due = tx.claim_due_releases(now, BATCH).await?;
+    for snapshot in &due {
+        if snapshot.status == SnapshotStatus::Progressing {
+            cancel_copy(backend, snapshot).await;
+        }
+        tx.delete_and_uncount(snapshot).await?;
+    }
+    Ok(due.len())
+}

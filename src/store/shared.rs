@@ -1,0 +1,881 @@
+//! The statements both backends run as written, once, generic over the two sqlx drivers: the
+//! store ([`SqlStore`]) and its sessions ([`SqlSession`]). SQLite reads PostgreSQL's `$1`
+//! placeholders as they are, so one text serves both.
+//!
+//! What differs between the databases is a [`Dialect`], implemented in `postgres/` and `sqlite/`:
+//! how a write transaction begins, the row-lock clauses, and the statements PostgreSQL writes
+//! with arrays (a batch's locking read and its insert).
+
+use std::future::Future;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+
+use super::rows::{
+    AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns, SnapshotRow,
+    TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
+};
+use super::{BatchRead, LockedRead, PoolStats, Store, StoreError, Transaction, Violation};
+use crate::domain::{
+    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor, Snapshot,
+    SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
+};
+use crate::engine::TokenBinding;
+
+/// What one database does its own way.
+pub trait Dialect: Database + Sized {
+    /// `"postgres"` or `"sqlite"`.
+    const KIND: &'static str;
+    /// Create transactions at once: the database's sweet spot (see `service::group_commit`).
+    const CREATE_LANES: usize;
+    /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
+    const LOCK_DISK: &'static str;
+    /// Appended to a read whose rows the transaction holds until it ends.
+    const LOCK_ROWS: &'static str;
+    /// Appended to a worker queue's read: holds its rows, skipping those another replica holds.
+    const CLAIM_ROWS: &'static str;
+
+    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn ping(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Begins a write transaction.
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>, StoreError>> + Send;
+
+    /// See [`Transaction::lock_free_disks_and_read`].
+    fn lock_free_disks_and_read(
+        session: &mut SqlSession<Self>,
+        commands: &[&CreateSnapshotCommand],
+    ) -> impl Future<Output = Result<Vec<BatchRead>, StoreError>> + Send;
+
+    /// See [`Transaction::insert_snapshots`].
+    fn insert_snapshots(
+        connection: &mut Self::Connection,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A store on one database: its pool, and for SQLite the lock that keeps other processes off
+/// the file.
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+    _process_lock: Option<std::fs::File>,
+}
+
+impl<DB: Database> SqlStore<DB> {
+    pub(super) fn new(pool: Pool<DB>, process_lock: Option<std::fs::File>) -> Self {
+        Self {
+            pool,
+            _process_lock: process_lock,
+        }
+    }
+
+    /// The pool, for tests and tools that run their own SQL.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Dialect,
+    SqlSession<DB>: Transaction,
+{
+    fn kind(&self) -> &'static str {
+        DB::KIND
+    }
+
+    fn create_lanes(&self) -> usize {
+        DB::CREATE_LANES
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        DB::migrate(&self.pool).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        DB::ping(&self.pool).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        let waiting = std::time::Instant::now();
+        let transaction = DB::begin_write(&self.pool).await?;
+        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+        Ok(Box::new(SqlSession {
+            connection: Connection::Transaction(transaction),
+        }))
+    }
+
+    async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(SqlSession {
+            connection: Connection::Autocommit(self.pool.acquire().await?),
+        }))
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            connections: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max_connections: self.pool.options().get_max_connections(),
+        }
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// One connection: a write transaction ([`Store::begin`]) or a pooled connection for reads
+/// ([`Store::read`]).
+pub struct SqlSession<DB: Database> {
+    connection: Connection<DB>,
+}
+
+enum Connection<DB: Database> {
+    Transaction(sqlx::Transaction<'static, DB>),
+    Autocommit(PoolConnection<DB>),
+}
+
+impl<DB: Database> SqlSession<DB> {
+    pub(super) fn connection(&mut self) -> &mut DB::Connection {
+        match &mut self.connection {
+            Connection::Transaction(transaction) => transaction,
+            Connection::Autocommit(connection) => connection,
+        }
+    }
+}
+
+/// The columns CreateSnapshot's engine needs about a disk `d`, with its account `a`, instance
+/// `i`, progressing snapshot `p` and the caller's token binding `t`; PostgreSQL's batch read
+/// (`postgres/`) selects them too.
+pub(super) const CREATE_STATE_COLUMNS: &str = "\
+d.disk_id, d.account_id, d.category, d.disk_type, d.status, d.instance_id, d.size_gib,
+       d.created_at, d.expires_at, d.ever_attached,
+       d.snapshot_count, d.progressing_snapshot_id, d.progressing_since,
+       a.account_id AS acct_id, a.snapshot_service_activated AS acct_snapshot_service_activated,
+       a.insufficient_balance AS acct_insufficient_balance,
+       i.instance_id AS inst_id, i.account_id AS inst_account_id, i.status AS inst_status,
+       i.created_at AS inst_created_at, i.last_started_at AS inst_last_started_at,
+       i.lock_reasons AS inst_lock_reasons,
+       t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id,
+       p.copy_due_at AS progressing_due_at";
+
+/// The joins behind [`CREATE_STATE_COLUMNS`], from the disk `d`; the caller's token is `{token}`.
+pub(super) fn create_state_joins(token: &str) -> String {
+    format!(
+        "
+LEFT JOIN accounts a ON a.account_id = d.account_id
+LEFT JOIN instances i ON i.instance_id = d.instance_id
+LEFT JOIN client_tokens t ON t.account_id = d.account_id AND t.client_token = {token}
+LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id"
+    )
+}
+
+/// Columns of a snapshot row `s`, as [`SnapshotRow`] reads them.
+const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
+    s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
+    s.created_at, s.started_at, s.copy_due_at, s.last_modified_at, s.retention_days, s.usage";
+
+#[async_trait::async_trait]
+impl<DB> Transaction for SqlSession<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Timestamp>: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (String, i32): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> AccountRow: FromRow<'r, DB::Row>,
+    for<'r> InstanceRow: FromRow<'r, DB::Row>,
+    for<'r> DiskRow: FromRow<'r, DB::Row>,
+    for<'r> LockedDiskRow: FromRow<'r, DB::Row>,
+    for<'r> CallerRow: FromRow<'r, DB::Row>,
+    for<'r> OptionalTokenColumns: FromRow<'r, DB::Row>,
+    for<'r> SnapshotRow: FromRow<'r, DB::Row>,
+    for<'r> TagRow: FromRow<'r, DB::Row>,
+{
+    async fn any_account(&mut self) -> Result<bool, StoreError> {
+        let found: Option<(String,)> = sqlx::query_as("SELECT account_id FROM accounts LIMIT 1")
+            .fetch_optional(self.connection())
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn select_disk(&mut self, disk_id: &str) -> Result<Option<Disk>, StoreError> {
+        let row: Option<DiskRow> = sqlx::query_as(
+            "SELECT disk_id, account_id, category, disk_type, status, instance_id, size_gib,
+                    created_at, expires_at, ever_attached
+             FROM disks WHERE disk_id = $1",
+        )
+        .bind(disk_id)
+        .fetch_optional(self.connection())
+        .await?;
+        row.map(Disk::try_from).transpose()
+    }
+
+    /// Newest first, keyed on `(created_at, snapshot_id)` so pages neither repeat nor skip
+    /// rows; one row more than the page tells whether another follows. Then the page's tags.
+    async fn describe_snapshots(
+        &mut self,
+        query: &SnapshotQuery,
+    ) -> Result<SnapshotPage, StoreError> {
+        let mut statement = Statement::new(format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s WHERE s.account_id = "
+        ));
+        statement.push_param(Param::Text(query.account_id.clone()));
+        if let Some(disk_id) = &query.disk_id {
+            statement.push(" AND s.source_disk_id = ");
+            statement.push_param(Param::Text(disk_id.clone()));
+        }
+        if !query.snapshot_ids.is_empty() {
+            statement.push(" AND s.snapshot_id IN ");
+            statement.push_list(&query.snapshot_ids);
+        }
+        if let Some(status) = query.status {
+            statement.push(" AND s.status = ");
+            statement.push_param(Param::Text(status.as_str().to_owned()));
+        }
+        if let Some(name) = &query.snapshot_name {
+            statement.push(" AND s.snapshot_name = ");
+            statement.push_param(Param::Text(name.clone()));
+        }
+        for tag in &query.tags {
+            statement.push(" AND EXISTS (SELECT 1 FROM snapshot_tags t WHERE t.snapshot_id = s.snapshot_id AND t.key = ");
+            statement.push_param(Param::Text(tag.key.clone()));
+            // An empty value matches any value of the key.
+            if !tag.value.is_empty() {
+                statement.push(" AND t.value = ");
+                statement.push_param(Param::Text(tag.value.clone()));
+            }
+            statement.push(")");
+        }
+        if let Some(PageCursor {
+            created_at,
+            snapshot_id,
+        }) = &query.after
+        {
+            let at = statement.param(Param::Time(*created_at));
+            let id = statement.param(Param::Text(snapshot_id.clone()));
+            statement.push(&format!(
+                " AND (s.created_at < {at} OR (s.created_at = {at} AND s.snapshot_id < {id}))"
+            ));
+        }
+        statement.push(" ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
+        statement.push_param(Param::Int(i64::from(query.limit) + 1));
+        let rows: Vec<SnapshotRow> = statement.fetch_all(self.connection()).await?;
+        let (mut snapshots, next) = into_page(rows, query.limit)?;
+        if !snapshots.is_empty() {
+            let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+            let mut statement = Statement::new(
+                "SELECT snapshot_id, key, value FROM snapshot_tags WHERE snapshot_id IN "
+                    .to_owned(),
+            );
+            statement.push_list(&ids);
+            statement.push(" ORDER BY snapshot_id, key");
+            let tags: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
+            attach_tags(&mut snapshots, tags);
+        }
+        Ok(SnapshotPage { snapshots, next })
+    }
+
+    async fn check_invariants(
+        &mut self,
+        snapshot_quota: u32,
+    ) -> Result<Vec<Violation>, StoreError> {
+        let mut violations = Vec::new();
+        for check in INVARIANTS {
+            let mut query = sqlx::query_as::<_, (String, String)>(check.sql);
+            if check.takes_quota {
+                query = query.bind(i64::from(snapshot_quota));
+            }
+            for (subject, detail) in query.fetch_all(self.connection()).await? {
+                violations.push(Violation {
+                    promise: check.promise,
+                    subject,
+                    detail,
+                });
+            }
+        }
+        Ok(violations)
+    }
+
+    async fn count_snapshots_by_status(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        let counts = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM snapshots GROUP BY status ORDER BY status",
+        )
+        .fetch_all(self.connection())
+        .await?;
+        Ok(counts)
+    }
+
+    async fn lock_disk_and_read(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<LockedRead>, StoreError> {
+        let statement = format!(
+            "SELECT {CREATE_STATE_COLUMNS}\nFROM disks d{}\nWHERE d.disk_id = $1 AND d.account_id = $2{}",
+            create_state_joins("$3"),
+            DB::LOCK_DISK
+        );
+        let row: Option<LockedDiskRow> = sqlx::query_as(&statement)
+            .bind(command.disk_id.as_str())
+            .bind(command.account_id.as_str())
+            .bind(command.client_token.as_ref().map(|t| t.as_str()))
+            .fetch_optional(self.connection())
+            .await?;
+        row.map(LockedDiskRow::into_parts).transpose()
+    }
+
+    async fn lock_free_disks_and_read(
+        &mut self,
+        commands: &[&CreateSnapshotCommand],
+    ) -> Result<Vec<BatchRead>, StoreError> {
+        DB::lock_free_disks_and_read(self, commands).await
+    }
+
+    async fn read_caller(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<LockedRead, StoreError> {
+        let row: CallerRow = sqlx::query_as(
+            "SELECT a.account_id AS acct_id,
+                    a.snapshot_service_activated AS acct_snapshot_service_activated,
+                    a.insufficient_balance AS acct_insufficient_balance,
+                    t.fingerprint AS token_fingerprint, t.snapshot_id AS token_snapshot_id
+             FROM (SELECT CAST($1 AS TEXT) AS account_id) caller
+             LEFT JOIN accounts a ON a.account_id = caller.account_id
+             LEFT JOIN client_tokens t
+                    ON t.account_id = caller.account_id AND t.client_token = $2",
+        )
+        .bind(command.account_id.as_str())
+        .bind(command.client_token.as_ref().map(|t| t.as_str()))
+        .fetch_one(self.connection())
+        .await?;
+        Ok(row.into_parts())
+    }
+
+    async fn read_token(
+        &mut self,
+        command: &CreateSnapshotCommand,
+    ) -> Result<Option<TokenBinding>, StoreError> {
+        let row: Option<OptionalTokenColumns> = sqlx::query_as(
+            "SELECT fingerprint AS token_fingerprint, snapshot_id AS token_snapshot_id
+             FROM client_tokens WHERE account_id = $1 AND client_token = $2",
+        )
+        .bind(command.account_id.as_str())
+        .bind(command.client_token.as_ref().map(|t| t.as_str()))
+        .fetch_optional(self.connection())
+        .await?;
+        Ok(row.and_then(OptionalTokenColumns::into_binding))
+    }
+
+    async fn insert_snapshots(
+        &mut self,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
+    ) -> Result<(), StoreError> {
+        DB::insert_snapshots(self.connection(), snapshots).await
+    }
+
+    async fn account_exists(&mut self, account_id: &str) -> Result<bool, StoreError> {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT account_id FROM accounts WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(self.connection())
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn foreign_disk_on(
+        &mut self,
+        instance_id: &str,
+        account_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT disk_id FROM disks WHERE instance_id = $1 AND account_id <> $2 LIMIT 1",
+        )
+        .bind(instance_id)
+        .bind(account_id)
+        .fetch_optional(self.connection())
+        .await?;
+        Ok(found.map(|(disk_id,)| disk_id))
+    }
+
+    async fn disk_owner(&mut self, disk_id: &str) -> Result<Option<(String, i32)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT account_id, snapshot_count FROM disks WHERE disk_id = $1")
+                .bind(disk_id)
+                .fetch_optional(self.connection())
+                .await?,
+        )
+    }
+
+    async fn instance_owner(&mut self, instance_id: &str) -> Result<Option<String>, StoreError> {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT account_id FROM instances WHERE instance_id = $1")
+                .bind(instance_id)
+                .fetch_optional(self.connection())
+                .await?;
+        Ok(found.map(|(owner,)| owner))
+    }
+
+    async fn upsert_account(&mut self, account: &Account) -> Result<Account, StoreError> {
+        let row: AccountRow = sqlx::query_as(
+            "INSERT INTO accounts (account_id, snapshot_service_activated, insufficient_balance)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (account_id) DO UPDATE
+             SET snapshot_service_activated = EXCLUDED.snapshot_service_activated,
+                 insufficient_balance = EXCLUDED.insufficient_balance
+             RETURNING account_id, snapshot_service_activated, insufficient_balance",
+        )
+        .bind(account.account_id.as_str())
+        .bind(account.snapshot_service_activated)
+        .bind(account.insufficient_balance)
+        .fetch_one(self.connection())
+        .await?;
+        Ok(row.into())
+    }
+
+    async fn upsert_instance(&mut self, instance: &Instance) -> Result<Instance, StoreError> {
+        let row: InstanceRow = sqlx::query_as(
+            "INSERT INTO instances (instance_id, account_id, status, created_at, last_started_at,
+                                    lock_reasons)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (instance_id) DO UPDATE
+             SET account_id = EXCLUDED.account_id, status = EXCLUDED.status,
+                 created_at = EXCLUDED.created_at, last_started_at = EXCLUDED.last_started_at,
+                 lock_reasons = EXCLUDED.lock_reasons
+             RETURNING instance_id, account_id, status, created_at, last_started_at, lock_reasons",
+        )
+        .bind(instance.instance_id.as_str())
+        .bind(instance.account_id.as_str())
+        .bind(instance.status.as_str())
+        .bind(instance.created_at)
+        .bind(instance.last_started_at)
+        .bind(join_lock_reasons(&instance.lock_reasons))
+        .fetch_one(self.connection())
+        .await?;
+        row.try_into()
+    }
+
+    async fn upsert_disk(&mut self, disk: &Disk) -> Result<Disk, StoreError> {
+        let row: DiskRow = sqlx::query_as(
+            "INSERT INTO disks (disk_id, account_id, category, disk_type, status, instance_id,
+                                size_gib, created_at, expires_at, ever_attached)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (disk_id) DO UPDATE
+             SET account_id = EXCLUDED.account_id, category = EXCLUDED.category,
+                 disk_type = EXCLUDED.disk_type, status = EXCLUDED.status,
+                 instance_id = EXCLUDED.instance_id, size_gib = EXCLUDED.size_gib,
+                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
+                 ever_attached = EXCLUDED.ever_attached
+             RETURNING disk_id, account_id, category, disk_type, status, instance_id, size_gib,
+                       created_at, expires_at, ever_attached",
+        )
+        .bind(disk.disk_id.as_str())
+        .bind(disk.account_id.as_str())
+        .bind(disk.category.as_str())
+        .bind(disk.disk_type.as_str())
+        .bind(disk.status.as_str())
+        .bind(disk.instance_id.as_deref())
+        .bind(disk.size_gib)
+        .bind(disk.created_at)
+        .bind(disk.expires_at)
+        .bind(disk.ever_attached)
+        .fetch_one(self.connection())
+        .await?;
+        row.try_into()
+    }
+
+    async fn lock_own_snapshot(
+        &mut self,
+        account_id: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let statement = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
+             WHERE s.snapshot_id = $1 AND s.account_id = $2{}",
+            DB::LOCK_ROWS
+        );
+        let row: Option<SnapshotRow> = sqlx::query_as(&statement)
+            .bind(snapshot_id)
+            .bind(account_id)
+            .fetch_optional(self.connection())
+            .await?;
+        row.map(Snapshot::try_from).transpose()
+    }
+
+    async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM snapshots WHERE snapshot_id = $1")
+            .bind(snapshot.snapshot_id.as_str())
+            .execute(self.connection())
+            .await?;
+        // Every SET expression sees the row as it was, so both CASEs test the old id.
+        sqlx::query(
+            "UPDATE disks SET snapshot_count = snapshot_count - 1,
+                 progressing_snapshot_id = CASE WHEN progressing_snapshot_id = $2 THEN NULL
+                                                ELSE progressing_snapshot_id END,
+                 progressing_since = CASE WHEN progressing_snapshot_id = $2 THEN NULL
+                                          ELSE progressing_since END
+             WHERE disk_id = $1",
+        )
+        .bind(snapshot.source_disk_id.as_str())
+        .bind(snapshot.snapshot_id.as_str())
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    async fn read_image_token(
+        &mut self,
+        account_id: &str,
+        client_token: &str,
+    ) -> Result<Option<TokenBinding>, StoreError> {
+        let row: Option<OptionalTokenColumns> = sqlx::query_as(
+            "SELECT fingerprint AS token_fingerprint, image_id AS token_snapshot_id
+             FROM image_client_tokens WHERE account_id = $1 AND client_token = $2",
+        )
+        .bind(account_id)
+        .bind(client_token)
+        .fetch_optional(self.connection())
+        .await?;
+        Ok(row.and_then(OptionalTokenColumns::into_binding))
+    }
+
+    async fn insert_image(
+        &mut self,
+        image_id: &str,
+        command: &CreateImageCommand,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO images (image_id, account_id, snapshot_id, image_name, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(image_id)
+        .bind(command.account_id.as_str())
+        .bind(command.snapshot_id.as_str())
+        .bind(command.image_name.as_ref().map(|n| n.as_str()))
+        .bind(now)
+        .execute(self.connection())
+        .await?;
+        sqlx::query(
+            "UPDATE snapshots SET usage = 'image', last_modified_at = $2 WHERE snapshot_id = $1",
+        )
+        .bind(command.snapshot_id.as_str())
+        .bind(now)
+        .execute(self.connection())
+        .await?;
+        if let Some(token) = &command.client_token {
+            sqlx::query(
+                "INSERT INTO image_client_tokens (account_id, client_token, fingerprint, image_id,
+                                                  created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(command.account_id.as_str())
+            .bind(token.as_str())
+            .bind(command.fingerprint())
+            .bind(image_id)
+            .bind(now)
+            .execute(self.connection())
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_due_copies(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        let statement = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
+             WHERE s.status = 'progressing' AND s.copy_due_at <= $1 \
+             ORDER BY s.copy_due_at LIMIT $2{}",
+            DB::CLAIM_ROWS
+        );
+        let rows: Vec<SnapshotRow> = sqlx::query_as(&statement)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(self.connection())
+            .await?;
+        Ok(decode_queue(rows))
+    }
+
+    async fn claim_due_releases(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        let statement = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
+             WHERE s.release_at <= $1 AND s.usage = 'none' \
+             ORDER BY s.release_at LIMIT $2{}",
+            DB::CLAIM_ROWS
+        );
+        let rows: Vec<SnapshotRow> = sqlx::query_as(&statement)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(self.connection())
+            .await?;
+        Ok(decode_queue(rows))
+    }
+
+    async fn postpone_copy(
+        &mut self,
+        snapshot: &Snapshot,
+        due: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE snapshots SET copy_due_at = $2 WHERE snapshot_id = $1")
+            .bind(snapshot.snapshot_id.as_str())
+            .bind(due)
+            .execute(self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// One statement per status and one for the disks, however many copies ended.
+    async fn finish_copies(
+        &mut self,
+        finished: &[(&Snapshot, SnapshotStatus)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        for status in [SnapshotStatus::Accomplished, SnapshotStatus::Failed] {
+            let ids: Vec<&str> = finished
+                .iter()
+                .filter(|(_, finished_as)| *finished_as == status)
+                .map(|(snapshot, _)| snapshot.snapshot_id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let statement = format!(
+                "UPDATE snapshots SET status = $1, last_modified_at = $2 WHERE snapshot_id IN ({})",
+                placeholders(3, ids.len())
+            );
+            let mut query = sqlx::query(&statement).bind(status.as_str()).bind(now);
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.execute(self.connection()).await?;
+        }
+        // Disks in id order, so that concurrent steps lock them in one order; a disk is freed
+        // only by its own copy in progress.
+        let mut disks: Vec<(&str, &str)> = finished
+            .iter()
+            .map(|(s, _)| (s.source_disk_id.as_str(), s.snapshot_id.as_str()))
+            .collect();
+        disks.sort_unstable();
+        let statement = format!(
+            "UPDATE disks SET progressing_snapshot_id = NULL, progressing_since = NULL \
+             WHERE disk_id IN ({}) AND progressing_snapshot_id IN ({})",
+            placeholders(1, disks.len()),
+            placeholders(1 + disks.len(), disks.len())
+        );
+        let mut query = sqlx::query(&statement);
+        for (disk_id, _) in &disks {
+            query = query.bind(*disk_id);
+        }
+        for (_, snapshot_id) in &disks {
+            query = query.bind(*snapshot_id);
+        }
+        query.execute(self.connection()).await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if let Connection::Transaction(transaction) = self.connection {
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) {
+        // Now: a dropped transaction's ROLLBACK waits for the connection's next use, and until
+        // then it keeps its locks. A failed rollback leaves a connection the pool discards.
+        if let Connection::Transaction(transaction) = self.connection {
+            let _ = transaction.rollback().await;
+        }
+    }
+}
+
+/// `$first, …` for `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A value bound to a statement built at run time.
+#[derive(Debug, Clone)]
+enum Param {
+    Text(String),
+    Time(Timestamp),
+    Int(i64),
+}
+
+/// A statement built at run time (DescribeSnapshots' filters), with its parameters in
+/// placeholder order.
+struct Statement {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Statement {
+    fn new(sql: String) -> Self {
+        Self {
+            sql,
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+    }
+
+    /// Adds a parameter and returns its placeholder.
+    fn param(&mut self, param: Param) -> String {
+        self.params.push(param);
+        format!("${}", self.params.len())
+    }
+
+    fn push_param(&mut self, param: Param) {
+        let placeholder = self.param(param);
+        self.sql.push_str(&placeholder);
+    }
+
+    /// `($n, $n+1, …)`, one text parameter per item.
+    fn push_list(&mut self, items: &[String]) {
+        let list: Vec<String> = items
+            .iter()
+            .map(|item| self.param(Param::Text(item.clone())))
+            .collect();
+        self.sql.push_str(&format!("({})", list.join(", ")));
+    }
+
+    async fn fetch_all<DB, R>(self, connection: &mut DB::Connection) -> Result<Vec<R>, sqlx::Error>
+    where
+        DB: Database,
+        R: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+        for<'q> String: Encode<'q, DB> + Type<DB>,
+        for<'q> i64: Encode<'q, DB> + Type<DB>,
+        for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
+    {
+        let mut query = sqlx::query_as::<DB, R>(&self.sql);
+        for param in self.params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Time(at) => query.bind(at),
+                Param::Int(n) => query.bind(n),
+            };
+        }
+        query.fetch_all(connection).await
+    }
+}
+
+/// One promise of the service, as a query returning `(subject, detail)` for each breach.
+struct Invariant {
+    promise: &'static str,
+    sql: &'static str,
+    /// Binds the quota as `$1`.
+    takes_quota: bool,
+}
+
+const INVARIANTS: &[Invariant] = &[
+    Invariant {
+        promise: "a disk holds at most its quota of snapshots",
+        sql: "SELECT source_disk_id, CAST(COUNT(*) AS TEXT) FROM snapshots \
+              GROUP BY source_disk_id HAVING COUNT(*) > $1",
+        takes_quota: true,
+    },
+    Invariant {
+        promise: "a disk has at most one snapshot in progress",
+        sql: "SELECT source_disk_id, CAST(COUNT(*) AS TEXT) FROM snapshots \
+              WHERE status = 'progressing' GROUP BY source_disk_id HAVING COUNT(*) > 1",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a client token names a snapshot of its own account",
+        sql: "SELECT t.account_id || '/' || t.client_token, s.account_id FROM client_tokens t \
+              JOIN snapshots s ON s.snapshot_id = t.snapshot_id \
+              WHERE s.account_id <> t.account_id",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "every snapshot's disk and account exist",
+        sql: "SELECT s.snapshot_id, s.source_disk_id FROM snapshots s \
+              LEFT JOIN disks d ON d.disk_id = s.source_disk_id \
+              LEFT JOIN accounts a ON a.account_id = s.account_id \
+              WHERE (d.disk_id IS NULL OR a.account_id IS NULL)",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a snapshot belongs to its disk's account",
+        sql: "SELECT s.snapshot_id, s.account_id || ' <> ' || d.account_id FROM snapshots s \
+              JOIN disks d ON d.disk_id = s.source_disk_id \
+              WHERE d.account_id <> s.account_id",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a disk's snapshot count is the number of its snapshots",
+        sql: "SELECT d.disk_id, \
+                     CAST(d.snapshot_count AS TEXT) || ' <> ' || CAST(COUNT(s.snapshot_id) AS TEXT) \
+              FROM disks d LEFT JOIN snapshots s ON s.source_disk_id = d.disk_id \
+              GROUP BY d.disk_id, d.snapshot_count \
+              HAVING d.snapshot_count <> COUNT(s.snapshot_id)",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a disk's copy in progress is its progressing snapshot",
+        sql: "SELECT d.disk_id, COALESCE(d.progressing_snapshot_id, '(none)') FROM disks d \
+              LEFT JOIN snapshots s ON s.source_disk_id = d.disk_id AND s.status = 'progressing' \
+              WHERE (d.progressing_snapshot_id IS NULL) <> (s.snapshot_id IS NULL) \
+                 OR d.progressing_snapshot_id <> s.snapshot_id",
+        takes_quota: false,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_built_statement_numbers_its_placeholders_in_binding_order() {
+        let mut statement = Statement::new("SELECT 1 WHERE a = ".to_owned());
+        statement.push_param(Param::Text("a".into()));
+        statement.push(" AND b IN ");
+        statement.push_list(&["x".into(), "y".into()]);
+        let at = statement.param(Param::Time(Timestamp::default()));
+        statement.push(&format!(" AND (c < {at} OR c = {at}) LIMIT "));
+        statement.push_param(Param::Int(11));
+        assert_eq!(
+            statement.sql,
+            "SELECT 1 WHERE a = $1 AND b IN ($2, $3) AND (c < $4 OR c = $4) LIMIT $5"
+        );
+        assert_eq!(statement.params.len(), 5);
+        assert!(matches!(statement.params.last(), Some(Param::Int(11))));
+    }
+
+    #[test]
+    fn placeholders_count_from_the_first_number() {
+        assert_eq!(placeholders(3, 2), "$3, $4");
+        assert_eq!(placeholders(1, 1), "$1");
+    }
+}

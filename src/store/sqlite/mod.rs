@@ -1,0 +1,197 @@
+//! The embedded SQLite store: the zero-setup default, one process per database file.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE`, which takes the database's write lock
+//! before the first read, so one request's lock-check-insert is serialized exactly as PostgreSQL
+//! serializes it per disk (here: per database). So no statement needs a row lock, and a batch's
+//! locking read is the one-call read, call by call. WAL keeps readers off the writer's back.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+
+use super::shared::{Dialect, SqlSession, SqlStore};
+use super::{BatchRead, PoolOptions, StoreError, Transaction};
+use crate::domain::{CreateSnapshotCommand, Snapshot};
+
+pub type SqliteStore = SqlStore<Sqlite>;
+
+/// Opens (creating if missing) the database file named by a `sqlite://PATH` URL.
+pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<SqliteStore, StoreError> {
+    let options = SqliteConnectOptions::from_str(database_url).map_err(StoreError::Database)?;
+    let path = options.get_filename().to_path_buf();
+    if database_url.contains(":memory:") || database_url.contains("mode=memory") {
+        return Err(StoreError::Unsupported(
+            "an in-memory SQLite database would lose every snapshot on restart; \
+             give DATABASE_URL a file, e.g. sqlite://snapshotd.db"
+                .into(),
+        ));
+    }
+    let process_lock = lock_for_one_process(&path)?;
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(pool.max_connections.clamp(1, 4))
+        .acquire_timeout(pool.acquire_timeout)
+        .connect_with(options)
+        .await?;
+    Ok(SqlStore::new(pool, Some(process_lock)))
+}
+
+impl Dialect for Sqlite {
+    const KIND: &'static str = "sqlite";
+    /// One writer at a time; batching still pays, with one commit for many calls.
+    const CREATE_LANES: usize = 1;
+    // `BEGIN IMMEDIATE` already holds the whole database for the transaction.
+    const LOCK_DISK: &'static str = "";
+    const LOCK_ROWS: &'static str = "";
+    const CLAIM_ROWS: &'static str = "";
+
+    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite").run(pool).await?;
+        Ok(())
+    }
+
+    async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(())
+    }
+
+    /// Takes the write lock at the start, so reads inside the transaction are the state it
+    /// writes on.
+    async fn begin_write(
+        pool: &SqlitePool,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
+    async fn lock_free_disks_and_read(
+        session: &mut SqlSession<Sqlite>,
+        commands: &[&CreateSnapshotCommand],
+    ) -> Result<Vec<BatchRead>, StoreError> {
+        let mut reads = Vec::with_capacity(commands.len());
+        for command in commands {
+            reads.push(match session.lock_disk_and_read(command).await {
+                Ok(Some(read)) => BatchRead::Locked(Box::new(Ok(read))),
+                Ok(None) => BatchRead::Missing,
+                Err(StoreError::Corrupt(detail)) => {
+                    BatchRead::Locked(Box::new(Err(StoreError::Corrupt(detail))))
+                }
+                Err(err) => return Err(err),
+            });
+        }
+        Ok(reads)
+    }
+
+    /// Four statements a snapshot: the row, its tags, its token binding, its disk's count.
+    async fn insert_snapshots(
+        connection: &mut SqliteConnection,
+        snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
+    ) -> Result<(), StoreError> {
+        for (snapshot, command) in snapshots {
+            insert_snapshot(connection, snapshot, command).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn insert_snapshot(
+    connection: &mut SqliteConnection,
+    snapshot: &Snapshot,
+    command: &CreateSnapshotCommand,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name,
+                                description, source_disk_size_gib, source_disk_type, status,
+                                created_at, started_at, last_modified_at, copy_due_at,
+                                retention_days, release_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13)",
+    )
+    .bind(&snapshot.snapshot_id)
+    .bind(&snapshot.account_id)
+    .bind(&snapshot.source_disk_id)
+    .bind(snapshot.snapshot_name.as_deref())
+    .bind(&snapshot.description)
+    .bind(snapshot.source_disk_size_gib)
+    .bind(snapshot.source_disk_type.as_str())
+    .bind(snapshot.status.as_str())
+    .bind(snapshot.created_at)
+    .bind(snapshot.started_at)
+    .bind(snapshot.copy_due_at)
+    .bind(snapshot.retention.as_i32())
+    .bind(snapshot.retention.release_at(snapshot.created_at))
+    .execute(&mut *connection)
+    .await?;
+    for tag in &snapshot.tags {
+        sqlx::query("INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)")
+            .bind(&snapshot.snapshot_id)
+            .bind(&tag.key)
+            .bind(&tag.value)
+            .execute(&mut *connection)
+            .await?;
+    }
+    if let Some(token) = &command.client_token {
+        sqlx::query(
+            "INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id,
+                                        created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&snapshot.account_id)
+        .bind(token.as_str())
+        .bind(command.fingerprint())
+        .bind(&snapshot.snapshot_id)
+        .bind(snapshot.created_at)
+        .execute(&mut *connection)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE disks
+         SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
+             progressing_since = $3
+         WHERE disk_id = $1",
+    )
+    .bind(&snapshot.source_disk_id)
+    .bind(&snapshot.snapshot_id)
+    .bind(snapshot.started_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Takes an exclusive lock on `<database>.lock`, refusing a second server on the same file.
+fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {
+    let mut lock_path = database.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unsupported(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Unsupported(format!(
+            "another snapshotd is already serving {}; the embedded SQLite store allows one \
+             server process per database file: run replicas on PostgreSQL",
+            database.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StoreError::Unsupported(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+// The generic session is a `Transaction` for SQLite (checked here, where it is used).
+const _: fn(SqlSession<Sqlite>) -> Box<dyn Transaction> = |session| Box::new(session);
