@@ -2,25 +2,11 @@
 
 use std::time::Duration;
 
-/// A rule that refused the request. The variant name is the ECS code with its dots removed;
-/// `grpc/error.rs` maps each to its code, message and details.
+/// A rule that refused the request, given what is stored. The variant name is the ECS code with
+/// its dots removed; `grpc/error.rs` maps each to its code, message and details. (Inputs that are
+/// wrong whatever is stored are the domain's `ParseError`s.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error("MissingParameter: {field} is required")]
-    MissingParameter { field: &'static str },
-
-    #[error("DiskId.ValueNotSupported: {disk_id:?}")]
-    DiskIdValueNotSupported { disk_id: String },
-
-    #[error("InvalidSnapshotName.Malformed: {why}")]
-    InvalidSnapshotNameMalformed { why: &'static str },
-
-    #[error("InvalidDescription.Malformed: {why}")]
-    InvalidDescriptionMalformed { why: &'static str },
-
-    #[error("InvalidClientToken.Malformed: {why}")]
-    InvalidClientTokenMalformed { why: &'static str },
-
     #[error("IdempotentParameterMismatch: token {client_token:?} was used with other parameters")]
     IdempotentParameterMismatch { client_token: String },
 
@@ -87,27 +73,6 @@ pub enum RuleError {
     QuotaExceedSnapshot { disk_id: String, quota: u32 },
 
     // Lifecycle: DescribeSnapshots, DeleteSnapshot, CreateImage, retention and tags.
-    #[error("InvalidSnapshotId.Malformed: {snapshot_id:?}")]
-    InvalidSnapshotIdMalformed { snapshot_id: String },
-
-    #[error("InvalidSnapshotIds.Malformed: {why}")]
-    InvalidSnapshotIdsMalformed { why: &'static str },
-
-    #[error("InvalidNextToken.Malformed")]
-    InvalidNextTokenMalformed,
-
-    #[error("InvalidRetentionDays.Malformed: {retention_days}")]
-    InvalidRetentionDaysMalformed { retention_days: i32 },
-
-    #[error("InvalidTagKey.Malformed: {why}")]
-    InvalidTagKeyMalformed { why: &'static str },
-
-    #[error("InvalidTagValue.Malformed: {why}")]
-    InvalidTagValueMalformed { why: &'static str },
-
-    #[error("Duplicate.TagKey: {key}")]
-    DuplicateTagKey { key: String },
-
     #[error("InvalidSnapshotId.NotFound: {snapshot_id}")]
     InvalidSnapshotIdNotFound { snapshot_id: String },
 
@@ -119,9 +84,6 @@ pub enum RuleError {
         snapshot_id: String,
         status: &'static str,
     },
-
-    #[error("InvalidImageName.Malformed: {why}")]
-    InvalidImageNameMalformed { why: &'static str },
 
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]

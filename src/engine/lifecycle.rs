@@ -1,4 +1,4 @@
-//! Lifecycle rules: deleting a snapshot, making an image of one, and paging a listing.
+//! Lifecycle rules: deleting a snapshot, and making an image of one.
 
 use super::RuleError;
 use crate::domain::{SnapshotStatus, SnapshotUsage};
@@ -60,18 +60,3 @@ pub fn decide_create_image(
     }
     Ok(())
 }
-
-/// Page size of DescribeSnapshots: 1..=100, 0 meaning the default of 10.
-pub fn page_size(max_results: i32) -> Result<u32, RuleError> {
-    match max_results {
-        0 => Ok(10),
-        1..=100 => Ok(u32::try_from(max_results).unwrap_or(10)),
-        _ => Err(RuleError::InvalidParameter {
-            field: "max_results",
-            why: "must be 1 to 100".to_owned(),
-        }),
-    }
-}
-
-/// At most this many ids in one DescribeSnapshots.
-pub const MAX_SNAPSHOT_IDS: usize = 100;

@@ -20,6 +20,4 @@ pub use inventory::{
     check_account_exists, check_disk_attachment, check_disk_reassignment,
     check_instance_reassignment,
 };
-pub use lifecycle::{
-    DeletePlan, MAX_SNAPSHOT_IDS, SnapshotFacts, decide_create_image, decide_delete, page_size,
-};
+pub use lifecycle::{DeletePlan, SnapshotFacts, decide_create_image, decide_delete};

@@ -5,10 +5,9 @@ use tonic::{Extensions, Request, Response, Status};
 
 use super::ApiError;
 use super::identity::caller_account;
-use super::layer::{RequestId, note_account};
+use super::layer::{RequestId, new_request_id, note_account};
 use super::throttle::Throttle;
 use crate::config::RateLimit;
-use crate::domain::new_request_id;
 
 /// Checks shared by the tenant services (snapshots and images).
 pub struct Gate {

@@ -9,8 +9,8 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::ApiError;
-use crate::domain::new_request_id;
-use crate::engine::RuleError;
+use super::layer::new_request_id;
+use crate::domain::ParseError;
 
 /// Named in `build.rs` (`codec_path`) for every generated service and client.
 pub struct StrictCodec<T, U> {
@@ -58,7 +58,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.inner.decode(buf).map_err(|status| {
-            ApiError::Rule(RuleError::InvalidParameter {
+            ApiError::Invalid(ParseError::InvalidParameter {
                 field: "request",
                 why: format!("the message does not decode: {}", status.message()),
             })

@@ -1,21 +1,19 @@
 //! Conversions between generated protobuf types and domain values.
 //!
-//! Decoding validates: a proto that does not make a valid domain value is a `RuleError` naming
+//! Decoding validates: a proto that does not make a valid domain value is a `ParseError` naming
 //! the field, so a bad inventory record is refused before anything is written.
 
 use chrono::DateTime;
 
-use crate::domain::PageCursor;
 use crate::domain::{
     Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus,
-    SnapshotId, SnapshotStatus, Tag, Timestamp, is_plain_id,
+    ParseError, SnapshotStatus, Tag, Timestamp, is_plain_id,
 };
-use crate::engine::RuleError;
 use crate::pb;
 use crate::service::SnapshotView;
 
-fn invalid(field: &'static str, why: impl Into<String>) -> RuleError {
-    RuleError::InvalidParameter {
+fn invalid(field: &'static str, why: impl Into<String>) -> ParseError {
+    ParseError::InvalidParameter {
         field,
         why: why.into(),
     }
@@ -35,7 +33,7 @@ const LATEST_TIMESTAMP_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
 fn timestamp_from_proto(
     field: &'static str,
     at: Option<prost_types::Timestamp>,
-) -> Result<Option<Timestamp>, RuleError> {
+) -> Result<Option<Timestamp>, ParseError> {
     at.map(|at| {
         u32::try_from(at.nanos)
             .ok()
@@ -50,14 +48,14 @@ fn timestamp_from_proto(
 fn required_timestamp(
     field: &'static str,
     at: Option<prost_types::Timestamp>,
-) -> Result<Timestamp, RuleError> {
+) -> Result<Timestamp, ParseError> {
     timestamp_from_proto(field, at)?.ok_or_else(|| invalid(field, "is required"))
 }
 
 /// Account and instance ids: 1..=64 of `[A-Za-z0-9._:-]`.
-fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, RuleError> {
+fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, ParseError> {
     if raw.is_empty() {
-        return Err(RuleError::MissingParameter { field });
+        return Err(ParseError::MissingParameter { field });
     }
     if is_plain_id(raw) {
         Ok(raw.to_owned())
@@ -66,7 +64,7 @@ fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, RuleError> {
     }
 }
 
-fn parse_lock_reason(raw: &str) -> Result<String, RuleError> {
+fn parse_lock_reason(raw: &str) -> Result<String, ParseError> {
     let valid = (1..=64).contains(&raw.len())
         && raw
             .bytes()
@@ -82,9 +80,9 @@ fn parse_lock_reason(raw: &str) -> Result<String, RuleError> {
 }
 
 impl TryFrom<pb::Account> for Account {
-    type Error = RuleError;
+    type Error = ParseError;
 
-    fn try_from(account: pb::Account) -> Result<Self, RuleError> {
+    fn try_from(account: pb::Account) -> Result<Self, ParseError> {
         Ok(Self {
             account_id: parse_plain_id("account_id", &account.account_id)?,
             snapshot_service_activated: account.snapshot_service_activated,
@@ -104,9 +102,9 @@ impl From<Account> for pb::Account {
 }
 
 impl TryFrom<pb::Instance> for Instance {
-    type Error = RuleError;
+    type Error = ParseError;
 
-    fn try_from(instance: pb::Instance) -> Result<Self, RuleError> {
+    fn try_from(instance: pb::Instance) -> Result<Self, ParseError> {
         let status = match pb::InstanceStatus::try_from(instance.status) {
             Ok(pb::InstanceStatus::Pending) => InstanceStatus::Pending,
             Ok(pb::InstanceStatus::Starting) => InstanceStatus::Starting,
@@ -163,9 +161,9 @@ pub fn disk_type_to_proto(disk_type: DiskType) -> pb::DiskType {
 const MAX_DISK_SIZE_GIB: i32 = 65_536;
 
 impl TryFrom<pb::Disk> for Disk {
-    type Error = RuleError;
+    type Error = ParseError;
 
-    fn try_from(disk: pb::Disk) -> Result<Self, RuleError> {
+    fn try_from(disk: pb::Disk) -> Result<Self, ParseError> {
         let disk_type = match pb::DiskType::try_from(disk.r#type) {
             Ok(pb::DiskType::System) => DiskType::System,
             Ok(pb::DiskType::Data) => DiskType::Data,
@@ -259,8 +257,11 @@ pub fn tags_to_proto(tags: Vec<Tag>) -> Vec<pb::Tag> {
 }
 
 /// Request tags, validated (CreateSnapshot and DescribeSnapshots share the rules).
-pub fn tags_from_proto(tags: &[pb::Tag]) -> Result<Vec<Tag>, RuleError> {
-    Tag::parse_all(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))
+/// A request's tags as the domain's raw `(key, value)` pairs.
+pub fn tag_pairs(tags: &[pb::Tag]) -> Vec<(&str, &str)> {
+    tags.iter()
+        .map(|t| (t.key.as_str(), t.value.as_str()))
+        .collect()
 }
 
 pub fn snapshot_status_to_proto(status: SnapshotStatus) -> pb::SnapshotStatus {
@@ -272,7 +273,7 @@ pub fn snapshot_status_to_proto(status: SnapshotStatus) -> pb::SnapshotStatus {
 }
 
 /// A status filter: `UNSPECIFIED` means any.
-pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, RuleError> {
+pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, ParseError> {
     match pb::SnapshotStatus::try_from(raw) {
         Ok(pb::SnapshotStatus::Unspecified) => Ok(None),
         Ok(pb::SnapshotStatus::Progressing) => Ok(Some(SnapshotStatus::Progressing)),
@@ -282,7 +283,6 @@ pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, RuleEr
     }
 }
 
-/// A snapshot as the API shows it, with its copy's progress as the backend reports it.
 /// A snapshot with its copy's progress, as DescribeSnapshots shows it.
 pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
     let SnapshotView {
@@ -306,88 +306,5 @@ pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
         usage: snapshot.usage.as_str().to_owned(),
         snapshot_id: snapshot.snapshot_id,
         source_disk_id: snapshot.source_disk_id,
-    }
-}
-
-const NEXT_TOKEN_VERSION: &str = "v1";
-
-/// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>|<crc32>`. The
-/// checksum makes a token that was altered (or not written by us) malformed rather than a cursor
-/// somewhere else.
-pub fn encode_next_token(cursor: &PageCursor) -> String {
-    let body = format!(
-        "{NEXT_TOKEN_VERSION}|{}|{}|{}",
-        cursor.created_at.timestamp(),
-        cursor.created_at.timestamp_subsec_nanos(),
-        cursor.snapshot_id
-    );
-    let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
-    plain.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a `next_token` back; anything this service did not write is malformed.
-pub fn decode_next_token(token: &str) -> Result<PageCursor, RuleError> {
-    let malformed = || RuleError::InvalidNextTokenMalformed;
-    if !token.len().is_multiple_of(2) || token.len() > 256 {
-        return Err(malformed());
-    }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
-                .map_err(|_| malformed())
-        })
-        .collect::<Result<Vec<u8>, _>>()?;
-    let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
-    if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
-        return Err(malformed());
-    }
-    let mut parts = body.split('|');
-    let (Some(NEXT_TOKEN_VERSION), Some(seconds), Some(nanos), Some(snapshot_id), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(malformed());
-    };
-    let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
-    let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
-    let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
-    let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
-    Ok(PageCursor {
-        created_at,
-        snapshot_id: snapshot_id.as_str().to_owned(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_next_token_round_trips_and_anything_else_is_malformed() {
-        let cursor = PageCursor {
-            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
-            snapshot_id: "s-0123456789abcdefghij".into(),
-        };
-        let token = encode_next_token(&cursor);
-        assert_eq!(decode_next_token(&token), Ok(cursor));
-        for bad in [
-            "",
-            "zz",
-            "abc",
-            "7631",
-            &token[..token.len() - 2],
-            &format!("{token}00"),
-        ] {
-            assert_eq!(
-                decode_next_token(bad),
-                Err(RuleError::InvalidNextTokenMalformed),
-                "{bad:?}"
-            );
-        }
     }
 }

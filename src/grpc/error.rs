@@ -14,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::ERROR_DOMAIN;
 use crate::backend::BackendError;
 use crate::config::RateLimit;
+use crate::domain::ParseError;
 use crate::engine::RuleError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -31,6 +32,8 @@ pub enum ApiError {
     AdminApiDisabled,
     #[error("missing or wrong admin bearer token")]
     InvalidAdminToken,
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
     #[error(transparent)]
     Rule(#[from] RuleError),
     #[error("the snapshot backend could not start the copy")]
@@ -281,20 +284,21 @@ fn answer(err: &ApiError) -> Answer {
             "The request processing has timed out.",
         )
         .meta("timeoutMs", timeout.as_millis().to_string()),
+        ApiError::Invalid(invalid) => parse_answer(invalid),
         ApiError::Rule(rule) => rule_answer(rule),
     }
 }
 
-fn rule_answer(rule: &RuleError) -> Answer {
-    match rule {
-        RuleError::MissingParameter { field } => Answer::new(
+fn parse_answer(invalid: &ParseError) -> Answer {
+    match invalid {
+        ParseError::MissingParameter { field } => Answer::new(
             InvalidArgument,
             "MissingParameter",
             400,
             format!("The input parameter \"{field}\" that is mandatory for processing this request is not supplied."),
         )
         .bad_request(field, format!("{field} is required")),
-        RuleError::DiskIdValueNotSupported { disk_id } => Answer::new(
+        ParseError::DiskIdValueNotSupported { disk_id } => Answer::new(
             InvalidArgument,
             "DiskId.ValueNotSupported",
             403,
@@ -302,27 +306,99 @@ fn rule_answer(rule: &RuleError) -> Answer {
         )
         .meta("diskId", disk_id)
         .bad_request("disk_id", "must be `d-` followed by 1 to 62 of [0-9a-z-]"),
-        RuleError::InvalidSnapshotNameMalformed { why } => Answer::new(
+        ParseError::InvalidSnapshotNameMalformed { why } => Answer::new(
             InvalidArgument,
             "InvalidSnapshotName.Malformed",
             400,
             "The specified SnapshotName is wrongly formed.",
         )
         .bad_request("snapshot_name", *why),
-        RuleError::InvalidDescriptionMalformed { why } => Answer::new(
+        ParseError::InvalidDescriptionMalformed { why } => Answer::new(
             InvalidArgument,
             "InvalidDescription.Malformed",
             404,
             "The specified description is wrongly formed.",
         )
         .bad_request("description", *why),
-        RuleError::InvalidClientTokenMalformed { why } => Answer::new(
+        ParseError::InvalidClientTokenMalformed { why } => Answer::new(
             InvalidArgument,
             "InvalidClientToken.Malformed",
             403,
             "The specified parameter ClientToken is not valid.",
         )
         .bad_request("client_token", *why),
+        ParseError::InvalidSnapshotIdMalformed { snapshot_id } => Answer::new(
+            InvalidArgument,
+            "InvalidSnapshotId.Malformed",
+            400,
+            "The specified parameter SnapshotId is not valid.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .bad_request("snapshot_id", "must be `s-` followed by 20 of [0-9a-z]"),
+        ParseError::InvalidSnapshotIdsMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidSnapshotIds.Malformed",
+            403,
+            "The specified parameter SnapshotIds is not valid.",
+        )
+        .bad_request("snapshot_ids", *why),
+        ParseError::InvalidNextTokenMalformed => Answer::new(
+            InvalidArgument,
+            "InvalidNextToken.Malformed",
+            400,
+            "The specified parameter NextToken is not valid.",
+        )
+        .bad_request("next_token", "pass back the next_token of the previous page unchanged"),
+        ParseError::InvalidRetentionDaysMalformed { retention_days } => Answer::new(
+            InvalidArgument,
+            "InvalidRetentionDays.Malformed",
+            400,
+            "The specified parameter RetentionDays is not valid.",
+        )
+        .bad_request(
+            "retention_days",
+            format!("{retention_days} is not 0 (keep forever) or 1 to 65536 days"),
+        ),
+        ParseError::InvalidTagKeyMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidTagKey.Malformed",
+            400,
+            "The specified Tag.n.Key is not valid.",
+        )
+        .bad_request("tags", *why),
+        ParseError::InvalidTagValueMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidTagValue.Malformed",
+            400,
+            "The specified Tag.n.Value is not valid.",
+        )
+        .bad_request("tags", *why),
+        ParseError::DuplicateTagKey { key } => Answer::new(
+            InvalidArgument,
+            "Duplicate.TagKey",
+            400,
+            "The Tag.N.Key contain duplicate key.",
+        )
+        .bad_request("tags", format!("the key {key:?} appears more than once")),
+        ParseError::InvalidImageNameMalformed { why } => Answer::new(
+            InvalidArgument,
+            "InvalidImageName.Malformed",
+            400,
+            "The specified parameter ImageName is not valid.",
+        )
+        .bad_request("image_name", *why),
+        ParseError::InvalidParameter { field, why } => Answer::new(
+            InvalidArgument,
+            "InvalidParameter",
+            400,
+            format!("The specified parameter \"{field}\" is not valid."),
+        )
+        .bad_request(field, why.clone()),
+    }
+}
+
+fn rule_answer(rule: &RuleError) -> Answer {
+    match rule {
         RuleError::IdempotentParameterMismatch { client_token } => Answer::new(
             FailedPrecondition,
             "IdempotentParameterMismatch",
@@ -387,7 +463,10 @@ fn rule_answer(rule: &RuleError) -> Answer {
             "The specified disk has never been attached to any instance.",
         )
         .meta("diskId", disk_id)
-        .precondition(disk_subject(disk_id), "the disk must have been attached to an instance"),
+        .precondition(
+            disk_subject(disk_id),
+            "the disk must have been attached to an instance",
+        ),
         RuleError::IncorrectDiskStatus { disk_id, status } => Answer::new(
             FailedPrecondition,
             "IncorrectDiskStatus",
@@ -491,59 +570,6 @@ fn rule_answer(rule: &RuleError) -> Answer {
             subject: disk_subject(disk_id),
             description: format!("a disk can hold at most {quota} snapshots"),
         }),
-        RuleError::InvalidSnapshotIdMalformed { snapshot_id } => Answer::new(
-            InvalidArgument,
-            "InvalidSnapshotId.Malformed",
-            400,
-            "The specified parameter SnapshotId is not valid.",
-        )
-        .meta("snapshotId", snapshot_id)
-        .bad_request("snapshot_id", "must be `s-` followed by 20 of [0-9a-z]"),
-        RuleError::InvalidSnapshotIdsMalformed { why } => Answer::new(
-            InvalidArgument,
-            "InvalidSnapshotIds.Malformed",
-            403,
-            "The specified parameter SnapshotIds is not valid.",
-        )
-        .bad_request("snapshot_ids", *why),
-        RuleError::InvalidNextTokenMalformed => Answer::new(
-            InvalidArgument,
-            "InvalidNextToken.Malformed",
-            400,
-            "The specified parameter NextToken is not valid.",
-        )
-        .bad_request("next_token", "pass back the next_token of the previous page unchanged"),
-        RuleError::InvalidRetentionDaysMalformed { retention_days } => Answer::new(
-            InvalidArgument,
-            "InvalidRetentionDays.Malformed",
-            400,
-            "The specified parameter RetentionDays is not valid.",
-        )
-        .bad_request(
-            "retention_days",
-            format!("{retention_days} is not 0 (keep forever) or 1 to 65536 days"),
-        ),
-        RuleError::InvalidTagKeyMalformed { why } => Answer::new(
-            InvalidArgument,
-            "InvalidTagKey.Malformed",
-            400,
-            "The specified Tag.n.Key is not valid.",
-        )
-        .bad_request("tags", *why),
-        RuleError::InvalidTagValueMalformed { why } => Answer::new(
-            InvalidArgument,
-            "InvalidTagValue.Malformed",
-            400,
-            "The specified Tag.n.Value is not valid.",
-        )
-        .bad_request("tags", *why),
-        RuleError::DuplicateTagKey { key } => Answer::new(
-            InvalidArgument,
-            "Duplicate.TagKey",
-            400,
-            "The Tag.N.Key contain duplicate key.",
-        )
-        .bad_request("tags", format!("the key {key:?} appears more than once")),
         RuleError::InvalidSnapshotIdNotFound { snapshot_id } => Answer::new(
             NotFound,
             "InvalidSnapshotId.NotFound",
@@ -582,13 +608,6 @@ fn rule_answer(rule: &RuleError) -> Answer {
             format!("snapshot/{snapshot_id}"),
             format!("the snapshot is {status}; an image needs an accomplished snapshot"),
         ),
-        RuleError::InvalidImageNameMalformed { why } => Answer::new(
-            InvalidArgument,
-            "InvalidImageName.Malformed",
-            400,
-            "The specified parameter ImageName is not valid.",
-        )
-        .bad_request("image_name", *why),
         RuleError::InvalidParameter { field, why } => Answer::new(
             InvalidArgument,
             "InvalidParameter",

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::ApiError;
 use super::call::{Gate, handle};
 use super::layer::note_snapshot;
-use crate::domain::{ClientToken, CreateImageCommand, ImageName, SnapshotId};
+use crate::domain::{CreateImageCommand, CreateImageParams};
 use crate::pb;
 use crate::service::Service;
 
@@ -26,12 +26,12 @@ impl ImageApi {
         account_id: String,
         request: pb::CreateImageRequest,
     ) -> Result<String, ApiError> {
-        let command = CreateImageCommand {
-            snapshot_id: SnapshotId::parse(&request.snapshot_id)?,
-            image_name: ImageName::parse_optional(&request.image_name)?,
-            client_token: ClientToken::parse_optional(&request.client_token)?,
-            account_id,
+        let params = CreateImageParams {
+            snapshot_id: &request.snapshot_id,
+            image_name: &request.image_name,
+            client_token: &request.client_token,
         };
+        let command = CreateImageCommand::parse(account_id, &params)?;
         let outcome = self.service.create_image(&command).await?;
         note_snapshot(command.snapshot_id.as_str());
         tracing::debug!(image_id = %outcome.id(), "image created");

@@ -40,7 +40,6 @@ use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::ApiError;
-use crate::domain::new_request_id;
 use crate::telemetry::{error_chain, metric};
 
 /// The metadata key carrying request ids, both ways.
@@ -108,6 +107,14 @@ pub fn note_disk(disk_id: &str) {
 /// Notes the snapshot the call made or is about.
 pub fn note_snapshot(snapshot_id: &str) {
     note(|facts| &facts.snapshot, snapshot_id);
+}
+
+/// A request id: a v4 UUID, hyphenated and upper case like the seed's sample.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_upper(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// The request id the layer gave a call, in the request's extensions for the handlers.
@@ -505,6 +512,15 @@ pub fn code_name(code: Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_id_is_an_upper_case_v4_uuid() {
+        let request_id = new_request_id();
+        assert_eq!(request_id.len(), 36);
+        assert_eq!(request_id, request_id.to_uppercase());
+        assert!(uuid::Uuid::parse_str(&request_id).is_ok());
+        assert_ne!(new_request_id(), request_id);
+    }
+
     use super::*;
 
     #[test]

@@ -6,16 +6,12 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::call::{Gate, handle};
-use super::convert::{
-    decode_next_token, encode_next_token, snapshot_status_filter, snapshot_to_proto,
-    tags_from_proto,
-};
+use super::convert::{snapshot_status_filter, snapshot_to_proto, tag_pairs};
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
-    ClientToken, CreateSnapshotCommand, Description, DiskId, RetentionDays, SnapshotId,
-    SnapshotName, SnapshotQuery,
+    CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams, PageCursor, SnapshotId,
+    SnapshotQuery,
 };
-use crate::engine::{MAX_SNAPSHOT_IDS, RuleError, page_size};
 use crate::pb;
 use crate::service::{CreateOutcome, Service};
 
@@ -35,16 +31,16 @@ impl SnapshotApi {
         request: pb::CreateSnapshotRequest,
     ) -> Result<String, ApiError> {
         note_disk(&request.disk_id);
-        // Input rules in the table's order: the first failing one answers.
-        let command = CreateSnapshotCommand {
-            disk_id: DiskId::parse(&request.disk_id)?,
-            snapshot_name: SnapshotName::parse_optional(&request.snapshot_name)?,
-            description: Description::parse(&request.description)?,
-            client_token: ClientToken::parse_optional(&request.client_token)?,
-            retention: RetentionDays::parse(request.retention_days)?,
-            tags: tags_from_proto(&request.tags)?,
-            account_id,
+        let tags = tag_pairs(&request.tags);
+        let params = CreateSnapshotParams {
+            disk_id: &request.disk_id,
+            snapshot_name: &request.snapshot_name,
+            description: &request.description,
+            client_token: &request.client_token,
+            retention_days: request.retention_days,
+            tags: &tags,
         };
+        let command = CreateSnapshotCommand::parse(account_id, &params)?;
         let outcome = self.service.create_snapshot(&command).await?;
         note_snapshot(outcome.id());
         match outcome {
@@ -61,45 +57,24 @@ impl SnapshotApi {
         account_id: String,
         request: pb::DescribeSnapshotsRequest,
     ) -> Result<(Vec<pb::Snapshot>, String), ApiError> {
-        if request.snapshot_ids.len() > MAX_SNAPSHOT_IDS {
-            return Err(RuleError::InvalidSnapshotIdsMalformed {
-                why: "at most 100 snapshot ids",
-            }
-            .into());
-        }
-        let snapshot_ids = request
-            .snapshot_ids
-            .iter()
-            .map(|id| SnapshotId::parse(id).map(|id| id.as_str().to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| RuleError::InvalidSnapshotIdsMalformed {
-                why: "each must be `s-` followed by 20 of [0-9a-z]",
-            })?;
-        let disk_id = match request.disk_id.as_str() {
-            "" => None,
-            raw => Some(DiskId::parse(raw)?.as_str().to_owned()),
-        };
-        let query = SnapshotQuery {
-            account_id,
-            disk_id,
-            snapshot_ids,
+        let snapshot_ids: Vec<&str> = request.snapshot_ids.iter().map(String::as_str).collect();
+        let tags = tag_pairs(&request.tags);
+        let params = DescribeSnapshotsParams {
+            disk_id: &request.disk_id,
+            snapshot_ids: &snapshot_ids,
             status: snapshot_status_filter(request.status)?,
-            // Only a valid name can match: refuse anything else as CreateSnapshot would.
-            snapshot_name: SnapshotName::parse_optional(&request.snapshot_name)?
-                .map(|name| name.as_str().to_owned()),
-            tags: tags_from_proto(&request.tags)?,
-            after: match request.next_token.as_str() {
-                "" => None,
-                token => Some(decode_next_token(token)?),
-            },
-            limit: page_size(request.max_results)?,
+            snapshot_name: &request.snapshot_name,
+            tags: &tags,
+            next_token: &request.next_token,
+            max_results: request.max_results,
         };
+        let query = SnapshotQuery::parse(account_id, &params)?;
         let page = self.service.describe_snapshots(&query).await?;
         let snapshots = page.snapshots.into_iter().map(snapshot_to_proto).collect();
         let next_token = page
             .next
             .as_ref()
-            .map(encode_next_token)
+            .map(PageCursor::to_token)
             .unwrap_or_default();
         Ok((snapshots, next_token))
     }

@@ -11,9 +11,9 @@
 use proptest::prelude::*;
 use proptest::sample::select;
 use snapshotd::domain::{
-    ClientToken, Description, DiskId, ImageName, RetentionDays, SnapshotId, SnapshotName, Tag,
+    ClientToken, Description, DiskId, ImageName, ParseError, RetentionDays, SnapshotId,
+    SnapshotName, Tag,
 };
-use snapshotd::engine::RuleError;
 
 use crate::support::config;
 
@@ -281,7 +281,7 @@ proptest! {
                 prop_assert!(valid_snapshot_name(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(name.as_str(), raw.as_str());
             }
-            Err(RuleError::InvalidSnapshotNameMalformed { .. }) => {
+            Err(ParseError::InvalidSnapshotNameMalformed { .. }) => {
                 prop_assert!(!raw.is_empty() && !valid_snapshot_name(&raw), "refused {:?}", raw);
             }
             Err(other) => prop_assert!(false, "{:?} answered {:?}", raw, other),
@@ -295,7 +295,7 @@ proptest! {
                 prop_assert!(valid_description(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(description.as_str(), raw.as_str());
             }
-            Err(RuleError::InvalidDescriptionMalformed { .. }) => {
+            Err(ParseError::InvalidDescriptionMalformed { .. }) => {
                 prop_assert!(!valid_description(&raw), "refused {:?}", raw);
             }
             Err(other) => prop_assert!(false, "{:?} answered {:?}", raw, other),
@@ -312,7 +312,7 @@ proptest! {
                 prop_assert!(valid_client_token(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(token.as_str(), raw.as_str());
             }
-            Err(RuleError::InvalidClientTokenMalformed { .. }) => {
+            Err(ParseError::InvalidClientTokenMalformed { .. }) => {
                 prop_assert!(!valid_client_token(&raw), "refused {:?}", raw);
             }
             Err(other) => prop_assert!(false, "{:?} answered {:?}", raw, other),
@@ -327,7 +327,7 @@ proptest! {
                 prop_assert!(valid_image_name(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(name.as_str(), raw.as_str());
             }
-            Err(RuleError::InvalidImageNameMalformed { .. }) => {
+            Err(ParseError::InvalidImageNameMalformed { .. }) => {
                 prop_assert!(!raw.is_empty() && !valid_image_name(&raw), "refused {:?}", raw);
             }
             Err(other) => prop_assert!(false, "{:?} answered {:?}", raw, other),
@@ -346,10 +346,10 @@ proptest! {
                 prop_assert_eq!(&tag.key, &key);
                 prop_assert_eq!(&tag.value, &value);
             }
-            Err(RuleError::InvalidTagKeyMalformed { .. }) => {
+            Err(ParseError::InvalidTagKeyMalformed { .. }) => {
                 prop_assert!(!valid_tag_key(&key), "refused key {:?}", key);
             }
-            Err(RuleError::InvalidTagValueMalformed { .. }) => {
+            Err(ParseError::InvalidTagValueMalformed { .. }) => {
                 prop_assert!(valid_tag_key(&key), "key {:?} should have answered first", key);
                 prop_assert!(!valid_tag_value(&value), "refused value {:?}", value);
             }
@@ -405,7 +405,7 @@ proptest! {
                 prop_assert_eq!(retention.as_i32(), raw);
                 prop_assert_eq!(retention.days(), u32::try_from(raw).ok().filter(|d| *d > 0));
             }
-            Err(RuleError::InvalidRetentionDaysMalformed { retention_days }) => {
+            Err(ParseError::InvalidRetentionDaysMalformed { retention_days }) => {
                 prop_assert!(!(0..=65_536).contains(&raw));
                 prop_assert_eq!(retention_days, raw);
             }
@@ -430,8 +430,8 @@ proptest! {
                 prop_assert!(valid_disk_id(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(id.as_str(), raw.as_str());
             }
-            Err(RuleError::MissingParameter { field: "disk_id" }) => prop_assert!(raw.is_empty()),
-            Err(RuleError::DiskIdValueNotSupported { disk_id }) => {
+            Err(ParseError::MissingParameter { field: "disk_id" }) => prop_assert!(raw.is_empty()),
+            Err(ParseError::DiskIdValueNotSupported { disk_id }) => {
                 prop_assert!(!raw.is_empty() && !valid_disk_id(&raw), "refused {:?}", raw);
                 prop_assert_eq!(disk_id, raw);
             }
@@ -456,8 +456,8 @@ proptest! {
                 prop_assert!(valid_snapshot_id(&raw), "accepted {:?}", raw);
                 prop_assert_eq!(id.as_str(), raw.as_str());
             }
-            Err(RuleError::MissingParameter { field: "snapshot_id" }) => prop_assert!(raw.is_empty()),
-            Err(RuleError::InvalidSnapshotIdMalformed { snapshot_id }) => {
+            Err(ParseError::MissingParameter { field: "snapshot_id" }) => prop_assert!(raw.is_empty()),
+            Err(ParseError::InvalidSnapshotIdMalformed { snapshot_id }) => {
                 prop_assert!(!raw.is_empty() && !valid_snapshot_id(&raw), "refused {:?}", raw);
                 prop_assert_eq!(snapshot_id, raw);
             }

@@ -1,0 +1,336 @@
+//! Validated requests: what a use case is asked to do, built from a caller's raw parameters
+//! by `parse` (the first failing input rule answers, in the seed's order).
+
+use chrono::DateTime;
+
+use super::{
+    ClientToken, Description, DiskId, ImageName, ParseError, RetentionDays, Snapshot, SnapshotId,
+    SnapshotName, SnapshotStatus, Tag, Timestamp,
+};
+
+/// CreateSnapshot's parameters as a caller sends them; an empty string is a parameter not given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateSnapshotParams<'a> {
+    pub disk_id: &'a str,
+    pub snapshot_name: &'a str,
+    pub description: &'a str,
+    pub client_token: &'a str,
+    pub retention_days: i32,
+    pub tags: &'a [(&'a str, &'a str)],
+}
+
+/// DescribeSnapshots' parameters as a caller sends them; empty means not given.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeSnapshotsParams<'a> {
+    pub disk_id: &'a str,
+    pub snapshot_ids: &'a [&'a str],
+    pub status: Option<SnapshotStatus>,
+    pub snapshot_name: &'a str,
+    pub tags: &'a [(&'a str, &'a str)],
+    pub next_token: &'a str,
+    /// 0: the default page size.
+    pub max_results: i32,
+}
+
+/// CreateImage's parameters as a caller sends them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateImageParams<'a> {
+    pub snapshot_id: &'a str,
+    pub image_name: &'a str,
+    pub client_token: &'a str,
+}
+
+/// A validated CreateSnapshot request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSnapshotCommand {
+    pub account_id: String,
+    pub disk_id: DiskId,
+    pub snapshot_name: Option<SnapshotName>,
+    pub description: Description,
+    pub client_token: Option<ClientToken>,
+    pub retention: RetentionDays,
+    pub tags: Vec<Tag>,
+}
+
+/// Joins fields length-prefixed, so that no two different field lists share a fingerprint.
+fn fingerprint_of<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
+    fields
+        .into_iter()
+        .map(|field| format!("{}:{field}", field.len()))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+impl CreateSnapshotCommand {
+    /// The caller's parameters, checked in the seed's order: the first failing rule answers.
+    pub fn parse(
+        account_id: String,
+        params: &CreateSnapshotParams<'_>,
+    ) -> Result<Self, ParseError> {
+        Ok(Self {
+            disk_id: DiskId::parse(params.disk_id)?,
+            snapshot_name: SnapshotName::parse_optional(params.snapshot_name)?,
+            description: Description::parse(params.description)?,
+            client_token: ClientToken::parse_optional(params.client_token)?,
+            retention: RetentionDays::parse(params.retention_days)?,
+            tags: Tag::parse_all(params.tags.iter().copied())?,
+            account_id,
+        })
+    }
+
+    /// What "identical parameters" means for idempotence: every request field but the token.
+    /// Tags count as a set (their order does not matter).
+    pub fn fingerprint(&self) -> String {
+        let retention = self.retention.as_i32().to_string();
+        let mut tags = self.tags.clone();
+        tags.sort();
+        let mut fields = vec![
+            self.disk_id.as_str(),
+            self.snapshot_name.as_ref().map_or("", SnapshotName::as_str),
+            self.description.as_str(),
+            retention.as_str(),
+        ];
+        for tag in &tags {
+            fields.push(&tag.key);
+            fields.push(&tag.value);
+        }
+        fingerprint_of(fields)
+    }
+}
+
+/// A validated CreateImage request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateImageCommand {
+    pub account_id: String,
+    pub snapshot_id: SnapshotId,
+    pub image_name: Option<ImageName>,
+    pub client_token: Option<ClientToken>,
+}
+
+impl CreateImageCommand {
+    pub fn parse(account_id: String, params: &CreateImageParams<'_>) -> Result<Self, ParseError> {
+        Ok(Self {
+            snapshot_id: SnapshotId::parse(params.snapshot_id)?,
+            image_name: ImageName::parse_optional(params.image_name)?,
+            client_token: ClientToken::parse_optional(params.client_token)?,
+            account_id,
+        })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint_of([
+            self.snapshot_id.as_str(),
+            self.image_name.as_ref().map_or("", ImageName::as_str),
+        ])
+    }
+}
+
+/// Where a page of DescribeSnapshots ends: the last row's sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: Timestamp,
+    pub snapshot_id: String,
+}
+
+const NEXT_TOKEN_VERSION: &str = "v1";
+
+impl PageCursor {
+    /// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>|<crc32>`.
+    /// The checksum makes a token that was altered (or not written by us) malformed rather than
+    /// a cursor somewhere else.
+    pub fn to_token(&self) -> String {
+        let body = format!(
+            "{NEXT_TOKEN_VERSION}|{}|{}|{}",
+            self.created_at.timestamp(),
+            self.created_at.timestamp_subsec_nanos(),
+            self.snapshot_id
+        );
+        let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads a `next_token` back; anything this service did not write is malformed.
+    pub fn parse_token(token: &str) -> Result<Self, ParseError> {
+        let malformed = || ParseError::InvalidNextTokenMalformed;
+        if !token.len().is_multiple_of(2) || token.len() > 256 {
+            return Err(malformed());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
+                    .map_err(|_| malformed())
+            })
+            .collect::<Result<Vec<u8>, _>>()?;
+        let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
+        let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
+        if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
+            return Err(malformed());
+        }
+        let mut parts = body.split('|');
+        let (Some(NEXT_TOKEN_VERSION), Some(seconds), Some(nanos), Some(snapshot_id), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(malformed());
+        };
+        let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
+        let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
+        let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
+        let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
+        Ok(Self {
+            created_at,
+            snapshot_id: snapshot_id.as_str().to_owned(),
+        })
+    }
+}
+
+/// At most this many ids in one DescribeSnapshots.
+pub const MAX_SNAPSHOT_IDS: usize = 100;
+
+/// Page size of DescribeSnapshots: 1..=100, 0 meaning the default of 10.
+fn page_size(max_results: i32) -> Result<u32, ParseError> {
+    match max_results {
+        0 => Ok(10),
+        1..=100 => Ok(u32::try_from(max_results).unwrap_or(10)),
+        _ => Err(ParseError::InvalidParameter {
+            field: "max_results",
+            why: "must be 1 to 100".to_owned(),
+        }),
+    }
+}
+
+/// A validated DescribeSnapshots request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    pub account_id: String,
+    pub disk_id: Option<String>,
+    pub snapshot_ids: Vec<String>,
+    pub status: Option<SnapshotStatus>,
+    pub snapshot_name: Option<String>,
+    /// Every tag must match; an empty value matches any value of the key.
+    pub tags: Vec<Tag>,
+    pub after: Option<PageCursor>,
+    pub limit: u32,
+}
+
+impl SnapshotQuery {
+    pub fn parse(
+        account_id: String,
+        params: &DescribeSnapshotsParams<'_>,
+    ) -> Result<Self, ParseError> {
+        if params.snapshot_ids.len() > MAX_SNAPSHOT_IDS {
+            return Err(ParseError::InvalidSnapshotIdsMalformed {
+                why: "at most 100 snapshot ids",
+            });
+        }
+        let snapshot_ids = params
+            .snapshot_ids
+            .iter()
+            .map(|id| SnapshotId::parse(id).map(|id| id.as_str().to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ParseError::InvalidSnapshotIdsMalformed {
+                why: "each must be `s-` followed by 20 of [0-9a-z]",
+            })?;
+        let disk_id = match params.disk_id {
+            "" => None,
+            raw => Some(DiskId::parse(raw)?.as_str().to_owned()),
+        };
+        Ok(Self {
+            account_id,
+            disk_id,
+            snapshot_ids,
+            status: params.status,
+            // Only a valid name can match: refuse anything else as CreateSnapshot would.
+            snapshot_name: SnapshotName::parse_optional(params.snapshot_name)?
+                .map(|name| name.as_str().to_owned()),
+            tags: Tag::parse_all(params.tags.iter().copied())?,
+            after: match params.next_token {
+                "" => None,
+                token => Some(PageCursor::parse_token(token)?),
+            },
+            limit: page_size(params.max_results)?,
+        })
+    }
+}
+
+/// One page of snapshots, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<Snapshot>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn fingerprints_differ_when_any_parameter_differs() {
+        let base = CreateSnapshotCommand {
+            account_id: "a".into(),
+            disk_id: DiskId::parse("d-1").unwrap(),
+            snapshot_name: None,
+            description: Description::parse("").unwrap(),
+            client_token: None,
+            retention: RetentionDays::default(),
+            tags: Vec::new(),
+        };
+        let named = CreateSnapshotCommand {
+            snapshot_name: Some(SnapshotName::parse("ab").unwrap()),
+            ..base.clone()
+        };
+        let described = CreateSnapshotCommand {
+            description: Description::parse("ab").unwrap(),
+            ..base.clone()
+        };
+        assert_ne!(base.fingerprint(), named.fingerprint());
+        assert_ne!(named.fingerprint(), described.fingerprint());
+        assert_eq!(base.fingerprint(), base.clone().fingerprint());
+    }
+
+    #[test]
+    fn a_next_token_round_trips_and_anything_else_is_malformed() {
+        let cursor = PageCursor {
+            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
+            snapshot_id: "s-0123456789abcdefghij".into(),
+        };
+        let token = cursor.to_token();
+        assert_eq!(PageCursor::parse_token(&token), Ok(cursor));
+        for bad in [
+            "",
+            "zz",
+            "abc",
+            "7631",
+            &token[..token.len() - 2],
+            &format!("{token}00"),
+        ] {
+            assert_eq!(
+                PageCursor::parse_token(bad),
+                Err(ParseError::InvalidNextTokenMalformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_holds_1_to_100_snapshots_and_0_means_10() {
+        let cases = [
+            (0, Ok(10)),
+            (1, Ok(1)),
+            (100, Ok(100)),
+            (101, Err(())),
+            (-1, Err(())),
+        ];
+        for (max_results, expected) in cases {
+            assert_eq!(
+                page_size(max_results).map_err(|_| ()),
+                expected,
+                "{max_results}"
+            );
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Domain values: ids, names, the inventory records, snapshots and validated requests.
+//!
+//! Parse, don't validate: every value that crosses an edge is built through a `parse`
+//! constructor that enforces the seed's rules, so code holding a `SnapshotName` never re-checks
+//! it. A parse failure is a [`ParseError`] named after its ECS code. This module imports nothing
+//! else of the crate: the engine, the service, the store and the edges build on it.
+
+/// Generates `as_str`/`parse` for a plain enum stored as text.
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(raw: &str) -> Option<Self> {
+                match raw { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+mod commands;
+mod error;
+mod ids;
+mod inventory;
+mod names;
+mod snapshot;
+
+pub use commands::{
+    CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
+    DescribeSnapshotsParams, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage, SnapshotQuery,
+};
+pub use error::ParseError;
+pub use ids::{DiskId, MAX_PLAIN_ID_LEN, SnapshotId, is_plain_id, new_image_id, new_snapshot_id};
+pub use inventory::{
+    Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus, SECURITY_LOCK,
+};
+pub use names::{ClientToken, Description, ImageName, MAX_TAGS, RetentionDays, SnapshotName, Tag};
+pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};
+
+/// Timestamps are UTC instants throughout.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
