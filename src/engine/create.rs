@@ -1,7 +1,8 @@
-//! The CreateSnapshot rules (#9..#21 of the README's error table), in the seed's precedence.
+//! The CreateSnapshot rules (#11..#23 of the CreateSnapshot table in `docs/errors.md`), in the
+//! seed's precedence.
 //!
-//! Input-shape rules (#2..#6) live in the `parse` constructors of `domain.rs`; idempotence
-//! (#7, #8) in `idempotence.rs`. This file decides on state the store read under the disk lock.
+//! Input-shape rules (#2..#8) live in the `parse` constructors of `domain.rs`; idempotence
+//! (#9, #10) in `idempotence.rs`. This file decides on state the store read under the disk lock.
 
 use std::time::Duration;
 

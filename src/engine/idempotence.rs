@@ -1,4 +1,4 @@
-//! Idempotence (#7, #8): a client token binds an account's request parameters to the snapshot
+//! Idempotence (#9, #10): a client token binds an account's request parameters to the snapshot
 //! it created. A replay with identical parameters gets the same snapshot id; any difference is
 //! `IdempotentParameterMismatch`.
 

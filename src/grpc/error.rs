@@ -1,9 +1,10 @@
 //! The one place errors become `tonic::Status`.
 //!
-//! Every error is a `google.rpc.Status` whose message is the seed's error message, with exactly
-//! one `ErrorInfo` (reason = the ECS code, verbatim; metadata in lowerCamelCase, always with
-//! `httpStatus`), one `RequestInfo`, and the detail the README's error table names. Internal
-//! errors are logged here with their cause chain and reach the client without SQL or internals.
+//! Every error is a `google.rpc.Status` whose message is the seed's error message, with exactly one
+//! `ErrorInfo` (reason = the ECS code, verbatim; metadata in lowerCamelCase, always with
+//! `httpStatus`), one `RequestInfo`, and the detail the error tables of `docs/errors.md` name.
+//! Internal errors are logged here with their cause chain and reach the client without SQL or
+//! internals.
 
 use std::collections::HashMap;
 use std::time::Duration;

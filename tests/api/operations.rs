@@ -1,6 +1,6 @@
 //! Operating the real binary: a draining shutdown, the shutdown grace, a second signal, the
-//! Prometheus metrics, the per-call log line, and the README's configuration reference checked
-//! against `snapshotd --help`.
+//! Prometheus metrics, the per-call log line, and the configuration reference
+//! (`docs/configuration.md`) checked against `snapshotd --help`.
 //!
 //! A CreateSnapshot is kept in flight on purpose by holding its disk's row lock (`FOR UPDATE`)
 //! from the test, on PostgreSQL: the server's locking statement waits until the test lets go.
@@ -1267,7 +1267,10 @@ fn parse_help(help: &str) -> Vec<HelpOption> {
         .collect()
 }
 
-/// A row of the README's configuration table.
+/// The configuration reference, whose table `snapshotd --help` must match.
+const CONFIGURATION_DOC: &str = "docs/configuration.md";
+
+/// A row of the configuration table of `docs/configuration.md`.
 #[derive(Debug)]
 struct ReferenceRow {
     line: usize,
@@ -1277,16 +1280,17 @@ struct ReferenceRow {
     meaning: String,
 }
 
-/// The rows of the `| flag | environment | default | meaning |` table under `## Configuration`.
-fn parse_reference(readme: &str) -> Vec<ReferenceRow> {
-    let start = readme
+/// The rows of the `| flag | environment | default | meaning |` table: the first table under
+/// the `# Configuration` title of `docs/configuration.md`, before any other heading.
+fn parse_reference(doc: &str) -> Vec<ReferenceRow> {
+    let start = doc
         .lines()
-        .position(|line| line.trim() == "## Configuration")
-        .expect("a ## Configuration section in the README");
+        .position(|line| line.trim() == "# Configuration")
+        .unwrap_or_else(|| panic!("a `# Configuration` title in {CONFIGURATION_DOC}"));
     let mut rows = Vec::new();
     let mut in_table = false;
-    for (n, line) in readme.lines().enumerate().skip(start + 1) {
-        if line.starts_with("## ") {
+    for (n, line) in doc.lines().enumerate().skip(start + 1) {
+        if line.starts_with('#') {
             break;
         }
         let trimmed = line.trim();
@@ -1305,7 +1309,7 @@ fn parse_reference(readme: &str) -> Vec<ReferenceRow> {
             assert_eq!(
                 cells,
                 ["flag", "environment", "default", "meaning"],
-                "README line {}: the configuration table's header",
+                "{CONFIGURATION_DOC} line {}: the configuration table's header",
                 n + 1
             );
             in_table = true;
@@ -1320,7 +1324,7 @@ fn parse_reference(readme: &str) -> Vec<ReferenceRow> {
         assert_eq!(
             cells.len(),
             4,
-            "README line {}: four cells (a `|` inside a cell?): {line}",
+            "{CONFIGURATION_DOC} line {}: four cells (a `|` inside a cell?): {line}",
             n + 1
         );
         let unquote = |cell: &str| cell.trim_matches('`').to_owned();
@@ -1332,7 +1336,10 @@ fn parse_reference(readme: &str) -> Vec<ReferenceRow> {
             meaning: cells[3].clone(),
         });
     }
-    assert!(!rows.is_empty(), "the configuration table has rows");
+    assert!(
+        !rows.is_empty(),
+        "the configuration table of {CONFIGURATION_DOC} has rows"
+    );
     rows
 }
 
@@ -1347,19 +1354,20 @@ fn help_text() -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+fn configuration_doc() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CONFIGURATION_DOC);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-/// Every difference, both ways, between the options of `help` and the README's table, one
-/// message per row or flag.
-fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
+/// Every difference, both ways, between the options of `help` and the table of
+/// `docs/configuration.md`, one message per row or flag.
+fn configuration_differences(help: &str, doc: &str) -> Vec<String> {
     let options = parse_help(help);
     assert!(
         options.len() > 20,
         "parsed the options of --help: {options:#?}"
     );
-    let rows = parse_reference(readme);
+    let rows = parse_reference(doc);
 
     let mut problems = Vec::new();
     for option in &options {
@@ -1369,11 +1377,11 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
                 .find(|row| row.flag.split(' ').next() == option.flag.split(' ').next());
             problems.push(match near {
                 Some(row) => format!(
-                    "--help has `{}` but README line {} writes it `{}`",
+                    "--help has `{}` but {CONFIGURATION_DOC} line {} writes it `{}`",
                     option.flag, row.line, row.flag
                 ),
                 None => format!(
-                    "--help has `{}`, the README table has no row for it",
+                    "--help has `{}`, the table of {CONFIGURATION_DOC} has no row for it",
                     option.flag
                 ),
             });
@@ -1382,13 +1390,13 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
         let env = option.env.as_deref().unwrap_or("–");
         if row.env != env {
             problems.push(format!(
-                "README line {} (`{}`): environment `{}`, --help says `{env}`",
+                "{CONFIGURATION_DOC} line {} (`{}`): environment `{}`, --help says `{env}`",
                 row.line, row.flag, row.env
             ));
         }
         match &option.default {
             Some(default) if row.default != *default => problems.push(format!(
-                "README line {} (`{}`): default `{}`, --help says `{default}`",
+                "{CONFIGURATION_DOC} line {} (`{}`): default `{}`, --help says `{default}`",
                 row.line, row.flag, row.default
             )),
             Some(_) => {}
@@ -1400,8 +1408,8 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
                     .is_some_and(|rest| rest.ends_with(')') && rest.len() > 1);
                 if !explained {
                     problems.push(format!(
-                        "README line {} (`{}`): no default in --help, so the default must be \
-                         `– (…)`, not `{}`",
+                        "{CONFIGURATION_DOC} line {} (`{}`): no default in --help, so the default \
+                         must be `– (…)`, not `{}`",
                         row.line, row.flag, row.default
                     ));
                 }
@@ -1409,7 +1417,8 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
             None => {
                 if row.default != "–" {
                     problems.push(format!(
-                        "README line {} (`{}`): a switch without a default must say `–`, not `{}`",
+                        "{CONFIGURATION_DOC} line {} (`{}`): a switch without a default must say \
+                         `–`, not `{}`",
                         row.line, row.flag, row.default
                     ));
                 }
@@ -1418,7 +1427,8 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
         for possible in &option.possible_values {
             if !row.meaning.contains(&format!("`{possible}`")) {
                 problems.push(format!(
-                    "README line {} (`{}`): the meaning does not list the possible value `{possible}`",
+                    "{CONFIGURATION_DOC} line {} (`{}`): the meaning does not list the possible \
+                     value `{possible}`",
                     row.line, row.flag
                 ));
             }
@@ -1427,13 +1437,13 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
     for row in &rows {
         if !options.iter().any(|option| option.flag == row.flag) {
             problems.push(format!(
-                "README line {}: `{}` is not an option of `snapshotd --help`",
+                "{CONFIGURATION_DOC} line {}: `{}` is not an option of `snapshotd --help`",
                 row.line, row.flag
             ));
         }
         if rows.iter().filter(|other| other.flag == row.flag).count() > 1 {
             problems.push(format!(
-                "README line {}: `{}` has two rows",
+                "{CONFIGURATION_DOC} line {}: `{}` has two rows",
                 row.line, row.flag
             ));
         }
@@ -1442,21 +1452,22 @@ fn configuration_differences(help: &str, readme: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_readme_configuration_table_is_snapshotd_help() {
-    let problems = configuration_differences(&help_text(), &readme());
+fn the_documented_configuration_table_is_snapshotd_help() {
+    let problems = configuration_differences(&help_text(), &configuration_doc());
     assert!(
         problems.is_empty(),
-        "README.md's ## Configuration table differs from `snapshotd --help`:\n  {}",
+        "the table of {CONFIGURATION_DOC} differs from `snapshotd --help`:\n  {}",
         problems.join("\n  ")
     );
 }
 
-/// The check above can fail: each kind of drift, made in a copy of the README, is named.
+/// The check above can fail: each kind of drift, made in a copy of `docs/configuration.md`, is
+/// named.
 #[test]
 fn the_configuration_check_names_each_row_that_drifts() {
     let help = help_text();
-    let readme = readme();
-    let drifted = readme
+    let doc = configuration_doc();
+    let drifted = doc
         .replace(
             "| `--shutdown-grace` | `SNAPSHOTD_SHUTDOWN_GRACE` | `20s` |",
             "| `--shutdown-grace` | `SNAPSHOTD_SHUTDOWN_GRACE` | `30s` |",
@@ -1478,15 +1489,15 @@ fn the_configuration_check_names_each_row_that_drifts() {
             "| `--listen-address` | `SNAPSHOTD_LISTEN` | `127.0.0.1:50051` | Address the gRPC server listens on. |\n",
         )
         .replace("Possible values: `auto`, `text`, `json`.", "Possible values: `auto`, `json`.");
-    assert_ne!(drifted, readme);
+    assert_ne!(drifted, doc);
     let problems = configuration_differences(&help, &drifted).join("\n");
     for expected in [
         "(`--shutdown-grace`): default `30s`, --help says `20s`",
         "(`--tls-key`): environment `SNAPSHOTD_TLS_PRIVATE_KEY`, --help says `SNAPSHOTD_TLS_KEY`",
         "(`--admin-token`): no default in --help, so the default must be `– (…)`, not `–`",
-        "--help has `--rate-limit <PER_SECOND[,BURST]>` but README line",
+        "--help has `--rate-limit <PER_SECOND[,BURST]>` but docs/configuration.md line",
         "writes it `--rate-limit`",
-        "--help has `--listen`, the README table has no row for it",
+        "--help has `--listen`, the table of docs/configuration.md has no row for it",
         "`--listen-address` is not an option of `snapshotd --help`",
         "`--rate-limit` is not an option of `snapshotd --help`",
         "(`--log-format`): the meaning does not list the possible value `text`",

@@ -184,8 +184,9 @@ async fn a_request_over_max_message_size_is_resource_exhausted_and_nothing_is_wr
         .await
         .expect("the same request under the default 4 MiB limit");
 
-    // README ("Limits that protect the server", and the edge error table): a message larger than
-    // --max-message-size is answered RESOURCE_EXHAUSTED, as the gRPC status-code spec says.
+    // docs/operations.md ("Limits that protect the server") and docs/errors.md (the edge table): a
+    // message larger than --max-message-size is answered RESOURCE_EXHAUSTED, as the gRPC
+    // status-code spec says.
     assert_eq!(
         status.code(),
         Code::ResourceExhausted,

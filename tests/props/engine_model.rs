@@ -1,12 +1,12 @@
 //! `decide_create` against an independent reference model of the CreateSnapshot rules.
 //!
-//! The model below is written from the specification (the seed, the rule table of issue 2 and
-//! the README's error table with its decisions), not from `src/engine`: it reads the generated
-//! world in its own terms (names, ages, deadlines) and never calls engine code. The property
-//! generates random accounts, instances, disks and snapshot histories, with times clustered
-//! around the boundaries (the init window, the subscription end, a copy's end), and asserts that
-//! the engine answers exactly what the model says: the same rule, with the same ids, states and
-//! retry delays, or Ok.
+//! The model below is written from the specification (the seed, the rule table of issue 2 and the
+//! error table of `docs/errors.md` with `docs/decisions.md`), not from `src/engine`: it reads the
+//! generated world in its own terms (names, ages, deadlines) and never calls engine code. The
+//! property generates random accounts, instances, disks and snapshot histories, with times
+//! clustered around the boundaries (the init window, the subscription end, a copy's end), and
+//! asserts that the engine answers exactly what the model says: the same rule, with the same ids,
+//! states and retry delays, or Ok.
 
 use std::time::Duration;
 
@@ -151,7 +151,7 @@ fn copy_seconds_left(now: Timestamp, started_at: Timestamp, size_gib: i32, rate:
     Duration::from_secs(u64::try_from(seconds.max(1)).expect("positive"))
 }
 
-/// What the seed (and the README's decisions) say CreateSnapshot answers, first rule first.
+/// What the seed (and `docs/decisions.md`) say CreateSnapshot answers, first rule first.
 fn model(world: &World) -> Result<(), RuleError> {
     let now = world.now;
     let disk_id = DISK.to_owned();

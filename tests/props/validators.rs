@@ -1,12 +1,12 @@
 //! The request validators against their specification, over random Unicode.
 //!
-//! Each field's rule is written here once more as a plain predicate, from the seed and the
-//! README's error tables (not from `src/domain.rs`), and the property is: `parse` accepts exactly
-//! when the predicate holds, refuses with the field's own error code otherwise, and an accepted
-//! value reads back unchanged. Strings are built to sit on the boundaries: lengths around each
-//! limit (counted in characters), the reserved prefixes (`auto`, `http://`, `https://`, `acs:`,
-//! `aliyun`) and their near misses, Chinese characters at the edges of their blocks, control
-//! characters and other non-ASCII text.
+//! Each field's rule is written here once more as a plain predicate, from the seed and the error
+//! tables of `docs/errors.md` (not from `src/domain.rs`), and the property is: `parse` accepts
+//! exactly when the predicate holds, refuses with the field's own error code otherwise, and an
+//! accepted value reads back unchanged. Strings are built to sit on the boundaries: lengths around
+//! each limit (counted in characters), the reserved prefixes (`auto`, `http://`, `https://`,
+//! `acs:`, `aliyun`) and their near misses, Chinese characters at the edges of their blocks,
+//! control characters and other non-ASCII text.
 
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -21,8 +21,8 @@ use crate::support::config;
 // The specification, as predicates.
 
 /// "Chinese characters": the CJK Unified Ideographs, extension A and the compatibility
-/// ideographs (the README's reading of the seed; ideographs outside the Basic Multilingual
-/// Plane, such as U+20000, are not counted).
+/// ideographs (our reading of the seed's "Chinese characters", the words `docs/errors.md` uses;
+/// ideographs outside the Basic Multilingual Plane, such as U+20000, are not counted).
 fn chinese(c: char) -> bool {
     let code = u32::from(c);
     (0x4E00..=0x9FFF).contains(&code)
