@@ -11,7 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
-pub mod grpc;
+mod grpc;
 pub mod pb;
 pub mod service;
 pub mod store;

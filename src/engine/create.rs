@@ -1,7 +1,7 @@
 //! The CreateSnapshot rules (#11..#23 of the CreateSnapshot table in `docs/errors.md`), in the
 //! seed's precedence.
 //!
-//! Input-shape rules (#2..#8) live in the `parse` constructors of `domain.rs`; idempotence
+//! Input-shape rules (#2..#8) live in the `parse` constructors of `src/domain/`; idempotence
 //! (#9, #10) in `idempotence.rs`. This file decides on state the store read under the disk lock.
 
 use std::time::Duration;

@@ -644,11 +644,6 @@ fn rule_answer(rule: &RuleError) -> Answer {
 }
 
 impl ApiError {
-    /// The ECS error code this error answers with (for logs).
-    pub fn reason(&self) -> &'static str {
-        answer(self).reason
-    }
-
     /// The status for this error. A server-side failure keeps the error as the status's source,
     /// so the call's log line (`layer.rs`) can give the cause chain; it is never sent.
     pub fn into_status(self, request_id: &str) -> Status {

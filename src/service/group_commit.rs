@@ -70,6 +70,8 @@ enum Verdict {
 const RETRIES: usize = 3;
 
 pub(super) struct GroupCommit {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn SnapshotBackend>,
     lanes: Vec<Arc<Lane>>,
     pick_lane: RandomState,
     max_batch: usize,
@@ -83,9 +85,13 @@ struct Lane {
 }
 
 impl GroupCommit {
-    /// `lanes` batches at once at most, of at most `max_batch` calls each.
-    pub fn new(lanes: usize, max_batch: usize) -> Self {
+    /// Writes on `store`, starting copies on `backend`: `lanes` batches at once at most (the
+    /// store's [`Store::create_lanes`]), of at most `max_batch` calls each.
+    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn SnapshotBackend>, max_batch: usize) -> Self {
+        let lanes = store.create_lanes();
         Self {
+            store,
+            backend,
             lanes: (0..lanes.max(1))
                 .map(|_| {
                     Arc::new(Lane {
@@ -106,14 +112,9 @@ impl GroupCommit {
         command: &CreateSnapshotCommand,
         policy: &Policy,
         now: Timestamp,
-        store: &Arc<dyn Store>,
-        backend: &Arc<dyn SnapshotBackend>,
     ) -> Option<Result<CreateOutcome, ServiceError>> {
         for _ in 0..=RETRIES {
-            match self
-                .queue_and_wait(command, policy, now, store, backend)
-                .await
-            {
+            match self.queue_and_wait(command, policy, now).await {
                 Verdict::Answer(answer) => return Some(answer),
                 Verdict::Retry => continue,
                 Verdict::RunAlone => return None,
@@ -127,8 +128,6 @@ impl GroupCommit {
         command: &CreateSnapshotCommand,
         policy: &Policy,
         now: Timestamp,
-        store: &Arc<dyn Store>,
-        backend: &Arc<dyn SnapshotBackend>,
     ) -> Verdict {
         let lane = &self.lanes
             [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
@@ -154,7 +153,7 @@ impl GroupCommit {
                     // In a task of its own, holding the lane's turn: if this call goes away
                     // (cancelled, past its deadline), the batch still ends and answers the
                     // others. Dropped halfway, it could commit with nobody told.
-                    let write = write_batch(Arc::clone(store), batch, Arc::clone(backend));
+                    let write = write_batch(Arc::clone(&self.store), batch, Arc::clone(&self.backend));
                     let lane = Arc::clone(lane);
                     let writing = tokio::spawn(async move {
                         let _turn = turn;

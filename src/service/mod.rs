@@ -84,7 +84,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         policy: Policy,
     ) -> Self {
-        let group_commit = GroupCommit::new(store.create_lanes(), CREATE_BATCH);
+        let group_commit = GroupCommit::new(Arc::clone(&store), Arc::clone(&backend), CREATE_BATCH);
         Self {
             store,
             backend,

@@ -43,10 +43,7 @@ impl Service {
         command: &CreateSnapshotCommand,
     ) -> Result<CreateOutcome, ServiceError> {
         let now = self.clock.now();
-        let batched = self
-            .group_commit
-            .submit(command, &self.policy, now, &self.store, &self.backend)
-            .await;
+        let batched = self.group_commit.submit(command, &self.policy, now).await;
         if let Some(answer) = batched {
             return answer;
         }

@@ -4,7 +4,7 @@
 use super::{Service, ServiceError, cancel_copy, finish};
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::domain::{Snapshot, SnapshotStatus, Timestamp};
-use crate::store::Transaction;
+use crate::store::{Transaction, WorkQueue};
 
 /// Rows claimed per step and queue: a step records them in a few statements, so a large batch
 /// lets the worker keep up with a high create rate.
@@ -45,7 +45,7 @@ async fn advance_copies(
     backend: &dyn SnapshotBackend,
 ) -> Result<WorkDone, ServiceError> {
     let mut done = WorkDone::default();
-    let claimed = tx.claim_due_copies(now, BATCH).await?;
+    let claimed = tx.claim_due(WorkQueue::Copies, now, BATCH).await?;
     let mut finished = Vec::with_capacity(claimed.len());
     for snapshot in &claimed {
         match backend.copy_state(snapshot, now).await {
@@ -81,7 +81,7 @@ async fn release_expired(
     now: Timestamp,
     backend: &dyn SnapshotBackend,
 ) -> Result<usize, ServiceError> {
-    let due = tx.claim_due_releases(now, BATCH).await?;
+    let due = tx.claim_due(WorkQueue::Releases, now, BATCH).await?;
     for snapshot in &due {
         if snapshot.status == SnapshotStatus::Progressing {
             cancel_copy(backend, snapshot).await;

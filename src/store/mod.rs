@@ -106,6 +106,15 @@ pub struct PoolOptions {
 /// of the call's client token.
 pub type LockedRead = (CreateState, Option<TokenBinding>);
 
+/// The worker's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueue {
+    /// Progressing snapshots whose copy is due (`copy_due_at`).
+    Copies,
+    /// Snapshots past their retention (`release_at`) that no image uses.
+    Releases,
+}
+
 /// What a batch's locking read found for one call.
 pub enum BatchRead {
     /// The disk, now locked, and what the engine needs (or why the row does not decode).
@@ -258,18 +267,11 @@ pub trait Transaction: Send {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Up to `limit` progressing snapshots whose copy is due by `now`, oldest due first,
-    /// skipping (not waiting for) rows another transaction holds.
-    async fn claim_due_copies(
+    /// Up to `limit` snapshots of the worker's `queue` due by `now`, oldest due first, held
+    /// until the transaction ends; rows another transaction holds are skipped, not waited for.
+    async fn claim_due(
         &mut self,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<Snapshot>, StoreError>;
-
-    /// Up to `limit` snapshots past their retention by `now` that no image uses, skipping rows
-    /// another transaction holds.
-    async fn claim_due_releases(
-        &mut self,
+        queue: WorkQueue,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Snapshot>, StoreError>;

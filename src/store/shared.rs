@@ -8,14 +8,17 @@
 
 use std::future::Future;
 
+use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{
     AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns, SnapshotRow,
     TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
 };
-use super::{BatchRead, LockedRead, PoolStats, Store, StoreError, Transaction, Violation};
+use super::{
+    BatchRead, LockedRead, PoolStats, Store, StoreError, Transaction, Violation, WorkQueue,
+};
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor, Snapshot,
     SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
@@ -35,14 +38,10 @@ pub trait Dialect: Database + Sized {
     /// Appended to a worker queue's read: holds its rows, skipping those another replica holds.
     const CLAIM_ROWS: &'static str;
 
-    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    fn ping(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Begins a write transaction.
-    fn begin_write(
-        pool: &Pool<Self>,
-    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>, StoreError>> + Send;
+    /// The statement that begins a write transaction.
+    const BEGIN_WRITE: &'static str;
+    /// This database's schema, one numbered migration per change.
+    const MIGRATOR: Migrator;
 
     /// See [`Transaction::lock_free_disks_and_read`].
     fn lock_free_disks_and_read(
@@ -82,6 +81,7 @@ impl<DB: Database> SqlStore<DB> {
 impl<DB> Store for SqlStore<DB>
 where
     DB: Dialect,
+    DB::Connection: Migrate,
     SqlSession<DB>: Transaction,
 {
     fn kind(&self) -> &'static str {
@@ -93,16 +93,18 @@ where
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        DB::migrate(&self.pool).await
+        DB::MIGRATOR.run(&self.pool).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        DB::ping(&self.pool).await
+        self.pool.acquire().await?.ping().await?;
+        Ok(())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let waiting = std::time::Instant::now();
-        let transaction = DB::begin_write(&self.pool).await?;
+        let transaction = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         crate::telemetry::metric::db_begin_wait(waiting.elapsed());
         Ok(Box::new(SqlSession {
             connection: Connection::Transaction(transaction),
@@ -594,34 +596,20 @@ where
         Ok(())
     }
 
-    async fn claim_due_copies(
+    async fn claim_due(
         &mut self,
+        queue: WorkQueue,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Snapshot>, StoreError> {
+        let due = match queue {
+            WorkQueue::Copies => {
+                "s.status = 'progressing' AND s.copy_due_at <= $1 ORDER BY s.copy_due_at"
+            }
+            WorkQueue::Releases => "s.release_at <= $1 AND s.usage = 'none' ORDER BY s.release_at",
+        };
         let statement = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
-             WHERE s.status = 'progressing' AND s.copy_due_at <= $1 \
-             ORDER BY s.copy_due_at LIMIT $2{}",
-            DB::CLAIM_ROWS
-        );
-        let rows: Vec<SnapshotRow> = sqlx::query_as(&statement)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(self.connection())
-            .await?;
-        Ok(decode_queue(rows))
-    }
-
-    async fn claim_due_releases(
-        &mut self,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<Snapshot>, StoreError> {
-        let statement = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
-             WHERE s.release_at <= $1 AND s.usage = 'none' \
-             ORDER BY s.release_at LIMIT $2{}",
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s WHERE {due} LIMIT $2{}",
             DB::CLAIM_ROWS
         );
         let rows: Vec<SnapshotRow> = sqlx::query_as(&statement)

@@ -1,4 +1,4 @@
-//! Group commit of CreateSnapshot (`src/store/group_commit.rs`), seen from a client over a real
+//! Group commit of CreateSnapshot (`src/service/group_commit.rs`), seen from a client over a real
 //! socket on a real database:
 //!
 //! - calls that queue behind a busy lane are written together, in one transaction (PostgreSQL's

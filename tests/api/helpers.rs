@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use snapshotd::backend::{SimulatedBackend, SnapshotBackend};
 use snapshotd::clock::{Clock, ManualClock, SystemClock};
-use snapshotd::grpc::convert::timestamp_to_proto;
 use snapshotd::pb;
 use snapshotd::pb::inventory_service_client::InventoryServiceClient;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
@@ -656,11 +655,11 @@ pub struct World {
 }
 
 pub fn hours_ago(hours: i64) -> prost_types::Timestamp {
-    timestamp_to_proto(Utc::now() - TimeDelta::hours(hours))
+    proto_time(Utc::now() - TimeDelta::hours(hours))
 }
 
 pub fn minutes_ago(minutes: i64) -> prost_types::Timestamp {
-    timestamp_to_proto(Utc::now() - TimeDelta::minutes(minutes))
+    proto_time(Utc::now() - TimeDelta::minutes(minutes))
 }
 
 pub fn healthy_account(account_id: &str) -> pb::Account {
@@ -787,4 +786,11 @@ pub async fn execute_sql(app: &TestApp, sql: &str) {
 pub async fn finish_copies(app: &TestApp) {
     app.advance(Duration::from_secs(3600));
     app.tick_until_idle().await;
+}
+
+fn proto_time(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("under a second"),
+    }
 }

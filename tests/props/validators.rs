@@ -1,7 +1,7 @@
 //! The request validators against their specification, over random Unicode.
 //!
 //! Each field's rule is written here once more as a plain predicate, from the seed and the error
-//! tables of `docs/errors.md` (not from `src/domain.rs`), and the property is: `parse` accepts
+//! tables of `docs/errors.md` (not from `src/domain/`), and the property is: `parse` accepts
 //! exactly when the predicate holds, refuses with the field's own error code otherwise, and an
 //! accepted value reads back unchanged. Strings are built to sit on the boundaries: lengths around
 //! each limit (counted in characters), the reserved prefixes (`auto`, `http://`, `https://`,

@@ -13,12 +13,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row};
+use sqlx::{FromRow, PgConnection, Postgres, Row};
 
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
-use super::{BatchRead, PoolOptions, StoreError, Transaction};
+use super::{BatchRead, PoolOptions, StoreError};
 use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type PgStore = SqlStore<Postgres>;
@@ -122,22 +123,8 @@ impl Dialect for Postgres {
     const LOCK_DISK: &'static str = "\nFOR UPDATE OF d";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
-
-    async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres").run(pool).await?;
-        Ok(())
-    }
-
-    async fn ping(pool: &PgPool) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(pool).await?;
-        Ok(())
-    }
-
-    async fn begin_write(
-        pool: &PgPool,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        Ok(pool.begin().await?)
-    }
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
     async fn lock_free_disks_and_read(
         session: &mut SqlSession<Postgres>,
@@ -238,6 +225,3 @@ impl Dialect for Postgres {
         Ok(())
     }
 }
-
-// The generic session is a `Transaction` for PostgreSQL (checked here, where it is used).
-const _: fn(SqlSession<Postgres>) -> Box<dyn Transaction> = |session| Box::new(session);

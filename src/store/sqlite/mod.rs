@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::shared::{Dialect, SqlSession, SqlStore};
 use super::{BatchRead, PoolOptions, StoreError, Transaction};
@@ -53,24 +54,10 @@ impl Dialect for Sqlite {
     const LOCK_DISK: &'static str = "";
     const LOCK_ROWS: &'static str = "";
     const CLAIM_ROWS: &'static str = "";
-
-    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite").run(pool).await?;
-        Ok(())
-    }
-
-    async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(pool).await?;
-        Ok(())
-    }
-
     /// Takes the write lock at the start, so reads inside the transaction are the state it
     /// writes on.
-    async fn begin_write(
-        pool: &SqlitePool,
-    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
     /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
     async fn lock_free_disks_and_read(
@@ -192,6 +179,3 @@ fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {
         ))),
     }
 }
-
-// The generic session is a `Transaction` for SQLite (checked here, where it is used).
-const _: fn(SqlSession<Sqlite>) -> Box<dyn Transaction> = |session| Box::new(session);
