@@ -38,14 +38,20 @@ pub fn request_id(extensions: &Extensions) -> String {
     }
 }
 
-/// Runs one tenant call: identify, throttle, then `call(account_id, request_id, message)`.
+/// Who makes a tenant call, and the id it is answered under.
+pub struct Caller {
+    pub account_id: String,
+    pub request_id: String,
+}
+
+/// Runs one tenant call: identify, throttle, then `call(caller, message)`.
 pub async fn handle<M, T, F, Fut>(
     gate: &Gate,
     request: Request<M>,
     call: F,
 ) -> Result<Response<T>, Status>
 where
-    F: FnOnce(String, String, M) -> Fut,
+    F: FnOnce(Caller, M) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let (metadata, extensions, message) = request.into_parts();
@@ -56,7 +62,11 @@ where
         if let Some(throttle) = &gate.throttle {
             throttle.admit(&account_id)?;
         }
-        call(account_id, request_id.clone(), message).await
+        let caller = Caller {
+            account_id,
+            request_id: request_id.clone(),
+        };
+        call(caller, message).await
     }
     .await;
     result

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use super::call::{Gate, handle};
+use super::call::{Caller, Gate, handle};
 use super::layer::note_snapshot;
 use crate::domain::{CreateImageCommand, CreateImageParams};
 use crate::pb;
@@ -23,19 +23,22 @@ impl ImageApi {
 
     async fn create(
         &self,
-        account_id: String,
+        caller: Caller,
         request: pb::CreateImageRequest,
-    ) -> Result<String, ApiError> {
+    ) -> Result<pb::CreateImageResponse, ApiError> {
         let params = CreateImageParams {
             snapshot_id: &request.snapshot_id,
             image_name: &request.image_name,
             client_token: &request.client_token,
         };
-        let command = CreateImageCommand::parse(account_id, &params)?;
+        let command = CreateImageCommand::parse(caller.account_id, &params)?;
         let outcome = self.service.create_image(&command).await?;
         note_snapshot(command.snapshot_id.as_str());
         tracing::debug!(image_id = %outcome.id(), "image created");
-        Ok(outcome.id().to_owned())
+        Ok(pb::CreateImageResponse {
+            request_id: caller.request_id,
+            image_id: outcome.id().to_owned(),
+        })
     }
 }
 
@@ -45,17 +48,9 @@ impl pb::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
-        handle(
-            &self.gate,
-            request,
-            |account_id, request_id, request| async move {
-                let image_id = self.create(account_id, request).await?;
-                Ok(pb::CreateImageResponse {
-                    request_id,
-                    image_id,
-                })
-            },
-        )
+        handle(&self.gate, request, |caller, request| {
+            self.create(caller, request)
+        })
         .await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use super::call::{Gate, handle};
+use super::call::{Caller, Gate, handle};
 use super::convert::{snapshot_status_filter, snapshot_to_proto, tag_pairs};
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
@@ -27,9 +27,9 @@ impl SnapshotApi {
 
     async fn create(
         &self,
-        account_id: String,
+        caller: Caller,
         request: pb::CreateSnapshotRequest,
-    ) -> Result<String, ApiError> {
+    ) -> Result<pb::CreateSnapshotResponse, ApiError> {
         note_disk(&request.disk_id);
         let tags = tag_pairs(&request.tags);
         let params = CreateSnapshotParams {
@@ -40,7 +40,7 @@ impl SnapshotApi {
             retention_days: request.retention_days,
             tags: &tags,
         };
-        let command = CreateSnapshotCommand::parse(account_id, &params)?;
+        let command = CreateSnapshotCommand::parse(caller.account_id, &params)?;
         let outcome = self.service.create_snapshot(&command).await?;
         note_snapshot(outcome.id());
         match outcome {
@@ -49,14 +49,17 @@ impl SnapshotApi {
                 tracing::debug!("client token replayed: the original snapshot")
             }
         }
-        Ok(outcome.id().to_owned())
+        Ok(pb::CreateSnapshotResponse {
+            request_id: caller.request_id,
+            snapshot_id: outcome.id().to_owned(),
+        })
     }
 
     async fn describe(
         &self,
-        account_id: String,
+        caller: Caller,
         request: pb::DescribeSnapshotsRequest,
-    ) -> Result<(Vec<pb::Snapshot>, String), ApiError> {
+    ) -> Result<pb::DescribeSnapshotsResponse, ApiError> {
         let snapshot_ids: Vec<&str> = request.snapshot_ids.iter().map(String::as_str).collect();
         let tags = tag_pairs(&request.tags);
         let params = DescribeSnapshotsParams {
@@ -68,28 +71,32 @@ impl SnapshotApi {
             next_token: &request.next_token,
             max_results: request.max_results,
         };
-        let query = SnapshotQuery::parse(account_id, &params)?;
+        let query = SnapshotQuery::parse(caller.account_id, &params)?;
         let page = self.service.describe_snapshots(&query).await?;
-        let snapshots = page.snapshots.into_iter().map(snapshot_to_proto).collect();
-        let next_token = page
-            .next
-            .as_ref()
-            .map(PageCursor::to_token)
-            .unwrap_or_default();
-        Ok((snapshots, next_token))
+        Ok(pb::DescribeSnapshotsResponse {
+            request_id: caller.request_id,
+            snapshots: page.snapshots.into_iter().map(snapshot_to_proto).collect(),
+            next_token: page
+                .next
+                .as_ref()
+                .map(PageCursor::to_token)
+                .unwrap_or_default(),
+        })
     }
 
     async fn delete(
         &self,
-        account_id: String,
+        caller: Caller,
         request: pb::DeleteSnapshotRequest,
-    ) -> Result<(), ApiError> {
+    ) -> Result<pb::DeleteSnapshotResponse, ApiError> {
         let snapshot_id = SnapshotId::parse(&request.snapshot_id)?;
         self.service
-            .delete_snapshot(&account_id, &snapshot_id, request.force)
+            .delete_snapshot(&caller.account_id, &snapshot_id, request.force)
             .await?;
         note_snapshot(snapshot_id.as_str());
-        Ok(())
+        Ok(pb::DeleteSnapshotResponse {
+            request_id: caller.request_id,
+        })
     }
 }
 
@@ -99,17 +106,9 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        handle(
-            &self.gate,
-            request,
-            |account_id, request_id, request| async move {
-                let snapshot_id = self.create(account_id, request).await?;
-                Ok(pb::CreateSnapshotResponse {
-                    request_id,
-                    snapshot_id,
-                })
-            },
-        )
+        handle(&self.gate, request, |caller, request| {
+            self.create(caller, request)
+        })
         .await
     }
 
@@ -117,18 +116,9 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DescribeSnapshotsRequest>,
     ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
-        handle(
-            &self.gate,
-            request,
-            |account_id, request_id, request| async move {
-                let (snapshots, next_token) = self.describe(account_id, request).await?;
-                Ok(pb::DescribeSnapshotsResponse {
-                    request_id,
-                    snapshots,
-                    next_token,
-                })
-            },
-        )
+        handle(&self.gate, request, |caller, request| {
+            self.describe(caller, request)
+        })
         .await
     }
 
@@ -136,14 +126,9 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        handle(
-            &self.gate,
-            request,
-            |account_id, request_id, request| async move {
-                self.delete(account_id, request).await?;
-                Ok(pb::DeleteSnapshotResponse { request_id })
-            },
-        )
+        handle(&self.gate, request, |caller, request| {
+            self.delete(caller, request)
+        })
         .await
     }
 }
