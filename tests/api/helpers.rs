@@ -106,7 +106,7 @@ async fn find_postgres() -> String {
     url
 }
 
-fn postgres_bin_dir() -> Result<PathBuf, String> {
+pub fn postgres_bin_dir() -> Result<PathBuf, String> {
     for probe in [
         Command::new("pg_config").arg("--bindir").output(),
         Command::new("sh")
