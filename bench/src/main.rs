@@ -9,6 +9,7 @@
 //! and for as long, and prints service ÷ limit. `bench/limit.sh` wraps all of it.
 
 mod limit;
+mod pgbench;
 mod report;
 mod scenario;
 mod server_stats;

@@ -13,8 +13,7 @@ mod invariants_sql;
 mod inventory_flow;
 mod lifecycle_flow;
 mod lifecycle_sql;
-mod pgbench;
-mod postgres;
+pub mod postgres;
 mod rows;
 mod shared_sql;
 mod sqlite;
@@ -24,7 +23,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use pgbench::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -49,7 +49,7 @@ const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::fr
 /// tokens `$3`, one element per call. One row per call (`requested`, 1-based): with the
 /// engine's columns when its disk was locked; without them (`request_index` is NULL) when the
 /// disk is locked elsewhere (`disk_exists`) or is not the caller's.
-pub(crate) const LOCK_FREE_DISKS_AND_READ: &str = concat!(
+pub const LOCK_FREE_DISKS_AND_READ: &str = concat!(
     "WITH req AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
         AS r (disk_id, account_id, client_token, n)
@@ -74,7 +74,7 @@ FROM req LEFT JOIN locked ON locked.request_index = req.n"
 /// Snapshots with their tags and token bindings, and their disks' bookkeeping, in one
 /// statement: arrays with one element per snapshot (`$1`–`$15`), and the tags flattened
 /// (`$16` snapshot ids, `$17` keys, `$18` values).
-pub(crate) const INSERT_SNAPSHOTS_SQL: &str = "\
+pub const INSERT_SNAPSHOTS_SQL: &str = "\
 WITH new AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::int4[], $7::text[], $8::text[], $9::timestamptz[],
