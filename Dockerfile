@@ -6,6 +6,9 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY migrations migrations
 COPY src src
+# A member of the workspace: Cargo reads its manifest even to build the server alone.
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY bench/src bench/src
 RUN cargo build --release --locked --bin snapshotd
 
 FROM debian:bookworm-slim

@@ -24,7 +24,7 @@ admin_url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 token=bench-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::ApiError;
 use super::call::request_id;
 use super::identity::require_admin;
-use crate::domain::{Account, Disk, DiskId, Instance};
+use crate::domain::{Account, Disk, DiskId, Instance, ParseError};
 use crate::pb;
 use crate::service::Service;
 
@@ -46,34 +46,48 @@ impl InventoryApi {
     }
 }
 
+/// The record a request must carry: unset is `MissingParameter`, as for a required field.
+fn required<T>(field: &'static str, record: Option<T>) -> Result<T, ParseError> {
+    record.ok_or(ParseError::MissingParameter { field })
+}
+
 #[tonic::async_trait]
 impl pb::inventory_service_server::InventoryService for InventoryApi {
     async fn put_account(
         &self,
-        request: Request<pb::Account>,
-    ) -> Result<Response<pb::Account>, Status> {
-        self.handle(request, |account| async move {
-            let account = Account::try_from(account)?;
-            Ok(self.service.put_account(&account).await?.into())
+        request: Request<pb::PutAccountRequest>,
+    ) -> Result<Response<pb::PutAccountResponse>, Status> {
+        self.handle(request, |put| async move {
+            let account = Account::try_from(required("account", put.account)?)?;
+            Ok(pb::PutAccountResponse {
+                account: Some(self.service.put_account(&account).await?.into()),
+            })
         })
         .await
     }
 
     async fn put_instance(
         &self,
-        request: Request<pb::Instance>,
-    ) -> Result<Response<pb::Instance>, Status> {
-        self.handle(request, |instance| async move {
-            let instance = Instance::try_from(instance)?;
-            Ok(self.service.put_instance(&instance).await?.into())
+        request: Request<pb::PutInstanceRequest>,
+    ) -> Result<Response<pb::PutInstanceResponse>, Status> {
+        self.handle(request, |put| async move {
+            let instance = Instance::try_from(required("instance", put.instance)?)?;
+            Ok(pb::PutInstanceResponse {
+                instance: Some(self.service.put_instance(&instance).await?.into()),
+            })
         })
         .await
     }
 
-    async fn put_disk(&self, request: Request<pb::Disk>) -> Result<Response<pb::Disk>, Status> {
-        self.handle(request, |disk| async move {
-            let disk = Disk::try_from(disk)?;
-            Ok(self.service.put_disk(&disk).await?.into())
+    async fn put_disk(
+        &self,
+        request: Request<pb::PutDiskRequest>,
+    ) -> Result<Response<pb::PutDiskResponse>, Status> {
+        self.handle(request, |put| async move {
+            let disk = Disk::try_from(required("disk", put.disk)?)?;
+            Ok(pb::PutDiskResponse {
+                disk: Some(self.service.put_disk(&disk).await?.into()),
+            })
         })
         .await
     }
@@ -81,10 +95,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     async fn get_disk(
         &self,
         request: Request<pb::GetDiskRequest>,
-    ) -> Result<Response<pb::Disk>, Status> {
+    ) -> Result<Response<pb::GetDiskResponse>, Status> {
         self.handle(request, |get| async move {
             let disk_id = DiskId::parse(&get.disk_id)?;
-            Ok(self.service.get_disk(&disk_id).await?.into())
+            Ok(pb::GetDiskResponse {
+                disk: Some(self.service.get_disk(&disk_id).await?.into()),
+            })
         })
         .await
     }

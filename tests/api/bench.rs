@@ -3,12 +3,113 @@
 //! is on the server's PostgreSQL database, where the bench measures the limit and pgbench's own
 //! latency.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, Options, TestApp, spawn_app_with};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_snapshotd-bench");
+/// The bench's executable, built once per test run.
+///
+/// The bench is another package of the workspace (`bench/`), so Cargo gives this test no
+/// `CARGO_BIN_EXE_` for it: the test asks Cargo to build it, with the profile this test was
+/// built with, and runs the executable Cargo reports. If it cannot be built, the test fails with
+/// Cargo's output; it never skips.
+fn bench_binary() -> &'static Path {
+    static BENCH: OnceLock<PathBuf> = OnceLock::new();
+    BENCH.get_or_init(build_bench)
+}
+
+fn build_bench() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut command = Command::new(&cargo);
+    // `--workspace … --test api`: the packages and dev-dependencies of a `cargo test` at the root
+    // (CI's), so Cargo resolves the same features and finds what that build made fresh, this
+    // test included. `--package snapshotd-bench` alone resolves fewer features and would build
+    // most dependencies a second time.
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--locked", "--workspace", "--test", "api"])
+        .args([
+            "--bin",
+            "snapshotd-bench",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--profile", &test_profile()]);
+    // What Cargo sets for this test's package would reach the build scripts of the nested build,
+    // and some watch it (ring: CARGO_MANIFEST_DIR): each run would then rebuild them and all that
+    // depends on them. The nested build gets the environment a shell gives `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command.output().unwrap_or_else(|err| {
+        panic!(
+            "running {} to build snapshotd-bench: {err}",
+            cargo.display()
+        )
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "building snapshotd-bench failed ({}):\n{stderr}",
+        output.status
+    );
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|message| {
+            message["reason"] == "compiler-artifact"
+                && message["target"]["name"] == "snapshotd-bench"
+                && message["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+        })
+        .and_then(|artifact| artifact["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| {
+            panic!("Cargo built snapshotd-bench but named no executable:\n{stdout}\n{stderr}")
+        })
+}
+
+/// The Cargo profile this test binary was built with, from the directory it runs in
+/// (`target/<profile dir>/deps/`): `debug` is the `dev` profile, any other directory is named
+/// after its profile.
+fn test_profile() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str())
+        .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps/", exe.display()));
+    match dir {
+        "debug" => "dev".to_owned(),
+        profile => profile.to_owned(),
+    }
+}
+
+/// `pgbench` from the PATH, else beside the PostgreSQL server's binaries (Debian ships it with
+/// the server, in `postgresql-NN`).
+fn pgbench_program() -> PathBuf {
+    if Command::new("pgbench").arg("--version").output().is_ok() {
+        return "pgbench".into();
+    }
+    crate::helpers::postgres_bin_dir()
+        .map(|dir| dir.join("pgbench"))
+        .unwrap_or_else(|_| "pgbench".into())
+}
 
 /// A server in real time whose copies finish at once, as `bench/limit.sh` runs it.
 async fn bench_server(backend: Backend) -> TestApp {
@@ -56,10 +157,11 @@ async fn run_bench(app: &TestApp, scenario: &str, extra: &[&str]) -> (serde_json
     ];
     args.extend_from_slice(extra);
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-    let output = tokio::task::spawn_blocking(move || Command::new(BENCH).args(&args).output())
-        .await
-        .expect("the bench task")
-        .expect("running snapshotd-bench");
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(bench_binary()).args(&args).output())
+            .await
+            .expect("the bench task")
+            .expect("running snapshotd-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     // The table comes first; the JSON report is the last thing printed.
     let json_start = stdout.find("\n{").unwrap_or_else(|| {
@@ -147,7 +249,7 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
             && number("latency_p99_ms") <= number("latency_max_ms"),
         "{limit}"
     );
-    let script = Command::new(BENCH)
+    let script = Command::new(bench_binary())
         .args([
             "--admin-token",
             "x",
@@ -187,18 +289,4 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
         before + 50,
         "each pgbench transaction inserted one snapshot"
     );
-}
-
-/// `pgbench` from the PATH, else from Debian's versioned PostgreSQL directories.
-fn pgbench_program() -> std::path::PathBuf {
-    if Command::new("pgbench").arg("--version").output().is_ok() {
-        return "pgbench".into();
-    }
-    std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|version| version.path().join("bin/pgbench"))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| "pgbench".into())
 }

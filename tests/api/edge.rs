@@ -38,8 +38,8 @@ use tonic_types::StatusExt;
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, Options, TestApp, as_account, as_admin, create_request, healthy_account, spawn_app,
-    spawn_app_with, world,
+    Backend, Options, TestApp, as_account, as_admin, create_request, healthy_account,
+    put_account_request, spawn_app, spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -632,7 +632,7 @@ async fn an_account_past_its_burst_is_throttled_alone_until_its_retry_delay_has_
     let mut inventory = app.inventory();
     for n in 0..10 {
         inventory
-            .put_account(as_admin(healthy_account("acct-a")))
+            .put_account(as_admin(put_account_request(healthy_account("acct-a"))))
             .await
             .unwrap_or_else(|status| panic!("PutAccount {n} of 10: {status:?}"));
     }

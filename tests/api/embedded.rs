@@ -457,16 +457,22 @@ async fn sigkill_under_load_loses_no_acknowledged_snapshot(backend: Backend) {
             let mut inventory =
                 pb::inventory_service_client::InventoryServiceClient::new(channel.clone());
             inventory
-                .put_account(crate::helpers::as_admin(world.account.clone()))
+                .put_account(crate::helpers::as_admin(
+                    crate::helpers::put_account_request(world.account.clone()),
+                ))
                 .await
                 .unwrap();
             inventory
-                .put_instance(crate::helpers::as_admin(world.instance.clone()))
+                .put_instance(crate::helpers::as_admin(
+                    crate::helpers::put_instance_request(world.instance.clone()),
+                ))
                 .await
                 .unwrap();
             for disk in world.disks {
                 inventory
-                    .put_disk(crate::helpers::as_admin(disk))
+                    .put_disk(crate::helpers::as_admin(crate::helpers::put_disk_request(
+                        disk,
+                    )))
                     .await
                     .unwrap();
             }

@@ -105,7 +105,7 @@ async fn find_postgres() -> String {
     url
 }
 
-fn postgres_bin_dir() -> Result<PathBuf, String> {
+pub fn postgres_bin_dir() -> Result<PathBuf, String> {
     for probe in [
         Command::new("pg_config").arg("--bindir").output(),
         Command::new("sh")
@@ -508,25 +508,33 @@ impl TestApp {
 
     pub async fn put_account(&self, account: pb::Account) -> pb::Account {
         self.inventory()
-            .put_account(as_admin(account))
+            .put_account(as_admin(put_account_request(account)))
             .await
             .expect("PutAccount")
             .into_inner()
+            .account
+            .expect("PutAccount answers with the account")
     }
 
     pub async fn put_instance(&self, instance: pb::Instance) -> pb::Instance {
         self.inventory()
-            .put_instance(as_admin(instance))
+            .put_instance(as_admin(put_instance_request(instance)))
             .await
             .expect("PutInstance")
             .into_inner()
+            .instance
+            .expect("PutInstance answers with the instance")
     }
 
     pub async fn put_disk(&self, disk: pb::Disk) -> Result<pb::Disk, Status> {
-        self.inventory()
-            .put_disk(as_admin(disk))
-            .await
-            .map(tonic::Response::into_inner)
+        let answer = self
+            .inventory()
+            .put_disk(as_admin(put_disk_request(disk)))
+            .await?;
+        Ok(answer
+            .into_inner()
+            .disk
+            .expect("PutDisk answers with the disk"))
     }
 
     /// Puts `world`'s account, instance and disks.
@@ -652,6 +660,22 @@ pub struct World {
     pub account: pb::Account,
     pub instance: pb::Instance,
     pub disks: Vec<pb::Disk>,
+}
+
+pub fn put_account_request(account: pb::Account) -> pb::PutAccountRequest {
+    pb::PutAccountRequest {
+        account: Some(account),
+    }
+}
+
+pub fn put_instance_request(instance: pb::Instance) -> pb::PutInstanceRequest {
+    pb::PutInstanceRequest {
+        instance: Some(instance),
+    }
+}
+
+pub fn put_disk_request(disk: pb::Disk) -> pb::PutDiskRequest {
+    pb::PutDiskRequest { disk: Some(disk) }
 }
 
 pub fn hours_ago(hours: i64) -> prost_types::Timestamp {

@@ -9,7 +9,8 @@ use tonic::{Code, Request, Status};
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
     ADMIN_TOKEN, Backend, Options, TestApp, as_admin, attached_disk, healthy_account,
-    running_instance, spawn_app, spawn_app_with, world,
+    put_account_request, put_disk_request, put_instance_request, running_instance, spawn_app,
+    spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -25,6 +26,7 @@ on_both_backends!(
     put_disk_on_an_unknown_instance_is_not_found_and_stores_nothing,
     put_disk_on_another_accounts_instance_is_refused_and_stores_nothing,
     put_disk_refuses_every_malformed_field_and_stores_nothing,
+    a_put_without_its_record_is_a_missing_parameter_and_stores_nothing,
     the_inventory_api_refuses_anything_but_the_exact_admin_token,
     a_server_without_an_admin_token_refuses_even_the_right_token,
     the_bearer_scheme_is_case_insensitive,
@@ -41,19 +43,27 @@ fn at(seconds: i64, micros: i32) -> prost_types::Timestamp {
 }
 
 async fn get_disk(app: &TestApp, disk_id: &str) -> Result<pb::Disk, Status> {
-    app.inventory()
+    let answer = app
+        .inventory()
         .get_disk(as_admin(pb::GetDiskRequest {
             disk_id: disk_id.to_owned(),
         }))
-        .await
-        .map(tonic::Response::into_inner)
+        .await?;
+    Ok(answer
+        .into_inner()
+        .disk
+        .expect("GetDisk answers with the disk"))
 }
 
 async fn try_put_instance(app: &TestApp, instance: pb::Instance) -> Result<pb::Instance, Status> {
-    app.inventory()
-        .put_instance(as_admin(instance))
-        .await
-        .map(tonic::Response::into_inner)
+    let answer = app
+        .inventory()
+        .put_instance(as_admin(put_instance_request(instance)))
+        .await?;
+    Ok(answer
+        .into_inner()
+        .instance
+        .expect("PutInstance answers with the instance"))
 }
 
 async fn put_account_returns_the_account_as_stored_and_a_second_put_updates_it(backend: Backend) {
@@ -549,21 +559,21 @@ async fn assert_every_call_refused(app: &TestApp, value: Option<&str>, reason: &
         (
             "PutAccount",
             inventory
-                .put_account(with_authorization(value, account))
+                .put_account(with_authorization(value, put_account_request(account)))
                 .await
                 .unwrap_err(),
         ),
         (
             "PutInstance",
             inventory
-                .put_instance(with_authorization(value, instance))
+                .put_instance(with_authorization(value, put_instance_request(instance)))
                 .await
                 .unwrap_err(),
         ),
         (
             "PutDisk",
             inventory
-                .put_disk(with_authorization(value, disk))
+                .put_disk(with_authorization(value, put_disk_request(disk)))
                 .await
                 .unwrap_err(),
         ),
@@ -613,7 +623,7 @@ async fn the_inventory_api_refuses_anything_but_the_exact_admin_token(backend: B
     app.inventory()
         .put_disk(with_authorization(
             Some(&right),
-            attached_disk("acct-a", "i-acct-a", "d-acct-a-0"),
+            put_disk_request(attached_disk("acct-a", "i-acct-a", "d-acct-a-0")),
         ))
         .await
         .expect("the exact token");
@@ -639,11 +649,56 @@ async fn a_server_without_an_admin_token_refuses_even_the_right_token(backend: B
     assert_eq!(app.count_rows("disks").await, 0);
 }
 
+async fn a_put_without_its_record_is_a_missing_parameter_and_stores_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut inventory = app.inventory();
+
+    let refusals = [
+        (
+            "account",
+            inventory
+                .put_account(as_admin(pb::PutAccountRequest::default()))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "instance",
+            inventory
+                .put_instance(as_admin(pb::PutInstanceRequest::default()))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "disk",
+            inventory
+                .put_disk(as_admin(pb::PutDiskRequest::default()))
+                .await
+                .unwrap_err(),
+        ),
+    ];
+
+    for (field, status) in refusals {
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "MissingParameter",
+            "400",
+            Detail::BadRequest(field),
+        );
+    }
+    for table in ["accounts", "instances", "disks"] {
+        assert_eq!(app.count_rows(table).await, 0, "nothing written to {table}");
+    }
+}
+
 async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
     let app = spawn_app(backend).await;
     let lower = format!("bearer {ADMIN_TOKEN}");
     app.inventory()
-        .put_account(with_authorization(Some(&lower), healthy_account("acct-a")))
+        .put_account(with_authorization(
+            Some(&lower),
+            put_account_request(healthy_account("acct-a")),
+        ))
         .await
         .expect("RFC 9110: the scheme name is case-insensitive");
 }
@@ -657,7 +712,7 @@ async fn an_instance_cannot_move_account_with_another_accounts_disk_attached(bac
     moved.created_at = world("acct-a", 0).instance.created_at;
     let status = app
         .inventory()
-        .put_instance(as_admin(moved))
+        .put_instance(as_admin(put_instance_request(moved)))
         .await
         .unwrap_err();
 

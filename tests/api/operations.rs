@@ -24,7 +24,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Backend, DiskLock, TestDatabase, World, as_account, as_admin, world,
+    ADMIN_TOKEN, Backend, DiskLock, TestDatabase, World, as_account, as_admin, put_account_request,
+    put_disk_request, put_instance_request, world,
 };
 use crate::process::{BINARY, Server, free_port};
 
@@ -63,16 +64,16 @@ async fn start_seeded(
 async fn seed(channel: &Channel, world: &World) {
     let mut inventory = InventoryServiceClient::new(channel.clone());
     inventory
-        .put_account(as_admin(world.account.clone()))
+        .put_account(as_admin(put_account_request(world.account.clone())))
         .await
         .expect("PutAccount");
     inventory
-        .put_instance(as_admin(world.instance.clone()))
+        .put_instance(as_admin(put_instance_request(world.instance.clone())))
         .await
         .expect("PutInstance");
     for disk in &world.disks {
         inventory
-            .put_disk(as_admin(disk.clone()))
+            .put_disk(as_admin(put_disk_request(disk.clone())))
             .await
             .expect("PutDisk");
     }

@@ -16,7 +16,8 @@ use tonic_types::StatusExt;
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
     ADMIN_TOKEN, Backend, TestApp, as_account, as_admin, attached_disk, finish_copies,
-    healthy_account, running_instance, spawn_app, world,
+    healthy_account, put_account_request, put_disk_request, put_instance_request, running_instance,
+    spawn_app, world,
 };
 use crate::on_both_backends;
 
@@ -113,6 +114,8 @@ async fn get_disk(app: &TestApp, disk_id: &str) -> pb::Disk {
         .await
         .expect("GetDisk")
         .into_inner()
+        .disk
+        .expect("GetDisk answers with the disk")
 }
 
 /// One text column of `sql`, read straight from the database.
@@ -605,39 +608,51 @@ async fn every_inventory_rpc(app: &TestApp, values: &[Vec<u8>]) -> Vec<(&'static
     vec![
         (
             "PutAccount (update)",
-            inventory.put_account(authorized(values, broke)).await.err(),
+            inventory
+                .put_account(authorized(values, put_account_request(broke)))
+                .await
+                .err(),
         ),
         (
             "PutAccount (new)",
             inventory
-                .put_account(authorized(values, healthy_account("acct-z")))
+                .put_account(authorized(
+                    values,
+                    put_account_request(healthy_account("acct-z")),
+                ))
                 .await
                 .err(),
         ),
         (
             "PutInstance (update)",
             inventory
-                .put_instance(authorized(values, locked))
+                .put_instance(authorized(values, put_instance_request(locked)))
                 .await
                 .err(),
         ),
         (
             "PutInstance (new)",
             inventory
-                .put_instance(authorized(values, running_instance(A, "i-acct-a-9")))
+                .put_instance(authorized(
+                    values,
+                    put_instance_request(running_instance(A, "i-acct-a-9")),
+                ))
                 .await
                 .err(),
         ),
         (
             "PutDisk (update)",
-            inventory.put_disk(authorized(values, detached)).await.err(),
+            inventory
+                .put_disk(authorized(values, put_disk_request(detached)))
+                .await
+                .err(),
         ),
         (
             "PutDisk (new)",
             inventory
                 .put_disk(authorized(
                     values,
-                    attached_disk(A, "i-acct-a", "d-acct-a-9"),
+                    put_disk_request(attached_disk(A, "i-acct-a", "d-acct-a-9")),
                 ))
                 .await
                 .err(),

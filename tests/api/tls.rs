@@ -28,7 +28,7 @@ use tonic::{Code, Request, Status};
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
     Backend, Options, TestApp, TestDatabase, World, as_account, as_admin, create_request,
-    spawn_app_with, world,
+    put_account_request, put_disk_request, put_instance_request, spawn_app_with, world,
 };
 
 const ACCOUNT_A: &str = "acct-a";
@@ -300,16 +300,16 @@ async fn seed_over(channel: &Channel, world: &World) {
     let mut inventory = InventoryServiceClient::new(channel.clone());
     bounded("seeding over TLS", async {
         inventory
-            .put_account(as_admin(world.account.clone()))
+            .put_account(as_admin(put_account_request(world.account.clone())))
             .await
             .expect("PutAccount over TLS");
         inventory
-            .put_instance(as_admin(world.instance.clone()))
+            .put_instance(as_admin(put_instance_request(world.instance.clone())))
             .await
             .expect("PutInstance over TLS");
         for disk in &world.disks {
             inventory
-                .put_disk(as_admin(disk.clone()))
+                .put_disk(as_admin(put_disk_request(disk.clone())))
                 .await
                 .expect("PutDisk over TLS");
         }

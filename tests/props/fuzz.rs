@@ -126,16 +126,18 @@ impl Rpc {
         }
     }
 
-    /// The numbers of the request's string fields, and of its message fields that hold strings
-    /// (`Tag` has its key at 1 and its value at 2).
-    fn string_fields(self) -> (&'static [u32], &'static [u32]) {
+    /// The request's string fields, each as the path of field numbers that leads to it: a
+    /// top-level string, or one inside a message field (`Tag` has its key at 1 and its value at
+    /// 2; a Put request holds its record at 1).
+    fn string_fields(self) -> &'static [&'static [u32]] {
         match self {
-            Self::CreateSnapshot => (&[1, 2, 3, 4], &[6]),
-            Self::DescribeSnapshots => (&[1, 2, 4, 6], &[7]),
-            Self::DeleteSnapshot | Self::GetDisk | Self::PutAccount => (&[1], &[]),
-            Self::CreateImage => (&[1, 2, 3], &[]),
-            Self::PutInstance => (&[1, 2, 6], &[]),
-            Self::PutDisk => (&[1, 2, 3, 6], &[]),
+            Self::CreateSnapshot => &[&[1], &[2], &[3], &[4], &[6, 1], &[6, 2]],
+            Self::DescribeSnapshots => &[&[1], &[2], &[4], &[6], &[7, 1], &[7, 2]],
+            Self::DeleteSnapshot | Self::GetDisk => &[&[1]],
+            Self::CreateImage => &[&[1], &[2], &[3]],
+            Self::PutAccount => &[&[1, 1]],
+            Self::PutInstance => &[&[1, 1], &[1, 2], &[1, 6]],
+            Self::PutDisk => &[&[1, 1], &[1, 2], &[1, 3], &[1, 6]],
         }
     }
 
@@ -146,11 +148,10 @@ impl Rpc {
             Self::DescribeSnapshots => pb::DescribeSnapshotsResponse::decode(body).map(drop),
             Self::DeleteSnapshot => pb::DeleteSnapshotResponse::decode(body).map(drop),
             Self::CreateImage => pb::CreateImageResponse::decode(body).map(drop),
-            Self::PutAccount => pb::Account::decode(body).map(drop),
-            Self::PutInstance | Self::PutDisk | Self::GetDisk => match self {
-                Self::PutInstance => pb::Instance::decode(body).map(drop),
-                _ => pb::Disk::decode(body).map(drop),
-            },
+            Self::PutAccount => pb::PutAccountResponse::decode(body).map(drop),
+            Self::PutInstance => pb::PutInstanceResponse::decode(body).map(drop),
+            Self::PutDisk => pb::PutDiskResponse::decode(body).map(drop),
+            Self::GetDisk => pb::GetDiskResponse::decode(body).map(drop),
         }
     }
 }
@@ -306,10 +307,12 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
             proptest::bool::weighted(0.1),
         )
             .prop_map(|(account_id, activated, broke)| {
-                pb::Account {
-                    account_id,
-                    snapshot_service_activated: activated,
-                    insufficient_balance: broke,
+                pb::PutAccountRequest {
+                    account: Some(pb::Account {
+                        account_id,
+                        snapshot_service_activated: activated,
+                        insufficient_balance: broke,
+                    }),
                 }
                 .encode_to_vec()
             })
@@ -324,13 +327,15 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
         )
             .prop_map(
                 |(instance_id, account_id, status, created_at, last_started_at, lock_reasons)| {
-                    pb::Instance {
-                        instance_id,
-                        account_id,
-                        status,
-                        created_at,
-                        last_started_at,
-                        lock_reasons,
+                    pb::PutInstanceRequest {
+                        instance: Some(pb::Instance {
+                            instance_id,
+                            account_id,
+                            status,
+                            created_at,
+                            last_started_at,
+                            lock_reasons,
+                        }),
                     }
                     .encode_to_vec()
                 },
@@ -357,17 +362,19 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                     (disk_id, account_id, category, r#type, status),
                     (instance_id, size_gib, created_at, expires_at, ever_attached),
                 )| {
-                    pb::Disk {
-                        disk_id,
-                        account_id,
-                        category,
-                        r#type,
-                        status,
-                        instance_id,
-                        size_gib,
-                        created_at,
-                        expires_at,
-                        ever_attached,
+                    pb::PutDiskRequest {
+                        disk: Some(pb::Disk {
+                            disk_id,
+                            account_id,
+                            category,
+                            r#type,
+                            status,
+                            instance_id,
+                            size_gib,
+                            created_at,
+                            expires_at,
+                            ever_attached,
+                        }),
                     }
                     .encode_to_vec()
                 },
@@ -969,30 +976,34 @@ fn valid_requests_with_values_postgresql_cannot_store() -> Vec<(&'static str, Rp
         (
             "PutInstance created_at in the year -100000",
             Rpc::PutInstance,
-            pb::Instance {
-                instance_id: "i-ancient".to_owned(),
-                account_id: ACCOUNT.to_owned(),
-                status: pb::InstanceStatus::Running.into(),
-                created_at: at(year_minus_100000),
-                last_started_at: at(year_minus_100000),
-                lock_reasons: Vec::new(),
+            pb::PutInstanceRequest {
+                instance: Some(pb::Instance {
+                    instance_id: "i-ancient".to_owned(),
+                    account_id: ACCOUNT.to_owned(),
+                    status: pb::InstanceStatus::Running.into(),
+                    created_at: at(year_minus_100000),
+                    last_started_at: at(year_minus_100000),
+                    lock_reasons: Vec::new(),
+                }),
             }
             .encode_to_vec(),
         ),
         (
             "PutDisk expires_at in the year -100000",
             Rpc::PutDisk,
-            pb::Disk {
-                disk_id: "d-ancient".to_owned(),
-                account_id: ACCOUNT.to_owned(),
-                category: "cloud_essd".to_owned(),
-                r#type: pb::DiskType::Data.into(),
-                status: pb::DiskStatus::Available.into(),
-                instance_id: String::new(),
-                size_gib: 1,
-                created_at: at(0),
-                expires_at: at(year_minus_100000),
-                ever_attached: false,
+            pb::PutDiskRequest {
+                disk: Some(pb::Disk {
+                    disk_id: "d-ancient".to_owned(),
+                    account_id: ACCOUNT.to_owned(),
+                    category: "cloud_essd".to_owned(),
+                    r#type: pb::DiskType::Data.into(),
+                    status: pb::DiskStatus::Available.into(),
+                    instance_id: String::new(),
+                    size_gib: 1,
+                    created_at: at(0),
+                    expires_at: at(year_minus_100000),
+                    ever_attached: false,
+                }),
             }
             .encode_to_vec(),
         ),
@@ -1036,29 +1047,32 @@ fn nul_characters_and_ancient_timestamps_get_a_proper_status_postgres() {
     ));
 }
 
-/// A string field (top-level, or the key or value of a tag) that is not UTF-8, appended to a
-/// valid request (the last occurrence of a field wins, so it replaces the valid value).
+/// A string field (top-level, the key or value of a tag, or one of a Put's record) that is not
+/// UTF-8, appended to a valid request: the last occurrence of a string wins, and a message
+/// field's occurrences merge, so it replaces the valid value (or, for a tag, adds one).
 fn invalid_utf8_request() -> impl Strategy<Value = (Rpc, Vec<u8>, String)> {
     (
         well_formed_request(),
         any::<prop::sample::Index>(),
         select(NOT_UTF8),
-        1u32..=2,
     )
-        .prop_map(|((rpc, mut body), pick, bad, tag_field)| {
-            let (strings, messages) = rpc.string_fields();
-            let fields = strings.len() + messages.len();
-            let which = pick.index(fields);
-            let label = if which < strings.len() {
-                body.extend(length_delimited(strings[which], bad));
-                format!("field {}", strings[which])
-            } else {
-                let message = messages[which - strings.len()];
-                let tag = length_delimited(tag_field, bad);
-                body.extend(length_delimited(message, &tag));
-                format!("field {message}.{tag_field}")
-            };
-            (rpc, body, format!("{label} = {bad:02x?}"))
+        .prop_map(|((rpc, mut body), pick, bad)| {
+            let fields = rpc.string_fields();
+            let path = fields[pick.index(fields.len())];
+            let (&string, outer) = path.split_last().expect("a path names a field");
+            let field = outer
+                .iter()
+                .rev()
+                .fold(length_delimited(string, bad), |inner, &message| {
+                    length_delimited(message, &inner)
+                });
+            body.extend(field);
+            let label = path
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(".");
+            (rpc, body, format!("field {label} = {bad:02x?}"))
         })
 }
 

@@ -91,23 +91,27 @@ pub async fn inventory(
                 client
                     .put_account(admin(
                         token,
-                        pb::Account {
-                            account_id: naming.account(account),
-                            snapshot_service_activated: true,
-                            insufficient_balance: false,
+                        pb::PutAccountRequest {
+                            account: Some(pb::Account {
+                                account_id: naming.account(account),
+                                snapshot_service_activated: true,
+                                insufficient_balance: false,
+                            }),
                         },
                     ))
                     .await?;
                 client
                     .put_instance(admin(
                         token,
-                        pb::Instance {
-                            instance_id: naming.instance(account),
-                            account_id: naming.account(account),
-                            status: pb::InstanceStatus::Running.into(),
-                            created_at: Some(ago(Duration::from_secs(48 * 3600))),
-                            last_started_at: Some(ago(Duration::from_secs(47 * 3600))),
-                            lock_reasons: vec![],
+                        pb::PutInstanceRequest {
+                            instance: Some(pb::Instance {
+                                instance_id: naming.instance(account),
+                                account_id: naming.account(account),
+                                status: pb::InstanceStatus::Running.into(),
+                                created_at: Some(ago(Duration::from_secs(48 * 3600))),
+                                last_started_at: Some(ago(Duration::from_secs(47 * 3600))),
+                                lock_reasons: vec![],
+                            }),
                         },
                     ))
                     .await?;
@@ -125,17 +129,19 @@ pub async fn inventory(
                 client
                     .put_disk(admin(
                         token,
-                        pb::Disk {
-                            disk_id: naming.disk(disk),
-                            account_id: naming.account(account),
-                            category: "cloud_essd".to_owned(),
-                            r#type: pb::DiskType::Data.into(),
-                            status: pb::DiskStatus::InUse.into(),
-                            instance_id: naming.instance(account),
-                            size_gib: 1,
-                            created_at: Some(ago(Duration::from_secs(24 * 3600))),
-                            expires_at: None,
-                            ever_attached: true,
+                        pb::PutDiskRequest {
+                            disk: Some(pb::Disk {
+                                disk_id: naming.disk(disk),
+                                account_id: naming.account(account),
+                                category: "cloud_essd".to_owned(),
+                                r#type: pb::DiskType::Data.into(),
+                                status: pb::DiskStatus::InUse.into(),
+                                instance_id: naming.instance(account),
+                                size_gib: 1,
+                                created_at: Some(ago(Duration::from_secs(24 * 3600))),
+                                expires_at: None,
+                                ever_attached: true,
+                            }),
                         },
                     ))
                     .await

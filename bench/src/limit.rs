@@ -1,8 +1,8 @@
 //! The database limit: pgbench running the store's own CreateSnapshot transaction
-//! (`snapshotd::store::create_snapshot_pgbench_script`) on the run's disks, at the run's
-//! concurrency and for as long. It reports pgbench's throughput and its own latency
-//! percentiles, read from its per-transaction log: the service's p99 is compared with the
-//! database's p99 at the same concurrency, not with a number taken at another load.
+//! ([`create_snapshot_pgbench_script`]) on the run's disks, at the run's concurrency and for
+//! as long. It reports pgbench's throughput and its own latency percentiles, read from its
+//! per-transaction log: the service's p99 is compared with the database's p99 at the same
+//! concurrency, not with a number taken at another load.
 
 use std::path::Path;
 use std::process::Command;
