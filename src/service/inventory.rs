@@ -55,6 +55,9 @@ async fn put_instance(
 ) -> Result<Instance, ServiceError> {
     let account_known = tx.account_exists(&instance.account_id).await?;
     check_account_exists(&instance.account_id, account_known)?;
+    // Held until commit: a disk being attached to this instance meanwhile waits, then sees
+    // the instance's new account; one attached before shows up in the read below.
+    tx.lock_instance_owner(&instance.instance_id).await?;
     let foreign = tx
         .foreign_disk_on(&instance.instance_id, &instance.account_id)
         .await?;
@@ -65,14 +68,15 @@ async fn put_instance(
 async fn put_disk(tx: &mut dyn Transaction, disk: &Disk) -> Result<Disk, ServiceError> {
     let account_known = tx.account_exists(&disk.account_id).await?;
     check_account_exists(&disk.account_id, account_known)?;
-    let (stored_owner, snapshot_count) = tx.disk_owner(&disk.disk_id).await?.unzip();
+    // Held until commit: a CreateSnapshot on this disk waits, then sees its new owner.
+    let (stored_owner, snapshot_count) = tx.lock_disk_owner(&disk.disk_id).await?.unzip();
     check_disk_reassignment(
         disk,
         stored_owner.as_deref(),
         snapshot_count.map_or(0, i64::from),
     )?;
     if let Some(instance_id) = &disk.instance_id {
-        let owner = tx.instance_owner(instance_id).await?;
+        let owner = tx.lock_instance_owner(instance_id).await?;
         check_disk_attachment(disk, instance_id, owner.as_deref())?;
     }
     Ok(tx.upsert_disk(disk).await?)

@@ -229,10 +229,17 @@ pub trait Transaction: Send {
         account_id: &str,
     ) -> Result<Option<String>, StoreError>;
 
-    /// The stored account and snapshot count of `disk_id`.
-    async fn disk_owner(&mut self, disk_id: &str) -> Result<Option<(String, i32)>, StoreError>;
+    /// The stored account and snapshot count of `disk_id`, its row locked until the transaction
+    /// ends (a CreateSnapshot on it waits, and then sees the write).
+    async fn lock_disk_owner(&mut self, disk_id: &str)
+    -> Result<Option<(String, i32)>, StoreError>;
 
-    async fn instance_owner(&mut self, instance_id: &str) -> Result<Option<String>, StoreError>;
+    /// The stored account of `instance_id`, its row locked until the transaction ends (a disk
+    /// attached to it, or its move to another account, waits for this write).
+    async fn lock_instance_owner(
+        &mut self,
+        instance_id: &str,
+    ) -> Result<Option<String>, StoreError>;
 
     async fn upsert_account(&mut self, account: &Account) -> Result<Account, StoreError>;
 

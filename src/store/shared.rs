@@ -414,21 +414,32 @@ where
         Ok(found.map(|(disk_id,)| disk_id))
     }
 
-    async fn disk_owner(&mut self, disk_id: &str) -> Result<Option<(String, i32)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT account_id, snapshot_count FROM disks WHERE disk_id = $1")
-                .bind(disk_id)
-                .fetch_optional(self.connection())
-                .await?,
-        )
+    async fn lock_disk_owner(
+        &mut self,
+        disk_id: &str,
+    ) -> Result<Option<(String, i32)>, StoreError> {
+        let statement = format!(
+            "SELECT account_id, snapshot_count FROM disks WHERE disk_id = $1{}",
+            DB::LOCK_ROWS
+        );
+        Ok(sqlx::query_as(&statement)
+            .bind(disk_id)
+            .fetch_optional(self.connection())
+            .await?)
     }
 
-    async fn instance_owner(&mut self, instance_id: &str) -> Result<Option<String>, StoreError> {
-        let found: Option<(String,)> =
-            sqlx::query_as("SELECT account_id FROM instances WHERE instance_id = $1")
-                .bind(instance_id)
-                .fetch_optional(self.connection())
-                .await?;
+    async fn lock_instance_owner(
+        &mut self,
+        instance_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let statement = format!(
+            "SELECT account_id FROM instances WHERE instance_id = $1{}",
+            DB::LOCK_ROWS
+        );
+        let found: Option<(String,)> = sqlx::query_as(&statement)
+            .bind(instance_id)
+            .fetch_optional(self.connection())
+            .await?;
         Ok(found.map(|(owner,)| owner))
     }
 
@@ -819,6 +830,13 @@ const INVARIANTS: &[Invariant] = &[
         sql: "SELECT s.snapshot_id, s.account_id || ' <> ' || d.account_id FROM snapshots s \
               JOIN disks d ON d.disk_id = s.source_disk_id \
               WHERE d.account_id <> s.account_id",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a disk is attached only to an instance of its own account",
+        sql: "SELECT d.disk_id, d.account_id || ' <> ' || i.account_id FROM disks d \
+              JOIN instances i ON i.instance_id = d.instance_id \
+              WHERE i.account_id <> d.account_id",
         takes_quota: false,
     },
     Invariant {

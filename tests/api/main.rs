@@ -18,6 +18,7 @@ mod group_commit;
 mod hostile;
 mod idempotence;
 mod inventory;
+mod inventory_races;
 mod load;
 mod operations;
 mod round_trips;
