@@ -134,6 +134,9 @@ pub struct PageCursor {
 
 const NEXT_TOKEN_VERSION: &str = "v1";
 
+/// 9999-12-31T23:59:59Z: no later instant is stored anywhere.
+const LATEST_SECONDS: i64 = 253_402_300_799;
+
 impl PageCursor {
     /// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>|<crc32>`.
     /// The checksum makes a token that was altered (or not written by us) malformed rather than
@@ -179,6 +182,10 @@ impl PageCursor {
         };
         let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
         let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
+        // Only instants a snapshot can have been created at (both databases store them).
+        if !(0..=LATEST_SECONDS).contains(&seconds) || nanos >= 1_000_000_000 {
+            return Err(malformed());
+        }
         let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
         let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
         Ok(Self {
@@ -314,6 +321,34 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A token with a valid checksum around a body this service never wrote.
+    fn forged(body: &str) -> String {
+        let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_forged_token_with_an_instant_no_snapshot_can_have_is_malformed() {
+        let id = "s-zzzzzzzzzzzzzzzzzzzz";
+        for body in [
+            format!("v1|-211000000000|0|{id}"),
+            format!("v1|-1|0|{id}"),
+            format!("v1|253402300800|0|{id}"),
+            format!("v1|0|1000000000|{id}"),
+            format!("v1|{}|0|{id}", i64::MAX),
+        ] {
+            assert_eq!(
+                PageCursor::parse_token(&forged(&body)),
+                Err(ParseError::InvalidNextTokenMalformed),
+                "{body}"
+            );
+        }
+        assert!(
+            PageCursor::parse_token(&forged(&format!("v1|253402300799|999999999|{id}"))).is_ok()
+        );
+        assert!(PageCursor::parse_token(&forged(&format!("v1|0|0|{id}"))).is_ok());
     }
 
     #[test]

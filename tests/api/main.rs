@@ -16,6 +16,7 @@ mod embedded;
 mod faults;
 mod group_commit;
 mod hostile;
+mod hostile_inputs;
 mod idempotence;
 mod inventory;
 mod inventory_races;
