@@ -13,6 +13,31 @@ use crate::engine::Policy;
 /// The file the embedded store uses when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://snapshotd.db";
 
+const MILLISECOND: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Parses a duration (`90s`, `1h`) and refuses one outside `min..=max`: every configured time is
+/// checked at startup, and clap's error names the flag.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        let value = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ))
+        }
+    }
+}
+
 #[derive(Clone, Parser)]
 #[command(
     name = "snapshotd",
@@ -43,7 +68,7 @@ pub struct Config {
     pub admin_token: Option<String>,
 
     /// How long after creation a disk is still initializing (e.g. 1h, 90m).
-    #[arg(long, global = true, env = "SNAPSHOTD_INIT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_INIT_WINDOW", default_value = "1h", value_parser = duration_in(Duration::ZERO, DAY * 7))]
     pub init_window: Duration,
 
     /// Snapshots one disk may hold.
@@ -55,30 +80,25 @@ pub struct Config {
     pub copy_rate_mibps: u32,
 
     /// How often the worker looks for finished copies and expired snapshots when idle.
-    #[arg(long, global = true, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = duration_in(MILLISECOND, HOUR))]
     pub worker_interval: Duration,
 
     /// Largest number of database connections (PostgreSQL).
-    #[arg(
-        long,
-        global = true,
-        env = "SNAPSHOTD_DB_MAX_CONNECTIONS",
-        default_value_t = 32
-    )]
+    #[arg(long, global = true, env = "SNAPSHOTD_DB_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection before it is answered UNAVAILABLE (with
     /// RetryInfo): the bound on a call's wait while the database is gone or saturated.
-    #[arg(long, global = true, env = "SNAPSHOTD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = duration_in(MILLISECOND, HOUR))]
     pub db_acquire_timeout: Duration,
 
     /// How long in-flight calls may take to finish after SIGTERM before they are cut off.
-    #[arg(long, global = true, env = "SNAPSHOTD_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration_in(Duration::ZERO, HOUR))]
     pub shutdown_grace: Duration,
 
     /// Longest a call may run; a slower one is answered DEADLINE_EXCEEDED (a client's shorter
     /// grpc-timeout also applies).
-    #[arg(long, global = true, env = "SNAPSHOTD_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration_in(MILLISECOND, HOUR))]
     pub request_timeout: Duration,
 
     /// Calls served at once; beyond it a call is shed at once with UNAVAILABLE and RetryInfo.
@@ -100,16 +120,16 @@ pub struct Config {
     pub max_message_size: u32,
 
     /// HTTP/2 PING interval on idle connections (a peer that does not answer is dropped).
-    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration_in(MILLISECOND, DAY))]
     pub keepalive_interval: Duration,
 
     /// How long to wait for a PING's answer before dropping the connection.
-    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration_in(MILLISECOND, HOUR))]
     pub keepalive_timeout: Duration,
 
     /// Connections are closed gracefully (GOAWAY) after this age, so clients rebalance across
     /// replicas; calls in flight on them finish first.
-    #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONNECTION_AGE", default_value = "10m", value_parser = duration_in(SECOND, DAY * 7))]
     pub max_connection_age: Duration,
 
     /// Where Prometheus metrics are served (`/metrics`), or `off`.
@@ -323,6 +343,48 @@ pub fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_duration_and_count_is_checked_at_startup_and_the_error_names_the_flag() {
+        let refused = [
+            ("--init-window", "300000y"),
+            ("--init-window", "8days"),
+            ("--request-timeout", "0s"),
+            ("--request-timeout", "2h"),
+            ("--worker-interval", "0s"),
+            ("--db-acquire-timeout", "0ms"),
+            ("--shutdown-grace", "2h"),
+            ("--keepalive-interval", "0s"),
+            ("--keepalive-timeout", "0s"),
+            ("--max-connection-age", "500ms"),
+            ("--db-max-connections", "0"),
+            ("--snapshot-quota", "0"),
+            ("--copy-rate-mibps", "0"),
+            ("--max-concurrent-requests", "0"),
+            ("--max-message-size", "1023"),
+        ];
+        for (flag, value) in refused {
+            let error = Config::try_parse_from(["snapshotd", flag, value])
+                .expect_err(&format!("{flag} {value}"))
+                .to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let accepted = [
+            ("--init-window", "0s"),
+            ("--init-window", "7days"),
+            ("--request-timeout", "1ms"),
+            ("--request-timeout", "1h"),
+            ("--shutdown-grace", "0s"),
+            ("--max-connection-age", "1s"),
+            ("--db-max-connections", "1"),
+        ];
+        for (flag, value) in accepted {
+            assert!(
+                Config::try_parse_from(["snapshotd", flag, value]).is_ok(),
+                "{flag} {value}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_are_redacted_from_database_urls() {

@@ -44,3 +44,12 @@ pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};
 
 /// Timestamps are UTC instants throughout.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// `at + by`, or the last representable instant if that is past it: configured windows and
+/// copy times come from outside, and time arithmetic must never panic on them.
+pub fn later(at: Timestamp, by: std::time::Duration) -> Timestamp {
+    chrono::TimeDelta::from_std(by)
+        .ok()
+        .and_then(|by| at.checked_add_signed(by))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}

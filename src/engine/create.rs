@@ -11,7 +11,7 @@ use chrono::TimeDelta;
 use super::RuleError;
 use crate::domain::{
     Account, Disk, DiskStatus, InProgressSnapshot, Instance, InstanceStatus, SECURITY_LOCK,
-    Timestamp,
+    Timestamp, later,
 };
 
 /// The tunable limits the rules apply.
@@ -138,7 +138,7 @@ pub fn decide_create(
             instance_id,
         });
     }
-    let initialized_at = disk.created_at + policy.init_window;
+    let initialized_at = later(disk.created_at, policy.init_window);
     if now < initialized_at {
         return Err(RuleError::IncorrectDiskStatusInitializing {
             disk_id,
@@ -147,8 +147,10 @@ pub fn decide_create(
     }
     if let Some(in_progress) = &state.in_progress {
         let done_at = in_progress.due_at.unwrap_or_else(|| {
-            in_progress.started_at
-                + estimated_copy_time(in_progress.source_disk_size_gib, policy.copy_rate_mibps)
+            later(
+                in_progress.started_at,
+                estimated_copy_time(in_progress.source_disk_size_gib, policy.copy_rate_mibps),
+            )
         });
         return Err(RuleError::IncorrectDiskStatusCreatingSnapshot {
             disk_id,

@@ -796,3 +796,56 @@ fn the_retry_hint_uses_the_backends_due_time_when_the_store_read_it() {
         other => panic!("expected CreatingSnapshot, got {other:?}"),
     }
 }
+
+mod whatever_the_configuration {
+    //! The rules take the policy from the command line and times from the inventory: no value
+    //! of either may make them panic (issue 16 #7: `--init-window 300000y` once did).
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An instant anywhere from the earliest to the latest chrono can hold.
+    fn any_instant() -> impl Strategy<Value = Timestamp> {
+        let (earliest, latest) = (
+            chrono::DateTime::<Utc>::MIN_UTC.timestamp(),
+            chrono::DateTime::<Utc>::MAX_UTC.timestamp(),
+        );
+        prop_oneof![
+            (earliest..=latest).prop_map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+            Just(chrono::DateTime::<Utc>::MAX_UTC),
+            Just(now()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_rules_never_panic(
+            init_window_secs in prop_oneof![any::<u64>(), Just(300_000 * 365 * 86_400)],
+            copy_rate_mibps in any::<u32>(),
+            snapshot_quota in any::<u32>(),
+            size_gib in any::<i32>(),
+            created_at in any_instant(),
+            started_at in any_instant(),
+            now in any_instant(),
+            in_progress in any::<bool>(),
+        ) {
+            let policy = Policy {
+                snapshot_quota,
+                init_window: Duration::from_secs(init_window_secs),
+                copy_rate_mibps,
+            };
+            let state = healthy_with(|state| {
+                disk(state).created_at = created_at;
+                disk(state).size_gib = size_gib;
+                state.in_progress = in_progress.then(|| InProgressSnapshot {
+                    snapshot_id: SNAPSHOT.to_owned(),
+                    started_at,
+                    source_disk_size_gib: size_gib,
+                    due_at: None,
+                });
+            });
+            let _ = decide_create(ACCOUNT, DISK, &state, &policy, now);
+        }
+    }
+}

@@ -11,7 +11,7 @@ use super::{CreateOutcome, Service, ServiceError, cancel_copy, finish, retry_con
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::domain::{
     CreateSnapshotCommand, PageCursor, Snapshot, SnapshotId, SnapshotQuery, SnapshotStatus,
-    SnapshotUsage, Timestamp, new_snapshot_id,
+    SnapshotUsage, Timestamp, later, new_snapshot_id,
 };
 use crate::engine::{
     CreateState, DeletePlan, Policy, RuleError, SnapshotFacts, TokenBinding, check_token_binding,
@@ -188,7 +188,7 @@ pub(super) async fn start_copy(
         .start_copy(snapshot)
         .await
         .map_err(ServiceError::CopyNotStarted)?;
-    snapshot.copy_due_at = snapshot.started_at + copy_time;
+    snapshot.copy_due_at = later(snapshot.started_at, copy_time);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use super::{Service, ServiceError, cancel_copy, finish};
 use crate::backend::{CopyState, SnapshotBackend};
-use crate::domain::{Snapshot, SnapshotStatus, Timestamp};
+use crate::domain::{Snapshot, SnapshotStatus, Timestamp, later};
 use crate::store::{Transaction, WorkQueue};
 
 /// Rows claimed per step and queue: a step records them in a few statements, so a large batch
@@ -61,7 +61,7 @@ async fn advance_copies(
                 done.failed += 1;
             }
             CopyState::Copying { remaining, .. } => {
-                tx.postpone_copy(snapshot, now + remaining).await?;
+                tx.postpone_copy(snapshot, later(now, remaining)).await?;
             }
         }
     }
