@@ -24,6 +24,7 @@ mod load;
 mod operations;
 mod round_trips;
 mod server;
+mod sqlite_file;
 mod tags_and_retention;
 mod tenant_matrix;
 mod tenants;

@@ -6,7 +6,7 @@
 //! locking read is the one-call read, call by call. WAL keeps readers off the writer's back.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -153,29 +153,29 @@ async fn insert_snapshot(
     Ok(())
 }
 
-/// Takes an exclusive lock on `<database>.lock`, refusing a second server on the same file.
+/// Takes an exclusive lock on the database file itself (`flock`, which SQLite's own `fcntl`
+/// locks do not touch): a second opener of the same file is refused whatever path it names —
+/// a hard link, a symbolic link, a bind mount into another container. A name-based lock file
+/// let all of those through. The file is created if missing, as SQLite would.
 fn lock_for_one_process(database: &Path) -> Result<File, StoreError> {
-    let mut lock_path = database.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&lock_path)
-        .map_err(|e| {
-            StoreError::Unsupported(format!("cannot open {}: {e}", lock_path.display()))
-        })?;
+        .open(database)
+        .map_err(|e| StoreError::Unsupported(format!("cannot open {}: {e}", database.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StoreError::Unsupported(format!(
-            "another snapshotd is already serving {}; the embedded SQLite store allows one \
-             server process per database file: run replicas on PostgreSQL",
+            "another snapshotd is already serving {} (this file, under this or another name); \
+             the embedded SQLite store allows one server process per database file: run \
+             replicas on PostgreSQL",
             database.display()
         ))),
         Err(TryLockError::Error(e)) => Err(StoreError::Unsupported(format!(
             "cannot lock {}: {e}",
-            lock_path.display()
+            database.display()
         ))),
     }
 }
