@@ -201,7 +201,7 @@ impl App {
         // Everything that runs beside the server stops when this turns true.
         let (stop_side_tasks, side_stop) = tokio::sync::watch::channel(false);
         let database_watch = tokio::spawn(watch_database(
-            self.store(),
+            self.service(),
             health.clone(),
             side_stop.clone(),
         ));
@@ -404,10 +404,11 @@ async fn read_gauges(store: Arc<dyn Store>, layer: RpcLayer) {
 /// How often readiness asks the database whether it is there.
 const DATABASE_PING_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Reports NOT_SERVING for every service while the database does not answer, SERVING again once
-/// it does: a balancer then sends calls to a replica that can serve them.
+/// Reports NOT_SERVING for every service while the database does not answer, or while its disk
+/// is full, SERVING again once it answers and takes writes: a balancer then sends calls to a
+/// replica that can serve them.
 async fn watch_database(
-    store: Arc<dyn Store>,
+    service: Arc<Service>,
     health: Readiness,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -417,16 +418,18 @@ async fn watch_database(
             _ = tokio::time::sleep(DATABASE_PING_INTERVAL) => {}
             _ = stop.changed() => return,
         }
-        let reachable = tokio::time::timeout(DATABASE_PING_INTERVAL * 4, store.ping())
+        let answers =
+            async { service.store().ping().await.is_ok() && service.storage_writable().await };
+        let reachable = tokio::time::timeout(DATABASE_PING_INTERVAL * 4, answers)
             .await
-            .is_ok_and(|ping| ping.is_ok());
+            .unwrap_or(false);
         if reachable != serving {
             serving = reachable;
             if serving {
-                tracing::info!("the database answers again: SERVING");
+                tracing::info!("the database answers and takes writes again: SERVING");
                 health.set(ServingStatus::Serving).await;
             } else {
-                tracing::error!("the database does not answer: NOT_SERVING");
+                tracing::error!("the database does not answer, or its disk is full: NOT_SERVING");
                 health.set(ServingStatus::NotServing).await;
             }
         }

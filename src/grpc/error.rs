@@ -163,6 +163,10 @@ fn instance_subject(instance_id: &str) -> String {
     format!("instance/{instance_id}")
 }
 
+/// How long a call refused for a full disk is told to wait: space comes back by an operator's
+/// hand, not in milliseconds.
+const STORAGE_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a shed call is told to wait: long enough for a burst to pass, short enough that a
 /// client does not notice.
 const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -223,6 +227,13 @@ fn answer(err: &ApiError) -> Answer {
             "The request has failed due to a temporary failure of the server.",
         )
         .retry_after(Duration::from_secs(1)),
+        ApiError::Store(StoreError::StorageFull(_)) => Answer::new(
+            Unavailable,
+            "StorageFull",
+            503,
+            "The request has failed because the service's storage is full. Try again later.",
+        )
+        .retry_after(STORAGE_FULL_RETRY_AFTER),
         ApiError::Store(_) | ApiError::Panicked { .. } | ApiError::Routing(_) => Answer::new(
             Internal,
             "InternalError",

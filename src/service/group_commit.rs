@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::snapshots::{Judgement, judge, start_copy};
-use super::{CONFLICT_ATTEMPTS, CreateOutcome, ServiceError, cancel_copy};
+use super::{CONFLICT_ATTEMPTS, CreateOutcome, ServiceError, StorageHealth, cancel_copy};
 use crate::backend::SnapshotBackend;
 use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
 use crate::engine::Policy;
@@ -72,6 +72,7 @@ const RETRIES: usize = 3;
 pub(super) struct GroupCommit {
     store: Arc<dyn Store>,
     backend: Arc<dyn SnapshotBackend>,
+    storage: StorageHealth,
     lanes: Vec<Arc<Lane>>,
     pick_lane: RandomState,
     max_batch: usize,
@@ -85,13 +86,20 @@ struct Lane {
 }
 
 impl GroupCommit {
-    /// Writes on `store`, starting copies on `backend`: `lanes` batches at once at most (the
-    /// store's [`Store::create_lanes`]), of at most `max_batch` calls each.
-    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn SnapshotBackend>, max_batch: usize) -> Self {
+    /// Writes on `store`, starting copies on `backend` and noting full disks in `storage`:
+    /// `lanes` batches at once at most (the store's [`Store::create_lanes`]), of at most
+    /// `max_batch` calls each.
+    pub fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn SnapshotBackend>,
+        storage: StorageHealth,
+        max_batch: usize,
+    ) -> Self {
         let lanes = store.create_lanes();
         Self {
             store,
             backend,
+            storage,
             lanes: (0..lanes.max(1))
                 .map(|_| {
                     Arc::new(Lane {
@@ -153,7 +161,12 @@ impl GroupCommit {
                     // In a task of its own, holding the lane's turn: if this call goes away
                     // (cancelled, past its deadline), the batch still ends and answers the
                     // others. Dropped halfway, it could commit with nobody told.
-                    let write = write_batch(Arc::clone(&self.store), batch, Arc::clone(&self.backend));
+                    let write = write_batch(
+                        Arc::clone(&self.store),
+                        batch,
+                        Arc::clone(&self.backend),
+                        self.storage.clone(),
+                    );
                     let lane = Arc::clone(lane);
                     let writing = tokio::spawn(async move {
                         let _turn = turn;
@@ -220,6 +233,7 @@ async fn write_batch(
     store: Arc<dyn Store>,
     batch: Vec<Queued>,
     backend: Arc<dyn SnapshotBackend>,
+    storage: StorageHealth,
 ) -> Option<Unreachable> {
     let written = async {
         let mut attempt = 1;
@@ -254,6 +268,7 @@ async fn write_batch(
         // deadline): stop, which rolls it back, and free the lane.
         () = all_gone(&batch) => return None,
     };
+    storage.note(&written);
     // A batch that failed as a whole: an unreachable database is every call's answer (each
     // would wait for it again alone); otherwise a lone call gets the error, and the calls of a
     // larger batch each find their own answer alone.

@@ -1,7 +1,7 @@
 //! CreateImage: a custom image from the caller's accomplished snapshot, which it pins.
 
 use super::snapshots::facts;
-use super::{CreateOutcome, Service, ServiceError, finish, retry_conflicts};
+use super::{CreateOutcome, Service, ServiceError, retry_conflicts};
 use crate::domain::{CreateImageCommand, Timestamp, new_image_id};
 use crate::engine::{check_token_binding, decide_create_image};
 use crate::store::Transaction;
@@ -16,7 +16,7 @@ impl Service {
         retry_conflicts(|| async {
             let mut tx = self.store.begin().await?;
             let result = create_image(tx.as_mut(), command, now).await;
-            finish(tx, result).await
+            self.finish(tx, result).await
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! The inventory the control plane pushes (accounts, instances, disks), checked against what is
 //! stored: the admin API's use cases.
 
-use super::{Service, ServiceError, finish};
+use super::{Service, ServiceError};
 use crate::domain::{Account, Disk, DiskId, Instance};
 use crate::engine::{
     RuleError, check_account_exists, check_disk_attachment, check_disk_reassignment,
@@ -13,14 +13,14 @@ impl Service {
     pub async fn put_account(&self, account: &Account) -> Result<Account, ServiceError> {
         let mut tx = self.store.begin().await?;
         let result = tx.upsert_account(account).await.map_err(ServiceError::from);
-        finish(tx, result).await
+        self.finish(tx, result).await
     }
 
     /// Refuses an unknown account, and another account's disk still attached.
     pub async fn put_instance(&self, instance: &Instance) -> Result<Instance, ServiceError> {
         let mut tx = self.store.begin().await?;
         let result = put_instance(tx.as_mut(), instance).await;
-        finish(tx, result).await
+        self.finish(tx, result).await
     }
 
     /// Refuses an unknown account or instance, an instance of another account, and moving a
@@ -28,7 +28,7 @@ impl Service {
     pub async fn put_disk(&self, disk: &Disk) -> Result<Disk, ServiceError> {
         let mut tx = self.store.begin().await?;
         let result = put_disk(tx.as_mut(), disk).await;
-        finish(tx, result).await
+        self.finish(tx, result).await
     }
 
     /// Any account's disk (the admin view).

@@ -13,6 +13,7 @@ mod snapshots;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use snapshots::{DescribedPage, SnapshotView};
 pub use worker::WorkDone;
@@ -72,6 +73,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     policy: Policy,
     group_commit: GroupCommit,
+    storage: StorageHealth,
 }
 
 /// Calls written in one create transaction at most.
@@ -84,13 +86,20 @@ impl Service {
         clock: Arc<dyn Clock>,
         policy: Policy,
     ) -> Self {
-        let group_commit = GroupCommit::new(Arc::clone(&store), Arc::clone(&backend), CREATE_BATCH);
+        let storage = StorageHealth::default();
+        let group_commit = GroupCommit::new(
+            Arc::clone(&store),
+            Arc::clone(&backend),
+            storage.clone(),
+            CREATE_BATCH,
+        );
         Self {
             store,
             backend,
             clock,
             policy,
             group_commit,
+            storage,
         }
     }
 
@@ -105,20 +114,70 @@ impl Service {
     }
 }
 
-/// Commits `tx` when `result` is `Ok`, else rolls it back; the result either way.
-async fn finish<T>(
-    tx: Box<dyn Transaction>,
-    result: Result<T, ServiceError>,
-) -> Result<T, ServiceError> {
-    match result {
-        Ok(value) => {
-            tx.commit().await?;
-            Ok(value)
+impl Service {
+    /// Commits `tx` when `result` is `Ok`, else rolls it back; the result either way, noted in
+    /// the storage's health.
+    async fn finish<T>(
+        &self,
+        tx: Box<dyn Transaction>,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let result = match result {
+            Ok(value) => tx
+                .commit()
+                .await
+                .map(|()| value)
+                .map_err(ServiceError::from),
+            Err(err) => {
+                tx.rollback().await;
+                Err(err)
+            }
+        };
+        self.storage.note(&result);
+        result
+    }
+
+    /// Whether writes can be committed. After one met a full disk, this tries one (a row of
+    /// its own) until it commits: readiness asks, so a replica with a full disk is taken out
+    /// of rotation and comes back by itself once there is space.
+    pub async fn storage_writable(&self) -> bool {
+        if !self.storage.is_full() {
+            return true;
         }
-        Err(err) => {
-            tx.rollback().await;
-            Err(err)
+        let probed = async {
+            let mut tx = self.store.begin().await?;
+            let result = tx
+                .probe_write(self.clock.now())
+                .await
+                .map_err(ServiceError::from);
+            self.finish(tx, result).await
+        };
+        if probed.await.is_ok() {
+            self.storage.clear();
         }
+        !self.storage.is_full()
+    }
+}
+
+/// Whether the database's disk is full: set by any write that met a full disk, cleared only by
+/// the write probe of [`Service::storage_writable`] (a transaction that happened to write
+/// nothing, such as an idle worker step, commits on a full disk too).
+#[derive(Debug, Clone, Default)]
+struct StorageHealth(Arc<AtomicBool>);
+
+impl StorageHealth {
+    fn note<T>(&self, result: &Result<T, ServiceError>) {
+        if let Err(ServiceError::Store(StoreError::StorageFull(_))) = result {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

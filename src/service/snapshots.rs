@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{CreateOutcome, Service, ServiceError, cancel_copy, finish, retry_conflicts};
+use super::{CreateOutcome, Service, ServiceError, cancel_copy, retry_conflicts};
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::domain::{
     CreateSnapshotCommand, PageCursor, Snapshot, SnapshotId, SnapshotQuery, SnapshotStatus,
@@ -58,7 +58,7 @@ impl Service {
                 self.backend.as_ref(),
             )
             .await;
-            finish(tx, result).await
+            self.finish(tx, result).await
         })
         .await
     }
@@ -117,7 +117,7 @@ impl Service {
             self.backend.as_ref(),
         )
         .await;
-        finish(tx, result).await
+        self.finish(tx, result).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The lifecycle worker's step: finish copies whose time has come, release snapshots past
 //! their retention. Each queue is claimed with `SKIP LOCKED` (PostgreSQL), so replicas share it.
 
-use super::{Service, ServiceError, cancel_copy, finish};
+use super::{Service, ServiceError, cancel_copy};
 use crate::backend::{CopyState, SnapshotBackend};
 use crate::domain::{Snapshot, SnapshotStatus, Timestamp, later};
 use crate::store::{Transaction, WorkQueue};
@@ -30,10 +30,10 @@ impl Service {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let copies = advance_copies(tx.as_mut(), now, self.backend.as_ref()).await;
-        let copies = finish(tx, copies).await?;
+        let copies = self.finish(tx, copies).await?;
         let mut tx = self.store.begin().await?;
         let released = release_expired(tx.as_mut(), now, self.backend.as_ref()).await;
-        let released = finish(tx, released).await?;
+        let released = self.finish(tx, released).await?;
         Ok(WorkDone { released, ..copies })
     }
 }

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// Cloneable, so that every call of a batch that met it can be told.
     #[error("the database is unavailable")]
     Unavailable(#[source] Unreachable),
+    /// The database's disk is full: nothing was written, and writes fail until there is space.
+    #[error("the database's storage is full")]
+    StorageFull(#[source] sqlx::Error),
     /// A row the database holds does not decode into the domain (a bug or a hand edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -66,7 +69,12 @@ impl From<sqlx::Error> for StoreError {
             }),
             _ => false,
         };
-        if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
+        // PostgreSQL: disk_full (53100); SQLite: SQLITE_FULL (13).
+        let storage_full = matches!(&err, sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| code == "53100" || code == "13"));
+        if storage_full {
+            Self::StorageFull(err)
+        } else if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
             Self::Conflict(err)
         } else if unreachable {
             Self::Unavailable(Unreachable(Arc::new(err)))
@@ -246,6 +254,10 @@ pub trait Transaction: Send {
     async fn upsert_instance(&mut self, instance: &Instance) -> Result<Instance, StoreError>;
 
     async fn upsert_disk(&mut self, disk: &Disk) -> Result<Disk, StoreError>;
+
+    /// Writes the one row of `write_probe`: whether a write can be committed now (readiness,
+    /// while the disk was full).
+    async fn probe_write(&mut self, now: Timestamp) -> Result<(), StoreError>;
 
     // The snapshot lifecycle.
 

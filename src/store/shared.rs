@@ -43,6 +43,12 @@ pub trait Dialect: Database + Sized {
     /// This database's schema, one numbered migration per change.
     const MIGRATOR: Migrator;
 
+    /// Runs a statement without parameters (`BEGIN`, `COMMIT`, `ROLLBACK`) as it is.
+    fn execute(
+        connection: &mut Self::Connection,
+        statement: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// See [`Transaction::lock_free_disks_and_read`].
     fn lock_free_disks_and_read(
         session: &mut SqlSession<Self>,
@@ -104,16 +110,23 @@ where
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let waiting = std::time::Instant::now();
-        let transaction = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let mut session = SqlSession {
+            connection: self.pool.acquire().await?,
+            in_transaction: true,
+        };
+        if let Err(err) = DB::execute(&mut session.connection, DB::BEGIN_WRITE).await {
+            session.connection.close_on_drop();
+            session.in_transaction = false;
+            return Err(err.into());
+        }
         crate::telemetry::metric::db_begin_wait(waiting.elapsed());
-        Ok(Box::new(SqlSession {
-            connection: Connection::Transaction(transaction),
-        }))
+        Ok(Box::new(session))
     }
 
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
         Ok(Box::new(SqlSession {
-            connection: Connection::Autocommit(self.pool.acquire().await?),
+            connection: self.pool.acquire().await?,
+            in_transaction: false,
         }))
     }
 
@@ -130,23 +143,48 @@ where
     }
 }
 
-/// One connection: a write transaction ([`Store::begin`]) or a pooled connection for reads
-/// ([`Store::read`]).
+/// One pooled connection: in a write transaction ([`Store::begin`]) or not ([`Store::read`]).
+///
+/// The transaction is the session's own (`BEGIN`, `COMMIT`, `ROLLBACK`), so that a connection
+/// whose transaction did not end cleanly — a COMMIT that failed (a full disk), a ROLLBACK that
+/// failed, a call dropped halfway — is closed, never handed to the next call still inside it.
 pub struct SqlSession<DB: Database> {
-    connection: Connection<DB>,
-}
-
-enum Connection<DB: Database> {
-    Transaction(sqlx::Transaction<'static, DB>),
-    Autocommit(PoolConnection<DB>),
+    connection: PoolConnection<DB>,
+    in_transaction: bool,
 }
 
 impl<DB: Database> SqlSession<DB> {
     pub(super) fn connection(&mut self) -> &mut DB::Connection {
-        match &mut self.connection {
-            Connection::Transaction(transaction) => transaction,
-            Connection::Autocommit(connection) => connection,
+        &mut self.connection
+    }
+}
+
+impl<DB: Database> Drop for SqlSession<DB> {
+    fn drop(&mut self) {
+        if self.in_transaction {
+            // Dropped halfway (a cancelled call): closing the connection rolls it back.
+            self.connection.close_on_drop();
         }
+    }
+}
+
+impl<DB: Dialect> SqlSession<DB> {
+    /// Ends the transaction with `statement`; on failure, tries a ROLLBACK, and closes the
+    /// connection unless that worked.
+    async fn end(&mut self, statement: &'static str) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        let ended = DB::execute(&mut self.connection, statement).await;
+        if ended.is_err() {
+            let rolled_back = statement != "ROLLBACK"
+                && DB::execute(&mut self.connection, "ROLLBACK").await.is_ok();
+            if !rolled_back {
+                self.connection.close_on_drop();
+            }
+        }
+        Ok(ended?)
     }
 }
 
@@ -195,6 +233,7 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Timestamp>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, i32): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
@@ -511,6 +550,19 @@ where
         row.try_into()
     }
 
+    /// 64 KiB of random bytes (which no page compression shrinks): a write that fits only where
+    /// the disk has room again, not in what a log had already allocated.
+    async fn probe_write(&mut self, now: Timestamp) -> Result<(), StoreError> {
+        let mut padding = vec![0u8; 64 * 1024];
+        rand::Rng::fill(&mut rand::rng(), padding.as_mut_slice());
+        sqlx::query("UPDATE write_probe SET probed_at = $1, padding = $2 WHERE id = 1")
+            .bind(now)
+            .bind(padding)
+            .execute(self.connection())
+            .await?;
+        Ok(())
+    }
+
     async fn lock_own_snapshot(
         &mut self,
         account_id: &str,
@@ -696,19 +748,13 @@ where
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        if let Connection::Transaction(transaction) = self.connection {
-            transaction.commit().await?;
-        }
-        Ok(())
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.end("COMMIT").await
     }
 
-    async fn rollback(self: Box<Self>) {
-        // Now: a dropped transaction's ROLLBACK waits for the connection's next use, and until
-        // then it keeps its locks. A failed rollback leaves a connection the pool discards.
-        if let Connection::Transaction(transaction) = self.connection {
-            let _ = transaction.rollback().await;
-        }
+    async fn rollback(mut self: Box<Self>) {
+        // Now, not when the connection is next used: until then it would keep its locks.
+        let _ = self.end("ROLLBACK").await;
     }
 }
 

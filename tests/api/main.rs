@@ -25,6 +25,7 @@ mod operations;
 mod round_trips;
 mod server;
 mod sqlite_file;
+mod storage_full;
 mod tags_and_retention;
 mod tenant_matrix;
 mod tenants;

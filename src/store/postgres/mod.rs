@@ -126,6 +126,14 @@ impl Dialect for Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
+    async fn execute(
+        connection: &mut PgConnection,
+        statement: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::Executor::execute(connection, statement).await?;
+        Ok(())
+    }
+
     async fn lock_free_disks_and_read(
         session: &mut SqlSession<Postgres>,
         commands: &[&CreateSnapshotCommand],

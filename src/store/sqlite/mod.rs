@@ -60,6 +60,14 @@ impl Dialect for Sqlite {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
     /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
+    async fn execute(
+        connection: &mut SqliteConnection,
+        statement: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::Executor::execute(connection, statement).await?;
+        Ok(())
+    }
+
     async fn lock_free_disks_and_read(
         session: &mut SqlSession<Sqlite>,
         commands: &[&CreateSnapshotCommand],
