@@ -19,11 +19,8 @@ use crate::on_both_backends;
 on_both_backends!(
     a_healthy_disk_gets_a_snapshot_id_and_a_request_id,
     a_call_without_an_account_is_unauthenticated,
-    an_empty_disk_id_is_a_missing_parameter,
-    a_malformed_disk_id_is_not_supported,
-    a_malformed_snapshot_name_is_refused,
-    a_malformed_description_is_refused,
-    a_malformed_client_token_is_refused,
+    each_malformed_input_is_refused_with_its_reason_and_nothing_is_stored,
+    a_name_of_128_chinese_characters_is_accepted,
     an_account_without_the_snapshot_service_is_refused,
     an_account_without_balance_is_refused,
     a_missing_disk_is_not_found,
@@ -105,72 +102,147 @@ async fn a_call_without_an_account_is_unauthenticated(backend: Backend) {
     assert_eq!(app.count_rows("snapshots").await, 0);
 }
 
-async fn an_empty_disk_id_is_a_missing_parameter(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let status = app.create_on("acct-a", "").await.unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "MissingParameter",
-        "400",
-        Detail::BadRequest("disk_id"),
-    );
+/// One malformed field of a CreateSnapshot request and the refusal it must get.
+struct Malformed {
+    /// The request field, also the field its BadRequest names.
+    field: &'static str,
+    value: String,
+    code: Code,
+    reason: &'static str,
+    http_status: &'static str,
+    /// The ErrorInfo metadata key that must echo the value back, if any.
+    echoed_as: Option<&'static str>,
 }
 
-async fn a_malformed_disk_id_is_not_supported(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let too_long = format!("d-{}", "a".repeat(63));
-    for disk_id in [
-        "disk-1",
-        "d-",
-        "d-ABC",
-        "d-a_b",
-        "D-1",
-        too_long.as_str(),
-        "d-é",
-    ] {
-        let status = app.create_on("acct-a", disk_id).await.unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::InvalidArgument,
+/// Rows for `values` of `field`, all refused alike.
+fn malformed(
+    field: &'static str,
+    reason: &'static str,
+    http_status: &'static str,
+    echoed_as: Option<&'static str>,
+    values: &[&str],
+) -> Vec<Malformed> {
+    values
+        .iter()
+        .map(|value| Malformed {
+            field,
+            value: (*value).to_owned(),
+            code: Code::InvalidArgument,
+            reason,
+            http_status,
+            echoed_as,
+        })
+        .collect()
+}
+
+/// Every malformed input of CreateSnapshot the error table names, one row each.
+fn malformed_create_inputs() -> Vec<Malformed> {
+    let disk_id_too_long = format!("d-{}", "a".repeat(63));
+    let name_too_long = format!("a{}", "b".repeat(128));
+    let description_too_long = "x".repeat(257);
+    let token_too_long = "t".repeat(65);
+    [
+        malformed("disk_id", "MissingParameter", "400", None, &[""]),
+        malformed(
+            "disk_id",
             "DiskId.ValueNotSupported",
             "403",
-            Detail::BadRequest("disk_id"),
-        );
-        assert_eq!(metadata.get("diskId").map(String::as_str), Some(disk_id));
-    }
-}
-
-async fn a_malformed_snapshot_name_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = format!("a{}", "b".repeat(128));
-    for name in [
-        "a",
-        "1abc",
-        "_abc",
-        "auto-nightly",
-        "http://x",
-        "https://x",
-        "a b",
-        "a.b",
-        too_long.as_str(),
-    ] {
-        let request = pb::CreateSnapshotRequest {
-            snapshot_name: name.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
+            Some("diskId"),
+            &[
+                "disk-1",
+                "d-",
+                "d-ABC",
+                "d-a_b",
+                "D-1",
+                &disk_id_too_long,
+                "d-é",
+            ],
+        ),
+        malformed(
+            "snapshot_name",
             "InvalidSnapshotName.Malformed",
             "400",
-            Detail::BadRequest("snapshot_name"),
+            None,
+            &[
+                "a",
+                "1abc",
+                "_abc",
+                "auto-nightly",
+                "http://x",
+                "https://x",
+                "a b",
+                "a.b",
+                &name_too_long,
+            ],
+        ),
+        malformed(
+            "description",
+            "InvalidDescription.Malformed",
+            "404",
+            None,
+            &[
+                "x",
+                "http://example.com",
+                "https://example.com",
+                &description_too_long,
+            ],
+        ),
+        malformed(
+            "client_token",
+            "InvalidClientToken.Malformed",
+            "403",
+            None,
+            &[&token_too_long, "tök", "tab\there", "bell\u{7}"],
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+async fn each_malformed_input_is_refused_with_its_reason_and_nothing_is_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let table = malformed_create_inputs();
+    assert_eq!(table.len(), 25, "every case of the table is still there");
+
+    for row in &table {
+        let mut request = create_request("d-acct-a-0");
+        let value = row.value.clone();
+        match row.field {
+            "disk_id" => request.disk_id = value,
+            "snapshot_name" => request.snapshot_name = value,
+            "description" => request.description = value,
+            "client_token" => request.client_token = value,
+            other => unreachable!("no field {other} in the table"),
+        }
+
+        let status = app.create("acct-a", request).await.unwrap_err();
+
+        let metadata = assert_error(
+            &status,
+            row.code,
+            row.reason,
+            row.http_status,
+            Detail::BadRequest(row.field),
         );
+        if let Some(key) = row.echoed_as {
+            assert_eq!(
+                metadata.get(key),
+                Some(&row.value),
+                "{} {:?}",
+                row.field,
+                row.value
+            );
+        }
     }
     assert_eq!(app.count_rows("snapshots").await, 0);
+    assert_eq!(app.count_rows("client_tokens").await, 0);
+}
 
+async fn a_name_of_128_chinese_characters_is_accepted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
     // 128 Chinese characters are 384 bytes but 128 characters: allowed.
     let request = pb::CreateSnapshotRequest {
         snapshot_name: "快".repeat(128),
@@ -179,54 +251,6 @@ async fn a_malformed_snapshot_name_is_refused(backend: Backend) {
     app.create("acct-a", request)
         .await
         .expect("a 128-character Chinese name");
-}
-
-async fn a_malformed_description_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = "x".repeat(257);
-    for description in [
-        "x",
-        "http://example.com",
-        "https://example.com",
-        too_long.as_str(),
-    ] {
-        let request = pb::CreateSnapshotRequest {
-            description: description.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "InvalidDescription.Malformed",
-            "404",
-            Detail::BadRequest("description"),
-        );
-    }
-    assert_eq!(app.count_rows("snapshots").await, 0);
-}
-
-async fn a_malformed_client_token_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = "t".repeat(65);
-    for token in [too_long.as_str(), "tök", "tab\there", "bell\u{7}"] {
-        let request = pb::CreateSnapshotRequest {
-            client_token: token.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "InvalidClientToken.Malformed",
-            "403",
-            Detail::BadRequest("client_token"),
-        );
-    }
-    assert_eq!(app.count_rows("snapshots").await, 0);
-    assert_eq!(app.count_rows("client_tokens").await, 0);
 }
 
 async fn an_account_without_the_snapshot_service_is_refused(backend: Backend) {
