@@ -5,14 +5,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use snapshotd::backend::{BackendError, CopyState, SnapshotBackend};
+use snapshotd::clock::Clock;
 use snapshotd::domain::{Snapshot, Timestamp};
 use snapshotd::pb;
 use tonic::Code;
 
 use crate::assertions::{Detail, assert_error, retry_delay_secs};
 use crate::helpers::{
-    Backend, Options, as_account, create_request, minutes_ago, spawn_app, spawn_app_with, world,
+    Backend, Options, as_account, create_request, minutes_ago, proto_time, spawn_app,
+    spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -476,26 +479,31 @@ async fn an_instance_never_started_is_refused(backend: Backend) {
 }
 
 async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
-    let status = refused_after(
-        backend,
-        |w| w.disks[0].created_at = Some(minutes_ago(59)),
+    // Ages are counted on the server's (frozen) clock, not the test's: however long the server
+    // took to start, the disk is exactly 59 minutes old to it.
+    let app = spawn_app(backend).await;
+    let now = app.clock.as_ref().expect("a manual clock").now();
+    let mut w = world("acct-a", 2);
+    w.disks[0].created_at = Some(proto_time(now - TimeDelta::minutes(59)));
+    w.disks[1].created_at = Some(proto_time(now - TimeDelta::minutes(61)));
+    app.seed(&w).await;
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+
+    let metadata = assert_error(
+        &status,
         Code::FailedPrecondition,
         "IncorrectDiskStatus.Initializing",
         "403",
         Detail::PreconditionFailureAndRetry,
-    )
-    .await;
-    let delay = retry_delay_secs(&status);
-    assert!(
-        (55..=61).contains(&delay),
-        "about one minute left, got {delay}s"
     );
-
-    let app = spawn_app(backend).await;
-    let mut w = world("acct-a", 1);
-    w.disks[0].created_at = Some(minutes_ago(61));
-    app.seed(&w).await;
-    app.create_on("acct-a", "d-acct-a-0")
+    assert_eq!(
+        metadata.get("diskId").map(String::as_str),
+        Some("d-acct-a-0")
+    );
+    assert_eq!(retry_delay_secs(&status), 60, "one minute left");
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    app.create_on("acct-a", "d-acct-a-1")
         .await
         .expect("61 minutes is past the window");
 
@@ -508,8 +516,9 @@ async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
         },
     )
     .await;
+    let now = app.clock.as_ref().expect("a manual clock").now();
     let mut w = world("acct-a", 1);
-    w.disks[0].created_at = Some(minutes_ago(11));
+    w.disks[0].created_at = Some(proto_time(now - TimeDelta::minutes(11)));
     app.seed(&w).await;
     app.create_on("acct-a", "d-acct-a-0")
         .await
