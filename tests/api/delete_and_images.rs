@@ -910,6 +910,7 @@ async fn one_image_token_raced_by_thirty_tasks_yields_one_image(backend: Backend
     assert_eq!(ids.len(), 1, "one image id for all: {ids:?}");
     assert_eq!(app.count_rows("images").await, 1);
     assert_eq!(app.count_rows("image_client_tokens").await, 1);
+    app.assert_invariants().await;
 }
 
 async fn one_image_token_raced_over_several_snapshots_yields_one_image_and_mismatches(
@@ -959,6 +960,7 @@ async fn one_image_token_raced_over_several_snapshots_yields_one_image_and_misma
         .filter(|s| s.usage == "image")
         .count();
     assert_eq!(pinned, 1, "only the winner's snapshot is pinned");
+    app.assert_invariants().await;
 }
 
 async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend) {
@@ -999,6 +1001,8 @@ async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend
         }
     }
     assert_eq!(deleted, 1, "one delete wins");
+    // Checked before the quota is used again, so a miscounted delete shows as itself.
+    app.assert_invariants().await;
     assert_eq!(listed_ids(&app, "acct-a").await, [kept]);
     // One slot was freed, not twenty.
     app.create_on("acct-a", "d-acct-a-0")
@@ -1013,6 +1017,7 @@ async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend
         "403",
         Detail::QuotaFailure,
     );
+    app.assert_invariants().await;
 }
 
 async fn a_delete_racing_an_image_never_loses_the_images_snapshot(backend: Backend) {
@@ -1064,6 +1069,7 @@ async fn a_delete_racing_an_image_never_loses_the_images_snapshot(backend: Backe
         }
     }
     assert_eq!(app.count_rows("images").await, imaged);
+    app.assert_invariants().await;
 }
 
 // ---------------------------------------------------------------------------------------------
