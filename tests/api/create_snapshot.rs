@@ -14,7 +14,7 @@ use tonic::Code;
 
 use crate::assertions::{Detail, assert_error, retry_delay_secs};
 use crate::helpers::{
-    Backend, Options, as_account, create_request, minutes_ago, proto_time, spawn_app,
+    Backend, Options, World, as_account, create_request, minutes_ago, proto_time, spawn_app,
     spawn_app_with, world,
 };
 use crate::on_both_backends;
@@ -27,13 +27,8 @@ on_both_backends!(
     an_account_without_the_snapshot_service_is_refused,
     an_account_without_balance_is_refused,
     a_missing_disk_is_not_found,
-    local_and_ephemeral_disks_are_not_supported,
-    an_expired_disk_is_in_arrears,
-    a_disk_never_attached_is_refused,
-    a_disk_not_in_use_is_refused,
-    an_instance_neither_running_nor_stopped_is_refused,
-    an_instance_locked_for_security_is_refused,
-    an_instance_never_started_is_refused,
+    each_disk_or_instance_the_rules_forbid_is_refused_with_its_reason,
+    a_stopped_instance_is_not_refused,
     a_disk_younger_than_the_init_window_is_initializing,
     a_second_snapshot_is_refused_while_one_is_in_progress,
     the_retry_hint_follows_the_backends_own_estimate_of_the_copy,
@@ -320,34 +315,34 @@ async fn a_missing_disk_is_not_found(backend: Backend) {
     );
 }
 
-/// Seeds a world whose only disk is changed by `change`, and expects `reason` for it.
-async fn refused_after(
-    backend: Backend,
-    change: impl FnOnce(&mut crate::helpers::World),
-    code: Code,
-    reason: &str,
-    http_status: &str,
-    detail: Detail,
-) -> tonic::Status {
-    let app = spawn_app(backend).await;
-    let mut w = world("acct-a", 1);
-    change(&mut w);
-    app.seed(&w).await;
-    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
-    let metadata = assert_error(&status, code, reason, http_status, detail);
-    assert_eq!(
-        metadata.get("diskId").map(String::as_str),
-        Some("d-acct-a-0")
-    );
-    assert_eq!(
-        app.count_rows("snapshots").await,
-        0,
-        "{reason} writes nothing"
-    );
-    status
+/// A disk or instance one of the rules forbids to snapshot, and the refusal it must get.
+struct Forbidden {
+    label: String,
+    change: Box<dyn FnOnce(&mut World)>,
+    reason: &'static str,
+    http_status: &'static str,
+    /// Whether ErrorInfo names the instance too (`instanceId`).
+    names_instance: bool,
 }
 
-async fn local_and_ephemeral_disks_are_not_supported(backend: Backend) {
+fn forbidden(
+    label: impl Into<String>,
+    change: impl FnOnce(&mut World) + 'static,
+    reason: &'static str,
+    http_status: &'static str,
+) -> Forbidden {
+    Forbidden {
+        label: label.into(),
+        change: Box::new(change),
+        reason,
+        http_status,
+        names_instance: false,
+    }
+}
+
+/// Every disk or instance state the rules refuse with a PreconditionFailure, one row each.
+fn forbidden_disks_and_instances() -> Vec<Forbidden> {
+    let mut rows = Vec::new();
     for category in [
         "local_ssd_pro",
         "local_hdd_pro",
@@ -356,48 +351,30 @@ async fn local_and_ephemeral_disks_are_not_supported(backend: Backend) {
         "elastic_ephemeral_disk_standard",
         "elastic_ephemeral_disk_premium",
     ] {
-        refused_after(
-            backend,
-            |w| w.disks[0].category = category.into(),
-            Code::FailedPrecondition,
+        rows.push(forbidden(
+            format!("a {category} disk"),
+            move |w| w.disks[0].category = category.into(),
             "DiskCategory.OperationNotSupported",
             "400",
-            Detail::PreconditionFailure,
-        )
-        .await;
+        ));
     }
-}
-
-async fn an_expired_disk_is_in_arrears(backend: Backend) {
-    refused_after(
-        backend,
+    rows.push(forbidden(
+        "an expired disk",
         |w| w.disks[0].expires_at = Some(minutes_ago(1)),
-        Code::FailedPrecondition,
         "DiskInArrears",
         "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn a_disk_never_attached_is_refused(backend: Backend) {
-    refused_after(
-        backend,
+    ));
+    rows.push(forbidden(
+        "a disk never attached",
         |w| {
             let disk = &mut w.disks[0];
             disk.ever_attached = false;
             disk.status = pb::DiskStatus::Available.into();
             disk.instance_id.clear();
         },
-        Code::FailedPrecondition,
         "IncorrectDiskStatus.NeverAttached",
         "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn a_disk_not_in_use_is_refused(backend: Backend) {
+    ));
     for status in [
         pb::DiskStatus::Available,
         pb::DiskStatus::Attaching,
@@ -405,46 +382,83 @@ async fn a_disk_not_in_use_is_refused(backend: Backend) {
         pb::DiskStatus::Creating,
         pb::DiskStatus::Reiniting,
     ] {
-        refused_after(
-            backend,
-            |w| w.disks[0].status = status.into(),
-            Code::FailedPrecondition,
+        rows.push(forbidden(
+            format!("a disk {status:?}"),
+            move |w| w.disks[0].status = status.into(),
             "IncorrectDiskStatus",
             "403",
-            Detail::PreconditionFailure,
-        )
-        .await;
+        ));
     }
-}
-
-async fn an_instance_neither_running_nor_stopped_is_refused(backend: Backend) {
     for status in [
         pb::InstanceStatus::Pending,
         pb::InstanceStatus::Starting,
         pb::InstanceStatus::Stopping,
     ] {
-        let refusal = refused_after(
-            backend,
-            |w| w.instance.status = status.into(),
-            Code::FailedPrecondition,
-            "IncorrectInstanceStatus",
-            "400",
-            Detail::PreconditionFailure,
-        )
-        .await;
-        let metadata = assert_error(
-            &refusal,
-            Code::FailedPrecondition,
-            "IncorrectInstanceStatus",
-            "400",
-            Detail::PreconditionFailure,
-        );
-        assert_eq!(
-            metadata.get("instanceId").map(String::as_str),
-            Some("i-acct-a")
-        );
+        rows.push(Forbidden {
+            names_instance: true,
+            ..forbidden(
+                format!("an instance {status:?}"),
+                move |w| w.instance.status = status.into(),
+                "IncorrectInstanceStatus",
+                "400",
+            )
+        });
     }
-    // A stopped instance is fine.
+    rows.push(forbidden(
+        "an instance locked for security",
+        |w| w.instance.lock_reasons = vec!["financial".into(), "security".into()],
+        "InstanceLockedForSecurity",
+        "403",
+    ));
+    rows.push(forbidden(
+        "an instance never started",
+        |w| w.instance.last_started_at = None,
+        "IncorrectDiskStatus.NeverUsed",
+        "403",
+    ));
+    rows
+}
+
+async fn each_disk_or_instance_the_rules_forbid_is_refused_with_its_reason(backend: Backend) {
+    // One server; each row is an account of its own whose only disk or instance it changes.
+    let app = spawn_app(backend).await;
+    let table = forbidden_disks_and_instances();
+    assert_eq!(table.len(), 18, "every case of the table is still there");
+
+    for (n, row) in table.into_iter().enumerate() {
+        let account = format!("acct-{n}");
+        let mut w = world(&account, 1);
+        (row.change)(&mut w);
+        app.seed(&w).await;
+        let disk_id = w.disks[0].disk_id.clone();
+
+        let status = app.create_on(&account, &disk_id).await.unwrap_err();
+
+        let metadata = assert_error(
+            &status,
+            Code::FailedPrecondition,
+            row.reason,
+            row.http_status,
+            Detail::PreconditionFailure,
+        );
+        assert_eq!(metadata.get("diskId"), Some(&disk_id), "{}", row.label);
+        if row.names_instance {
+            assert_eq!(
+                metadata.get("instanceId"),
+                Some(&w.instance.instance_id),
+                "{}",
+                row.label
+            );
+        }
+    }
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        0,
+        "a refusal writes nothing"
+    );
+}
+
+async fn a_stopped_instance_is_not_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut w = world("acct-a", 1);
     w.instance.status = pb::InstanceStatus::Stopped.into();
@@ -452,30 +466,6 @@ async fn an_instance_neither_running_nor_stopped_is_refused(backend: Backend) {
     app.create_on("acct-a", "d-acct-a-0")
         .await
         .expect("stopped instance");
-}
-
-async fn an_instance_locked_for_security_is_refused(backend: Backend) {
-    refused_after(
-        backend,
-        |w| w.instance.lock_reasons = vec!["financial".into(), "security".into()],
-        Code::FailedPrecondition,
-        "InstanceLockedForSecurity",
-        "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn an_instance_never_started_is_refused(backend: Backend) {
-    refused_after(
-        backend,
-        |w| w.instance.last_started_at = None,
-        Code::FailedPrecondition,
-        "IncorrectDiskStatus.NeverUsed",
-        "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
 }
 
 async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
