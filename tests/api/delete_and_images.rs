@@ -90,6 +90,23 @@ async fn delete(
         .map(tonic::Response::into_inner)
 }
 
+/// `status` is the NotFound every caller gets for a snapshot it does not own or nobody has,
+/// naming `snapshot_id`.
+#[track_caller]
+fn assert_not_found(status: &Status, snapshot_id: &str) {
+    let metadata = assert_error(
+        status,
+        Code::NotFound,
+        "InvalidSnapshotId.NotFound",
+        "404",
+        Detail::ResourceInfo("snapshot"),
+    );
+    assert_eq!(
+        metadata.get("snapshotId").map(String::as_str),
+        Some(snapshot_id)
+    );
+}
+
 /// The caller's snapshots, newest first (one page of up to 100).
 async fn listed(app: &TestApp, account: &str) -> Vec<pb::Snapshot> {
     app.snapshots()
@@ -257,13 +274,7 @@ async fn deleting_an_accomplished_snapshot_removes_it_and_frees_its_quota(backen
     );
     // Deleting it again: it is gone.
     let status = delete(&app, "acct-a", &first, false).await.unwrap_err();
-    assert_error(
-        &status,
-        Code::NotFound,
-        "InvalidSnapshotId.NotFound",
-        "404",
-        Detail::ResourceInfo("snapshot"),
-    );
+    assert_not_found(&status, &first);
 }
 
 async fn the_65th_snapshot_of_a_disk_is_refused_and_deleting_one_admits_a_new_one(
@@ -376,17 +387,7 @@ async fn deleting_another_accounts_or_a_nonexistent_snapshot_is_not_found(backen
         let status = delete(&app, "acct-a", snapshot_id, force)
             .await
             .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::NotFound,
-            "InvalidSnapshotId.NotFound",
-            "404",
-            Detail::ResourceInfo("snapshot"),
-        );
-        assert_eq!(
-            metadata.get("snapshotId").map(String::as_str),
-            Some(snapshot_id)
-        );
+        assert_not_found(&status, snapshot_id);
     }
     // acct-b cannot delete acct-a's either.
     let status = delete(&app, "acct-b", &mine, false).await.unwrap_err();
@@ -582,17 +583,7 @@ async fn an_image_of_another_accounts_or_a_nonexistent_snapshot_is_not_found(bac
         )
         .await
         .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::NotFound,
-            "InvalidSnapshotId.NotFound",
-            "404",
-            Detail::ResourceInfo("snapshot"),
-        );
-        assert_eq!(
-            metadata.get("snapshotId").map(String::as_str),
-            Some(snapshot_id)
-        );
+        assert_not_found(&status, snapshot_id);
     }
     assert_eq!(app.count_rows("images").await, 0);
     assert_eq!(app.count_rows("image_client_tokens").await, 0);
@@ -990,13 +981,7 @@ async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend
         match result {
             Ok(_) => deleted += 1,
             Err(status) => {
-                assert_error(
-                    &status,
-                    Code::NotFound,
-                    "InvalidSnapshotId.NotFound",
-                    "404",
-                    Detail::ResourceInfo("snapshot"),
-                );
+                assert_not_found(&status, &doomed);
             }
         }
     }
