@@ -56,13 +56,42 @@ async fn concurrent_creates_never_exceed_the_quota(backend: Backend) {
     );
     app.seed(&world("acct-a", 1)).await;
 
-    // Rounds of 16 racers; between rounds the copy in progress finishes.
-    for _ in 0..6 {
-        concurrently(16, |_| {
+    // Rounds of 16 racers; between rounds the copy in progress finishes. Until the quota of 4
+    // is reached one racer per round wins and the others find its copy in progress; after it,
+    // every racer is over the quota.
+    for round in 1..=6 {
+        let results = concurrently(16, |_| {
             let app = app.clone();
             async move { app.create_on("acct-a", "d-acct-a-0").await }
         })
         .await;
+
+        let (created, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        let under_quota = round <= 4;
+        assert_eq!(
+            created.len(),
+            usize::from(under_quota),
+            "winners in round {round}"
+        );
+        for status in refused.into_iter().map(Result::unwrap_err) {
+            if under_quota {
+                assert_error(
+                    &status,
+                    Code::FailedPrecondition,
+                    "IncorrectDiskStatus.CreatingSnapshot",
+                    "403",
+                    Detail::PreconditionFailureAndRetry,
+                );
+            } else {
+                assert_error(
+                    &status,
+                    Code::ResourceExhausted,
+                    "QuotaExceed.Snapshot",
+                    "403",
+                    Detail::QuotaFailure,
+                );
+            }
+        }
         finish_copies(&app).await;
     }
     assert_eq!(app.count_rows("snapshots").await, 4);

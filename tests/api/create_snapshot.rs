@@ -5,35 +5,30 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use snapshotd::backend::{BackendError, CopyState, SnapshotBackend};
+use snapshotd::clock::Clock;
 use snapshotd::domain::{Snapshot, Timestamp};
 use snapshotd::pb;
 use tonic::Code;
 
 use crate::assertions::{Detail, assert_error, retry_delay_secs};
 use crate::helpers::{
-    Backend, Options, as_account, create_request, minutes_ago, spawn_app, spawn_app_with, world,
+    Backend, Options, World, as_account, create_request, minutes_ago, proto_time, spawn_app,
+    spawn_app_with, world,
 };
 use crate::on_both_backends;
 
 on_both_backends!(
     a_healthy_disk_gets_a_snapshot_id_and_a_request_id,
     a_call_without_an_account_is_unauthenticated,
-    an_empty_disk_id_is_a_missing_parameter,
-    a_malformed_disk_id_is_not_supported,
-    a_malformed_snapshot_name_is_refused,
-    a_malformed_description_is_refused,
-    a_malformed_client_token_is_refused,
+    each_malformed_input_is_refused_with_its_reason_and_nothing_is_stored,
+    a_name_of_128_chinese_characters_is_accepted,
     an_account_without_the_snapshot_service_is_refused,
     an_account_without_balance_is_refused,
     a_missing_disk_is_not_found,
-    local_and_ephemeral_disks_are_not_supported,
-    an_expired_disk_is_in_arrears,
-    a_disk_never_attached_is_refused,
-    a_disk_not_in_use_is_refused,
-    an_instance_neither_running_nor_stopped_is_refused,
-    an_instance_locked_for_security_is_refused,
-    an_instance_never_started_is_refused,
+    each_disk_or_instance_the_rules_forbid_is_refused_with_its_reason,
+    a_stopped_instance_is_not_refused,
     a_disk_younger_than_the_init_window_is_initializing,
     a_second_snapshot_is_refused_while_one_is_in_progress,
     the_retry_hint_follows_the_backends_own_estimate_of_the_copy,
@@ -105,72 +100,147 @@ async fn a_call_without_an_account_is_unauthenticated(backend: Backend) {
     assert_eq!(app.count_rows("snapshots").await, 0);
 }
 
-async fn an_empty_disk_id_is_a_missing_parameter(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let status = app.create_on("acct-a", "").await.unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "MissingParameter",
-        "400",
-        Detail::BadRequest("disk_id"),
-    );
+/// One malformed field of a CreateSnapshot request and the refusal it must get.
+struct Malformed {
+    /// The request field, also the field its BadRequest names.
+    field: &'static str,
+    value: String,
+    code: Code,
+    reason: &'static str,
+    http_status: &'static str,
+    /// The ErrorInfo metadata key that must echo the value back, if any.
+    echoed_as: Option<&'static str>,
 }
 
-async fn a_malformed_disk_id_is_not_supported(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let too_long = format!("d-{}", "a".repeat(63));
-    for disk_id in [
-        "disk-1",
-        "d-",
-        "d-ABC",
-        "d-a_b",
-        "D-1",
-        too_long.as_str(),
-        "d-é",
-    ] {
-        let status = app.create_on("acct-a", disk_id).await.unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::InvalidArgument,
+/// Rows for `values` of `field`, all refused alike.
+fn malformed(
+    field: &'static str,
+    reason: &'static str,
+    http_status: &'static str,
+    echoed_as: Option<&'static str>,
+    values: &[&str],
+) -> Vec<Malformed> {
+    values
+        .iter()
+        .map(|value| Malformed {
+            field,
+            value: (*value).to_owned(),
+            code: Code::InvalidArgument,
+            reason,
+            http_status,
+            echoed_as,
+        })
+        .collect()
+}
+
+/// Every malformed input of CreateSnapshot the error table names, one row each.
+fn malformed_create_inputs() -> Vec<Malformed> {
+    let disk_id_too_long = format!("d-{}", "a".repeat(63));
+    let name_too_long = format!("a{}", "b".repeat(128));
+    let description_too_long = "x".repeat(257);
+    let token_too_long = "t".repeat(65);
+    [
+        malformed("disk_id", "MissingParameter", "400", None, &[""]),
+        malformed(
+            "disk_id",
             "DiskId.ValueNotSupported",
             "403",
-            Detail::BadRequest("disk_id"),
-        );
-        assert_eq!(metadata.get("diskId").map(String::as_str), Some(disk_id));
-    }
-}
-
-async fn a_malformed_snapshot_name_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = format!("a{}", "b".repeat(128));
-    for name in [
-        "a",
-        "1abc",
-        "_abc",
-        "auto-nightly",
-        "http://x",
-        "https://x",
-        "a b",
-        "a.b",
-        too_long.as_str(),
-    ] {
-        let request = pb::CreateSnapshotRequest {
-            snapshot_name: name.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
+            Some("diskId"),
+            &[
+                "disk-1",
+                "d-",
+                "d-ABC",
+                "d-a_b",
+                "D-1",
+                &disk_id_too_long,
+                "d-é",
+            ],
+        ),
+        malformed(
+            "snapshot_name",
             "InvalidSnapshotName.Malformed",
             "400",
-            Detail::BadRequest("snapshot_name"),
+            None,
+            &[
+                "a",
+                "1abc",
+                "_abc",
+                "auto-nightly",
+                "http://x",
+                "https://x",
+                "a b",
+                "a.b",
+                &name_too_long,
+            ],
+        ),
+        malformed(
+            "description",
+            "InvalidDescription.Malformed",
+            "404",
+            None,
+            &[
+                "x",
+                "http://example.com",
+                "https://example.com",
+                &description_too_long,
+            ],
+        ),
+        malformed(
+            "client_token",
+            "InvalidClientToken.Malformed",
+            "403",
+            None,
+            &[&token_too_long, "tök", "tab\there", "bell\u{7}"],
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+async fn each_malformed_input_is_refused_with_its_reason_and_nothing_is_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let table = malformed_create_inputs();
+    assert_eq!(table.len(), 25, "every case of the table is still there");
+
+    for row in &table {
+        let mut request = create_request("d-acct-a-0");
+        let value = row.value.clone();
+        match row.field {
+            "disk_id" => request.disk_id = value,
+            "snapshot_name" => request.snapshot_name = value,
+            "description" => request.description = value,
+            "client_token" => request.client_token = value,
+            other => unreachable!("no field {other} in the table"),
+        }
+
+        let status = app.create("acct-a", request).await.unwrap_err();
+
+        let metadata = assert_error(
+            &status,
+            row.code,
+            row.reason,
+            row.http_status,
+            Detail::BadRequest(row.field),
         );
+        if let Some(key) = row.echoed_as {
+            assert_eq!(
+                metadata.get(key),
+                Some(&row.value),
+                "{} {:?}",
+                row.field,
+                row.value
+            );
+        }
     }
     assert_eq!(app.count_rows("snapshots").await, 0);
+    assert_eq!(app.count_rows("client_tokens").await, 0);
+}
 
+async fn a_name_of_128_chinese_characters_is_accepted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
     // 128 Chinese characters are 384 bytes but 128 characters: allowed.
     let request = pb::CreateSnapshotRequest {
         snapshot_name: "快".repeat(128),
@@ -179,54 +249,6 @@ async fn a_malformed_snapshot_name_is_refused(backend: Backend) {
     app.create("acct-a", request)
         .await
         .expect("a 128-character Chinese name");
-}
-
-async fn a_malformed_description_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = "x".repeat(257);
-    for description in [
-        "x",
-        "http://example.com",
-        "https://example.com",
-        too_long.as_str(),
-    ] {
-        let request = pb::CreateSnapshotRequest {
-            description: description.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "InvalidDescription.Malformed",
-            "404",
-            Detail::BadRequest("description"),
-        );
-    }
-    assert_eq!(app.count_rows("snapshots").await, 0);
-}
-
-async fn a_malformed_client_token_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let too_long = "t".repeat(65);
-    for token in [too_long.as_str(), "tök", "tab\there", "bell\u{7}"] {
-        let request = pb::CreateSnapshotRequest {
-            client_token: token.into(),
-            ..create_request("d-acct-a-0")
-        };
-        let status = app.create("acct-a", request).await.unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "InvalidClientToken.Malformed",
-            "403",
-            Detail::BadRequest("client_token"),
-        );
-    }
-    assert_eq!(app.count_rows("snapshots").await, 0);
-    assert_eq!(app.count_rows("client_tokens").await, 0);
 }
 
 async fn an_account_without_the_snapshot_service_is_refused(backend: Backend) {
@@ -293,34 +315,34 @@ async fn a_missing_disk_is_not_found(backend: Backend) {
     );
 }
 
-/// Seeds a world whose only disk is changed by `change`, and expects `reason` for it.
-async fn refused_after(
-    backend: Backend,
-    change: impl FnOnce(&mut crate::helpers::World),
-    code: Code,
-    reason: &str,
-    http_status: &str,
-    detail: Detail,
-) -> tonic::Status {
-    let app = spawn_app(backend).await;
-    let mut w = world("acct-a", 1);
-    change(&mut w);
-    app.seed(&w).await;
-    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
-    let metadata = assert_error(&status, code, reason, http_status, detail);
-    assert_eq!(
-        metadata.get("diskId").map(String::as_str),
-        Some("d-acct-a-0")
-    );
-    assert_eq!(
-        app.count_rows("snapshots").await,
-        0,
-        "{reason} writes nothing"
-    );
-    status
+/// A disk or instance one of the rules forbids to snapshot, and the refusal it must get.
+struct Forbidden {
+    label: String,
+    change: Box<dyn FnOnce(&mut World)>,
+    reason: &'static str,
+    http_status: &'static str,
+    /// Whether ErrorInfo names the instance too (`instanceId`).
+    names_instance: bool,
 }
 
-async fn local_and_ephemeral_disks_are_not_supported(backend: Backend) {
+fn forbidden(
+    label: impl Into<String>,
+    change: impl FnOnce(&mut World) + 'static,
+    reason: &'static str,
+    http_status: &'static str,
+) -> Forbidden {
+    Forbidden {
+        label: label.into(),
+        change: Box::new(change),
+        reason,
+        http_status,
+        names_instance: false,
+    }
+}
+
+/// Every disk or instance state the rules refuse with a PreconditionFailure, one row each.
+fn forbidden_disks_and_instances() -> Vec<Forbidden> {
+    let mut rows = Vec::new();
     for category in [
         "local_ssd_pro",
         "local_hdd_pro",
@@ -329,48 +351,30 @@ async fn local_and_ephemeral_disks_are_not_supported(backend: Backend) {
         "elastic_ephemeral_disk_standard",
         "elastic_ephemeral_disk_premium",
     ] {
-        refused_after(
-            backend,
-            |w| w.disks[0].category = category.into(),
-            Code::FailedPrecondition,
+        rows.push(forbidden(
+            format!("a {category} disk"),
+            move |w| w.disks[0].category = category.into(),
             "DiskCategory.OperationNotSupported",
             "400",
-            Detail::PreconditionFailure,
-        )
-        .await;
+        ));
     }
-}
-
-async fn an_expired_disk_is_in_arrears(backend: Backend) {
-    refused_after(
-        backend,
+    rows.push(forbidden(
+        "an expired disk",
         |w| w.disks[0].expires_at = Some(minutes_ago(1)),
-        Code::FailedPrecondition,
         "DiskInArrears",
         "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn a_disk_never_attached_is_refused(backend: Backend) {
-    refused_after(
-        backend,
+    ));
+    rows.push(forbidden(
+        "a disk never attached",
         |w| {
             let disk = &mut w.disks[0];
             disk.ever_attached = false;
             disk.status = pb::DiskStatus::Available.into();
             disk.instance_id.clear();
         },
-        Code::FailedPrecondition,
         "IncorrectDiskStatus.NeverAttached",
         "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn a_disk_not_in_use_is_refused(backend: Backend) {
+    ));
     for status in [
         pb::DiskStatus::Available,
         pb::DiskStatus::Attaching,
@@ -378,46 +382,83 @@ async fn a_disk_not_in_use_is_refused(backend: Backend) {
         pb::DiskStatus::Creating,
         pb::DiskStatus::Reiniting,
     ] {
-        refused_after(
-            backend,
-            |w| w.disks[0].status = status.into(),
-            Code::FailedPrecondition,
+        rows.push(forbidden(
+            format!("a disk {status:?}"),
+            move |w| w.disks[0].status = status.into(),
             "IncorrectDiskStatus",
             "403",
-            Detail::PreconditionFailure,
-        )
-        .await;
+        ));
     }
-}
-
-async fn an_instance_neither_running_nor_stopped_is_refused(backend: Backend) {
     for status in [
         pb::InstanceStatus::Pending,
         pb::InstanceStatus::Starting,
         pb::InstanceStatus::Stopping,
     ] {
-        let refusal = refused_after(
-            backend,
-            |w| w.instance.status = status.into(),
-            Code::FailedPrecondition,
-            "IncorrectInstanceStatus",
-            "400",
-            Detail::PreconditionFailure,
-        )
-        .await;
-        let metadata = assert_error(
-            &refusal,
-            Code::FailedPrecondition,
-            "IncorrectInstanceStatus",
-            "400",
-            Detail::PreconditionFailure,
-        );
-        assert_eq!(
-            metadata.get("instanceId").map(String::as_str),
-            Some("i-acct-a")
-        );
+        rows.push(Forbidden {
+            names_instance: true,
+            ..forbidden(
+                format!("an instance {status:?}"),
+                move |w| w.instance.status = status.into(),
+                "IncorrectInstanceStatus",
+                "400",
+            )
+        });
     }
-    // A stopped instance is fine.
+    rows.push(forbidden(
+        "an instance locked for security",
+        |w| w.instance.lock_reasons = vec!["financial".into(), "security".into()],
+        "InstanceLockedForSecurity",
+        "403",
+    ));
+    rows.push(forbidden(
+        "an instance never started",
+        |w| w.instance.last_started_at = None,
+        "IncorrectDiskStatus.NeverUsed",
+        "403",
+    ));
+    rows
+}
+
+async fn each_disk_or_instance_the_rules_forbid_is_refused_with_its_reason(backend: Backend) {
+    // One server; each row is an account of its own whose only disk or instance it changes.
+    let app = spawn_app(backend).await;
+    let table = forbidden_disks_and_instances();
+    assert_eq!(table.len(), 18, "every case of the table is still there");
+
+    for (n, row) in table.into_iter().enumerate() {
+        let account = format!("acct-{n}");
+        let mut w = world(&account, 1);
+        (row.change)(&mut w);
+        app.seed(&w).await;
+        let disk_id = w.disks[0].disk_id.clone();
+
+        let status = app.create_on(&account, &disk_id).await.unwrap_err();
+
+        let metadata = assert_error(
+            &status,
+            Code::FailedPrecondition,
+            row.reason,
+            row.http_status,
+            Detail::PreconditionFailure,
+        );
+        assert_eq!(metadata.get("diskId"), Some(&disk_id), "{}", row.label);
+        if row.names_instance {
+            assert_eq!(
+                metadata.get("instanceId"),
+                Some(&w.instance.instance_id),
+                "{}",
+                row.label
+            );
+        }
+    }
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        0,
+        "a refusal writes nothing"
+    );
+}
+
+async fn a_stopped_instance_is_not_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut w = world("acct-a", 1);
     w.instance.status = pb::InstanceStatus::Stopped.into();
@@ -427,51 +468,32 @@ async fn an_instance_neither_running_nor_stopped_is_refused(backend: Backend) {
         .expect("stopped instance");
 }
 
-async fn an_instance_locked_for_security_is_refused(backend: Backend) {
-    refused_after(
-        backend,
-        |w| w.instance.lock_reasons = vec!["financial".into(), "security".into()],
-        Code::FailedPrecondition,
-        "InstanceLockedForSecurity",
-        "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
-async fn an_instance_never_started_is_refused(backend: Backend) {
-    refused_after(
-        backend,
-        |w| w.instance.last_started_at = None,
-        Code::FailedPrecondition,
-        "IncorrectDiskStatus.NeverUsed",
-        "403",
-        Detail::PreconditionFailure,
-    )
-    .await;
-}
-
 async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
-    let status = refused_after(
-        backend,
-        |w| w.disks[0].created_at = Some(minutes_ago(59)),
+    // Ages are counted on the server's (frozen) clock, not the test's: however long the server
+    // took to start, the disk is exactly 59 minutes old to it.
+    let app = spawn_app(backend).await;
+    let now = app.clock.as_ref().expect("a manual clock").now();
+    let mut w = world("acct-a", 2);
+    w.disks[0].created_at = Some(proto_time(now - TimeDelta::minutes(59)));
+    w.disks[1].created_at = Some(proto_time(now - TimeDelta::minutes(61)));
+    app.seed(&w).await;
+
+    let status = app.create_on("acct-a", "d-acct-a-0").await.unwrap_err();
+
+    let metadata = assert_error(
+        &status,
         Code::FailedPrecondition,
         "IncorrectDiskStatus.Initializing",
         "403",
         Detail::PreconditionFailureAndRetry,
-    )
-    .await;
-    let delay = retry_delay_secs(&status);
-    assert!(
-        (55..=61).contains(&delay),
-        "about one minute left, got {delay}s"
     );
-
-    let app = spawn_app(backend).await;
-    let mut w = world("acct-a", 1);
-    w.disks[0].created_at = Some(minutes_ago(61));
-    app.seed(&w).await;
-    app.create_on("acct-a", "d-acct-a-0")
+    assert_eq!(
+        metadata.get("diskId").map(String::as_str),
+        Some("d-acct-a-0")
+    );
+    assert_eq!(retry_delay_secs(&status), 60, "one minute left");
+    assert_eq!(app.count_rows("snapshots").await, 0);
+    app.create_on("acct-a", "d-acct-a-1")
         .await
         .expect("61 minutes is past the window");
 
@@ -484,8 +506,9 @@ async fn a_disk_younger_than_the_init_window_is_initializing(backend: Backend) {
         },
     )
     .await;
+    let now = app.clock.as_ref().expect("a manual clock").now();
     let mut w = world("acct-a", 1);
-    w.disks[0].created_at = Some(minutes_ago(11));
+    w.disks[0].created_at = Some(proto_time(now - TimeDelta::minutes(11)));
     app.seed(&w).await;
     app.create_on("acct-a", "d-acct-a-0")
         .await

@@ -27,13 +27,13 @@ on_both_backends!(
     the_65th_snapshot_of_a_disk_is_refused_and_deleting_one_admits_a_new_one,
     deleting_a_progressing_snapshot_cancels_the_copy_and_frees_the_disk_at_once,
     deleting_another_accounts_or_a_nonexistent_snapshot_is_not_found,
-    deleting_a_malformed_or_missing_snapshot_id_is_refused,
+    each_malformed_delete_or_image_request_is_refused_and_changes_nothing,
     a_delete_without_an_account_is_unauthenticated,
     an_image_of_an_accomplished_snapshot_pins_it_against_deletion,
     an_image_of_a_progressing_snapshot_is_not_ready,
     an_image_of_a_failed_snapshot_is_not_ready,
     an_image_of_another_accounts_or_a_nonexistent_snapshot_is_not_found,
-    a_malformed_image_name_snapshot_id_or_token_is_refused,
+    the_edges_of_an_image_name_are_accepted,
     an_image_replay_with_identical_parameters_returns_the_original_image,
     an_image_token_reused_with_other_parameters_is_a_mismatch,
     a_refused_image_request_does_not_bind_its_token,
@@ -88,6 +88,23 @@ async fn delete(
         ))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// `status` is the NotFound every caller gets for a snapshot it does not own or nobody has,
+/// naming `snapshot_id`.
+#[track_caller]
+fn assert_not_found(status: &Status, snapshot_id: &str) {
+    let metadata = assert_error(
+        status,
+        Code::NotFound,
+        "InvalidSnapshotId.NotFound",
+        "404",
+        Detail::ResourceInfo("snapshot"),
+    );
+    assert_eq!(
+        metadata.get("snapshotId").map(String::as_str),
+        Some(snapshot_id)
+    );
 }
 
 /// The caller's snapshots, newest first (one page of up to 100).
@@ -257,13 +274,7 @@ async fn deleting_an_accomplished_snapshot_removes_it_and_frees_its_quota(backen
     );
     // Deleting it again: it is gone.
     let status = delete(&app, "acct-a", &first, false).await.unwrap_err();
-    assert_error(
-        &status,
-        Code::NotFound,
-        "InvalidSnapshotId.NotFound",
-        "404",
-        Detail::ResourceInfo("snapshot"),
-    );
+    assert_not_found(&status, &first);
 }
 
 async fn the_65th_snapshot_of_a_disk_is_refused_and_deleting_one_admits_a_new_one(
@@ -376,17 +387,7 @@ async fn deleting_another_accounts_or_a_nonexistent_snapshot_is_not_found(backen
         let status = delete(&app, "acct-a", snapshot_id, force)
             .await
             .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::NotFound,
-            "InvalidSnapshotId.NotFound",
-            "404",
-            Detail::ResourceInfo("snapshot"),
-        );
-        assert_eq!(
-            metadata.get("snapshotId").map(String::as_str),
-            Some(snapshot_id)
-        );
+        assert_not_found(&status, snapshot_id);
     }
     // acct-b cannot delete acct-a's either.
     let status = delete(&app, "acct-b", &mine, false).await.unwrap_err();
@@ -402,46 +403,6 @@ async fn deleting_another_accounts_or_a_nonexistent_snapshot_is_not_found(backen
     app.create_on("acct-b", "d-acct-b-1")
         .await
         .expect_err("acct-b's disk is still busy with its copy");
-}
-
-async fn deleting_a_malformed_or_missing_snapshot_id_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
-
-    for snapshot_id in [
-        "s-abc",
-        "snap-1",
-        "S-00000000000000000000",
-        "s-0000000000000000000A",
-        "s-000000000000000000000",
-        "m-00000000000000000000",
-        "s-0000000000000000000_",
-    ] {
-        let status = delete(&app, "acct-a", snapshot_id, false)
-            .await
-            .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::InvalidArgument,
-            "InvalidSnapshotId.Malformed",
-            "400",
-            Detail::BadRequest("snapshot_id"),
-        );
-        assert_eq!(
-            metadata.get("snapshotId").map(String::as_str),
-            Some(snapshot_id)
-        );
-    }
-    let status = delete(&app, "acct-a", "", true).await.unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "MissingParameter",
-        "400",
-        Detail::BadRequest("snapshot_id"),
-    );
-    assert_eq!(app.count_rows("snapshots").await, 1);
 }
 
 async fn a_delete_without_an_account_is_unauthenticated(backend: Backend) {
@@ -622,17 +583,7 @@ async fn an_image_of_another_accounts_or_a_nonexistent_snapshot_is_not_found(bac
         )
         .await
         .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::NotFound,
-            "InvalidSnapshotId.NotFound",
-            "404",
-            Detail::ResourceInfo("snapshot"),
-        );
-        assert_eq!(
-            metadata.get("snapshotId").map(String::as_str),
-            Some(snapshot_id)
-        );
+        assert_not_found(&status, snapshot_id);
     }
     assert_eq!(app.count_rows("images").await, 0);
     assert_eq!(app.count_rows("image_client_tokens").await, 0);
@@ -640,11 +591,77 @@ async fn an_image_of_another_accounts_or_a_nonexistent_snapshot_is_not_found(bac
     assert_eq!(snapshot.usage, "none", "acct-b's snapshot is untouched");
 }
 
-async fn a_malformed_image_name_snapshot_id_or_token_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let snapshot_id = accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
-    let too_long = format!("a{}", "b".repeat(128));
+/// A DeleteSnapshot or CreateImage call with one malformed input.
+enum Call {
+    Delete { snapshot_id: String, force: bool },
+    Image(pb::CreateImageRequest),
+}
+
+/// One malformed input and the refusal it must get.
+struct Malformed {
+    call: Call,
+    reason: &'static str,
+    http_status: &'static str,
+    /// The field its BadRequest names.
+    field: &'static str,
+    /// Whether ErrorInfo echoes the snapshot id back as `snapshotId`.
+    echoes_snapshot_id: bool,
+}
+
+fn refused(
+    call: Call,
+    reason: &'static str,
+    http_status: &'static str,
+    field: &'static str,
+    echoes_snapshot_id: bool,
+) -> Malformed {
+    Malformed {
+        call,
+        reason,
+        http_status,
+        field,
+        echoes_snapshot_id,
+    }
+}
+
+/// Every malformed input of DeleteSnapshot and CreateImage, one row each; `snapshot_id` is an
+/// accomplished snapshot the image rows would otherwise be valid for.
+fn malformed_delete_and_image_calls(snapshot_id: &str) -> Vec<Malformed> {
+    let mut rows = Vec::new();
+    for bad in [
+        "s-abc",
+        "snap-1",
+        "S-00000000000000000000",
+        "s-0000000000000000000A",
+        "s-000000000000000000000",
+        "m-00000000000000000000",
+        "s-0000000000000000000_",
+    ] {
+        let call = Call::Delete {
+            snapshot_id: bad.to_owned(),
+            force: false,
+        };
+        rows.push(refused(
+            call,
+            "InvalidSnapshotId.Malformed",
+            "400",
+            "snapshot_id",
+            true,
+        ));
+    }
+    let call = Call::Delete {
+        snapshot_id: String::new(),
+        force: true,
+    };
+    rows.push(refused(
+        call,
+        "MissingParameter",
+        "400",
+        "snapshot_id",
+        false,
+    ));
+
+    let name_too_long = format!("a{}", "b".repeat(128));
     for image_name in [
         "a",
         "1abc",
@@ -656,75 +673,99 @@ async fn a_malformed_image_name_snapshot_id_or_token_is_refused(backend: Backend
         "acs:x",
         "a b",
         "a/b",
-        too_long.as_str(),
+        name_too_long.as_str(),
     ] {
-        let status = create_image(
-            &app,
-            "acct-a",
-            pb::CreateImageRequest {
-                image_name: image_name.into(),
-                ..image_of(&snapshot_id)
-            },
-        )
-        .await
-        .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
+        let call = Call::Image(pb::CreateImageRequest {
+            image_name: image_name.into(),
+            ..image_of(snapshot_id)
+        });
+        rows.push(refused(
+            call,
             "InvalidImageName.Malformed",
             "400",
-            Detail::BadRequest("image_name"),
-        );
+            "image_name",
+            false,
+        ));
     }
-    let too_long_token = "t".repeat(65);
-    for client_token in [too_long_token.as_str(), "tök", "tab\there"] {
-        let status = create_image(
-            &app,
-            "acct-a",
-            pb::CreateImageRequest {
-                client_token: client_token.into(),
-                ..image_of(&snapshot_id)
-            },
-        )
-        .await
-        .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
+    let token_too_long = "t".repeat(65);
+    for client_token in [token_too_long.as_str(), "tök", "tab\there"] {
+        let call = Call::Image(pb::CreateImageRequest {
+            client_token: client_token.into(),
+            ..image_of(snapshot_id)
+        });
+        rows.push(refused(
+            call,
             "InvalidClientToken.Malformed",
             "403",
-            Detail::BadRequest("client_token"),
-        );
+            "client_token",
+            false,
+        ));
     }
-    for snapshot_id in ["s-abc", "m-00000000000000000000"] {
-        let status = create_image(&app, "acct-a", image_of(snapshot_id))
-            .await
-            .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
+    for bad in ["s-abc", "m-00000000000000000000"] {
+        rows.push(refused(
+            Call::Image(image_of(bad)),
             "InvalidSnapshotId.Malformed",
             "400",
-            Detail::BadRequest("snapshot_id"),
-        );
+            "snapshot_id",
+            false,
+        ));
     }
-    let status = create_image(&app, "acct-a", image_of(""))
-        .await
-        .unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
+    rows.push(refused(
+        Call::Image(image_of("")),
         "MissingParameter",
         "400",
-        Detail::BadRequest("snapshot_id"),
-    );
+        "snapshot_id",
+        false,
+    ));
+    rows
+}
+
+async fn each_malformed_delete_or_image_request_is_refused_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let snapshot_id = accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
+    let table = malformed_delete_and_image_calls(&snapshot_id);
+    assert_eq!(table.len(), 25, "every case of the table is still there");
+
+    for row in table {
+        let (input, answer) = match &row.call {
+            Call::Delete { snapshot_id, force } => (
+                snapshot_id.clone(),
+                delete(&app, "acct-a", snapshot_id, *force).await.map(drop),
+            ),
+            Call::Image(request) => (
+                format!("{request:?}"),
+                create_image(&app, "acct-a", request.clone())
+                    .await
+                    .map(drop),
+            ),
+        };
+        let status = answer.expect_err(&input);
+
+        let metadata = assert_error(
+            &status,
+            Code::InvalidArgument,
+            row.reason,
+            row.http_status,
+            Detail::BadRequest(row.field),
+        );
+        if row.echoes_snapshot_id {
+            assert_eq!(metadata.get("snapshotId"), Some(&input));
+        }
+    }
+    assert_eq!(app.count_rows("snapshots").await, 1);
     assert_eq!(app.count_rows("images").await, 0);
     assert_eq!(
         find(&app, "acct-a", &snapshot_id).await.unwrap().usage,
         "none"
     );
+}
 
-    // The edges that are allowed.
+async fn the_edges_of_an_image_name_are_accepted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let snapshot_id = accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
+
     let longest = format!("A{}", "b".repeat(127));
     for image_name in ["ab", "Web.base_1:2-3", "镜像", longest.as_str()] {
         create_image(
@@ -860,6 +901,7 @@ async fn one_image_token_raced_by_thirty_tasks_yields_one_image(backend: Backend
     assert_eq!(ids.len(), 1, "one image id for all: {ids:?}");
     assert_eq!(app.count_rows("images").await, 1);
     assert_eq!(app.count_rows("image_client_tokens").await, 1);
+    app.assert_invariants().await;
 }
 
 async fn one_image_token_raced_over_several_snapshots_yields_one_image_and_mismatches(
@@ -909,6 +951,7 @@ async fn one_image_token_raced_over_several_snapshots_yields_one_image_and_misma
         .filter(|s| s.usage == "image")
         .count();
     assert_eq!(pinned, 1, "only the winner's snapshot is pinned");
+    app.assert_invariants().await;
 }
 
 async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend) {
@@ -938,17 +981,13 @@ async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend
         match result {
             Ok(_) => deleted += 1,
             Err(status) => {
-                assert_error(
-                    &status,
-                    Code::NotFound,
-                    "InvalidSnapshotId.NotFound",
-                    "404",
-                    Detail::ResourceInfo("snapshot"),
-                );
+                assert_not_found(&status, &doomed);
             }
         }
     }
     assert_eq!(deleted, 1, "one delete wins");
+    // Checked before the quota is used again, so a miscounted delete shows as itself.
+    app.assert_invariants().await;
     assert_eq!(listed_ids(&app, "acct-a").await, [kept]);
     // One slot was freed, not twenty.
     app.create_on("acct-a", "d-acct-a-0")
@@ -963,6 +1002,7 @@ async fn concurrent_deletes_of_one_snapshot_free_its_quota_once(backend: Backend
         "403",
         Detail::QuotaFailure,
     );
+    app.assert_invariants().await;
 }
 
 async fn a_delete_racing_an_image_never_loses_the_images_snapshot(backend: Backend) {
@@ -1014,6 +1054,7 @@ async fn a_delete_racing_an_image_never_loses_the_images_snapshot(backend: Backe
         }
     }
     assert_eq!(app.count_rows("images").await, imaged);
+    app.assert_invariants().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,11 +24,8 @@ on_both_backends!(
     another_accounts_snapshots_never_appear,
     walking_next_token_visits_every_snapshot_once_in_order,
     a_snapshot_created_during_a_walk_does_not_disturb_it,
-    more_than_100_or_malformed_snapshot_ids_are_refused,
-    an_out_of_range_max_results_is_an_invalid_parameter,
-    a_next_token_the_service_did_not_write_is_malformed,
-    a_malformed_disk_id_filter_is_not_supported,
-    a_malformed_tag_filter_is_refused,
+    each_malformed_describe_request_is_refused_with_its_reason_and_field,
+    the_limits_of_snapshot_ids_and_max_results_are_accepted,
     a_describe_without_an_account_is_unauthenticated,
     a_next_token_with_any_one_character_changed_is_malformed,
 );
@@ -656,27 +653,42 @@ fn snapshot_id(n: usize) -> String {
     format!("s-{n:020}")
 }
 
-async fn more_than_100_or_malformed_snapshot_ids_are_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+/// One malformed DescribeSnapshots request and the refusal it must get.
+struct Malformed {
+    label: String,
+    request: pb::DescribeSnapshotsRequest,
+    reason: &'static str,
+    http_status: &'static str,
+    /// The field its BadRequest names.
+    field: &'static str,
+    /// The ErrorInfo metadata key and value that must echo the input back, if any.
+    echoed: Option<(&'static str, String)>,
+}
 
-    let hundred: Vec<String> = (0..100).map(snapshot_id).collect();
-    let response = describe(
-        &app,
-        "acct-a",
-        pb::DescribeSnapshotsRequest {
-            snapshot_ids: hundred.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("100 ids are fine");
-    assert!(response.snapshots.is_empty());
+fn row(
+    label: impl Into<String>,
+    request: pb::DescribeSnapshotsRequest,
+    reason: &'static str,
+    http_status: &'static str,
+    field: &'static str,
+) -> Malformed {
+    Malformed {
+        label: label.into(),
+        request,
+        reason,
+        http_status,
+        field,
+        echoed: None,
+    }
+}
 
-    let mut too_many = hundred.clone();
-    too_many.push(snapshot_id(100));
-    let mut malformed_lists = vec![too_many];
+/// Every malformed input of DescribeSnapshots, one row each; `token` is a real `next_token`
+/// the rows change.
+fn malformed_describe_requests(token: &str) -> Vec<Malformed> {
+    let mut rows = Vec::new();
+
+    let too_many: Vec<String> = (0..=100).map(snapshot_id).collect();
+    let mut id_lists = vec![("101 ids".to_owned(), too_many)];
     for bad in [
         "s-abc",
         "snap-0000000000000000000",
@@ -685,65 +697,104 @@ async fn more_than_100_or_malformed_snapshot_ids_are_refused(backend: Backend) {
         "s-000000000000000000000",
         "",
     ] {
-        malformed_lists.push(vec![snapshot_id(1), bad.to_owned(), snapshot_id(2)]);
+        id_lists.push((
+            format!("snapshot id {bad:?} among good ones"),
+            vec![snapshot_id(1), bad.to_owned(), snapshot_id(2)],
+        ));
     }
-    for snapshot_ids in malformed_lists {
-        let status = describe(
-            &app,
-            "acct-a",
+    for (label, snapshot_ids) in id_lists {
+        rows.push(row(
+            label,
             pb::DescribeSnapshotsRequest {
-                snapshot_ids: snapshot_ids.clone(),
+                snapshot_ids,
                 ..Default::default()
             },
-        )
-        .await
-        .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
             "InvalidSnapshotIds.Malformed",
             "403",
-            Detail::BadRequest("snapshot_ids"),
-        );
+            "snapshot_ids",
+        ));
     }
-}
 
-async fn an_out_of_range_max_results_is_an_invalid_parameter(backend: Backend) {
-    let app = spawn_app(backend).await;
     for max_results in [-1, 101, i32::MIN, i32::MAX] {
-        let status = describe(
-            &app,
-            "acct-a",
+        rows.push(row(
+            format!("max_results {max_results}"),
             pb::DescribeSnapshotsRequest {
                 max_results,
                 ..Default::default()
             },
-        )
-        .await
-        .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
             "InvalidParameter",
             "400",
-            Detail::BadRequest("max_results"),
-        );
+            "max_results",
+        ));
     }
-    for max_results in [1, 100] {
-        describe(
-            &app,
-            "acct-a",
+
+    let with_char = |index: usize, c: char| {
+        let mut changed: Vec<char> = token.chars().collect();
+        changed[index] = c;
+        changed.into_iter().collect::<String>()
+    };
+    for (label, next_token) in [
+        ("abc", "abc".to_owned()),
+        ("zz", "zz".to_owned()),
+        ("7631", "7631".to_owned()),
+        ("not hex at the start", with_char(0, 'g')),
+        ("not hex at the end", with_char(token.len() - 1, 'x')),
+        ("v1 becomes v2", with_char(3, '2')),
+        ("the first separator becomes }", with_char(5, 'd')),
+        ("truncated", token[..token.len() - 2].to_owned()),
+        ("lengthened", format!("{token}00")),
+        ("300 characters", "x".repeat(300)),
+    ] {
+        rows.push(row(
+            format!("next_token {label}"),
             pb::DescribeSnapshotsRequest {
-                max_results,
+                max_results: 1,
+                next_token,
                 ..Default::default()
             },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("max_results {max_results}: {e:?}"));
+            "InvalidNextToken.Malformed",
+            "400",
+            "next_token",
+        ));
     }
+
+    for disk_id in ["disk-1", "d-", "d-ABC", "D-1"] {
+        rows.push(Malformed {
+            echoed: Some(("diskId", disk_id.to_owned())),
+            ..row(
+                format!("disk_id {disk_id:?}"),
+                pb::DescribeSnapshotsRequest {
+                    disk_id: disk_id.into(),
+                    ..Default::default()
+                },
+                "DiskId.ValueNotSupported",
+                "403",
+                "disk_id",
+            )
+        });
+    }
+
+    for (tags, reason) in [
+        (vec![tag("", "x")], "InvalidTagKey.Malformed"),
+        (vec![tag("acs:env", "")], "InvalidTagKey.Malformed"),
+        (vec![tag("env", "https://x")], "InvalidTagValue.Malformed"),
+        (vec![tag("env", "a"), tag("env", "b")], "Duplicate.TagKey"),
+    ] {
+        rows.push(row(
+            format!("tags {tags:?}"),
+            pb::DescribeSnapshotsRequest {
+                tags,
+                ..Default::default()
+            },
+            reason,
+            "400",
+            "tags",
+        ));
+    }
+    rows
 }
 
-async fn a_next_token_the_service_did_not_write_is_malformed(backend: Backend) {
+async fn each_malformed_describe_request_is_refused_with_its_reason_and_field(backend: Backend) {
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 2)).await;
     app.create_on("acct-a", "d-acct-a-0").await.unwrap();
@@ -756,37 +807,26 @@ async fn a_next_token_the_service_did_not_write_is_malformed(backend: Backend) {
     };
     let token = describe(&app, "acct-a", page("")).await.unwrap().next_token;
     assert!(!token.is_empty());
+    let table = malformed_describe_requests(&token);
+    assert_eq!(table.len(), 29, "every case of the table is still there");
 
-    let with_char = |index: usize, c: char| {
-        let mut changed: Vec<char> = token.chars().collect();
-        changed[index] = c;
-        changed.into_iter().collect::<String>()
-    };
-    let truncated = token[..token.len() - 2].to_owned();
-    for bad in [
-        "abc".to_owned(),
-        "zz".to_owned(),
-        "7631".to_owned(),
-        // Not hex any more.
-        with_char(0, 'g'),
-        with_char(token.len() - 1, 'x'),
-        // "v1" becomes "v2".
-        with_char(3, '2'),
-        // The first separator becomes `}`.
-        with_char(5, 'd'),
-        truncated,
-        format!("{token}00"),
-        "x".repeat(300),
-    ] {
-        let status = describe(&app, "acct-a", page(&bad)).await.unwrap_err();
-        assert_error(
+    for row in table {
+        let status = describe(&app, "acct-a", row.request)
+            .await
+            .expect_err(&row.label);
+
+        let metadata = assert_error(
             &status,
             Code::InvalidArgument,
-            "InvalidNextToken.Malformed",
-            "400",
-            Detail::BadRequest("next_token"),
+            row.reason,
+            row.http_status,
+            Detail::BadRequest(row.field),
         );
+        if let Some((key, value)) = &row.echoed {
+            assert_eq!(metadata.get(*key), Some(value), "{}", row.label);
+        }
     }
+
     let second = describe(&app, "acct-a", page(&token))
         .await
         .expect("the real token still works");
@@ -794,56 +834,35 @@ async fn a_next_token_the_service_did_not_write_is_malformed(backend: Backend) {
     assert!(second.next_token.is_empty());
 }
 
-async fn a_malformed_disk_id_filter_is_not_supported(backend: Backend) {
+async fn the_limits_of_snapshot_ids_and_max_results_are_accepted(backend: Backend) {
     let app = spawn_app(backend).await;
-    for disk_id in ["disk-1", "d-", "d-ABC", "D-1"] {
-        let status = describe(
-            &app,
-            "acct-a",
-            pb::DescribeSnapshotsRequest {
-                disk_id: disk_id.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
-        let metadata = assert_error(
-            &status,
-            Code::InvalidArgument,
-            "DiskId.ValueNotSupported",
-            "403",
-            Detail::BadRequest("disk_id"),
-        );
-        assert_eq!(metadata.get("diskId").map(String::as_str), Some(disk_id));
-    }
-}
+    app.seed(&world("acct-a", 1)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
 
-async fn a_malformed_tag_filter_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let cases = [
-        (vec![tag("", "x")], "InvalidTagKey.Malformed"),
-        (vec![tag("acs:env", "")], "InvalidTagKey.Malformed"),
-        (vec![tag("env", "https://x")], "InvalidTagValue.Malformed"),
-        (vec![tag("env", "a"), tag("env", "b")], "Duplicate.TagKey"),
-    ];
-    for (tags, reason) in cases {
-        let status = describe(
+    let hundred: Vec<String> = (0..100).map(snapshot_id).collect();
+    let response = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            snapshot_ids: hundred,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("100 ids are fine");
+    assert!(response.snapshots.is_empty());
+
+    for max_results in [1, 100] {
+        describe(
             &app,
             "acct-a",
             pb::DescribeSnapshotsRequest {
-                tags,
+                max_results,
                 ..Default::default()
             },
         )
         .await
-        .unwrap_err();
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            reason,
-            "400",
-            Detail::BadRequest("tags"),
-        );
+        .unwrap_or_else(|e| panic!("max_results {max_results}: {e:?}"));
     }
 }
 

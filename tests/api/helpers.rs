@@ -1,14 +1,12 @@
-//! Test harness: a fresh database per test (PostgreSQL or a SQLite file), the real server on a
-//! random port, and real tonic clients.
+//! Test harness of the api tests: the real server on a random port with a fresh database, real
+//! tonic clients, and inventory fixtures.
 //!
-//! PostgreSQL is found from `DATABASE_URL`, else `127.0.0.1:5432` (user postgres), else a
-//! throwaway cluster is started from the installed binaries. If none of that works, the test
-//! fails and says what to install; it never skips.
+//! The database half (finding PostgreSQL, `Backend`, `TestDatabase`, the throwaway `Cluster`) is
+//! the shared harness in `tests/harness`, used by the property tests too; it is re-exported here
+//! so an api test imports from one module.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,18 +20,15 @@ use snapshotd::worker::{Outcome, Worker};
 use snapshotd::{App, Config};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres, Transaction};
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub use crate::harness::postgres::{Cluster, postgres_bin_dir, postgres_server_addr, replace_host};
+pub use crate::harness::{Backend, TestDatabase};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// Generates `mod NAME { fn postgres(); fn sqlite(); }` running the async test `NAME(backend)`
 /// on each backend.
@@ -44,331 +39,16 @@ macro_rules! on_both_backends {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn postgres() {
-                    super::$name($crate::helpers::Backend::Postgres).await
+                    super::$name($crate::harness::Backend::Postgres).await
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn sqlite() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
+                    super::$name($crate::harness::Backend::Sqlite).await
                 }
             }
         )+
     };
-}
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL: find a server once per test binary.
-
-/// An admin URL (to the `postgres` database) of a server tests may create databases on.
-static POSTGRES_ADMIN_URL: OnceCell<String> = OnceCell::const_new();
-
-async fn postgres_admin_url() -> &'static str {
-    POSTGRES_ADMIN_URL.get_or_init(find_postgres).await
-}
-
-async fn can_connect(url: &str) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await,
-        Ok(Ok(_))
-    )
-}
-
-async fn find_postgres() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && url.starts_with("postgres")
-    {
-        assert!(
-            can_connect(&url).await,
-            "DATABASE_URL={url} does not accept connections: start that PostgreSQL server"
-        );
-        return url;
-    }
-    let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
-    if can_connect(&local).await {
-        return local;
-    }
-    let url = tokio::task::spawn_blocking(start_throwaway_cluster)
-        .await
-        .expect("starting a throwaway cluster")
-        .unwrap_or_else(|why| {
-            panic!(
-                "these tests need PostgreSQL and none could be reached or started: {why}.\n\
-                 Start one at 127.0.0.1:5432 (user postgres, trust auth), set DATABASE_URL to \
-                 a postgres:// URL, or install PostgreSQL (apt-get install postgresql) so the \
-                 tests can start a throwaway cluster."
-            )
-        });
-    assert!(
-        can_connect(&url).await,
-        "the throwaway cluster at {url} does not answer"
-    );
-    url
-}
-
-pub fn postgres_bin_dir() -> Result<PathBuf, String> {
-    for probe in [
-        Command::new("pg_config").arg("--bindir").output(),
-        Command::new("sh")
-            .args(["-c", "dirname \"$(command -v initdb)\""])
-            .output(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&probe.stdout).trim());
-        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map_err(|_| "no PostgreSQL binaries under /usr/lib/postgresql".to_owned())?
-        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    found.sort();
-    found.pop().ok_or_else(|| "initdb was not found".to_owned())
-}
-
-/// A PostgreSQL cluster of the tests' own, made with `initdb` in `dir` and run with `pg_ctl`.
-/// As root, the binaries run as the `postgres` user (PostgreSQL refuses to run as root).
-pub struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    as_root: bool,
-}
-
-impl Cluster {
-    /// The cluster in `dir`, made if missing, on its saved port or a free one.
-    pub fn new(dir: PathBuf) -> Result<Self, String> {
-        let bin = postgres_bin_dir()?;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let saved_port = std::fs::read_to_string(dir.join("port"))
-            .ok()
-            .and_then(|p| p.trim().parse::<u16>().ok());
-        let port = match saved_port {
-            Some(port) => port,
-            None => std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| e.to_string())?
-                .port(),
-        };
-        std::fs::write(dir.join("port"), port.to_string()).map_err(|e| e.to_string())?;
-        let cluster = Self {
-            bin,
-            dir,
-            port,
-            as_root,
-        };
-        if cluster.as_root {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&cluster.dir)
-                .status()
-                .map_err(|e| e.to_string())?;
-        }
-        if !cluster.data().join("PG_VERSION").exists() {
-            let _ = std::fs::remove_dir_all(cluster.data());
-            let data = cluster.data_arg();
-            cluster.run(
-                "initdb",
-                &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            )?;
-        }
-        Ok(cluster)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn data_arg(&self) -> String {
-        self.data().to_string_lossy().into_owned()
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
-        let program = self.bin.join(program);
-        let mut command = if self.as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let output = command.args(args).output().map_err(|e| e.to_string())?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed: {}",
-                program.display(),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
-    }
-
-    pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.run("pg_ctl", &["status", "-D", &self.data_arg()])
-            .is_ok()
-    }
-
-    fn answers(&self) -> bool {
-        std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(2),
-        )
-        .is_ok()
-    }
-
-    pub fn start(&self) -> Result<(), String> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
-            self.port,
-            self.dir.to_string_lossy()
-        );
-        let log = self.dir.join("postgres.log").to_string_lossy().into_owned();
-        let data = self.data_arg();
-        self.run(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
-        )
-    }
-
-    /// Stops at once, as a crash or an operator's fast shutdown would.
-    pub fn stop(&self) -> Result<(), String> {
-        let data = self.data_arg();
-        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
-    }
-}
-
-/// Starts (or reuses) one throwaway cluster in `$TMPDIR/snapshotd-test-pg` on a free port. It is
-/// left running for the next test run, so runs do not pile up clusters; stop it with
-/// `pg_ctl -D $TMPDIR/snapshotd-test-pg/data stop`.
-fn start_throwaway_cluster() -> Result<String, String> {
-    let cluster = Cluster::new(std::env::temp_dir().join("snapshotd-test-pg"))?;
-    if cluster.is_running() {
-        if cluster.answers() {
-            return Ok(cluster.admin_url());
-        }
-        // Running but out of reach (another network namespace): start it afresh.
-        cluster.stop()?;
-    }
-    cluster.start()?;
-    Ok(cluster.admin_url())
-}
-
-/// A database made for one test, dropped when the test ends (even when it panics).
-pub struct TestDatabase {
-    pub url: String,
-    admin_url: Option<String>,
-    name: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDatabase {
-    /// A fresh PostgreSQL database on the server at `admin_url`.
-    pub async fn create_on(admin_url: &str) -> Self {
-        let name = format!("snapshotd_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(admin_url)
-            .await
-            .expect("connecting to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("creating the test database");
-        Self {
-            url: replace_database(admin_url, &name),
-            admin_url: Some(admin_url.to_owned()),
-            name,
-            _dir: None,
-        }
-    }
-
-    pub async fn create(backend: Backend) -> Self {
-        match backend {
-            Backend::Postgres => {
-                let admin_url = postgres_admin_url().await.to_owned();
-                let name = format!("snapshotd_test_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(&admin_url)
-                    .await
-                    .expect("connecting to PostgreSQL");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut admin)
-                    .await
-                    .expect("creating the test database");
-                let url = replace_database(&admin_url, &name);
-                Self {
-                    url,
-                    admin_url: Some(admin_url),
-                    name,
-                    _dir: None,
-                }
-            }
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("a temp dir");
-                let url = format!("sqlite://{}", dir.path().join("snapshotd.db").display());
-                Self {
-                    url,
-                    admin_url: None,
-                    name: String::new(),
-                    _dir: Some(dir),
-                }
-            }
-        }
-    }
-}
-
-/// The address of the PostgreSQL server the tests use.
-pub async fn postgres_server_addr() -> SocketAddr {
-    let url = postgres_admin_url().await;
-    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
-    let host_port = after_at.split('/').next().expect("host:port");
-    tokio::net::lookup_host(host_port)
-        .await
-        .expect("resolving the PostgreSQL host")
-        .next()
-        .expect("an address")
-}
-
-/// `url` with its host and port replaced by `addr`.
-pub fn replace_host(url: &str, addr: SocketAddr) -> String {
-    let (credentials, rest) = url.rsplit_once('@').expect("a URL with a user");
-    let (_, path) = rest.split_once('/').expect("a URL with a database");
-    format!("{credentials}@{addr}/{path}")
-}
-
-fn replace_database(url: &str, database: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("a URL with a database path");
-    format!("{base}/{database}")
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some(admin_url) = self.admin_url.take() else {
-            return;
-        };
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // A fresh runtime on a plain thread: Drop cannot await, and may run during a panic.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&sql).execute(&mut admin).await.ok()
-            })
-        })
-        .join();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,12 +100,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
 /// Another server on `app`'s database, as a second replica would run (the database stays
 /// `app`'s to drop).
 pub async fn spawn_replica(app: &TestApp, options: Options) -> TestApp {
-    let db = TestDatabase {
-        url: app.db.url.clone(),
-        admin_url: None,
-        name: String::new(),
-        _dir: None,
-    };
+    let db = TestDatabase::borrowed(&app.db.url);
     spawn_on(app.backend, db, options).await
 }
 
@@ -812,7 +487,8 @@ pub async fn finish_copies(app: &TestApp) {
     app.tick_until_idle().await;
 }
 
-fn proto_time(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+/// `at` as a protobuf timestamp (for inventory records dated on the server's clock).
+pub fn proto_time(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("under a second"),

@@ -1,6 +1,9 @@
 //! Integration tests: the real server on a random port, real tonic clients, and a fresh
 //! PostgreSQL database or SQLite file per test. Each API test runs on both backends.
 
+#[path = "../harness/mod.rs"]
+mod harness;
+
 mod assertions;
 mod fault_proxy;
 mod helpers;

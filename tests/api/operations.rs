@@ -5,16 +5,16 @@
 //! A CreateSnapshot is kept in flight on purpose by holding its disk's row lock (`FOR UPDATE`)
 //! from the test, on PostgreSQL: the server's locking statement waits until the test lets go.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use prometheus_parse::{Sample, Scrape, Value as PromValue};
 use snapshotd::pb;
 use snapshotd::pb::inventory_service_client::InventoryServiceClient;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use sqlx::postgres::PgPoolOptions;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tonic::Code;
@@ -475,130 +475,64 @@ async fn an_open_health_watch_does_not_hold_the_shutdown_until_the_grace_ends() 
 // ---------------------------------------------------------------------------------------------
 // Metrics.
 
-/// `GET path` over a plain HTTP/1.1 connection: (status line, lower-cased headers, body).
-async fn http_get(port: u16, path: &str) -> (String, BTreeMap<String, String>, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connecting to the metrics port");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    };
-    let raw = timeout(Duration::from_secs(10), exchange)
+/// `GET path` on the metrics port: (status, headers, body).
+async fn http_get(port: u16, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
         .await
         .expect("an HTTP answer within 10 s");
-    let raw = String::from_utf8(raw).expect("a UTF-8 answer");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and a body");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default().to_owned();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.expect("a UTF-8 body");
     (status, headers, body)
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("a chunk size");
-        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return body;
-        }
-        body.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-}
-
-/// One sample of the Prometheus text format.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
+/// The samples of `/metrics`, read by `prometheus-parse`. It folds a histogram's `_bucket` lines
+/// into one sample named after the family, and splits labels on `,` and `=` without unescaping:
+/// enough for this service's label values (method names, gRPC codes, reasons, the version).
 fn parse_samples(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("a sample line: {line}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("a numeric value: {line}"));
-            let (name, labels) = match series.split_once('{') {
-                None => (series, BTreeMap::new()),
-                Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'), line)),
-            };
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value,
-            }
-        })
-        .collect()
+    Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("the Prometheus text format")
+        .samples
 }
 
-/// `a="x",b="y"` (values with no escaped quotes, as this service's are).
-fn parse_labels(raw: &str, line: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let (key, after) = rest
-            .split_once("=\"")
-            .unwrap_or_else(|| panic!("a label in {line}"));
-        let (value, after) = after
-            .split_once('"')
-            .unwrap_or_else(|| panic!("a quoted label value in {line}"));
-        labels.insert(key.to_owned(), value.to_owned());
-        rest = after.trim_start_matches(',');
+/// The number a counter, gauge or untyped sample carries.
+fn number(sample: &Sample) -> f64 {
+    match &sample.value {
+        PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => *v,
+        other => panic!("{} is not a single number: {other:?}", sample.metric),
     }
-    labels
 }
 
 /// The samples named `name` whose labels include every pair of `labels`.
 fn samples<'a>(all: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
     all.iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .collect()
 }
 
 /// The one sample named `name` with exactly `labels`.
 fn value(all: &[Sample], body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let wanted: BTreeMap<String, String> = labels
+    let wanted: HashMap<String, String> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     let found: Vec<_> = all
         .iter()
-        .filter(|s| s.name == name && s.labels == wanted)
+        .filter(|s| s.metric == name && *s.labels == wanted)
         .collect();
     assert_eq!(
         found.len(),
         1,
         "exactly one sample {name}{wanted:?} in /metrics:\n{body}"
     );
-    found[0].value
+    number(found[0])
 }
 
 /// The TCP ports `pid` listens on, read from its socket descriptors and /proc/net/tcp{,6}.
@@ -664,8 +598,11 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
     );
 
     let (status, headers, body) = http_get(metrics_port, "/metrics").await;
-    assert!(status.contains(" 200 "), "{status}");
-    let content_type = headers.get("content-type").cloned().unwrap_or_default();
+    assert_eq!(status, 200);
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     assert!(
         content_type.starts_with("text/plain"),
         "Prometheus text: {content_type:?}"
@@ -719,21 +656,25 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
     );
 
     // Latency, by method: every bucket, cumulative, up to both calls.
-    let buckets = samples(
+    let histograms = samples(
         &all,
-        "snapshotd_rpc_duration_seconds_bucket",
+        "snapshotd_rpc_duration_seconds",
         &[("method", "CreateSnapshot")],
     );
+    assert_eq!(histograms.len(), 1, "one CreateSnapshot histogram:\n{body}");
+    let PromValue::Histogram(buckets) = &histograms[0].value else {
+        panic!("a histogram: {:?}", histograms[0]);
+    };
     assert!(
         buckets.len() >= 14,
         "the 1 ms…30 s buckets of CreateSnapshot:\n{body}"
     );
     let inf = buckets
         .iter()
-        .find(|s| s.labels.get("le").map(String::as_str) == Some("+Inf"))
+        .find(|b| b.less_than == f64::INFINITY)
         .unwrap_or_else(|| panic!("a +Inf bucket:\n{body}"));
-    assert_eq!(inf.value, 2.0);
-    assert!(buckets.iter().all(|s| s.value <= 2.0));
+    assert_eq!(inf.count, 2.0);
+    assert!(buckets.iter().all(|b| b.count <= 2.0));
     assert_eq!(
         value(
             &all,
@@ -794,7 +735,7 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
         BTreeSet::from([port_of(&server.addr), metrics_port])
     );
     let (status, _, _) = http_get(metrics_port, "/nothing-here").await;
-    assert!(status.contains(" 404 "), "{status}");
+    assert_eq!(status, 404);
     assert!(server.terminate().success());
 }
 
@@ -813,7 +754,7 @@ async fn http_probes_report_ready_until_the_drain_and_live_throughout() {
     )
     .await;
     let (status, _, body) = http_get(metrics_port, "/readyz").await;
-    assert!(status.contains(" 200 "), "{status} {body}");
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body.trim(), "SERVING");
 
     // Keep a call in flight so the drain lasts, then ask again.
@@ -827,7 +768,7 @@ async fn http_probes_report_ready_until_the_drain_and_live_throughout() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (status, _, body) = http_get(metrics_port, "/readyz").await;
-        if status.contains(" 503 ") {
+        if status == 503 {
             assert_eq!(body.trim(), "NOT_SERVING");
             break;
         }
@@ -838,10 +779,7 @@ async fn http_probes_report_ready_until_the_drain_and_live_throughout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, _, body) = http_get(metrics_port, "/livez").await;
-    assert!(
-        status.contains(" 200 "),
-        "live while draining: {status} {body}"
-    );
+    assert_eq!(status, 200, "live while draining: {body}");
 
     lock.release().await;
     in_flight

@@ -15,6 +15,8 @@
 //! Case counts are small so the binary runs in under a minute on two cores; set
 //! `PROPTEST_CASES` to run that many cases of every property instead.
 
+#[path = "../harness/mod.rs"]
+mod harness;
 mod support;
 
 mod engine_model;
