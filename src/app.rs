@@ -44,6 +44,12 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     // Messages name the step; the cause follows in the error's source chain (main prints it).
+    #[error("database {database}")]
+    Database {
+        /// The `DATABASE_URL`, password redacted.
+        database: String,
+        source: StoreError,
+    },
     #[error("store")]
     Store(#[from] StoreError),
     #[error("store")]
@@ -89,8 +95,7 @@ impl App {
         backend: Arc<dyn SnapshotBackend>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
-        let store = store::connect(&config.database_url, config.pool_options()).await?;
-        store.migrate().await?;
+        let store = open_store(&config).await?;
         tracing::info!(
             store = store.kind(),
             database = %redact_password(&config.database_url),
@@ -319,6 +324,19 @@ impl App {
         tracing::info!("snapshotd stopped");
         Ok(())
     }
+}
+
+/// Connects to `DATABASE_URL` and applies the migrations; an error names the database.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    let opened = async {
+        let store = store::connect(&config.database_url, config.pool_options()).await?;
+        store.migrate().await?;
+        Ok(store)
+    };
+    opened.await.map_err(|source| AppError::Database {
+        database: redact_password(&config.database_url),
+        source,
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {

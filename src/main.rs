@@ -10,7 +10,7 @@ use snapshotd::clock::SystemClock;
 use snapshotd::config::{Command, Config, redact_password};
 use snapshotd::service::Service;
 use snapshotd::telemetry::error_chain;
-use snapshotd::{App, app, demo, store, telemetry};
+use snapshotd::{App, app, demo, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -72,8 +72,7 @@ async fn health(config: Config) -> ExitCode {
 
 async fn check(config: Config) -> ExitCode {
     let result = async {
-        let store = store::connect(&config.database_url, config.pool_options()).await?;
-        store.migrate().await?;
+        let store = app::open_store(&config).await?;
         let violations = store
             .read()
             .await?
@@ -100,8 +99,7 @@ async fn check(config: Config) -> ExitCode {
 }
 
 async fn seed_demo(config: Config) -> Result<(), app::AppError> {
-    let store = store::connect(&config.database_url, config.pool_options()).await?;
-    store.migrate().await?;
+    let store = app::open_store(&config).await?;
     let service = Service::new(
         Arc::clone(&store),
         Arc::new(SimulatedBackend::new(config.copy_rate_mibps)),

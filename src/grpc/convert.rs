@@ -64,6 +64,29 @@ fn parse_plain_id(field: &'static str, raw: &str) -> Result<String, ParseError> 
     }
 }
 
+/// Distinct lock reasons an instance may carry (ECS knows a handful).
+const MAX_LOCK_REASONS: usize = 16;
+
+/// An instance's lock reasons, each valid, each once (a repeat adds nothing), at most
+/// [`MAX_LOCK_REASONS`].
+fn parse_lock_reasons(raw: &[String]) -> Result<Vec<String>, ParseError> {
+    let mut reasons: Vec<String> = Vec::new();
+    for reason in raw {
+        let reason = parse_lock_reason(reason)?;
+        if reasons.contains(&reason) {
+            continue;
+        }
+        if reasons.len() == MAX_LOCK_REASONS {
+            return Err(invalid(
+                "lock_reasons",
+                format!("at most {MAX_LOCK_REASONS} distinct lock reasons"),
+            ));
+        }
+        reasons.push(reason);
+    }
+    Ok(reasons)
+}
+
 fn parse_lock_reason(raw: &str) -> Result<String, ParseError> {
     let valid = (1..=64).contains(&raw.len())
         && raw
@@ -121,11 +144,7 @@ impl TryFrom<pb::Instance> for Instance {
             status,
             created_at: required_timestamp("created_at", instance.created_at)?,
             last_started_at: timestamp_from_proto("last_started_at", instance.last_started_at)?,
-            lock_reasons: instance
-                .lock_reasons
-                .iter()
-                .map(|r| parse_lock_reason(r))
-                .collect::<Result<_, _>>()?,
+            lock_reasons: parse_lock_reasons(&instance.lock_reasons)?,
         })
     }
 }

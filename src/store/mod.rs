@@ -171,6 +171,9 @@ pub trait Store: Send + Sync + 'static {
 pub trait Transaction: Send {
     // Reads.
 
+    /// The tables of the database (of the current schema on PostgreSQL).
+    async fn table_names(&mut self) -> Result<Vec<String>, StoreError>;
+
     /// Whether any account is stored (a store never used has none).
     async fn any_account(&mut self) -> Result<bool, StoreError>;
 

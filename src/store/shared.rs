@@ -42,6 +42,8 @@ pub trait Dialect: Database + Sized {
     const BEGIN_WRITE: &'static str;
     /// This database's schema, one numbered migration per change.
     const MIGRATOR: Migrator;
+    /// The names of the tables the store's statements would see.
+    const TABLE_NAMES: &'static str;
 
     /// Runs a statement without parameters (`BEGIN`, `COMMIT`, `ROLLBACK`) as it is.
     fn execute(
@@ -98,7 +100,22 @@ where
         DB::CREATE_LANES
     }
 
+    /// Refuses a database that holds another application's tables (no migration table of
+    /// ours): adding snapshotd's tables and demo data to it would be a surprise, not a start.
     async fn migrate(&self) -> Result<(), StoreError> {
+        let tables = self.read().await?.table_names().await?;
+        if !tables.is_empty() && !tables.iter().any(|table| table == "_sqlx_migrations") {
+            let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
+            if tables.len() > shown.len() {
+                shown.push("…");
+            }
+            return Err(StoreError::Unsupported(format!(
+                "the database holds tables of another application ({}); snapshotd keeps its \
+                 data in a database of its own: point DATABASE_URL at a new SQLite file or an \
+                 empty PostgreSQL database",
+                shown.join(", ")
+            )));
+        }
         DB::MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
@@ -247,6 +264,13 @@ where
     for<'r> SnapshotRow: FromRow<'r, DB::Row>,
     for<'r> TagRow: FromRow<'r, DB::Row>,
 {
+    async fn table_names(&mut self) -> Result<Vec<String>, StoreError> {
+        let names: Vec<(String,)> = sqlx::query_as(DB::TABLE_NAMES)
+            .fetch_all(self.connection())
+            .await?;
+        Ok(names.into_iter().map(|(name,)| name).collect())
+    }
+
     async fn any_account(&mut self) -> Result<bool, StoreError> {
         let found: Option<(String,)> = sqlx::query_as("SELECT account_id FROM accounts LIMIT 1")
             .fetch_optional(self.connection())

@@ -5,10 +5,16 @@ use snapshotd::pb;
 use tonic::Code;
 
 use crate::assertions::{Detail, assert_error};
-use crate::helpers::{Backend, as_account, spawn_app, world};
+use crate::helpers::{
+    Backend, as_account, as_admin, healthy_account, put_instance_request, running_instance,
+    spawn_app, world,
+};
 use crate::on_both_backends;
 
-on_both_backends!(a_forged_next_token_from_before_any_snapshot_is_malformed_not_internal,);
+on_both_backends!(
+    a_forged_next_token_from_before_any_snapshot_is_malformed_not_internal,
+    repeated_lock_reasons_are_kept_once_and_too_many_are_refused,
+);
 
 /// A `next_token` with a valid checksum around a body the service never wrote.
 fn forged_token(body: &str) -> String {
@@ -43,4 +49,30 @@ async fn a_forged_next_token_from_before_any_snapshot_is_malformed_not_internal(
             Detail::BadRequest("next_token"),
         );
     }
+}
+
+async fn repeated_lock_reasons_are_kept_once_and_too_many_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.put_account(healthy_account("acct-a")).await;
+    let mut repeated = running_instance("acct-a", "i-locked");
+    repeated.lock_reasons = std::iter::repeat_n("security".to_owned(), 5000)
+        .chain(["financial".to_owned(), "security".to_owned()])
+        .collect();
+    let stored = app.put_instance(repeated).await;
+    assert_eq!(stored.lock_reasons, ["security", "financial"]);
+
+    let mut too_many = running_instance("acct-a", "i-locked");
+    too_many.lock_reasons = (0..17).map(|n| format!("reason-{n}")).collect();
+    let status = app
+        .inventory()
+        .put_instance(as_admin(put_instance_request(too_many)))
+        .await
+        .expect_err("17 distinct lock reasons");
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "InvalidParameter",
+        "400",
+        Detail::BadRequest("lock_reasons"),
+    );
 }

@@ -125,6 +125,8 @@ impl Dialect for Postgres {
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
     const BEGIN_WRITE: &'static str = "BEGIN";
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+    const TABLE_NAMES: &'static str = "SELECT CAST(table_name AS text) FROM information_schema.tables \
+         WHERE table_schema = current_schema() ORDER BY table_name";
 
     async fn execute(
         connection: &mut PgConnection,

@@ -58,6 +58,8 @@ impl Dialect for Sqlite {
     /// writes on.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+    const TABLE_NAMES: &'static str = "SELECT name FROM sqlite_master \
+         WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name";
 
     /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
     async fn execute(
