@@ -1,16 +1,19 @@
 //! What callers write: snapshot and image names, descriptions, client tokens, tags and
 //! retention, each with the seed's (or ECS's) rules in its `parse`.
 
+use unicode_script::{Script, UnicodeScript};
+
 use super::{ParseError, Timestamp};
 
 fn starts_with_url_scheme(text: &str) -> bool {
     text.starts_with("http://") || text.starts_with("https://")
 }
 
-/// CJK Unified Ideographs (with extension A and the compatibility block): what the seed calls
-/// "Chinese characters".
+/// What the seed calls "Chinese characters": Unicode's Han script (the `Script` property), so
+/// the CJK Unified Ideographs of every extension (𠀀 U+20000 …), the compatibility ideographs,
+/// 〇 and 々 and the CJK radicals count; kana, hangul and unassigned code points do not.
 fn is_chinese(c: char) -> bool {
-    matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}')
+    c.script() == Script::Han
 }
 
 /// A snapshot name per the seed: 2..128 characters; begins with an English letter or a Chinese
@@ -256,6 +259,35 @@ impl ImageName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chinese_characters_are_the_han_script() {
+        let han = [
+            '中',
+            '\u{4E00}',
+            '\u{9FFF}',
+            '\u{3400}',
+            '\u{F900}',
+            '\u{20000}',
+            '\u{2A700}',
+            '\u{3007}',
+            '\u{3005}',
+            '\u{2E80}',
+        ];
+        for c in han {
+            assert!(is_chinese(c), "{c:?} U+{:04X} is Han", u32::from(c));
+            assert!(
+                SnapshotName::parse(&format!("{c}x")).is_ok(),
+                "{c:?} begins a name"
+            );
+        }
+        let not_han = [
+            'ひ', 'ア', '가', '①', '\u{FF21}', '\u{FA6E}', '\u{3000}', '\u{3001}', 'a', '1',
+        ];
+        for c in not_han {
+            assert!(!is_chinese(c), "{c:?} U+{:04X} is not Han", u32::from(c));
+        }
+    }
     fn repeat(c: char, n: usize) -> String {
         std::iter::repeat_n(c, n).collect()
     }
