@@ -96,11 +96,21 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
         let store = open_store(&config).await?;
+        let settings: Vec<String> = store
+            .settings()
+            .iter()
+            .map(|setting| format!("{}={}", setting.name, setting.value))
+            .collect();
         tracing::info!(
             store = store.kind(),
             database = %redact_password(&config.database_url),
+            settings = %settings.join(" "),
             "store ready, migrations applied"
         );
+        for warning in store.durability_warnings() {
+            tracing::warn!("{warning}");
+        }
+        metric::store_info(store.kind(), store.settings());
         let now = clock.now();
         let service = Arc::new(Service::new(store, backend, clock, config.policy()));
         if config.seeds_demo() && service.store().kind() == "sqlite" && service.is_empty().await? {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::store::SqliteSynchronous;
+
 use crate::engine::Policy;
 
 /// The file the embedded store uses when `DATABASE_URL` is not set.
@@ -158,6 +160,12 @@ pub struct Config {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// When the embedded SQLite store's commits reach the disk: `full` waits for each (an
+    /// acknowledged snapshot survives a power loss); `normal` is faster but an OS crash or power
+    /// loss can roll back the last acknowledged snapshots.
+    #[arg(long, global = true, env = "SNAPSHOTD_SQLITE_SYNCHRONOUS", default_value = "full", value_parser = clap::builder::TypedValueParser::try_map(clap::builder::PossibleValuesParser::new(["full", "normal"]), |raw| raw.parse::<SqliteSynchronous>()))]
+    pub sqlite_synchronous: SqliteSynchronous,
+
     /// Log format; `auto` is text on a terminal and JSON otherwise.
     #[arg(long, global = true, env = "SNAPSHOTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -255,6 +263,7 @@ impl Config {
         crate::store::PoolOptions {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
+            sqlite_synchronous: self.sqlite_synchronous,
         }
     }
 

@@ -155,6 +155,7 @@ pub mod metric {
     pub const CREATE_BATCH_CALLS: &str = "snapshotd_create_batch_calls";
     pub const CREATE_RUN_ALONE: &str = "snapshotd_create_run_alone_total";
     pub const BUILD_INFO: &str = "snapshotd_build_info";
+    pub const STORE_INFO: &str = "snapshotd_store_info";
 
     /// Buckets of [`CREATE_BATCH_CALLS`]: calls, not seconds (a batch holds at most 64).
     pub(super) const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
@@ -193,6 +194,10 @@ pub mod metric {
             "CreateSnapshot calls a batch could not settle, run in a transaction of their own"
         );
         describe_gauge!(BUILD_INFO, "always 1; the version is a label");
+        describe_gauge!(
+            STORE_INFO,
+            "always 1; the store and its durability settings in force are labels"
+        );
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
 
@@ -205,6 +210,17 @@ pub mod metric {
         )
         .increment(1);
         histogram!(RPC_DURATION, "method" => method.to_owned()).record(latency.as_secs_f64());
+    }
+
+    /// The store's kind and the durability settings read back from it, as labels.
+    pub fn store_info(kind: &'static str, settings: &[crate::store::Setting]) {
+        let mut labels = vec![metrics::Label::new("store", kind)];
+        labels.extend(
+            settings
+                .iter()
+                .map(|setting| metrics::Label::new(setting.name, setting.value.clone())),
+        );
+        gauge!(STORE_INFO, labels).set(1.0);
     }
 
     pub fn rpc_in_flight(calls: usize) {

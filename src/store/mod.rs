@@ -108,6 +108,47 @@ pub struct PoolOptions {
     pub max_connections: u32,
     /// How long a call waits for a connection before failing as unavailable.
     pub acquire_timeout: std::time::Duration,
+    /// When the embedded SQLite store's commits reach the disk.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` setting (in WAL mode): what an acknowledged write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    /// Each commit waits for the WAL's fsync: it survives a power loss or an OS crash.
+    #[default]
+    Full,
+    /// Commits are not fsynced: they survive the process dying, not an OS crash or power loss.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Normal => "normal",
+        }
+    }
+}
+
+impl std::str::FromStr for SqliteSynchronous {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => Err(format!("`{raw}` is not full or normal")),
+        }
+    }
+}
+
+/// A durability setting the database has in force, read back at startup (`PRAGMA synchronous`,
+/// `SHOW fsync`, …), for the startup log, a metric label and warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub value: String,
 }
 
 /// What one call's locking read found: the state the engine needs, and the caller's binding
@@ -141,6 +182,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many create transactions should run at once: the database's sweet spot.
     fn create_lanes(&self) -> usize;
+
+    /// The durability settings in force, as read back from the database when it was opened.
+    fn settings(&self) -> &[Setting];
+
+    /// What in [`Store::settings`] weakens the promise that an acknowledged write survives a
+    /// crash of the machine, one sentence each (empty when nothing does).
+    fn durability_warnings(&self) -> Vec<String>;
 
     /// Applies this backend's embedded migrations.
     async fn migrate(&self) -> Result<(), StoreError>;

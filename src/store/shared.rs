@@ -17,7 +17,7 @@ use super::rows::{
     TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
 };
 use super::{
-    BatchRead, LockedRead, PoolStats, Store, StoreError, Transaction, Violation, WorkQueue,
+    BatchRead, LockedRead, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor, Snapshot,
@@ -45,6 +45,9 @@ pub trait Dialect: Database + Sized {
     /// The names of the tables the store's statements would see.
     const TABLE_NAMES: &'static str;
 
+    /// What in these settings weakens the durability of an acknowledged write.
+    fn durability_warnings(settings: &[Setting]) -> Vec<String>;
+
     /// Runs a statement without parameters (`BEGIN`, `COMMIT`, `ROLLBACK`) as it is.
     fn execute(
         connection: &mut Self::Connection,
@@ -68,13 +71,19 @@ pub trait Dialect: Database + Sized {
 /// the file.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    settings: Vec<Setting>,
     _process_lock: Option<std::fs::File>,
 }
 
 impl<DB: Database> SqlStore<DB> {
-    pub(super) fn new(pool: Pool<DB>, process_lock: Option<std::fs::File>) -> Self {
+    pub(super) fn new(
+        pool: Pool<DB>,
+        settings: Vec<Setting>,
+        process_lock: Option<std::fs::File>,
+    ) -> Self {
         Self {
             pool,
+            settings,
             _process_lock: process_lock,
         }
     }
@@ -98,6 +107,14 @@ where
 
     fn create_lanes(&self) -> usize {
         DB::CREATE_LANES
+    }
+
+    fn settings(&self) -> &[Setting] {
+        &self.settings
+    }
+
+    fn durability_warnings(&self) -> Vec<String> {
+        DB::durability_warnings(&self.settings)
     }
 
     /// Refuses a database that holds another application's tables (no migration table of

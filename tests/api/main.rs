@@ -14,6 +14,7 @@ mod concurrency;
 mod create_snapshot;
 mod delete_and_images;
 mod describe;
+mod durability;
 mod edge;
 mod embedded;
 mod faults;

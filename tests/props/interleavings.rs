@@ -270,6 +270,7 @@ impl Harness {
         let pool = PoolOptions {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            sqlite_synchronous: Default::default(),
         };
         let store = snapshotd::store::connect(&db.url, pool)
             .await

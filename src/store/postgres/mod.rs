@@ -19,7 +19,7 @@ use sqlx::{FromRow, PgConnection, Postgres, Row};
 
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
-use super::{BatchRead, PoolOptions, StoreError};
+use super::{BatchRead, PoolOptions, Setting, StoreError};
 use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type PgStore = SqlStore<Postgres>;
@@ -50,7 +50,34 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, S
         })
         .connect_with(options)
         .await?;
-    Ok(SqlStore::new(pool, None))
+    let mut settings = Vec::new();
+    for name in DURABILITY_SETTINGS {
+        let (value,): (String,) = sqlx::query_as(&format!("SHOW {name}"))
+            .fetch_one(&pool)
+            .await?;
+        settings.push(Setting { name, value });
+    }
+    Ok(SqlStore::new(pool, settings, None))
+}
+
+/// What an acknowledged write's survival rests on, on the server: commits wait for the WAL's
+/// flush (`synchronous_commit`), flushes reach the disk (`fsync`), and a torn page can be
+/// repaired (`full_page_writes`).
+const DURABILITY_SETTINGS: [&str; 3] = ["synchronous_commit", "fsync", "full_page_writes"];
+
+/// A setting in `settings` that is `off` weakens the promise.
+fn durability_warnings(settings: &[Setting]) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|setting| setting.value == "off")
+        .map(|setting| {
+            format!(
+                "PostgreSQL has {} = off: an acknowledged snapshot can be lost in a crash of \
+                 the database server's machine",
+                setting.name
+            )
+        })
+        .collect()
 }
 
 /// Locks the disks of a batch of CreateSnapshot calls that no other transaction holds, in disk
@@ -127,6 +154,10 @@ impl Dialect for Postgres {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
     const TABLE_NAMES: &'static str = "SELECT CAST(table_name AS text) FROM information_schema.tables \
          WHERE table_schema = current_schema() ORDER BY table_name";
+
+    fn durability_warnings(settings: &[Setting]) -> Vec<String> {
+        durability_warnings(settings)
+    }
 
     async fn execute(
         connection: &mut PgConnection,
@@ -233,5 +264,37 @@ impl Dialect for Postgres {
             .execute(connection)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_durability_setting_that_is_off_is_warned_about() {
+        let settings = |values: [&str; 3]| -> Vec<Setting> {
+            DURABILITY_SETTINGS
+                .into_iter()
+                .zip(values)
+                .map(|(name, value)| Setting {
+                    name,
+                    value: value.to_owned(),
+                })
+                .collect()
+        };
+        let cases = [
+            (["on", "on", "on"], vec![]),
+            (["local", "on", "on"], vec![]),
+            (["off", "on", "on"], vec!["synchronous_commit"]),
+            (["on", "off", "off"], vec!["fsync", "full_page_writes"]),
+        ];
+        for (values, warned) in cases {
+            let warnings = durability_warnings(&settings(values));
+            assert_eq!(warnings.len(), warned.len(), "{values:?}: {warnings:?}");
+            for (warning, name) in warnings.iter().zip(warned) {
+                assert!(warning.contains(&format!("{name} = off")), "{warning}");
+            }
+        }
     }
 }

@@ -12,16 +12,20 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::shared::{Dialect, SqlSession, SqlStore};
-use super::{BatchRead, PoolOptions, StoreError, Transaction};
+use super::{BatchRead, PoolOptions, Setting, StoreError, Transaction};
 use crate::domain::{CreateSnapshotCommand, Snapshot};
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
 /// Opens (creating if missing) the database file named by a `sqlite://PATH` URL.
-pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<SqliteStore, StoreError> {
+pub async fn connect(
+    database_url: &str,
+    pool_options: PoolOptions,
+) -> Result<SqliteStore, StoreError> {
+    let pool = pool_options;
     let options = SqliteConnectOptions::from_str(database_url).map_err(StoreError::Database)?;
     let path = options.get_filename().to_path_buf();
     if database_url.contains(":memory:") || database_url.contains("mode=memory") {
@@ -32,10 +36,14 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<SqliteStor
         ));
     }
     let process_lock = lock_for_one_process(&path)?;
+    let synchronous = match pool.sqlite_synchronous {
+        super::SqliteSynchronous::Full => SqliteSynchronous::Full,
+        super::SqliteSynchronous::Normal => SqliteSynchronous::Normal,
+    };
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
@@ -43,7 +51,44 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<SqliteStor
         .acquire_timeout(pool.acquire_timeout)
         .connect_with(options)
         .await?;
-    Ok(SqlStore::new(pool, Some(process_lock)))
+    let settings = read_back(&pool, pool_options.sqlite_synchronous).await?;
+    Ok(SqlStore::new(pool, settings, Some(process_lock)))
+}
+
+/// Reads the journal mode and `synchronous` back from a connection of the pool, and refuses to
+/// start when they are not what was configured (a read-only file system, an old SQLite).
+async fn read_back(
+    pool: &SqlitePool,
+    configured: super::SqliteSynchronous,
+) -> Result<Vec<Setting>, StoreError> {
+    let (journal_mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await?;
+    let (synchronous,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(pool).await?;
+    let synchronous = match synchronous {
+        0 => "off",
+        1 => "normal",
+        2 => "full",
+        3 => "extra",
+        _ => "unknown",
+    };
+    if journal_mode != "wal" || synchronous != configured.as_str() {
+        return Err(StoreError::Unsupported(format!(
+            "SQLite runs with journal_mode={journal_mode}, synchronous={synchronous}; \
+             snapshotd needs journal_mode=wal, synchronous={}",
+            configured.as_str()
+        )));
+    }
+    Ok(vec![
+        Setting {
+            name: "journal_mode",
+            value: journal_mode,
+        },
+        Setting {
+            name: "synchronous",
+            value: synchronous.to_owned(),
+        },
+    ])
 }
 
 impl Dialect for Sqlite {
@@ -62,6 +107,20 @@ impl Dialect for Sqlite {
          WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name";
 
     /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
+    fn durability_warnings(settings: &[Setting]) -> Vec<String> {
+        settings
+            .iter()
+            .filter(|setting| setting.name == "synchronous" && setting.value != "full")
+            .map(|setting| {
+                format!(
+                    "SQLite runs with synchronous={} (--sqlite-synchronous): an acknowledged \
+                     snapshot survives the process dying, but not an OS crash or a power loss",
+                    setting.value
+                )
+            })
+            .collect()
+    }
+
     async fn execute(
         connection: &mut SqliteConnection,
         statement: &'static str,
