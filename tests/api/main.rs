@@ -18,7 +18,6 @@ mod group_commit;
 mod hostile;
 mod idempotence;
 mod inventory;
-mod load;
 mod operations;
 mod round_trips;
 mod server;
