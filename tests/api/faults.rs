@@ -319,7 +319,8 @@ async fn postgresql_stopped_under_load_fails_fast_and_recovers() {
             let mut give_up = None;
             loop {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let give_up = *give_up.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
+                    let give_up =
+                        *give_up.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
                     if acknowledged_since_restart(&acknowledged) || Instant::now() > give_up {
                         break;
                     }

@@ -123,7 +123,8 @@ impl SnapshotBackend for HeldStep {
     async fn copy_state(&self, snapshot: &Snapshot, now: Timestamp) -> CopyState {
         let mut open = self.open.subscribe();
         if !*open.borrow() {
-            self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = open.wait_for(|open| *open).await;
         }
         self.inner.copy_state(snapshot, now).await
