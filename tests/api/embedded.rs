@@ -332,11 +332,11 @@ async fn a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_rest
 crate::on_both_backends!(
     a_server_stopped_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
     a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
+    the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
+async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let check = || {
         Command::new(BINARY)
             .arg("check")
@@ -358,17 +358,35 @@ async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
         ],
     );
     let channel = server.ready().await;
+    // The demo inventory: SQLite gets it from SNAPSHOTD_DEMO, PostgreSQL only on request.
+    if backend == Backend::Postgres {
+        let seeded = Command::new(BINARY)
+            .arg("seed-demo")
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(seeded.status.success(), "{seeded:?}");
+    }
     create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
         .await
         .unwrap();
     assert!(server.terminate().success());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE disks SET snapshot_count = 9 WHERE disk_id = 'd-demo-ok'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let breach = "UPDATE disks SET snapshot_count = 9 WHERE disk_id = 'd-demo-ok'";
+    match backend {
+        Backend::Postgres => {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(breach).execute(&mut conn).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(breach).execute(&mut conn).await.unwrap();
+        }
+    }
 
     let broken = check();
     assert!(!broken.status.success(), "{broken:?}");
