@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use snapshotd::pb;
@@ -331,11 +332,11 @@ async fn a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_rest
 crate::on_both_backends!(
     a_server_stopped_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
     a_server_killed_mid_copy_loses_nothing_and_the_copy_finishes_after_restart,
+    the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
+async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
     let check = || {
         Command::new(BINARY)
             .arg("check")
@@ -357,17 +358,35 @@ async fn the_check_subcommand_passes_on_sound_data_and_fails_on_a_breach() {
         ],
     );
     let channel = server.ready().await;
+    // The demo inventory: SQLite gets it from SNAPSHOTD_DEMO, PostgreSQL only on request.
+    if backend == Backend::Postgres {
+        let seeded = Command::new(BINARY)
+            .arg("seed-demo")
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(seeded.status.success(), "{seeded:?}");
+    }
     create(&channel, "acct-demo", demo_request("d-demo-ok", ""))
         .await
         .unwrap();
     assert!(server.terminate().success());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE disks SET snapshot_count = 9 WHERE disk_id = 'd-demo-ok'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let breach = "UPDATE disks SET snapshot_count = 9 WHERE disk_id = 'd-demo-ok'";
+    match backend {
+        Backend::Postgres => {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(breach).execute(&mut conn).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(breach).execute(&mut conn).await.unwrap();
+        }
+    }
 
     let broken = check();
     assert!(!broken.status.success(), "{broken:?}");
@@ -404,13 +423,27 @@ async fn all_snapshot_ids(channel: &Channel, account: &str) -> std::collections:
 
 const CRASH_DISKS: usize = 64;
 
+/// What the load saw in one round: the ids acknowledged on each disk, and every answer before
+/// the kill that was neither a success nor the expected "copy still running" refusal.
+struct RoundLoad {
+    acknowledged: Vec<Vec<String>>,
+    unexpected: Vec<String>,
+}
+
 /// Creates snapshots from 64 tasks (one disk each, a new client token per call) until the
-/// server stops answering; returns the ids it acknowledged.
-async fn load_until_the_server_dies(channel: Channel, round: usize) -> Vec<String> {
-    let acknowledged = crate::helpers::concurrently(CRASH_DISKS, |n| {
+/// server stops answering. `killed_at` is set just before the test sends SIGKILL: an error seen
+/// before it was set is not the kill's doing, and is reported as unexpected.
+async fn load_until_the_server_dies(
+    channel: Channel,
+    round: usize,
+    killed_at: Arc<OnceLock<Instant>>,
+) -> RoundLoad {
+    let per_disk = crate::helpers::concurrently(CRASH_DISKS, |n| {
         let channel = channel.clone();
+        let killed_at = killed_at.clone();
         async move {
             let mut ids = Vec::new();
+            let mut unexpected = Vec::new();
             for attempt in 0.. {
                 let request = pb::CreateSnapshotRequest {
                     disk_id: format!("d-acct-a-{n}"),
@@ -419,19 +452,36 @@ async fn load_until_the_server_dies(channel: Channel, round: usize) -> Vec<Strin
                 };
                 match create(&channel, "acct-a", request).await {
                     Ok(response) => ids.push(response.snapshot_id),
-                    Err(status) if status.code() == Code::FailedPrecondition => {
+                    Err(status)
+                        if status.code() == Code::FailedPrecondition
+                            && status.get_details_error_info().is_some_and(|info| {
+                                info.reason == "IncorrectDiskStatus.CreatingSnapshot"
+                            }) =>
+                    {
                         // The disk's copy is still running.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Err(status) if status.code() == Code::ResourceExhausted => break,
-                    Err(_) => break, // the server is gone
+                    Err(status) => {
+                        if killed_at.get().is_none() {
+                            unexpected.push(format!("disk {n} before the kill: {status:?}"));
+                        }
+                        break; // the server is gone, or the test fails on `unexpected`
+                    }
                 }
             }
-            ids
+            (ids, unexpected)
         }
     })
     .await;
-    acknowledged.into_iter().flatten().collect()
+    let mut load = RoundLoad {
+        acknowledged: Vec::new(),
+        unexpected: Vec::new(),
+    };
+    for (ids, unexpected) in per_disk {
+        load.acknowledged.push(ids);
+        load.unexpected.extend(unexpected);
+    }
+    load
 }
 
 /// SIGKILL under 64-way load, three times: every acknowledged snapshot is there after the
@@ -484,12 +534,32 @@ async fn sigkill_under_load_loses_no_acknowledged_snapshot(backend: Backend) {
             "round {round}: acknowledged but lost: {lost:?}"
         );
 
-        let load = tokio::spawn(load_until_the_server_dies(channel, round));
+        let killed_at = Arc::new(OnceLock::new());
+        let load = tokio::spawn(load_until_the_server_dies(
+            channel,
+            round,
+            killed_at.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(2000)).await;
+        killed_at.set(Instant::now()).unwrap();
         server.kill();
-        let ids = load.await.unwrap();
-        assert!(!ids.is_empty(), "round {round}: the load made snapshots");
-        acknowledged.extend(ids);
+        let load = load.await.unwrap();
+        assert!(
+            load.unexpected.is_empty(),
+            "round {round}: answers other than success or a running copy before the kill: {:?}",
+            load.unexpected
+        );
+        // Every disk was written at least once in the 2 s before the kill (a copy takes 0.2 s).
+        let idle: Vec<usize> = (0..CRASH_DISKS)
+            .filter(|&n| load.acknowledged[n].is_empty())
+            .collect();
+        assert!(
+            idle.is_empty(),
+            "round {round}: disks with no acknowledged snapshot before the kill: {idle:?}"
+        );
+        let count: usize = load.acknowledged.iter().map(Vec::len).sum();
+        eprintln!("{backend:?} round {round}: {count} acknowledged before the SIGKILL");
+        acknowledged.extend(load.acknowledged.into_iter().flatten());
     }
 
     let mut server = Server::start(dir.path(), &[], &env);

@@ -34,7 +34,10 @@ use crate::assertions::{Detail, assert_error};
 use crate::helpers::{Backend, DiskLock, Options, TestApp, create_request, spawn_app_with, world};
 use crate::on_both_backends;
 
-on_both_backends!(many_calls_on_one_disk_or_one_token_in_one_batch_are_answered_one_by_one);
+on_both_backends!(
+    many_calls_on_one_disk_or_one_token_in_one_batch_are_answered_one_by_one,
+    a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written,
+);
 
 const ACCOUNT: &str = "acct-gc";
 
@@ -337,10 +340,9 @@ async fn calls_queued_behind_busy_lanes_are_written_together_in_few_transactions
     app.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written() {
+async fn a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written(backend: Backend) {
     let gates = GateBackend::new();
-    let app = spawn_gated(Backend::Postgres, &gates, 64).await;
+    let app = spawn_gated(backend, &gates, 64).await;
     let (blockers, queued) = (disks(0..32), disks(32..64));
     let (first_gate, second_gate) = (Gate::closed(), Gate::closed());
     gates.guard(&blockers, &first_gate);

@@ -24,7 +24,6 @@ mod hostile_inputs;
 mod idempotence;
 mod inventory;
 mod inventory_races;
-mod load;
 mod operations;
 mod round_trips;
 mod server;

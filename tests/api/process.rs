@@ -12,7 +12,12 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_snapshotd");
 /// A `snapshotd` process; killed if the test ends without stopping it.
 pub struct Server {
     pub child: Child,
+    /// Where it serves gRPC: known once [`Server::ready`] has returned. The server binds port 0
+    /// and the harness reads the port it got back from /proc, so no other process can take the
+    /// port between the harness choosing it and the server binding it.
     pub addr: String,
+    /// A metrics port the test chose (`SNAPSHOTD_METRICS_LISTEN`): not the gRPC port.
+    metrics_port: Option<u16>,
     /// Where its logs go: a file, not a pipe, so a chatty server never blocks on a full pipe.
     pub log: tempfile::NamedTempFile,
 }
@@ -27,13 +32,12 @@ pub fn free_port() -> u16 {
 
 impl Server {
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut command = Command::new(BINARY);
         command
             .current_dir(dir)
             .env_clear()
-            .env("SNAPSHOTD_LISTEN", &addr)
+            .env("SNAPSHOTD_LISTEN", "127.0.0.1:0")
             .env("SNAPSHOTD_LOG_FORMAT", "json")
             // Tests run in parallel: no fixed metrics port unless a test asks for one.
             .env("SNAPSHOTD_METRICS_LISTEN", "off")
@@ -43,11 +47,61 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
+        let metrics_port = env
+            .iter()
+            .find(|(key, _)| *key == "SNAPSHOTD_METRICS_LISTEN")
+            .and_then(|(_, listen)| listen.rsplit(':').next()?.parse().ok());
         Self {
             child: command.spawn().expect("starting snapshotd"),
-            addr,
+            addr: String::new(),
+            metrics_port,
             log,
         }
+    }
+
+    /// The port the process listens on for gRPC, once it does: its listening TCP sockets (found
+    /// by inode from its descriptors), the metrics port aside.
+    fn grpc_port(&self) -> Option<u16> {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .ok()?
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().into_owned();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) =
+                std::fs::read_to_string(format!("/proc/{}/net/{table}", self.child.id()))
+            else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(&"0A"), Some(inode)) =
+                    (fields.get(1), fields.get(3), fields.get(9))
+                else {
+                    continue;
+                };
+                let port = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                if let Some(port) = port
+                    && inodes.iter().any(|known| known == inode)
+                    && Some(port) != self.metrics_port
+                {
+                    ports.push(port);
+                }
+            }
+        }
+        ports.first().copied()
     }
 
     /// Waits until health says SERVING; returns a channel to the server.
@@ -57,10 +111,16 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("snapshotd exited early with {status}: {}", self.stderr());
             }
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .connect()
-                .await
+            if self.addr.is_empty()
+                && let Some(port) = self.grpc_port()
+            {
+                self.addr = format!("127.0.0.1:{port}");
+            }
+            if !self.addr.is_empty()
+                && let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect()
+                    .await
             {
                 let serving = HealthClient::new(channel.clone())
                     .check(HealthCheckRequest::default())

@@ -386,9 +386,15 @@ impl Drop for CountingProxy {
 // ---------------------------------------------------------------------------------------------
 // Keepalive
 
+/// PINGs every 500 ms, answered within 1 s: short enough for a test, long enough that a tonic
+/// client on a loaded 2-core machine answers in time (at 300 ms, one PING answer delayed by a
+/// busy scheduler drops the connection).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn fast_keepalive(config: &mut snapshotd::Config) {
-    config.keepalive_interval = Duration::from_millis(200);
-    config.keepalive_timeout = Duration::from_millis(300);
+    config.keepalive_interval = KEEPALIVE_INTERVAL;
+    config.keepalive_timeout = KEEPALIVE_TIMEOUT;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,7 +402,7 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
     let app = app_with(fast_keepalive).await;
     let mut raw = RawH2::connect(app.addr).await;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(5);
+    let deadline = started + Duration::from_secs(10);
     let mut first_ping: Option<Instant> = None;
     let mut seen = Vec::new();
 
@@ -424,7 +430,7 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
         )
     });
     assert!(
-        closed_at.duration_since(first_ping) >= Duration::from_millis(150),
+        closed_at.duration_since(first_ping) >= KEEPALIVE_TIMEOUT * 3 / 4,
         "the server waited for the PING's answer before closing ({how}; frames: {seen:?})"
     );
 }
@@ -434,7 +440,7 @@ async fn a_peer_that_answers_pings_is_kept() {
     let app = app_with(fast_keepalive).await;
     let mut raw = RawH2::connect(app.addr).await;
     // Long enough for several PING rounds, each well past the timeout.
-    let deadline = Instant::now() + Duration::from_millis(1500);
+    let deadline = Instant::now() + KEEPALIVE_INTERVAL * 2 + KEEPALIVE_TIMEOUT * 2;
     let mut pings = 0;
     loop {
         match raw.read(deadline).await {
@@ -449,7 +455,10 @@ async fn a_peer_that_answers_pings_is_kept() {
             Read::TimedOut => break,
         }
     }
-    assert!(pings >= 2, "PINGs every 200 ms while idle, got {pings}");
+    assert!(
+        pings >= 2,
+        "PINGs every {KEEPALIVE_INTERVAL:?} while idle, got {pings}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -462,12 +471,12 @@ async fn a_tonic_channel_left_idle_answers_pings_and_keeps_its_connection() {
         .await
         .expect("before the idle time");
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(KEEPALIVE_INTERVAL * 4 + KEEPALIVE_TIMEOUT).await;
 
     client
         .create_snapshot(as_account(ACCOUNT, create_request(DISK)))
         .await
-        .expect("after 2 s idle under 200 ms keepalive");
+        .expect("after several PING rounds idle");
     assert_eq!(
         proxy.connections(),
         1,

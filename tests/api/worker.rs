@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use snapshotd::backend::SimulatedBackend;
+use snapshotd::backend::{BackendError, CopyState, SimulatedBackend, SnapshotBackend};
+use snapshotd::domain::{Snapshot, Timestamp};
 use snapshotd::pb;
 
 use crate::helpers::{
@@ -105,11 +106,57 @@ async fn in_real_time_a_snapshot_is_accomplished_within_a_second_of_its_copy_tim
     }
 }
 
-/// Two servers on one PostgreSQL database step their workers at the same time: every snapshot
-/// is completed, and by exactly one of them.
+/// A backend whose `copy_state` waits while its gate is closed: the worker step that calls it
+/// has claimed its rows and holds them, inside its transaction, until the test opens the gate.
+struct HeldStep {
+    inner: SimulatedBackend,
+    open: tokio::sync::watch::Sender<bool>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl SnapshotBackend for HeldStep {
+    async fn start_copy(&self, snapshot: &Snapshot) -> Result<Duration, BackendError> {
+        self.inner.start_copy(snapshot).await
+    }
+
+    async fn copy_state(&self, snapshot: &Snapshot, now: Timestamp) -> CopyState {
+        let mut open = self.open.subscribe();
+        if !*open.borrow() {
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = open.wait_for(|open| *open).await;
+        }
+        self.inner.copy_state(snapshot, now).await
+    }
+
+    async fn cancel_copy(&self, snapshot: &Snapshot) -> Result<(), BackendError> {
+        self.inner.cancel_copy(snapshot).await
+    }
+}
+
+/// Two servers on one PostgreSQL database share the copy queue: while the first is held inside
+/// its worker step, with the rows it claimed locked, the second completes the rest; each
+/// snapshot is completed once, by one of them. Without `SKIP LOCKED` the second would wait for
+/// the first (plain `FOR UPDATE`) or complete the first's rows too (no lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
-    let first = Arc::new(spawn_app(Backend::Postgres).await);
+    const PATIENCE: Duration = Duration::from_secs(15);
+    let held = Arc::new(HeldStep {
+        inner: SimulatedBackend::new(256),
+        open: tokio::sync::watch::Sender::new(false),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let first = Arc::new(
+        spawn_app_with(
+            Backend::Postgres,
+            Options {
+                snapshot_backend: held.clone(),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
     let second = Arc::new(spawn_replica(&first, Options::default()).await);
     const DISKS: usize = 300;
     first.seed(&world("acct-a", DISKS)).await;
@@ -123,23 +170,38 @@ async fn two_replicas_complete_every_snapshot_exactly_once_on_postgres() {
     })
     .await;
     assert!(created.iter().all(Result::is_ok));
-
     first.advance(Duration::from_secs(3600));
     second.advance(Duration::from_secs(3600));
-    let done = concurrently(2, |n| {
-        let app = if n == 0 {
-            first.clone()
-        } else {
-            second.clone()
-        };
-        async move { app.tick_until_idle().await }
-    })
-    .await;
 
-    let accomplished: usize = done.iter().map(|d| d.accomplished).sum();
+    // The first replica claims a batch and stops inside its step, holding the rows.
+    let first_steps = tokio::spawn({
+        let first = first.clone();
+        async move { first.tick_until_idle().await }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while held.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never reached its copies"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Meanwhile the second completes what the first did not claim, without waiting for it.
+    let by_second = tokio::time::timeout(PATIENCE, second.tick_until_idle())
+        .await
+        .expect("the second replica waited for the rows the first holds");
+    assert!(
+        by_second.accomplished > 0 && by_second.accomplished < DISKS,
+        "the second completed only the rows the first had not claimed: {by_second:?}"
+    );
+
+    held.open.send_replace(true);
+    let by_first = first_steps.await.expect("the first replica's steps");
     assert_eq!(
-        accomplished, DISKS,
-        "each snapshot completed once: {done:?}"
+        by_first.accomplished + by_second.accomplished,
+        DISKS,
+        "each snapshot completed once: first {by_first:?}, second {by_second:?}"
     );
     first.assert_invariants().await;
     first

@@ -47,7 +47,7 @@ fn contains_url(text: &str) -> bool {
 /// SnapshotName: 2..128 characters; the first an English letter or a Chinese character; the
 /// rest English letters, Chinese characters, digits, `_`, `:` or `-`; not beginning with
 /// `auto` (case-sensitive), `http://` or `https://`.
-fn valid_snapshot_name(name: &str) -> bool {
+pub(crate) fn valid_snapshot_name(name: &str) -> bool {
     let mut rest = name.chars();
     let Some(first) = rest.next() else {
         return false;
@@ -60,7 +60,7 @@ fn valid_snapshot_name(name: &str) -> bool {
 
 /// Description: empty, or 2..256 characters not beginning with `http://` or `https://`, and no
 /// NUL character (no database stores one in text).
-fn valid_description(text: &str) -> bool {
+pub(crate) fn valid_description(text: &str) -> bool {
     text.is_empty()
         || ((2..=256).contains(&characters(text))
             && !begins_with_any(text, &["http://", "https://"])
@@ -68,14 +68,14 @@ fn valid_description(text: &str) -> bool {
 }
 
 /// ClientToken: at most 64 ASCII characters, printable (space to tilde); empty means none.
-fn valid_client_token(token: &str) -> bool {
+pub(crate) fn valid_client_token(token: &str) -> bool {
     characters(token) <= 64 && token.chars().all(|c| (' '..='~').contains(&c))
 }
 
 /// ImageName: 2..128 characters; the first an English letter or a Chinese character; the rest
 /// also digits, `.`, `_`, `:` or `-`; not beginning with `http://`, `https://`, `aliyun` or
 /// `acs:`. Empty means none.
-fn valid_image_name(name: &str) -> bool {
+pub(crate) fn valid_image_name(name: &str) -> bool {
     let mut rest = name.chars();
     let Some(first) = rest.next() else {
         return false;
@@ -87,7 +87,7 @@ fn valid_image_name(name: &str) -> bool {
 }
 
 /// A tag key: 1..128 characters, not beginning with `acs:` or `aliyun`, no URL inside.
-fn valid_tag_key(key: &str) -> bool {
+pub(crate) fn valid_tag_key(key: &str) -> bool {
     (1..=128).contains(&characters(key))
         && !begins_with_any(key, &["acs:", "aliyun"])
         && !contains_url(key)
@@ -95,12 +95,12 @@ fn valid_tag_key(key: &str) -> bool {
 }
 
 /// A tag value: at most 128 characters (empty allowed), no URL inside, no NUL character.
-fn valid_tag_value(value: &str) -> bool {
+pub(crate) fn valid_tag_value(value: &str) -> bool {
     characters(value) <= 128 && !contains_url(value) && !value.contains('\0')
 }
 
 /// DiskId: `d-` and then 1..62 of lowercase ASCII letters, digits and `-`.
-fn valid_disk_id(id: &str) -> bool {
+pub(crate) fn valid_disk_id(id: &str) -> bool {
     id.strip_prefix("d-").is_some_and(|rest| {
         (1..=62).contains(&characters(rest))
             && rest
@@ -110,7 +110,7 @@ fn valid_disk_id(id: &str) -> bool {
 }
 
 /// SnapshotId: `s-` and then exactly 20 of lowercase ASCII letters and digits.
-fn valid_snapshot_id(id: &str) -> bool {
+pub(crate) fn valid_snapshot_id(id: &str) -> bool {
     id.strip_prefix("s-").is_some_and(|rest| {
         characters(rest) == 20
             && rest
