@@ -12,6 +12,7 @@ mod create_snapshot;
 mod delete_and_images;
 mod describe;
 mod edge;
+mod edge_hostile;
 mod embedded;
 mod faults;
 mod group_commit;
