@@ -747,7 +747,13 @@ impl Identity {
     /// aside) for the rest.
     fn admitted_to(self, rpc: Rpc) -> bool {
         if rpc.path().starts_with("/ecs.snapshot.v1.InventoryService/") {
-            self.authorization == Some(BEARER)
+            // The scheme is case-insensitive (RFC 9110), the token exact.
+            let token = BEARER.strip_prefix("Bearer ");
+            self.authorization
+                .and_then(|value| value.split_once(' '))
+                .is_some_and(|(scheme, presented)| {
+                    scheme.eq_ignore_ascii_case("bearer") && Some(presented) == token
+                })
         } else {
             self.account.map(str::trim).is_some_and(|account| {
                 !account.is_empty()
