@@ -9,11 +9,14 @@
 //!    and past them all a call is answered UNAVAILABLE with RetryInfo at once instead of
 //!    queueing;
 //! 4. the request body, read whole before the handler runs: it must start within
-//!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed;
-//! 5. the request timeout (`SNAPSHOTD_REQUEST_TIMEOUT`), answered DEADLINE_EXCEEDED;
+//!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed. It must
+//!    be one well-formed gRPC message of at most `SNAPSHOTD_MAX_MESSAGE_SIZE` bytes, inflated
+//!    here when gzip-compressed (so within the limit too): framing faults are the client's,
+//!    answered INVALID_ARGUMENT or RESOURCE_EXHAUSTED `RequestTooLarge` with the usual details,
+//!    and tonic decodes a plain message it cannot refuse;
+//! 5. the deadline: `SNAPSHOTD_REQUEST_TIMEOUT`, or the client's shorter `grpc-timeout`,
+//!    answered DEADLINE_EXCEEDED `RequestTimeout`;
 //! 6. panic catching, answered INTERNAL;
-//! 7. tonic's refusal of a request over `SNAPSHOTD_MAX_MESSAGE_SIZE` (OUT_OF_RANGE, bare)
-//!    answered as the gRPC convention has it: RESOURCE_EXHAUSTED, with the usual details;
 //!
 //! and, when the answer is known, one log line and the metrics for the call. Health checks and
 //! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
@@ -33,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http_body::Frame;
@@ -51,6 +54,7 @@ use tracing::Instrument;
 
 use super::ApiError;
 use super::call::{Admitted, Gate};
+use crate::domain::ParseError;
 use crate::telemetry::{error_chain, metric};
 
 /// The metadata key carrying request ids, both ways.
@@ -260,13 +264,14 @@ where
         // Admitted and given a slot here, not in the future, so a burst is counted in arrival
         // order.
         let admitted = admit(&limits, kind, &mut request, &facts);
+        let deadline = Deadline::of(request.headers(), limits.timeout);
         let mut record = CallRecord::new(method, kind, client_id, Arc::clone(&facts));
         Box::pin(
             async move {
                 let outcome = match admitted {
                     Err(refused) => Err(refused),
                     Ok(slot) => {
-                        let call = FACTS.scope(facts, run(inner, request, kind, &limits));
+                        let call = FACTS.scope(facts, run(inner, request, kind, &limits, deadline));
                         let outcome = tokio::select! {
                             outcome = call => outcome,
                             () = limits.cut_off.cancelled(), if kind.is_api() => {
@@ -281,11 +286,6 @@ where
                     Ok(response) if kind == Kind::Infrastructure => {
                         let ended = limits.streams_end.clone().cancelled_owned();
                         response.map(|body| Body::new(EndOnShutdown::new(body, ended)))
-                    }
-                    Ok(response) if is_request_too_large(&response) => {
-                        let limit = limits.max_message_size;
-                        let err = ApiError::RequestTooLarge { limit };
-                        err.into_status(request_id.as_str()).into_http()
                     }
                     Ok(response) => response,
                     Err(err) => err.into_status(request_id.as_str()).into_http(),
@@ -412,27 +412,76 @@ impl Drop for CallerShare {
     }
 }
 
-/// Runs the call under the timeout (API calls only), turning a panic into an error. A tenant or
-/// admin call's body is read whole first (see [`read_body`]).
+/// When a call must be answered by: `--request-timeout` after it arrived, or the client's
+/// `grpc-timeout` when that is shorter.
+///
+/// Taken in `call`, as the call arrives. tonic starts its own timer for a client's `grpc-timeout`
+/// just after `call` returns and, when it fires, drops the call and answers CANCELLED "Timeout
+/// expired"; ours is never later, and tonic polls the call before its timer, so the call answers
+/// DEADLINE_EXCEEDED `RequestTimeout` first.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn of(headers: &HeaderMap, server_timeout: Duration) -> Self {
+        let timeout =
+            client_timeout(headers).map_or(server_timeout, |client| client.min(server_timeout));
+        Self {
+            at: tokio::time::Instant::now() + timeout,
+            timeout,
+        }
+    }
+}
+
+/// The client's `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n). A value that does
+/// not parse is ignored, as tonic ignores it.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Runs the call by its deadline (API calls only), turning a panic into an error. A tenant or
+/// admin call's body is read whole first ([`read_body`]) and must be one message
+/// ([`one_message`]).
 async fn run<S>(
     inner: S,
     request: Request<Body>,
     kind: Kind,
     limits: &Limits,
+    deadline: Deadline,
 ) -> Result<Response<Body>, ApiError>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let timeout = limits.timeout;
     let call = async {
         let request = match kind {
             Kind::Tenant | Kind::Admin => {
-                let (parts, body) = request.into_parts();
-                match read_body(body, limits.max_message_size).await {
-                    Ok(bytes) => Request::from_parts(parts, Body::new(Full::new(bytes))),
+                let (mut parts, body) = request.into_parts();
+                let read = match read_body(body, limits.max_message_size).await {
+                    Ok(read) => read,
                     Err(BodyError::Refused(err)) => return Ok(Err(err)),
                     Err(BodyError::Gone(status)) => return Ok(Ok(status.into_http())),
+                };
+                match one_message(&mut parts.headers, read, limits.max_message_size) {
+                    Ok(message) => Request::from_parts(parts, Body::new(Full::new(message))),
+                    Err(err) => return Ok(Err(err)),
                 }
             }
             Kind::Unknown | Kind::Infrastructure => request,
@@ -443,17 +492,111 @@ where
             .map(|answered| answered.map_err(|err| ApiError::Routing(err.into())))
     };
     let ran = if kind.is_api() {
-        tokio::time::timeout(timeout, call).await
+        tokio::time::timeout_at(deadline.at, call).await
     } else {
         Ok(call.await)
     };
     match ran {
-        Err(_elapsed) => Err(ApiError::DeadlineExceeded { timeout }),
+        Err(_elapsed) => Err(ApiError::DeadlineExceeded {
+            timeout: deadline.timeout,
+        }),
         Ok(Err(panic)) => Err(ApiError::Panicked {
             message: panic_message(panic.as_ref()),
         }),
         Ok(Ok(answered)) => answered,
     }
+}
+
+const GRPC_ENCODING: &str = "grpc-encoding";
+
+/// A unary call's body as tonic is to read it: exactly one gRPC message (a flag byte, a
+/// four-byte length, the bytes), uncompressed, at most `max_message_size` bytes inflated. What
+/// tonic would answer INTERNAL without details (a length past the body, no message, a flag of
+/// 2 or 255, a compressed flag without `grpc-encoding`, gzip that does not inflate) is the
+/// client's fault, and a message over the limit, compressed or not, is `RequestTooLarge`.
+fn one_message(
+    headers: &mut HeaderMap,
+    body: Bytes,
+    max_message_size: usize,
+) -> Result<Bytes, ApiError> {
+    let gzip = match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        // An encoding this server does not take: tonic answers UNIMPLEMENTED on the header.
+        Some(_) => return Ok(body),
+    };
+    let invalid = |why: String| {
+        ApiError::Invalid(ParseError::InvalidParameter {
+            field: "request",
+            why,
+        })
+    };
+    let too_large = ApiError::RequestTooLarge {
+        limit: max_message_size,
+    };
+    if body.is_empty() {
+        return Err(invalid("the call has no request message".to_owned()));
+    }
+    let Some((&flag, rest)) = body.split_first() else {
+        unreachable!("the body is not empty");
+    };
+    let Some((length, message)) = rest.split_first_chunk::<4>() else {
+        return Err(invalid(format!(
+            "the body has {} bytes, fewer than the 5 of a message's header",
+            body.len()
+        )));
+    };
+    let length = u32::from_be_bytes(*length) as usize;
+    if length > max_message_size {
+        return Err(too_large);
+    }
+    if message.len() < length {
+        return Err(invalid(format!(
+            "the message header announces {length} bytes but {} follow",
+            message.len()
+        )));
+    }
+    if message.len() > length {
+        return Err(invalid(
+            "the body holds more than the one message of a unary call".to_owned(),
+        ));
+    }
+    let inflated;
+    let message = match (flag, gzip) {
+        (0, _) => message,
+        (1, true) => {
+            inflated = gunzip(message, max_message_size)
+                .map_err(|err| invalid(format!("the gzip message does not inflate: {err}")))?
+                .ok_or(too_large)?;
+            &inflated[..]
+        }
+        (1, false) => {
+            return Err(invalid(
+                "the message is flagged compressed but the call names no grpc-encoding".to_owned(),
+            ));
+        }
+        (flag, _) => {
+            return Err(invalid(format!(
+                "the compressed flag is {flag}; it must be 0 or 1"
+            )));
+        }
+    };
+    headers.remove(GRPC_ENCODING);
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    Ok(framed.freeze())
+}
+
+/// Inflates a gzip message, stopping one byte past `limit`: `None` when it inflates past it.
+fn gunzip(compressed: &[u8], limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)?;
+    Ok((inflated.len() <= limit).then_some(inflated))
 }
 
 /// Why a request body was not read.
@@ -506,14 +649,6 @@ async fn read_body(mut body: Body, max_message_size: usize) -> Result<Bytes, Bod
             }
         }
     }
-}
-
-/// Whether this is tonic's answer to a request message over the decoding limit (a trailers-only
-/// answer, whose `Status` tonic leaves in the response's extensions).
-fn is_request_too_large(response: &Response<Body>) -> bool {
-    response.extensions().get::<Status>().is_some_and(|status| {
-        status.code() == Code::OutOfRange && status.message().contains("message length too large")
-    })
 }
 
 /// The method's name for logs and metrics, and what kind of service it belongs to.
