@@ -8,7 +8,8 @@
 //!    address) holds at most three quarters of the `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots,
 //!    and past them all a call is answered UNAVAILABLE with RetryInfo at once instead of
 //!    queueing;
-//! 4. the request body, read whole before the handler runs: it must start within
+//! 4. the request body (of our methods and the health service's, all with one request
+//!    message), read whole before the handler runs: it must start within
 //!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed. It must
 //!    be one well-formed gRPC message of at most `SNAPSHOTD_MAX_MESSAGE_SIZE` bytes, inflated
 //!    here when gzip-compressed (so within the limit too): framing faults are the client's,
@@ -456,9 +457,9 @@ fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Runs the call by its deadline (API calls only), turning a panic into an error. A tenant or
-/// admin call's body is read whole first ([`read_body`]) and must be one message
-/// ([`one_message`]).
+/// Runs the call by its deadline (API calls only), turning a panic into an error. The body of a
+/// call of ours or of the health service is read whole first ([`read_body`]) and must be one
+/// message ([`one_message`]).
 async fn run<S>(
     inner: S,
     request: Request<Body>,
@@ -471,8 +472,8 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let call = async {
-        let request = match kind {
-            Kind::Tenant | Kind::Admin => {
+        let request = match reads_one_message(kind, request.uri().path()) {
+            true => {
                 let (mut parts, body) = request.into_parts();
                 let read = match read_body(body, limits.max_message_size).await {
                     Ok(read) => read,
@@ -484,7 +485,7 @@ where
                     Err(err) => return Ok(Err(err)),
                 }
             }
-            Kind::Unknown | Kind::Infrastructure => request,
+            false => request,
         };
         AssertUnwindSafe(inner.oneshot(request))
             .catch_unwind()
@@ -504,6 +505,18 @@ where
             message: panic_message(panic.as_ref()),
         }),
         Ok(Ok(answered)) => answered,
+    }
+}
+
+/// Whether the layer reads the call's one request message before the handler runs: for every
+/// method of ours (all unary) and the health service's (one request message each, and the
+/// service anyone may call), not for reflection (a stream both ways) nor an unknown path (tonic
+/// answers it without reading).
+fn reads_one_message(kind: Kind, path: &str) -> bool {
+    match kind {
+        Kind::Tenant | Kind::Admin => true,
+        Kind::Infrastructure => path.starts_with("/grpc.health.v1.Health/"),
+        Kind::Unknown => false,
     }
 }
 

@@ -652,7 +652,60 @@ fn gzip_bomb(size: usize) -> Vec<u8> {
     bits.out
 }
 
+/// The health service needs no identity, so its frames are checked alike: a malformed one is
+/// INVALID_ARGUMENT with details, not an INTERNAL logged at ERROR.
+async fn malformed_frames_to_the_health_service_are_invalid_argument_too(backend: Backend) {
+    let app = app_with(backend, |_| {}).await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let check = "/grpc.health.v1.Health/Check";
+    let mut longer_prefix = framed(0, b"");
+    longer_prefix[4] = 9;
+    let cases: Vec<Case> = vec![
+        ("compressed flag 255", check, &[], Some(framed(255, b""))),
+        ("no message at all", check, &[], None),
+        (
+            "a length prefix longer than the body",
+            check,
+            &[],
+            Some(longer_prefix),
+        ),
+        (
+            "the compressed flag without grpc-encoding",
+            check,
+            &[],
+            Some(framed(1, b"")),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (case, path, headers, body) in cases {
+        answers.push((case, raw.call(path, headers, body).await));
+    }
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, status)| status.code() != Code::InvalidArgument)
+        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
+    for (_, status) in &answers {
+        assert_error(
+            status,
+            Code::InvalidArgument,
+            "InvalidParameter",
+            "400",
+            Detail::BadRequest("request"),
+        );
+    }
+    // A well-formed check (the empty HealthCheckRequest: readiness) is answered as before.
+    let status = raw.call(check, &[], Some(framed(0, b""))).await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+}
+
 on_both_backends!(
+    malformed_frames_to_the_health_service_are_invalid_argument_too,
     malformed_grpc_frames_are_invalid_argument_with_details,
     a_clients_grpc_timeout_is_deadline_exceeded_request_timeout,
     a_gzip_bomb_is_request_too_large_with_details,
