@@ -200,12 +200,15 @@ impl App {
                 "SNAPSHOTD_ADMIN_TOKEN is not set: the InventoryService refuses every call"
             );
         }
-        let gate = Arc::new(Gate::new(self.config.rate_limit));
-        let snapshots = SnapshotApi::new(Arc::clone(&self.service), Arc::clone(&gate));
-        let inventory =
-            InventoryApi::new(Arc::clone(&self.service), self.config.admin_token.clone());
-        let images = ImageApi::new(Arc::clone(&self.service), Arc::clone(&gate));
+        let gate = Arc::new(Gate::new(
+            self.config.rate_limit,
+            self.config.admin_token.clone(),
+        ));
+        let snapshots = SnapshotApi::new(Arc::clone(&self.service));
+        let inventory = InventoryApi::new(Arc::clone(&self.service));
+        let images = ImageApi::new(Arc::clone(&self.service));
         let layer = RpcLayer::new(
+            Arc::clone(&gate),
             self.config.max_concurrent_requests,
             self.config.request_timeout,
             self.config.max_message_size as usize,
@@ -266,6 +269,10 @@ impl App {
             // age + grace without a GOAWAY; without, it sends GOAWAY at the age and lets the
             // calls in flight (bounded by the request timeout) finish.
             .max_connection_age(self.config.max_connection_age)
+            // A bound on one connection's streams (hyper sets none): with the slots of
+            // `--max-concurrent-requests` shared out per caller, one connection cannot queue
+            // an unbounded number of calls either.
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .tcp_nodelay(true);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).map_err(AppError::Tls)?;
@@ -390,6 +397,10 @@ impl Readiness {
         }
     }
 }
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS: the smallest value RFC 9113 recommends, as nginx and Envoy
+/// at an edge use; a client with more calls waits for a stream or opens another connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// How long, after the grace period, the answers to cut-off calls have to reach their clients.
 const CUT_OFF_FLUSH: Duration = Duration::from_secs(1);

@@ -1,24 +1,64 @@
-//! What every tenant call does around its handler: find the request id the layer assigned,
-//! identify the caller, apply the account's rate limit, and map the handler's error.
+//! Who may take a slot: the checks a call passes on its headers alone, before it takes one of
+//! the server's slots and before its body is read (`layer.rs` runs them), and what the handlers
+//! then learn from them.
+//!
+//! A tenant call (SnapshotService, ImageService) is identified and throttled; an admin call
+//! (InventoryService) must bear the admin token. A handler finds the outcome in the request's
+//! extensions ([`Admitted`]) and refuses a call that does not carry it, so a service mounted
+//! without the layer fails closed.
 
+use tonic::codegen::http::Extensions as HttpExtensions;
+use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request, Response, Status};
 
 use super::ApiError;
-use super::identity::caller_account;
-use super::layer::{RequestId, new_request_id, note_account};
+use super::identity::{caller_account, require_admin};
+use super::layer::{RequestId, new_request_id};
 use super::throttle::Throttle;
 use crate::config::RateLimit;
 
-/// Checks shared by the tenant services (snapshots and images).
+/// The checks on a call's headers: the per-account rate limit and the admin token.
 pub struct Gate {
     throttle: Option<Throttle>,
+    admin_token: Option<String>,
+}
+
+/// Who a call was admitted as, in the request's extensions for the handlers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// A tenant call, from this account.
+    Account(String),
+    /// An InventoryService call that bore the admin token.
+    Admin,
 }
 
 impl Gate {
-    pub fn new(rate_limit: Option<RateLimit>) -> Self {
+    pub fn new(rate_limit: Option<RateLimit>, admin_token: Option<String>) -> Self {
         Self {
             throttle: rate_limit.map(Throttle::new),
+            admin_token,
         }
+    }
+
+    /// A tenant call: the caller's account, once its rate limit admits one more call.
+    pub fn admit_tenant(
+        &self,
+        metadata: &MetadataMap,
+        extensions: &HttpExtensions,
+        on_identified: impl FnOnce(&str),
+    ) -> Result<Admitted, ApiError> {
+        let account_id = caller_account(metadata, extensions)?;
+        on_identified(&account_id);
+        if let Some(throttle) = &self.throttle {
+            throttle.admit(&account_id)?;
+        }
+        Ok(Admitted::Account(account_id))
+    }
+
+    /// An admin call: the bearer token must be the configured one.
+    pub fn admit_admin(&self, metadata: &MetadataMap) -> Result<Admitted, ApiError> {
+        require_admin(metadata, self.admin_token.as_deref())?;
+        Ok(Admitted::Admin)
     }
 
     /// Housekeeping for the rate limiter; the app calls it now and then.
@@ -44,24 +84,19 @@ pub struct Caller {
     pub request_id: String,
 }
 
-/// Runs one tenant call: identify, throttle, then `call(caller, message)`.
-pub async fn handle<M, T, F, Fut>(
-    gate: &Gate,
-    request: Request<M>,
-    call: F,
-) -> Result<Response<T>, Status>
+/// Runs one tenant call: `call(caller, message)` as the account the layer admitted.
+pub async fn handle<M, T, F, Fut>(request: Request<M>, call: F) -> Result<Response<T>, Status>
 where
     F: FnOnce(Caller, M) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let (metadata, extensions, message) = request.into_parts();
+    let (_metadata, extensions, message) = request.into_parts();
     let request_id = request_id(&extensions);
     let result = async {
-        let account_id = caller_account(&metadata, &extensions)?;
-        note_account(&account_id);
-        if let Some(throttle) = &gate.throttle {
-            throttle.admit(&account_id)?;
-        }
+        let Some(Admitted::Account(account_id)) = extensions.get::<Admitted>().cloned() else {
+            // Only without the layer, which identifies every tenant call: fail closed.
+            return Err(ApiError::MissingIdentity);
+        };
         let caller = Caller {
             account_id,
             request_id: request_id.clone(),

@@ -49,6 +49,12 @@ pub enum ApiError {
         limit: RateLimit,
         retry_after: Duration,
     },
+    /// The caller (an account, the admin, a peer) already holds its share of the slots.
+    #[error("{caller} already has {limit} calls in progress")]
+    CallerBusy { caller: String, limit: u32 },
+    /// The request's body did not start within the header-to-body timeout.
+    #[error("the request body did not start within {timeout:?} of its headers")]
+    BodyTimeout { timeout: Duration },
     /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
     #[error("{limit} calls are already in progress")]
     Overloaded { limit: u32 },
@@ -270,6 +276,26 @@ fn answer(err: &ApiError) -> Answer {
         .meta("cause", "overloaded")
         .meta("concurrencyLimit", limit.to_string())
         .retry_after(OVERLOADED_RETRY_AFTER),
+        ApiError::CallerBusy { caller, limit } => Answer::new(
+            ResourceExhausted,
+            "Throttling",
+            403,
+            "Request was denied due to user flow control.",
+        )
+        .meta("cause", "concurrency")
+        .meta("concurrencyLimit", limit.to_string())
+        .detail(Detail::Quota {
+            subject: caller.clone(),
+            description: format!("at most {limit} calls in progress at once"),
+        })
+        .retry_after(OVERLOADED_RETRY_AFTER),
+        ApiError::BodyTimeout { timeout } => Answer::new(
+            DeadlineExceeded,
+            "RequestBodyTimeout",
+            408,
+            "The request body did not arrive in time.",
+        )
+        .meta("timeoutMs", timeout.as_millis().to_string()),
         ApiError::RequestTooLarge { limit } => Answer::new(
             ResourceExhausted,
             "RequestTooLarge",

@@ -6,7 +6,7 @@
 //! gateway sets. When both are there they must agree.
 
 use subtle::ConstantTimeEq;
-use tonic::Extensions;
+use tonic::codegen::http::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use x509_parser::extensions::GeneralName;
@@ -33,7 +33,8 @@ pub fn caller_account(metadata: &MetadataMap, extensions: &Extensions) -> Result
     }
 }
 
-/// The account a verified client certificate names, if any.
+/// The account a verified client certificate names, if any (the connection's TLS facts are in
+/// the request's extensions).
 fn certificate_account(extensions: &Extensions) -> Option<String> {
     let certificates = extensions
         .get::<TlsConnectInfo<TcpConnectInfo>>()?

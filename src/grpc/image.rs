@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use super::call::{Caller, Gate, handle};
+use super::call::{Caller, handle};
 use super::layer::note_snapshot;
 use crate::domain::{CreateImageCommand, CreateImageParams};
 use crate::pb;
@@ -13,12 +13,11 @@ use crate::service::Service;
 
 pub struct ImageApi {
     service: Arc<Service>,
-    gate: Arc<Gate>,
 }
 
 impl ImageApi {
-    pub fn new(service: Arc<Service>, gate: Arc<Gate>) -> Self {
-        Self { service, gate }
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
     }
 
     async fn create(
@@ -48,9 +47,6 @@ impl pb::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
-        handle(&self.gate, request, |caller, request| {
-            self.create(caller, request)
-        })
-        .await
+        handle(request, |caller, request| self.create(caller, request)).await
     }
 }

@@ -2,12 +2,22 @@
 //!
 //! 1. a request id (returned in `x-request-id`, in the body or `RequestInfo`, and on the call's
 //!    span beside the client's own `x-request-id`, kept as `client_request_id`);
-//! 2. load shedding: past `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` calls in progress, a call is
-//!    answered UNAVAILABLE with RetryInfo at once instead of queueing;
-//! 3. the request timeout (`SNAPSHOTD_REQUEST_TIMEOUT`), answered DEADLINE_EXCEEDED;
-//! 4. panic catching, answered INTERNAL;
-//! 5. tonic's refusal of a request over `SNAPSHOTD_MAX_MESSAGE_SIZE` (OUT_OF_RANGE, bare)
-//!    answered as the gRPC convention has it: RESOURCE_EXHAUSTED, with the usual details;
+//! 2. admission, on the headers alone (`call.rs`): a tenant call is identified and throttled,
+//!    an admin call must bear the admin token. A call refused here never takes a slot;
+//! 3. load shedding: one caller (an account, the admin, or for an unknown method the peer's
+//!    address) holds at most three quarters of the `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots,
+//!    and past them all a call is answered UNAVAILABLE with RetryInfo at once instead of
+//!    queueing;
+//! 4. the request body (of our methods and the health service's, all with one request
+//!    message), read whole before the handler runs: it must start within
+//!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed. It must
+//!    be one well-formed gRPC message of at most `SNAPSHOTD_MAX_MESSAGE_SIZE` bytes, inflated
+//!    here when gzip-compressed (so within the limit too): framing faults are the client's,
+//!    answered INVALID_ARGUMENT or RESOURCE_EXHAUSTED `RequestTooLarge` with the usual details,
+//!    and tonic decodes a plain message it cannot refuse;
+//! 5. the deadline: `SNAPSHOTD_REQUEST_TIMEOUT`, or the client's shorter `grpc-timeout`,
+//!    answered DEADLINE_EXCEEDED `RequestTimeout`;
+//! 6. panic catching, answered INTERNAL;
 //!
 //! and, when the answer is known, one log line and the metrics for the call. Health checks and
 //! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
@@ -19,27 +29,33 @@
 //! running UNAVAILABLE (their transactions roll back), so every client gets an answer it may retry
 //! elsewhere.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http_body::Frame;
-use tokio::sync::Semaphore;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::body::Body;
-use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
+use tonic::codegen::http::{Extensions, HeaderMap, HeaderValue, Request, Response};
+use tonic::metadata::MetadataMap;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::ApiError;
+use super::call::{Admitted, Gate};
+use crate::domain::ParseError;
 use crate::telemetry::{error_chain, metric};
 
 /// The metadata key carrying request ids, both ways.
@@ -51,9 +67,9 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 /// Services whose methods are named in logs and metrics; any other path is `unknown`, so a
 /// client cannot grow the metrics' label sets.
 const SERVICES: [(&str, Kind); 6] = [
-    ("ecs.snapshot.v1.SnapshotService", Kind::Api),
-    ("ecs.snapshot.v1.ImageService", Kind::Api),
-    ("ecs.snapshot.v1.InventoryService", Kind::Api),
+    ("ecs.snapshot.v1.SnapshotService", Kind::Tenant),
+    ("ecs.snapshot.v1.ImageService", Kind::Tenant),
+    ("ecs.snapshot.v1.InventoryService", Kind::Admin),
     ("grpc.health.v1.Health", Kind::Infrastructure),
     ("grpc.reflection.v1.ServerReflection", Kind::Infrastructure),
     (
@@ -62,10 +78,28 @@ const SERVICES: [(&str, Kind); 6] = [
     ),
 ];
 
+/// How long a call's body may take to start after its headers: long enough for any client
+/// (tonic sends the two back to back), short enough that a peer sending headers alone holds
+/// its slot briefly.
+pub const BODY_START_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Api,
+    /// SnapshotService and ImageService: an account calls.
+    Tenant,
+    /// InventoryService: the admin calls.
+    Admin,
+    /// A path of no service of ours: tonic answers UNIMPLEMENTED without reading the body.
+    Unknown,
+    /// Health and reflection.
     Infrastructure,
+}
+
+impl Kind {
+    /// Whether calls of this kind are shed, timed out and cut off at shutdown.
+    fn is_api(self) -> bool {
+        self != Kind::Infrastructure
+    }
 }
 
 tokio::task_local! {
@@ -92,11 +126,6 @@ impl CallFacts {
 fn note(fact: impl FnOnce(&CallFacts) -> &OnceLock<String>, value: &str) {
     // Outside a call (a handler used without the layer) there is nothing to note.
     let _ = FACTS.try_with(|facts| fact(facts).set(value.to_owned()));
-}
-
-/// Notes the caller's account for the call's log line.
-pub fn note_account(account_id: &str) {
-    note(|facts| &facts.account, account_id);
 }
 
 /// Notes the disk the call is about.
@@ -137,8 +166,13 @@ pub struct RpcLayer {
 }
 
 struct Limits {
+    gate: Arc<Gate>,
     slots: Arc<Semaphore>,
     max_concurrent: u32,
+    /// The slots one caller may hold at once.
+    per_caller: u32,
+    /// The slots each caller holds now; a caller holding none has no entry.
+    held: Mutex<HashMap<String, u32>>,
     timeout: Duration,
     max_message_size: usize,
     /// Cancelled when the drain starts: long infrastructure streams end.
@@ -148,11 +182,19 @@ struct Limits {
 }
 
 impl RpcLayer {
-    pub fn new(max_concurrent: u32, timeout: Duration, max_message_size: usize) -> Self {
+    pub fn new(
+        gate: Arc<Gate>,
+        max_concurrent: u32,
+        timeout: Duration,
+        max_message_size: usize,
+    ) -> Self {
         Self {
             limits: Arc::new(Limits {
+                gate,
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
+                per_caller: per_caller_share(max_concurrent),
+                held: Mutex::new(HashMap::new()),
                 timeout,
                 max_message_size,
                 streams_end: CancellationToken::new(),
@@ -217,26 +259,23 @@ where
         let client_id = client_request_id(request.headers()).map(str::to_owned);
         request.extensions_mut().insert(request_id.clone());
 
-        // Taken here, not in the future, so a burst is counted in arrival order.
-        let slot = match kind {
-            Kind::Infrastructure => Ok(None),
-            Kind::Api => Arc::clone(&self.limits.slots).try_acquire_owned().map(Some),
-        };
         let inner = self.inner.clone();
         let limits = Arc::clone(&self.limits);
         let facts = Arc::new(CallFacts::default());
+        // Admitted and given a slot here, not in the future, so a burst is counted in arrival
+        // order.
+        let admitted = admit(&limits, kind, &mut request, &facts);
+        let deadline = Deadline::of(request.headers(), limits.timeout);
         let mut record = CallRecord::new(method, kind, client_id, Arc::clone(&facts));
         Box::pin(
             async move {
-                let outcome = match slot {
-                    Err(_) => Err(ApiError::Overloaded {
-                        limit: limits.max_concurrent,
-                    }),
+                let outcome = match admitted {
+                    Err(refused) => Err(refused),
                     Ok(slot) => {
-                        let call = FACTS.scope(facts, run(inner, request, kind, limits.timeout));
+                        let call = FACTS.scope(facts, run(inner, request, kind, &limits, deadline));
                         let outcome = tokio::select! {
                             outcome = call => outcome,
-                            () = limits.cut_off.cancelled(), if kind == Kind::Api => {
+                            () = limits.cut_off.cancelled(), if kind.is_api() => {
                                 Err(ApiError::ShuttingDown)
                             }
                         };
@@ -248,11 +287,6 @@ where
                     Ok(response) if kind == Kind::Infrastructure => {
                         let ended = limits.streams_end.clone().cancelled_owned();
                         response.map(|body| Body::new(EndOnShutdown::new(body, ended)))
-                    }
-                    Ok(response) if is_request_too_large(&response) => {
-                        let limit = limits.max_message_size;
-                        let err = ApiError::RequestTooLarge { limit };
-                        err.into_status(request_id.as_str()).into_http()
                     }
                     Ok(response) => response,
                     Err(err) => err.into_status(request_id.as_str()).into_http(),
@@ -268,38 +302,366 @@ where
     }
 }
 
-/// Runs the call under the timeout (API calls only), turning a panic into an error.
+/// One caller's share of the slots: three quarters, so the others always keep some (all of
+/// them under 4 slots, where a quarter is less than one).
+fn per_caller_share(max_concurrent: u32) -> u32 {
+    (max_concurrent - max_concurrent / 4).max(1)
+}
+
+/// Admits a call on its headers and gives it a slot: checks who calls (noting the outcome in
+/// the request's extensions for the handler), then takes one of the server's slots and one of
+/// the caller's share. Health and reflection need neither.
+fn admit(
+    limits: &Arc<Limits>,
+    kind: Kind,
+    request: &mut Request<Body>,
+    facts: &CallFacts,
+) -> Result<Option<Slot>, ApiError> {
+    let metadata = || MetadataMap::from_headers(request.headers().clone());
+    let caller = match kind {
+        Kind::Infrastructure => return Ok(None),
+        Kind::Tenant => {
+            let admitted =
+                limits
+                    .gate
+                    .admit_tenant(&metadata(), request.extensions(), |account_id| {
+                        let _ = facts.account.set(account_id.to_owned());
+                    })?;
+            let Admitted::Account(account_id) = &admitted else {
+                unreachable!("a tenant call is admitted as its account");
+            };
+            let caller = format!("account/{account_id}");
+            request.extensions_mut().insert(admitted);
+            caller
+        }
+        Kind::Admin => {
+            let admitted = limits.gate.admit_admin(&metadata())?;
+            request.extensions_mut().insert(admitted);
+            "admin".to_owned()
+        }
+        Kind::Unknown => format!("peer/{}", peer_ip(request.extensions())),
+    };
+    // The server's slot first: a full server is overloaded whoever calls.
+    let slot = Arc::clone(&limits.slots)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            limit: limits.max_concurrent,
+        })?;
+    let share = CallerShare::take(limits, caller)?;
+    Ok(Some(Slot {
+        _slot: slot,
+        _share: share,
+    }))
+}
+
+/// The peer's IP address, or `unknown` (never in the server: tonic notes every connection's).
+fn peer_ip(extensions: &Extensions) -> String {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
+}
+
+/// A call's slot and its place in its caller's share, both given back when dropped.
+struct Slot {
+    _slot: OwnedSemaphorePermit,
+    _share: CallerShare,
+}
+
+/// One of the slots a caller holds.
+struct CallerShare {
+    limits: Arc<Limits>,
+    caller: String,
+}
+
+impl CallerShare {
+    fn take(limits: &Arc<Limits>, caller: String) -> Result<Self, ApiError> {
+        let mut held = limits.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(caller.clone()).or_insert(0);
+        if *count >= limits.per_caller {
+            return Err(ApiError::CallerBusy {
+                caller,
+                limit: limits.per_caller,
+            });
+        }
+        *count += 1;
+        Ok(Self {
+            limits: Arc::clone(limits),
+            caller,
+        })
+    }
+}
+
+impl Drop for CallerShare {
+    fn drop(&mut self) {
+        let mut held = self
+            .limits
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// When a call must be answered by: `--request-timeout` after it arrived, or the client's
+/// `grpc-timeout` when that is shorter.
+///
+/// Taken in `call`, as the call arrives. tonic starts its own timer for a client's `grpc-timeout`
+/// just after `call` returns and, when it fires, drops the call and answers CANCELLED "Timeout
+/// expired"; ours is never later, and tonic polls the call before its timer, so the call answers
+/// DEADLINE_EXCEEDED `RequestTimeout` first.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn of(headers: &HeaderMap, server_timeout: Duration) -> Self {
+        let timeout =
+            client_timeout(headers).map_or(server_timeout, |client| client.min(server_timeout));
+        Self {
+            at: tokio::time::Instant::now() + timeout,
+            timeout,
+        }
+    }
+}
+
+/// The client's `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n). A value that does
+/// not parse is ignored, as tonic ignores it.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Runs the call by its deadline (API calls only), turning a panic into an error. The body of a
+/// call of ours or of the health service is read whole first ([`read_body`]) and must be one
+/// message ([`one_message`]).
 async fn run<S>(
     inner: S,
     request: Request<Body>,
     kind: Kind,
-    timeout: Duration,
+    limits: &Limits,
+    deadline: Deadline,
 ) -> Result<Response<Body>, ApiError>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let call = AssertUnwindSafe(inner.oneshot(request)).catch_unwind();
-    let ran = match kind {
-        Kind::Api => tokio::time::timeout(timeout, call).await,
-        Kind::Infrastructure => Ok(call.await),
+    let call = async {
+        let request = match reads_one_message(kind, request.uri().path()) {
+            true => {
+                let (mut parts, body) = request.into_parts();
+                let read = match read_body(body, limits.max_message_size).await {
+                    Ok(read) => read,
+                    Err(BodyError::Refused(err)) => return Ok(Err(err)),
+                    Err(BodyError::Gone(status)) => return Ok(Ok(status.into_http())),
+                };
+                match one_message(&mut parts.headers, read, limits.max_message_size) {
+                    Ok(message) => Request::from_parts(parts, Body::new(Full::new(message))),
+                    Err(err) => return Ok(Err(err)),
+                }
+            }
+            false => request,
+        };
+        AssertUnwindSafe(inner.oneshot(request))
+            .catch_unwind()
+            .await
+            .map(|answered| answered.map_err(|err| ApiError::Routing(err.into())))
+    };
+    let ran = if kind.is_api() {
+        tokio::time::timeout_at(deadline.at, call).await
+    } else {
+        Ok(call.await)
     };
     match ran {
-        Err(_elapsed) => Err(ApiError::DeadlineExceeded { timeout }),
+        Err(_elapsed) => Err(ApiError::DeadlineExceeded {
+            timeout: deadline.timeout,
+        }),
         Ok(Err(panic)) => Err(ApiError::Panicked {
             message: panic_message(panic.as_ref()),
         }),
-        Ok(Ok(Err(err))) => Err(ApiError::Routing(err.into())),
-        Ok(Ok(Ok(response))) => Ok(response),
+        Ok(Ok(answered)) => answered,
     }
 }
 
-/// Whether this is tonic's answer to a request message over the decoding limit (a trailers-only
-/// answer, whose `Status` tonic leaves in the response's extensions).
-fn is_request_too_large(response: &Response<Body>) -> bool {
-    response.extensions().get::<Status>().is_some_and(|status| {
-        status.code() == Code::OutOfRange && status.message().contains("message length too large")
-    })
+/// Whether the layer reads the call's one request message before the handler runs: for every
+/// method of ours (all unary) and the health service's (one request message each, and the
+/// service anyone may call), not for reflection (a stream both ways) nor an unknown path (tonic
+/// answers it without reading).
+fn reads_one_message(kind: Kind, path: &str) -> bool {
+    match kind {
+        Kind::Tenant | Kind::Admin => true,
+        Kind::Infrastructure => path.starts_with("/grpc.health.v1.Health/"),
+        Kind::Unknown => false,
+    }
+}
+
+const GRPC_ENCODING: &str = "grpc-encoding";
+
+/// A unary call's body as tonic is to read it: exactly one gRPC message (a flag byte, a
+/// four-byte length, the bytes), uncompressed, at most `max_message_size` bytes inflated. What
+/// tonic would answer INTERNAL without details (a length past the body, no message, a flag of
+/// 2 or 255, a compressed flag without `grpc-encoding`, gzip that does not inflate) is the
+/// client's fault, and a message over the limit, compressed or not, is `RequestTooLarge`.
+fn one_message(
+    headers: &mut HeaderMap,
+    body: Bytes,
+    max_message_size: usize,
+) -> Result<Bytes, ApiError> {
+    let gzip = match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        // An encoding this server does not take: tonic answers UNIMPLEMENTED on the header.
+        Some(_) => return Ok(body),
+    };
+    let invalid = |why: String| {
+        ApiError::Invalid(ParseError::InvalidParameter {
+            field: "request",
+            why,
+        })
+    };
+    let too_large = ApiError::RequestTooLarge {
+        limit: max_message_size,
+    };
+    if body.is_empty() {
+        return Err(invalid("the call has no request message".to_owned()));
+    }
+    let Some((&flag, rest)) = body.split_first() else {
+        unreachable!("the body is not empty");
+    };
+    let Some((length, message)) = rest.split_first_chunk::<4>() else {
+        return Err(invalid(format!(
+            "the body has {} bytes, fewer than the 5 of a message's header",
+            body.len()
+        )));
+    };
+    let length = u32::from_be_bytes(*length) as usize;
+    if length > max_message_size {
+        return Err(too_large);
+    }
+    if message.len() < length {
+        return Err(invalid(format!(
+            "the message header announces {length} bytes but {} follow",
+            message.len()
+        )));
+    }
+    if message.len() > length {
+        return Err(invalid(
+            "the body holds more than the one message of a unary call".to_owned(),
+        ));
+    }
+    let inflated;
+    let message = match (flag, gzip) {
+        (0, _) => message,
+        (1, true) => {
+            inflated = gunzip(message, max_message_size)
+                .map_err(|err| invalid(format!("the gzip message does not inflate: {err}")))?
+                .ok_or(too_large)?;
+            &inflated[..]
+        }
+        (1, false) => {
+            return Err(invalid(
+                "the message is flagged compressed but the call names no grpc-encoding".to_owned(),
+            ));
+        }
+        (flag, _) => {
+            return Err(invalid(format!(
+                "the compressed flag is {flag}; it must be 0 or 1"
+            )));
+        }
+    };
+    headers.remove(GRPC_ENCODING);
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    Ok(framed.freeze())
+}
+
+/// Inflates a gzip message, stopping one byte past `limit`: `None` when it inflates past it.
+fn gunzip(compressed: &[u8], limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)?;
+    Ok((inflated.len() <= limit).then_some(inflated))
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    /// The call is answered with this error.
+    Refused(ApiError),
+    /// The client reset the stream: nobody is listening; this status is for the log line.
+    Gone(Status),
+}
+
+/// Reads a unary call's whole request body: its first bytes within [`BODY_START_TIMEOUT`] of the
+/// headers (the rest within the call's own deadline), at most one framed message of
+/// `max_message_size`.
+async fn read_body(mut body: Body, max_message_size: usize) -> Result<Bytes, BodyError> {
+    // The gRPC frame: a flag byte and a four-byte length before the message.
+    let limit = max_message_size.saturating_add(5);
+    let mut read = BytesMut::new();
+    let started = tokio::time::Instant::now();
+    loop {
+        let frame = if read.is_empty() {
+            let deadline = started + BODY_START_TIMEOUT;
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_elapsed) => {
+                    return Err(BodyError::Refused(ApiError::BodyTimeout {
+                        timeout: BODY_START_TIMEOUT,
+                    }));
+                }
+            }
+        } else {
+            body.frame().await
+        };
+        match frame {
+            None => return Ok(read.freeze()),
+            Some(Err(_reset)) => {
+                return Err(BodyError::Gone(Status::cancelled(
+                    "the client reset the stream before its request arrived",
+                )));
+            }
+            Some(Ok(frame)) => {
+                // A request's trailers carry nothing gRPC uses.
+                if let Ok(data) = frame.into_data() {
+                    if read.len() + data.len() > limit {
+                        return Err(BodyError::Refused(ApiError::RequestTooLarge {
+                            limit: max_message_size,
+                        }));
+                    }
+                    read.extend_from_slice(&data);
+                }
+            }
+        }
+    }
 }
 
 /// The method's name for logs and metrics, and what kind of service it belongs to.
@@ -314,7 +676,7 @@ fn route(path: &str) -> (String, Kind) {
                 && method.bytes().all(|b| b.is_ascii_alphanumeric());
             plain.then(|| (method.to_owned(), *kind))
         });
-    known.unwrap_or_else(|| ("unknown".to_owned(), Kind::Api))
+    known.unwrap_or_else(|| ("unknown".to_owned(), Kind::Unknown))
 }
 
 /// A client's `x-request-id`, if it is one we can log as is.
@@ -410,7 +772,7 @@ impl CallRecord {
         }
         match (code, self.kind) {
             (Code::Ok, Kind::Infrastructure) => line!(debug),
-            (Code::Ok, Kind::Api) => line!(info),
+            (Code::Ok, _) => line!(info),
             (Code::Internal | Code::Unknown | Code::DataLoss, _) => line!(error),
             (Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted, _) => {
                 line!(warn)
@@ -527,7 +889,7 @@ mod tests {
     fn only_known_services_name_their_methods() {
         let (method, kind) = route("/ecs.snapshot.v1.SnapshotService/CreateSnapshot");
         assert_eq!(method, "CreateSnapshot");
-        assert!(kind == Kind::Api);
+        assert!(kind == Kind::Tenant);
         let (method, kind) = route("/grpc.health.v1.Health/Watch");
         assert_eq!(method, "Watch");
         assert!(kind == Kind::Infrastructure);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use super::call::{Caller, Gate, handle};
+use super::call::{Caller, handle};
 use super::convert::{snapshot_status_filter, snapshot_to_proto, tag_pairs};
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
@@ -17,12 +17,11 @@ use crate::service::{CreateOutcome, Service};
 
 pub struct SnapshotApi {
     service: Arc<Service>,
-    gate: Arc<Gate>,
 }
 
 impl SnapshotApi {
-    pub fn new(service: Arc<Service>, gate: Arc<Gate>) -> Self {
-        Self { service, gate }
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
     }
 
     async fn create(
@@ -106,29 +105,20 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        handle(&self.gate, request, |caller, request| {
-            self.create(caller, request)
-        })
-        .await
+        handle(request, |caller, request| self.create(caller, request)).await
     }
 
     async fn describe_snapshots(
         &self,
         request: Request<pb::DescribeSnapshotsRequest>,
     ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
-        handle(&self.gate, request, |caller, request| {
-            self.describe(caller, request)
-        })
-        .await
+        handle(request, |caller, request| self.describe(caller, request)).await
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        handle(&self.gate, request, |caller, request| {
-            self.delete(caller, request)
-        })
-        .await
+        handle(request, |caller, request| self.delete(caller, request)).await
     }
 }

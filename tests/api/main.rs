@@ -16,6 +16,7 @@ mod delete_and_images;
 mod describe;
 mod durability;
 mod edge;
+mod edge_hostile;
 mod embedded;
 mod faults;
 mod group_commit;

@@ -1,0 +1,712 @@
+//! Hostile clients at the edge, speaking raw HTTP/2 (the `h2` crate) where a tonic client would
+//! never misbehave: streams that send headers and no body, callers that try to take every slot.
+//!
+//! The slots of `--max-concurrent-requests` go only to a caller the server knows (an account,
+//! the admin) once its rate limit admits it; one caller holds at most three quarters of them; a
+//! body that does not start within the header-to-body timeout frees its slot; and the server
+//! advertises a bound on the streams of one connection.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use snapshotd::pb;
+use tonic::{Code, Status};
+
+use crate::assertions::{Detail, assert_error};
+use crate::helpers::{Backend, Options, TestApp, as_account, spawn_app_with, world};
+use crate::on_both_backends;
+
+on_both_backends!(
+    headers_only_streams_without_identity_take_no_slot_and_a_real_account_is_served,
+    one_account_cannot_take_every_slot,
+    the_rate_limit_applies_before_a_call_takes_a_slot,
+    a_stream_whose_body_never_starts_is_answered_and_frees_its_slot,
+);
+
+const CREATE: &str = "/ecs.snapshot.v1.SnapshotService/CreateSnapshot";
+
+async fn app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut snapshotd::Config) + Send + 'static,
+) -> TestApp {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(configure),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 2)).await;
+    app
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw gRPC peer over h2
+
+/// One HTTP/2 connection on which the test opens gRPC streams by hand.
+struct RawGrpc {
+    addr: SocketAddr,
+    client: SendRequest<Bytes>,
+}
+
+impl RawGrpc {
+    async fn connect(addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting");
+        tcp.set_nodelay(true).unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.expect("the h2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self { addr, client }
+    }
+
+    fn request(&self, path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap()
+    }
+
+    /// Opens a stream that sends its headers and nothing else: no body, no end of stream. The
+    /// sender must be kept, or the stream is reset.
+    async fn open_headers_only(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (ResponseFuture, h2::SendStream<Bytes>) {
+        let request = self.request(path, headers);
+        let mut client = self.client.clone().ready().await.expect("a stream");
+        client
+            .send_request(request, false)
+            .expect("opening a stream")
+    }
+
+    /// A whole call: headers, then `body` (none at all when `None`), and the server's answer.
+    async fn call(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Status {
+        let request = self.request(path, headers);
+        let mut client = self.client.clone().ready().await.expect("a stream");
+        let (response, mut send) = client
+            .send_request(request, body.is_none())
+            .expect("opening a stream");
+        if let Some(body) = body {
+            // The server may answer on the headers alone (no identity) and close the stream
+            // before the body goes out: its answer is what counts.
+            let _ = send.send_data(Bytes::from(body), true);
+        }
+        tokio::time::timeout(Duration::from_secs(15), answer(response))
+            .await
+            .expect("the call is answered")
+    }
+}
+
+/// The gRPC status a stream was answered with (trailers-only, or after the body).
+async fn answer(response: ResponseFuture) -> Status {
+    let response = response.await.expect("a response");
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        return status;
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the response body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .expect("the trailers")
+        .expect("trailers with a grpc-status");
+    Status::from_header_map(&trailers).expect("a grpc-status in the trailers")
+}
+
+/// A gRPC message frame: the compressed flag, the length, the bytes.
+fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// `Throttling`: RESOURCE_EXHAUSTED with ErrorInfo, RequestInfo, QuotaFailure and RetryInfo.
+#[track_caller]
+fn assert_throttled(status: &Status) -> std::collections::HashMap<String, String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "Throttling", "{status:?}");
+    assert_eq!(
+        info.metadata.get("httpStatus").map(String::as_str),
+        Some("403")
+    );
+    assert!(
+        details.request_info().is_some(),
+        "RequestInfo in {status:?}"
+    );
+    assert!(
+        details.quota_failure().is_some(),
+        "QuotaFailure in {status:?}"
+    );
+    assert!(details.retry_info().is_some(), "RetryInfo in {status:?}");
+    info.metadata.clone()
+}
+
+async fn describe_as(
+    app: &TestApp,
+    account: &str,
+) -> Result<pb::DescribeSnapshotsResponse, Status> {
+    let request = pb::DescribeSnapshotsRequest {
+        max_results: 10,
+        ..Default::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        app.snapshots()
+            .describe_snapshots(as_account(account, request)),
+    )
+    .await
+    .expect("the call is answered")
+    .map(tonic::Response::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slots go to known callers only
+
+/// The review's repro: `--max-concurrent-requests 32 --rate-limit 5,5`, 40 streams with headers
+/// only and no `x-account-id` on one connection, then a real account calls.
+async fn headers_only_streams_without_identity_take_no_slot_and_a_real_account_is_served(
+    backend: Backend,
+) {
+    let app = app_with(backend, |config| {
+        config.max_concurrent_requests = 32;
+        config.rate_limit = Some("5,5".parse().unwrap());
+        config.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        streams.push(raw.open_headers_only(CREATE, &[]).await);
+    }
+    // Let the server see all of them before the real call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let served = describe_as(&app, "acct-a").await;
+
+    served.expect("a real account is served while 40 anonymous streams wait for their bodies");
+    let started = Instant::now();
+    for (response, _send) in streams {
+        let status = tokio::time::timeout(Duration::from_secs(2), answer(response))
+            .await
+            .expect("an anonymous stream is answered at once, before its body");
+        assert_error(
+            &status,
+            Code::Unauthenticated,
+            "InvalidIdentity.Missing",
+            "401",
+            Detail::None,
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// An account that opens more streams than there are slots gets at most three quarters of them;
+/// another account is still served.
+async fn one_account_cannot_take_every_slot(backend: Backend) {
+    let app = app_with(backend, |config| {
+        config.max_concurrent_requests = 32;
+        config.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        streams.push(
+            raw.open_headers_only(CREATE, &[("x-account-id", "acct-a")])
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let served = describe_as(&app, "acct-b").await;
+
+    served.expect("another account is served while acct-a holds what it may");
+    // acct-a's streams beyond its share were refused at once; the others wait for their bodies.
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for (mut response, send) in streams {
+        let ready = tokio::time::timeout(Duration::from_millis(50), &mut response).await;
+        match ready {
+            Err(_) => waiting.push((response, send)),
+            Ok(response) => {
+                let response = response.expect("a response");
+                let status = Status::from_header_map(response.headers()).expect("trailers-only");
+                let metadata = assert_throttled(&status);
+                assert_eq!(
+                    metadata.get("cause").map(String::as_str),
+                    Some("concurrency"),
+                    "{metadata:?}"
+                );
+                assert_eq!(
+                    metadata.get("concurrencyLimit").map(String::as_str),
+                    Some("24"),
+                    "{metadata:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 40 - 24, "acct-a holds 24 of the 32 slots");
+    assert_eq!(waiting.len(), 24);
+}
+
+/// With `--rate-limit 5,5`, an account's sixth call in a burst is throttled before it takes a
+/// slot, whether or not its body ever comes.
+async fn the_rate_limit_applies_before_a_call_takes_a_slot(backend: Backend) {
+    let app = app_with(backend, |config| {
+        config.max_concurrent_requests = 32;
+        config.rate_limit = Some("5,5".parse().unwrap());
+        config.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        streams.push(
+            raw.open_headers_only(CREATE, &[("x-account-id", "acct-a")])
+                .await,
+        );
+    }
+
+    let mut throttled = 0;
+    for (mut response, _send) in streams {
+        if let Ok(response) = tokio::time::timeout(Duration::from_millis(100), &mut response).await
+        {
+            let response = response.expect("a response");
+            let status = Status::from_header_map(response.headers()).expect("trailers-only");
+            if status.code() == Code::ResourceExhausted {
+                assert_throttled(&status);
+                throttled += 1;
+            }
+        }
+    }
+    assert!(
+        throttled >= 40 - 5 - 1,
+        "the burst of 5 (and perhaps one token more) is admitted, the rest is throttled at \
+         once: {throttled} throttled"
+    );
+}
+
+/// A call whose headers came but whose body does not start within the header-to-body timeout is
+/// answered DEADLINE_EXCEEDED long before `--request-timeout`, and its slot is free again.
+async fn a_stream_whose_body_never_starts_is_answered_and_frees_its_slot(backend: Backend) {
+    let app = app_with(backend, |config| {
+        config.max_concurrent_requests = 1;
+        config.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let started = Instant::now();
+    let (response, _send) = raw
+        .open_headers_only(CREATE, &[("x-account-id", "acct-a")])
+        .await;
+
+    let status = tokio::time::timeout(Duration::from_secs(6), answer(response))
+        .await
+        .expect("answered within the header-to-body timeout, not the 30 s request timeout");
+
+    let elapsed = started.elapsed();
+    let metadata = assert_error(
+        &status,
+        Code::DeadlineExceeded,
+        "RequestBodyTimeout",
+        "408",
+        Detail::None,
+    );
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(
+        metadata.get("timeoutMs").map(String::as_str),
+        Some("2000"),
+        "{metadata:?}"
+    );
+    describe_as(&app, "acct-a")
+        .await
+        .expect("the only slot is free again");
+    // A whole call on the same raw connection is served as usual.
+    let request = prost::Message::encode_to_vec(&pb::DescribeSnapshotsRequest::default());
+    let status = raw
+        .call(
+            "/ecs.snapshot.v1.SnapshotService/DescribeSnapshots",
+            &[("x-account-id", "acct-a")],
+            Some(framed(0, &request)),
+        )
+        .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+}
+
+/// The server bounds the streams of one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_advertises_a_bound_on_the_streams_of_a_connection() {
+    let app = app_with(Backend::Sqlite, |_| {}).await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    // One round trip, so the server's SETTINGS have been read.
+    let request = prost::Message::encode_to_vec(&pb::DescribeSnapshotsRequest::default());
+    let status = raw
+        .call(
+            "/ecs.snapshot.v1.SnapshotService/DescribeSnapshots",
+            &[("x-account-id", "acct-a")],
+            Some(framed(0, &request)),
+        )
+        .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+
+    let bound = raw.client.current_max_send_streams();
+
+    assert_eq!(bound, 100, "SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed gRPC frames, the client's deadline, a gzip bomb
+
+/// A valid CreateSnapshot message for acct-a's first disk.
+fn create_message() -> Vec<u8> {
+    prost::Message::encode_to_vec(&crate::helpers::create_request("d-acct-a-0"))
+}
+
+/// A call of the table: what it is, its path, its headers, its body (none: END_STREAM at once).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<Vec<u8>>);
+
+/// Frames that are not one well-formed gRPC message are the client's fault: INVALID_ARGUMENT
+/// `InvalidParameter` with BadRequest(`request`), ErrorInfo and RequestInfo, like a message that
+/// does not decode; nothing is written, and the server goes on.
+async fn malformed_grpc_frames_are_invalid_argument_with_details(backend: Backend) {
+    let app = app_with(backend, |_| {}).await;
+    let tenant = [("x-account-id", "acct-a")];
+    let gzip_tenant = [("x-account-id", "acct-a"), ("grpc-encoding", "gzip")];
+    let bearer = format!("Bearer {}", crate::helpers::ADMIN_TOKEN);
+    let admin = [("authorization", bearer.as_str())];
+    let mut longer_prefix = framed(0, &create_message());
+    longer_prefix.truncate(longer_prefix.len() - 3);
+    let mut two_messages = framed(0, &create_message());
+    two_messages.extend(framed(0, &create_message()));
+    let cases: Vec<Case> = vec![
+        (
+            "a length prefix longer than the body",
+            CREATE,
+            &tenant,
+            Some(longer_prefix),
+        ),
+        (
+            "no message at all (headers with END_STREAM)",
+            CREATE,
+            &tenant,
+            None,
+        ),
+        ("an empty body", CREATE, &tenant, Some(Vec::new())),
+        (
+            "a body shorter than the frame header",
+            CREATE,
+            &tenant,
+            Some(vec![0, 0, 0]),
+        ),
+        (
+            "two messages in a unary call",
+            CREATE,
+            &tenant,
+            Some(two_messages),
+        ),
+        (
+            "the compressed flag without grpc-encoding",
+            CREATE,
+            &tenant,
+            Some(framed(1, &create_message())),
+        ),
+        (
+            "corrupt gzip",
+            CREATE,
+            &gzip_tenant,
+            Some(framed(1, b"\x1f\x8b\x08\x00not gzip at all")),
+        ),
+        (
+            "compressed flag 2",
+            CREATE,
+            &tenant,
+            Some(framed(2, &create_message())),
+        ),
+        (
+            "compressed flag 255",
+            CREATE,
+            &tenant,
+            Some(framed(255, &create_message())),
+        ),
+        (
+            "an admin call with the compressed flag 255",
+            "/ecs.snapshot.v1.InventoryService/GetDisk",
+            &admin,
+            Some(framed(255, b"")),
+        ),
+        (
+            "an admin call with no message",
+            "/ecs.snapshot.v1.InventoryService/GetDisk",
+            &admin,
+            None,
+        ),
+    ];
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let mut answers = Vec::new();
+    for (case, path, headers, body) in cases {
+        answers.push((case, raw.call(path, headers, body).await));
+    }
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, status)| status.code() != Code::InvalidArgument)
+        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
+    for (_, status) in &answers {
+        assert_error(
+            status,
+            Code::InvalidArgument,
+            "InvalidParameter",
+            "400",
+            Detail::BadRequest("request"),
+        );
+    }
+    assert_eq!(app.count_rows("snapshots").await, 0);
+
+    // Without an identity or the admin token, the same frames are refused for that first.
+    let status = raw.call(CREATE, &[], Some(framed(255, b""))).await;
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidIdentity.Missing",
+        "401",
+        Detail::None,
+    );
+    let status = raw
+        .call("/ecs.snapshot.v1.InventoryService/GetDisk", &[], None)
+        .await;
+    assert_error(
+        &status,
+        Code::Unauthenticated,
+        "InvalidAdminToken",
+        "401",
+        Detail::None,
+    );
+    // A well-formed gzip message is served as before.
+    let status = raw
+        .call(
+            CREATE,
+            &gzip_tenant,
+            Some(framed(1, &gzip(&create_message()))),
+        )
+        .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
+
+/// A client's `grpc-timeout` shorter than the call is the call's deadline: DEADLINE_EXCEEDED
+/// `RequestTimeout` with the client's timeout, as for `--request-timeout`.
+async fn a_clients_grpc_timeout_is_deadline_exceeded_request_timeout(backend: Backend) {
+    let app = app_with(backend, |config| {
+        config.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let started = Instant::now();
+    // Headers only: the call cannot finish before the client's 300 ms are over.
+    let (response, _send) = raw
+        .open_headers_only(
+            CREATE,
+            &[("x-account-id", "acct-a"), ("grpc-timeout", "300m")],
+        )
+        .await;
+
+    let status = tokio::time::timeout(Duration::from_secs(5), answer(response))
+        .await
+        .expect("answered when the client's deadline passes");
+
+    let metadata = assert_error(
+        &status,
+        Code::DeadlineExceeded,
+        "RequestTimeout",
+        "504",
+        Detail::None,
+    );
+    assert_eq!(
+        metadata.get("timeoutMs").map(String::as_str),
+        Some("300"),
+        "{metadata:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+}
+
+/// A gzip message that inflates past `--max-message-size` (here 1 GiB of zeros, 6.5 MB
+/// compressed, against an 8 MiB limit) is `RequestTooLarge` with its details; the server stops
+/// inflating at the limit and goes on serving.
+async fn a_gzip_bomb_is_request_too_large_with_details(backend: Backend) {
+    let limit = 8 * 1024 * 1024;
+    let app = app_with(backend, move |config| config.max_message_size = limit).await;
+    let bomb = gzip_bomb(1 << 30);
+    assert!(bomb.len() < limit as usize, "{}", bomb.len());
+    let mut raw = RawGrpc::connect(app.addr).await;
+
+    let status = raw
+        .call(
+            CREATE,
+            &[("x-account-id", "acct-a"), ("grpc-encoding", "gzip")],
+            Some(framed(1, &bomb)),
+        )
+        .await;
+
+    let metadata = assert_error(
+        &status,
+        Code::ResourceExhausted,
+        "RequestTooLarge",
+        "413",
+        Detail::BadRequest("request"),
+    );
+    assert_eq!(
+        metadata.get("maxMessageBytes").map(String::as_str),
+        Some(limit.to_string().as_str())
+    );
+    app.create_on("acct-a", "d-acct-a-0")
+        .await
+        .expect("the server keeps serving");
+}
+
+/// A message's gzip encoding, as a client would send it.
+fn gzip(message: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(message).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A gzip member that inflates to at least `size` zero bytes, written by hand (one fixed-Huffman
+/// deflate block: a literal 0, then matches of 258 bytes at distance 1, 13 bits each) because
+/// compressing a gigabyte in a debug build takes minutes. The CRC is left 0: a reader that
+/// honours its limit stops long before it.
+fn gzip_bomb(size: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        used: u32,
+    }
+    impl Bits {
+        /// Deflate packs bits from the least significant; Huffman codes go most significant
+        /// bit first.
+        fn code(&mut self, code: u32, len: u32) {
+            let reversed = code.reverse_bits() >> (32 - len);
+            self.acc |= u64::from(reversed) << self.used;
+            self.used += len;
+            while self.used >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.used -= 8;
+            }
+        }
+    }
+    let matches = size.div_ceil(258);
+    let mut bits = Bits {
+        out: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+        acc: 0,
+        used: 0,
+    };
+    bits.code(1, 1); // BFINAL
+    bits.code(0b10, 2); // BTYPE 01 (fixed Huffman), written least significant bit first
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..matches {
+        bits.code(0xc5, 8); // length 258 (symbol 285)
+        bits.code(0, 5); // distance 1
+    }
+    bits.code(0, 7); // end of block
+    if bits.used > 0 {
+        bits.out.push(bits.acc as u8);
+    }
+    let inflated = (1 + 258 * matches) as u32;
+    bits.out.extend_from_slice(&0u32.to_le_bytes());
+    bits.out.extend_from_slice(&inflated.to_le_bytes());
+    bits.out
+}
+
+/// The health service needs no identity, so its frames are checked alike: a malformed one is
+/// INVALID_ARGUMENT with details, not an INTERNAL logged at ERROR.
+async fn malformed_frames_to_the_health_service_are_invalid_argument_too(backend: Backend) {
+    let app = app_with(backend, |_| {}).await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let check = "/grpc.health.v1.Health/Check";
+    let mut longer_prefix = framed(0, b"");
+    longer_prefix[4] = 9;
+    let cases: Vec<Case> = vec![
+        ("compressed flag 255", check, &[], Some(framed(255, b""))),
+        ("no message at all", check, &[], None),
+        (
+            "a length prefix longer than the body",
+            check,
+            &[],
+            Some(longer_prefix),
+        ),
+        (
+            "the compressed flag without grpc-encoding",
+            check,
+            &[],
+            Some(framed(1, b"")),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (case, path, headers, body) in cases {
+        answers.push((case, raw.call(path, headers, body).await));
+    }
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, status)| status.code() != Code::InvalidArgument)
+        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
+    for (_, status) in &answers {
+        assert_error(
+            status,
+            Code::InvalidArgument,
+            "InvalidParameter",
+            "400",
+            Detail::BadRequest("request"),
+        );
+    }
+    // A well-formed check (the empty HealthCheckRequest: readiness) is answered as before.
+    let status = raw.call(check, &[], Some(framed(0, b""))).await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+}
+
+on_both_backends!(
+    malformed_frames_to_the_health_service_are_invalid_argument_too,
+    malformed_grpc_frames_are_invalid_argument_with_details,
+    a_clients_grpc_timeout_is_deadline_exceeded_request_timeout,
+    a_gzip_bomb_is_request_too_large_with_details,
+);
