@@ -110,7 +110,6 @@ impl App {
         for warning in store.durability_warnings() {
             tracing::warn!("{warning}");
         }
-        metric::store_info(store.kind(), store.settings());
         let now = clock.now();
         let service = Arc::new(Service::new(store, backend, clock, config.policy()));
         if config.seeds_demo() && service.store().kind() == "sqlite" && service.is_empty().await? {
@@ -228,12 +227,14 @@ impl App {
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics at /metrics, probes at /livez and /readyz");
+            let handle = telemetry::metrics_handle();
+            metric::store_info(store.kind(), store.settings());
             let layer = layer.clone();
             let store = Arc::clone(&store);
             let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
             tokio::spawn(telemetry::serve_admin(
                 listener,
-                telemetry::metrics_handle(),
+                handle,
                 refresh,
                 Arc::clone(&health.ready),
                 // Up until the very end, so scrapes and `/readyz` see the drain; aborted below.

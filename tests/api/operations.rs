@@ -708,6 +708,22 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
         ),
         1.0
     );
+    // The durability settings read back from PostgreSQL at startup, as labels.
+    assert_eq!(
+        value(
+            &all,
+            &body,
+            "snapshotd_store_info",
+            &[
+                ("store", "postgres"),
+                ("synchronous_commit", "on"),
+                ("fsync", "on"),
+                ("full_page_writes", "on"),
+            ]
+        ),
+        1.0,
+        "{body}"
+    );
     // Group commit: the created call was written by a committed create transaction; the call
     // on a disk the caller doesn't have was sent to run alone (to find its refusal).
     assert!(
