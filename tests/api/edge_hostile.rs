@@ -133,6 +133,34 @@ async fn answer(response: ResponseFuture) -> Status {
     Status::from_header_map(&trailers).expect("a grpc-status in the trailers")
 }
 
+/// Sends each case on `raw`; every answer must be INVALID_ARGUMENT `InvalidParameter` with
+/// BadRequest(`request`). The cases that are not are named together.
+async fn assert_each_is_an_invalid_request(raw: &mut RawGrpc, cases: Vec<Case<'_>>) {
+    let mut answers = Vec::new();
+    for (case, path, headers, body) in cases {
+        answers.push((case, raw.call(path, headers, body).await));
+    }
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, status)| status.code() != Code::InvalidArgument)
+        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
+    for (_, status) in &answers {
+        assert_error(
+            status,
+            Code::InvalidArgument,
+            "InvalidParameter",
+            "400",
+            Detail::BadRequest("request"),
+        );
+    }
+}
+
 /// A gRPC message frame: the compressed flag, the length, the bytes.
 fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
     let mut frame = vec![flag];
@@ -467,29 +495,7 @@ async fn malformed_grpc_frames_are_invalid_argument_with_details(backend: Backen
         ),
     ];
     let mut raw = RawGrpc::connect(app.addr).await;
-    let mut answers = Vec::new();
-    for (case, path, headers, body) in cases {
-        answers.push((case, raw.call(path, headers, body).await));
-    }
-    let wrong: Vec<_> = answers
-        .iter()
-        .filter(|(_, status)| status.code() != Code::InvalidArgument)
-        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "not INVALID_ARGUMENT:\n{}",
-        wrong.join("\n")
-    );
-    for (_, status) in &answers {
-        assert_error(
-            status,
-            Code::InvalidArgument,
-            "InvalidParameter",
-            "400",
-            Detail::BadRequest("request"),
-        );
-    }
+    assert_each_is_an_invalid_request(&mut raw, cases).await;
     assert_eq!(app.count_rows("snapshots").await, 0);
 
     // Without an identity or the admin token, the same frames are refused for that first.
@@ -676,29 +682,7 @@ async fn malformed_frames_to_the_health_service_are_invalid_argument_too(backend
             Some(framed(1, b"")),
         ),
     ];
-    let mut answers = Vec::new();
-    for (case, path, headers, body) in cases {
-        answers.push((case, raw.call(path, headers, body).await));
-    }
-    let wrong: Vec<_> = answers
-        .iter()
-        .filter(|(_, status)| status.code() != Code::InvalidArgument)
-        .map(|(case, status)| format!("{case}: {:?} {:?}", status.code(), status.message()))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "not INVALID_ARGUMENT:\n{}",
-        wrong.join("\n")
-    );
-    for (_, status) in &answers {
-        assert_error(
-            status,
-            Code::InvalidArgument,
-            "InvalidParameter",
-            "400",
-            Detail::BadRequest("request"),
-        );
-    }
+    assert_each_is_an_invalid_request(&mut raw, cases).await;
     // A well-formed check (the empty HealthCheckRequest: readiness) is answered as before.
     let status = raw.call(check, &[], Some(framed(0, b""))).await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
