@@ -13,7 +13,8 @@ mod snapshots;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub use snapshots::{DescribedPage, SnapshotView};
 pub use worker::WorkDone;
@@ -144,6 +145,9 @@ impl Service {
         if !self.storage.is_full() {
             return true;
         }
+        if self.storage.met_recently() {
+            return false;
+        }
         let probed = async {
             let mut tx = self.store.begin().await?;
             let result = tx
@@ -161,23 +165,42 @@ impl Service {
 
 /// Whether the database's disk is full: set by any write that met a full disk, cleared only by
 /// the write probe of [`Service::storage_writable`] (a transaction that happened to write
-/// nothing, such as an idle worker step, commits on a full disk too).
+/// nothing, such as an idle worker step, commits on a full disk too), and not probed for
+/// [`STORAGE_FULL_HOLD`] after a write last met it: a probe can fit where a real write did not
+/// (SQLite reuses a log it has checkpointed), and readiness must not flap while writes fail.
 #[derive(Debug, Clone, Default)]
-struct StorageHealth(Arc<AtomicBool>);
+struct StorageHealth(Arc<Mutex<Option<Instant>>>);
+
+/// How long after a write met a full disk readiness stays NOT_SERVING before a probe may say
+/// otherwise (the RetryInfo `StorageFull` answers with, too).
+const STORAGE_FULL_HOLD: Duration = Duration::from_secs(5);
 
 impl StorageHealth {
     fn note<T>(&self, result: &Result<T, ServiceError>) {
         if let Err(ServiceError::Store(StoreError::StorageFull(_))) = result {
-            self.0.store(true, Ordering::Relaxed);
+            *self.lock() = Some(Instant::now());
         }
     }
 
     fn is_full(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.lock().is_some()
+    }
+
+    /// A write met a full disk less than [`STORAGE_FULL_HOLD`] ago.
+    fn met_recently(&self) -> bool {
+        self.lock()
+            .is_some_and(|met| met.elapsed() < STORAGE_FULL_HOLD)
     }
 
     fn clear(&self) {
-        self.0.store(false, Ordering::Relaxed);
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // A plain value, consistent between statements: a poisoned lock is still good.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
