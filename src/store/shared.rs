@@ -203,8 +203,9 @@ impl<DB: Database> Drop for SqlSession<DB> {
 }
 
 impl<DB: Dialect> SqlSession<DB> {
-    /// Ends the transaction with `statement`; on failure, tries a ROLLBACK, and closes the
-    /// connection unless that worked.
+    /// Ends the transaction with `statement` (COMMIT or ROLLBACK). A COMMIT that fails is
+    /// followed by a ROLLBACK; a connection whose transaction still did not end cleanly is
+    /// closed instead of going back to the pool.
     async fn end(&mut self, statement: &'static str) -> Result<(), StoreError> {
         if !self.in_transaction {
             return Ok(());
@@ -212,9 +213,8 @@ impl<DB: Dialect> SqlSession<DB> {
         self.in_transaction = false;
         let ended = DB::execute(&mut self.connection, statement).await;
         if ended.is_err() {
-            let rolled_back = statement != "ROLLBACK"
-                && DB::execute(&mut self.connection, "ROLLBACK").await.is_ok();
-            if !rolled_back {
+            let committing = statement == "COMMIT";
+            if !committing || DB::execute(&mut self.connection, "ROLLBACK").await.is_err() {
                 self.connection.close_on_drop();
             }
         }

@@ -27,7 +27,7 @@ use crate::helpers::{
     ADMIN_TOKEN, Backend, DiskLock, TestDatabase, World, as_account, as_admin, put_account_request,
     put_disk_request, put_instance_request, world,
 };
-use crate::process::{BINARY, Server, free_port};
+use crate::process::{BINARY, Server, free_port, listening_ports};
 
 const ACCOUNT: &str = "acct-ops";
 const DISK: &str = "d-acct-ops-0";
@@ -533,42 +533,6 @@ fn value(all: &[Sample], body: &str, name: &str, labels: &[(&str, &str)]) -> f64
         "exactly one sample {name}{wanted:?} in /metrics:\n{body}"
     );
     number(found[0])
-}
-
-/// The TCP ports `pid` listens on, read from its socket descriptors and /proc/net/tcp{,6}.
-fn listening_ports(pid: u32) -> BTreeSet<u16> {
-    let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the process's descriptors")
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let mut ports = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            if *state == "0A" && inodes.contains(*inode) {
-                let port = local.rsplit(':').next().unwrap();
-                ports.insert(u16::from_str_radix(port, 16).unwrap());
-            }
-        }
-    }
-    ports
 }
 
 fn port_of(addr: &str) -> u16 {

@@ -59,49 +59,12 @@ impl Server {
         }
     }
 
-    /// The port the process listens on for gRPC, once it does: its listening TCP sockets (found
-    /// by inode from its descriptors), the metrics port aside.
+    /// The port the process listens on for gRPC, once it does: a port it listens on, the
+    /// metrics port aside.
     fn grpc_port(&self) -> Option<u16> {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .ok()?
-            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .filter_map(|target| {
-                let target = target.to_string_lossy().into_owned();
-                Some(
-                    target
-                        .strip_prefix("socket:[")?
-                        .strip_suffix(']')?
-                        .to_owned(),
-                )
-            })
-            .collect();
-        let mut ports = Vec::new();
-        for table in ["tcp", "tcp6"] {
-            let Ok(text) =
-                std::fs::read_to_string(format!("/proc/{}/net/{table}", self.child.id()))
-            else {
-                continue;
-            };
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let (Some(local), Some(&"0A"), Some(inode)) =
-                    (fields.get(1), fields.get(3), fields.get(9))
-                else {
-                    continue;
-                };
-                let port = local
-                    .rsplit(':')
-                    .next()
-                    .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-                if let Some(port) = port
-                    && inodes.iter().any(|known| known == inode)
-                    && Some(port) != self.metrics_port
-                {
-                    ports.push(port);
-                }
-            }
-        }
-        ports.first().copied()
+        listening_ports(self.child.id())
+            .into_iter()
+            .find(|port| Some(*port) != self.metrics_port)
     }
 
     /// Waits until health says SERVING; returns a channel to the server.
@@ -222,4 +185,48 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The TCP ports `pid` listens on: its socket descriptors' inodes, found in its
+/// /proc/PID/net/tcp{,6} in the listening state (`0A`). Empty while it has none.
+pub fn listening_ports(pid: u32) -> std::collections::BTreeSet<u16> {
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    let inodes: std::collections::BTreeSet<String> = descriptors
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if let Some(port) = port
+                && inodes.contains(*inode)
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
