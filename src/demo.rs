@@ -7,13 +7,33 @@
 use chrono::TimeDelta;
 
 use crate::domain::{
-    Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus, SECURITY_LOCK,
-    Timestamp,
+    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus,
+    SECURITY_LOCK, Timestamp,
 };
 use crate::service::{Service, ServiceError};
 
 /// The demo tenant; call the snapshot API with `x-account-id: acct-demo`.
 pub const DEMO_ACCOUNT: &str = "acct-demo";
+
+/// The demo access key of `acct-demo` for the ECS-compatible HTTP edge (and the SDKs): not a
+/// secret, as the demo inventory is not.
+pub const DEMO_ACCESS_KEY_ID: &str = "LTAIdemo";
+pub const DEMO_ACCESS_KEY_SECRET: &str = "demo-secret-of-acct-demo";
+
+/// Every demo key pair: `acct-demo`'s, and one for each account a seed error row needs.
+pub const DEMO_ACCESS_KEYS: &[(&str, &str, &str)] = &[
+    (DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, DEMO_ACCOUNT),
+    (
+        "LTAIdemoInactive",
+        "demo-secret-of-acct-demo-inactive",
+        "acct-demo-inactive",
+    ),
+    (
+        "LTAIdemoBroke",
+        "demo-secret-of-acct-demo-broke",
+        "acct-demo-broke",
+    ),
+];
 
 /// Each demo disk and the answer CreateSnapshot gives for it (under `acct-demo` unless noted).
 pub const DEMO_DISKS: &[(&str, &str)] = &[
@@ -176,6 +196,11 @@ pub async fn seed_demo(service: &Service, now: Timestamp) -> Result<(), ServiceE
     for disk in &disks {
         service.put_disk(disk).await?;
     }
+    for (id, secret, account) in DEMO_ACCESS_KEYS {
+        let key = AccessKey::parse(id, secret, account)
+            .expect("the demo key pairs are valid: a unit test parses them");
+        service.put_access_key(&key).await?;
+    }
     Ok(())
 }
 
@@ -189,5 +214,17 @@ mod tests {
         let seeded: Vec<_> = disks.iter().map(|d| d.disk_id.as_str()).collect();
         let documented: Vec<_> = DEMO_DISKS.iter().map(|(id, _)| *id).collect();
         assert_eq!(seeded, documented);
+    }
+
+    #[test]
+    fn every_demo_key_pair_parses_for_a_demo_account() {
+        let (accounts, _, _) = demo_inventory(chrono::Utc::now());
+        for (id, secret, account) in DEMO_ACCESS_KEYS {
+            AccessKey::parse(id, secret, account).expect("a valid key pair");
+            assert!(
+                accounts.iter().any(|a| a.account_id == *account),
+                "{account}"
+            );
+        }
     }
 }

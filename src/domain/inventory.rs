@@ -1,7 +1,7 @@
 //! The inventory the control plane pushes: accounts, instances, disks and their states,
 //! spelled as the seed spells them (`In_use`, `Running`, `cloud_essd`).
 
-use super::Timestamp;
+use super::{ParseError, Timestamp};
 
 /// Disk categories known to ECS. Local and ephemeral disks cannot be snapshotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,5 +146,73 @@ mod tests {
             );
         }
         assert_eq!(DiskCategory::parse("nvme"), None);
+    }
+}
+
+/// A key pair the ECS-compatible edge verifies signatures with; the key id names exactly one
+/// account, the caller's identity on that edge.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub account_id: String,
+}
+
+/// Never the secret: a key is logged and debugged by its id and account only.
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("account_id", &self.account_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Secrets shorter than this are refused: an HMAC key a client could guess is no key.
+pub const MIN_ACCESS_KEY_SECRET_LEN: usize = 16;
+/// Longer secrets buy nothing for HMAC and bloat every lookup.
+pub const MAX_ACCESS_KEY_SECRET_LEN: usize = 128;
+
+impl AccessKey {
+    /// A key id is a plain id (as ECS's `LTAI…`); a secret is 16 to 128 printable ASCII
+    /// characters without spaces (SDKs send it through environment variables and config files).
+    pub fn parse(access_key_id: &str, secret: &str, account_id: &str) -> Result<Self, ParseError> {
+        let required = |field, raw: &str| {
+            if raw.is_empty() {
+                Err(ParseError::MissingParameter { field })
+            } else {
+                Ok(())
+            }
+        };
+        required("access_key.access_key_id", access_key_id)?;
+        required("access_key.access_key_secret", secret)?;
+        required("access_key.account_id", account_id)?;
+        for (field, id) in [
+            ("access_key.access_key_id", access_key_id),
+            ("access_key.account_id", account_id),
+        ] {
+            if !super::is_plain_id(id) {
+                return Err(ParseError::InvalidParameter {
+                    field,
+                    why: "must be 1 to 64 of [A-Za-z0-9._:-]".to_owned(),
+                });
+            }
+        }
+        let printable = secret.bytes().all(|b| b.is_ascii_graphic());
+        if !printable
+            || !(MIN_ACCESS_KEY_SECRET_LEN..=MAX_ACCESS_KEY_SECRET_LEN).contains(&secret.len())
+        {
+            return Err(ParseError::InvalidParameter {
+                field: "access_key.access_key_secret",
+                why: format!(
+                    "must be {MIN_ACCESS_KEY_SECRET_LEN} to {MAX_ACCESS_KEY_SECRET_LEN} printable ASCII characters without spaces"
+                ),
+            });
+        }
+        Ok(Self {
+            access_key_id: access_key_id.to_owned(),
+            access_key_secret: secret.to_owned(),
+            account_id: account_id.to_owned(),
+        })
     }
 }

@@ -37,7 +37,8 @@ pub use commands::{
 pub use error::ParseError;
 pub use ids::{DiskId, MAX_PLAIN_ID_LEN, SnapshotId, is_plain_id, new_image_id, new_snapshot_id};
 pub use inventory::{
-    Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus, SECURITY_LOCK,
+    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus,
+    SECURITY_LOCK,
 };
 pub use names::{ClientToken, Description, ImageName, MAX_TAGS, RetentionDays, SnapshotName, Tag};
 pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};

@@ -14,6 +14,25 @@ pub fn check_account_exists(account_id: &str, exists: bool) -> Result<(), RuleEr
     }
 }
 
+/// An access key names exactly one account for its whole life: a put may change its secret
+/// (rotation), never its account, so a signature made for one account never acts for another.
+pub fn check_access_key_owner(
+    access_key_id: &str,
+    stored_owner: Option<&str>,
+    account_id: &str,
+) -> Result<(), RuleError> {
+    match stored_owner {
+        Some(owner) if owner != account_id => Err(RuleError::InvalidParameter {
+            field: "access_key.account_id",
+            why: format!(
+                "access key {access_key_id} belongs to account {owner}; a key names one account \
+                 for good, so put a new key id for {account_id}"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// An instance cannot move to another account while another account's disks are attached to it.
 pub fn check_instance_reassignment(
     instance_id: &str,

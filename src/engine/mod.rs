@@ -17,7 +17,7 @@ pub use create::{CreateState, Policy, decide_create, estimated_copy_time};
 pub use error::RuleError;
 pub use idempotence::{TokenBinding, check_token_binding};
 pub use inventory::{
-    check_account_exists, check_disk_attachment, check_disk_reassignment,
+    check_access_key_owner, check_account_exists, check_disk_attachment, check_disk_reassignment,
     check_instance_reassignment,
 };
 pub use lifecycle::{DeletePlan, SnapshotFacts, decide_create_image, decide_delete};

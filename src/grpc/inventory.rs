@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::call::{Admitted, request_id};
-use crate::domain::{Account, Disk, DiskId, Instance, ParseError};
+use crate::domain::{AccessKey, Account, Disk, DiskId, Instance, ParseError};
 use crate::pb;
 use crate::service::Service;
 
@@ -87,6 +87,26 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             let disk = Disk::try_from(required("disk", put.disk)?)?;
             Ok(pb::PutDiskResponse {
                 disk: Some(self.service.put_disk(&disk).await?.into()),
+            })
+        })
+        .await
+    }
+
+    async fn put_access_key(
+        &self,
+        request: Request<pb::PutAccessKeyRequest>,
+    ) -> Result<Response<pb::PutAccessKeyResponse>, Status> {
+        self.handle(request, |put| async move {
+            let key = required("access_key", put.access_key)?;
+            let key =
+                AccessKey::parse(&key.access_key_id, &key.access_key_secret, &key.account_id)?;
+            let stored = self.service.put_access_key(&key).await?;
+            Ok(pb::PutAccessKeyResponse {
+                access_key: Some(pb::AccessKey {
+                    access_key_id: stored.access_key_id,
+                    access_key_secret: String::new(),
+                    account_id: stored.account_id,
+                }),
             })
         })
         .await

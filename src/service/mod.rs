@@ -6,6 +6,7 @@
 //! store's [`Transaction`]; the service owns the clock, the data plane and the policy, so an
 //! edge only converts its request into domain values, calls one method and converts the answer.
 
+mod access_keys;
 mod group_commit;
 mod images;
 mod inventory;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use access_keys::NONCE_WINDOW;
 pub use snapshots::{DescribedPage, SnapshotView};
 pub use worker::WorkDone;
 

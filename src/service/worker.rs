@@ -1,5 +1,5 @@
 //! The lifecycle worker's step: finish copies whose time has come, release snapshots past
-//! their retention. Each queue is claimed with `SKIP LOCKED` (PostgreSQL), so replicas share it.
+//! their retention, forget spent signature nonces. Each queue is claimed with `SKIP LOCKED` (PostgreSQL), so replicas share it.
 
 use super::{Service, ServiceError, cancel_copy};
 use crate::backend::{CopyState, SnapshotBackend};
@@ -75,7 +75,8 @@ fn record_lag(snapshot: &Snapshot, now: Timestamp) {
     crate::telemetry::metric::worker_lag(lag);
 }
 
-/// Deletes the snapshots past their retention by `now` that no image uses; how many.
+/// Deletes the snapshots past their retention by `now` that no image uses (how many), and
+/// the signature nonces whose window has passed.
 async fn release_expired(
     tx: &mut dyn Transaction,
     now: Timestamp,
@@ -88,5 +89,6 @@ async fn release_expired(
         }
         tx.delete_and_uncount(snapshot).await?;
     }
+    tx.forget_expired_nonces(now).await?;
     Ok(due.len())
 }

@@ -21,8 +21,8 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{
-    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot, SnapshotPage,
-    SnapshotQuery, SnapshotStatus, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot,
+    SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -305,6 +305,34 @@ pub trait Transaction: Send {
     async fn upsert_instance(&mut self, instance: &Instance) -> Result<Instance, StoreError>;
 
     async fn upsert_disk(&mut self, disk: &Disk) -> Result<Disk, StoreError>;
+
+    /// The stored account of access key `access_key_id`, its row locked until the transaction
+    /// ends (a concurrent put of the same key waits, then sees this one's owner).
+    async fn lock_access_key_owner(
+        &mut self,
+        access_key_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn upsert_access_key(&mut self, key: &AccessKey) -> Result<(), StoreError>;
+
+    /// The key pair of `access_key_id`, if any (the ECS edge verifies signatures with it).
+    async fn select_access_key(
+        &mut self,
+        access_key_id: &str,
+    ) -> Result<Option<AccessKey>, StoreError>;
+
+    /// Records that `nonce` was used with `access_key_id` until `expires_at`: false when it was
+    /// already used and has not expired yet (a replayed request).
+    async fn remember_nonce(
+        &mut self,
+        access_key_id: &str,
+        nonce: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Drops the nonces whose window has passed.
+    async fn forget_expired_nonces(&mut self, now: Timestamp) -> Result<(), StoreError>;
 
     /// Writes the one row of `write_probe`: whether a write can be committed now (readiness,
     /// while the disk was full).

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::domain::{
-    Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
+    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
     InstanceStatus, PageCursor, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage, Tag,
     Timestamp,
 };
@@ -42,6 +42,24 @@ impl From<AccountRow> for Account {
             account_id: row.account_id,
             snapshot_service_activated: row.snapshot_service_activated,
             insufficient_balance: row.insufficient_balance,
+        }
+    }
+}
+
+/// No `Debug`: the row holds a secret.
+#[derive(FromRow)]
+pub(crate) struct AccessKeyRow {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub account_id: String,
+}
+
+impl From<AccessKeyRow> for AccessKey {
+    fn from(row: AccessKeyRow) -> Self {
+        Self {
+            access_key_id: row.access_key_id,
+            access_key_secret: row.access_key_secret,
+            account_id: row.account_id,
         }
     }
 }

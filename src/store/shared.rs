@@ -13,15 +13,15 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{
-    AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns, SnapshotRow,
-    TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
+    AccessKeyRow, AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns,
+    SnapshotRow, TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
 };
 use super::{
     BatchRead, LockedRead, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
-    Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor, Snapshot,
-    SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor,
+    Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
 };
 use crate::engine::TokenBinding;
 
@@ -273,6 +273,7 @@ where
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
     for<'r> AccountRow: FromRow<'r, DB::Row>,
+    for<'r> AccessKeyRow: FromRow<'r, DB::Row>,
     for<'r> InstanceRow: FromRow<'r, DB::Row>,
     for<'r> DiskRow: FromRow<'r, DB::Row>,
     for<'r> LockedDiskRow: FromRow<'r, DB::Row>,
@@ -589,6 +590,85 @@ where
         .fetch_one(self.connection())
         .await?;
         row.try_into()
+    }
+
+    async fn lock_access_key_owner(
+        &mut self,
+        access_key_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let statement = format!(
+            "SELECT account_id FROM access_keys WHERE access_key_id = $1{}",
+            DB::LOCK_ROWS
+        );
+        let found: Option<(String,)> = sqlx::query_as(&statement)
+            .bind(access_key_id)
+            .fetch_optional(self.connection())
+            .await?;
+        Ok(found.map(|(owner,)| owner))
+    }
+
+    async fn upsert_access_key(&mut self, key: &AccessKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_keys (access_key_id, account_id, access_key_secret)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (access_key_id) DO UPDATE
+             SET account_id = EXCLUDED.account_id,
+                 access_key_secret = EXCLUDED.access_key_secret",
+        )
+        .bind(key.access_key_id.as_str())
+        .bind(key.account_id.as_str())
+        .bind(key.access_key_secret.as_str())
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    async fn select_access_key(
+        &mut self,
+        access_key_id: &str,
+    ) -> Result<Option<AccessKey>, StoreError> {
+        let found: Option<AccessKeyRow> = sqlx::query_as(
+            "SELECT access_key_id, access_key_secret, account_id
+             FROM access_keys WHERE access_key_id = $1",
+        )
+        .bind(access_key_id)
+        .fetch_optional(self.connection())
+        .await?;
+        Ok(found.map(AccessKey::from))
+    }
+
+    /// One statement, so two replicas that see the same nonce at once cannot both take it: the
+    /// insert wins, or takes over an expired row, or returns nothing.
+    async fn remember_nonce(
+        &mut self,
+        access_key_id: &str,
+        nonce: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO signature_nonces (access_key_id, nonce, expires_at)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (access_key_id, nonce) DO UPDATE
+             SET expires_at = EXCLUDED.expires_at
+             WHERE signature_nonces.expires_at <= $4
+             RETURNING nonce",
+        )
+        .bind(access_key_id)
+        .bind(nonce)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(self.connection())
+        .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn forget_expired_nonces(&mut self, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM signature_nonces WHERE expires_at <= $1")
+            .bind(now)
+            .execute(self.connection())
+            .await?;
+        Ok(())
     }
 
     /// 64 KiB of random bytes (which no page compression shrinks): a write that fits only where
