@@ -20,7 +20,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::backend::{SimulatedBackend, SnapshotBackend};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, MetricsListen, redact_password};
+use crate::config::{Config, ListenOrOff, redact_password};
+use crate::ecs::{self, EcsEdge};
 use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi};
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
@@ -28,6 +29,7 @@ use crate::pb::snapshot_service_server::SnapshotServiceServer;
 use crate::service::{Service, ServiceError};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::{self, metric};
+use crate::throttle::Throttle;
 use crate::worker::Worker;
 
 /// Fully-qualified names of the services whose health is reported.
@@ -78,6 +80,7 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    ecs_listener: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
     service: Arc<Service>,
 }
@@ -122,13 +125,18 @@ impl App {
         let tls = tls_config(&config)?;
         let listener = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
-            MetricsListen::Off => None,
-            MetricsListen::At(addr) => Some(bind(addr).await?),
+            ListenOrOff::Off => None,
+            ListenOrOff::At(addr) => Some(bind(addr).await?),
+        };
+        let ecs_listener = match config.ecs_listen {
+            ListenOrOff::Off => None,
+            ListenOrOff::At(addr) => Some(bind(addr).await?),
         };
         Ok(Self {
             config,
             listener,
             metrics_listener,
+            ecs_listener,
             tls,
             service,
         })
@@ -144,6 +152,15 @@ impl App {
     /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
+    /// Where the ECS-compatible HTTP API is served, when it is.
+    pub fn ecs_addr(&self) -> Option<SocketAddr> {
+        self.ecs_listener.as_ref().map(|listener| {
             listener
                 .local_addr()
                 .expect("a bound listener has an address")
@@ -199,10 +216,12 @@ impl App {
                 "SNAPSHOTD_ADMIN_TOKEN is not set: the InventoryService refuses every call"
             );
         }
-        let gate = Arc::new(Gate::new(
-            self.config.rate_limit,
-            self.config.admin_token.clone(),
-        ));
+        // One throttle for both edges: an account has one budget whichever protocol it uses.
+        let throttle = self
+            .config
+            .rate_limit
+            .map(|limit| Arc::new(Throttle::new(limit)));
+        let gate = Arc::new(Gate::new(throttle.clone(), self.config.admin_token.clone()));
         let snapshots = SnapshotApi::new(Arc::clone(&self.service));
         let inventory = InventoryApi::new(Arc::clone(&self.service));
         let images = ImageApi::new(Arc::clone(&self.service));
@@ -242,6 +261,22 @@ impl App {
             ))
         });
 
+        let ecs_server = self.ecs_listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "ECS-compatible HTTP API (version {})", ecs::API_VERSION);
+            let edge = Arc::new(EcsEdge::new(
+                Arc::clone(&self.service),
+                throttle.clone(),
+                self.config.request_timeout,
+                self.config.max_message_size as usize,
+            ));
+            tokio::spawn(ecs::serve(
+                listener,
+                edge,
+                side_stop.clone(),
+                self.config.shutdown_grace,
+            ))
+        });
         tracing::info!(%local_addr, tls = self.tls.is_some(), "snapshotd serving");
         let (signalled, shutdown_started) = tokio::sync::oneshot::channel::<()>();
         let draining = {
@@ -330,6 +365,10 @@ impl App {
             }
         }
         let _ = housekeeping.await;
+        if let Some(ecs_server) = ecs_server {
+            // It stopped accepting when the shutdown began and drains within the grace.
+            let _ = ecs_server.await;
+        }
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }

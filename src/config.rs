@@ -141,7 +141,17 @@ pub struct Config {
         env = "SNAPSHOTD_METRICS_LISTEN",
         default_value = "127.0.0.1:9464"
     )]
-    pub metrics_listen: MetricsListen,
+    pub metrics_listen: ListenOrOff,
+
+    /// Where the ECS-compatible HTTP API is served (Alibaba Cloud's RPC protocol, signed with an
+    /// access key from InventoryService.PutAccessKey), or `off`.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_ECS_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub ecs_listen: ListenOrOff,
 
     /// PEM certificate chain for TLS; with SNAPSHOTD_TLS_KEY, the server speaks only TLS.
     #[arg(long, global = true, env = "SNAPSHOTD_TLS_CERT", requires = "tls_key")]
@@ -216,12 +226,12 @@ impl FromStr for RateLimit {
 
 /// `SNAPSHOTD_METRICS_LISTEN`: an address, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricsListen {
+pub enum ListenOrOff {
     Off,
     At(SocketAddr),
 }
 
-impl FromStr for MetricsListen {
+impl FromStr for ListenOrOff {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
@@ -234,7 +244,7 @@ impl FromStr for MetricsListen {
     }
 }
 
-impl fmt::Display for MetricsListen {
+impl fmt::Display for ListenOrOff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Off => f.write_str("off"),
@@ -288,7 +298,8 @@ impl Config {
         config.admin_token = None;
         config.demo = false;
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.metrics_listen = MetricsListen::Off;
+        config.metrics_listen = ListenOrOff::Off;
+        config.ecs_listen = ListenOrOff::Off;
         config.tls_cert = None;
         config.tls_key = None;
         config.tls_client_ca = None;
@@ -321,6 +332,7 @@ impl std::fmt::Debug for Config {
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_connection_age", &self.max_connection_age)
             .field("metrics_listen", &self.metrics_listen)
+            .field("ecs_listen", &self.ecs_listen)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("tls_client_ca", &self.tls_client_ca)
@@ -434,12 +446,12 @@ mod tests {
 
     #[test]
     fn the_metrics_listener_can_be_turned_off() {
-        assert_eq!("off".parse::<MetricsListen>(), Ok(MetricsListen::Off));
+        assert_eq!("off".parse::<ListenOrOff>(), Ok(ListenOrOff::Off));
         assert_eq!(
-            "0.0.0.0:9464".parse::<MetricsListen>(),
-            Ok(MetricsListen::At(SocketAddr::from(([0, 0, 0, 0], 9464))))
+            "0.0.0.0:9464".parse::<ListenOrOff>(),
+            Ok(ListenOrOff::At(SocketAddr::from(([0, 0, 0, 0], 9464))))
         );
-        assert!("9464".parse::<MetricsListen>().is_err());
+        assert!("9464".parse::<ListenOrOff>().is_err());
     }
 
     #[test]

@@ -11,12 +11,14 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod ecs;
 pub mod engine;
 mod grpc;
 pub mod pb;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod worker;
 
 pub use app::App;

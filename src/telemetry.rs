@@ -39,6 +39,14 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// A new request id: an upper-case UUID, as ECS's request ids look.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_upper(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
+}
+
 /// `err: cause: cause…`, so a log line or a startup failure says why.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = err.to_string();
@@ -145,6 +153,8 @@ pub mod metric {
     pub const RPC_REQUESTS: &str = "snapshotd_rpc_requests_total";
     pub const RPC_DURATION: &str = "snapshotd_rpc_duration_seconds";
     pub const RPC_IN_FLIGHT: &str = "snapshotd_rpc_in_flight";
+    pub const HTTP_REQUESTS: &str = "snapshotd_http_requests_total";
+    pub const HTTP_DURATION: &str = "snapshotd_http_duration_seconds";
     pub const SNAPSHOTS: &str = "snapshotd_snapshots";
     pub const WORKER_LAG: &str = "snapshotd_worker_lag_seconds";
     pub const WORKER_STEPS: &str = "snapshotd_worker_steps_total";
@@ -166,6 +176,15 @@ pub mod metric {
             "gRPC calls answered, by method, code and reason"
         );
         describe_histogram!(RPC_DURATION, Unit::Seconds, "gRPC call latency, by method");
+        describe_counter!(
+            HTTP_REQUESTS,
+            "ECS-compatible HTTP requests answered, by edge, action, HTTP status and ECS code"
+        );
+        describe_histogram!(
+            HTTP_DURATION,
+            Unit::Seconds,
+            "ECS-compatible HTTP request latency, by edge and action"
+        );
         describe_gauge!(
             RPC_IN_FLIGHT,
             "API calls in progress (load shedding starts at the limit)"
@@ -210,6 +229,20 @@ pub mod metric {
         )
         .increment(1);
         histogram!(RPC_DURATION, "method" => method.to_owned()).record(latency.as_secs_f64());
+    }
+
+    /// One request of the ECS-compatible edge (`action` is empty when none was read).
+    pub fn http_request(action: &'static str, status: u16, code: &str, latency: Duration) {
+        counter!(
+            HTTP_REQUESTS,
+            "edge" => "ecs",
+            "action" => action,
+            "status" => status.to_string(),
+            "code" => code.to_owned()
+        )
+        .increment(1);
+        histogram!(HTTP_DURATION, "edge" => "ecs", "action" => action)
+            .record(latency.as_secs_f64());
     }
 
     /// The store's kind and the durability settings read back from it, as labels.

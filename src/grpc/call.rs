@@ -7,6 +7,8 @@
 //! extensions ([`Admitted`]) and refuses a call that does not carry it, so a service mounted
 //! without the layer fails closed.
 
+use std::sync::Arc;
+
 use tonic::codegen::http::Extensions as HttpExtensions;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request, Response, Status};
@@ -14,12 +16,11 @@ use tonic::{Extensions, Request, Response, Status};
 use super::ApiError;
 use super::identity::{caller_account, require_admin};
 use super::layer::{RequestId, new_request_id};
-use super::throttle::Throttle;
-use crate::config::RateLimit;
+use crate::throttle::Throttle;
 
 /// The checks on a call's headers: the per-account rate limit and the admin token.
 pub struct Gate {
-    throttle: Option<Throttle>,
+    throttle: Option<Arc<Throttle>>,
     admin_token: Option<String>,
 }
 
@@ -33,9 +34,10 @@ pub enum Admitted {
 }
 
 impl Gate {
-    pub fn new(rate_limit: Option<RateLimit>, admin_token: Option<String>) -> Self {
+    /// `throttle` is shared with the ECS edge: an account has one budget.
+    pub fn new(throttle: Option<Arc<Throttle>>, admin_token: Option<String>) -> Self {
         Self {
-            throttle: rate_limit.map(Throttle::new),
+            throttle,
             admin_token,
         }
     }

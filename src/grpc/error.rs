@@ -20,6 +20,7 @@ use crate::domain::ParseError;
 use crate::engine::RuleError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
+use crate::throttle::Throttled;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,16 @@ pub enum ApiError {
     /// The routing layer failed (not expected: tonic's routes do not fail).
     #[error("the server's routing failed")]
     Routing(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<Throttled> for ApiError {
+    fn from(throttled: Throttled) -> Self {
+        Self::Throttled {
+            account_id: throttled.account_id,
+            limit: throttled.limit,
+            retry_after: throttled.retry_after,
+        }
+    }
 }
 
 impl From<ServiceError> for ApiError {

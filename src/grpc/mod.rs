@@ -14,7 +14,6 @@ pub mod image;
 pub mod inventory;
 pub mod layer;
 pub mod snapshot;
-pub mod throttle;
 
 pub use call::Gate;
 pub use error::ApiError;

@@ -1,5 +1,6 @@
 //! Per-account throttling (`SNAPSHOTD_RATE_LIMIT`): one GCRA token bucket per account, from
-//! `governor`, checked after the caller is identified and before any database work.
+//! `governor`, checked after the caller is identified and before any database work. One
+//! throttle serves both edges, so an account's budget is the same whichever protocol it uses.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -7,8 +8,17 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::ApiError;
 use crate::config::RateLimit;
+
+/// The account used up its bucket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("account {account_id} is over its rate limit")]
+pub struct Throttled {
+    pub account_id: String,
+    pub limit: RateLimit,
+    /// When the next call would be admitted.
+    pub retry_after: Duration,
+}
 
 pub struct Throttle {
     limit: RateLimit,
@@ -29,10 +39,10 @@ impl Throttle {
     }
 
     /// Takes one token from the account's bucket, or says how long until one is there.
-    pub fn admit(&self, account_id: &str) -> Result<(), ApiError> {
+    pub fn admit(&self, account_id: &str) -> Result<(), Throttled> {
         match self.buckets.check_key(&account_id.to_owned()) {
             Ok(()) => Ok(()),
-            Err(not_until) => Err(ApiError::Throttled {
+            Err(not_until) => Err(Throttled {
                 account_id: account_id.to_owned(),
                 limit: self.limit,
                 // Rounded up to whole milliseconds: a client that waits this long gets in.
@@ -67,7 +77,7 @@ mod tests {
             assert!(throttle.admit("acct-a").is_ok());
         }
         match throttle.admit("acct-a") {
-            Err(ApiError::Throttled { retry_after, .. }) => {
+            Err(Throttled { retry_after, .. }) => {
                 assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1))
             }
             other => panic!("expected Throttled, got {other:?}"),

@@ -1,0 +1,389 @@
+//! The actions this edge serves: each reads ECS's parameters into the domain's, calls one use
+//! case of the service (the same the gRPC edge calls) and builds ECS's response body.
+
+use serde_json::{Value, json};
+
+use super::error::EcsError;
+use super::params::Params;
+use crate::domain::{
+    CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
+    DescribeSnapshotsParams, MAX_TAGS, PageCursor, ParseError, SnapshotId, SnapshotQuery,
+    SnapshotStatus, Timestamp,
+};
+use crate::service::{Service, SnapshotView};
+
+/// The actions of API version 2014-05-26 this edge serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    CreateSnapshot,
+    DescribeSnapshots,
+    DeleteSnapshot,
+    CreateImage,
+}
+
+impl Action {
+    pub const ALL: [Self; 4] = [
+        Self::CreateSnapshot,
+        Self::DescribeSnapshots,
+        Self::DeleteSnapshot,
+        Self::CreateImage,
+    ];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|action| action.name() == raw)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateSnapshot => "CreateSnapshot",
+            Self::DescribeSnapshots => "DescribeSnapshots",
+            Self::DeleteSnapshot => "DeleteSnapshot",
+            Self::CreateImage => "CreateImage",
+        }
+    }
+}
+
+/// Runs `action` as `account_id`; the response body without its `RequestId`.
+pub async fn run(
+    service: &Service,
+    action: Action,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    match action {
+        Action::CreateSnapshot => create_snapshot(service, account_id, params).await,
+        Action::DescribeSnapshots => describe_snapshots(service, account_id, params).await,
+        Action::DeleteSnapshot => delete_snapshot(service, account_id, params).await,
+        Action::CreateImage => create_image(service, account_id, params).await,
+    }
+}
+
+async fn create_snapshot(
+    service: &Service,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    refuse_unoffered_create_options(params)?;
+    let tags = tags(params)?;
+    let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let create = CreateSnapshotParams {
+        disk_id: params.text("DiskId"),
+        snapshot_name: params.text("SnapshotName"),
+        description: params.text("Description"),
+        client_token: params.text("ClientToken"),
+        retention_days: number(params, "RetentionDays")?.unwrap_or(0),
+        tags: &tag_refs,
+    };
+    let command = CreateSnapshotCommand::parse(account_id.to_owned(), &create)?;
+    let outcome = service.create_snapshot(&command).await?;
+    Ok(json!({ "SnapshotId": outcome.id() }))
+}
+
+/// Options of ECS's CreateSnapshot this service does not offer: refused by name rather than
+/// dropped, so a caller never believes it got what it asked for.
+fn refuse_unoffered_create_options(params: &Params) -> Result<(), EcsError> {
+    if let Some(category) = params.get("Category")
+        && !category.eq_ignore_ascii_case("standard")
+    {
+        return Err(invalid_value(
+            "Category",
+            "only standard snapshots are offered",
+        ));
+    }
+    if let Some(instant) = params.get("InstantAccess")
+        && !instant.eq_ignore_ascii_case("false")
+    {
+        return Err(invalid_value(
+            "InstantAccess",
+            "instant access is not offered",
+        ));
+    }
+    let unoffered = [
+        (
+            "InstantAccessRetentionDays",
+            "instant access is not offered",
+        ),
+        ("ResourceGroupId", "resource groups are not offered"),
+        (
+            "StorageLocationArn",
+            "snapshots are stored by this service; another location is not offered",
+        ),
+    ];
+    for (parameter, why) in unoffered {
+        if params.get(parameter).is_some_and(|value| !value.is_empty()) {
+            return Err(invalid_value(parameter, why));
+        }
+    }
+    Ok(())
+}
+
+async fn describe_snapshots(
+    service: &Service,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    if params.get("InstanceId").is_some_and(|id| !id.is_empty()) {
+        return Err(invalid_value(
+            "InstanceId",
+            "the InstanceId filter is not offered yet; filter by DiskId",
+        ));
+    }
+    if let Some(page) = number(params, "PageNumber")?
+        && page != 1
+    {
+        return Err(invalid_value(
+            "PageNumber",
+            "only the first page is numbered; pass NextToken for the pages after it",
+        ));
+    }
+    let snapshot_ids = snapshot_ids(params)?;
+    let id_refs: Vec<&str> = snapshot_ids.iter().map(String::as_str).collect();
+    let tags = tags(params)?;
+    let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let max_results = match number(params, "MaxResults")? {
+        Some(max) => max,
+        None => number(params, "PageSize")?.unwrap_or(0),
+    };
+    let describe = DescribeSnapshotsParams {
+        disk_id: params.text("DiskId"),
+        snapshot_ids: &id_refs,
+        status: status_filter(params)?,
+        snapshot_name: params.text("SnapshotName"),
+        tags: &tag_refs,
+        next_token: params.text("NextToken"),
+        max_results,
+    };
+    let query = SnapshotQuery::parse(account_id.to_owned(), &describe)?;
+    let page = service.describe_snapshots(&query).await?;
+    let snapshots: Vec<Value> = page.snapshots.into_iter().map(snapshot_json).collect();
+    Ok(json!({
+        "PageSize": query.limit,
+        "NextToken": page.next.as_ref().map(PageCursor::to_token).unwrap_or_default(),
+        "Snapshots": { "Snapshot": snapshots },
+    }))
+}
+
+async fn delete_snapshot(
+    service: &Service,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    let snapshot_id = SnapshotId::parse(params.text("SnapshotId"))?;
+    let force = match params.get("Force") {
+        None | Some("") => false,
+        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
+        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
+        Some(_) => return Err(invalid_value("Force", "must be true or false")),
+    };
+    service
+        .delete_snapshot(account_id, &snapshot_id, force)
+        .await?;
+    Ok(json!({}))
+}
+
+async fn create_image(
+    service: &Service,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    let create = CreateImageParams {
+        snapshot_id: params.text("SnapshotId"),
+        image_name: params.text("ImageName"),
+        client_token: params.text("ClientToken"),
+    };
+    let command = CreateImageCommand::parse(account_id.to_owned(), &create)?;
+    let outcome = service.create_image(&command).await?;
+    Ok(json!({ "ImageId": outcome.id() }))
+}
+
+fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
+    EcsError::InvalidValue {
+        parameter,
+        why: why.to_owned(),
+    }
+}
+
+/// A whole-number parameter, if given.
+fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
+    match params.get(name) {
+        None | Some("") => Ok(None),
+        Some(raw) => raw
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid_value(name, "must be a whole number")),
+    }
+}
+
+/// `Status`: one of the snapshot statuses, or `all` (the same as not given).
+fn status_filter(params: &Params) -> Result<Option<SnapshotStatus>, EcsError> {
+    match params.get("Status") {
+        None | Some("") | Some("all") => Ok(None),
+        Some(raw) => SnapshotStatus::parse(raw).map(Some).ok_or_else(|| {
+            invalid_value("Status", "must be progressing, accomplished, failed or all")
+        }),
+    }
+}
+
+/// `SnapshotIds`: a JSON array of ids, as ECS takes it (`["s-1","s-2"]`).
+fn snapshot_ids(params: &Params) -> Result<Vec<String>, EcsError> {
+    match params.get("SnapshotIds") {
+        None | Some("") => Ok(Vec::new()),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| {
+            ParseError::InvalidSnapshotIdsMalformed {
+                why: "must be a JSON array of snapshot ids, e.g. [\"s-…\"]",
+            }
+            .into()
+        }),
+    }
+}
+
+/// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
+fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
+    let mut tags: Vec<(usize, String, String)> = Vec::new();
+    for name in params.names_with_prefix("Tag.") {
+        let index = name
+            .strip_prefix("Tag.")
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, part)| matches!(*part, "Key" | "Value"))
+            .and_then(|(n, _)| n.parse::<usize>().ok())
+            .filter(|n| (1..=MAX_TAGS).contains(n))
+            .ok_or_else(|| {
+                invalid_value(
+                    "Tag.N",
+                    &format!("{name} is not Tag.N.Key or Tag.N.Value with N from 1 to {MAX_TAGS}"),
+                )
+            })?;
+        if tags.iter().any(|(n, _, _)| *n == index) {
+            continue;
+        }
+        let key = params.get(&format!("Tag.{index}.Key"));
+        let Some(key) = key else {
+            return Err(ParseError::MissingParameter { field: "Tag.N.Key" }.into());
+        };
+        let value = params.text(&format!("Tag.{index}.Value"));
+        tags.push((index, key.to_owned(), value.to_owned()));
+    }
+    tags.sort_by_key(|(n, _, _)| *n);
+    Ok(tags.into_iter().map(|(_, k, v)| (k, v)).collect())
+}
+
+/// ECS's time format: to the second, in UTC.
+fn ecs_time(at: Timestamp) -> String {
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// One snapshot in ECS's field names and formats.
+fn snapshot_json(view: SnapshotView) -> Value {
+    let SnapshotView {
+        snapshot,
+        progress_percent,
+        remaining,
+    } = view;
+    let tags: Vec<Value> = snapshot
+        .tags
+        .iter()
+        .map(|tag| json!({ "TagKey": tag.key, "TagValue": tag.value }))
+        .collect();
+    json!({
+        "SnapshotId": snapshot.snapshot_id,
+        "SnapshotName": snapshot.snapshot_name.unwrap_or_default(),
+        "Description": snapshot.description,
+        "SourceDiskId": snapshot.source_disk_id,
+        "SourceDiskSize": snapshot.source_disk_size_gib.to_string(),
+        "SourceDiskType": snapshot.source_disk_type.as_str(),
+        "Status": snapshot.status.as_str(),
+        "Progress": format!("{progress_percent}%"),
+        "RemainTime": remaining.as_secs_f64().ceil() as u64,
+        "CreationTime": ecs_time(snapshot.created_at),
+        "LastModifiedTime": ecs_time(snapshot.last_modified_at),
+        "RetentionDays": snapshot.retention.as_i32(),
+        "Usage": snapshot.usage.as_str(),
+        "Category": "standard",
+        "SnapshotType": "user",
+        "Encrypted": false,
+        "InstantAccess": false,
+        "Available": snapshot.status == SnapshotStatus::Accomplished,
+        "Tags": { "Tag": tags },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(query: &str) -> Params {
+        Params::decode(query, b"").expect("valid parameters")
+    }
+
+    #[test]
+    fn actions_parse_by_their_ecs_names() {
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.name()), Some(action));
+        }
+        assert_eq!(Action::parse("createsnapshot"), None);
+    }
+
+    #[test]
+    fn tags_are_read_in_order_and_malformed_names_are_refused() {
+        let read = tags(&params("Tag.2.Key=b&Tag.1.Key=a&Tag.1.Value=x")).expect("valid");
+        assert_eq!(
+            read,
+            vec![("a".into(), "x".into()), ("b".into(), String::new())]
+        );
+        for bad in [
+            "Tag.0.Key=a",
+            "Tag.21.Key=a",
+            "Tag.x.Key=a",
+            "Tag.1.Name=a",
+            "Tag.1=a",
+        ] {
+            assert!(
+                matches!(tags(&params(bad)), Err(EcsError::InvalidValue { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            tags(&params("Tag.1.Value=x")),
+            Err(EcsError::Invalid(ParseError::MissingParameter { .. }))
+        ));
+    }
+
+    #[test]
+    fn unoffered_create_options_are_refused_by_name() {
+        let cases = [
+            ("Category=standard&InstantAccess=false", None),
+            ("Category=flash", Some("Category")),
+            ("InstantAccess=true", Some("InstantAccess")),
+            (
+                "InstantAccessRetentionDays=1",
+                Some("InstantAccessRetentionDays"),
+            ),
+            ("ResourceGroupId=rg-1", Some("ResourceGroupId")),
+            ("StorageLocationArn=arn", Some("StorageLocationArn")),
+        ];
+        for (query, refused) in cases {
+            let result = refuse_unoffered_create_options(&params(query));
+            match (result, refused) {
+                (Ok(()), None) => {}
+                (Err(EcsError::InvalidValue { parameter, .. }), Some(name)) => {
+                    assert_eq!(parameter, name)
+                }
+                (other, _) => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_ids_are_a_json_array() {
+        assert_eq!(
+            snapshot_ids(&params("SnapshotIds=%5B%22s-1%22%5D")).expect("valid"),
+            vec!["s-1".to_owned()]
+        );
+        assert!(matches!(
+            snapshot_ids(&params("SnapshotIds=s-1")),
+            Err(EcsError::Invalid(
+                ParseError::InvalidSnapshotIdsMalformed { .. }
+            ))
+        ));
+    }
+}

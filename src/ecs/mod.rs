@@ -1,0 +1,491 @@
+//! The ECS-compatible HTTP edge: Alibaba Cloud's own RPC protocol (API version 2014-05-26),
+//! so the official SDKs, the CLI and existing scripts can call snapshotd.
+//!
+//! A request is read (parameters from the query string and a form body), its signature checked
+//! (ACS3-HMAC-SHA256 or signature v1; the key names the caller's account), its nonce spent,
+//! the account throttled, and then one action calls the same service use case the gRPC edge
+//! calls. Answers are ECS's JSON or XML; errors carry the same code the gRPC edge gives.
+
+mod actions;
+mod error;
+mod params;
+mod render;
+mod signature;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub use actions::Action;
+use error::EcsError;
+use params::Params;
+use render::Format;
+
+use crate::answer::{Answer, Detail};
+use crate::domain::ParseError;
+use crate::service::{NONCE_WINDOW, Service};
+use crate::telemetry::metric;
+use crate::throttle::Throttle;
+
+/// The API version the actions implement.
+pub const API_VERSION: &str = "2014-05-26";
+
+/// Headers must arrive within this time of the connection's first byte (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The body must arrive within this time of the headers.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request line and headers together; more is answered 431 by hyper.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The edge's settings and the core it calls.
+pub struct EcsEdge {
+    service: Arc<Service>,
+    throttle: Option<Arc<Throttle>>,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl EcsEdge {
+    /// `throttle` is the one the gRPC edge uses: an account has one budget.
+    pub fn new(
+        service: Arc<Service>,
+        throttle: Option<Arc<Throttle>>,
+        request_timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            service,
+            throttle,
+            request_timeout,
+            max_body_bytes,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `stop` turns true, then lets the requests in flight
+/// finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    edge: Arc<EcsEdge>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopped = async move {
+        // The guard `wait_for` returns is not `Send`: dropped here, not held by the select.
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of descriptors, usually: wait rather than spin.
+                        tracing::warn!(error = %err, "ECS edge: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let edge = Arc::clone(&edge);
+                let service = hyper::service::service_fn(move |request| {
+                    let edge = Arc::clone(&edge);
+                    async move { Ok::<_, Infallible>(edge.handle(request, peer).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%peer, error = %err, "ECS edge: connection ended");
+                    }
+                });
+            }
+            () = &mut stopped => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "ECS edge: connections still open after the grace are dropped"
+        );
+    }
+}
+
+/// What the log line and the metrics say of one request, filled in as it is read.
+#[derive(Default)]
+struct CallNotes {
+    format: Option<Format>,
+    action: Option<Action>,
+    account_id: Option<String>,
+}
+
+impl EcsEdge {
+    async fn handle(
+        &self,
+        request: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let request_id = crate::telemetry::new_request_id();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("snapshotd")
+            .to_owned();
+        let mut notes = CallNotes::default();
+        let result = match tokio::time::timeout(
+            self.request_timeout,
+            self.call(request, &mut notes),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(EcsError::Timeout(self.request_timeout)),
+        };
+        let format = notes.format.unwrap_or(Format::Json);
+        let action = notes.action.map_or("", Action::name);
+        let latency = started.elapsed();
+        let account = notes.account_id.as_deref().unwrap_or("");
+        match result {
+            Ok(mut body) => {
+                body["RequestId"] = Value::from(request_id.as_str());
+                tracing::info!(
+                    edge = "ecs", action, code = "OK", http_status = 200, %request_id,
+                    account_id = account, %peer, latency_ms = latency.as_secs_f64() * 1e3,
+                    "call"
+                );
+                metric::http_request(action, 200, "OK", latency);
+                let root = format!("{action}Response");
+                respond(
+                    StatusCode::OK,
+                    format,
+                    &request_id,
+                    None,
+                    format.render(&root, &body),
+                )
+            }
+            Err(err) => {
+                let answer = error::answer(&err);
+                let chain = crate::telemetry::error_chain(&err);
+                if answer.http_status >= 500 {
+                    tracing::error!(
+                        edge = "ecs", action, code = answer.reason, http_status = answer.http_status,
+                        %request_id, account_id = account, %peer,
+                        latency_ms = latency.as_secs_f64() * 1e3, cause = %chain, "call"
+                    );
+                } else {
+                    tracing::info!(
+                        edge = "ecs", action, code = answer.reason, http_status = answer.http_status,
+                        %request_id, account_id = account, %peer,
+                        latency_ms = latency.as_secs_f64() * 1e3, why = %chain, "call"
+                    );
+                }
+                metric::http_request(action, answer.http_status, answer.reason, latency);
+                let body = error_body(&answer, &request_id, &host);
+                let status = StatusCode::from_u16(answer.http_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                respond(
+                    status,
+                    format,
+                    &request_id,
+                    answer.retry_after,
+                    format.render("Error", &body),
+                )
+            }
+        }
+    }
+
+    /// Reads, authenticates and runs one request; the action's body without `RequestId`.
+    async fn call(
+        &self,
+        request: http::Request<Incoming>,
+        notes: &mut CallNotes,
+    ) -> Result<Value, EcsError> {
+        let (parts, body) = request.into_parts();
+        if parts.method != Method::GET && parts.method != Method::POST {
+            return Err(EcsError::UnsupportedMethod(parts.method.to_string()));
+        }
+        let body = self.read_body(body).await?;
+        if !body.is_empty() && !is_form(&parts.headers) {
+            return Err(EcsError::UnsupportedBody);
+        }
+        let params = Params::decode(parts.uri.query().unwrap_or(""), &body)?;
+        notes.format =
+            Some(
+                Format::parse(params.get("Format")).ok_or_else(|| EcsError::InvalidValue {
+                    parameter: "Format",
+                    why: "must be JSON or XML".to_owned(),
+                })?,
+            );
+
+        let signed = Signed::read(&parts.headers, &params)?;
+        if signed.version != API_VERSION {
+            return Err(EcsError::InvalidVersion(signed.version.to_owned()));
+        }
+        let action = Action::parse(signed.action)
+            .ok_or_else(|| EcsError::UnknownAction(signed.action.to_owned()))?;
+        notes.action = Some(action);
+
+        let key = self
+            .service
+            .access_key(signed.access_key_id)
+            .await?
+            .ok_or_else(|| EcsError::UnknownAccessKey(signed.access_key_id.to_owned()))?;
+        notes.account_id = Some(key.account_id.clone());
+        self.check_timestamp(signed.timestamp)?;
+        let string_to_sign = signed.string_to_sign(parts.method.as_str(), &parts, &params, &body);
+        if !signed.matches(&key.access_key_secret, &string_to_sign) {
+            return Err(EcsError::SignatureMismatch { string_to_sign });
+        }
+        if !self
+            .service
+            .spend_nonce(&key.access_key_id, signed.nonce)
+            .await?
+        {
+            return Err(EcsError::NonceUsed);
+        }
+        if let Some(throttle) = &self.throttle {
+            throttle.admit(&key.account_id)?;
+        }
+        actions::run(&self.service, action, &key.account_id, &params).await
+    }
+
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, EcsError> {
+        let limit = self.max_body_bytes;
+        let collected =
+            tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
+                .await
+                .map_err(|_| EcsError::BodyTimeout(BODY_READ_TIMEOUT))?;
+        match collected {
+            Ok(collected) => Ok(collected.to_bytes()),
+            // Over the limit, or the connection broke off: either way the body is not all here.
+            Err(_) => Err(EcsError::BodyTooLarge { limit }),
+        }
+    }
+
+    /// A request signed more than the nonce window away from the service's clock is refused:
+    /// its nonce may have been forgotten.
+    fn check_timestamp(&self, raw: &str) -> Result<(), EcsError> {
+        let at = chrono::DateTime::parse_from_rfc3339(raw)
+            .map_err(|_| EcsError::TimestampFormat(raw.to_owned()))?;
+        let off = (self.service.now() - at.to_utc()).abs();
+        if off.to_std().unwrap_or(Duration::MAX) > NONCE_WINDOW {
+            return Err(EcsError::TimestampExpired(raw.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+/// Which scheme signed a request, and the parts every scheme has.
+struct Signed<'a> {
+    scheme: Scheme<'a>,
+    action: &'a str,
+    version: &'a str,
+    access_key_id: &'a str,
+    timestamp: &'a str,
+    nonce: &'a str,
+}
+
+enum Scheme<'a> {
+    Acs3(signature::Authorization<'a>),
+    V1 { signature: &'a str },
+}
+
+impl<'a> Signed<'a> {
+    /// ACS3 when an `Authorization` header is sent, else signature v1; a missing part is
+    /// `MissingParameter` naming it.
+    fn read(headers: &'a HeaderMap, params: &'a Params) -> Result<Self, EcsError> {
+        let missing =
+            |field: &'static str| EcsError::Invalid(ParseError::MissingParameter { field });
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
+        if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+            let authorization = authorization
+                .to_str()
+                .map_err(|_| EcsError::IncompleteSignature("Authorization is not ASCII".into()))?;
+            let authorization = signature::parse_authorization(authorization).map_err(|part| {
+                EcsError::IncompleteSignature(match part {
+                    "Authorization" => format!(
+                        "the Authorization header must start with {}",
+                        signature::ACS3_ALGORITHM
+                    ),
+                    part => format!("the Authorization header has no {part}"),
+                })
+            })?;
+            let action = header("x-acs-action")
+                .or(param("Action"))
+                .ok_or_else(|| missing("Action"))?;
+            let version = header("x-acs-version")
+                .or(param("Version"))
+                .ok_or_else(|| missing("Version"))?;
+            let timestamp = header("x-acs-date").ok_or_else(|| missing("x-acs-date"))?;
+            let nonce =
+                header("x-acs-signature-nonce").ok_or_else(|| missing("x-acs-signature-nonce"))?;
+            // What the signature must cover: the host and every x-acs-* header, so none of
+            // them (the action, the date, the nonce, the body's hash) can be changed in transit.
+            for name in headers.keys() {
+                let name = name.as_str();
+                let required = name == "host" || name.starts_with("x-acs-");
+                if required
+                    && !authorization
+                        .signed_headers
+                        .iter()
+                        .any(|signed| signed == name)
+                {
+                    return Err(EcsError::IncompleteSignature(format!(
+                        "SignedHeaders must include {name}"
+                    )));
+                }
+            }
+            Ok(Self {
+                action,
+                version,
+                access_key_id: authorization.credential,
+                timestamp,
+                nonce,
+                scheme: Scheme::Acs3(authorization),
+            })
+        } else {
+            let action = param("Action").ok_or_else(|| missing("Action"))?;
+            let version = param("Version").ok_or_else(|| missing("Version"))?;
+            let access_key_id = param("AccessKeyId").ok_or_else(|| missing("AccessKeyId"))?;
+            let signature = param("Signature").ok_or_else(|| missing("Signature"))?;
+            let timestamp = param("Timestamp").ok_or_else(|| missing("Timestamp"))?;
+            let nonce = param("SignatureNonce").ok_or_else(|| missing("SignatureNonce"))?;
+            match param("SignatureMethod") {
+                Some("HMAC-SHA1") => {}
+                Some(other) => {
+                    return Err(EcsError::IncompleteSignature(format!(
+                        "SignatureMethod {other} is not offered; use HMAC-SHA1"
+                    )));
+                }
+                None => return Err(missing("SignatureMethod")),
+            }
+            if let Some(version) = param("SignatureVersion")
+                && version != "1.0"
+            {
+                return Err(EcsError::IncompleteSignature(format!(
+                    "SignatureVersion {version} is not offered; use 1.0"
+                )));
+            }
+            Ok(Self {
+                action,
+                version,
+                access_key_id,
+                timestamp,
+                nonce,
+                scheme: Scheme::V1 { signature },
+            })
+        }
+    }
+
+    fn string_to_sign(
+        &self,
+        method: &str,
+        parts: &'a http::request::Parts,
+        params: &'a Params,
+        body: &'a [u8],
+    ) -> String {
+        match &self.scheme {
+            Scheme::Acs3(authorization) => signature::Acs3Request {
+                method,
+                path: parts.uri.path(),
+                query: params.query().collect(),
+                signed_headers: authorization
+                    .signed_headers
+                    .iter()
+                    .map(|name| {
+                        let values = parts
+                            .headers
+                            .get_all(name.as_str())
+                            .iter()
+                            .filter_map(|value| value.to_str().ok())
+                            .collect();
+                        (name.clone(), values)
+                    })
+                    .collect(),
+                body,
+            }
+            .string_to_sign(),
+            Scheme::V1 { .. } => signature::v1_string_to_sign(method, params.all()),
+        }
+    }
+
+    fn matches(&self, secret: &str, string_to_sign: &str) -> bool {
+        match &self.scheme {
+            Scheme::Acs3(authorization) => {
+                signature::acs3_matches(secret, string_to_sign, authorization.signature)
+            }
+            Scheme::V1 { signature } => signature::v1_matches(secret, string_to_sign, signature),
+        }
+    }
+}
+
+/// ECS's error body; `Recommend` says what to change, when the answer knows.
+fn error_body(answer: &Answer, request_id: &str, host: &str) -> Value {
+    let recommend = match &answer.detail {
+        Detail::BadRequest { description, .. }
+        | Detail::Precondition { description, .. }
+        | Detail::Quota { description, .. } => description.clone(),
+        Detail::Resource { .. } | Detail::None => String::new(),
+    };
+    json!({
+        "RequestId": request_id,
+        "HostId": host,
+        "Code": answer.reason,
+        "Message": answer.message,
+        "Recommend": recommend,
+    })
+}
+
+fn respond(
+    status: StatusCode,
+    format: Format,
+    request_id: &str,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, format.content_type())
+        .header("x-acs-request-id", request_id);
+    if let Some(delay) = retry_after {
+        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        response = response.header(header::RETRY_AFTER, seconds.to_string());
+    }
+    response
+        .body(Full::new(Bytes::from(body)))
+        .expect("static status and headers always build a response")
+}
