@@ -25,6 +25,8 @@ pub enum EcsError {
     UnsupportedMethod(String),
     #[error("the body's content type is not application/x-www-form-urlencoded")]
     UnsupportedBody,
+    #[error("the request's headers are over {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("the request body is over {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:?}")]
@@ -101,6 +103,12 @@ pub fn answer(err: &EcsError) -> Answer {
             "InvalidParameter",
             415,
             "The request body must be application/x-www-form-urlencoded.",
+        ),
+        EcsError::HeadersTooLarge { limit } => Answer::new(
+            InvalidArgument,
+            "RequestHeaderFieldsTooLarge",
+            431,
+            format!("The request's headers are over {limit} bytes."),
         ),
         EcsError::BodyTooLarge { limit } => answer::request_too_large(*limit),
         EcsError::BodyTimeout(_) => Answer::new(

@@ -43,8 +43,10 @@ pub const API_VERSION: &str = "2014-05-26";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body must arrive within this time of the headers.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request line and headers together; more is answered 431 by hyper.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Headers together (names and values); more is answered 431. SDKs send under 2 KiB.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// What hyper buffers of one connection while it reads a request's head.
+const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// The edge's settings and the core it calls.
 pub struct EcsEdge {
@@ -106,7 +108,7 @@ pub async fn serve(
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_HEADER_BYTES)
+                    .max_buf_size(MAX_READ_BUFFER)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
@@ -222,6 +224,16 @@ impl EcsEdge {
         notes: &mut CallNotes,
     ) -> Result<Value, EcsError> {
         let (parts, body) = request.into_parts();
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(EcsError::HeadersTooLarge {
+                limit: MAX_HEADER_BYTES,
+            });
+        }
         if parts.method != Method::GET && parts.method != Method::POST {
             return Err(EcsError::UnsupportedMethod(parts.method.to_string()));
         }
@@ -238,13 +250,16 @@ impl EcsEdge {
                 })?,
             );
 
-        let signed = Signed::read(&parts.headers, &params)?;
-        if signed.version != API_VERSION {
-            return Err(EcsError::InvalidVersion(signed.version.to_owned()));
+        // What is asked comes before who asks: an unknown action or version is answered as
+        // such whoever sends it.
+        let (action, version) = action_and_version(&parts.headers, &params)?;
+        if version != API_VERSION {
+            return Err(EcsError::InvalidVersion(version.to_owned()));
         }
-        let action = Action::parse(signed.action)
-            .ok_or_else(|| EcsError::UnknownAction(signed.action.to_owned()))?;
+        let action =
+            Action::parse(action).ok_or_else(|| EcsError::UnknownAction(action.to_owned()))?;
         notes.action = Some(action);
+        let signed = Signed::read(&parts.headers, &params)?;
 
         let key = self
             .service
@@ -308,11 +323,30 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+fn missing(field: &'static str) -> EcsError {
+    EcsError::Invalid(ParseError::MissingParameter { field })
+}
+
+/// The action and version: ACS3 sends them as `x-acs-action` and `x-acs-version`, signature
+/// v1 as the `Action` and `Version` parameters.
+fn action_and_version<'a>(
+    headers: &'a HeaderMap,
+    params: &'a Params,
+) -> Result<(&'a str, &'a str), EcsError> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
+    let action = header("x-acs-action")
+        .or(param("Action"))
+        .ok_or_else(|| missing("Action"))?;
+    let version = header("x-acs-version")
+        .or(param("Version"))
+        .ok_or_else(|| missing("Version"))?;
+    Ok((action, version))
+}
+
 /// Which scheme signed a request, and the parts every scheme has.
 struct Signed<'a> {
     scheme: Scheme<'a>,
-    action: &'a str,
-    version: &'a str,
     access_key_id: &'a str,
     timestamp: &'a str,
     nonce: &'a str,
@@ -344,12 +378,6 @@ impl<'a> Signed<'a> {
                     part => format!("the Authorization header has no {part}"),
                 })
             })?;
-            let action = header("x-acs-action")
-                .or(param("Action"))
-                .ok_or_else(|| missing("Action"))?;
-            let version = header("x-acs-version")
-                .or(param("Version"))
-                .ok_or_else(|| missing("Version"))?;
             let timestamp = header("x-acs-date").ok_or_else(|| missing("x-acs-date"))?;
             let nonce =
                 header("x-acs-signature-nonce").ok_or_else(|| missing("x-acs-signature-nonce"))?;
@@ -370,16 +398,12 @@ impl<'a> Signed<'a> {
                 }
             }
             Ok(Self {
-                action,
-                version,
                 access_key_id: authorization.credential,
                 timestamp,
                 nonce,
                 scheme: Scheme::Acs3(authorization),
             })
         } else {
-            let action = param("Action").ok_or_else(|| missing("Action"))?;
-            let version = param("Version").ok_or_else(|| missing("Version"))?;
             let access_key_id = param("AccessKeyId").ok_or_else(|| missing("AccessKeyId"))?;
             let signature = param("Signature").ok_or_else(|| missing("Signature"))?;
             let timestamp = param("Timestamp").ok_or_else(|| missing("Timestamp"))?;
@@ -401,8 +425,6 @@ impl<'a> Signed<'a> {
                 )));
             }
             Ok(Self {
-                action,
-                version,
                 access_key_id,
                 timestamp,
                 nonce,

@@ -568,8 +568,8 @@ async fn a_disk_at_its_quota_is_refused(backend: Backend) {
     assert_eq!(app.count_rows("snapshots").await, 3);
 }
 
-/// A data plane that refuses every copy.
-struct RefusingBackend;
+/// A data plane that refuses every copy (the ECS edge's tests use it too).
+pub struct RefusingBackend;
 
 #[async_trait]
 impl SnapshotBackend for RefusingBackend {

@@ -56,6 +56,10 @@ macro_rules! on_both_backends {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The ECS-compatible HTTP edge, when the test turned it on (`config.ecs_listen`).
+    pub ecs_addr: Option<SocketAddr>,
+    /// The use cases, as the edges call them (to seed the demo inventory, for one).
+    pub service: Arc<snapshotd::service::Service>,
     pub backend: Backend,
     pub db: TestDatabase,
     /// The server's clock; `None` when the test asked for real time.
@@ -125,6 +129,8 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
     let worker = app.worker();
     let store = app.store();
     let addr = app.local_addr();
+    let ecs_addr = app.ecs_addr();
+    let service = app.service();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -139,6 +145,8 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
         .connect_lazy();
     TestApp {
         addr,
+        ecs_addr,
+        service,
         backend,
         db,
         clock: manual_clock,

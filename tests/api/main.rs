@@ -5,6 +5,7 @@
 mod harness;
 
 mod assertions;
+mod ecs_client;
 mod fault_proxy;
 mod helpers;
 mod process;
@@ -15,6 +16,7 @@ mod create_snapshot;
 mod delete_and_images;
 mod describe;
 mod durability;
+mod ecs_edge;
 mod edge;
 mod edge_hostile;
 mod embedded;

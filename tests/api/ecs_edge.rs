@@ -1,0 +1,927 @@
+//! The ECS-compatible HTTP edge against the real server: the same codes as the gRPC edge for
+//! every row of the error table, one snapshot whichever edge made it, signature and nonce
+//! refusals that change nothing, hostile input, the rate limit, and the official Python SDK.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use snapshotd::config::ListenOrOff;
+use snapshotd::demo::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, DEMO_ACCESS_KEYS};
+use snapshotd::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::create_snapshot::RefusingBackend;
+use crate::ecs_client::{EcsAnswer, EcsClient, encode};
+use crate::helpers::{Backend, Options, TestApp, as_account, as_admin, spawn_app_with};
+use crate::on_both_backends;
+
+on_both_backends!(
+    every_error_row_answers_the_same_code_on_both_edges,
+    a_backend_that_cannot_start_the_copy_answers_the_same_on_both_edges,
+    a_snapshot_made_on_one_edge_is_the_same_snapshot_on_the_other,
+    signature_and_nonce_refusals_write_nothing,
+    describe_delete_and_image_speak_ecs_formats,
+    access_keys_name_one_account_and_never_return_their_secret,
+    the_official_python_sdk_walks_through_the_api,
+);
+
+/// A server with the ECS edge on an ephemeral port and the demo inventory (with its keys).
+async fn spawn_ecs(
+    backend: Backend,
+    configure: impl FnOnce(&mut snapshotd::Config) + Send + 'static,
+) -> TestApp {
+    spawn_ecs_with(backend, Options::default(), configure).await
+}
+
+async fn spawn_ecs_with(
+    backend: Backend,
+    options: Options,
+    configure: impl FnOnce(&mut snapshotd::Config) + Send + 'static,
+) -> TestApp {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(move |config| {
+                config.ecs_listen = ListenOrOff::At(SocketAddr::from(([127, 0, 0, 1], 0)));
+                configure(config);
+            }),
+            ..options
+        },
+    )
+    .await;
+    seed_demo(&app).await;
+    app
+}
+
+async fn seed_demo(app: &TestApp) {
+    snapshotd::demo::seed_demo(&app.service, server_now(app))
+        .await
+        .expect("seeding the demo inventory");
+}
+
+fn server_now(app: &TestApp) -> DateTime<Utc> {
+    match &app.clock {
+        Some(clock) => snapshotd::clock::Clock::now(clock.as_ref()),
+        None => Utc::now(),
+    }
+}
+
+fn ecs_addr(app: &TestApp) -> SocketAddr {
+    app.ecs_addr.expect("the test turned the ECS edge on")
+}
+
+/// A client signing with the demo key of `account`.
+fn client_of(app: &TestApp, account: &str) -> EcsClient {
+    let (id, secret, _) = DEMO_ACCESS_KEYS
+        .iter()
+        .find(|(_, _, owner)| *owner == account)
+        .expect("a demo key for the account");
+    EcsClient::new(ecs_addr(app), id, secret)
+}
+
+/// The gRPC answer's ECS code and HTTP status (`OK`/200 on success).
+fn grpc_code(result: Result<pb::CreateSnapshotResponse, tonic::Status>) -> (String, u16) {
+    match result {
+        Ok(_) => ("OK".to_owned(), 200),
+        Err(status) => {
+            let info = tonic_types::StatusExt::get_details_error_info(&status)
+                .expect("every error carries ErrorInfo");
+            let http = info.metadata["httpStatus"].parse().expect("a number");
+            (info.reason, http)
+        }
+    }
+}
+
+fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
+    if answer.status == 200 {
+        ("OK".to_owned(), 200)
+    } else {
+        (answer.code().to_owned(), answer.status)
+    }
+}
+
+/// One row: a CreateSnapshot as an account, sent to both edges.
+struct Row {
+    account: &'static str,
+    disk_id: &'static str,
+    snapshot_name: &'static str,
+    description: &'static str,
+    client_token: String,
+    retention_days: i32,
+    tags: Vec<(&'static str, &'static str)>,
+    code: &'static str,
+    http_status: u16,
+}
+
+fn row(disk_id: &'static str, code: &'static str, http_status: u16) -> Row {
+    Row {
+        account: "acct-demo",
+        disk_id,
+        snapshot_name: "",
+        description: "",
+        client_token: String::new(),
+        retention_days: 0,
+        tags: Vec::new(),
+        code,
+        http_status,
+    }
+}
+
+impl Row {
+    fn grpc(&self) -> pb::CreateSnapshotRequest {
+        pb::CreateSnapshotRequest {
+            disk_id: self.disk_id.into(),
+            snapshot_name: self.snapshot_name.into(),
+            description: self.description.into(),
+            client_token: self.client_token.clone(),
+            retention_days: self.retention_days,
+            tags: self
+                .tags
+                .iter()
+                .map(|(key, value)| pb::Tag {
+                    key: (*key).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ecs(&self) -> Vec<(String, String)> {
+        let mut params = Vec::new();
+        let mut add = |key: &str, value: &str| {
+            if !value.is_empty() {
+                params.push((key.to_owned(), value.to_owned()));
+            }
+        };
+        add("DiskId", self.disk_id);
+        add("SnapshotName", self.snapshot_name);
+        add("Description", self.description);
+        add("ClientToken", &self.client_token);
+        if self.retention_days != 0 {
+            add("RetentionDays", &self.retention_days.to_string());
+        }
+        for (n, (key, value)) in self.tags.iter().enumerate() {
+            add(&format!("Tag.{}.Key", n + 1), key);
+            add(&format!("Tag.{}.Value", n + 1), value);
+        }
+        params
+    }
+}
+
+async fn every_error_row_answers_the_same_code_on_both_edges(backend: Backend) {
+    let app = spawn_ecs(backend, |config| config.snapshot_quota = 1).await;
+    // d-demo-ok-2 reaches its quota of 1 with an accomplished snapshot (its token bound), then
+    // the demo is seeded again so d-demo-new is new again; d-demo-ok gets a copy in progress.
+    app.create(
+        "acct-demo",
+        pb::CreateSnapshotRequest {
+            client_token: "tok-bound".into(),
+            ..crate::helpers::create_request("d-demo-ok-2")
+        },
+    )
+    .await
+    .expect("the first snapshot of d-demo-ok-2");
+    crate::helpers::finish_copies(&app).await;
+    seed_demo(&app).await;
+    app.create_on("acct-demo", "d-demo-ok")
+        .await
+        .expect("a copy in progress on d-demo-ok");
+
+    let rows = vec![
+        row("", "MissingParameter", 400),
+        row("D-BAD", "DiskId.ValueNotSupported", 403),
+        Row {
+            snapshot_name: "1abc",
+            ..row("d-demo-ok-2", "InvalidSnapshotName.Malformed", 400)
+        },
+        Row {
+            description: "http://x",
+            ..row("d-demo-ok-2", "InvalidDescription.Malformed", 404)
+        },
+        Row {
+            client_token: "t".repeat(65),
+            ..row("d-demo-ok-2", "InvalidClientToken.Malformed", 403)
+        },
+        Row {
+            retention_days: 65_537,
+            ..row("d-demo-ok-2", "InvalidRetentionDays.Malformed", 400)
+        },
+        Row {
+            tags: vec![("acs:x", "v")],
+            ..row("d-demo-ok-2", "InvalidTagKey.Malformed", 400)
+        },
+        Row {
+            tags: vec![("k", "http://x")],
+            ..row("d-demo-ok-2", "InvalidTagValue.Malformed", 400)
+        },
+        Row {
+            tags: vec![("k", "1"), ("k", "2")],
+            ..row("d-demo-ok-2", "Duplicate.TagKey", 400)
+        },
+        Row {
+            client_token: "tok-bound".into(),
+            ..row("d-demo-ok", "IdempotentParameterMismatch", 403)
+        },
+        Row {
+            account: "acct-demo-inactive",
+            ..row(
+                "d-demo-inactive",
+                "InvalidAccountStatus.SnapshotServiceUnavailable",
+                403,
+            )
+        },
+        Row {
+            account: "acct-demo-broke",
+            ..row("d-demo-broke", "InvalidAccountStatus.NotEnoughBalance", 403)
+        },
+        row("d-nobody-has-it", "InvalidDiskId.NotFound", 404),
+        Row {
+            account: "acct-demo-broke",
+            ..row("d-demo-ok", "InvalidAccountStatus.NotEnoughBalance", 403)
+        },
+        row("d-demo-local", "DiskCategory.OperationNotSupported", 400),
+        row("d-demo-expired", "DiskInArrears", 403),
+        row(
+            "d-demo-never-attached",
+            "IncorrectDiskStatus.NeverAttached",
+            403,
+        ),
+        row("d-demo-detached", "IncorrectDiskStatus", 403),
+        row("d-demo-instance-starting", "IncorrectInstanceStatus", 400),
+        row("d-demo-instance-locked", "InstanceLockedForSecurity", 403),
+        row("d-demo-never-used", "IncorrectDiskStatus.NeverUsed", 403),
+        row("d-demo-new", "IncorrectDiskStatus.Initializing", 403),
+        row("d-demo-ok", "IncorrectDiskStatus.CreatingSnapshot", 403),
+        row("d-demo-ok-2", "QuotaExceed.Snapshot", 403),
+    ];
+    let snapshots_before = app.count_rows("snapshots").await;
+    for row in &rows {
+        let grpc = grpc_code(app.create(row.account, row.grpc()).await);
+        let params = row.ecs();
+        let params: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let http = client_of(&app, row.account)
+            .call("CreateSnapshot", &params, server_now(&app))
+            .await;
+        let expected = (row.code.to_owned(), row.http_status);
+        assert_eq!(grpc, expected, "gRPC, {}", row.code);
+        assert_eq!(
+            ecs_code(&http),
+            expected,
+            "ECS, {}: {}",
+            row.code,
+            http.text
+        );
+        assert!(
+            !http.body["Message"].as_str().unwrap_or("").is_empty(),
+            "{}",
+            http.text
+        );
+        assert!(
+            http.body["RequestId"]
+                .as_str()
+                .is_some_and(|id| id.len() == 36),
+            "{}",
+            http.text
+        );
+    }
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        snapshots_before,
+        "no refusal stored anything"
+    );
+    app.assert_invariants().await;
+}
+
+async fn a_backend_that_cannot_start_the_copy_answers_the_same_on_both_edges(backend: Backend) {
+    let options = Options {
+        snapshot_backend: Arc::new(RefusingBackend),
+        ..Options::default()
+    };
+    let app = spawn_ecs_with(backend, options, |_| {}).await;
+    let grpc = grpc_code(app.create_on("acct-demo", "d-demo-ok").await);
+    let http = client_of(&app, "acct-demo")
+        .call(
+            "CreateSnapshot",
+            &[("DiskId", "d-demo-ok")],
+            server_now(&app),
+        )
+        .await;
+    assert_eq!(grpc, ("CreateSnapshot.Failed".to_owned(), 403));
+    assert_eq!(ecs_code(&http), grpc, "{}", http.text);
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
+
+async fn a_snapshot_made_on_one_edge_is_the_same_snapshot_on_the_other(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let client = client_of(&app, "acct-demo");
+    let made_over_http = client
+        .call(
+            "CreateSnapshot",
+            &[
+                ("DiskId", "d-demo-ok"),
+                ("SnapshotName", "over-http"),
+                ("ClientToken", "tok-h"),
+            ],
+            server_now(&app),
+        )
+        .await;
+    assert_eq!(made_over_http.status, 200, "{}", made_over_http.text);
+    let http_id = made_over_http.body["SnapshotId"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+
+    // The same token over gRPC replays the same snapshot; a describe over gRPC shows it.
+    let replayed = app
+        .create(
+            "acct-demo",
+            pb::CreateSnapshotRequest {
+                snapshot_name: "over-http".into(),
+                client_token: "tok-h".into(),
+                ..crate::helpers::create_request("d-demo-ok")
+            },
+        )
+        .await
+        .expect("a replay");
+    assert_eq!(replayed.snapshot_id, http_id);
+    let described = app
+        .snapshots()
+        .describe_snapshots(as_account(
+            "acct-demo",
+            pb::DescribeSnapshotsRequest {
+                snapshot_ids: vec![http_id.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(described.snapshots.len(), 1);
+    assert_eq!(described.snapshots[0].snapshot_name, "over-http");
+
+    // And the other way round.
+    let grpc_id = app
+        .create_on("acct-demo", "d-demo-ok-2")
+        .await
+        .expect("a snapshot over gRPC")
+        .snapshot_id;
+    let ids = format!("[\"{grpc_id}\",\"{http_id}\"]");
+    let listed = client
+        .call(
+            "DescribeSnapshots",
+            &[("SnapshotIds", &ids)],
+            server_now(&app),
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let mut seen: Vec<&str> = listed.body["Snapshots"]["Snapshot"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["SnapshotId"].as_str().unwrap())
+        .collect();
+    seen.sort_unstable();
+    let mut expected = vec![grpc_id.as_str(), http_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(seen, expected);
+    app.assert_invariants().await;
+}
+
+async fn signature_and_nonce_refusals_write_nothing(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let now = server_now(&app);
+    let client = client_of(&app, "acct-demo");
+    let create = [("DiskId", "d-demo-ok")];
+
+    let wrong_secret = EcsClient::new(ecs_addr(&app), DEMO_ACCESS_KEY_ID, "not-the-secret-at-all");
+    let mismatch = wrong_secret.call("CreateSnapshot", &create, now).await;
+    assert_eq!(
+        ecs_code(&mismatch),
+        ("SignatureDoesNotMatch".to_owned(), 400),
+        "{}",
+        mismatch.text
+    );
+    let message = mismatch.body["Message"].as_str().unwrap();
+    let (_, server_string) = message
+        .split_once("server string to sign is:")
+        .expect("ECS's message ends with the server's string to sign");
+    assert!(
+        server_string.starts_with("GET&%2F&AccessKeyId%3DLTAIdemo%26Action%3DCreateSnapshot"),
+        "{server_string}"
+    );
+
+    let unknown = EcsClient::new(ecs_addr(&app), "LTAInobody", DEMO_ACCESS_KEY_SECRET)
+        .call("CreateSnapshot", &create, now)
+        .await;
+    assert_eq!(
+        ecs_code(&unknown),
+        ("InvalidAccessKeyId.NotFound".to_owned(), 404)
+    );
+
+    let expired = client
+        .call(
+            "CreateSnapshot",
+            &create,
+            now - chrono::TimeDelta::minutes(16),
+        )
+        .await;
+    assert_eq!(
+        ecs_code(&expired),
+        ("InvalidTimeStamp.Expired".to_owned(), 400)
+    );
+    let early = client
+        .call(
+            "CreateSnapshot",
+            &create,
+            now + chrono::TimeDelta::minutes(16),
+        )
+        .await;
+    assert_eq!(
+        ecs_code(&early),
+        ("InvalidTimeStamp.Expired".to_owned(), 400)
+    );
+
+    // A nonce once spent is refused again, even on a request that is otherwise new.
+    let first = client.signed_query_with("DescribeSnapshots", &[], now, "nonce-once");
+    assert_eq!(client.get(&first).await.status, 200);
+    let again = client.signed_query_with("CreateSnapshot", &create, now, "nonce-once");
+    assert_eq!(
+        ecs_code(&client.get(&again).await),
+        ("SignatureNonceUsed".to_owned(), 400)
+    );
+
+    let unsigned: [(&str, (&str, u16)); 6] = [
+        ("Version=2014-05-26", ("MissingParameter", 400)),
+        ("Action=CreateSnapshot", ("MissingParameter", 400)),
+        (
+            "Action=CreateSnapshot&Version=2014-05-26",
+            ("MissingParameter", 400),
+        ),
+        (
+            "Action=CreateSnapshot&Version=2015-01-01",
+            ("InvalidVersion", 400),
+        ),
+        (
+            "Action=RunInstances&Version=2014-05-26",
+            ("InvalidAction.NotFound", 404),
+        ),
+        (
+            "Action=CreateSnapshot&Version=2014-05-26&AccessKeyId=LTAIdemo&Signature=x&Timestamp=2026-01-01T00%3A00%3A00Z&SignatureNonce=n&SignatureMethod=HMAC-SHA256",
+            ("IncompleteSignature", 400),
+        ),
+    ];
+    for (query, (code, status)) in unsigned {
+        let answer = client.get(query).await;
+        assert_eq!(
+            ecs_code(&answer),
+            (code.to_owned(), status),
+            "{query}: {}",
+            answer.text
+        );
+    }
+    let missing = client.get("Version=2014-05-26").await;
+    assert!(
+        missing.body["Message"]
+            .as_str()
+            .unwrap()
+            .contains("\"Action\""),
+        "{}",
+        missing.text
+    );
+
+    let tampered = client
+        .signed_query("CreateSnapshot", &create, now)
+        .replace("d-demo-ok", "d-demo-ok-2");
+    assert_eq!(
+        ecs_code(&client.get(&tampered).await),
+        ("SignatureDoesNotMatch".to_owned(), 400)
+    );
+
+    assert_eq!(
+        app.count_rows("snapshots").await,
+        0,
+        "a refused request writes nothing"
+    );
+    assert_eq!(app.count_rows("client_tokens").await, 0);
+}
+
+async fn describe_delete_and_image_speak_ecs_formats(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let client = client_of(&app, "acct-demo");
+    let now = server_now(&app);
+    let created = client
+        .call(
+            "CreateSnapshot",
+            &[
+                ("DiskId", "d-demo-ok"),
+                ("SnapshotName", "nightly"),
+                ("RetentionDays", "7"),
+                ("Tag.1.Key", "env"),
+                ("Tag.1.Value", "prod"),
+            ],
+            now,
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let id = created.body["SnapshotId"].as_str().unwrap().to_owned();
+
+    let listed = client
+        .call(
+            "DescribeSnapshots",
+            &[("DiskId", "d-demo-ok"), ("Status", "all")],
+            now,
+        )
+        .await;
+    let snapshot = &listed.body["Snapshots"]["Snapshot"][0];
+    assert_eq!(snapshot["SnapshotId"], id.as_str());
+    assert_eq!(snapshot["Status"], "progressing");
+    assert_eq!(snapshot["SourceDiskSize"], "40");
+    assert_eq!(snapshot["SourceDiskType"], "data");
+    assert_eq!(snapshot["RetentionDays"], 7);
+    assert_eq!(snapshot["Usage"], "none");
+    assert!(snapshot["Progress"].as_str().unwrap().ends_with('%'));
+    let created_at = snapshot["CreationTime"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(created_at, "%Y-%m-%dT%H:%M:%SZ").is_ok(),
+        "{created_at}"
+    );
+    assert_eq!(snapshot["Tags"]["Tag"][0]["TagKey"], "env");
+
+    // XML: the root is the action's response, lists repeat their element.
+    let query = client.signed_query(
+        "DescribeSnapshots",
+        &[("Format", "XML"), ("DiskId", "d-demo-ok")],
+        now,
+    );
+    let xml = client.get(&query).await;
+    assert_eq!(xml.status, 200);
+    assert_eq!(xml.content_type, "text/xml;charset=utf-8");
+    assert!(
+        xml.text.contains("<DescribeSnapshotsResponse>"),
+        "{}",
+        xml.text
+    );
+    assert!(
+        xml.text.contains(&format!("<Snapshots><Snapshot><")),
+        "{}",
+        xml.text
+    );
+    let query = client.signed_query(
+        "DeleteSnapshot",
+        &[("Format", "xml"), ("SnapshotId", "s-00000000000000000000")],
+        now,
+    );
+    let xml_error = client.get(&query).await;
+    assert_eq!(xml_error.status, 404);
+    assert!(
+        xml_error.text.contains("<Error>")
+            && xml_error
+                .text
+                .contains("<Code>InvalidSnapshotId.NotFound</Code>"),
+        "{}",
+        xml_error.text
+    );
+
+    let image = client
+        .call(
+            "CreateImage",
+            &[("SnapshotId", &id), ("ImageName", "web")],
+            now,
+        )
+        .await;
+    assert_eq!(
+        ecs_code(&image),
+        ("InvalidSnapshotId.NotReady".to_owned(), 403),
+        "{}",
+        image.text
+    );
+    let deleted = client
+        .call("DeleteSnapshot", &[("SnapshotId", &id)], now)
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    let again = client
+        .call("DeleteSnapshot", &[("SnapshotId", &id)], now)
+        .await;
+    assert_eq!(
+        ecs_code(&again),
+        ("InvalidSnapshotId.NotFound".to_owned(), 404)
+    );
+
+    let unoffered = client
+        .call(
+            "CreateSnapshot",
+            &[("DiskId", "d-demo-ok"), ("InstantAccess", "true")],
+            now,
+        )
+        .await;
+    assert_eq!(ecs_code(&unoffered), ("InvalidParameter".to_owned(), 400));
+    assert!(
+        unoffered.body["Message"]
+            .as_str()
+            .unwrap()
+            .contains("InstantAccess")
+    );
+    app.assert_invariants().await;
+}
+
+async fn access_keys_name_one_account_and_never_return_their_secret(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let put = |key_id: &str, secret: &str, account: &str| {
+        let request = pb::PutAccessKeyRequest {
+            access_key: Some(pb::AccessKey {
+                access_key_id: key_id.into(),
+                access_key_secret: secret.into(),
+                account_id: account.into(),
+            }),
+        };
+        let mut inventory = app.inventory();
+        async move { inventory.put_access_key(as_admin(request)).await }
+    };
+    let stored = put("LTAInew", "a-brand-new-secret-1", "acct-demo")
+        .await
+        .expect("a new key")
+        .into_inner();
+    assert_eq!(stored.access_key.as_ref().unwrap().access_key_secret, "");
+    assert_eq!(stored.access_key.as_ref().unwrap().account_id, "acct-demo");
+
+    let refusals = [
+        (
+            "LTAInew",
+            "a-brand-new-secret-1",
+            "acct-demo-broke",
+            "InvalidParameter",
+        ),
+        (
+            "LTAIx",
+            "a-brand-new-secret-1",
+            "acct-nobody",
+            "InvalidAccountId.NotFound",
+        ),
+        ("LTAIx", "short", "acct-demo", "InvalidParameter"),
+        ("", "a-brand-new-secret-1", "acct-demo", "MissingParameter"),
+    ];
+    for (id, secret, account, reason) in refusals {
+        let status = put(id, secret, account).await.expect_err(reason);
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!(info.reason, reason, "{id} {account}");
+        assert!(!status.message().contains(secret) || secret == "short");
+    }
+
+    // Rotation: the old secret stops working, the new one works, for the same account.
+    put("LTAInew", "the-rotated-secret-2", "acct-demo")
+        .await
+        .expect("rotation");
+    let now = server_now(&app);
+    let old = EcsClient::new(ecs_addr(&app), "LTAInew", "a-brand-new-secret-1")
+        .call("DescribeSnapshots", &[], now)
+        .await;
+    assert_eq!(old.code(), "SignatureDoesNotMatch");
+    let new = EcsClient::new(ecs_addr(&app), "LTAInew", "the-rotated-secret-2")
+        .call("DescribeSnapshots", &[], now)
+        .await;
+    assert_eq!(new.status, 200, "{}", new.text);
+}
+
+/// Where the official SDK is: `SNAPSHOTD_ECS_PYTHON`, else the virtualenv `.ci/run` makes.
+fn sdk_python() -> std::path::PathBuf {
+    if let Ok(python) = std::env::var("SNAPSHOTD_ECS_PYTHON") {
+        return python.into();
+    }
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ecs-sdk-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the official ECS SDK for Python is needed: run\n  python3 -m venv target/ecs-sdk-venv && \
+         target/ecs-sdk-venv/bin/pip install -r tests/ecs/requirements.txt\n(or set \
+         SNAPSHOTD_ECS_PYTHON to a python that has it)"
+    );
+    venv
+}
+
+async fn the_official_python_sdk_walks_through_the_api(backend: Backend) {
+    let app = spawn_ecs_with(
+        backend,
+        Options {
+            real_time: true,
+            ..Options::default()
+        },
+        |config| config.copy_rate_mibps = 1,
+    )
+    .await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ecs/sdk_walkthrough.py");
+    let output = tokio::process::Command::new(sdk_python())
+        .arg(script)
+        .arg(ecs_addr(&app).to_string())
+        .output()
+        .await
+        .expect("running the SDK walkthrough");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    // Each step prints one line; the script asserts, this checks every step ran.
+    for step in [
+        "create acs3",
+        "replay acs3",
+        "describe acs3",
+        "refusals acs3",
+        "isolation acs3",
+        "wrong secret acs3",
+        "unknown key acs3",
+        "delete acs3",
+        "create v1",
+        "replay v1",
+        "describe v1",
+        "refusals v1",
+        "isolation v1",
+        "wrong secret v1",
+        "unknown key v1",
+        "delete v1",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == format!("ok {step}")),
+            "{step} missing:\n{stdout}\n{stderr}"
+        );
+    }
+    app.assert_invariants().await;
+}
+
+// Edge behaviour, whatever the store: SQLite.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_input_gets_a_clear_4xx_and_the_server_goes_on() {
+    let app = spawn_ecs(Backend::Sqlite, |config| {
+        config.max_message_size = 128 * 1024
+    })
+    .await;
+    let client = client_of(&app, "acct-demo");
+    let base = format!("http://{}/", ecs_addr(&app));
+    let signed = client.signed_query("DescribeSnapshots", &[], server_now(&app));
+    let many: String = (0..10_000).map(|i| format!("P{i}=v&")).collect();
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "body over the limit",
+            client
+                .http()
+                .post(&base)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(vec![b'a'; 256 * 1024]),
+            413,
+            "RequestTooLarge",
+        ),
+        (
+            "10,000 parameters",
+            client
+                .http()
+                .get(format!("{base}?{}", &many[..many.len().min(60_000)])),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "10,000 parameters in the body",
+            client
+                .http()
+                .post(&base)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(many.clone()),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "invalid UTF-8",
+            client.http().get(format!("{base}?{signed}&X=%ff%fe")),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "invalid percent-encoding",
+            client.http().get(format!("{base}?{signed}&X=%zz")),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "a duplicated parameter",
+            client
+                .http()
+                .get(format!("{base}?{signed}&Action=DescribeSnapshots")),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "a JSON body",
+            client
+                .http()
+                .post(format!("{base}?{signed}"))
+                .header("content-type", "application/json")
+                .body("{}"),
+            415,
+            "InvalidParameter",
+        ),
+        (
+            "PUT",
+            client.http().put(format!("{base}?{signed}")),
+            405,
+            "UnsupportedHTTPMethod",
+        ),
+        (
+            "a bad Format",
+            client.http().get(format!("{base}?{signed}&Format=yaml")),
+            400,
+            "InvalidParameter",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let answer = client.send(request).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code),
+            "{what}: {}",
+            &answer.text[..answer.text.len().min(300)]
+        );
+    }
+    let huge_header = client
+        .send(
+            client
+                .http()
+                .get(format!("{base}?{signed}"))
+                .header("x-padding", "p".repeat(100 * 1024)),
+        )
+        .await;
+    assert_eq!(
+        huge_header.status, 431,
+        "huge headers: {}",
+        huge_header.text
+    );
+    let still = client
+        .call("DescribeSnapshots", &[], server_now(&app))
+        .await;
+    assert_eq!(still.status, 200, "the server goes on: {}", still.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = spawn_ecs(Backend::Sqlite, |_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(ecs_addr(&app))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /?Action=DescribeSnapshots HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is closed within the header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rate_limit_applies_on_the_ecs_edge_with_the_grpc_edges_budget() {
+    let app = spawn_ecs(Backend::Sqlite, |config| {
+        config.rate_limit = Some(snapshotd::config::RateLimit {
+            per_second: 1,
+            burst: 2,
+        });
+    })
+    .await;
+    let client = client_of(&app, "acct-demo");
+    // One call over gRPC and one over HTTP spend the account's burst of 2.
+    app.snapshots()
+        .describe_snapshots(as_account(
+            "acct-demo",
+            pb::DescribeSnapshotsRequest::default(),
+        ))
+        .await
+        .expect("within the burst");
+    let second = client
+        .call("DescribeSnapshots", &[], server_now(&app))
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let third = client
+        .call("DescribeSnapshots", &[], server_now(&app))
+        .await;
+    assert_eq!(
+        ecs_code(&third),
+        ("Throttling".to_owned(), 403),
+        "{}",
+        third.text
+    );
+    let other = client_of(&app, "acct-demo-broke")
+        .call("DescribeSnapshots", &[], server_now(&app))
+        .await;
+    assert_eq!(other.status, 200, "another account has its own budget");
+}
+
+#[test]
+fn encode_is_rfc_3986() {
+    assert_eq!(encode("a b*~/é"), "a%20b%2A~%2F%C3%A9");
+}
