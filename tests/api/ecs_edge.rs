@@ -566,11 +566,7 @@ async fn describe_delete_and_image_speak_ecs_formats(backend: Backend) {
         "{}",
         xml.text
     );
-    assert!(
-        xml.text.contains(&format!("<Snapshots><Snapshot><")),
-        "{}",
-        xml.text
-    );
+    assert!(xml.text.contains("<Snapshots><Snapshot><"), "{}", xml.text);
     let query = client.signed_query(
         "DeleteSnapshot",
         &[("Format", "xml"), ("SnapshotId", "s-00000000000000000000")],
