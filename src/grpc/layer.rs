@@ -110,17 +110,35 @@ tokio::task_local! {
 /// What a handler learns about its call (who, which disk, which snapshot), for the call's one
 /// log line. Kept beside the span rather than recorded on it: recording a field on a span makes
 /// the JSON formatter rewrite all of the span's fields, once per field.
-#[derive(Default)]
 pub struct CallFacts {
+    /// The call's id, for what answers without the request's extensions at hand (the codec).
+    request_id: RequestId,
     account: OnceLock<String>,
     disk: OnceLock<String>,
     snapshot: OnceLock<String>,
 }
 
 impl CallFacts {
+    fn new(request_id: RequestId) -> Self {
+        Self {
+            request_id,
+            account: OnceLock::new(),
+            disk: OnceLock::new(),
+            snapshot: OnceLock::new(),
+        }
+    }
+
     fn get(slot: &OnceLock<String>) -> &str {
         slot.get().map_or("", String::as_str)
     }
+}
+
+/// The id of the call being handled: the one in its `x-request-id` and on its log line. A fresh
+/// one only outside a call (a service used without the layer).
+pub fn call_request_id() -> String {
+    FACTS
+        .try_with(|facts| facts.request_id.as_str().to_owned())
+        .unwrap_or_else(|_| new_request_id())
 }
 
 fn note(fact: impl FnOnce(&CallFacts) -> &OnceLock<String>, value: &str) {
@@ -261,7 +279,7 @@ where
 
         let inner = self.inner.clone();
         let limits = Arc::clone(&self.limits);
-        let facts = Arc::new(CallFacts::default());
+        let facts = Arc::new(CallFacts::new(request_id.clone()));
         // Admitted and given a slot here, not in the future, so a burst is counted in arrival
         // order.
         let admitted = admit(&limits, kind, &mut request, &facts);
