@@ -4,10 +4,11 @@
 //!    span beside the client's own `x-request-id`, kept as `client_request_id`);
 //! 2. admission, on the headers alone (`call.rs`): a tenant call is identified and throttled,
 //!    an admin call must bear the admin token. A call refused here never takes a slot;
-//! 3. load shedding: one caller (an account, the admin, or for an unknown method the peer's
-//!    address) holds at most three quarters of the `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots,
-//!    and past them all a call is answered UNAVAILABLE with RetryInfo at once instead of
-//!    queueing;
+//! 3. load shedding: one caller (an account, the admin) holds at most three quarters of the
+//!    `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots, and one peer (its IP address) at most
+//!    `SNAPSHOTD_MAX_CONCURRENT_REQUESTS_PER_PEER` (by default three quarters too) whatever
+//!    callers it names; past them all a call is answered UNAVAILABLE with RetryInfo at once
+//!    instead of queueing;
 //! 4. the request body (of our methods and the health service's, all with one request
 //!    message), read whole before the handler runs: it must start within
 //!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed. It must
@@ -31,6 +32,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv6Addr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -189,7 +191,10 @@ struct Limits {
     max_concurrent: u32,
     /// The slots one caller may hold at once.
     per_caller: u32,
-    /// The slots each caller holds now; a caller holding none has no entry.
+    /// The slots one peer may hold at once, whatever callers it names.
+    per_peer: u32,
+    /// The slots each caller and each peer holds now (keys `account/…`, `admin`, `peer/…`);
+    /// one holding none has no entry.
     held: Mutex<HashMap<String, u32>>,
     timeout: Duration,
     max_message_size: usize,
@@ -200,18 +205,22 @@ struct Limits {
 }
 
 impl RpcLayer {
+    /// `per_peer`: the slots one peer may hold; `None` is the same share as a caller's.
     pub fn new(
         gate: Arc<Gate>,
         max_concurrent: u32,
+        per_peer: Option<u32>,
         timeout: Duration,
         max_message_size: usize,
     ) -> Self {
+        let per_caller = per_caller_share(max_concurrent);
         Self {
             limits: Arc::new(Limits {
                 gate,
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
-                per_caller: per_caller_share(max_concurrent),
+                per_caller,
+                per_peer: per_peer.unwrap_or(per_caller),
                 held: Mutex::new(HashMap::new()),
                 timeout,
                 max_message_size,
@@ -327,8 +336,12 @@ fn per_caller_share(max_concurrent: u32) -> u32 {
 }
 
 /// Admits a call on its headers and gives it a slot: checks who calls (noting the outcome in
-/// the request's extensions for the handler), then takes one of the server's slots and one of
-/// the caller's share. Health and reflection need neither.
+/// the request's extensions for the handler), then takes one of the server's slots, one of its
+/// peer's share and one of the caller's. Health and reflection need none of them.
+///
+/// The peer's share is there because a caller is who the call *says* it is: a client that sets
+/// `x-account-id` itself could name a new account for each call and so have every slot; its
+/// address it cannot choose so freely.
 fn admit(
     limits: &Arc<Limits>,
     kind: Kind,
@@ -350,14 +363,15 @@ fn admit(
             };
             let caller = format!("account/{account_id}");
             request.extensions_mut().insert(admitted);
-            caller
+            Some(caller)
         }
         Kind::Admin => {
             let admitted = limits.gate.admit_admin(&metadata())?;
             request.extensions_mut().insert(admitted);
-            "admin".to_owned()
+            Some("admin".to_owned())
         }
-        Kind::Unknown => format!("peer/{}", peer_ip(request.extensions())),
+        // A path of no service of ours names no caller: its peer's share is all it takes.
+        Kind::Unknown => None,
     };
     // The server's slot first: a full server is overloaded whoever calls.
     let slot = Arc::clone(&limits.slots)
@@ -365,15 +379,21 @@ fn admit(
         .map_err(|_| ApiError::Overloaded {
             limit: limits.max_concurrent,
         })?;
-    let share = CallerShare::take(limits, caller)?;
+    let peer = Share::take(limits, peer_key(request.extensions()), limits.per_peer)?;
+    let caller = match caller {
+        Some(caller) => Some(Share::take(limits, caller, limits.per_caller)?),
+        None => None,
+    };
     Ok(Some(Slot {
         _slot: slot,
-        _share: share,
+        _peer: peer,
+        _caller: caller,
     }))
 }
 
-/// The peer's IP address, or `unknown` (never in the server: tonic notes every connection's).
-fn peer_ip(extensions: &Extensions) -> String {
+/// Whose share of the slots a call's peer counts against ([`peer_of`]); `peer/unknown` never
+/// happens in the server (tonic notes every connection's address).
+fn peer_key(extensions: &Extensions) -> String {
     extensions
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
@@ -382,50 +402,65 @@ fn peer_ip(extensions: &Extensions) -> String {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|tls| tls.get_ref().remote_addr())
         })
-        .map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
+        .map_or_else(|| "peer/unknown".to_owned(), |addr| peer_of(addr.ip()))
 }
 
-/// A call's slot and its place in its caller's share, both given back when dropped.
+/// `peer/<IPv4 address>` (an IPv4-mapped IPv6 address is its IPv4 one), or `peer/<prefix>/64`
+/// for IPv6, since one host commonly holds a whole /64 and could otherwise pick a new address
+/// per connection.
+fn peer_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => format!("peer/{ip}"),
+        IpAddr::V6(ip) => {
+            let prefix = Ipv6Addr::from_bits(ip.to_bits() & !u128::from(u64::MAX));
+            format!("peer/{prefix}/64")
+        }
+    }
+}
+
+/// A call's slot and its places in its peer's and its caller's shares, all given back when
+/// dropped.
 struct Slot {
     _slot: OwnedSemaphorePermit,
-    _share: CallerShare,
+    _peer: Share,
+    _caller: Option<Share>,
 }
 
-/// One of the slots a caller holds.
-struct CallerShare {
+/// One of the slots a caller or a peer holds.
+struct Share {
     limits: Arc<Limits>,
-    caller: String,
+    holder: String,
 }
 
-impl CallerShare {
-    fn take(limits: &Arc<Limits>, caller: String) -> Result<Self, ApiError> {
+impl Share {
+    fn take(limits: &Arc<Limits>, holder: String, limit: u32) -> Result<Self, ApiError> {
         let mut held = limits.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(caller.clone()).or_insert(0);
-        if *count >= limits.per_caller {
+        let count = held.entry(holder.clone()).or_insert(0);
+        if *count >= limit {
             return Err(ApiError::CallerBusy {
-                caller,
-                limit: limits.per_caller,
+                caller: holder,
+                limit,
             });
         }
         *count += 1;
         Ok(Self {
             limits: Arc::clone(limits),
-            caller,
+            holder,
         })
     }
 }
 
-impl Drop for CallerShare {
+impl Drop for Share {
     fn drop(&mut self) {
         let mut held = self
             .limits
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.caller) {
+        if let Some(count) = held.get_mut(&self.holder) {
             *count -= 1;
             if *count == 0 {
-                held.remove(&self.caller);
+                held.remove(&self.holder);
             }
         }
     }
@@ -919,6 +954,21 @@ mod tests {
             "/ecs.snapshot.v1.SnapshotService/ünï",
         ] {
             assert_eq!(route(hostile).0, "unknown", "{hostile}");
+        }
+    }
+
+    #[test]
+    fn a_peer_is_its_ipv4_address_or_its_ipv6_slash_64() {
+        let cases = [
+            ("127.0.0.1", "peer/127.0.0.1"),
+            ("::ffff:10.1.2.3", "peer/10.1.2.3"),
+            ("::1", "peer/::/64"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "peer/2001:db8:1:2::/64"),
+            ("2001:db8:1:2::1", "peer/2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1", "peer/2001:db8:1:3::/64"),
+        ];
+        for (ip, peer) in cases {
+            assert_eq!(peer_of(ip.parse().unwrap()), peer, "{ip}");
         }
     }
 
