@@ -58,6 +58,9 @@ pub enum ApiError {
     /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
     #[error("{limit} calls are already in progress")]
     Overloaded { limit: u32 },
+    /// The call's `grpc-encoding` is none the server takes (it takes `gzip` and `identity`).
+    #[error("the request is compressed with {encoding:?}, which the server does not take")]
+    UnsupportedEncoding { encoding: String },
     /// The request message is over `SNAPSHOTD_MAX_MESSAGE_SIZE` (tonic refused to decode it).
     #[error("the request message is over {limit} bytes")]
     RequestTooLarge { limit: usize },
@@ -116,6 +119,8 @@ struct Answer {
     metadata: Vec<(&'static str, String)>,
     detail: Detail,
     retry_after: Option<Duration>,
+    /// gRPC metadata the answer carries besides the details (response headers or trailers).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Answer {
@@ -128,7 +133,13 @@ impl Answer {
             metadata: Vec::new(),
             detail: Detail::None,
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     fn meta(mut self, key: &'static str, value: impl Into<String>) -> Self {
@@ -177,9 +188,16 @@ const STORAGE_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// client does not notice.
 const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(200);
 
+/// The request encodings the server takes, as `grpc-accept-encoding` lists them: every service
+/// inflates gzip in the layer (`layer.rs`), so the list is the same for all of them.
+pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
+
+/// The longest unsupported encoding name echoed back in an answer's metadata.
+const MAX_ECHOED_ENCODING: usize = 64;
+
 use Code::{
     DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
-    ResourceExhausted, Unauthenticated, Unavailable,
+    ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
 };
 
 /// The answer for every error, in one exhaustive match.
@@ -296,6 +314,22 @@ fn answer(err: &ApiError) -> Answer {
             "The request body did not arrive in time.",
         )
         .meta("timeoutMs", timeout.as_millis().to_string()),
+        // UNIMPLEMENTED, as the gRPC spec has it, with the list a client can pick from.
+        ApiError::UnsupportedEncoding { encoding } => Answer::new(
+            Unimplemented,
+            "UnsupportedEncoding",
+            415,
+            "The request is compressed with an encoding the server does not support.",
+        )
+        .meta(
+            "encoding",
+            encoding
+                .chars()
+                .take(MAX_ECHOED_ENCODING)
+                .collect::<String>(),
+        )
+        .meta("acceptedEncodings", ACCEPTED_ENCODINGS)
+        .header("grpc-accept-encoding", ACCEPTED_ENCODINGS),
         ApiError::RequestTooLarge { limit } => Answer::new(
             ResourceExhausted,
             "RequestTooLarge",
@@ -725,6 +759,11 @@ impl ApiError {
             details.set_retry_info(Some(delay));
         }
         let mut status = Status::with_error_details(answer.code, answer.message, details);
+        for (name, value) in answer.headers {
+            if let Ok(value) = value.parse() {
+                status.metadata_mut().insert(name, value);
+            }
+        }
         if matches!(answer.code, Internal | Unavailable) {
             status.set_source(std::sync::Arc::new(self));
         }

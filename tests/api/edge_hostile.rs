@@ -785,3 +785,153 @@ async fn one_peer_cannot_take_every_slot_whatever_accounts_it_names() {
         );
     }
 }
+
+/// `grpc.reflection.v1.ServerReflection/ServerReflectionInfo` (or v1alpha's).
+fn reflection(version: &str) -> String {
+    format!("/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")
+}
+
+/// A ServerReflectionRequest asking for the list of services (field 7, `list_services`).
+const LIST_SERVICES: &[u8] = &[0x3a, 0x01, b'*'];
+
+/// Reflection needs no identity and is a stream both ways: its frames are checked as they pass,
+/// with the rules of the unary calls. A malformed one is INVALID_ARGUMENT with details (before:
+/// INTERNAL, logged at ERROR), and a gzip request is inflated like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_frames_on_the_reflection_stream_are_invalid_argument_too() {
+    let app = app_with(Backend::Sqlite, |_| {}).await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let gzip_headers = [("grpc-encoding", "gzip")];
+    for version in ["v1", "v1alpha"] {
+        let path = reflection(version);
+        let mut longer_prefix = framed(0, LIST_SERVICES);
+        longer_prefix.truncate(longer_prefix.len() - 1);
+        let mut good_then_flag_2 = framed(0, LIST_SERVICES);
+        good_then_flag_2.extend(framed(2, LIST_SERVICES));
+        let cases: Vec<Case> = vec![
+            (
+                "a length prefix longer than the body",
+                path.as_str(),
+                &[],
+                Some(longer_prefix),
+            ),
+            (
+                "the compressed flag without grpc-encoding",
+                path.as_str(),
+                &[],
+                Some(framed(1, LIST_SERVICES)),
+            ),
+            (
+                "compressed flag 2",
+                path.as_str(),
+                &[],
+                Some(framed(2, LIST_SERVICES)),
+            ),
+            (
+                "compressed flag 255",
+                path.as_str(),
+                &[],
+                Some(framed(255, LIST_SERVICES)),
+            ),
+            (
+                "corrupt gzip",
+                path.as_str(),
+                &gzip_headers,
+                Some(framed(1, b"\x1f\x8b\x08\x00not gzip at all")),
+            ),
+            (
+                "a good request, then compressed flag 2",
+                path.as_str(),
+                &[],
+                Some(good_then_flag_2),
+            ),
+        ];
+        assert_each_is_an_invalid_request(&mut raw, cases).await;
+
+        // Well-formed requests, plain and gzip, are answered as before.
+        for (headers, body) in [
+            (&[][..], framed(0, LIST_SERVICES)),
+            (&gzip_headers[..], framed(1, &gzip(LIST_SERVICES))),
+        ] {
+            let status = raw.call(&path, headers, Some(body)).await;
+            assert_eq!(status.code(), Code::Ok, "{version} {headers:?}: {status:?}");
+        }
+    }
+}
+
+/// An encoding the server does not take is UNIMPLEMENTED (the gRPC code) with the usual details
+/// and `grpc-accept-encoding` naming what it does take, for every service (before: tonic's bare
+/// UNIMPLEMENTED, with no ErrorInfo nor RequestInfo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsupported_grpc_encoding_is_unimplemented_with_details() {
+    let app = app_with(Backend::Sqlite, |_| {}).await;
+    let mut raw = RawGrpc::connect(app.addr).await;
+    let bearer = format!("Bearer {}", crate::helpers::ADMIN_TOKEN);
+    let tenant = [("x-account-id", "acct-a")];
+    let admin = [("authorization", bearer.as_str())];
+    let v1 = reflection("v1");
+    // Headers besides grpc-encoding; every body is flagged compressed.
+    let cases: Vec<Case> = vec![
+        (
+            "CreateSnapshot",
+            CREATE,
+            &tenant,
+            Some(framed(1, &create_message())),
+        ),
+        (
+            "GetDisk",
+            "/ecs.snapshot.v1.InventoryService/GetDisk",
+            &admin,
+            Some(framed(1, b"")),
+        ),
+        (
+            "Health/Check",
+            "/grpc.health.v1.Health/Check",
+            &[],
+            Some(framed(1, b"")),
+        ),
+        (
+            "Health/Watch",
+            "/grpc.health.v1.Health/Watch",
+            &[],
+            Some(framed(1, b"")),
+        ),
+        ("reflection", &v1, &[], Some(framed(1, LIST_SERVICES))),
+    ];
+    for encoding in ["br", "zstd", "x-\u{fc}nknown"] {
+        for (case, path, headers, body) in &cases {
+            let mut headers = headers.to_vec();
+            headers.push(("grpc-encoding", encoding));
+
+            let status = raw.call(path, &headers, body.clone()).await;
+
+            let context = format!("{case} with {encoding}");
+            assert_eq!(status.code(), Code::Unimplemented, "{context}: {status:?}");
+            let metadata = assert_error(
+                &status,
+                Code::Unimplemented,
+                "UnsupportedEncoding",
+                "415",
+                Detail::None,
+            );
+            assert_eq!(
+                metadata.get("encoding").map(String::as_str),
+                Some(encoding),
+                "{context}"
+            );
+            assert_eq!(
+                metadata.get("acceptedEncodings").map(String::as_str),
+                Some("gzip,identity"),
+                "{context}"
+            );
+            let accepted = status.metadata().get("grpc-accept-encoding");
+            assert_eq!(
+                accepted.and_then(|value| value.to_str().ok()),
+                Some("gzip,identity"),
+                "{context}: {:?}",
+                status.metadata()
+            );
+        }
+    }
+    assert_eq!(app.count_rows("snapshots").await, 0);
+}
