@@ -228,6 +228,7 @@ impl App {
         let layer = RpcLayer::new(
             Arc::clone(&gate),
             self.config.max_concurrent_requests,
+            self.config.max_concurrent_requests_per_peer,
             self.config.request_timeout,
             self.config.max_message_size as usize,
         );

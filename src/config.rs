@@ -107,6 +107,13 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
+    /// Calls one peer (a client IP address; an IPv6 /64) may have in progress at once, whatever
+    /// accounts it names; beyond it a call is answered RESOURCE_EXHAUSTED `Throttling`. Unset:
+    /// three quarters of --max-concurrent-requests. Behind a sidecar or gateway every call comes
+    /// from its address: set it to --max-concurrent-requests there.
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests_per_peer: Option<u32>,
+
     /// Per-account token bucket, `PER_SECOND[,BURST]` (e.g. `50,100`; the burst defaults to the
     /// rate); a call beyond it is answered RESOURCE_EXHAUSTED `Throttling`. Off when unset.
     #[arg(
@@ -326,6 +333,10 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field(
+                "max_concurrent_requests_per_peer",
+                &self.max_concurrent_requests_per_peer,
+            )
             .field("rate_limit", &self.rate_limit)
             .field("max_message_size", &self.max_message_size)
             .field("keepalive_interval", &self.keepalive_interval)
@@ -382,6 +393,7 @@ mod tests {
             ("--snapshot-quota", "0"),
             ("--copy-rate-mibps", "0"),
             ("--max-concurrent-requests", "0"),
+            ("--max-concurrent-requests-per-peer", "0"),
             ("--max-message-size", "1023"),
         ];
         for (flag, value) in refused {

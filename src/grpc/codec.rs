@@ -1,6 +1,7 @@
 //! The protobuf codec of our services: prost's, except that a request body that does not decode
 //! (truncated, wrong wire types, invalid UTF-8 in a string field) is the caller's mistake,
-//! answered as `INVALID_ARGUMENT` with the usual rich details, not `INTERNAL`.
+//! answered as `INVALID_ARGUMENT` with the usual rich details, not `INTERNAL`, under the call's
+//! own request id (the layer's, found through the call's task-local facts).
 
 use std::marker::PhantomData;
 
@@ -9,7 +10,7 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::ApiError;
-use super::layer::new_request_id;
+use super::layer::call_request_id;
 use crate::domain::ParseError;
 
 /// Named in `build.rs` (`codec_path`) for every generated service and client.
@@ -62,7 +63,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
                 field: "request",
                 why: format!("the message does not decode: {}", status.message()),
             })
-            .into_status(&new_request_id())
+            .into_status(&call_request_id())
         })
     }
 

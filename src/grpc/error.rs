@@ -60,6 +60,9 @@ pub enum ApiError {
     /// Every slot of `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` is taken: shed at once.
     #[error("{limit} calls are already in progress")]
     Overloaded { limit: u32 },
+    /// The call's `grpc-encoding` is none the server takes (it takes `gzip` and `identity`).
+    #[error("the request is compressed with {encoding:?}, which the server does not take")]
+    UnsupportedEncoding { encoding: String },
     /// The request message is over `SNAPSHOTD_MAX_MESSAGE_SIZE` (tonic refused to decode it).
     #[error("the request message is over {limit} bytes")]
     RequestTooLarge { limit: usize },
@@ -98,6 +101,13 @@ impl From<ServiceError> for ApiError {
 }
 
 use Class::{PermissionDenied, Unauthenticated};
+
+/// The request encodings the server takes, as `grpc-accept-encoding` lists them: every service
+/// inflates gzip in the layer (`layer.rs`), so the list is the same for all of them.
+pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
+
+/// The longest unsupported encoding name echoed back in an answer's metadata.
+const MAX_ECHOED_ENCODING: usize = 64;
 
 /// The answer for every error, in one exhaustive match; the ECS facts come from
 /// [`crate::answer`], which the ECS edge reads too.
@@ -155,6 +165,22 @@ fn answer(err: &ApiError) -> Answer {
             "The request body did not arrive in time.",
         )
         .meta("timeoutMs", timeout.as_millis().to_string()),
+        // UNIMPLEMENTED, as the gRPC spec has it, with the list a client can pick from (the
+        // `grpc-accept-encoding` header is added in `into_status`).
+        ApiError::UnsupportedEncoding { encoding } => Answer::new(
+            Class::Unimplemented,
+            "UnsupportedEncoding",
+            415,
+            "The request is compressed with an encoding the server does not support.",
+        )
+        .meta(
+            "encoding",
+            encoding
+                .chars()
+                .take(MAX_ECHOED_ENCODING)
+                .collect::<String>(),
+        )
+        .meta("acceptedEncodings", ACCEPTED_ENCODINGS),
         ApiError::RequestTooLarge { limit } => answer::request_too_large(*limit),
         ApiError::ShuttingDown => answer::shutting_down(),
         ApiError::DeadlineExceeded { timeout } => answer::deadline_exceeded(*timeout),
@@ -225,6 +251,12 @@ impl ApiError {
         }
         let code = grpc_code(answer.class);
         let mut status = Status::with_error_details(code, answer.message, details);
+        if matches!(self, ApiError::UnsupportedEncoding { .. }) {
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                tonic::metadata::MetadataValue::from_static(ACCEPTED_ENCODINGS),
+            );
+        }
         if matches!(code, Code::Internal | Code::Unavailable) {
             status.set_source(std::sync::Arc::new(self));
         }

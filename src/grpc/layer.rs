@@ -4,24 +4,29 @@
 //!    span beside the client's own `x-request-id`, kept as `client_request_id`);
 //! 2. admission, on the headers alone (`call.rs`): a tenant call is identified and throttled,
 //!    an admin call must bear the admin token. A call refused here never takes a slot;
-//! 3. load shedding: one caller (an account, the admin, or for an unknown method the peer's
-//!    address) holds at most three quarters of the `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots,
-//!    and past them all a call is answered UNAVAILABLE with RetryInfo at once instead of
-//!    queueing;
+//! 3. load shedding: one caller (an account, the admin) holds at most three quarters of the
+//!    `SNAPSHOTD_MAX_CONCURRENT_REQUESTS` slots, and one peer (its IP address) at most
+//!    `SNAPSHOTD_MAX_CONCURRENT_REQUESTS_PER_PEER` (by default three quarters too) whatever
+//!    callers it names; past them all a call is answered UNAVAILABLE with RetryInfo at once
+//!    instead of queueing;
 //! 4. the request body (of our methods and the health service's, all with one request
 //!    message), read whole before the handler runs: it must start within
 //!    [`BODY_START_TIMEOUT`] of the headers, or the call is answered and its slot freed. It must
 //!    be one well-formed gRPC message of at most `SNAPSHOTD_MAX_MESSAGE_SIZE` bytes, inflated
 //!    here when gzip-compressed (so within the limit too): framing faults are the client's,
 //!    answered INVALID_ARGUMENT or RESOURCE_EXHAUSTED `RequestTooLarge` with the usual details,
-//!    and tonic decodes a plain message it cannot refuse;
+//!    and tonic decodes a plain message it cannot refuse. Reflection's messages (a stream both
+//!    ways) are checked alike as they pass, and a fault ends the stream with its status in the
+//!    trailers. A `grpc-encoding` other than gzip or identity is UNIMPLEMENTED
+//!    `UnsupportedEncoding`, on every service;
 //! 5. the deadline: `SNAPSHOTD_REQUEST_TIMEOUT`, or the client's shorter `grpc-timeout`,
 //!    answered DEADLINE_EXCEEDED `RequestTimeout`;
 //! 6. panic catching, answered INTERNAL;
 //!
-//! and, when the answer is known, one log line and the metrics for the call. Health checks and
-//! reflection are never shed nor timed out (a probe must see an overloaded server as alive, and
-//! `Health/Watch` is a long stream); their lines are logged at DEBUG.
+//! and, when the answer is known (for a reflection stream, at its end), one log line and the
+//! metrics for the call. Health checks and reflection are never shed nor timed out (a probe must
+//! see an overloaded server as alive, and `Health/Watch` is a long stream); their lines are
+//! logged at DEBUG when they succeed or the client hangs up.
 //!
 //! At shutdown the layer ends what would otherwise hold the drain open: [`RpcLayer::end_streams`]
 //! closes open `Health/Watch` and reflection streams (after the NOT_SERVING they carry) with
@@ -31,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv6Addr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -110,17 +116,35 @@ tokio::task_local! {
 /// What a handler learns about its call (who, which disk, which snapshot), for the call's one
 /// log line. Kept beside the span rather than recorded on it: recording a field on a span makes
 /// the JSON formatter rewrite all of the span's fields, once per field.
-#[derive(Default)]
 pub struct CallFacts {
+    /// The call's id, for what answers without the request's extensions at hand (the codec).
+    request_id: RequestId,
     account: OnceLock<String>,
     disk: OnceLock<String>,
     snapshot: OnceLock<String>,
 }
 
 impl CallFacts {
+    fn new(request_id: RequestId) -> Self {
+        Self {
+            request_id,
+            account: OnceLock::new(),
+            disk: OnceLock::new(),
+            snapshot: OnceLock::new(),
+        }
+    }
+
     fn get(slot: &OnceLock<String>) -> &str {
         slot.get().map_or("", String::as_str)
     }
+}
+
+/// The id of the call being handled: the one in its `x-request-id` and on its log line. A fresh
+/// one only outside a call (a service used without the layer).
+pub fn call_request_id() -> String {
+    FACTS
+        .try_with(|facts| facts.request_id.as_str().to_owned())
+        .unwrap_or_else(|_| new_request_id())
 }
 
 fn note(fact: impl FnOnce(&CallFacts) -> &OnceLock<String>, value: &str) {
@@ -171,7 +195,10 @@ struct Limits {
     max_concurrent: u32,
     /// The slots one caller may hold at once.
     per_caller: u32,
-    /// The slots each caller holds now; a caller holding none has no entry.
+    /// The slots one peer may hold at once, whatever callers it names.
+    per_peer: u32,
+    /// The slots each caller and each peer holds now (keys `account/…`, `admin`, `peer/…`);
+    /// one holding none has no entry.
     held: Mutex<HashMap<String, u32>>,
     timeout: Duration,
     max_message_size: usize,
@@ -182,18 +209,22 @@ struct Limits {
 }
 
 impl RpcLayer {
+    /// `per_peer`: the slots one peer may hold; `None` is the same share as a caller's.
     pub fn new(
         gate: Arc<Gate>,
         max_concurrent: u32,
+        per_peer: Option<u32>,
         timeout: Duration,
         max_message_size: usize,
     ) -> Self {
+        let per_caller = per_caller_share(max_concurrent);
         Self {
             limits: Arc::new(Limits {
                 gate,
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
-                per_caller: per_caller_share(max_concurrent),
+                per_caller,
+                per_peer: per_peer.unwrap_or(per_caller),
                 held: Mutex::new(HashMap::new()),
                 timeout,
                 max_message_size,
@@ -261,18 +292,21 @@ where
 
         let inner = self.inner.clone();
         let limits = Arc::clone(&self.limits);
-        let facts = Arc::new(CallFacts::default());
+        let facts = Arc::new(CallFacts::new(request_id.clone()));
         // Admitted and given a slot here, not in the future, so a burst is counted in arrival
         // order.
         let admitted = admit(&limits, kind, &mut request, &facts);
         let deadline = Deadline::of(request.headers(), limits.timeout);
-        let mut record = CallRecord::new(method, kind, client_id, Arc::clone(&facts));
+        let streams = reading(kind, request.uri().path()) == Reading::Stream;
+        let mut record = Some(CallRecord::new(method, kind, client_id, Arc::clone(&facts)));
         Box::pin(
             async move {
+                let fault = StreamFault::default();
                 let outcome = match admitted {
                     Err(refused) => Err(refused),
                     Ok(slot) => {
-                        let call = FACTS.scope(facts, run(inner, request, kind, &limits, deadline));
+                        let run = run(inner, request, kind, &limits, deadline, fault.clone());
+                        let call = FACTS.scope(facts, run);
                         let outcome = tokio::select! {
                             outcome = call => outcome,
                             () = limits.cut_off.cancelled(), if kind.is_api() => {
@@ -284,17 +318,30 @@ where
                     }
                 };
                 let mut response = match outcome {
+                    Err(err) => err.into_status(request_id.as_str()).into_http(),
                     Ok(response) if kind == Kind::Infrastructure => {
                         let ended = limits.streams_end.clone().cancelled_owned();
-                        response.map(|body| Body::new(EndOnShutdown::new(body, ended)))
+                        // A stream's outcome is known at its end: its log line is written then.
+                        let record = record.take_if(|_| streams);
+                        response.map(|body| {
+                            Body::new(InfraStream {
+                                inner: body,
+                                ended: Box::pin(ended),
+                                fault,
+                                request_id: request_id.clone(),
+                                record,
+                                done: false,
+                            })
+                        })
                     }
                     Ok(response) => response,
-                    Err(err) => err.into_status(request_id.as_str()).into_http(),
                 };
                 if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
-                record.finish(&response);
+                if let Some(mut record) = record {
+                    record.finish(response.headers(), response.extensions().get::<Status>());
+                }
                 Ok(response)
             }
             .instrument(span),
@@ -309,8 +356,12 @@ fn per_caller_share(max_concurrent: u32) -> u32 {
 }
 
 /// Admits a call on its headers and gives it a slot: checks who calls (noting the outcome in
-/// the request's extensions for the handler), then takes one of the server's slots and one of
-/// the caller's share. Health and reflection need neither.
+/// the request's extensions for the handler), then takes one of the server's slots, one of its
+/// peer's share and one of the caller's. Health and reflection need none of them.
+///
+/// The peer's share is there because a caller is who the call *says* it is: a client that sets
+/// `x-account-id` itself could name a new account for each call and so have every slot; its
+/// address it cannot choose so freely.
 fn admit(
     limits: &Arc<Limits>,
     kind: Kind,
@@ -332,14 +383,15 @@ fn admit(
             };
             let caller = format!("account/{account_id}");
             request.extensions_mut().insert(admitted);
-            caller
+            Some(caller)
         }
         Kind::Admin => {
             let admitted = limits.gate.admit_admin(&metadata())?;
             request.extensions_mut().insert(admitted);
-            "admin".to_owned()
+            Some("admin".to_owned())
         }
-        Kind::Unknown => format!("peer/{}", peer_ip(request.extensions())),
+        // A path of no service of ours names no caller: its peer's share is all it takes.
+        Kind::Unknown => None,
     };
     // The server's slot first: a full server is overloaded whoever calls.
     let slot = Arc::clone(&limits.slots)
@@ -347,15 +399,21 @@ fn admit(
         .map_err(|_| ApiError::Overloaded {
             limit: limits.max_concurrent,
         })?;
-    let share = CallerShare::take(limits, caller)?;
+    let peer = Share::take(limits, peer_key(request.extensions()), limits.per_peer)?;
+    let caller = match caller {
+        Some(caller) => Some(Share::take(limits, caller, limits.per_caller)?),
+        None => None,
+    };
     Ok(Some(Slot {
         _slot: slot,
-        _share: share,
+        _peer: peer,
+        _caller: caller,
     }))
 }
 
-/// The peer's IP address, or `unknown` (never in the server: tonic notes every connection's).
-fn peer_ip(extensions: &Extensions) -> String {
+/// Whose share of the slots a call's peer counts against ([`peer_of`]); `peer/unknown` never
+/// happens in the server (tonic notes every connection's address).
+fn peer_key(extensions: &Extensions) -> String {
     extensions
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
@@ -364,50 +422,65 @@ fn peer_ip(extensions: &Extensions) -> String {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|tls| tls.get_ref().remote_addr())
         })
-        .map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
+        .map_or_else(|| "peer/unknown".to_owned(), |addr| peer_of(addr.ip()))
 }
 
-/// A call's slot and its place in its caller's share, both given back when dropped.
+/// `peer/<IPv4 address>` (an IPv4-mapped IPv6 address is its IPv4 one), or `peer/<prefix>/64`
+/// for IPv6, since one host commonly holds a whole /64 and could otherwise pick a new address
+/// per connection.
+fn peer_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => format!("peer/{ip}"),
+        IpAddr::V6(ip) => {
+            let prefix = Ipv6Addr::from_bits(ip.to_bits() & !u128::from(u64::MAX));
+            format!("peer/{prefix}/64")
+        }
+    }
+}
+
+/// A call's slot and its places in its peer's and its caller's shares, all given back when
+/// dropped.
 struct Slot {
     _slot: OwnedSemaphorePermit,
-    _share: CallerShare,
+    _peer: Share,
+    _caller: Option<Share>,
 }
 
-/// One of the slots a caller holds.
-struct CallerShare {
+/// One of the slots a caller or a peer holds.
+struct Share {
     limits: Arc<Limits>,
-    caller: String,
+    holder: String,
 }
 
-impl CallerShare {
-    fn take(limits: &Arc<Limits>, caller: String) -> Result<Self, ApiError> {
+impl Share {
+    fn take(limits: &Arc<Limits>, holder: String, limit: u32) -> Result<Self, ApiError> {
         let mut held = limits.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(caller.clone()).or_insert(0);
-        if *count >= limits.per_caller {
+        let count = held.entry(holder.clone()).or_insert(0);
+        if *count >= limit {
             return Err(ApiError::CallerBusy {
-                caller,
-                limit: limits.per_caller,
+                caller: holder,
+                limit,
             });
         }
         *count += 1;
         Ok(Self {
             limits: Arc::clone(limits),
-            caller,
+            holder,
         })
     }
 }
 
-impl Drop for CallerShare {
+impl Drop for Share {
     fn drop(&mut self) {
         let mut held = self
             .limits
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.caller) {
+        if let Some(count) = held.get_mut(&self.holder) {
             *count -= 1;
             if *count == 0 {
-                held.remove(&self.caller);
+                held.remove(&self.holder);
             }
         }
     }
@@ -459,33 +532,55 @@ fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// Runs the call by its deadline (API calls only), turning a panic into an error. The body of a
 /// call of ours or of the health service is read whole first ([`read_body`]) and must be one
-/// message ([`one_message`]).
+/// message ([`one_message`]); reflection's stream is checked message by message as it passes
+/// ([`CheckedFrames`], which notes a fault in `fault`). Either way tonic then reads plain
+/// messages and no `grpc-encoding`.
 async fn run<S>(
     inner: S,
     request: Request<Body>,
     kind: Kind,
     limits: &Limits,
     deadline: Deadline,
+    fault: StreamFault,
 ) -> Result<Response<Body>, ApiError>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let call = async {
-        let request = match reads_one_message(kind, request.uri().path()) {
-            true => {
+        let limit = limits.max_message_size;
+        let reading = reading(kind, request.uri().path());
+        let request = match reading {
+            Reading::Untouched => request,
+            Reading::OneMessage | Reading::Stream => {
                 let (mut parts, body) = request.into_parts();
-                let read = match read_body(body, limits.max_message_size).await {
-                    Ok(read) => read,
-                    Err(BodyError::Refused(err)) => return Ok(Err(err)),
-                    Err(BodyError::Gone(status)) => return Ok(Ok(status.into_http())),
-                };
-                match one_message(&mut parts.headers, read, limits.max_message_size) {
-                    Ok(message) => Request::from_parts(parts, Body::new(Full::new(message))),
+                let gzip = match request_encoding(&parts.headers) {
+                    Ok(gzip) => gzip,
                     Err(err) => return Ok(Err(err)),
-                }
+                };
+                parts.headers.remove(GRPC_ENCODING);
+                let body = if reading == Reading::Stream {
+                    Body::new(CheckedFrames {
+                        inner: body,
+                        read: BytesMut::new(),
+                        gzip,
+                        limit,
+                        fault,
+                        done: false,
+                    })
+                } else {
+                    let read = match read_body(body, limit).await {
+                        Ok(read) => read,
+                        Err(BodyError::Refused(err)) => return Ok(Err(err)),
+                        Err(BodyError::Gone(status)) => return Ok(Ok(status.into_http())),
+                    };
+                    match one_message(read, gzip, limit) {
+                        Ok(message) => Body::new(Full::new(message)),
+                        Err(err) => return Ok(Err(err)),
+                    }
+                };
+                Request::from_parts(parts, body)
             }
-            false => request,
         };
         AssertUnwindSafe(inner.oneshot(request))
             .catch_unwind()
@@ -508,98 +603,211 @@ where
     }
 }
 
-/// Whether the layer reads the call's one request message before the handler runs: for every
-/// method of ours (all unary) and the health service's (one request message each, and the
-/// service anyone may call), not for reflection (a stream both ways) nor an unknown path (tonic
-/// answers it without reading).
-fn reads_one_message(kind: Kind, path: &str) -> bool {
+/// How the layer reads a call's request body before tonic does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Every method of ours (all unary) and the health service's (one request message each,
+    /// and the service anyone may call): the one message is read whole before the handler runs.
+    OneMessage,
+    /// Reflection, a stream both ways: each message is checked as it passes ([`CheckedFrames`]).
+    Stream,
+    /// An unknown path: tonic answers it without reading.
+    Untouched,
+}
+
+fn reading(kind: Kind, path: &str) -> Reading {
     match kind {
-        Kind::Tenant | Kind::Admin => true,
-        Kind::Infrastructure => path.starts_with("/grpc.health.v1.Health/"),
-        Kind::Unknown => false,
+        Kind::Tenant | Kind::Admin => Reading::OneMessage,
+        Kind::Infrastructure if path.starts_with("/grpc.health.v1.Health/") => Reading::OneMessage,
+        Kind::Infrastructure => Reading::Stream,
+        Kind::Unknown => Reading::Untouched,
     }
 }
 
 const GRPC_ENCODING: &str = "grpc-encoding";
+
+/// Whether the call's messages may be gzip-compressed (`grpc-encoding: gzip`). An encoding the
+/// server does not take is refused here, with the list it does, for every service alike:
+/// tonic would answer a bare UNIMPLEMENTED.
+fn request_encoding(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => Ok(false),
+        Some(b"gzip") => Ok(true),
+        Some(other) => Err(ApiError::UnsupportedEncoding {
+            encoding: String::from_utf8_lossy(other).into_owned(),
+        }),
+    }
+}
+
+fn invalid_request(why: String) -> ApiError {
+    ApiError::Invalid(ParseError::InvalidParameter {
+        field: "request",
+        why,
+    })
+}
+
+/// Checks a message's five-byte header as soon as it is in: a length within the limit, and a
+/// compressed flag of 0, or 1 on a gzip call.
+fn check_header(flag: u8, length: usize, gzip: bool, limit: usize) -> Result<(), ApiError> {
+    if length > limit {
+        return Err(ApiError::RequestTooLarge { limit });
+    }
+    match (flag, gzip) {
+        (0, _) | (1, true) => Ok(()),
+        (1, false) => Err(invalid_request(
+            "the message is flagged compressed but the call names no grpc-encoding".to_owned(),
+        )),
+        (flag, _) => Err(invalid_request(format!(
+            "the compressed flag is {flag}; it must be 0 or 1"
+        ))),
+    }
+}
+
+/// A message whose header passed [`check_header`], framed as tonic is to read it: uncompressed
+/// (gzip inflated, at most `limit` bytes), flag 0.
+fn plain_frame(flag: u8, message: &[u8], limit: usize) -> Result<Bytes, ApiError> {
+    let inflated;
+    let message = if flag == 1 {
+        inflated = gunzip(message, limit)
+            .map_err(|err| invalid_request(format!("the gzip message does not inflate: {err}")))?
+            .ok_or(ApiError::RequestTooLarge { limit })?;
+        &inflated[..]
+    } else {
+        message
+    };
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    Ok(framed.freeze())
+}
 
 /// A unary call's body as tonic is to read it: exactly one gRPC message (a flag byte, a
 /// four-byte length, the bytes), uncompressed, at most `max_message_size` bytes inflated. What
 /// tonic would answer INTERNAL without details (a length past the body, no message, a flag of
 /// 2 or 255, a compressed flag without `grpc-encoding`, gzip that does not inflate) is the
 /// client's fault, and a message over the limit, compressed or not, is `RequestTooLarge`.
-fn one_message(
-    headers: &mut HeaderMap,
-    body: Bytes,
-    max_message_size: usize,
-) -> Result<Bytes, ApiError> {
-    let gzip = match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
-        // An encoding this server does not take: tonic answers UNIMPLEMENTED on the header.
-        Some(_) => return Ok(body),
-    };
-    let invalid = |why: String| {
-        ApiError::Invalid(ParseError::InvalidParameter {
-            field: "request",
-            why,
-        })
-    };
-    let too_large = ApiError::RequestTooLarge {
-        limit: max_message_size,
-    };
+fn one_message(body: Bytes, gzip: bool, max_message_size: usize) -> Result<Bytes, ApiError> {
     if body.is_empty() {
-        return Err(invalid("the call has no request message".to_owned()));
+        return Err(invalid_request(
+            "the call has no request message".to_owned(),
+        ));
     }
     let Some((&flag, rest)) = body.split_first() else {
         unreachable!("the body is not empty");
     };
     let Some((length, message)) = rest.split_first_chunk::<4>() else {
-        return Err(invalid(format!(
+        return Err(invalid_request(format!(
             "the body has {} bytes, fewer than the 5 of a message's header",
             body.len()
         )));
     };
     let length = u32::from_be_bytes(*length) as usize;
-    if length > max_message_size {
-        return Err(too_large);
-    }
+    check_header(flag, length, gzip, max_message_size)?;
     if message.len() < length {
-        return Err(invalid(format!(
+        return Err(invalid_request(format!(
             "the message header announces {length} bytes but {} follow",
             message.len()
         )));
     }
     if message.len() > length {
-        return Err(invalid(
+        return Err(invalid_request(
             "the body holds more than the one message of a unary call".to_owned(),
         ));
     }
-    let inflated;
-    let message = match (flag, gzip) {
-        (0, _) => message,
-        (1, true) => {
-            inflated = gunzip(message, max_message_size)
-                .map_err(|err| invalid(format!("the gzip message does not inflate: {err}")))?
-                .ok_or(too_large)?;
-            &inflated[..]
+    plain_frame(flag, message, max_message_size)
+}
+
+/// The first fault found in a streaming call's request messages, for its answer.
+type StreamFault = Arc<Mutex<Option<ApiError>>>;
+
+/// A streaming request body (reflection's) checked message by message as tonic reads it, with
+/// the rules of [`one_message`]: each message it passes on is whole, uncompressed and within the
+/// limit. At the first fault it notes the fault and ends the stream there, so the handler
+/// answers what came before and [`InfraStream`] ends the answer with the fault's status.
+struct CheckedFrames {
+    inner: Body,
+    read: BytesMut,
+    gzip: bool,
+    limit: usize,
+    fault: StreamFault,
+    done: bool,
+}
+
+impl CheckedFrames {
+    /// The next whole message in `read`, once its bytes are all in.
+    fn next_message(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let Some((&flag, rest)) = self.read.split_first() else {
+            return Ok(None);
+        };
+        let Some(length) = rest.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let length = u32::from_be_bytes(*length) as usize;
+        // The header is checked before the message is waited for (a flood is refused early).
+        check_header(flag, length, self.gzip, self.limit)?;
+        if self.read.len() < 5 + length {
+            return Ok(None);
         }
-        (1, false) => {
-            return Err(invalid(
-                "the message is flagged compressed but the call names no grpc-encoding".to_owned(),
-            ));
+        let message = self.read.split_to(5 + length);
+        plain_frame(flag, &message[5..], self.limit).map(Some)
+    }
+
+    fn fail(&mut self, fault: ApiError) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        let mut noted = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        noted.get_or_insert(fault);
+        Poll::Ready(None)
+    }
+}
+
+impl http_body::Body for CheckedFrames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(Frame::data(message)))),
+                Ok(None) => {}
+                Err(fault) => return this.fail(fault),
+            }
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                // A reset stream is passed on: nobody is listening for an answer.
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                // A request's trailers carry nothing gRPC uses.
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.read.extend_from_slice(&data);
+                    }
+                }
+                None if this.read.is_empty() => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                None => {
+                    let why = match this.read.len() {
+                        short @ 1..5 => format!(
+                            "the stream ends {short} bytes into the 5 of a message's header"
+                        ),
+                        read => format!(
+                            "the message header announces {} bytes but {} follow",
+                            u32::from_be_bytes(this.read[1..5].try_into().expect("4 bytes")),
+                            read - 5
+                        ),
+                    };
+                    return this.fail(invalid_request(why));
+                }
+            }
         }
-        (flag, _) => {
-            return Err(invalid(format!(
-                "the compressed flag is {flag}; it must be 0 or 1"
-            )));
-        }
-    };
-    headers.remove(GRPC_ENCODING);
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.put_slice(message);
-    Ok(framed.freeze())
+    }
 }
 
 /// Inflates a gzip message, stopping one byte past `limit`: `None` when it inflates past it.
@@ -724,17 +932,17 @@ impl CallRecord {
         }
     }
 
-    fn finish(&mut self, response: &Response<Body>) {
+    /// Writes the line of a call answered with `headers` (a response's, or a stream's trailers)
+    /// and, when the layer made the answer, its `status`.
+    fn finish(&mut self, headers: &HeaderMap, status: Option<&Status>) {
         self.finished = true;
         // A trailers-only answer (every error) carries grpc-status in its headers; a success
         // sends its status in trailers, after the body.
-        let code = response
-            .headers()
+        let code = headers
             .get(Status::GRPC_STATUS)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<i32>().ok())
             .map_or(Code::Ok, Code::from);
-        let status = response.extensions().get::<Status>();
         let reason = status
             .and_then(|status| status.get_error_details().error_info().cloned())
             .map(|info| info.reason)
@@ -771,7 +979,8 @@ impl CallRecord {
             };
         }
         match (code, self.kind) {
-            (Code::Ok, Kind::Infrastructure) => line!(debug),
+            // A probe or a reflection client hanging up mid-stream (grpcurl does) is routine.
+            (Code::Ok | Code::Cancelled, Kind::Infrastructure) => line!(debug),
             (Code::Ok, _) => line!(info),
             (Code::Internal | Code::Unknown | Code::DataLoss, _) => line!(error),
             (Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted, _) => {
@@ -794,25 +1003,52 @@ impl Drop for CallRecord {
     }
 }
 
-/// A streaming response body that ends with UNAVAILABLE once the drain starts. The inner body
-/// is polled first, so whatever it already has (the NOT_SERVING update) is sent before the end.
-struct EndOnShutdown {
+/// The answer body of a health or reflection call. It ends with UNAVAILABLE once the drain
+/// starts: the inner body is polled first, so whatever it already has (the NOT_SERVING update)
+/// is sent before the end. When [`CheckedFrames`] found a fault in the request stream, the
+/// stream's trailers are the fault's status instead of the handler's. A reflection stream's log
+/// line (`record`) is written with the trailers that end it.
+struct InfraStream {
     inner: Body,
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    fault: StreamFault,
+    request_id: RequestId,
+    record: Option<CallRecord>,
     done: bool,
 }
 
-impl EndOnShutdown {
-    fn new(inner: Body, ended: WaitForCancellationFutureOwned) -> Self {
-        Self {
-            inner,
-            ended: Box::pin(ended),
-            done: false,
+impl InfraStream {
+    /// The stream's last frame: `trailers`, or the fault's status when there is one.
+    fn end(&mut self, trailers: HeaderMap) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        let fault = self
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let (trailers, status) = match fault {
+            None => (trailers, None),
+            Some(fault) => {
+                let status = fault.into_status(self.request_id.as_str());
+                (status_trailers(&status)?, Some(status))
+            }
+        };
+        if let Some(mut record) = self.record.take() {
+            record.finish(&trailers, status.as_ref());
         }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 }
 
-impl http_body::Body for EndOnShutdown {
+fn status_trailers(status: &Status) -> Result<HeaderMap, Status> {
+    let mut trailers = HeaderMap::new();
+    status
+        .add_header(&mut trailers)
+        .map_err(|_| Status::internal("building a stream's trailers"))?;
+    Ok(trailers)
+}
+
+impl http_body::Body for InfraStream {
     type Data = Bytes;
     type Error = Status;
 
@@ -826,19 +1062,25 @@ impl http_body::Body for EndOnShutdown {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
+                // tonic always ends with trailers; a body without them still gets a status.
+                this.end(status_trailers(&Status::ok(""))?)
             }
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(trailers) => this.end(trailers),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(Some(Err(status))) => {
+                this.done = true;
+                if let Some(mut record) = this.record.take() {
+                    record.finish(&status_trailers(&status)?, Some(&status));
+                }
+                Poll::Ready(Some(Err(status)))
+            }
             Poll::Pending => match this.ended.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(()) => {
-                    this.done = true;
-                    let mut trailers = HeaderMap::new();
-                    Status::unavailable("the server is shutting down")
-                        .add_header(&mut trailers)
-                        .map_err(|_| Status::internal("building the shutdown trailers"))?;
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    let shutting_down = Status::unavailable("the server is shutting down");
+                    this.end(status_trailers(&shutting_down)?)
                 }
             },
         }
@@ -901,6 +1143,141 @@ mod tests {
             "/ecs.snapshot.v1.SnapshotService/ünï",
         ] {
             assert_eq!(route(hostile).0, "unknown", "{hostile}");
+        }
+    }
+
+    #[test]
+    fn a_peer_is_its_ipv4_address_or_its_ipv6_slash_64() {
+        let cases = [
+            ("127.0.0.1", "peer/127.0.0.1"),
+            ("::ffff:10.1.2.3", "peer/10.1.2.3"),
+            ("::1", "peer/::/64"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "peer/2001:db8:1:2::/64"),
+            ("2001:db8:1:2::1", "peer/2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1", "peer/2001:db8:1:3::/64"),
+        ];
+        for (ip, peer) in cases {
+            assert_eq!(peer_of(ip.parse().unwrap()), peer, "{ip}");
+        }
+    }
+
+    /// (what is sent, in the chunks the transport delivers, with or without gzip)
+    type FramesCase = (&'static str, Vec<Vec<u8>>, bool);
+
+    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut frame = vec![flag];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        frame
+    }
+
+    /// Runs `chunks` through [`CheckedFrames`]: the messages it passes on, and its fault.
+    async fn checked(chunks: Vec<Vec<u8>>, gzip: bool) -> (Vec<Bytes>, Option<String>) {
+        let chunks = chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Status>(Frame::data(Bytes::from(chunk))));
+        let fault = StreamFault::default();
+        let body = CheckedFrames {
+            inner: Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                chunks,
+            ))),
+            read: BytesMut::new(),
+            gzip,
+            limit: 64,
+            fault: fault.clone(),
+            done: false,
+        };
+        let passed = body.collect().await.expect("no reset").to_bytes();
+        let mut messages = Vec::new();
+        let mut rest = &passed[..];
+        while let Some((header, tail)) = rest.split_first_chunk::<5>() {
+            assert_eq!(header[0], 0, "passed on uncompressed");
+            let length = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+            messages.push(Bytes::copy_from_slice(&tail[..length]));
+            rest = &tail[length..];
+        }
+        let fault = fault.lock().unwrap().take().map(|fault| fault.to_string());
+        (messages, fault)
+    }
+
+    #[tokio::test]
+    async fn a_stream_passes_on_whole_plain_messages_however_they_are_cut() {
+        let two = [frame(0, b"first"), frame(0, b"second")].concat();
+        let gzipped = {
+            use std::io::Write;
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+            encoder.write_all(b"inflated").unwrap();
+            frame(1, &encoder.finish().unwrap())
+        };
+        let cases: [FramesCase; 5] = [
+            ("two messages in one chunk", vec![two.clone()], false),
+            (
+                "a byte at a time",
+                two.iter().map(|byte| vec![*byte]).collect(),
+                false,
+            ),
+            (
+                "cut inside a header",
+                vec![two[..3].to_vec(), two[3..].to_vec()],
+                false,
+            ),
+            ("nothing at all", vec![], false),
+            ("gzip", vec![gzipped], true),
+        ];
+        for (case, chunks, gzip) in cases {
+            let (messages, fault) = checked(chunks, gzip).await;
+            assert_eq!(fault, None, "{case}");
+            let expected: &[&[u8]] = match case {
+                "nothing at all" => &[],
+                "gzip" => &[b"inflated"],
+                _ => &[b"first", b"second"],
+            };
+            assert_eq!(messages, expected, "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_its_first_faulty_message_and_notes_why() {
+        let good = frame(0, b"ok");
+        let cases: [(FramesCase, &str); 6] = [
+            (
+                ("flag 2", vec![good.clone(), frame(2, b"x")], false),
+                "compressed flag is 2",
+            ),
+            (
+                ("flag 1 without gzip", vec![frame(1, b"x")], false),
+                "names no grpc-encoding",
+            ),
+            (
+                ("corrupt gzip", vec![frame(1, b"not gzip")], true),
+                "does not inflate",
+            ),
+            (
+                ("over the limit", vec![frame(0, &[0; 65])], false),
+                "over 64 bytes",
+            ),
+            (
+                ("ends in a header", vec![good.clone(), vec![0, 0]], false),
+                "2 bytes into",
+            ),
+            (
+                (
+                    "ends in a message",
+                    vec![frame(0, b"cut")[..6].to_vec()],
+                    false,
+                ),
+                "announces 3 bytes but 1 follow",
+            ),
+        ];
+        for ((case, chunks, gzip), why) in cases {
+            let (messages, fault) = checked(chunks, gzip).await;
+            let fault = fault.unwrap_or_else(|| panic!("{case}: a fault"));
+            assert!(fault.contains(why), "{case}: {fault}");
+            let before: &[&[u8]] = match case {
+                "flag 2" | "ends in a header" => &[b"ok"],
+                _ => &[],
+            };
+            assert_eq!(messages, before, "{case}: what came before the fault");
         }
     }
 

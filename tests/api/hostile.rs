@@ -135,3 +135,35 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_keeps_serving(b
         .await
         .expect("the server keeps serving");
 }
+
+/// A body the codec cannot decode is answered under the call's own request id: the one in its
+/// `x-request-id` (and on its log line) is the one in its `RequestInfo` (before: a fresh id in
+/// `RequestInfo`). The codec answers before any store is touched, so SQLite alone shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_that_does_not_decode_is_answered_under_the_calls_own_request_id() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // (what is wrong, the path, the body)
+    let cases: [(&str, &'static str, Vec<u8>); 3] = [
+        ("invalid UTF-8", CREATE, vec![0x0a, 0x02, 0xff, 0xfe]),
+        ("truncated", CREATE, vec![0x0a, 0x10, b'd']),
+        (
+            "a wrong wire type",
+            "/ecs.snapshot.v1.SnapshotService/DescribeSnapshots",
+            vec![0x0d, 1, 2, 3, 4, 0x0a],
+        ),
+    ];
+    for (case, path, body) in cases {
+        let status = call_raw(&app, path, body).await.unwrap_err();
+
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        let header = status
+            .metadata()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let request_info =
+            tonic_types::StatusExt::get_details_request_info(&status).map(|info| info.request_id);
+        assert!(header.is_some(), "{case}: an x-request-id");
+        assert_eq!(request_info, header, "{case}: RequestInfo and x-request-id");
+    }
+}
