@@ -62,6 +62,8 @@ pub struct TestApp {
     pub clock: Option<Arc<ManualClock>>,
     pub worker: Worker,
     pub store: Arc<dyn snapshotd::store::Store>,
+    /// The server's use cases, for what only they can tell (the group-commit backlog).
+    pub service: Arc<snapshotd::service::Service>,
     /// The server's snapshot quota, for the invariant checker.
     pub snapshot_quota: u32,
     shutdown: Option<oneshot::Sender<()>>,
@@ -124,6 +126,7 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
         .expect("building the app");
     let worker = app.worker();
     let store = app.store();
+    let service = app.service();
     let addr = app.local_addr();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -144,6 +147,7 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
         clock: manual_clock,
         worker,
         store,
+        service,
         snapshot_quota,
         shutdown: Some(shutdown),
         server: Some(server),
