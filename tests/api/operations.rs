@@ -478,6 +478,11 @@ async fn a_second_sigterm_exits_at_once_with_status_1(backend: Backend) {
         server.stderr()
     );
 
+    // Else an open connection, not the call, kept the process up.
+    assert!(
+        !in_flight.is_finished(),
+        "the call was answered before the second signal; nothing held it"
+    );
     let second = Instant::now();
     server.signal("TERM");
     let status = server
