@@ -244,14 +244,17 @@ impl App {
         ));
         let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
         let store = self.store();
+        let service = self.service();
         let metrics_server = self.metrics_listener.map(|listener| {
-            let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "metrics at /metrics, probes at /livez and /readyz");
+            let addr = listener
+                .local_addr()
+                .expect("a bound listener has an address");
+            // The bound address, so a port 0 in the configuration can be read back here.
+            tracing::info!(%addr, "metrics at /metrics, probes at /livez and /readyz");
             let handle = telemetry::metrics_handle();
             metric::store_info(store.kind(), store.settings());
             let layer = layer.clone();
-            let store = Arc::clone(&store);
-            let refresh = move || read_gauges(Arc::clone(&store), layer.clone());
+            let refresh = move || read_gauges(Arc::clone(&service), layer.clone());
             tokio::spawn(telemetry::serve_admin(
                 listener,
                 handle,
@@ -459,11 +462,14 @@ async fn forget_idle_accounts(gate: Arc<Gate>, mut stop: tokio::sync::watch::Rec
     }
 }
 
-/// Sets the gauges that are read at scrape time: the pool, calls in flight, stored snapshots.
-async fn read_gauges(store: Arc<dyn Store>, layer: RpcLayer) {
+/// Sets the gauges that are read at scrape time: the pool, calls in flight and queued for group
+/// commit, stored snapshots.
+async fn read_gauges(service: Arc<Service>, layer: RpcLayer) {
+    let store = service.store();
     let pool = store.pool_stats();
     metric::db_pool(pool.connections, pool.idle, pool.max_connections);
     metric::rpc_in_flight(layer.in_flight());
+    metric::create_queued(service.create_backlog().queued);
     // Bounded, so a scrape answers (with the last counts) while the database is away.
     let counted = async { store.read().await?.count_snapshots_by_status().await };
     match tokio::time::timeout(Duration::from_secs(2), counted).await {

@@ -164,6 +164,7 @@ pub mod metric {
     pub const DB_BEGIN_WAIT: &str = "snapshotd_db_begin_wait_seconds";
     pub const CREATE_BATCH_CALLS: &str = "snapshotd_create_batch_calls";
     pub const CREATE_RUN_ALONE: &str = "snapshotd_create_run_alone_total";
+    pub const CREATE_QUEUED: &str = "snapshotd_create_queued_calls";
     pub const BUILD_INFO: &str = "snapshotd_build_info";
     pub const STORE_INFO: &str = "snapshotd_store_info";
 
@@ -211,6 +212,10 @@ pub mod metric {
         describe_counter!(
             CREATE_RUN_ALONE,
             "CreateSnapshot calls a batch could not settle, run in a transaction of their own"
+        );
+        describe_gauge!(
+            CREATE_QUEUED,
+            "CreateSnapshot calls queued for a group-commit batch, not yet in one"
         );
         describe_gauge!(BUILD_INFO, "always 1; the version is a label");
         describe_gauge!(
@@ -288,5 +293,9 @@ pub mod metric {
 
     pub fn create_run_alone() {
         counter!(CREATE_RUN_ALONE).increment(1);
+    }
+
+    pub fn create_queued(calls: usize) {
+        gauge!(CREATE_QUEUED).set(calls as f64);
     }
 }

@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, oneshot};
@@ -76,6 +77,54 @@ pub(super) struct GroupCommit {
     lanes: Vec<Arc<Lane>>,
     pick_lane: RandomState,
     max_batch: usize,
+    callers: Callers,
+}
+
+/// What the lanes hold at one instant: the only way to see from outside that a call is queued
+/// (tests wait on it instead of sleeping; an operator reads a backlog from it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Calls in a lane's queue, not yet taken into a batch.
+    pub queued: usize,
+    /// Lanes writing a batch now.
+    pub busy_lanes: usize,
+    /// Callers waiting for their answer: queued, or in a batch being written.
+    pub waiting_callers: usize,
+    /// Callers that went away (cancelled, past their deadline) before their answer, since the
+    /// service started. Counted once the batch can see it: their reply channel is closed.
+    pub gone_callers: u64,
+}
+
+/// The callers inside [`GroupCommit::submit`], counted for [`Backlog`].
+#[derive(Default)]
+struct Callers {
+    waiting: AtomicUsize,
+    gone: AtomicU64,
+}
+
+/// One caller counted as waiting; dropped unanswered, it counts as gone.
+struct Waiting<'a> {
+    callers: &'a Callers,
+    answered: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(callers: &'a Callers) -> Self {
+        callers.waiting.fetch_add(1, Ordering::SeqCst);
+        Self {
+            callers,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.callers.gone.fetch_add(1, Ordering::SeqCst);
+        }
+        self.callers.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The calls of some disks, written one batch at a time: a disk's calls always take the same
@@ -110,6 +159,21 @@ impl GroupCommit {
                 .collect(),
             pick_lane: RandomState::new(),
             max_batch: max_batch.max(1),
+            callers: Callers::default(),
+        }
+    }
+
+    /// What the lanes hold now. Each number is read on its own, not all at one instant.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            queued: self.lanes.iter().map(|lane| lane.lock_queue().len()).sum(),
+            busy_lanes: self
+                .lanes
+                .iter()
+                .filter(|lane| lane.turn.available_permits() == 0)
+                .count(),
+            waiting_callers: self.callers.waiting.load(Ordering::SeqCst),
+            gone_callers: self.callers.gone.load(Ordering::SeqCst),
         }
     }
 
@@ -139,6 +203,9 @@ impl GroupCommit {
     ) -> Verdict {
         let lane = &self.lanes
             [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
+        // Before the channel, so it is dropped after it: once a caller counts as gone, its
+        // batch sees the reply channel closed.
+        let mut waiting = Waiting::enter(&self.callers);
         let (reply, mut verdict) = oneshot::channel();
         lane.lock_queue().push(Queued {
             command: command.clone(),
@@ -150,13 +217,18 @@ impl GroupCommit {
             tokio::select! {
                 biased;
                 // A batch that broke off (a panic) dropped our reply: run alone.
-                answer = &mut verdict => return answer.unwrap_or(Verdict::RunAlone),
+                answer = &mut verdict => {
+                    waiting.answered = true;
+                    return answer.unwrap_or(Verdict::RunAlone);
+                }
                 turn = Arc::clone(&lane.turn).acquire_owned() => {
                     let turn = turn.expect("the semaphore is never closed");
                     let batch = lane.take_batch(self.max_batch);
                     if batch.is_empty() {
                         // Another leader took this call; its answer is on the way.
-                        return verdict.await.unwrap_or(Verdict::RunAlone);
+                        let answer = verdict.await;
+                        waiting.answered = true;
+                        return answer.unwrap_or(Verdict::RunAlone);
                     }
                     // In a task of its own, holding the lane's turn: if this call goes away
                     // (cancelled, past its deadline), the batch still ends and answers the

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use access_keys::NONCE_WINDOW;
+pub use group_commit::Backlog;
 pub use snapshots::{DescribedPage, SnapshotView};
 pub use worker::WorkDone;
 
@@ -108,6 +109,11 @@ impl Service {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// CreateSnapshot calls queued for group commit, and their callers, right now.
+    pub fn create_backlog(&self) -> Backlog {
+        self.group_commit.backlog()
     }
 
     /// Every stored breach of the service's promises (`snapshotd check`); empty when all hold.

@@ -14,7 +14,9 @@
 //! The test decides when batches finish with a gate backend: `start_copy`, which a batch calls
 //! inside its transaction before it writes, waits while the gate of its disk is closed. A lane
 //! whose leader waits there is busy, so calls that arrive meanwhile queue; once the gate opens,
-//! the next leader writes them as one batch.
+//! the next leader writes them as one batch. The test never sleeps to let calls arrive: it
+//! waits until the server's group-commit backlog (`Service::create_backlog`) and the gates
+//! account for every call it sent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,11 +46,6 @@ const ACCOUNT: &str = "acct-gc";
 /// How long a wait "until something happens" may take before the test fails: the CI machine
 /// is a noisy 2-core VM, and nothing here should take more than a fraction of this.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// How long calls sent at once are given to reach their lane's queue. Nothing the server does
-/// shows that a call is queued, so this is a pause; only how many batches the calls take
-/// depends on it, never whether an answer is right.
-const SETTLE: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // The gate backend.
@@ -174,30 +171,54 @@ impl SnapshotBackend for GateBackend {
     }
 }
 
-/// Waits until `want` calls wait at `gate`, and returns how many do. Fewer may ever come (a
-/// call that reached its lane after the lane's batch began waits behind that batch, not at the
-/// gate), so it also returns once some wait and their count has not changed for a second.
-async fn wait_for_waiters(gate: &Gate, want: usize) -> usize {
-    const STEADY: Duration = Duration::from_secs(1);
+/// Polls `state` until it says the test may go on (`Ok`); fails the test with the last state
+/// it described (`Err`) after [`PATIENCE`].
+async fn wait_until<T>(what: &str, mut state: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + PATIENCE;
-    let mut last_count = gate.waiting();
-    let mut last_change = Instant::now();
     loop {
-        let count = gate.waiting();
-        if count >= want {
-            return count;
+        match state() {
+            Ok(done) => return done,
+            Err(now) => assert!(
+                Instant::now() < deadline,
+                "{PATIENCE:?} on, still not {what}: {now}"
+            ),
         }
-        if count != last_count {
-            (last_count, last_change) = (count, Instant::now());
-        } else if count > 0 && last_change.elapsed() >= STEADY {
-            return count;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{PATIENCE:?} on, {count} of {want} calls wait at the gate and the count still moves"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until each of the `sent` calls either waits at `gate` or is queued in a lane, and
+/// returns how many wait at the gate. The gate is read before the queues: a call moving from a
+/// queue to the gate in between is counted in neither, never twice, so the sum is `sent` only
+/// when every call is in one of the two places. Every lane then has a batch at the gate, so
+/// nothing moves until the gate opens.
+async fn wait_until_held(app: &TestApp, gate: &Gate, sent: usize) -> usize {
+    wait_until("every call held at the gate or queued", || {
+        let at_gate = gate.waiting();
+        let backlog = app.service.create_backlog();
+        if at_gate + backlog.queued == sent {
+            Ok(at_gate)
+        } else {
+            Err(format!(
+                "{at_gate} of {sent} calls at the gate, {backlog:?} (a lane without a gated \
+                 call writes the others at once)"
+            ))
+        }
+    })
+    .await
+}
+
+/// Waits until `want` calls wait at `gate`.
+async fn wait_at_gate(gate: &Gate, want: usize) {
+    wait_until("every call at the gate", || {
+        let at_gate = gate.waiting();
+        if at_gate >= want {
+            Ok(())
+        } else {
+            Err(format!("{at_gate} of {want} calls at the gate"))
+        }
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,9 +336,9 @@ async fn calls_queued_behind_busy_lanes_are_written_together_in_few_transactions
 
     // The blockers' leaders wait at the gate, inside their transactions: every lane is busy.
     let blocking = send_each(&app, &blockers);
-    let held = wait_for_waiters(&gate, blockers.len()).await;
+    let held = wait_until_held(&app, &gate, blockers.len()).await;
     let queueing = send_each(&app, &queued);
-    tokio::time::sleep(SETTLE).await;
+    wait_until_held(&app, &gate, blockers.len() + queued.len()).await;
     gate.open();
 
     all_created(blocking, "a blocker").await;
@@ -351,15 +372,12 @@ async fn a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written(b
     // The blockers make the lanes busy; the queued calls wait behind them. Once the blockers'
     // batches commit, the next leaders take the queued calls and wait at the second gate.
     let blocking = send_each(&app, &blockers);
-    wait_for_waiters(&first_gate, blockers.len()).await;
+    wait_until_held(&app, &first_gate, blockers.len()).await;
     let mut queueing = send_each(&app, &queued);
-    tokio::time::sleep(SETTLE).await;
+    wait_until_held(&app, &first_gate, blockers.len() + queued.len()).await;
     first_gate.open();
-    let held = wait_for_waiters(&second_gate, queued.len()).await;
-    println!(
-        "{held} of {} queued calls are in batches, waiting to be written",
-        queued.len()
-    );
+    // Each lane's next batch takes its whole queue (64 calls at most), queued calls included.
+    wait_at_gate(&second_gate, queued.len()).await;
 
     // The odd ones' clients cancel while their batches are still open.
     let (mut staying, mut leaving) = (Vec::new(), Vec::new());
@@ -371,8 +389,17 @@ async fn a_caller_that_goes_away_before_its_batch_commits_gets_nothing_written(b
             staying.push((disk.clone(), call));
         }
     }
-    // Time for the server to see the streams reset and drop those calls.
-    tokio::time::sleep(SETTLE).await;
+    // Until the server has seen each stream reset and dropped its call, the batch would still
+    // write it.
+    wait_until("every cancelled caller gone", || {
+        let backlog = app.service.create_backlog();
+        if backlog.gone_callers == leaving.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{} cancelled, {backlog:?}", leaving.len()))
+        }
+    })
+    .await;
     second_gate.open();
 
     all_created(blocking, "a blocker").await;
@@ -417,10 +444,10 @@ async fn a_batch_never_waits_for_a_disk_locked_elsewhere() {
 
     // All lanes busy, so the locked disk's call and the others are taken in batches together.
     let blocking = send_each(&app, &blockers);
-    wait_for_waiters(&gate, blockers.len()).await;
+    wait_until_held(&app, &gate, blockers.len()).await;
     let on_locked = send(&app, create_request(&locked));
     let on_others = send_each(&app, &others);
-    tokio::time::sleep(SETTLE).await;
+    wait_until_held(&app, &gate, blockers.len() + 1 + others.len()).await;
     gate.open();
 
     all_created(blocking, "a blocker").await;
@@ -473,8 +500,8 @@ impl CommitHold {
         Self { holder }
     }
 
-    /// Waits until some COMMIT waits for the test.
-    async fn wait_for_a_held_commit(&mut self) {
+    /// Waits until every batch being written waits for the test in its COMMIT.
+    async fn wait_for_every_batch_in_commit(&mut self, app: &TestApp) {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let held: i64 = sqlx::query_scalar(
@@ -484,12 +511,15 @@ impl CommitHold {
             .fetch_one(&mut self.holder)
             .await
             .unwrap();
-            if held > 0 {
+            // No batch starts while these are held: every call is in one of them.
+            let writing = app.service.create_backlog().busy_lanes;
+            if held > 0 && usize::try_from(held) == Ok(writing) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "no COMMIT reached the trigger within {PATIENCE:?}"
+                "{held} COMMITs reached the trigger within {PATIENCE:?}, {writing} batches \
+                 are being written"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -523,21 +553,36 @@ async fn callers_whose_leader_goes_away_during_commit_are_told_their_snapshot_wa
 
     // Blockers queued first lead each lane's second batch; the stayers are in those batches.
     let blocking = send_each(&app, &blockers);
-    wait_for_waiters(&first_gate, blockers.len()).await;
+    wait_until_held(&app, &first_gate, blockers.len()).await;
     let staying = send_each(&app, &stayers);
-    tokio::time::sleep(SETTLE).await;
+    wait_until_held(&app, &first_gate, blockers.len() + stayers.len()).await;
     first_gate.open();
-    wait_for_waiters(&second_gate, stayers.len()).await;
+    wait_at_gate(&second_gate, stayers.len()).await;
 
     // The second batches write, then wait in COMMIT; the blockers' clients go away meanwhile.
     let mut hold = CommitHold::hold(&app).await;
     second_gate.open();
-    hold.wait_for_a_held_commit().await;
-    tokio::time::sleep(SETTLE).await;
+    hold.wait_for_every_batch_in_commit(&app).await;
     for call in blocking.iter().filter(|call| !call.is_finished()) {
         call.abort();
     }
-    tokio::time::sleep(SETTLE).await;
+    // Every blocker answered or gone, as the server sees it: only the stayers still wait (fewer
+    // if a batch lost its callers, which the answers below show).
+    wait_until("only the stayers waiting", || {
+        let backlog = app.service.create_backlog();
+        if backlog.waiting_callers <= stayers.len() {
+            Ok(backlog)
+        } else {
+            Err(format!("{} stayers, {backlog:?}", stayers.len()))
+        }
+    })
+    .await;
+    let backlog = app.service.create_backlog();
+    assert!(
+        backlog.gone_callers > 0,
+        "no caller went away while its batch was in COMMIT, so the test tried nothing: \
+         {backlog:?}"
+    );
     hold.release().await;
 
     let mut misled = Vec::new();
@@ -585,7 +630,7 @@ async fn many_calls_on_one_disk_or_one_token_in_one_batch_are_answered_one_by_on
     let gate = Gate::closed();
     gates.guard(&blockers, &gate);
     let blocking = send_each(&app, &blockers);
-    wait_for_waiters(&gate, blockers.len()).await;
+    wait_until_held(&app, &gate, blockers.len()).await;
 
     // Interleaved, so the calls on one disk or token are spread over the queue.
     let mixed_descriptions = ["first", "second", "first", "third", "second"];
@@ -618,7 +663,7 @@ async fn many_calls_on_one_disk_or_one_token_in_one_batch_are_answered_one_by_on
             (what, send(&app, request))
         })
         .collect();
-    tokio::time::sleep(SETTLE).await;
+    wait_until_held(&app, &gate, blockers.len() + calls.len()).await;
     gate.open();
     all_created(blocking, "a blocker").await;
 

@@ -58,14 +58,15 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The ECS-compatible HTTP edge, when the test turned it on (`config.ecs_listen`).
     pub ecs_addr: Option<SocketAddr>,
-    /// The use cases, as the edges call them (to seed the demo inventory, for one).
-    pub service: Arc<snapshotd::service::Service>,
     pub backend: Backend,
     pub db: TestDatabase,
     /// The server's clock; `None` when the test asked for real time.
     pub clock: Option<Arc<ManualClock>>,
     pub worker: Worker,
     pub store: Arc<dyn snapshotd::store::Store>,
+    /// The server's use cases, for what only they can tell (the group-commit backlog) and to
+    /// seed the demo inventory.
+    pub service: Arc<snapshotd::service::Service>,
     /// The server's snapshot quota, for the invariant checker.
     pub snapshot_quota: u32,
     shutdown: Option<oneshot::Sender<()>>,
@@ -128,9 +129,9 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
         .expect("building the app");
     let worker = app.worker();
     let store = app.store();
+    let service = app.service();
     let addr = app.local_addr();
     let ecs_addr = app.ecs_addr();
-    let service = app.service();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {

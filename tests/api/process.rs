@@ -16,18 +16,14 @@ pub struct Server {
     /// and the harness reads the port it got back from /proc, so no other process can take the
     /// port between the harness choosing it and the server binding it.
     pub addr: String,
-    /// A metrics port the test chose (`SNAPSHOTD_METRICS_LISTEN`): not the gRPC port.
-    metrics_port: Option<u16>,
+    /// Where it serves `/metrics` and the probes, when the test turned them on: known once
+    /// [`Server::ready`] has returned. Bound as the test configured it (port 0, for the same
+    /// reason), and read back from the server's log line announcing it.
+    pub metrics_addr: Option<String>,
+    /// Whether the test turned the metrics listener on (`SNAPSHOTD_METRICS_LISTEN`).
+    metrics: bool,
     /// Where its logs go: a file, not a pipe, so a chatty server never blocks on a full pipe.
     pub log: tempfile::NamedTempFile,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Server {
@@ -47,24 +43,41 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
-        let metrics_port = env
+        // The last setting wins, as it does for the process's environment.
+        let metrics = env
             .iter()
+            .rev()
             .find(|(key, _)| *key == "SNAPSHOTD_METRICS_LISTEN")
-            .and_then(|(_, listen)| listen.rsplit(':').next()?.parse().ok());
+            .is_some_and(|(_, listen)| *listen != "off");
         Self {
             child: command.spawn().expect("starting snapshotd"),
             addr: String::new(),
-            metrics_port,
+            metrics_addr: None,
+            metrics,
             log,
         }
     }
 
     /// The port the process listens on for gRPC, once it does: a port it listens on, the
-    /// metrics port aside.
+    /// metrics port aside (so, with metrics on, only once the metrics address is known).
     fn grpc_port(&self) -> Option<u16> {
+        let metrics_port = match &self.metrics_addr {
+            Some(addr) => Some(port_of(addr)),
+            None if self.metrics => return None,
+            None => None,
+        };
         listening_ports(self.child.id())
             .into_iter()
-            .find(|port| Some(*port) != self.metrics_port)
+            .find(|port| Some(*port) != metrics_port)
+    }
+
+    /// The metrics port, once [`Server::ready`] has returned; fails if the test left it off.
+    pub fn metrics_port(&self) -> u16 {
+        port_of(
+            self.metrics_addr
+                .as_deref()
+                .expect("a server started with SNAPSHOTD_METRICS_LISTEN"),
+        )
     }
 
     /// Waits until health says SERVING; returns a channel to the server.
@@ -73,6 +86,9 @@ impl Server {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("snapshotd exited early with {status}: {}", self.stderr());
+            }
+            if self.metrics && self.metrics_addr.is_none() {
+                self.metrics_addr = logged_metrics_addr(&self.stderr());
             }
             if self.addr.is_empty()
                 && let Some(port) = self.grpc_port()
@@ -184,6 +200,31 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The port of `host:port`.
+pub fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("an address with a port: {addr}"))
+}
+
+/// The address the server's log announces `/metrics` at: the `addr` field of that line, in the
+/// JSON format or the text one (`addr=…`).
+fn logged_metrics_addr(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("metrics at /metrics"))?;
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(json) => Some(json.get("addr")?.as_str()?.to_owned()),
+        Err(_) => {
+            let field = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("addr="))?;
+            Some(field.trim_matches('"').to_owned())
+        }
     }
 }
 
