@@ -68,6 +68,8 @@ pub enum AppError {
     },
     #[error("TLS configuration")]
     Tls(#[source] tonic::transport::Error),
+    #[error("TLS configuration of the ECS edge: {0}")]
+    EcsTls(String),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     #[error("reflection")]
@@ -81,6 +83,7 @@ pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     ecs_listener: Option<TcpListener>,
+    ecs_tls: Option<tokio_rustls::TlsAcceptor>,
     tls: Option<ServerTlsConfig>,
     service: Arc<Service>,
 }
@@ -123,6 +126,7 @@ impl App {
             );
         }
         let tls = tls_config(&config)?;
+        let ecs_tls = ecs_tls(&config)?;
         let listener = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             ListenOrOff::Off => None,
@@ -137,6 +141,7 @@ impl App {
             listener,
             metrics_listener,
             ecs_listener,
+            ecs_tls,
             tls,
             service,
         })
@@ -267,7 +272,12 @@ impl App {
 
         let ecs_server = self.ecs_listener.map(|listener| {
             let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "ECS-compatible HTTP API (version {})", ecs::API_VERSION);
+            tracing::info!(
+                addr = ?addr,
+                tls = self.ecs_tls.is_some(),
+                "ECS-compatible HTTP API (version {})",
+                ecs::API_VERSION
+            );
             let edge = Arc::new(EcsEdge::new(
                 Arc::clone(&self.service),
                 throttle.clone(),
@@ -277,6 +287,7 @@ impl App {
             tokio::spawn(ecs::serve(
                 listener,
                 edge,
+                self.ecs_tls.clone(),
                 side_stop.clone(),
                 self.config.shutdown_grace,
             ))
@@ -422,6 +433,26 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(tls))
+}
+
+/// The ECS edge's TLS, from the same PEM files as the gRPC edge's.
+fn ecs_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, AppError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    if config.ecs_listen == ListenOrOff::Off {
+        return Ok(None);
+    }
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| AppError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let client_ca = config.tls_client_ca.as_ref().map(read).transpose()?;
+    ecs::tls_acceptor(&read(cert)?, &read(key)?, client_ca.as_deref())
+        .map(Some)
+        .map_err(AppError::EcsTls)
 }
 
 /// Readiness, told alike to the gRPC health service (every name in [`SERVICE_NAMES`]) and to

@@ -231,7 +231,7 @@ impl FromStr for RateLimit {
     }
 }
 
-/// `SNAPSHOTD_METRICS_LISTEN`: an address, or `off`.
+/// `SNAPSHOTD_METRICS_LISTEN` and `SNAPSHOTD_ECS_LISTEN`: an address, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenOrOff {
     Off,

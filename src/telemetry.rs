@@ -39,7 +39,7 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// A new request id: an upper-case UUID, as ECS's request ids look.
+/// A new request id: a v4 UUID, hyphenated and upper case like the seed's sample.
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4()
         .hyphenated()

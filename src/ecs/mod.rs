@@ -73,11 +73,12 @@ impl EcsEdge {
     }
 }
 
-/// Serves HTTP/1.1 on `listener` until `stop` turns true, then lets the requests in flight
-/// finish for up to `grace`.
+/// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given) until `stop` turns true, then
+/// lets the requests in flight finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     edge: Arc<EcsEdge>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -101,19 +102,19 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let edge = Arc::clone(&edge);
-                let service = hyper::service::service_fn(move |request| {
-                    let edge = Arc::clone(&edge);
-                    async move { Ok::<_, Infallible>(edge.handle(request, peer).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_READ_BUFFER)
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%peer, error = %err, "ECS edge: connection ended");
+                    match tls {
+                        None => serve_connection(stream, edge, peer, watcher).await,
+                        Some(acceptor) => {
+                            // The handshake counts against the header timeout (slowloris).
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => serve_connection(stream, edge, peer, watcher).await,
+                                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "ECS edge: TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "ECS edge: TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -130,6 +131,71 @@ pub async fn serve(
             "ECS edge: connections still open after the grace are dropped"
         );
     }
+}
+
+/// One connection's requests, until it closes or the shutdown's grace ends.
+async fn serve_connection<IO>(
+    io: IO,
+    edge: Arc<EcsEdge>,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let edge = Arc::clone(&edge);
+        async move { Ok::<_, Infallible>(edge.handle(request, peer).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_READ_BUFFER)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %err, "ECS edge: connection ended");
+    }
+}
+
+/// The TLS settings of the ECS edge from the gRPC edge's PEM files: the certificate chain and
+/// key, and when a client CA is given, client certificates it signed are required (mTLS).
+pub fn tls_acceptor(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto, server::WebPkiClientVerifier};
+
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("the certificate chain: {err}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| format!("the key: {err}"))?;
+    let provider = Arc::new(crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert = cert.map_err(|err| format!("the client CA: {err}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|err| format!("the client CA: {err}"))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|err| format!("the client CA: {err}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|err| format!("the certificate and key: {err}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What the log line and the metrics say of one request, filled in as it is read.

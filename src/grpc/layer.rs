@@ -162,13 +162,8 @@ pub fn note_snapshot(snapshot_id: &str) {
     note(|facts| &facts.snapshot, snapshot_id);
 }
 
-/// A request id: a v4 UUID, hyphenated and upper case like the seed's sample.
-pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_upper(&mut uuid::Uuid::encode_buffer())
-        .to_owned()
-}
+/// A request id: a v4 UUID, hyphenated and upper case like the seed's sample (both edges').
+pub use crate::telemetry::new_request_id;
 
 /// The request id the layer gave a call, in the request's extensions for the handlers.
 #[derive(Clone, Debug)]

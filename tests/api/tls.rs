@@ -653,3 +653,140 @@ async fn a_missing_tls_file_fails_the_build_with_an_error_naming_it() {
         .await
         .unwrap_or_else(|err| panic!("with every file present: {}", chain_text(&err)));
 }
+
+/// One HTTPS GET of `path_and_query` to the ECS edge at `addr` over rustls, trusting `ca_pem`
+/// and presenting `identity`: the status line, or why the connection failed.
+async fn ecs_get_over_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&Pem>,
+    path_and_query: &str,
+) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = ClientConfig::builder_with_provider(crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(pem) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8_lossy(&response);
+    Ok(response.lines().next().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ecs_edge_speaks_tls_with_the_grpc_edges_certificates() {
+    let pki = Pki::generate();
+    for mutual in [false, true] {
+        let (cert, key, ca) = (pki.server_cert(), pki.server_key(), pki.client_ca());
+        let app = spawn_app_with(
+            Backend::Sqlite,
+            Options {
+                configure: Box::new(move |config| {
+                    config.tls_cert = Some(cert);
+                    config.tls_key = Some(key);
+                    config.tls_client_ca = mutual.then_some(ca);
+                    config.ecs_listen =
+                        snapshotd::config::ListenOrOff::At(SocketAddr::from(([127, 0, 0, 1], 0)));
+                }),
+                ..Options::default()
+            },
+        )
+        .await;
+        let now = snapshotd::clock::Clock::now(app.clock.as_ref().unwrap().as_ref());
+        snapshotd::demo::seed_demo(&app.service, now).await.unwrap();
+        let addr = app.ecs_addr.expect("the ECS edge is on");
+        let client = crate::ecs_client::EcsClient::new(
+            addr,
+            snapshotd::demo::DEMO_ACCESS_KEY_ID,
+            snapshotd::demo::DEMO_ACCESS_KEY_SECRET,
+        );
+        let path = format!("/?{}", client.signed_query("DescribeSnapshots", &[], now));
+
+        let identity = mutual.then_some(&pki.client_a);
+        let answered = bounded(
+            "HTTPS",
+            ecs_get_over_tls(addr, &pki.ca_pem, identity, &path),
+        )
+        .await;
+        assert_eq!(
+            answered.as_deref(),
+            Ok("HTTP/1.1 200 OK"),
+            "mutual: {mutual}"
+        );
+
+        let plain = bounded("plain HTTP", async {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut response).await;
+            response
+        })
+        .await;
+        assert!(
+            !plain.starts_with(b"HTTP/1.1"),
+            "plain HTTP is not answered on a TLS port"
+        );
+
+        let untrusted = bounded(
+            "a server CA nobody trusts",
+            ecs_get_over_tls(addr, &pki.other_ca_pem, identity, &path),
+        )
+        .await;
+        assert!(untrusted.is_err(), "mutual: {mutual}: {untrusted:?}");
+        if mutual {
+            let anonymous = bounded(
+                "no client certificate",
+                ecs_get_over_tls(addr, &pki.ca_pem, None, &path),
+            )
+            .await;
+            assert!(
+                anonymous.is_err(),
+                "mTLS refuses a client without a certificate: {anonymous:?}"
+            );
+            let stranger = bounded(
+                "a stranger's certificate",
+                ecs_get_over_tls(addr, &pki.ca_pem, Some(&pki.stranger), &path),
+            )
+            .await;
+            assert!(stranger.is_err(), "{stranger:?}");
+        }
+        app.stop().await;
+    }
+}
