@@ -283,6 +283,7 @@ impl App {
                 throttle.clone(),
                 self.config.request_timeout,
                 self.config.max_message_size as usize,
+                self.config.max_concurrent_requests,
             ));
             tokio::spawn(ecs::serve(
                 listener,

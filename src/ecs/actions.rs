@@ -43,6 +43,85 @@ impl Action {
     }
 }
 
+/// Parameters every request may carry: the protocol's, and ECS's RAM-internal ones and the
+/// region, which this one-region service accepts and ignores.
+const COMMON_PARAMETERS: &[&str] = &[
+    "Action",
+    "Version",
+    "Format",
+    "AccessKeyId",
+    "Signature",
+    "SignatureMethod",
+    "SignatureVersion",
+    "SignatureNonce",
+    "Timestamp",
+    "RegionId",
+    "OwnerId",
+    "OwnerAccount",
+    "ResourceOwnerId",
+    "ResourceOwnerAccount",
+    "DryRun",
+];
+
+impl Action {
+    /// The parameters this action reads (besides [`COMMON_PARAMETERS`]); anything else is
+    /// refused by name, so a caller never believes a filter or an option it sent was applied.
+    fn parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::CreateSnapshot => &[
+                "DiskId",
+                "SnapshotName",
+                "Description",
+                "ClientToken",
+                "RetentionDays",
+                "Category",
+                "InstantAccess",
+                "InstantAccessRetentionDays",
+                "ResourceGroupId",
+                "StorageLocationArn",
+            ],
+            Self::DescribeSnapshots => &[
+                "DiskId",
+                "SnapshotIds",
+                "Status",
+                "SnapshotName",
+                "SnapshotType",
+                "NextToken",
+                "MaxResults",
+                "PageSize",
+                "PageNumber",
+                "InstanceId",
+            ],
+            Self::DeleteSnapshot => &["SnapshotId", "Force"],
+            Self::CreateImage => &["SnapshotId", "ImageName", "ClientToken"],
+        }
+    }
+
+    fn takes_tags(self) -> bool {
+        matches!(self, Self::CreateSnapshot | Self::DescribeSnapshots)
+    }
+}
+
+/// Refuses a parameter the action does not read, and a dry run (not offered).
+fn check_parameters(action: Action, params: &Params) -> Result<(), EcsError> {
+    for (name, _) in params.all() {
+        let known = COMMON_PARAMETERS.contains(&name)
+            || action.parameters().contains(&name)
+            || (action.takes_tags() && name.starts_with("Tag."));
+        if !known {
+            return Err(EcsError::UnknownParameter {
+                parameter: name.to_owned(),
+                action: action.name(),
+            });
+        }
+    }
+    match params.get("DryRun") {
+        None | Some("") => Ok(()),
+        Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(()),
+        Some(_) => Err(invalid_value("DryRun", "dry runs are not offered")),
+    }
+}
+
 /// Runs `action` as `account_id`; the response body without its `RequestId`.
 pub async fn run(
     service: &Service,
@@ -50,6 +129,7 @@ pub async fn run(
     account_id: &str,
     params: &Params,
 ) -> Result<Value, EcsError> {
+    check_parameters(action, params)?;
     match action {
         Action::CreateSnapshot => create_snapshot(service, account_id, params).await,
         Action::DescribeSnapshots => describe_snapshots(service, account_id, params).await,
@@ -127,6 +207,15 @@ async fn describe_snapshots(
             "InstanceId",
             "the InstanceId filter is not offered yet; filter by DiskId",
         ));
+    }
+    match params.get("SnapshotType") {
+        None | Some("" | "all" | "user") => {}
+        Some(_) => {
+            return Err(invalid_value(
+                "SnapshotType",
+                "every snapshot here is a user snapshot: all or user",
+            ));
+        }
     }
     if let Some(page) = number(params, "PageNumber")?
         && page != 1
@@ -371,6 +460,60 @@ mod tests {
                 (other, _) => panic!("{query}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn parameters_an_action_does_not_read_are_refused_by_name() {
+        let cases = [
+            (
+                Action::CreateSnapshot,
+                "DiskId=d-1&Tag.1.Key=a&RegionId=cn&OwnerId=1",
+                None,
+            ),
+            (
+                Action::DescribeSnapshots,
+                "SnapshotType=all&Tag.1.Key=a",
+                None,
+            ),
+            (Action::DescribeSnapshots, "Usage=none", Some("Usage")),
+            (
+                Action::DescribeSnapshots,
+                "Filter.1.Key=CreationStartTime",
+                Some("Filter.1.Key"),
+            ),
+            (
+                Action::CreateImage,
+                "SnapshotId=s-1&Description=x",
+                Some("Description"),
+            ),
+            (
+                Action::CreateImage,
+                "SnapshotId=s-1&Tag.1.Key=a",
+                Some("Tag.1.Key"),
+            ),
+            (
+                Action::DeleteSnapshot,
+                "SnapshotId=s-1&snapshotid=s-2",
+                Some("snapshotid"),
+            ),
+            (Action::DeleteSnapshot, "SnapshotId=s-1&DryRun=false", None),
+        ];
+        for (action, query, refused) in cases {
+            match (check_parameters(action, &params(query)), refused) {
+                (Ok(()), None) => {}
+                (Err(EcsError::UnknownParameter { parameter, .. }), Some(name)) => {
+                    assert_eq!(parameter, name)
+                }
+                (other, _) => panic!("{query}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            check_parameters(Action::DeleteSnapshot, &params("DryRun=true")),
+            Err(EcsError::InvalidValue {
+                parameter: "DryRun",
+                ..
+            })
+        ));
     }
 
     #[test]

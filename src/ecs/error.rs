@@ -29,6 +29,9 @@ pub enum EcsError {
     HeadersTooLarge { limit: usize },
     #[error("the request body is over {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The connection broke off in the middle of the body.
+    #[error("the request body could not be read: {0}")]
+    BodyBroken(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
     #[error("the signature does not follow the scheme: {0}")]
@@ -56,6 +59,13 @@ pub enum EcsError {
         parameter: &'static str,
         why: String,
     },
+    #[error("{action} does not take the parameter {parameter}")]
+    UnknownParameter {
+        parameter: String,
+        action: &'static str,
+    },
+    #[error("{limit} requests are already in progress")]
+    Overloaded { limit: u32 },
     #[error("the request ran past the request timeout of {0:?}")]
     Timeout(Duration),
 }
@@ -111,6 +121,12 @@ pub fn answer(err: &EcsError) -> Answer {
             format!("The request's headers are over {limit} bytes."),
         ),
         EcsError::BodyTooLarge { limit } => answer::request_too_large(*limit),
+        EcsError::BodyBroken(_) => Answer::new(
+            InvalidArgument,
+            "InvalidParameter",
+            400,
+            "The request body could not be read.",
+        ),
         EcsError::BodyTimeout(_) => Answer::new(
             Class::DeadlineExceeded,
             "RequestBodyTimeout",
@@ -182,6 +198,17 @@ pub fn answer(err: &EcsError) -> Answer {
             format!("The specified parameter \"{parameter}\" is not valid."),
         )
         .bad_request(parameter, why.clone()),
+        EcsError::UnknownParameter { parameter, action } => Answer::new(
+            InvalidArgument,
+            "InvalidParameter",
+            400,
+            format!("The specified parameter \"{parameter}\" is not valid."),
+        )
+        .bad_request(
+            "request",
+            format!("{action} does not take {parameter} here: it is not offered"),
+        ),
+        EcsError::Overloaded { limit } => answer::overloaded(*limit),
         EcsError::Timeout(timeout) => answer::deadline_exceeded(*timeout),
     }
 }
@@ -208,8 +235,12 @@ fn ecs_names(answer: Answer, invalid: &ParseError) -> Answer {
     }
 }
 
-/// `snapshot_ids` → `SnapshotIds`; a name that is already ECS's (`Action`) stays.
+/// `snapshot_ids` → `SnapshotIds`; a name that is already ECS's (`Action`, `x-acs-date`)
+/// stays.
 pub fn ecs_name(field: &str) -> String {
+    if field.contains('-') {
+        return field.to_owned();
+    }
     field
         .split('_')
         .map(|word| {
@@ -234,6 +265,7 @@ mod tests {
             ("max_results", "MaxResults"),
             ("Action", "Action"),
             ("Tag.N.Key", "Tag.N.Key"),
+            ("x-acs-date", "x-acs-date"),
         ] {
             assert_eq!(ecs_name(field), ecs);
         }

@@ -54,6 +54,10 @@ pub struct EcsEdge {
     throttle: Option<Arc<Throttle>>,
     request_timeout: Duration,
     max_body_bytes: usize,
+    /// Requests in progress at once, from their first byte: past it a request is shed before
+    /// its body is read, so held bodies cannot pile up in memory.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_in_flight: u32,
 }
 
 impl EcsEdge {
@@ -63,12 +67,15 @@ impl EcsEdge {
         throttle: Option<Arc<Throttle>>,
         request_timeout: Duration,
         max_body_bytes: usize,
+        max_in_flight: u32,
     ) -> Self {
         Self {
             service,
             throttle,
             request_timeout,
             max_body_bytes,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight as usize)),
+            max_in_flight,
         }
     }
 }
@@ -221,14 +228,18 @@ impl EcsEdge {
             .unwrap_or("snapshotd")
             .to_owned();
         let mut notes = CallNotes::default();
-        let result = match tokio::time::timeout(
-            self.request_timeout,
-            self.call(request, &mut notes),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(EcsError::Timeout(self.request_timeout)),
+        let result = match Arc::clone(&self.slots).try_acquire_owned() {
+            Err(_) => Err(EcsError::Overloaded {
+                limit: self.max_in_flight,
+            }),
+            Ok(_slot) => {
+                match tokio::time::timeout(self.request_timeout, self.call(request, &mut notes))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(EcsError::Timeout(self.request_timeout)),
+                }
+            }
         };
         let format = notes.format.unwrap_or(Format::Json);
         let action = notes.action.map_or("", Action::name);
@@ -249,6 +260,7 @@ impl EcsEdge {
                     format,
                     &request_id,
                     None,
+                    false,
                     format.render(&root, &body),
                 )
             }
@@ -259,13 +271,13 @@ impl EcsEdge {
                     tracing::error!(
                         edge = "ecs", action, code = answer.reason, http_status = answer.http_status,
                         %request_id, account_id = account, %peer,
-                        latency_ms = latency.as_secs_f64() * 1e3, cause = %chain, "call"
+                        latency_ms = latency.as_secs_f64() * 1e3, cause = ?chain, "call"
                     );
                 } else {
                     tracing::info!(
                         edge = "ecs", action, code = answer.reason, http_status = answer.http_status,
                         %request_id, account_id = account, %peer,
-                        latency_ms = latency.as_secs_f64() * 1e3, why = %chain, "call"
+                        latency_ms = latency.as_secs_f64() * 1e3, why = ?chain, "call"
                     );
                 }
                 metric::http_request(action, answer.http_status, answer.reason, latency);
@@ -277,6 +289,7 @@ impl EcsEdge {
                     format,
                     &request_id,
                     answer.retry_after,
+                    answer.reason == "Throttling",
                     format.render("Error", &body),
                 )
             }
@@ -338,15 +351,17 @@ impl EcsEdge {
         if !signed.matches(&key.access_key_secret, &string_to_sign) {
             return Err(EcsError::SignatureMismatch { string_to_sign });
         }
+        // After the signature, so nobody can spend another account's budget with its key id
+        // alone; before the nonce, so a throttled request writes nothing.
+        if let Some(throttle) = &self.throttle {
+            throttle.admit(&key.account_id)?;
+        }
         if !self
             .service
             .spend_nonce(&key.access_key_id, signed.nonce)
             .await?
         {
             return Err(EcsError::NonceUsed);
-        }
-        if let Some(throttle) = &self.throttle {
-            throttle.admit(&key.account_id)?;
         }
         actions::run(&self.service, action, &key.account_id, &params).await
     }
@@ -359,8 +374,10 @@ impl EcsEdge {
                 .map_err(|_| EcsError::BodyTimeout(BODY_READ_TIMEOUT))?;
         match collected {
             Ok(collected) => Ok(collected.to_bytes()),
-            // Over the limit, or the connection broke off: either way the body is not all here.
-            Err(_) => Err(EcsError::BodyTooLarge { limit }),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(EcsError::BodyTooLarge { limit })
+            }
+            Err(err) => Err(EcsError::BodyBroken(err.to_string())),
         }
     }
 
@@ -399,15 +416,59 @@ fn action_and_version<'a>(
     headers: &'a HeaderMap,
     params: &'a Params,
 ) -> Result<(&'a str, &'a str), EcsError> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
-    let action = header("x-acs-action")
-        .or(param("Action"))
-        .ok_or_else(|| missing("Action"))?;
-    let version = header("x-acs-version")
-        .or(param("Version"))
-        .ok_or_else(|| missing("Version"))?;
-    Ok((action, version))
+    // Each scheme reads them where it signs them: ACS3 signs its headers, v1 only the
+    // parameters. A v1 request's `x-acs-*` headers (the SDK sends some) are not signed, so
+    // they must not decide anything.
+    if headers.contains_key(header::AUTHORIZATION) {
+        check_acs_headers(headers)?;
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let action = header("x-acs-action").ok_or_else(|| missing("x-acs-action"))?;
+        let version = header("x-acs-version").ok_or_else(|| missing("x-acs-version"))?;
+        Ok((action, version))
+    } else {
+        let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
+        let action = param("Action").ok_or_else(|| missing("Action"))?;
+        let version = param("Version").ok_or_else(|| missing("Version"))?;
+        Ok((action, version))
+    }
+}
+
+/// Under ACS3 every `x-acs-*` header is signed and read as one value: one that is sent twice
+/// or is not visible ASCII is refused, so what is signed is exactly what is read.
+fn check_acs_headers(headers: &HeaderMap) -> Result<(), EcsError> {
+    for name in headers.keys() {
+        if !name.as_str().starts_with("x-acs-") {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(EcsError::IncompleteSignature(format!(
+                "the header {name} is sent more than once"
+            )));
+        }
+        if !first.is_some_and(|value| value.as_bytes().iter().all(|b| (0x20..0x7f).contains(b))) {
+            return Err(EcsError::IncompleteSignature(format!(
+                "the header {name} is not printable ASCII"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The longest signature nonce taken: SDKs send a UUID or a 32-digit hex string.
+const MAX_NONCE_LEN: usize = 128;
+
+/// A nonce is 1 to [`MAX_NONCE_LEN`] visible ASCII characters: it is stored for 30 minutes.
+fn check_nonce(nonce: &str) -> Result<(), EcsError> {
+    if nonce.len() <= MAX_NONCE_LEN && nonce.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(EcsError::InvalidValue {
+            parameter: "SignatureNonce",
+            why: format!("must be 1 to {MAX_NONCE_LEN} visible ASCII characters"),
+        })
+    }
 }
 
 /// Which scheme signed a request, and the parts every scheme has.
@@ -427,8 +488,6 @@ impl<'a> Signed<'a> {
     /// ACS3 when an `Authorization` header is sent, else signature v1; a missing part is
     /// `MissingParameter` naming it.
     fn read(headers: &'a HeaderMap, params: &'a Params) -> Result<Self, EcsError> {
-        let missing =
-            |field: &'static str| EcsError::Invalid(ParseError::MissingParameter { field });
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
         let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
         if let Some(authorization) = headers.get(header::AUTHORIZATION) {
@@ -445,8 +504,10 @@ impl<'a> Signed<'a> {
                 })
             })?;
             let timestamp = header("x-acs-date").ok_or_else(|| missing("x-acs-date"))?;
-            let nonce =
-                header("x-acs-signature-nonce").ok_or_else(|| missing("x-acs-signature-nonce"))?;
+            let nonce = header("x-acs-signature-nonce")
+                .filter(|nonce| !nonce.is_empty())
+                .ok_or_else(|| missing("x-acs-signature-nonce"))?;
+            check_nonce(nonce)?;
             // What the signature must cover: the host and every x-acs-* header, so none of
             // them (the action, the date, the nonce, the body's hash) can be changed in transit.
             for name in headers.keys() {
@@ -474,6 +535,7 @@ impl<'a> Signed<'a> {
             let signature = param("Signature").ok_or_else(|| missing("Signature"))?;
             let timestamp = param("Timestamp").ok_or_else(|| missing("Timestamp"))?;
             let nonce = param("SignatureNonce").ok_or_else(|| missing("SignatureNonce"))?;
+            check_nonce(nonce)?;
             match param("SignatureMethod") {
                 Some("HMAC-SHA1") => {}
                 Some(other) => {
@@ -563,6 +625,7 @@ fn respond(
     format: Format,
     request_id: &str,
     retry_after: Option<Duration>,
+    throttled: bool,
     body: Vec<u8>,
 ) -> Response<Full<Bytes>> {
     let mut response = Response::builder()
@@ -572,6 +635,11 @@ fn respond(
     if let Some(delay) = retry_after {
         let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
         response = response.header(header::RETRY_AFTER, seconds.to_string());
+        if throttled {
+            // What the official SDKs read to raise a ThrottlingException and wait (ms).
+            let millis = delay.as_millis().max(1);
+            response = response.header("x-acs-retry-after", millis.to_string());
+        }
     }
     response
         .body(Full::new(Bytes::from(body)))

@@ -74,8 +74,24 @@ fn element(writer: &mut Writer<Vec<u8>>, name: &str, value: &Value) {
 
 fn text_element(writer: &mut Writer<Vec<u8>>, name: &str, text: &str) {
     write(writer, Event::Start(BytesStart::new(name)));
-    write(writer, Event::Text(BytesText::new(text)));
+    write(writer, Event::Text(BytesText::new(&xml_chars(text))));
     write(writer, Event::End(BytesEnd::new(name)));
+}
+
+/// XML 1.0 cannot carry control characters other than tab, newline and carriage return, even
+/// escaped: each becomes U+FFFD, so an answer stays well-formed whatever a client stored.
+fn xml_chars(text: &str) -> std::borrow::Cow<'_, str> {
+    let allowed = |c: char| {
+        (c >= ' ' || matches!(c, '\t' | '\n' | '\r')) && !matches!(c, '\u{fffe}' | '\u{ffff}')
+    };
+    if text.chars().all(allowed) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        text.chars()
+            .map(|c| if allowed(c) { c } else { '\u{fffd}' })
+            .collect::<String>()
+            .into()
+    }
 }
 
 fn write(writer: &mut Writer<Vec<u8>>, event: Event<'_>) {
@@ -101,6 +117,16 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(Format::parse(raw), expected, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn control_characters_do_not_break_xml() {
+        let body = json!({"Description": "a\u{1}b\u{1b}[31m\tc"});
+        let rendered = String::from_utf8(Format::Xml.render("R", &body)).expect("UTF-8");
+        assert!(
+            rendered.contains("<Description>a\u{fffd}b\u{fffd}[31m\tc</Description>"),
+            "{rendered}"
+        );
     }
 
     #[test]

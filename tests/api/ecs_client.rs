@@ -28,6 +28,8 @@ pub struct EcsAnswer {
     pub body: Value,
     pub text: String,
     pub content_type: String,
+    /// Every header, by lower-case name (the last value of a repeated one).
+    pub headers: std::collections::HashMap<String, String>,
 }
 
 impl EcsAnswer {
@@ -134,6 +136,13 @@ impl EcsClient {
 
 async fn answer(response: reqwest::Response) -> EcsAnswer {
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
     let content_type = response
         .headers()
         .get("content-type")
@@ -147,5 +156,6 @@ async fn answer(response: reqwest::Response) -> EcsAnswer {
         body,
         text,
         content_type,
+        headers,
     }
 }

@@ -494,6 +494,49 @@ async fn signature_and_nonce_refusals_write_nothing(backend: Backend) {
         missing.text
     );
 
+    // Signature v1 signs the parameters only: an x-acs-action header (unsigned there) must not
+    // change the action.
+    let describe = client.signed_query("DescribeSnapshots", &[], now);
+    let swapped = client
+        .send(
+            client
+                .http()
+                .get(format!("http://{}/?{describe}", ecs_addr(&app)))
+                .header("x-acs-action", "CreateSnapshot"),
+        )
+        .await;
+    assert_eq!(swapped.status, 200, "{}", swapped.text);
+    assert!(
+        swapped.body["Snapshots"].is_object(),
+        "the signed action ran: {}",
+        swapped.text
+    );
+
+    let long_nonce = "n".repeat(129);
+    let query = client.signed_query_with("DescribeSnapshots", &[], now, &long_nonce);
+    assert_eq!(
+        ecs_code(&client.get(&query).await),
+        ("InvalidParameter".to_owned(), 400)
+    );
+
+    for refused in [
+        ("Usage", "none"),
+        ("SnapshotType", "auto"),
+        ("DryRun", "true"),
+    ] {
+        let answer = client.call("DescribeSnapshots", &[refused], now).await;
+        assert_eq!(
+            ecs_code(&answer),
+            ("InvalidParameter".to_owned(), 400),
+            "{refused:?}"
+        );
+        assert!(
+            answer.body["Message"].as_str().unwrap().contains(refused.0),
+            "{}",
+            answer.text
+        );
+    }
+
     let tampered = client
         .signed_query("CreateSnapshot", &create, now)
         .replace("d-demo-ok", "d-demo-ok-2");
@@ -915,6 +958,37 @@ async fn the_rate_limit_applies_on_the_ecs_edge_with_the_grpc_edges_budget() {
         .call("DescribeSnapshots", &[], server_now(&app))
         .await;
     assert_eq!(other.status, 200, "another account has its own budget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_past_the_concurrency_limit_are_shed_before_their_body_is_read() {
+    let app = spawn_ecs(Backend::Sqlite, |config| config.max_concurrent_requests = 1).await;
+    // One request holds the only slot: its body never finishes.
+    let mut held = tokio::net::TcpStream::connect(ecs_addr(&app))
+        .await
+        .unwrap();
+    held.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nA=",
+    )
+    .await
+    .unwrap();
+    let client = client_of(&app, "acct-demo");
+    let mut shed = None;
+    for _ in 0..50 {
+        let answer = client
+            .call("DescribeSnapshots", &[], server_now(&app))
+            .await;
+        if answer.status == 503 {
+            shed = Some(answer);
+            break;
+        }
+        // The held request may not have reached the server yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shed = shed.expect("a request past the limit is shed");
+    assert_eq!(shed.code(), "ServiceUnavailable", "{}", shed.text);
+    assert!(shed.headers.contains_key("retry-after"));
+    drop(held);
 }
 
 #[test]
