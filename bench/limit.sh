@@ -10,15 +10,17 @@
 # (no pgbench limit then).
 #
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
-# BACKEND (postgres|sqlite), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the
-# JSON report), SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server
-# binary to measure, default target/release/snapshotd).
+# BACKEND (postgres|sqlite), EDGE (grpc|http: the edge the scenario's calls go through; default
+# grpc), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
+# SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
+# measure, default target/release/snapshotd).
 set -euo pipefail
 
 scenario=${1:-spread}
 concurrency=${2:-64}
 duration=${3:-10s}
 backend=${BACKEND:-postgres}
+edge=${EDGE:-grpc}
 replicas=${REPLICAS:-1}
 admin_url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 token=bench-token
@@ -52,18 +54,23 @@ sqlite)
 esac
 
 targets=()
+ecs_targets=()
 pid_args=()
 for replica in $(seq 1 "$replicas"); do
     port=$((50150 + replica))
+    # Each replica its own ECS port too (the default, 8080, would collide between replicas).
+    ecs_port=$((8150 + replica))
     # Copies finish at once and the worker looks often, so `spread` can revisit disks quickly.
     env DATABASE_URL="$database_url" SNAPSHOTD_ADMIN_TOKEN="$token" \
         SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_METRICS_LISTEN=off \
+        SNAPSHOTD_ECS_LISTEN="127.0.0.1:$ecs_port" \
         SNAPSHOTD_COPY_RATE_MIBPS=1000000 SNAPSHOTD_WORKER_INTERVAL=100ms \
         SNAPSHOTD_DEMO=false SNAPSHOTD_LOG_FORMAT=json RUST_LOG=warn ${SERVER_ENV:-} \
         "${SERVER_BIN:-target/release/snapshotd}" >"$work/server-$replica.log" 2>&1 &
     pids+=("$!")
     pid_args+=(--server-pid "$!")
     targets+=(--target "http://127.0.0.1:$port")
+    ecs_targets+=(--ecs-target "http://127.0.0.1:$ecs_port")
     for _ in $(seq 1 100); do
         target/release/snapshotd health --listen "127.0.0.1:$port" >/dev/null 2>&1 && break
         sleep 0.1
@@ -82,8 +89,8 @@ if [ -n "${JSON:-}" ]; then
     json_args=(--json "$JSON")
 fi
 
-echo "snapshotd ($backend, $replicas replica(s)) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
-target/release/snapshotd-bench "${targets[@]}" --admin-token "$token" \
+echo "snapshotd ($backend, $replicas replica(s), $edge edge) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
+target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
     --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
     --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
     "${pid_args[@]}" "${limit_args[@]}" "${json_args[@]}"

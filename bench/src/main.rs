@@ -7,7 +7,12 @@
 //! a count per gRPC code and reason. With `--limit-database-url` it then runs `pgbench` with the
 //! store's own CreateSnapshot transaction against the same database, at the same concurrency
 //! and for as long, and prints service ÷ limit. `bench/limit.sh` wraps all of it.
+//!
+//! With `--edge http` the scenario's calls go through the ECS-compatible HTTP edge instead,
+//! signed with an access key per account (put through the InventoryService with the rest of
+//! the inventory, which is always set up over gRPC).
 
+mod ecs_client;
 mod limit;
 mod pgbench;
 mod report;
@@ -22,8 +27,9 @@ use std::time::Duration;
 use clap::Parser;
 use tonic::transport::Channel;
 
+use crate::ecs_client::EcsClient;
 use crate::report::Report;
-use crate::scenario::Scenario;
+use crate::scenario::{Clients, Edge, Scenario};
 use crate::setup::Naming;
 
 /// The most pgbench clients by default (a default PostgreSQL accepts 100 connections).
@@ -40,6 +46,13 @@ struct Args {
     admin_token: String,
     #[arg(long, value_enum, default_value_t = Scenario::Spread)]
     scenario: Scenario,
+    /// The edge the scenario's calls go through (setup always uses gRPC at `--target`).
+    #[arg(long, value_enum, default_value_t = Edge::Grpc)]
+    edge: Edge,
+    /// `--edge http`: the server's ECS edge (its `--ecs-listen`); repeat for replicas, in the
+    /// order of `--target`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ecs_target: Vec<String>,
     /// How long to measure (after the warm-up).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -49,7 +62,8 @@ struct Args {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// HTTP/2 connections the calls are spread over.
+    /// HTTP/2 connections the calls are spread over (`--edge grpc`; over HTTP/1.1 each call
+    /// in flight holds a connection of its own, kept alive between calls).
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Accounts to set up (each with one instance).
@@ -121,6 +135,20 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         naming.accounts, naming.disks, naming.run_id
     ));
     setup::inventory(&channels[0], &args.admin_token, &naming).await?;
+    let clients = match args.edge {
+        Edge::Grpc => Clients::Grpc(channels.clone()),
+        Edge::Http => {
+            let keys = setup::access_keys(&channels[0], &args.admin_token, &naming).await?;
+            let keys: Arc<[ecs_client::AccessKey]> = keys.into();
+            let pool = ecs_client::pool()?;
+            Clients::Http(
+                args.ecs_target
+                    .iter()
+                    .map(|target| EcsClient::new(pool.clone(), target, Arc::clone(&keys)))
+                    .collect(),
+            )
+        }
+    };
     let plan = scenario::Plan {
         scenario: args.scenario,
         naming: Arc::new(naming),
@@ -137,7 +165,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         .then(|| server_stats::Sampler::start(args.server_pid.clone()));
     let outcome = scenario::drive(
         &plan,
-        &channels,
+        &clients,
         args.concurrency,
         args.warmup,
         args.duration,
@@ -148,7 +176,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let server = sampler.map(|sampler| sampler.finish());
     progress.finish();
 
-    let mut report = Report::new(&args.target.join(","), &plan, &args, outcome, server);
+    let target = match args.edge {
+        Edge::Grpc => args.target.join(","),
+        Edge::Http => args.ecs_target.join(","),
+    };
+    let mut report = Report::new(&target, &plan, &args, outcome, server);
     if let Some(url) = &args.limit_database_url {
         // The servers' pools would take connections pgbench needs (and CPU): stop them first.
         server_stats::stop(&args.server_pid);

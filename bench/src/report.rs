@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::Args;
 use crate::limit::Limit;
-use crate::scenario::{Outcome, Plan, Scenario};
+use crate::scenario::{Edge, Outcome, Plan, Scenario};
 use crate::server_stats::ServerStats;
 
 /// The progress line (stderr), or nothing with `--quiet`.
@@ -86,8 +86,10 @@ pub struct Latency {
 pub struct Report {
     pub target: String,
     pub scenario: Scenario,
+    pub edge: Edge,
     pub run_id: String,
     pub concurrency: usize,
+    /// gRPC: HTTP/2 connections; HTTP/1.1: at most one per call in flight.
     pub connections: usize,
     pub seconds: f64,
     pub calls: u64,
@@ -130,9 +132,13 @@ impl Report {
         Self {
             target: target.to_owned(),
             scenario: plan.scenario,
+            edge: args.edge,
             run_id: plan.naming.run_id.clone(),
             concurrency: args.concurrency,
-            connections: args.connections,
+            connections: match args.edge {
+                Edge::Grpc => args.connections,
+                Edge::Http => args.concurrency,
+            },
             seconds,
             calls,
             calls_per_second: calls as f64 / seconds,
@@ -155,8 +161,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario {:?} · {} concurrent over {} connections · {:.1} s · {}",
-            self.scenario, self.concurrency, self.connections, self.seconds, self.target
+            "scenario {:?} over {:?} · {} concurrent over {} connections · {:.1} s · {}",
+            self.scenario, self.edge, self.concurrency, self.connections, self.seconds, self.target
         );
         let _ = writeln!(
             out,

@@ -15,6 +15,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+use crate::ecs_client::EcsClient;
 use crate::report::Progress;
 use crate::server_stats::Sampler;
 use crate::setup::Naming;
@@ -54,6 +55,22 @@ impl Scenario {
                 .iter()
                 .any(|reason| answer.ends_with(reason))
     }
+}
+
+/// Which of the server's edges the scenario's calls go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Edge {
+    /// The SnapshotService over HTTP/2 (`--target`).
+    Grpc,
+    /// The ECS-compatible HTTP edge (`--ecs-target`): signed RPC calls over HTTP/1.1.
+    Http,
+}
+
+/// How the workers reach the server: worker `i` takes the `i % len`-th entry.
+pub enum Clients {
+    Grpc(Vec<Channel>),
+    Http(Vec<EcsClient>),
 }
 
 pub struct Plan {
@@ -106,10 +123,10 @@ impl Tally {
     }
 }
 
-/// Drives `plan` with `concurrency` workers over `channels` for `warmup` + `duration`.
+/// Drives `plan` with `concurrency` workers over `clients` for `warmup` + `duration`.
 pub async fn drive(
     plan: &Plan,
-    channels: &[Channel],
+    clients: &Clients,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
@@ -130,7 +147,12 @@ pub async fn drive(
     let deadline = measure_from + duration;
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency.max(1) {
-        let client = SnapshotServiceClient::new(channels[worker % channels.len()].clone());
+        let client = match clients {
+            Clients::Grpc(channels) => Client::Grpc(SnapshotServiceClient::new(
+                channels[worker % channels.len()].clone(),
+            )),
+            Clients::Http(edges) => Client::Http(edges[worker % edges.len()].clone()),
+        };
         let shared = Arc::clone(&shared);
         let naming = Arc::clone(&plan.naming);
         let (scenario, revisit_after) = (plan.scenario, plan.revisit_after);
@@ -178,8 +200,14 @@ pub async fn drive(
     }
 }
 
+/// One worker's way to the server.
+enum Client {
+    Grpc(SnapshotServiceClient<Channel>),
+    Http(EcsClient),
+}
+
 struct Worker {
-    client: SnapshotServiceClient<Channel>,
+    client: Client,
     shared: Arc<Shared>,
     naming: Arc<Naming>,
     scenario: Scenario,
@@ -293,53 +321,75 @@ impl Worker {
         None
     }
 
-    fn as_account<T>(&self, account: usize, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let id = self
-            .naming
-            .account(account)
-            .parse()
-            .expect("a plain account id");
-        request.metadata_mut().insert("x-account-id", id);
-        request
-    }
-
     async fn create(
         &mut self,
         disk: usize,
         client_token: Option<String>,
     ) -> (Answer, Option<String>) {
-        let request = self.as_account(
-            self.naming.owner_of_disk(disk),
-            pb::CreateSnapshotRequest {
-                disk_id: self.naming.disk(disk),
-                client_token: client_token.unwrap_or_default(),
-                ..Default::default()
-            },
-        );
-        match self.client.create_snapshot(request).await {
-            Ok(response) => ("OK".to_owned(), Some(response.into_inner().snapshot_id)),
-            Err(status) => (refusal(&status), None),
+        let account = self.naming.owner_of_disk(disk);
+        let disk_id = self.naming.disk(disk);
+        let client_token = client_token.unwrap_or_default();
+        match &mut self.client {
+            Client::Grpc(client) => {
+                let request = as_account(
+                    &self.naming,
+                    account,
+                    pb::CreateSnapshotRequest {
+                        disk_id,
+                        client_token,
+                        ..Default::default()
+                    },
+                );
+                match client.create_snapshot(request).await {
+                    Ok(response) => ("OK".to_owned(), Some(response.into_inner().snapshot_id)),
+                    Err(status) => (refusal(&status), None),
+                }
+            }
+            Client::Http(edge) => {
+                let mut params = vec![("DiskId", disk_id.as_str())];
+                if !client_token.is_empty() {
+                    params.push(("ClientToken", client_token.as_str()));
+                }
+                match edge.call(account, "CreateSnapshot", &params).await {
+                    Ok(body) => ("OK".to_owned(), body.snapshot_id),
+                    Err(answer) => (answer, None),
+                }
+            }
         }
     }
 
     async fn describe_next_page(&mut self, account: usize, page: i32) -> Answer {
         let next_token = std::mem::take(&mut self.next_token);
-        let request = self.as_account(
-            account,
-            pb::DescribeSnapshotsRequest {
-                max_results: page,
-                next_token,
-                ..Default::default()
-            },
-        );
-        match self.client.describe_snapshots(request).await {
-            Ok(response) => {
-                self.next_token = response.into_inner().next_token;
-                "OK".to_owned()
+        let (answer, next_token) = match &mut self.client {
+            Client::Grpc(client) => {
+                let request = as_account(
+                    &self.naming,
+                    account,
+                    pb::DescribeSnapshotsRequest {
+                        max_results: page,
+                        next_token,
+                        ..Default::default()
+                    },
+                );
+                match client.describe_snapshots(request).await {
+                    Ok(response) => ("OK".to_owned(), response.into_inner().next_token),
+                    Err(status) => (refusal(&status), String::new()),
+                }
             }
-            Err(status) => refusal(&status),
-        }
+            Client::Http(edge) => {
+                let page = page.to_string();
+                let mut params = vec![("MaxResults", page.as_str())];
+                if !next_token.is_empty() {
+                    params.push(("NextToken", next_token.as_str()));
+                }
+                match edge.call(account, "DescribeSnapshots", &params).await {
+                    Ok(body) => ("OK".to_owned(), body.next_token.unwrap_or_default()),
+                    Err(answer) => (answer, String::new()),
+                }
+            }
+        };
+        self.next_token = next_token;
+        answer
     }
 
     async fn describe_first_page(&mut self, account: usize) -> Answer {
@@ -350,18 +400,38 @@ impl Worker {
     }
 
     async fn delete(&mut self, account: usize, snapshot_id: String) -> Answer {
-        let request = self.as_account(
-            account,
-            pb::DeleteSnapshotRequest {
-                snapshot_id,
-                force: false,
-            },
-        );
-        match self.client.delete_snapshot(request).await {
-            Ok(_) => "OK".to_owned(),
-            Err(status) => refusal(&status),
+        match &mut self.client {
+            Client::Grpc(client) => {
+                let request = as_account(
+                    &self.naming,
+                    account,
+                    pb::DeleteSnapshotRequest {
+                        snapshot_id,
+                        force: false,
+                    },
+                );
+                match client.delete_snapshot(request).await {
+                    Ok(_) => "OK".to_owned(),
+                    Err(status) => refusal(&status),
+                }
+            }
+            Client::Http(edge) => {
+                let params = [("SnapshotId", snapshot_id.as_str())];
+                match edge.call(account, "DeleteSnapshot", &params).await {
+                    Ok(_) => "OK".to_owned(),
+                    Err(answer) => answer,
+                }
+            }
         }
     }
+}
+
+/// `message` as a call of `account`.
+fn as_account<T>(naming: &Naming, account: usize, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let id = naming.account(account).parse().expect("a plain account id");
+    request.metadata_mut().insert("x-account-id", id);
+    request
 }
 
 /// "CODE reason" of a refused call (the reason from its ErrorInfo, if any).

@@ -11,6 +11,8 @@ use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use crate::ecs_client::AccessKey;
+
 /// Inventory calls in flight at once during setup.
 const SETUP_CONCURRENCY: usize = 64;
 
@@ -40,6 +42,11 @@ impl Naming {
 
     pub fn account(&self, index: usize) -> String {
         format!("bench-{}-a{index}", self.run_id)
+    }
+
+    /// Account `index`'s access key id, for the ECS edge.
+    pub fn access_key(&self, index: usize) -> String {
+        format!("bench-{}-k{index}", self.run_id)
     }
 
     fn instance(&self, account: usize) -> String {
@@ -151,6 +158,45 @@ pub async fn inventory(
         .buffer_unordered(SETUP_CONCURRENCY)
         .try_collect::<()>()
         .await
+}
+
+/// Gives every account an access key with a secret of its own, for the ECS edge; the keys, by
+/// account.
+pub async fn access_keys(
+    channel: &Channel,
+    token: &str,
+    naming: &Naming,
+) -> Result<Vec<AccessKey>, tonic::Status> {
+    let client = InventoryServiceClient::new(channel.clone());
+    let keys: Vec<AccessKey> = (0..naming.accounts)
+        .map(|account| AccessKey {
+            id: naming.access_key(account),
+            secret: format!("bench-secret-{:032x}", rand::random::<u128>()),
+        })
+        .collect();
+    stream::iter(keys.iter().enumerate())
+        .map(|(account, key)| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .put_access_key(admin(
+                        token,
+                        pb::PutAccessKeyRequest {
+                            access_key: Some(pb::AccessKey {
+                                access_key_id: key.id.clone(),
+                                access_key_secret: key.secret.clone(),
+                                account_id: naming.account(account),
+                            }),
+                        },
+                    ))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    Ok(keys)
 }
 
 /// Gives account 0 `count` snapshots, over its disks, each disk's next one after its last copy

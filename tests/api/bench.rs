@@ -1,12 +1,15 @@
 //! `snapshotd-bench`, the load generator, against a real server: each scenario runs and reports
 //! what the server answered, and its pgbench script (generated from the store's SQL) runs as
 //! is on the server's PostgreSQL database, where the bench measures the limit and pgbench's own
-//! latency.
+//! latency. With `--edge http` the same scenarios go through the ECS-compatible HTTP edge.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use snapshotd::config::ListenOrOff;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, Options, TestApp, spawn_app_with};
 
@@ -111,7 +114,8 @@ fn pgbench_program() -> PathBuf {
         .unwrap_or_else(|_| "pgbench".into())
 }
 
-/// A server in real time whose copies finish at once, as `bench/limit.sh` runs it.
+/// A server in real time whose copies finish at once, as `bench/limit.sh` runs it, with its
+/// ECS edge on an ephemeral port.
 async fn bench_server(backend: Backend) -> TestApp {
     spawn_app_with(
         backend,
@@ -119,6 +123,7 @@ async fn bench_server(backend: Backend) -> TestApp {
             configure: Box::new(|config| {
                 config.copy_rate_mibps = 1_000_000;
                 config.worker_interval = Duration::from_millis(50);
+                config.ecs_listen = ListenOrOff::At(SocketAddr::from(([127, 0, 0, 1], 0)));
             }),
             real_time: true,
             ..Options::default()
@@ -220,6 +225,31 @@ async fn every_scenario_runs_and_reports_only_the_answers_it_expects() {
         ) > 0,
         "{report:#}"
     );
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_the_http_edge_every_scenario_runs_signed_and_reports_only_the_answers_it_expects() {
+    let app = bench_server(Backend::Postgres).await;
+    let ecs = format!("http://{}", app.ecs_addr.expect("the ECS edge is on"));
+    // Each scenario, and an answer it must have seen: a refusal comes back as the HTTP status
+    // and ECS's code, the same reason the gRPC edge gives.
+    let cases = [
+        ("spread", "OK"),
+        ("replay", "OK"),
+        ("describe", "OK"),
+        ("mixed", "OK"),
+        ("hot", "403 IncorrectDiskStatus.CreatingSnapshot"),
+    ];
+    for (scenario, seen) in cases {
+        let (report, code) =
+            run_bench(&app, scenario, &["--edge", "http", "--ecs-target", &ecs]).await;
+        assert_eq!(code, 0, "{scenario}: {report:#}");
+        assert_eq!(report["edge"], "http", "{scenario}: {report:#}");
+        assert_eq!(report["target"], ecs.as_str(), "{scenario}: {report:#}");
+        assert_eq!(report["unexpected"], 0, "{scenario}: {report:#}");
+        assert!(count(&report, seen) > 0, "{scenario}: {seen} in {report:#}");
+    }
     app.assert_invariants().await;
 }
 
