@@ -37,8 +37,9 @@ impl Server {
             .env("SNAPSHOTD_LOG_FORMAT", "json")
             // Tests run in parallel: no fixed metrics port unless a test asks for one.
             .env("SNAPSHOTD_METRICS_LISTEN", "off")
-            // Nor a fixed ECS edge port: each test's own, when it asks.
-            .env("SNAPSHOTD_ECS_LISTEN", "127.0.0.1:0")
+            // Nor the ECS edge (its default port is fixed; the gRPC port is found among the
+            // process's listening ports): a test that wants it sets it.
+            .env("SNAPSHOTD_ECS_LISTEN", "off")
             .args(args)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("the log file"));
