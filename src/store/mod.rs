@@ -201,7 +201,8 @@ pub trait Store: Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// A connection outside any transaction, for reads that lock nothing: each statement sees
-    /// what was committed when it started (and would commit on its own).
+    /// what was committed when it started, and a write commits on its own (autocommit: for a
+    /// write that is one atomic statement, such as spending a nonce).
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// The connection pool's state now (for the metrics).

@@ -25,7 +25,31 @@ on_both_backends!(
     describe_delete_and_image_speak_ecs_formats,
     access_keys_name_one_account_and_never_return_their_secret,
     the_official_python_sdk_walks_through_the_api,
+    one_signed_request_sent_many_times_at_once_runs_once,
 );
+
+async fn one_signed_request_sent_many_times_at_once_runs_once(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let client = Arc::new(client_of(&app, "acct-demo"));
+    let query = Arc::new(client.signed_query_with(
+        "CreateSnapshot",
+        &[("DiskId", "d-demo-ok")],
+        server_now(&app),
+        "one-nonce-many-copies",
+    ));
+    let answers = crate::helpers::concurrently(24, |_| {
+        let (client, query) = (Arc::clone(&client), Arc::clone(&query));
+        async move { ecs_code(&client.get(&query).await) }
+    })
+    .await;
+    let ran = answers.iter().filter(|(code, _)| code == "OK").count();
+    let replays = answers
+        .iter()
+        .filter(|answer| **answer == ("SignatureNonceUsed".to_owned(), 400))
+        .count();
+    assert_eq!((ran, replays), (1, 23), "{answers:?}");
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
 
 /// A server with the ECS edge on an ephemeral port and the demo inventory (with its keys).
 async fn spawn_ecs(
