@@ -30,6 +30,11 @@ pub struct DescribeSnapshotsParams<'a> {
     pub next_token: &'a str,
     /// 0: the default page size.
     pub max_results: i32,
+    /// 0: not given; else the page to show, counting from 1 in pages of the page size (the
+    /// ECS edge's `PageNumber`; the alternative to `next_token`).
+    pub page_number: i32,
+    /// Whether the answer counts every snapshot the filters match (ECS's `TotalCount`).
+    pub count_total: bool,
 }
 
 /// CreateImage's parameters as a caller sends them.
@@ -222,7 +227,15 @@ pub struct SnapshotQuery {
     pub tags: Vec<Tag>,
     pub after: Option<PageCursor>,
     pub limit: u32,
+    /// Matching snapshots to pass over before the page (`page_number`'s pages before it).
+    pub skip: u32,
+    /// Whether to count every matching snapshot too.
+    pub count_total: bool,
 }
+
+/// The most snapshots a numbered page may pass over: deep offsets cost the database a scan of
+/// everything before them; past this, page with `next_token`.
+pub const MAX_SKIP: u32 = 100_000;
 
 impl SnapshotQuery {
     pub fn parse(
@@ -246,6 +259,7 @@ impl SnapshotQuery {
             "" => None,
             raw => Some(DiskId::parse(raw)?.as_str().to_owned()),
         };
+        let limit = page_size(params.max_results)?;
         Ok(Self {
             account_id,
             disk_id,
@@ -259,8 +273,34 @@ impl SnapshotQuery {
                 "" => None,
                 token => Some(PageCursor::parse_token(token)?),
             },
-            limit: page_size(params.max_results)?,
+            limit,
+            skip: skip(params, limit)?,
+            count_total: params.count_total,
         })
+    }
+}
+
+/// The snapshots a numbered page passes over: `(page_number - 1) * limit`.
+fn skip(params: &DescribeSnapshotsParams<'_>, limit: u32) -> Result<u32, ParseError> {
+    let invalid = |why: &str| ParseError::InvalidParameter {
+        field: "page_number",
+        why: why.to_owned(),
+    };
+    match params.page_number {
+        0 => Ok(0),
+        page if page < 0 => Err(invalid("must be 1 or more")),
+        _ if !params.next_token.is_empty() => {
+            Err(invalid("pass either next_token or page_number, not both"))
+        }
+        page => u32::try_from(page - 1)
+            .ok()
+            .and_then(|before| before.checked_mul(limit))
+            .filter(|skip| *skip <= MAX_SKIP)
+            .ok_or_else(|| {
+                invalid(&format!(
+                    "a numbered page may start at most {MAX_SKIP} snapshots in; page on with next_token"
+                ))
+            }),
     }
 }
 
@@ -270,11 +310,33 @@ pub struct SnapshotPage {
     pub snapshots: Vec<Snapshot>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
+    /// Every snapshot the filters match, when the query asked.
+    pub total: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_pages_pass_over_the_pages_before_them() {
+        let params = |page_number, next_token| DescribeSnapshotsParams {
+            page_number,
+            next_token,
+            ..Default::default()
+        };
+        let cases: [(i32, &str, u32, Option<u32>); 6] = [
+            (0, "", 10, Some(0)),
+            (1, "", 10, Some(0)),
+            (3, "", 10, Some(20)),
+            (-1, "", 10, None),
+            (2, "a-token", 10, None),
+            (i32::MAX, "", 100, None),
+        ];
+        for (page, token, limit, expected) in cases {
+            assert_eq!(skip(&params(page, token), limit).ok(), expected, "page {page}");
+        }
+    }
     #[test]
     fn fingerprints_differ_when_any_parameter_differs() {
         let base = CreateSnapshotCommand {

@@ -217,14 +217,6 @@ async fn describe_snapshots(
             ));
         }
     }
-    if let Some(page) = number(params, "PageNumber")?
-        && page != 1
-    {
-        return Err(invalid_value(
-            "PageNumber",
-            "only the first page is numbered; pass NextToken for the pages after it",
-        ));
-    }
     let snapshot_ids = snapshot_ids(params)?;
     let id_refs: Vec<&str> = snapshot_ids.iter().map(String::as_str).collect();
     let tags = tags(params)?;
@@ -241,15 +233,27 @@ async fn describe_snapshots(
         tags: &tag_refs,
         next_token: params.text("NextToken"),
         max_results,
+        page_number: match number(params, "PageNumber")? {
+            None => 0,
+            Some(page) if page >= 1 => page,
+            Some(_) => return Err(invalid_value("PageNumber", "must be 1 or more")),
+        },
+        count_total: true,
     };
     let query = SnapshotQuery::parse(account_id.to_owned(), &describe)?;
     let page = service.describe_snapshots(&query).await?;
     let snapshots: Vec<Value> = page.snapshots.into_iter().map(snapshot_json).collect();
-    Ok(json!({
+    let mut body = json!({
         "PageSize": query.limit,
+        "TotalCount": page.total.unwrap_or_default(),
         "NextToken": page.next.as_ref().map(PageCursor::to_token).unwrap_or_default(),
         "Snapshots": { "Snapshot": snapshots },
-    }))
+    });
+    // A page reached by NextToken has no number.
+    if query.after.is_none() {
+        body["PageNumber"] = Value::from(query.skip / query.limit.max(1) + 1);
+    }
+    Ok(body)
 }
 
 async fn delete_snapshot(

@@ -69,6 +69,8 @@ impl SnapshotApi {
             tags: &tags,
             next_token: &request.next_token,
             max_results: request.max_results,
+            page_number: 0,
+            count_total: false,
         };
         let query = SnapshotQuery::parse(caller.account_id, &params)?;
         let page = self.service.describe_snapshots(&query).await?;

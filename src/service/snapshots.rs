@@ -34,6 +34,8 @@ pub struct DescribedPage {
     pub snapshots: Vec<SnapshotView>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
+    /// Every snapshot the filters match, when the query asked.
+    pub total: Option<u64>,
 }
 
 impl Service {
@@ -98,6 +100,7 @@ impl Service {
         Ok(DescribedPage {
             snapshots,
             next: page.next,
+            total: page.total,
         })
     }
 

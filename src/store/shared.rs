@@ -272,6 +272,7 @@ where
     for<'r> (String, i32): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> AccountRow: FromRow<'r, DB::Row>,
     for<'r> AccessKeyRow: FromRow<'r, DB::Row>,
     for<'r> InstanceRow: FromRow<'r, DB::Row>,
@@ -314,36 +315,8 @@ where
         &mut self,
         query: &SnapshotQuery,
     ) -> Result<SnapshotPage, StoreError> {
-        let mut statement = Statement::new(format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s WHERE s.account_id = "
-        ));
-        statement.push_param(Param::Text(query.account_id.clone()));
-        if let Some(disk_id) = &query.disk_id {
-            statement.push(" AND s.source_disk_id = ");
-            statement.push_param(Param::Text(disk_id.clone()));
-        }
-        if !query.snapshot_ids.is_empty() {
-            statement.push(" AND s.snapshot_id IN ");
-            statement.push_list(&query.snapshot_ids);
-        }
-        if let Some(status) = query.status {
-            statement.push(" AND s.status = ");
-            statement.push_param(Param::Text(status.as_str().to_owned()));
-        }
-        if let Some(name) = &query.snapshot_name {
-            statement.push(" AND s.snapshot_name = ");
-            statement.push_param(Param::Text(name.clone()));
-        }
-        for tag in &query.tags {
-            statement.push(" AND EXISTS (SELECT 1 FROM snapshot_tags t WHERE t.snapshot_id = s.snapshot_id AND t.key = ");
-            statement.push_param(Param::Text(tag.key.clone()));
-            // An empty value matches any value of the key.
-            if !tag.value.is_empty() {
-                statement.push(" AND t.value = ");
-                statement.push_param(Param::Text(tag.value.clone()));
-            }
-            statement.push(")");
-        }
+        let mut statement =
+            matching_snapshots(format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots s"), query);
         if let Some(PageCursor {
             created_at,
             snapshot_id,
@@ -357,6 +330,10 @@ where
         }
         statement.push(" ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
         statement.push_param(Param::Int(i64::from(query.limit) + 1));
+        if query.skip > 0 {
+            statement.push(" OFFSET ");
+            statement.push_param(Param::Int(i64::from(query.skip)));
+        }
         let rows: Vec<SnapshotRow> = statement.fetch_all(self.connection()).await?;
         let (mut snapshots, next) = into_page(rows, query.limit)?;
         if !snapshots.is_empty() {
@@ -370,7 +347,24 @@ where
             let tags: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
             attach_tags(&mut snapshots, tags);
         }
-        Ok(SnapshotPage { snapshots, next })
+        let total = if query.count_total {
+            let counted: Vec<(i64,)> =
+                matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
+                    .fetch_all(self.connection())
+                    .await?;
+            Some(
+                counted
+                    .first()
+                    .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0)),
+            )
+        } else {
+            None
+        };
+        Ok(SnapshotPage {
+            snapshots,
+            next,
+            total,
+        })
     }
 
     async fn check_invariants(
@@ -880,6 +874,39 @@ where
 }
 
 /// `$first, …` for `count` placeholders.
+/// `select` over the caller's snapshots that match the query's filters (not its page).
+fn matching_snapshots(select: String, query: &SnapshotQuery) -> Statement {
+    let mut statement = Statement::new(format!("{select} WHERE s.account_id = "));
+    statement.push_param(Param::Text(query.account_id.clone()));
+    if let Some(disk_id) = &query.disk_id {
+        statement.push(" AND s.source_disk_id = ");
+        statement.push_param(Param::Text(disk_id.clone()));
+    }
+    if !query.snapshot_ids.is_empty() {
+        statement.push(" AND s.snapshot_id IN ");
+        statement.push_list(&query.snapshot_ids);
+    }
+    if let Some(status) = query.status {
+        statement.push(" AND s.status = ");
+        statement.push_param(Param::Text(status.as_str().to_owned()));
+    }
+    if let Some(name) = &query.snapshot_name {
+        statement.push(" AND s.snapshot_name = ");
+        statement.push_param(Param::Text(name.clone()));
+    }
+    for tag in &query.tags {
+        statement.push(" AND EXISTS (SELECT 1 FROM snapshot_tags t WHERE t.snapshot_id = s.snapshot_id AND t.key = ");
+        statement.push_param(Param::Text(tag.key.clone()));
+        // An empty value matches any value of the key.
+        if !tag.value.is_empty() {
+            statement.push(" AND t.value = ");
+            statement.push_param(Param::Text(tag.value.clone()));
+        }
+        statement.push(")");
+    }
+    statement
+}
+
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))

@@ -26,7 +26,89 @@ on_both_backends!(
     access_keys_name_one_account_and_never_return_their_secret,
     the_official_python_sdk_walks_through_the_api,
     one_signed_request_sent_many_times_at_once_runs_once,
+    numbered_pages_and_the_total_count_cover_every_snapshot_once,
 );
+
+async fn numbered_pages_and_the_total_count_cover_every_snapshot_once(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    app.seed(&crate::helpers::world("acct-demo", 5)).await;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        let id = app
+            .create_on("acct-demo", &format!("d-acct-demo-{n}"))
+            .await
+            .expect("a snapshot")
+            .snapshot_id;
+        made.push(id);
+    }
+    let client = client_of(&app, "acct-demo");
+    let now = server_now(&app);
+    let mut listed = Vec::new();
+    for (page, expected) in [("1", 2), ("2", 2), ("3", 1), ("4", 0)] {
+        let answer = client
+            .call(
+                "DescribeSnapshots",
+                &[("PageSize", "2"), ("PageNumber", page)],
+                now,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.body["TotalCount"], 5, "{}", answer.text);
+        assert_eq!(answer.body["PageNumber"], page.parse::<u64>().unwrap());
+        let ids: Vec<String> = answer.body["Snapshots"]["Snapshot"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["SnapshotId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), expected, "page {page}: {}", answer.text);
+        listed.extend(ids);
+    }
+    listed.sort();
+    made.sort();
+    assert_eq!(listed, made, "each snapshot on exactly one page");
+
+    let filtered = client
+        .call("DescribeSnapshots", &[("DiskId", "d-acct-demo-3")], now)
+        .await;
+    assert_eq!(
+        filtered.body["TotalCount"], 1,
+        "the count follows the filters"
+    );
+    let first = client
+        .call("DescribeSnapshots", &[("MaxResults", "10")], now)
+        .await;
+    let token = first.body["NextToken"].as_str().unwrap().to_owned();
+    assert!(token.is_empty(), "one page holds all five");
+    for (page, why) in [("0", "PageNumber"), ("-1", "PageNumber")] {
+        let refused = client
+            .call("DescribeSnapshots", &[("PageNumber", page)], now)
+            .await;
+        assert_eq!(
+            ecs_code(&refused),
+            ("InvalidParameter".to_owned(), 400),
+            "{page}"
+        );
+        assert!(refused.body["Message"].as_str().unwrap().contains(why));
+    }
+    let paged = client
+        .call("DescribeSnapshots", &[("MaxResults", "2")], now)
+        .await;
+    let token = paged.body["NextToken"].as_str().unwrap().to_owned();
+    let both = client
+        .call(
+            "DescribeSnapshots",
+            &[("NextToken", &token), ("PageNumber", "2")],
+            now,
+        )
+        .await;
+    assert_eq!(
+        ecs_code(&both),
+        ("InvalidParameter".to_owned(), 400),
+        "{}",
+        both.text
+    );
+}
 
 async fn one_signed_request_sent_many_times_at_once_runs_once(backend: Backend) {
     let app = spawn_ecs(backend, |_| {}).await;

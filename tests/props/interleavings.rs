@@ -355,9 +355,12 @@ impl Harness {
                     tags: Vec::new(),
                     after,
                     limit: 4,
+                    skip: 0,
+                    count_total: true,
                 })
                 .await
                 .expect("DescribeSnapshots");
+            let total = page.total.expect("the count asked for");
             for snapshot in page.snapshots.into_iter().map(|view| view.snapshot) {
                 listed.insert(
                     snapshot.snapshot_id,
@@ -366,7 +369,11 @@ impl Harness {
             }
             match page.next {
                 Some(next) => after = Some(next),
-                None => return listed,
+                None => {
+                    // Nothing changes while it pages: the count is what the pages listed.
+                    assert_eq!(total, listed.len() as u64, "TotalCount against the pages");
+                    return listed;
+                }
             }
         }
     }
