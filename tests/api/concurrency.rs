@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
 use tonic::Code;
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world,
+    Backend, DiskLock, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -121,12 +120,7 @@ async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
     app.seed(&world("acct-a", 2)).await;
 
     // Hold disk 0's row lock in another session, as a slow CreateSnapshot would.
-    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM disks WHERE disk_id = 'd-acct-a-0' FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let lock = DiskLock::hold(&app.db.url, "d-acct-a-0").await;
 
     let blocked = tokio::spawn({
         let app = app.clone();
@@ -140,12 +134,13 @@ async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
     .expect("disk 1 does not wait for disk 0's lock");
     other_disk.expect("disk 1 is snapshotted");
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not a fixed sleep: PostgreSQL shows the server's create waiting on the row lock.
+    lock.wait_for_a_waiter().await;
     assert!(
         !blocked.is_finished(),
         "disk 0's create waits for its row lock"
     );
-    tx.rollback().await.unwrap();
+    lock.release().await;
     blocked
         .await
         .unwrap()

@@ -717,7 +717,7 @@ async fn an_account_past_its_burst_is_throttled_alone_until_its_retry_delay_has_
             .unwrap_or_else(|status| panic!("acct-b call {n}: {status:?}"));
     }
 
-    // Waiting as told is enough.
+    // Waiting as told is enough (the sleep is what is tested: exactly the RetryInfo delay).
     tokio::time::sleep(delay).await;
     describe(&mut client, "acct-a")
         .await

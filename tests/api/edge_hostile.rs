@@ -131,7 +131,11 @@ impl RawGrpc {
 
 /// The gRPC status a stream was answered with (trailers-only, or after the body).
 async fn answer(response: ResponseFuture) -> Status {
-    let response = response.await.expect("a response");
+    status_of(response.await.expect("a response")).await
+}
+
+/// The gRPC status of a response (trailers-only, or after the body).
+async fn status_of(response: http::Response<h2::RecvStream>) -> Status {
     if let Some(status) = Status::from_header_map(response.headers()) {
         return status;
     }
@@ -146,6 +150,86 @@ async fn answer(response: ResponseFuture) -> Status {
         .expect("the trailers")
         .expect("trailers with a grpc-status");
     Status::from_header_map(&trailers).expect("a grpc-status in the trailers")
+}
+
+/// How long a wait "until the server has answered" may take before the test fails: the CI
+/// machine is a noisy 2-core VM, and nothing here should take more than a fraction of this.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// How long the server waits for a body to start (`grpc::layer::BODY_START_TIMEOUT`, the
+/// `timeoutMs` of `RequestBodyTimeout`): a headers-only stream that was admitted holds its slot
+/// this long, then is answered and its slot freed.
+const BODY_START_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Headers-only streams the test watches: which of them the server has answered so far. The
+/// tests wait on these answers instead of sleeping "long enough for the server to see them".
+struct Watched {
+    streams: Vec<(ResponseFuture, h2::SendStream<Bytes>)>,
+    answers: Vec<Option<http::Response<h2::RecvStream>>>,
+}
+
+impl Watched {
+    fn new(streams: Vec<(ResponseFuture, h2::SendStream<Bytes>)>) -> Self {
+        let answers = streams.iter().map(|_| None).collect();
+        Self { streams, answers }
+    }
+
+    /// Takes every answer that has come, without waiting; returns how many have come in all.
+    fn collect(&mut self) -> usize {
+        use futures::FutureExt;
+        for ((response, _send), answer) in self.streams.iter_mut().zip(&mut self.answers) {
+            if answer.is_none() {
+                *answer = response
+                    .now_or_never()
+                    .map(|response| response.expect("a response"));
+            }
+        }
+        self.answers
+            .iter()
+            .filter(|answer| answer.is_some())
+            .count()
+    }
+
+    /// Polls until at least `count` streams are answered; fails naming `what` at `deadline`.
+    /// The deadline is the header-to-body timeout after the streams opened: past it, the
+    /// streams that wait for their bodies are answered too, and counting answers tells nothing.
+    async fn until_answered(&mut self, count: usize, deadline: Instant, what: &str) {
+        loop {
+            let answered = self.collect();
+            if answered >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {answered} of {} streams answered within the header-to-body timeout \
+                 ({BODY_START_TIMEOUT:?}), {count} expected",
+                self.streams.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Which streams have been answered so far (after [`Self::collect`]).
+    fn answered(&self) -> Vec<bool> {
+        self.answers.iter().map(Option::is_some).collect()
+    }
+
+    /// Every stream's final status, waiting (up to [`PATIENCE`]) for those not answered yet.
+    async fn statuses(self) -> Vec<Status> {
+        // The senders stay open until every answer is in, so no stream is reset meanwhile.
+        let (responses, _sends): (Vec<_>, Vec<_>) = self.streams.into_iter().unzip();
+        let mut statuses = Vec::new();
+        for (response, answered) in responses.into_iter().zip(self.answers) {
+            let status = match answered {
+                Some(response) => status_of(response).await,
+                None => tokio::time::timeout(PATIENCE, answer(response))
+                    .await
+                    .expect("every stream is answered in the end"),
+            };
+            statuses.push(status);
+        }
+        statuses
+    }
 }
 
 /// Sends each case on `raw`; every answer must be INVALID_ARGUMENT `InvalidParameter` with
@@ -241,21 +325,27 @@ async fn headers_only_streams_without_identity_take_no_slot_and_a_real_account_i
     })
     .await;
     let mut raw = RawGrpc::connect(app.addr).await;
+    let opened = Instant::now();
     let mut streams = Vec::new();
     for _ in 0..40 {
         streams.push(raw.open_headers_only(CREATE, &[]).await);
     }
-    // Let the server see all of them before the real call.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has seen every stream once it has answered each: no sleep "long enough".
+    // Their bodies never come, so an anonymous stream that waited for one would not be
+    // answered before the header-to-body timeout.
+    let mut streams = Watched::new(streams);
+    streams
+        .until_answered(
+            40,
+            opened + BODY_START_TIMEOUT,
+            "an anonymous stream is answered at once, before its body",
+        )
+        .await;
 
     let served = describe_as(&app, "acct-a").await;
 
     served.expect("a real account is served while 40 anonymous streams wait for their bodies");
-    let started = Instant::now();
-    for (response, _send) in streams {
-        let status = tokio::time::timeout(Duration::from_secs(2), answer(response))
-            .await
-            .expect("an anonymous stream is answered at once, before its body");
+    for status in streams.statuses().await {
         assert_error(
             &status,
             Code::Unauthenticated,
@@ -264,7 +354,6 @@ async fn headers_only_streams_without_identity_take_no_slot_and_a_real_account_i
             Detail::None,
         );
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 /// An account that opens more streams than there are slots gets at most three quarters of them;
@@ -278,6 +367,7 @@ async fn one_account_cannot_take_every_slot(backend: Backend) {
     })
     .await;
     let mut raw = RawGrpc::connect(app.addr).await;
+    let opened = Instant::now();
     let mut streams = Vec::new();
     for _ in 0..40 {
         streams.push(
@@ -285,38 +375,73 @@ async fn one_account_cannot_take_every_slot(backend: Backend) {
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No sleep for the server to see the streams: the ones beyond acct-a's share are refused
+    // at once, and each refusal means acct-a held its whole share at that moment.
+    let mut streams = Watched::new(streams);
+    streams
+        .until_answered(
+            40 - 24,
+            opened + BODY_START_TIMEOUT,
+            "acct-a's streams beyond its share are refused at once",
+        )
+        .await;
 
     let served = describe_as(&app, "acct-b").await;
 
+    // The guard before the assertions: an admitted stream holds its slot until the
+    // header-to-body timeout; past it the slots are free and the call above proves nothing.
+    let took = opened.elapsed();
+    assert!(
+        took < BODY_START_TIMEOUT,
+        "the machine is too slow for this test: acct-b was answered {took:?} after acct-a's \
+         streams opened, when their slots may already be free"
+    );
     served.expect("another account is served while acct-a holds what it may");
-    // acct-a's streams beyond its share were refused at once; the others wait for their bodies.
+    // acct-a's streams beyond its share were refused at once; the others wait for their bodies
+    // (still unanswered when acct-b was served), then are answered for the missing body.
+    streams.collect();
+    let answered_when_served = streams.answered();
     let mut refused = 0;
-    let mut waiting = Vec::new();
-    for (mut response, send) in streams {
-        let ready = tokio::time::timeout(Duration::from_millis(50), &mut response).await;
-        match ready {
-            Err(_) => waiting.push((response, send)),
-            Ok(response) => {
-                let response = response.expect("a response");
-                let status = Status::from_header_map(response.headers()).expect("trailers-only");
-                let metadata = assert_throttled(&status);
-                assert_eq!(
-                    metadata.get("cause").map(String::as_str),
-                    Some("concurrency"),
-                    "{metadata:?}"
-                );
-                assert_eq!(
-                    metadata.get("concurrencyLimit").map(String::as_str),
-                    Some("24"),
-                    "{metadata:?}"
-                );
-                refused += 1;
-            }
+    let mut waiting = 0;
+    for (status, answered) in streams.statuses().await.iter().zip(answered_when_served) {
+        if answered {
+            let metadata = assert_throttled(status);
+            assert_eq!(
+                metadata.get("cause").map(String::as_str),
+                Some("concurrency"),
+                "{metadata:?}"
+            );
+            assert_eq!(
+                metadata.get("concurrencyLimit").map(String::as_str),
+                Some("24"),
+                "{metadata:?}"
+            );
+            refused += 1;
+        } else {
+            assert_waited_for_its_body(status);
+            waiting += 1;
         }
     }
     assert_eq!(refused, 40 - 24, "acct-a holds 24 of the 32 slots");
-    assert_eq!(waiting.len(), 24);
+    assert_eq!(waiting, 24);
+}
+
+/// A stream that held its slot and never sent its body: answered `RequestBodyTimeout` once the
+/// header-to-body timeout passed.
+#[track_caller]
+fn assert_waited_for_its_body(status: &Status) {
+    let metadata = assert_error(
+        status,
+        Code::DeadlineExceeded,
+        "RequestBodyTimeout",
+        "408",
+        Detail::None,
+    );
+    assert_eq!(
+        metadata.get("timeoutMs").map(String::as_str),
+        Some("2000"),
+        "{metadata:?}"
+    );
 }
 
 /// With `--rate-limit 5,5`, an account's sixth call in a burst is throttled before it takes a
@@ -732,6 +857,7 @@ async fn one_peer_cannot_take_every_slot_whatever_accounts_it_names() {
         .await;
         let mut flood = RawGrpc::connect(app.addr).await;
         let accounts: Vec<String> = (0..40).map(|n| format!("acct-rotating-{n}")).collect();
+        let opened = Instant::now();
         let mut streams = Vec::new();
         for account in &accounts {
             streams.push(
@@ -740,7 +866,16 @@ async fn one_peer_cannot_take_every_slot_whatever_accounts_it_names() {
                     .await,
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // No sleep for the server to see the streams: the ones beyond the peer's share are
+        // refused at once, and each refusal means the peer held its whole share at that moment.
+        let mut streams = Watched::new(streams);
+        streams
+            .until_answered(
+                40 - held,
+                opened + BODY_START_TIMEOUT,
+                &format!("{per_peer:?}: the peer's streams beyond its share are refused at once"),
+            )
+            .await;
 
         let mut other_peer = RawGrpc::connect_from(app.addr, [127, 0, 0, 2].into()).await;
         let request = prost::Message::encode_to_vec(&pb::DescribeSnapshotsRequest::default());
@@ -752,31 +887,40 @@ async fn one_peer_cannot_take_every_slot_whatever_accounts_it_names() {
             )
             .await;
 
+        // The guard before the assertions: an admitted stream holds its slot until the
+        // header-to-body timeout; past it the slots are free and the call above proves nothing.
+        let took = opened.elapsed();
+        assert!(
+            took < BODY_START_TIMEOUT,
+            "the machine is too slow for this test: 127.0.0.2 was answered {took:?} after the \
+             flood opened, when its slots may already be free"
+        );
         assert_eq!(served.code(), Code::Ok, "{per_peer:?}: {served:?}");
+        // Answered by then: refused; still unanswered: holding a slot, until the missing body
+        // is answered.
+        streams.collect();
+        let answered_when_served = streams.answered();
         let mut refused = 0;
         let mut waiting = 0;
-        for (mut response, _send) in streams {
-            match tokio::time::timeout(Duration::from_millis(50), &mut response).await {
-                Err(_) => waiting += 1,
-                Ok(response) => {
-                    let response = response.expect("a response");
-                    let status =
-                        Status::from_header_map(response.headers()).expect("trailers-only");
-                    let metadata = assert_throttled(&status);
-                    assert_eq!(
-                        metadata.get("concurrencyLimit"),
-                        Some(&held.to_string()),
-                        "{per_peer:?}: {metadata:?}"
-                    );
-                    let subject = tonic_types::StatusExt::get_details_quota_failure(&status)
-                        .expect("QuotaFailure")
-                        .violations[0]
-                        .subject
-                        .clone();
-                    assert_eq!(subject, "peer/127.0.0.1", "{per_peer:?}");
-                    refused += 1;
-                }
+        for (status, answered) in streams.statuses().await.iter().zip(answered_when_served) {
+            if !answered {
+                assert_waited_for_its_body(status);
+                waiting += 1;
+                continue;
             }
+            let metadata = assert_throttled(status);
+            assert_eq!(
+                metadata.get("concurrencyLimit"),
+                Some(&held.to_string()),
+                "{per_peer:?}: {metadata:?}"
+            );
+            let subject = tonic_types::StatusExt::get_details_quota_failure(status)
+                .expect("QuotaFailure")
+                .violations[0]
+                .subject
+                .clone();
+            assert_eq!(subject, "peer/127.0.0.1", "{per_peer:?}");
+            refused += 1;
         }
         assert_eq!(
             (waiting, refused),

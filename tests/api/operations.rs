@@ -470,7 +470,8 @@ async fn a_second_sigterm_exits_at_once_with_status_1(backend: Backend) {
     server
         .wait_for_log("shutting down", Duration::from_secs(5))
         .await;
-    // The first signal only drains: the call in flight keeps the process up.
+    // The first signal only drains: the call in flight keeps the process up. A window, not a
+    // wait for a condition: an exit, the thing that must not happen, would come within it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         server.child.try_wait().unwrap().is_none(),
@@ -1194,8 +1195,13 @@ async fn rust_log_warn_keeps_warnings_and_drops_the_info_lines() {
     server
         .wait_for_log("SNAPSHOTD_ADMIN_TOKEN is not set", Duration::from_secs(5))
         .await;
-    // Give a line for the call (which must not come) the time to be written.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Read the log once the process has exited: every line it would ever write, the call's
+    // (which must not come) included, is written by then. No sleep "long enough".
+    server.signal("TERM");
+    let exit = server
+        .exited_within(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("still running 15 s after SIGTERM: {}", server.stderr()));
     let log = server.stderr();
     let lines = json_lines(&log);
     assert!(!lines.is_empty());
@@ -1208,7 +1214,7 @@ async fn rust_log_warn_keeps_warnings_and_drops_the_info_lines() {
     }
     assert!(!log.contains("call finished"), "{log}");
     assert!(!log.contains(&created.request_id), "{log}");
-    assert!(server.terminate().success());
+    assert!(exit.success(), "{exit:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -471,6 +471,7 @@ async fn a_tonic_channel_left_idle_answers_pings_and_keeps_its_connection() {
         .await
         .expect("before the idle time");
 
+    // The sleep is what is tested: idle through several PING rounds, each past the timeout.
     tokio::time::sleep(KEEPALIVE_INTERVAL * 4 + KEEPALIVE_TIMEOUT).await;
 
     client
@@ -546,6 +547,7 @@ async fn a_tonic_channel_reconnects_past_max_connection_age_without_errors() {
             ));
         }
         calls += 1;
+        // Pacing, not a wait: calls spread over several connection lifetimes.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(calls >= 5, "{calls}");
