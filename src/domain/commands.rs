@@ -334,7 +334,11 @@ mod tests {
             (i32::MAX, "", 100, None),
         ];
         for (page, token, limit, expected) in cases {
-            assert_eq!(skip(&params(page, token), limit).ok(), expected, "page {page}");
+            assert_eq!(
+                skip(&params(page, token), limit).ok(),
+                expected,
+                "page {page}"
+            );
         }
     }
     #[test]
