@@ -55,12 +55,7 @@ async fn numbered_pages_and_the_total_count_cover_every_snapshot_once(backend: B
         assert_eq!(answer.status, 200, "{}", answer.text);
         assert_eq!(answer.body["TotalCount"], 5, "{}", answer.text);
         assert_eq!(answer.body["PageNumber"], page.parse::<u64>().unwrap());
-        let ids: Vec<String> = answer.body["Snapshots"]["Snapshot"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["SnapshotId"].as_str().unwrap().to_owned())
-            .collect();
+        let ids = listed_ids(&answer);
         assert_eq!(ids.len(), expected, "page {page}: {}", answer.text);
         listed.extend(ids);
     }
@@ -198,6 +193,16 @@ fn grpc_code(result: Result<pb::CreateSnapshotResponse, tonic::Status>) -> (Stri
             (info.reason, http)
         }
     }
+}
+
+/// The ids a DescribeSnapshots answer lists, in its order.
+fn listed_ids(answer: &EcsAnswer) -> Vec<String> {
+    answer.body["Snapshots"]["Snapshot"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of snapshots: {}", answer.text))
+        .iter()
+        .map(|snapshot| snapshot["SnapshotId"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
@@ -485,14 +490,9 @@ async fn a_snapshot_made_on_one_edge_is_the_same_snapshot_on_the_other(backend: 
         )
         .await;
     assert_eq!(listed.status, 200, "{}", listed.text);
-    let mut seen: Vec<&str> = listed.body["Snapshots"]["Snapshot"]
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|s| s["SnapshotId"].as_str().unwrap())
-        .collect();
+    let mut seen = listed_ids(&listed);
     seen.sort_unstable();
-    let mut expected = vec![grpc_id.as_str(), http_id.as_str()];
+    let mut expected = vec![grpc_id.clone(), http_id.clone()];
     expected.sort_unstable();
     assert_eq!(seen, expected);
     app.assert_invariants().await;
