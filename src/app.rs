@@ -271,9 +271,12 @@ impl App {
         });
 
         let ecs_server = self.ecs_listener.map(|listener| {
-            let addr = listener.local_addr().ok();
+            let addr = listener
+                .local_addr()
+                .expect("a bound listener has an address");
+            // The bound address, as the metrics line gives its own (port 0 read back).
             tracing::info!(
-                addr = ?addr,
+                %addr,
                 tls = self.ecs_tls.is_some(),
                 "ECS-compatible HTTP API (version {})",
                 ecs::API_VERSION
