@@ -426,17 +426,22 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| AppError::TlsFile {
-            path: path.clone(),
-            source,
-        })
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read_tls_file(cert)?,
+        read_tls_file(key)?,
+    ));
     if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        tls = tls.client_ca_root(Certificate::from_pem(read_tls_file(ca)?));
     }
     Ok(Some(tls))
+}
+
+/// A PEM file of the TLS flags; an error names it.
+fn read_tls_file(path: &std::path::PathBuf) -> Result<Vec<u8>, AppError> {
+    std::fs::read(path).map_err(|source| AppError::TlsFile {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// The ECS edge's TLS, from the same PEM files as the gRPC edge's.
@@ -447,16 +452,18 @@ fn ecs_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, AppErro
     if config.ecs_listen == ListenOrOff::Off {
         return Ok(None);
     }
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| AppError::TlsFile {
-            path: path.clone(),
-            source,
-        })
-    };
-    let client_ca = config.tls_client_ca.as_ref().map(read).transpose()?;
-    ecs::tls_acceptor(&read(cert)?, &read(key)?, client_ca.as_deref())
-        .map(Some)
-        .map_err(AppError::EcsTls)
+    let client_ca = config
+        .tls_client_ca
+        .as_ref()
+        .map(read_tls_file)
+        .transpose()?;
+    ecs::tls_acceptor(
+        &read_tls_file(cert)?,
+        &read_tls_file(key)?,
+        client_ca.as_deref(),
+    )
+    .map(Some)
+    .map_err(AppError::EcsTls)
 }
 
 /// Readiness, told alike to the gRPC health service (every name in [`SERVICE_NAMES`]) and to
