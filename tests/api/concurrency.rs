@@ -7,7 +7,8 @@ use tonic::Code;
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, DiskLock, Options, concurrently, finish_copies, spawn_app, spawn_app_with, world,
+    Backend, DiskLock, Options, concurrently, finish_copies, spawn_app, spawn_app_with,
+    spawn_replica, world,
 };
 use crate::on_both_backends;
 
@@ -147,4 +148,47 @@ async fn creates_on_different_disks_do_not_wait_for_each_other_on_postgres() {
         .expect("disk 0's create proceeds once the lock is released");
     assert_eq!(app.count_rows("snapshots").await, 2);
     app.assert_invariants().await;
+}
+
+/// Two replicas on one PostgreSQL race creates on one disk: the disk's row lock, not either
+/// replica's own bookkeeping, lets exactly one start a copy. The test holds the row while both
+/// calls arrive, so both have read the disk before either can write: without the lock each
+/// would read it free and write a snapshot of its own (the mutation in docs/testing.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_on_one_disk_start_exactly_one_copy_on_postgres() {
+    let first = Arc::new(spawn_app(Backend::Postgres).await);
+    let second = Arc::new(spawn_replica(&first, Options::default()).await);
+    first.seed(&world("acct-a", 1)).await;
+
+    let lock = DiskLock::hold(&first.db.url, "d-acct-a-0").await;
+    let calls: Vec<_> = [first.clone(), second.clone()]
+        .into_iter()
+        .map(|app| tokio::spawn(async move { app.create_on("acct-a", "d-acct-a-0").await }))
+        .collect();
+    // Both replicas' creates are inside their transactions, stopped by the held row.
+    lock.wait_for_waiters(2).await;
+    lock.release().await;
+
+    let mut created = Vec::new();
+    for call in calls {
+        match call.await.expect("a create task") {
+            Ok(response) => created.push(response.snapshot_id),
+            Err(status) => {
+                assert_error(
+                    &status,
+                    Code::FailedPrecondition,
+                    "IncorrectDiskStatus.CreatingSnapshot",
+                    "403",
+                    Detail::PreconditionFailureAndRetry,
+                );
+            }
+        }
+    }
+    assert_eq!(
+        created.len(),
+        1,
+        "exactly one replica starts a copy: {created:?}"
+    );
+    assert_eq!(first.count_rows("snapshots").await, 1);
+    first.assert_invariants().await;
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -422,6 +423,8 @@ async fn all_snapshot_ids(channel: &Channel, account: &str) -> std::collections:
 }
 
 const CRASH_DISKS: usize = 64;
+/// Creates acknowledged on each disk before the kill.
+const KILL_AFTER: usize = 2;
 
 /// What the load saw in one round: the ids acknowledged on each disk, and every answer before
 /// the kill that was neither a success nor the expected "copy still running" refusal.
@@ -437,10 +440,12 @@ async fn load_until_the_server_dies(
     channel: Channel,
     round: usize,
     killed_at: Arc<OnceLock<Instant>>,
+    acknowledged_per_disk: Arc<Vec<AtomicUsize>>,
 ) -> RoundLoad {
     let per_disk = crate::helpers::concurrently(CRASH_DISKS, |n| {
         let channel = channel.clone();
         let killed_at = killed_at.clone();
+        let acknowledged_per_disk = acknowledged_per_disk.clone();
         async move {
             let mut ids = Vec::new();
             let mut unexpected = Vec::new();
@@ -451,7 +456,10 @@ async fn load_until_the_server_dies(
                     ..Default::default()
                 };
                 match create(&channel, "acct-a", request).await {
-                    Ok(response) => ids.push(response.snapshot_id),
+                    Ok(response) => {
+                        ids.push(response.snapshot_id);
+                        acknowledged_per_disk[n].fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(status)
                         if status.code() == Code::FailedPrecondition
                             && status.get_details_error_info().is_some_and(|info| {
@@ -535,27 +543,46 @@ async fn sigkill_under_load_loses_no_acknowledged_snapshot(backend: Backend) {
         );
 
         let killed_at = Arc::new(OnceLock::new());
+        let acknowledged_per_disk: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..CRASH_DISKS).map(|_| AtomicUsize::new(0)).collect());
         let load = tokio::spawn(load_until_the_server_dies(
             channel,
             round,
             killed_at.clone(),
+            acknowledged_per_disk.clone(),
         ));
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // The kill comes once every disk has had KILL_AFTER creates acknowledged (its copies
+        // finish in 0.2 s, so the load is writing all along), or after PATIENCE, when the
+        // assertions below say which disks lagged.
+        let deadline = Instant::now() + crate::helpers::PATIENCE;
+        while Instant::now() < deadline
+            && !load.is_finished()
+            && acknowledged_per_disk
+                .iter()
+                .any(|count| count.load(Ordering::SeqCst) < KILL_AFTER)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         killed_at.set(Instant::now()).unwrap();
         server.kill();
-        let load = load.await.unwrap();
+        let load = tokio::time::timeout(crate::helpers::PATIENCE, load)
+            .await
+            .expect("every client stops once the server is killed")
+            .unwrap();
         assert!(
             load.unexpected.is_empty(),
             "round {round}: answers other than success or a running copy before the kill: {:?}",
             load.unexpected
         );
-        // Every disk was written at least once in the 2 s before the kill (a copy takes 0.2 s).
-        let idle: Vec<usize> = (0..CRASH_DISKS)
-            .filter(|&n| load.acknowledged[n].is_empty())
+        // Every disk was written KILL_AFTER times before the kill (a copy takes 0.2 s).
+        let idle: Vec<(usize, usize)> = (0..CRASH_DISKS)
+            .map(|n| (n, load.acknowledged[n].len()))
+            .filter(|&(_, count)| count < KILL_AFTER)
             .collect();
         assert!(
             idle.is_empty(),
-            "round {round}: disks with no acknowledged snapshot before the kill: {idle:?}"
+            "round {round}: disks (number, acknowledged) with fewer than {KILL_AFTER} \
+             acknowledged snapshots before the kill: {idle:?}"
         );
         let count: usize = load.acknowledged.iter().map(Vec::len).sum();
         eprintln!("{backend:?} round {round}: {count} acknowledged before the SIGKILL");

@@ -11,7 +11,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::assertions::{Detail, assert_error};
 use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
-    Backend, Options, finish_copies, postgres_server_addr, spawn_app, spawn_app_with, world,
+    Backend, Options, TestDatabase, finish_copies, postgres_server_addr, spawn_app, spawn_app_with,
+    spawn_on, world,
 };
 
 /// How soon a call fails while the database is gone: `--db-acquire-timeout` (2 s by default) and
@@ -237,27 +238,69 @@ async fn a_connection_killed_mid_transaction_fails_cleanly_and_a_retry_succeeds_
     app.assert_invariants().await;
 }
 
+/// The client's deadline passes while the server's create waits on the disk lock: the server
+/// drops the call and its session, so nothing is written once the lock is free, and a retry
+/// with the same token is a fresh create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_gives_up_mid_request_leaves_nothing_half_written() {
-    let app = spawn_app(Backend::Postgres).await;
+    // PostgreSQL notices a closed client socket within 20 ms even while the session waits on a
+    // lock: the server's session ending is then the sign that the server let go of the call.
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "ALTER DATABASE \"{name}\" SET client_connection_check_interval = '20ms'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let app = std::sync::Arc::new(spawn_on(Backend::Postgres, db, Options::default()).await);
     app.seed(&world("acct-a", 1)).await;
     let mut holder = hold_disk_lock(&app, "d-acct-a-0").await;
 
-    let mut request = crate::helpers::as_account("acct-a", with_token("d-acct-a-0", "impatient"));
-    request.set_timeout(Duration::from_millis(300));
-    let status = app.snapshots().create_snapshot(request).await.unwrap_err();
+    let call = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut request =
+                crate::helpers::as_account("acct-a", with_token("d-acct-a-0", "impatient"));
+            request.set_timeout(Duration::from_millis(300));
+            app.snapshots().create_snapshot(request).await
+        }
+    });
+    let server_session = waiting_server_backend(&app).await;
+    let status = call.await.unwrap().unwrap_err();
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
 
-    // The server dropped the call: its transaction rolled back and let go of its connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server dropped the call and closed its session: the session that waited is gone
+    // while the lock is still held, so its transaction can never write.
+    let deadline = Instant::now() + crate::helpers::PATIENCE;
+    loop {
+        let still_there: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(server_session)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if !still_there {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server's session {server_session} still waits on the lock after its client \
+             gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut holder)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.count_rows("snapshots").await, 0);
     assert_eq!(app.count_rows("client_tokens").await, 0);
     let created = app

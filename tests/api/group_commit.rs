@@ -33,7 +33,10 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
 use crate::assertions::{Detail, assert_error};
-use crate::helpers::{Backend, DiskLock, Options, TestApp, create_request, spawn_app_with, world};
+use crate::helpers::{
+    Backend, DiskLock, Options, PATIENCE, TestApp, create_request, spawn_app_with, wait_until,
+    world,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -42,10 +45,6 @@ on_both_backends!(
 );
 
 const ACCOUNT: &str = "acct-gc";
-
-/// How long a wait "until something happens" may take before the test fails: the CI machine
-/// is a noisy 2-core VM, and nothing here should take more than a fraction of this.
-const PATIENCE: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
 // The gate backend.
@@ -168,22 +167,6 @@ impl SnapshotBackend for GateBackend {
             .entry(snapshot.source_disk_id.clone())
             .or_default() += 1;
         self.inner.cancel_copy(snapshot).await
-    }
-}
-
-/// Polls `state` until it says the test may go on (`Ok`); fails the test with the last state
-/// it described (`Err`) after [`PATIENCE`].
-async fn wait_until<T>(what: &str, mut state: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match state() {
-            Ok(done) => return done,
-            Err(now) => assert!(
-                Instant::now() < deadline,
-                "{PATIENCE:?} on, still not {what}: {now}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

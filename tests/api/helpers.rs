@@ -443,7 +443,12 @@ impl DiskLock {
 
     /// Waits until some other session of the database waits on a lock: the server's create.
     pub async fn wait_for_a_waiter(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_for_waiters(1).await;
+    }
+
+    /// Waits until `sessions` other sessions of the database wait on a lock.
+    pub async fn wait_for_waiters(&self, sessions: i64) {
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM pg_stat_activity \
@@ -453,12 +458,13 @@ impl DiskLock {
             .fetch_one(&self.pool)
             .await
             .expect("reading pg_stat_activity");
-            if waiting > 0 {
+            if waiting >= sessions {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the server's CreateSnapshot never waited on the disk lock"
+                "{waiting} sessions wait on a lock {PATIENCE:?} on, not {sessions}: the \
+                 server's CreateSnapshot never waited on the disk lock"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -467,6 +473,27 @@ impl DiskLock {
     pub async fn release(self) {
         self.tx.rollback().await.expect("ROLLBACK");
         self.pool.close().await;
+    }
+}
+
+/// How long a wait "until something happens" may take before the test fails: the CI machine
+/// is a noisy 2-core VM, and nothing here should take more than a fraction of this.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Polls `state` until it says the test may go on (`Ok`); fails the test with the last state
+/// it described (`Err`) after [`PATIENCE`]. For conditions the test cannot await directly (a
+/// gauge, another session's wait), instead of a sleep "long enough".
+pub async fn wait_until<T>(what: &str, mut state: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match state() {
+            Ok(done) => return done,
+            Err(now) => assert!(
+                Instant::now() < deadline,
+                "{PATIENCE:?} on, still not {what}: {now}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
