@@ -24,15 +24,16 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// Starts at `start`, kept to the microsecond as [`SystemClock`] keeps time.
     pub fn new(start: Timestamp) -> Self {
         Self {
-            now: std::sync::Mutex::new(start),
+            now: std::sync::Mutex::new(chrono::SubsecRound::trunc_subsecs(start, 6)),
         }
     }
 
     pub fn advance(&self, by: std::time::Duration) {
         let mut now = self.now.lock().expect("clock lock");
-        *now += by;
+        *now = chrono::SubsecRound::trunc_subsecs(*now + by, 6);
     }
 }
 

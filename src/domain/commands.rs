@@ -4,8 +4,8 @@
 use chrono::DateTime;
 
 use super::{
-    ClientToken, Description, DiskId, ImageName, ParseError, RetentionDays, Snapshot, SnapshotId,
-    SnapshotName, SnapshotStatus, Tag, Timestamp,
+    ClientToken, Description, DiskId, DiskType, ImageName, ParseError, RetentionDays, Snapshot,
+    SnapshotId, SnapshotName, SnapshotStatus, SnapshotUsage, Tag, Timestamp, is_plain_id,
 };
 
 /// CreateSnapshot's parameters as a caller sends them; an empty string is a parameter not given.
@@ -33,8 +33,15 @@ pub struct DescribeSnapshotsParams<'a> {
     /// 0: not given; else the page to show, counting from 1 in pages of the page size (the
     /// ECS edge's `PageNumber`; the alternative to `next_token`).
     pub page_number: i32,
-    /// Whether the answer counts every snapshot the filters match (ECS's `TotalCount`).
-    pub count_total: bool,
+    /// Snapshots of the disks attached to this instance now.
+    pub instance_id: &'a str,
+    pub source_disk_type: Option<DiskType>,
+    /// `image` or `none`.
+    pub usage: &'a str,
+    /// Created at or after this instant.
+    pub created_after: Option<Timestamp>,
+    /// Created before this instant.
+    pub created_before: Option<Timestamp>,
 }
 
 /// CreateImage's parameters as a caller sends them.
@@ -225,12 +232,17 @@ pub struct SnapshotQuery {
     pub snapshot_name: Option<String>,
     /// Every tag must match; an empty value matches any value of the key.
     pub tags: Vec<Tag>,
+    /// Snapshots of the disks attached to this instance now.
+    pub instance_id: Option<String>,
+    pub source_disk_type: Option<DiskType>,
+    pub usage: Option<SnapshotUsage>,
+    /// `created_at` in `[created_after, created_before)`.
+    pub created_after: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
     pub after: Option<PageCursor>,
     pub limit: u32,
     /// Matching snapshots to pass over before the page (`page_number`'s pages before it).
     pub skip: u32,
-    /// Whether to count every matching snapshot too.
-    pub count_total: bool,
 }
 
 /// The most snapshots a numbered page may pass over: deep offsets cost the database a scan of
@@ -269,13 +281,44 @@ impl SnapshotQuery {
             snapshot_name: SnapshotName::parse_optional(params.snapshot_name)?
                 .map(|name| name.as_str().to_owned()),
             tags: Tag::parse_all(params.tags.iter().copied())?,
+            instance_id: match params.instance_id {
+                "" => None,
+                id if is_plain_id(id) => Some(id.to_owned()),
+                _ => {
+                    return Err(ParseError::InvalidParameter {
+                        field: "instance_id",
+                        why: "must be 1 to 64 of [A-Za-z0-9._:-]".to_owned(),
+                    });
+                }
+            },
+            source_disk_type: params.source_disk_type,
+            usage: match params.usage {
+                "" => None,
+                raw => {
+                    Some(
+                        SnapshotUsage::parse(raw).ok_or_else(|| ParseError::InvalidParameter {
+                            field: "usage",
+                            why: "must be image or none".to_owned(),
+                        })?,
+                    )
+                }
+            },
+            created_after: params.created_after,
+            created_before: match (params.created_after, params.created_before) {
+                (Some(after), Some(before)) if before <= after => {
+                    return Err(ParseError::InvalidParameter {
+                        field: "created_before",
+                        why: "must be later than created_after".to_owned(),
+                    });
+                }
+                (_, before) => before,
+            },
             after: match params.next_token {
                 "" => None,
                 token => Some(PageCursor::parse_token(token)?),
             },
             limit,
             skip: skip(params, limit)?,
-            count_total: params.count_total,
         })
     }
 }
@@ -310,8 +353,8 @@ pub struct SnapshotPage {
     pub snapshots: Vec<Snapshot>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
-    /// Every snapshot the filters match, when the query asked.
-    pub total: Option<u64>,
+    /// Every snapshot the filters match, on every page.
+    pub total: u64,
 }
 
 #[cfg(test)]

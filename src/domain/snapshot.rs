@@ -54,6 +54,14 @@ pub struct Snapshot {
     pub usage: SnapshotUsage,
 }
 
+impl Snapshot {
+    /// ECS's `Available`: the snapshot can be used (an image made from it) once its copy is
+    /// accomplished; this service offers no instant access that would make it usable sooner.
+    pub fn is_available(&self) -> bool {
+        self.status == SnapshotStatus::Accomplished
+    }
+}
+
 /// The snapshot currently being copied from a disk, as far as the rules need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InProgressSnapshot {

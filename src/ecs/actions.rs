@@ -7,7 +7,7 @@ use super::error::EcsError;
 use super::params::Params;
 use crate::domain::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
-    DescribeSnapshotsParams, MAX_TAGS, PageCursor, ParseError, SnapshotId, SnapshotQuery,
+    DescribeSnapshotsParams, DiskType, MAX_TAGS, PageCursor, ParseError, SnapshotId, SnapshotQuery,
     SnapshotStatus, Timestamp,
 };
 use crate::service::{Service, SnapshotView};
@@ -91,6 +91,8 @@ impl Action {
                 "PageSize",
                 "PageNumber",
                 "InstanceId",
+                "SourceDiskType",
+                "Usage",
             ],
             Self::DeleteSnapshot => &["SnapshotId", "Force"],
             Self::CreateImage => &["SnapshotId", "ImageName", "ClientToken"],
@@ -100,6 +102,10 @@ impl Action {
     fn takes_tags(self) -> bool {
         matches!(self, Self::CreateSnapshot | Self::DescribeSnapshots)
     }
+
+    fn takes_filters(self) -> bool {
+        self == Self::DescribeSnapshots
+    }
 }
 
 /// Refuses a parameter the action does not read, and a dry run (not offered).
@@ -107,7 +113,8 @@ fn check_parameters(action: Action, params: &Params) -> Result<(), EcsError> {
     for (name, _) in params.all() {
         let known = COMMON_PARAMETERS.contains(&name)
             || action.parameters().contains(&name)
-            || (action.takes_tags() && name.starts_with("Tag."));
+            || (action.takes_tags() && name.starts_with("Tag."))
+            || (action.takes_filters() && name.starts_with("Filter."));
         if !known {
             return Err(EcsError::UnknownParameter {
                 parameter: name.to_owned(),
@@ -202,12 +209,6 @@ async fn describe_snapshots(
     account_id: &str,
     params: &Params,
 ) -> Result<Value, EcsError> {
-    if params.get("InstanceId").is_some_and(|id| !id.is_empty()) {
-        return Err(invalid_value(
-            "InstanceId",
-            "the InstanceId filter is not offered yet; filter by DiskId",
-        ));
-    }
     match params.get("SnapshotType") {
         None | Some("" | "all" | "user") => {}
         Some(_) => {
@@ -225,6 +226,7 @@ async fn describe_snapshots(
         Some(max) => max,
         None => number(params, "PageSize")?.unwrap_or(0),
     };
+    let creation_times = creation_times(params)?;
     let describe = DescribeSnapshotsParams {
         disk_id: params.text("DiskId"),
         snapshot_ids: &id_refs,
@@ -238,14 +240,18 @@ async fn describe_snapshots(
             Some(page) if page >= 1 => page,
             Some(_) => return Err(invalid_value("PageNumber", "must be 1 or more")),
         },
-        count_total: true,
+        instance_id: params.text("InstanceId"),
+        source_disk_type: source_disk_type(params)?,
+        usage: params.text("Usage"),
+        created_after: creation_times.start,
+        created_before: creation_times.end,
     };
     let query = SnapshotQuery::parse(account_id.to_owned(), &describe)?;
     let page = service.describe_snapshots(&query).await?;
     let snapshots: Vec<Value> = page.snapshots.into_iter().map(snapshot_json).collect();
     let mut body = json!({
         "PageSize": query.limit,
-        "TotalCount": page.total.unwrap_or_default(),
+        "TotalCount": page.total,
         "NextToken": page.next.as_ref().map(PageCursor::to_token).unwrap_or_default(),
         "Snapshots": { "Snapshot": snapshots },
     });
@@ -360,6 +366,91 @@ fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
     Ok(tags.into_iter().map(|(_, k, v)| (k, v)).collect())
 }
 
+/// `SourceDiskType`: `System` or `Data`, in any case (as ECS takes it).
+fn source_disk_type(params: &Params) -> Result<Option<DiskType>, EcsError> {
+    match params.get("SourceDiskType") {
+        None | Some("") => Ok(None),
+        Some(raw) if raw.eq_ignore_ascii_case("system") => Ok(Some(DiskType::System)),
+        Some(raw) if raw.eq_ignore_ascii_case("data") => Ok(Some(DiskType::Data)),
+        Some(_) => Err(invalid_value("SourceDiskType", "must be System or Data")),
+    }
+}
+
+/// The creation-time range of `Filter.N.Key` = `CreationStartTime` / `CreationEndTime` with
+/// `Filter.N.Value` in ECS's UTC format (`2026-01-02T03:04Z`, or with seconds).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CreationTimes {
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
+}
+
+/// The most `Filter.N` pairs: one per key ECS offers here.
+const MAX_FILTERS: usize = 2;
+
+fn creation_times(params: &Params) -> Result<CreationTimes, EcsError> {
+    let mut times = CreationTimes::default();
+    let mut seen = Vec::new();
+    for name in params.names_with_prefix("Filter.") {
+        let index = name
+            .strip_prefix("Filter.")
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, part)| matches!(*part, "Key" | "Value"))
+            .and_then(|(n, _)| n.parse::<usize>().ok())
+            .filter(|n| (1..=MAX_FILTERS).contains(n))
+            .ok_or_else(|| {
+                invalid_value(
+                    "Filter.N",
+                    &format!(
+                        "{name} is not Filter.N.Key or Filter.N.Value with N from 1 to {MAX_FILTERS}"
+                    ),
+                )
+            })?;
+        if seen.contains(&index) {
+            continue;
+        }
+        seen.push(index);
+        let key = params.text(&format!("Filter.{index}.Key"));
+        let value = params.text(&format!("Filter.{index}.Value"));
+        let slot = match key {
+            "CreationStartTime" => &mut times.start,
+            "CreationEndTime" => &mut times.end,
+            "" => {
+                return Err(ParseError::MissingParameter {
+                    field: "Filter.N.Key",
+                }
+                .into());
+            }
+            _ => {
+                return Err(invalid_value(
+                    "Filter.N.Key",
+                    "must be CreationStartTime or CreationEndTime",
+                ));
+            }
+        };
+        if slot.is_some() {
+            return Err(invalid_value(
+                "Filter.N.Key",
+                &format!("{key} is given twice"),
+            ));
+        }
+        *slot = Some(ecs_time_parse(value).ok_or_else(|| {
+            invalid_value(
+                "Filter.N.Value",
+                "must be a UTC time such as 2026-01-02T03:04Z or 2026-01-02T03:04:05Z",
+            )
+        })?);
+    }
+    Ok(times)
+}
+
+/// ECS's UTC time, to the minute or to the second.
+fn ecs_time_parse(raw: &str) -> Option<Timestamp> {
+    ["%Y-%m-%dT%H:%MZ", "%Y-%m-%dT%H:%M:%SZ"]
+        .into_iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(raw, format).ok())
+        .map(|at| at.and_utc())
+}
+
 /// ECS's time format: to the second, in UTC.
 fn ecs_time(at: Timestamp) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -372,6 +463,7 @@ fn snapshot_json(view: SnapshotView) -> Value {
         progress_percent,
         remaining,
     } = view;
+    let available = snapshot.is_available();
     let tags: Vec<Value> = snapshot
         .tags
         .iter()
@@ -395,7 +487,7 @@ fn snapshot_json(view: SnapshotView) -> Value {
         "SnapshotType": "user",
         "Encrypted": false,
         "InstantAccess": false,
-        "Available": snapshot.status == SnapshotStatus::Accomplished,
+        "Available": available,
         "Tags": { "Tag": tags },
     })
 }
@@ -479,10 +571,19 @@ mod tests {
                 "SnapshotType=all&Tag.1.Key=a",
                 None,
             ),
-            (Action::DescribeSnapshots, "Usage=none", Some("Usage")),
             (
                 Action::DescribeSnapshots,
-                "Filter.1.Key=CreationStartTime",
+                "Usage=none&SourceDiskType=Data&InstanceId=i-1&Filter.1.Key=CreationStartTime",
+                None,
+            ),
+            (
+                Action::DescribeSnapshots,
+                "Category=flash",
+                Some("Category"),
+            ),
+            (
+                Action::DeleteSnapshot,
+                "SnapshotId=s-1&Filter.1.Key=a",
                 Some("Filter.1.Key"),
             ),
             (

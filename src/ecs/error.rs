@@ -241,6 +241,10 @@ pub fn ecs_name(field: &str) -> String {
     if field.contains('-') {
         return field.to_owned();
     }
+    // The creation-time range arrives as `Filter.N` pairs here.
+    if matches!(field, "created_after" | "created_before") {
+        return "Filter.N.Value".to_owned();
+    }
     field
         .split('_')
         .map(|word| {

@@ -30,7 +30,7 @@ pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
 /// stops in 4713 BC) and what a cloud inventory can mean.
 const LATEST_TIMESTAMP_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
 
-fn timestamp_from_proto(
+pub fn timestamp_from_proto(
     field: &'static str,
     at: Option<prost_types::Timestamp>,
 ) -> Result<Option<Timestamp>, ParseError> {
@@ -292,6 +292,16 @@ pub fn snapshot_status_to_proto(status: SnapshotStatus) -> pb::SnapshotStatus {
 }
 
 /// A status filter: `UNSPECIFIED` means any.
+/// DescribeSnapshots' `source_disk_type`: unspecified is any.
+pub fn disk_type_filter(raw: i32) -> Result<Option<DiskType>, ParseError> {
+    match pb::DiskType::try_from(raw) {
+        Ok(pb::DiskType::Unspecified) => Ok(None),
+        Ok(pb::DiskType::System) => Ok(Some(DiskType::System)),
+        Ok(pb::DiskType::Data) => Ok(Some(DiskType::Data)),
+        Err(_) => Err(invalid("source_disk_type", "must be a known DISK_TYPE_*")),
+    }
+}
+
 pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, ParseError> {
     match pb::SnapshotStatus::try_from(raw) {
         Ok(pb::SnapshotStatus::Unspecified) => Ok(None),
@@ -310,6 +320,7 @@ pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
         remaining,
     } = view;
     let remaining_secs = remaining.as_secs_f64().ceil() as u64;
+    let available = snapshot.is_available();
     pb::Snapshot {
         snapshot_name: snapshot.snapshot_name.unwrap_or_default(),
         description: snapshot.description,
@@ -323,6 +334,7 @@ pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
         retention_days: snapshot.retention.as_i32(),
         tags: tags_to_proto(snapshot.tags),
         usage: snapshot.usage.as_str().to_owned(),
+        available,
         snapshot_id: snapshot.snapshot_id,
         source_disk_id: snapshot.source_disk_id,
     }

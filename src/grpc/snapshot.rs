@@ -6,7 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::call::{Caller, handle};
-use super::convert::{snapshot_status_filter, snapshot_to_proto, tag_pairs};
+use super::convert::{
+    disk_type_filter, snapshot_status_filter, snapshot_to_proto, tag_pairs, timestamp_from_proto,
+};
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
     CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams, PageCursor, SnapshotId,
@@ -70,7 +72,11 @@ impl SnapshotApi {
             next_token: &request.next_token,
             max_results: request.max_results,
             page_number: 0,
-            count_total: false,
+            instance_id: &request.instance_id,
+            source_disk_type: disk_type_filter(request.source_disk_type)?,
+            usage: &request.usage,
+            created_after: timestamp_from_proto("created_after", request.created_after)?,
+            created_before: timestamp_from_proto("created_before", request.created_before)?,
         };
         let query = SnapshotQuery::parse(caller.account_id, &params)?;
         let page = self.service.describe_snapshots(&query).await?;
@@ -82,6 +88,7 @@ impl SnapshotApi {
                 .as_ref()
                 .map(PageCursor::to_token)
                 .unwrap_or_default(),
+            total_count: i32::try_from(page.total).unwrap_or(i32::MAX),
         })
     }
 

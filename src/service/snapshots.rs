@@ -34,8 +34,8 @@ pub struct DescribedPage {
     pub snapshots: Vec<SnapshotView>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
-    /// Every snapshot the filters match, when the query asked.
-    pub total: Option<u64>,
+    /// Every snapshot the filters match (not only this page).
+    pub total: u64,
 }
 
 impl Service {

@@ -347,19 +347,13 @@ where
             let tags: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
             attach_tags(&mut snapshots, tags);
         }
-        let total = if query.count_total {
-            let counted: Vec<(i64,)> =
-                matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
-                    .fetch_all(self.connection())
-                    .await?;
-            Some(
-                counted
-                    .first()
-                    .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0)),
-            )
-        } else {
-            None
-        };
+        let counted: Vec<(i64,)> =
+            matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
+                .fetch_all(self.connection())
+                .await?;
+        let total = counted
+            .first()
+            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0));
         Ok(SnapshotPage {
             snapshots,
             next,
@@ -893,6 +887,30 @@ fn matching_snapshots(select: String, query: &SnapshotQuery) -> Statement {
     if let Some(name) = &query.snapshot_name {
         statement.push(" AND s.snapshot_name = ");
         statement.push_param(Param::Text(name.clone()));
+    }
+    if let Some(instance_id) = &query.instance_id {
+        // The disks attached to it now, of the caller's own account.
+        statement.push(
+            " AND s.source_disk_id IN (SELECT d.disk_id FROM disks d WHERE d.account_id = s.account_id AND d.instance_id = ",
+        );
+        statement.push_param(Param::Text(instance_id.clone()));
+        statement.push(")");
+    }
+    if let Some(disk_type) = query.source_disk_type {
+        statement.push(" AND s.source_disk_type = ");
+        statement.push_param(Param::Text(disk_type.as_str().to_owned()));
+    }
+    if let Some(usage) = query.usage {
+        statement.push(" AND s.usage = ");
+        statement.push_param(Param::Text(usage.as_str().to_owned()));
+    }
+    if let Some(after) = query.created_after {
+        statement.push(" AND s.created_at >= ");
+        statement.push_param(Param::Time(after));
+    }
+    if let Some(before) = query.created_before {
+        statement.push(" AND s.created_at < ");
+        statement.push_param(Param::Time(before));
     }
     for tag in &query.tags {
         statement.push(" AND EXISTS (SELECT 1 FROM snapshot_tags t WHERE t.snapshot_id = s.snapshot_id AND t.key = ");

@@ -256,13 +256,13 @@ async fn describe_returns_the_callers_snapshots_newest_first_with_every_field(ba
 
 struct FilterWorld {
     app: TestApp,
-    /// acct-a: d-0 accomplished, name alpha, env=prod team=db.
+    /// acct-a: d-0 accomplished, name alpha, env=prod team=db, an image made of it; at T.
     a0: String,
-    /// acct-a: d-1 accomplished, name beta, env=dev.
+    /// acct-a: d-1 (now attached to i-acct-a-2) accomplished, name beta, env=dev; at T + 1 s.
     a1: String,
-    /// acct-a: d-2 failed, name gamma, team=web.
+    /// acct-a: d-2 (a system disk) failed, name gamma, team=web; at T + 2 s.
     a2: String,
-    /// acct-a: d-0 progressing, name alpha, env=prod.
+    /// acct-a: d-0 progressing, name alpha, env=prod; at T + 3602 s.
     a3: String,
     /// acct-b: its d-0 progressing, name alpha, env=prod.
     b0: String,
@@ -279,6 +279,10 @@ async fn filter_world(backend: Backend) -> FilterWorld {
     .await;
     app.seed(&world("acct-a", 3)).await;
     app.seed(&world("acct-b", 1)).await;
+    // d-acct-a-2 is a system disk.
+    let mut system_disk = crate::helpers::attached_disk("acct-a", "i-acct-a", "d-acct-a-2");
+    system_disk.r#type = pb::DiskType::System.into();
+    app.put_disk(system_disk).await.expect("PutDisk");
     let create = |disk: &str, name: &str, tags: Vec<pb::Tag>| pb::CreateSnapshotRequest {
         snapshot_name: name.into(),
         tags,
@@ -318,6 +322,29 @@ async fn filter_world(backend: Backend) -> FilterWorld {
     app.advance(Duration::from_secs(3600));
     let done = app.tick_until_idle().await;
     assert_eq!((done.accomplished, done.failed), (2, 1));
+    // An image of a0 (usage image); d-acct-a-1 moves to a second instance of acct-a.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("a valid address")
+        .connect_lazy();
+    pb::image_service_client::ImageServiceClient::new(channel)
+        .create_image(as_account(
+            "acct-a",
+            pb::CreateImageRequest {
+                snapshot_id: a0.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("CreateImage");
+    app.put_instance(crate::helpers::running_instance("acct-a", "i-acct-a-2"))
+        .await;
+    app.put_disk(crate::helpers::attached_disk(
+        "acct-a",
+        "i-acct-a-2",
+        "d-acct-a-1",
+    ))
+    .await
+    .expect("PutDisk");
     let a3 = app
         .create(
             "acct-a",
@@ -360,8 +387,115 @@ async fn each_filter_narrows_the_listing_to_the_matching_snapshots(backend: Back
         ..base()
     };
     let tags = |tags: Vec<pb::Tag>| pb::DescribeSnapshotsRequest { tags, ..base() };
+    let a0_created = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            snapshot_ids: vec![a0.clone()],
+            ..base()
+        },
+    )
+    .await
+    .expect("DescribeSnapshots")
+    .snapshots[0]
+        .created_at;
+    let at = |seconds: i64| {
+        a0_created.map(|t| prost_types::Timestamp {
+            seconds: t.seconds + seconds,
+            nanos: t.nanos,
+        })
+    };
+    let created = |after: Option<i64>, before: Option<i64>| pb::DescribeSnapshotsRequest {
+        created_after: after.and_then(at),
+        created_before: before.and_then(at),
+        ..base()
+    };
     let cases: Vec<(&str, pb::DescribeSnapshotsRequest, Vec<&String>)> = vec![
         ("no filter", base(), vec![&a3, &a2, &a1, &a0]),
+        (
+            "instance_id: the disks attached to it now",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-acct-a".into(),
+                ..base()
+            },
+            vec![&a3, &a2, &a0],
+        ),
+        (
+            "instance_id: a disk moved there keeps its snapshots",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-acct-a-2".into(),
+                ..base()
+            },
+            vec![&a1],
+        ),
+        (
+            "instance_id of another account matches nothing",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-acct-b".into(),
+                ..base()
+            },
+            vec![],
+        ),
+        (
+            "instance_id nobody has",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-nobody".into(),
+                ..base()
+            },
+            vec![],
+        ),
+        (
+            "source_disk_type SYSTEM",
+            pb::DescribeSnapshotsRequest {
+                source_disk_type: pb::DiskType::System.into(),
+                ..base()
+            },
+            vec![&a2],
+        ),
+        (
+            "source_disk_type DATA",
+            pb::DescribeSnapshotsRequest {
+                source_disk_type: pb::DiskType::Data.into(),
+                ..base()
+            },
+            vec![&a3, &a1, &a0],
+        ),
+        (
+            "usage image",
+            pb::DescribeSnapshotsRequest {
+                usage: "image".into(),
+                ..base()
+            },
+            vec![&a0],
+        ),
+        (
+            "usage none",
+            pb::DescribeSnapshotsRequest {
+                usage: "none".into(),
+                ..base()
+            },
+            vec![&a3, &a2, &a1],
+        ),
+        (
+            "created_after is inclusive",
+            created(Some(1), None),
+            vec![&a3, &a2, &a1],
+        ),
+        (
+            "created_before is exclusive",
+            created(None, Some(2)),
+            vec![&a1, &a0],
+        ),
+        (
+            "a range of one second",
+            created(Some(1), Some(2)),
+            vec![&a1],
+        ),
+        (
+            "a range before everything",
+            created(Some(-10), Some(0)),
+            vec![],
+        ),
         (
             "disk_id",
             pb::DescribeSnapshotsRequest {
@@ -471,10 +605,46 @@ async fn each_filter_narrows_the_listing_to_the_matching_snapshots(backend: Back
         ),
     ];
     for (label, request, expected) in cases {
-        let ids = listed(&app, "acct-a", request).await;
-        let ids: Vec<&String> = ids.iter().collect();
+        let page = describe(&app, "acct-a", request)
+            .await
+            .unwrap_or_else(|status| panic!("{label}: {status:?}"));
+        let ids: Vec<&String> = page.snapshots.iter().map(|s| &s.snapshot_id).collect();
         assert_eq!(ids, expected, "{label}");
+        assert_eq!(
+            page.total_count as usize,
+            expected.len(),
+            "{label}: total_count"
+        );
     }
+    // total_count counts every match, not the page.
+    let first_page = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            max_results: 1,
+            ..base()
+        },
+    )
+    .await
+    .expect("DescribeSnapshots");
+    assert_eq!((first_page.snapshots.len(), first_page.total_count), (1, 4));
+    // available: the accomplished ones only.
+    let available: Vec<(String, bool)> = describe(&app, "acct-a", base())
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots
+        .into_iter()
+        .map(|s| (s.snapshot_id, s.available))
+        .collect();
+    assert_eq!(
+        available,
+        vec![
+            (a3.clone(), false),
+            (a2.clone(), false),
+            (a1.clone(), true),
+            (a0.clone(), true)
+        ]
+    );
 }
 
 async fn another_accounts_snapshots_never_appear(backend: Backend) {
@@ -791,6 +961,87 @@ fn malformed_describe_requests(token: &str) -> Vec<Malformed> {
             "tags",
         ));
     }
+
+    let time = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let filters = [
+        (
+            "instance_id with a space",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i 1".into(),
+                ..Default::default()
+            },
+            "instance_id",
+        ),
+        (
+            "instance_id of 65 characters",
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i".repeat(65),
+                ..Default::default()
+            },
+            "instance_id",
+        ),
+        (
+            "source_disk_type 7",
+            pb::DescribeSnapshotsRequest {
+                source_disk_type: 7,
+                ..Default::default()
+            },
+            "source_disk_type",
+        ),
+        (
+            "usage disk (snapshotd makes no disks)",
+            pb::DescribeSnapshotsRequest {
+                usage: "disk".into(),
+                ..Default::default()
+            },
+            "usage",
+        ),
+        (
+            "usage Image",
+            pb::DescribeSnapshotsRequest {
+                usage: "Image".into(),
+                ..Default::default()
+            },
+            "usage",
+        ),
+        (
+            "created_before equal to created_after",
+            pb::DescribeSnapshotsRequest {
+                created_after: time(1_700_000_000),
+                created_before: time(1_700_000_000),
+                ..Default::default()
+            },
+            "created_before",
+        ),
+        (
+            "created_before earlier than created_after",
+            pb::DescribeSnapshotsRequest {
+                created_after: time(1_700_000_001),
+                created_before: time(1_700_000_000),
+                ..Default::default()
+            },
+            "created_before",
+        ),
+        (
+            "created_after before 1970",
+            pb::DescribeSnapshotsRequest {
+                created_after: time(-1),
+                ..Default::default()
+            },
+            "created_after",
+        ),
+        (
+            "created_before past 9999",
+            pb::DescribeSnapshotsRequest {
+                created_before: time(253_402_300_800),
+                ..Default::default()
+            },
+            "created_before",
+        ),
+    ];
+    for (label, request, field) in filters {
+        rows.push(row(label, request, "InvalidParameter", "400", field));
+    }
     rows
 }
 
@@ -808,7 +1059,7 @@ async fn each_malformed_describe_request_is_refused_with_its_reason_and_field(ba
     let token = describe(&app, "acct-a", page("")).await.unwrap().next_token;
     assert!(!token.is_empty());
     let table = malformed_describe_requests(&token);
-    assert_eq!(table.len(), 29, "every case of the table is still there");
+    assert_eq!(table.len(), 38, "every case of the table is still there");
 
     for row in table {
         let status = describe(&app, "acct-a", row.request)

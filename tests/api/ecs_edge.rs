@@ -27,7 +27,173 @@ on_both_backends!(
     the_official_python_sdk_walks_through_the_api,
     one_signed_request_sent_many_times_at_once_runs_once,
     numbered_pages_and_the_total_count_cover_every_snapshot_once,
+    the_describe_filters_list_what_the_grpc_filters_list,
 );
+
+/// InstanceId, SourceDiskType, Usage and the creation-time `Filter.N` pairs list what the gRPC
+/// edge's filters list (one core), with the same TotalCount; their malformed values are refused
+/// by name.
+async fn the_describe_filters_list_what_the_grpc_filters_list(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    app.seed(&crate::helpers::world("acct-demo", 3)).await;
+    let mut system_disk =
+        crate::helpers::attached_disk("acct-demo", "i-acct-demo", "d-acct-demo-2");
+    system_disk.r#type = pb::DiskType::System.into();
+    app.put_disk(system_disk).await.expect("PutDisk");
+    let start = server_now(&app);
+    for n in 0..3 {
+        app.create_on("acct-demo", &format!("d-acct-demo-{n}"))
+            .await
+            .expect("a snapshot");
+        app.advance(std::time::Duration::from_secs(60));
+    }
+    let client = client_of(&app, "acct-demo");
+    let now = server_now(&app);
+    let ecs_time = |minutes: i64| {
+        (start + chrono::TimeDelta::minutes(minutes))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let grpc_time = |minutes: i64| {
+        Some(crate::helpers::proto_time(
+            start + chrono::TimeDelta::minutes(minutes),
+        ))
+    };
+    let (one, two) = (ecs_time(1), ecs_time(2));
+    let cases: Vec<(Vec<(&str, &str)>, pb::DescribeSnapshotsRequest)> = vec![
+        (
+            vec![("InstanceId", "i-acct-demo")],
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-acct-demo".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("InstanceId", "i-nobody")],
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-nobody".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("SourceDiskType", "System")],
+            pb::DescribeSnapshotsRequest {
+                source_disk_type: pb::DiskType::System.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("SourceDiskType", "data")],
+            pb::DescribeSnapshotsRequest {
+                source_disk_type: pb::DiskType::Data.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("Usage", "none")],
+            pb::DescribeSnapshotsRequest {
+                usage: "none".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("Usage", "image")],
+            pb::DescribeSnapshotsRequest {
+                usage: "image".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![
+                ("Filter.1.Key", "CreationStartTime"),
+                ("Filter.1.Value", &one),
+            ],
+            pb::DescribeSnapshotsRequest {
+                created_after: grpc_time(1),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![
+                ("Filter.2.Key", "CreationStartTime"),
+                ("Filter.2.Value", &one),
+                ("Filter.1.Key", "CreationEndTime"),
+                ("Filter.1.Value", &two),
+            ],
+            pb::DescribeSnapshotsRequest {
+                created_after: grpc_time(1),
+                created_before: grpc_time(2),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (params, request) in cases {
+        let answer = client.call("DescribeSnapshots", &params, now).await;
+        assert_eq!(answer.status, 200, "{params:?}: {}", answer.text);
+        let grpc = app
+            .snapshots()
+            .describe_snapshots(crate::helpers::as_account("acct-demo", request))
+            .await
+            .expect("DescribeSnapshots")
+            .into_inner();
+        let grpc_ids: Vec<String> = grpc.snapshots.into_iter().map(|s| s.snapshot_id).collect();
+        assert_eq!(listed_ids(&answer), grpc_ids, "{params:?}");
+        assert_eq!(answer.body["TotalCount"], grpc.total_count, "{params:?}");
+    }
+    // The minute format ECS documents is taken too.
+    let minutes = (start + chrono::TimeDelta::minutes(2))
+        .format("%Y-%m-%dT%H:%MZ")
+        .to_string();
+    let answer = client
+        .call(
+            "DescribeSnapshots",
+            &[
+                ("Filter.1.Key", "CreationEndTime"),
+                ("Filter.1.Value", &minutes),
+            ],
+            now,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    for (params, named) in [
+        (vec![("Filter.3.Key", "CreationStartTime")], "Filter.N"),
+        (vec![("Filter.1.Key", "LastModifiedTime")], "Filter.N.Key"),
+        (vec![("Filter.1.Value", one.as_str())], "Filter.N.Key"),
+        (
+            vec![
+                ("Filter.1.Key", "CreationStartTime"),
+                ("Filter.1.Value", "yesterday"),
+            ],
+            "Filter.N.Value",
+        ),
+        (
+            vec![
+                ("Filter.1.Key", "CreationStartTime"),
+                ("Filter.1.Value", two.as_str()),
+                ("Filter.2.Key", "CreationEndTime"),
+                ("Filter.2.Value", one.as_str()),
+            ],
+            "Filter.N.Value",
+        ),
+        (vec![("Usage", "disk")], "Usage"),
+        (vec![("SourceDiskType", "ssd")], "SourceDiskType"),
+        (vec![("InstanceId", "i 1")], "InstanceId"),
+    ] {
+        let refused = client.call("DescribeSnapshots", &params, now).await;
+        let (code, status) = ecs_code(&refused);
+        assert!(
+            matches!(code.as_str(), "InvalidParameter" | "MissingParameter") && status == 400,
+            "{params:?}: {}",
+            refused.text
+        );
+        assert!(
+            refused.body["Message"].as_str().unwrap().contains(named),
+            "{params:?} names {named}: {}",
+            refused.text
+        );
+    }
+}
 
 async fn numbered_pages_and_the_total_count_cover_every_snapshot_once(backend: Backend) {
     let app = spawn_ecs(backend, |_| {}).await;

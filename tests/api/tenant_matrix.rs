@@ -447,6 +447,22 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
             true,
         ),
         (
+            "A's instance".into(),
+            pb::DescribeSnapshotsRequest {
+                instance_id: "i-acct-a".into(),
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            "image usage (only A's snapshot has an image)".into(),
+            pb::DescribeSnapshotsRequest {
+                usage: "image".into(),
+                ..Default::default()
+            },
+            true,
+        ),
+        (
             "no filter".into(),
             pb::DescribeSnapshotsRequest::default(),
             false,
@@ -498,6 +514,11 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
             assert_eq!(ids, [&h.b_snapshot], "{case}: B sees only its own");
         }
         assert!(response.next_token.is_empty(), "{case}: one page");
+        assert_eq!(
+            response.total_count as usize,
+            ids.len(),
+            "{case}: total_count counts B's own only"
+        );
         cells += 1;
     }
 

@@ -136,7 +136,7 @@ impl Rpc {
     fn string_fields(self) -> &'static [&'static [u32]] {
         match self {
             Self::CreateSnapshot => &[&[1], &[2], &[3], &[4], &[6, 1], &[6, 2]],
-            Self::DescribeSnapshots => &[&[1], &[2], &[4], &[6], &[7, 1], &[7, 2]],
+            Self::DescribeSnapshots => &[&[1], &[2], &[4], &[6], &[7, 1], &[7, 2], &[8], &[10]],
             Self::DeleteSnapshot | Self::GetDisk => &[&[1]],
             Self::CreateImage => &[&[1], &[2], &[3]],
             Self::PutAccount => &[&[1, 1]],
@@ -270,9 +270,27 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
             small_int(),
             field(&[""], &[0, 2, 100]),
             tags(),
+            field(&["", "i-fuzz"], &[0, 1, 65]),
+            small_int(),
+            field(&["", "image", "none"], &[0, 6]),
+            timestamp(),
+            timestamp(),
         )
             .prop_map(
-                |(disk_id, snapshot_ids, status, snapshot_name, max_results, next_token, tags)| {
+                |(
+                    disk_id,
+                    snapshot_ids,
+                    status,
+                    snapshot_name,
+                    max_results,
+                    next_token,
+                    tags,
+                    instance_id,
+                    source_disk_type,
+                    usage,
+                    created_after,
+                    created_before,
+                )| {
                     pb::DescribeSnapshotsRequest {
                         disk_id,
                         snapshot_ids,
@@ -281,6 +299,11 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                         max_results,
                         next_token,
                         tags,
+                        instance_id,
+                        source_disk_type,
+                        usage,
+                        created_after,
+                        created_before,
                     }
                     .encode_to_vec()
                 },

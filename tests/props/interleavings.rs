@@ -353,14 +353,18 @@ impl Harness {
                     status: None,
                     snapshot_name: None,
                     tags: Vec::new(),
+                    instance_id: None,
+                    source_disk_type: None,
+                    usage: None,
+                    created_after: None,
+                    created_before: None,
                     after,
                     limit: 4,
                     skip: 0,
-                    count_total: true,
                 })
                 .await
                 .expect("DescribeSnapshots");
-            let total = page.total.expect("the count asked for");
+            let total = page.total;
             for snapshot in page.snapshots.into_iter().map(|view| view.snapshot) {
                 listed.insert(
                     snapshot.snapshot_id,
