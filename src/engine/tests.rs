@@ -849,3 +849,129 @@ mod whatever_the_configuration {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ModifySnapshotAttribute.
+
+mod modify {
+    use super::*;
+    use crate::domain::{
+        ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams, RetentionDays, Snapshot,
+        SnapshotStatus, SnapshotUsage,
+    };
+
+    const ID: &str = "s-0123456789abcdefghij";
+
+    /// A stored snapshot kept `retention_days` (0: forever), named `old`, modified long ago.
+    fn stored(retention_days: i32) -> Snapshot {
+        Snapshot {
+            snapshot_id: ID.to_owned(),
+            account_id: ACCOUNT.to_owned(),
+            source_disk_id: DISK.to_owned(),
+            snapshot_name: Some("old".to_owned()),
+            description: "old description".to_owned(),
+            source_disk_size_gib: 40,
+            source_disk_type: DiskType::Data,
+            status: SnapshotStatus::Accomplished,
+            created_at: now() - TimeDelta::days(3),
+            started_at: now() - TimeDelta::days(3),
+            copy_due_at: now() - TimeDelta::days(3),
+            last_modified_at: now() - TimeDelta::days(3),
+            retention: RetentionDays::parse(retention_days).unwrap(),
+            tags: Vec::new(),
+            usage: SnapshotUsage::None,
+        }
+    }
+
+    fn command(
+        snapshot_name: Option<&str>,
+        description: Option<&str>,
+        retention_days: Option<i32>,
+    ) -> ModifySnapshotAttributeCommand {
+        let params = ModifySnapshotAttributeParams {
+            snapshot_id: ID,
+            snapshot_name,
+            description,
+            retention_days,
+        };
+        ModifySnapshotAttributeCommand::parse(ACCOUNT.to_owned(), &params).unwrap()
+    }
+
+    fn shorten(retention_days: i32, requested: i32) -> Result<(), RuleError> {
+        Err(RuleError::InvalidRetentionDaysShortenNotSupported {
+            snapshot_id: ID.to_owned(),
+            retention_days,
+            requested,
+        })
+    }
+
+    #[test]
+    fn a_retention_may_be_kept_or_extended_but_never_shortened() {
+        // (stored, requested, verdict): 0 is forever, the longest.
+        let cases = [
+            (10, 10, Ok(())),
+            (10, 11, Ok(())),
+            (10, 65_536, Ok(())),
+            (10, 0, Ok(())),
+            (0, 0, Ok(())),
+            (10, 9, shorten(10, 9)),
+            (10, 1, shorten(10, 1)),
+            (0, 1, shorten(0, 1)),
+            (0, 65_536, shorten(0, 65_536)),
+        ];
+        for (retention, requested, verdict) in cases {
+            let decided = decide_modify(
+                &command(None, None, Some(requested)),
+                Some(&stored(retention)),
+                now(),
+            );
+            assert_eq!(decided.map(|_| ()), verdict, "{retention} -> {requested}");
+        }
+    }
+
+    #[test]
+    fn a_missing_snapshot_is_not_found_before_any_other_rule() {
+        let decided = decide_modify(&command(None, None, Some(1)), None, now());
+        assert_eq!(
+            decided,
+            Err(RuleError::InvalidSnapshotIdNotFound {
+                snapshot_id: ID.to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_attributes_given_change_and_last_modified_moves() {
+        let snapshot = stored(10);
+        let modified = |cmd| {
+            decide_modify(&cmd, Some(&snapshot), now())
+                .unwrap()
+                .expect("something to write")
+        };
+
+        let renamed = modified(command(Some("new"), None, None));
+        assert_eq!(renamed.snapshot_name.as_deref(), Some("new"));
+        assert_eq!(renamed.description, snapshot.description);
+        assert_eq!(renamed.retention, snapshot.retention);
+        assert_eq!(renamed.last_modified_at, now());
+
+        let unnamed = modified(command(Some(""), Some(""), None));
+        assert_eq!(unnamed.snapshot_name, None);
+        assert_eq!(unnamed.description, "");
+
+        let extended = modified(command(None, None, Some(30)));
+        assert_eq!(extended.retention.as_i32(), 30);
+        assert_eq!(
+            extended.retention.release_at(extended.created_at),
+            Some(snapshot.created_at + TimeDelta::days(30)),
+            "the release time counts from the creation"
+        );
+        assert_eq!(extended.snapshot_name, snapshot.snapshot_name);
+
+        assert_eq!(
+            decide_modify(&command(None, None, None), Some(&snapshot), now()),
+            Ok(None),
+            "a request naming no attribute writes nothing"
+        );
+    }
+}

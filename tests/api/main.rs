@@ -27,6 +27,7 @@ mod hostile_inputs;
 mod idempotence;
 mod inventory;
 mod inventory_races;
+mod modify_attributes;
 mod operations;
 mod round_trips;
 mod server;
