@@ -435,7 +435,8 @@ mod tests {
         assert_eq!(cleared.description, Some(Description::default()));
         assert_eq!(cleared.retention, Some(RetentionDays::default()));
         // The create rules, in the create order, with the create codes.
-        let refusals: [(Option<&str>, Option<&str>, Option<i32>, &str); 5] = [
+        type Refusal<'a> = (Option<&'a str>, Option<&'a str>, Option<i32>, &'a str);
+        let refusals: [Refusal; 5] = [
             (Some("a"), None, None, "InvalidSnapshotName.Malformed"),
             (Some("auto1"), None, None, "InvalidSnapshotName.Malformed"),
             (None, Some("x"), None, "InvalidDescription.Malformed"),
