@@ -380,6 +380,81 @@ fn only_an_in_use_disk_with_a_visible_instance_may_be_snapshotted() {
 }
 
 #[test]
+fn an_available_disk_attached_before_may_be_snapshotted_only_under_the_newer_ecs_policy() {
+    let newer = Policy {
+        snapshot_available_disks: true,
+        ..Policy::default()
+    };
+    let available = |change: fn(&mut CreateState)| {
+        healthy_with(|s| {
+            disk(s).status = DiskStatus::Available;
+            disk(s).instance_id = None;
+            s.instance = None;
+            change(s);
+        })
+    };
+    let never_attached = Err(RuleError::IncorrectDiskStatusNeverAttached {
+        disk_id: DISK.to_owned(),
+    });
+    // (case, state, the seed's verdict, the newer policy's verdict)
+    let cases = [
+        (
+            "Available, attached before",
+            available(|_| {}),
+            incorrect_disk_status("Available"),
+            Ok(()),
+        ),
+        (
+            "Available, never attached",
+            available(|s| disk(s).ever_attached = false),
+            never_attached.clone(),
+            never_attached,
+        ),
+        (
+            "Available, still initializing",
+            available(|s| disk(s).created_at = now() - mins(5)),
+            incorrect_disk_status("Available"),
+            initializing(55 * 60),
+        ),
+        (
+            "Available, a copy in progress",
+            available(|s| s.in_progress = in_progress(now() - secs(10), 40)),
+            incorrect_disk_status("Available"),
+            creating_snapshot(150),
+        ),
+        (
+            "Available, at its quota",
+            available(|s| s.snapshot_count = 64),
+            incorrect_disk_status("Available"),
+            quota_exceeded(64),
+        ),
+        (
+            "Detaching",
+            healthy_with(|s| disk(s).status = DiskStatus::Detaching),
+            incorrect_disk_status("Detaching"),
+            incorrect_disk_status("Detaching"),
+        ),
+        ("In_use", healthy_with(|_| {}), Ok(()), Ok(())),
+        (
+            "In_use, the instance never started",
+            healthy_with(|s| instance(s).last_started_at = None),
+            Err(RuleError::IncorrectDiskStatusNeverUsed {
+                disk_id: DISK.to_owned(),
+                instance_id: INSTANCE.to_owned(),
+            }),
+            Err(RuleError::IncorrectDiskStatusNeverUsed {
+                disk_id: DISK.to_owned(),
+                instance_id: INSTANCE.to_owned(),
+            }),
+        ),
+    ];
+    for (label, state, seed, newest) in cases {
+        assert_eq!(decide(&state), seed, "the seed: {label}");
+        assert_eq!(decide_with(&state, &newer), newest, "newer ECS: {label}");
+    }
+}
+
+#[test]
 fn the_instance_must_be_running_or_stopped() {
     let cases = [
         ("Running", InstanceStatus::Running, Ok(())),
@@ -823,6 +898,7 @@ mod whatever_the_configuration {
         fn the_rules_never_panic(
             init_window_secs in prop_oneof![any::<u64>(), Just(300_000 * 365 * 86_400)],
             copy_rate_mibps in any::<u32>(),
+            snapshot_available_disks in any::<bool>(),
             snapshot_quota in any::<u32>(),
             size_gib in any::<i32>(),
             created_at in any_instant(),
@@ -834,6 +910,7 @@ mod whatever_the_configuration {
                 snapshot_quota,
                 init_window: Duration::from_secs(init_window_secs),
                 copy_rate_mibps,
+                snapshot_available_disks,
             };
             let state = healthy_with(|state| {
                 disk(state).created_at = created_at;

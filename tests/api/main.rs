@@ -29,6 +29,7 @@ mod inventory;
 mod inventory_races;
 mod modify_attributes;
 mod operations;
+mod policy_knobs;
 mod round_trips;
 mod server;
 mod sqlite_file;
