@@ -588,6 +588,28 @@ pub fn rule_answer(rule: &RuleError) -> Answer {
             format!("snapshot/{snapshot_id}"),
             format!("the snapshot is {status}; an image needs an accomplished snapshot"),
         ),
+        RuleError::InvalidRetentionDaysShortenNotSupported {
+            snapshot_id,
+            retention_days,
+            requested,
+        } => Answer::new(
+            FailedPrecondition,
+            "InvalidRetentionDays.ShortenNotSupported",
+            403,
+            "The retention period of a snapshot can be extended but not shortened.",
+        )
+        .meta("snapshotId", snapshot_id)
+        .meta("retentionDays", retention_days.to_string())
+        .meta("requestedRetentionDays", requested.to_string())
+        .precondition(
+            format!("snapshot/{snapshot_id}"),
+            match retention_days {
+                0 => "the snapshot is kept forever; its retention cannot be shortened".to_owned(),
+                days => format!(
+                    "the snapshot is kept {days} days; ask for {days} or more, or 0 (forever)"
+                ),
+            },
+        ),
         RuleError::InvalidParameter { field, why } => Answer::new(
             InvalidArgument,
             "InvalidParameter",

@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_COPY_RATE_MIBPS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub copy_rate_mibps: u32,
 
+    /// Whether a disk in the Available status (detached, but attached to an instance before) may be
+    /// snapshotted, as the newest ECS documentation allows; the seed requires In_use.
+    #[arg(long, global = true, env = "SNAPSHOTD_SNAPSHOT_AVAILABLE_DISKS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub snapshot_available_disks: bool,
+
     /// How often the worker looks for finished copies and expired snapshots when idle.
     #[arg(long, global = true, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = duration_in(MILLISECOND, HOUR))]
     pub worker_interval: Duration,
@@ -289,6 +294,7 @@ impl Config {
             snapshot_quota: self.snapshot_quota,
             init_window: self.init_window,
             copy_rate_mibps: self.copy_rate_mibps,
+            snapshot_available_disks: self.snapshot_available_disks,
         }
     }
 
@@ -327,6 +333,7 @@ impl std::fmt::Debug for Config {
             .field("init_window", &self.init_window)
             .field("snapshot_quota", &self.snapshot_quota)
             .field("copy_rate_mibps", &self.copy_rate_mibps)
+            .field("snapshot_available_disks", &self.snapshot_available_disks)
             .field("worker_interval", &self.worker_interval)
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
@@ -417,6 +424,19 @@ mod tests {
                 "{flag} {value}"
             );
         }
+    }
+
+    #[test]
+    fn the_seed_is_the_default_and_the_newer_ecs_behaviour_a_setting() {
+        let parsed = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("snapshotd").chain(args.iter().copied()))
+                .map(|config| config.policy().snapshot_available_disks)
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(parsed(&[]), Ok(false), "the seed: In_use only");
+        assert_eq!(parsed(&["--snapshot-available-disks", "true"]), Ok(true));
+        assert_eq!(parsed(&["--snapshot-available-disks", "false"]), Ok(false));
+        assert!(parsed(&["--snapshot-available-disks", "yes"]).is_err());
     }
 
     #[test]

@@ -137,6 +137,56 @@ impl CreateImageCommand {
     }
 }
 
+/// ModifySnapshotAttribute's parameters as a caller sends them: `None` is an attribute not
+/// given, which keeps its value; `Some("")` is given empty (a name removed, a description
+/// emptied).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModifySnapshotAttributeParams<'a> {
+    pub snapshot_id: &'a str,
+    pub snapshot_name: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub retention_days: Option<i32>,
+}
+
+/// A validated ModifySnapshotAttribute request: each attribute given, checked by the very
+/// parser CreateSnapshot checks it with (same rules, same codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModifySnapshotAttributeCommand {
+    pub account_id: String,
+    pub snapshot_id: SnapshotId,
+    /// `Some(None)`: remove the name.
+    pub snapshot_name: Option<Option<SnapshotName>>,
+    pub description: Option<Description>,
+    pub retention: Option<RetentionDays>,
+}
+
+impl ModifySnapshotAttributeCommand {
+    /// The caller's parameters in CreateSnapshot's order: the first failing rule answers.
+    pub fn parse(
+        account_id: String,
+        params: &ModifySnapshotAttributeParams<'_>,
+    ) -> Result<Self, ParseError> {
+        Ok(Self {
+            snapshot_id: SnapshotId::parse(params.snapshot_id)?,
+            snapshot_name: params
+                .snapshot_name
+                .map(SnapshotName::parse_optional)
+                .transpose()?,
+            description: params.description.map(Description::parse).transpose()?,
+            retention: params
+                .retention_days
+                .map(RetentionDays::parse)
+                .transpose()?,
+            account_id,
+        })
+    }
+
+    /// Whether the request names no attribute at all (it then changes nothing).
+    pub fn changes_nothing(&self) -> bool {
+        self.snapshot_name.is_none() && self.description.is_none() && self.retention.is_none()
+    }
+}
+
 /// Where a page of DescribeSnapshots ends: the last row's sort key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor {
@@ -406,6 +456,55 @@ mod tests {
         assert_ne!(base.fingerprint(), named.fingerprint());
         assert_ne!(named.fingerprint(), described.fingerprint());
         assert_eq!(base.fingerprint(), base.clone().fingerprint());
+    }
+
+    #[test]
+    fn modify_reads_absent_as_unchanged_empty_as_cleared_and_checks_as_create_does() {
+        let parse = |name: Option<&str>, description: Option<&str>, retention: Option<i32>| {
+            ModifySnapshotAttributeCommand::parse(
+                "a".into(),
+                &ModifySnapshotAttributeParams {
+                    snapshot_id: "s-0123456789abcdefghij",
+                    snapshot_name: name,
+                    description,
+                    retention_days: retention,
+                },
+            )
+        };
+        let nothing = parse(None, None, None).unwrap();
+        assert!(nothing.changes_nothing());
+        let cleared = parse(Some(""), Some(""), Some(0)).unwrap();
+        assert_eq!(cleared.snapshot_name, Some(None));
+        assert_eq!(cleared.description, Some(Description::default()));
+        assert_eq!(cleared.retention, Some(RetentionDays::default()));
+        // The create rules, in the create order, with the create codes.
+        type Refusal<'a> = (Option<&'a str>, Option<&'a str>, Option<i32>, &'a str);
+        let refusals: [Refusal; 5] = [
+            (Some("a"), None, None, "InvalidSnapshotName.Malformed"),
+            (Some("auto1"), None, None, "InvalidSnapshotName.Malformed"),
+            (None, Some("x"), None, "InvalidDescription.Malformed"),
+            (None, None, Some(65_537), "InvalidRetentionDays.Malformed"),
+            (
+                Some("a"),
+                Some("x"),
+                Some(-1),
+                "InvalidSnapshotName.Malformed",
+            ),
+        ];
+        for (name, description, retention, code) in refusals {
+            let refused = parse(name, description, retention).unwrap_err();
+            assert!(
+                refused.to_string().starts_with(code),
+                "{name:?} {description:?} {retention:?}: {refused}"
+            );
+        }
+        let missing = ModifySnapshotAttributeCommand::parse("a".into(), &Default::default());
+        assert_eq!(
+            missing,
+            Err(ParseError::MissingParameter {
+                field: "snapshot_id"
+            })
+        );
     }
 
     #[test]

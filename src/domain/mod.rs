@@ -34,6 +34,7 @@ pub use commands::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
     DescribeSnapshotsParams, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage, SnapshotQuery,
 };
+pub use commands::{ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams};
 pub use error::ParseError;
 pub use ids::{DiskId, MAX_PLAIN_ID_LEN, SnapshotId, is_plain_id, new_image_id, new_snapshot_id};
 pub use inventory::{

@@ -7,7 +7,8 @@ use super::error::EcsError;
 use super::params::Params;
 use crate::domain::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
-    DescribeSnapshotsParams, DiskType, MAX_TAGS, PageCursor, ParseError, SnapshotId, SnapshotQuery,
+    DescribeSnapshotsParams, DiskType, MAX_TAGS, ModifySnapshotAttributeCommand,
+    ModifySnapshotAttributeParams, PageCursor, ParseError, SnapshotId, SnapshotQuery,
     SnapshotStatus, Timestamp,
 };
 use crate::service::{Service, SnapshotView};
@@ -19,14 +20,16 @@ pub enum Action {
     DescribeSnapshots,
     DeleteSnapshot,
     CreateImage,
+    ModifySnapshotAttribute,
 }
 
 impl Action {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::CreateSnapshot,
         Self::DescribeSnapshots,
         Self::DeleteSnapshot,
         Self::CreateImage,
+        Self::ModifySnapshotAttribute,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -39,6 +42,7 @@ impl Action {
             Self::DescribeSnapshots => "DescribeSnapshots",
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::CreateImage => "CreateImage",
+            Self::ModifySnapshotAttribute => "ModifySnapshotAttribute",
         }
     }
 }
@@ -96,6 +100,13 @@ impl Action {
             ],
             Self::DeleteSnapshot => &["SnapshotId", "Force"],
             Self::CreateImage => &["SnapshotId", "ImageName", "ClientToken"],
+            Self::ModifySnapshotAttribute => &[
+                "SnapshotId",
+                "SnapshotName",
+                "Description",
+                "RetentionDays",
+                "DisableInstantAccess",
+            ],
         }
     }
 
@@ -142,6 +153,9 @@ pub async fn run(
         Action::DescribeSnapshots => describe_snapshots(service, account_id, params).await,
         Action::DeleteSnapshot => delete_snapshot(service, account_id, params).await,
         Action::CreateImage => create_image(service, account_id, params).await,
+        Action::ModifySnapshotAttribute => {
+            modify_snapshot_attribute(service, account_id, params).await
+        }
     }
 }
 
@@ -293,6 +307,37 @@ async fn create_image(
     let command = CreateImageCommand::parse(account_id.to_owned(), &create)?;
     let outcome = service.create_image(&command).await?;
     Ok(json!({ "ImageId": outcome.id() }))
+}
+
+/// A parameter absent keeps its attribute; given empty (`SnapshotName=`) it empties it, as
+/// proto3's `optional` field set to "" does on the gRPC edge. `RetentionDays` given empty is
+/// not given, as every number parameter of this edge.
+async fn modify_snapshot_attribute(
+    service: &Service,
+    account_id: &str,
+    params: &Params,
+) -> Result<Value, EcsError> {
+    // Deprecated by ECS (instant access is now always on there) and never offered here: there
+    // is nothing to disable, so `false` and `true` both change nothing.
+    match params.get("DisableInstantAccess") {
+        None | Some("") => {}
+        Some(raw) if raw.eq_ignore_ascii_case("true") || raw.eq_ignore_ascii_case("false") => {}
+        Some(_) => {
+            return Err(invalid_value(
+                "DisableInstantAccess",
+                "must be true or false",
+            ));
+        }
+    }
+    let modify = ModifySnapshotAttributeParams {
+        snapshot_id: params.text("SnapshotId"),
+        snapshot_name: params.get("SnapshotName"),
+        description: params.get("Description"),
+        retention_days: number(params, "RetentionDays")?,
+    };
+    let command = ModifySnapshotAttributeCommand::parse(account_id.to_owned(), &modify)?;
+    service.modify_snapshot_attribute(&command).await?;
+    Ok(json!({}))
 }
 
 fn invalid_value(parameter: &'static str, why: &str) -> EcsError {

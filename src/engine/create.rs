@@ -23,6 +23,9 @@ pub struct Policy {
     pub init_window: Duration,
     /// Copy rate used to estimate when a snapshot in progress will finish.
     pub copy_rate_mibps: u32,
+    /// Whether an `Available` disk (detached, attached before) may be snapshotted, as the newest
+    /// ECS documentation allows. The seed requires `In_use`: false.
+    pub snapshot_available_disks: bool,
 }
 
 impl Default for Policy {
@@ -31,6 +34,7 @@ impl Default for Policy {
             snapshot_quota: 64,
             init_window: Duration::from_secs(3600),
             copy_rate_mibps: 256,
+            snapshot_available_disks: false,
         }
     }
 }
@@ -106,8 +110,10 @@ pub fn decide_create(
         return Err(RuleError::IncorrectDiskStatusNeverAttached { disk_id });
     }
     // In_use without a (visible) instance is inconsistent inventory: the disk is not usable.
+    // An Available disk (attached before, checked above) has no instance whose rules apply.
     let instance = match (&disk.status, &state.instance) {
-        (DiskStatus::InUse, Some(instance)) if instance.account_id == account_id => instance,
+        (DiskStatus::InUse, Some(instance)) if instance.account_id == account_id => Some(instance),
+        (DiskStatus::Available, _) if policy.snapshot_available_disks => None,
         (status, _) => {
             return Err(RuleError::IncorrectDiskStatus {
                 disk_id,
@@ -115,28 +121,8 @@ pub fn decide_create(
             });
         }
     };
-    let instance_id = instance.instance_id.clone();
-    if !matches!(
-        instance.status,
-        InstanceStatus::Running | InstanceStatus::Stopped
-    ) {
-        return Err(RuleError::IncorrectInstanceStatus {
-            disk_id,
-            instance_id,
-            status: instance.status.as_str(),
-        });
-    }
-    if instance.lock_reasons.iter().any(|r| r == SECURITY_LOCK) {
-        return Err(RuleError::InstanceLockedForSecurity {
-            disk_id,
-            instance_id,
-        });
-    }
-    if instance.last_started_at.is_none() {
-        return Err(RuleError::IncorrectDiskStatusNeverUsed {
-            disk_id,
-            instance_id,
-        });
+    if let Some(instance) = instance {
+        check_instance(disk_id.clone(), instance)?;
     }
     let initialized_at = later(disk.created_at, policy.init_window);
     if now < initialized_at {
@@ -162,6 +148,34 @@ pub fn decide_create(
         return Err(RuleError::QuotaExceedSnapshot {
             disk_id,
             quota: policy.snapshot_quota,
+        });
+    }
+    Ok(())
+}
+
+/// The rules of the instance an `In_use` disk is attached to (#18..#20), in the seed's order.
+fn check_instance(disk_id: String, instance: &Instance) -> Result<(), RuleError> {
+    let instance_id = instance.instance_id.clone();
+    if !matches!(
+        instance.status,
+        InstanceStatus::Running | InstanceStatus::Stopped
+    ) {
+        return Err(RuleError::IncorrectInstanceStatus {
+            disk_id,
+            instance_id,
+            status: instance.status.as_str(),
+        });
+    }
+    if instance.lock_reasons.iter().any(|r| r == SECURITY_LOCK) {
+        return Err(RuleError::InstanceLockedForSecurity {
+            disk_id,
+            instance_id,
+        });
+    }
+    if instance.last_started_at.is_none() {
+        return Err(RuleError::IncorrectDiskStatusNeverUsed {
+            disk_id,
+            instance_id,
         });
     }
     Ok(())

@@ -85,6 +85,17 @@ pub enum RuleError {
         status: &'static str,
     },
 
+    /// ModifySnapshotAttribute: ECS extends a retention, never shortens it (0 is forever, the
+    /// longest).
+    #[error(
+        "InvalidRetentionDays.ShortenNotSupported: {snapshot_id} keeps {retention_days}, asked {requested}"
+    )]
+    InvalidRetentionDaysShortenNotSupported {
+        snapshot_id: String,
+        retention_days: i32,
+        requested: i32,
+    },
+
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

@@ -1,7 +1,10 @@
-//! Lifecycle rules: deleting a snapshot, and making an image of one.
+//! Lifecycle rules: deleting a snapshot, making an image of one, and changing its attributes.
 
 use super::RuleError;
-use crate::domain::{SnapshotStatus, SnapshotUsage};
+use crate::domain::{
+    ModifySnapshotAttributeCommand, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage,
+    Timestamp,
+};
 
 /// The part of a stored snapshot the lifecycle rules look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,4 +62,53 @@ pub fn decide_create_image(
         });
     }
     Ok(())
+}
+
+/// Whether `requested` keeps a snapshot for less time than `current` does (forever, `None`, is
+/// the longest of all).
+fn shortens(current: RetentionDays, requested: RetentionDays) -> bool {
+    match (current.days(), requested.days()) {
+        (None, Some(_)) => true,
+        (Some(current), Some(requested)) => requested < current,
+        (_, None) => false,
+    }
+}
+
+/// ModifySnapshotAttribute. `snapshot` is the caller's stored snapshot (`None` when the caller
+/// has none by that id). Answers the snapshot as it is to be stored, its `last_modified_at`
+/// now, or `None` when the request names no attribute and nothing is to be written.
+pub fn decide_modify(
+    command: &ModifySnapshotAttributeCommand,
+    snapshot: Option<&Snapshot>,
+    now: Timestamp,
+) -> Result<Option<Snapshot>, RuleError> {
+    let Some(snapshot) = snapshot else {
+        return Err(RuleError::InvalidSnapshotIdNotFound {
+            snapshot_id: command.snapshot_id.as_str().to_owned(),
+        });
+    };
+    if let Some(requested) = command.retention
+        && shortens(snapshot.retention, requested)
+    {
+        return Err(RuleError::InvalidRetentionDaysShortenNotSupported {
+            snapshot_id: snapshot.snapshot_id.clone(),
+            retention_days: snapshot.retention.as_i32(),
+            requested: requested.as_i32(),
+        });
+    }
+    if command.changes_nothing() {
+        return Ok(None);
+    }
+    let mut modified = snapshot.clone();
+    if let Some(name) = &command.snapshot_name {
+        modified.snapshot_name = name.as_ref().map(|n| n.as_str().to_owned());
+    }
+    if let Some(description) = &command.description {
+        modified.description = description.as_str().to_owned();
+    }
+    if let Some(retention) = command.retention {
+        modified.retention = retention;
+    }
+    modified.last_modified_at = now;
+    Ok(Some(modified))
 }

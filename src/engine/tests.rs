@@ -380,6 +380,81 @@ fn only_an_in_use_disk_with_a_visible_instance_may_be_snapshotted() {
 }
 
 #[test]
+fn an_available_disk_attached_before_may_be_snapshotted_only_under_the_newer_ecs_policy() {
+    let newer = Policy {
+        snapshot_available_disks: true,
+        ..Policy::default()
+    };
+    let available = |change: fn(&mut CreateState)| {
+        healthy_with(|s| {
+            disk(s).status = DiskStatus::Available;
+            disk(s).instance_id = None;
+            s.instance = None;
+            change(s);
+        })
+    };
+    let never_attached = Err(RuleError::IncorrectDiskStatusNeverAttached {
+        disk_id: DISK.to_owned(),
+    });
+    // (case, state, the seed's verdict, the newer policy's verdict)
+    let cases = [
+        (
+            "Available, attached before",
+            available(|_| {}),
+            incorrect_disk_status("Available"),
+            Ok(()),
+        ),
+        (
+            "Available, never attached",
+            available(|s| disk(s).ever_attached = false),
+            never_attached.clone(),
+            never_attached,
+        ),
+        (
+            "Available, still initializing",
+            available(|s| disk(s).created_at = now() - mins(5)),
+            incorrect_disk_status("Available"),
+            initializing(55 * 60),
+        ),
+        (
+            "Available, a copy in progress",
+            available(|s| s.in_progress = in_progress(now() - secs(10), 40)),
+            incorrect_disk_status("Available"),
+            creating_snapshot(150),
+        ),
+        (
+            "Available, at its quota",
+            available(|s| s.snapshot_count = 64),
+            incorrect_disk_status("Available"),
+            quota_exceeded(64),
+        ),
+        (
+            "Detaching",
+            healthy_with(|s| disk(s).status = DiskStatus::Detaching),
+            incorrect_disk_status("Detaching"),
+            incorrect_disk_status("Detaching"),
+        ),
+        ("In_use", healthy_with(|_| {}), Ok(()), Ok(())),
+        (
+            "In_use, the instance never started",
+            healthy_with(|s| instance(s).last_started_at = None),
+            Err(RuleError::IncorrectDiskStatusNeverUsed {
+                disk_id: DISK.to_owned(),
+                instance_id: INSTANCE.to_owned(),
+            }),
+            Err(RuleError::IncorrectDiskStatusNeverUsed {
+                disk_id: DISK.to_owned(),
+                instance_id: INSTANCE.to_owned(),
+            }),
+        ),
+    ];
+    for (label, state, seed, newest) in cases {
+        assert_eq!(decide(&state), seed, "the seed: {label}");
+        assert_eq!(decide_with(&state, &newer), newest, "newer ECS: {label}");
+    }
+}
+
+#[test]
 fn the_instance_must_be_running_or_stopped() {
     let cases = [
         ("Running", InstanceStatus::Running, Ok(())),
@@ -823,6 +898,7 @@ mod whatever_the_configuration {
         fn the_rules_never_panic(
             init_window_secs in prop_oneof![any::<u64>(), Just(300_000 * 365 * 86_400)],
             copy_rate_mibps in any::<u32>(),
+            snapshot_available_disks in any::<bool>(),
             snapshot_quota in any::<u32>(),
             size_gib in any::<i32>(),
             created_at in any_instant(),
@@ -834,6 +910,7 @@ mod whatever_the_configuration {
                 snapshot_quota,
                 init_window: Duration::from_secs(init_window_secs),
                 copy_rate_mibps,
+                snapshot_available_disks,
             };
             let state = healthy_with(|state| {
                 disk(state).created_at = created_at;
@@ -847,5 +924,131 @@ mod whatever_the_configuration {
             });
             let _ = decide_create(ACCOUNT, DISK, &state, &policy, now);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModifySnapshotAttribute.
+
+mod modify {
+    use super::*;
+    use crate::domain::{
+        ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams, RetentionDays, Snapshot,
+        SnapshotStatus, SnapshotUsage,
+    };
+
+    const ID: &str = "s-0123456789abcdefghij";
+
+    /// A stored snapshot kept `retention_days` (0: forever), named `old`, modified long ago.
+    fn stored(retention_days: i32) -> Snapshot {
+        Snapshot {
+            snapshot_id: ID.to_owned(),
+            account_id: ACCOUNT.to_owned(),
+            source_disk_id: DISK.to_owned(),
+            snapshot_name: Some("old".to_owned()),
+            description: "old description".to_owned(),
+            source_disk_size_gib: 40,
+            source_disk_type: DiskType::Data,
+            status: SnapshotStatus::Accomplished,
+            created_at: now() - TimeDelta::days(3),
+            started_at: now() - TimeDelta::days(3),
+            copy_due_at: now() - TimeDelta::days(3),
+            last_modified_at: now() - TimeDelta::days(3),
+            retention: RetentionDays::parse(retention_days).unwrap(),
+            tags: Vec::new(),
+            usage: SnapshotUsage::None,
+        }
+    }
+
+    fn command(
+        snapshot_name: Option<&str>,
+        description: Option<&str>,
+        retention_days: Option<i32>,
+    ) -> ModifySnapshotAttributeCommand {
+        let params = ModifySnapshotAttributeParams {
+            snapshot_id: ID,
+            snapshot_name,
+            description,
+            retention_days,
+        };
+        ModifySnapshotAttributeCommand::parse(ACCOUNT.to_owned(), &params).unwrap()
+    }
+
+    fn shorten(retention_days: i32, requested: i32) -> Result<(), RuleError> {
+        Err(RuleError::InvalidRetentionDaysShortenNotSupported {
+            snapshot_id: ID.to_owned(),
+            retention_days,
+            requested,
+        })
+    }
+
+    #[test]
+    fn a_retention_may_be_kept_or_extended_but_never_shortened() {
+        // (stored, requested, verdict): 0 is forever, the longest.
+        let cases = [
+            (10, 10, Ok(())),
+            (10, 11, Ok(())),
+            (10, 65_536, Ok(())),
+            (10, 0, Ok(())),
+            (0, 0, Ok(())),
+            (10, 9, shorten(10, 9)),
+            (10, 1, shorten(10, 1)),
+            (0, 1, shorten(0, 1)),
+            (0, 65_536, shorten(0, 65_536)),
+        ];
+        for (retention, requested, verdict) in cases {
+            let decided = decide_modify(
+                &command(None, None, Some(requested)),
+                Some(&stored(retention)),
+                now(),
+            );
+            assert_eq!(decided.map(|_| ()), verdict, "{retention} -> {requested}");
+        }
+    }
+
+    #[test]
+    fn a_missing_snapshot_is_not_found_before_any_other_rule() {
+        let decided = decide_modify(&command(None, None, Some(1)), None, now());
+        assert_eq!(
+            decided,
+            Err(RuleError::InvalidSnapshotIdNotFound {
+                snapshot_id: ID.to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_attributes_given_change_and_last_modified_moves() {
+        let snapshot = stored(10);
+        let modified = |cmd| {
+            decide_modify(&cmd, Some(&snapshot), now())
+                .unwrap()
+                .expect("something to write")
+        };
+
+        let renamed = modified(command(Some("new"), None, None));
+        assert_eq!(renamed.snapshot_name.as_deref(), Some("new"));
+        assert_eq!(renamed.description, snapshot.description);
+        assert_eq!(renamed.retention, snapshot.retention);
+        assert_eq!(renamed.last_modified_at, now());
+
+        let unnamed = modified(command(Some(""), Some(""), None));
+        assert_eq!(unnamed.snapshot_name, None);
+        assert_eq!(unnamed.description, "");
+
+        let extended = modified(command(None, None, Some(30)));
+        assert_eq!(extended.retention.as_i32(), 30);
+        assert_eq!(
+            extended.retention.release_at(extended.created_at),
+            Some(snapshot.created_at + TimeDelta::days(30)),
+            "the release time counts from the creation"
+        );
+        assert_eq!(extended.snapshot_name, snapshot.snapshot_name);
+
+        assert_eq!(
+            decide_modify(&command(None, None, None), Some(&snapshot), now()),
+            Ok(None),
+            "a request naming no attribute writes nothing"
+        );
     }
 }

@@ -11,7 +11,8 @@ use super::convert::{
 };
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
-    CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams, PageCursor, SnapshotId,
+    CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams,
+    ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams, PageCursor, SnapshotId,
     SnapshotQuery,
 };
 use crate::pb;
@@ -106,6 +107,26 @@ impl SnapshotApi {
             request_id: caller.request_id,
         })
     }
+
+    /// proto3 `optional`: a field not set keeps its attribute; set to "" it is emptied.
+    async fn modify(
+        &self,
+        caller: Caller,
+        request: pb::ModifySnapshotAttributeRequest,
+    ) -> Result<pb::ModifySnapshotAttributeResponse, ApiError> {
+        let params = ModifySnapshotAttributeParams {
+            snapshot_id: &request.snapshot_id,
+            snapshot_name: request.snapshot_name.as_deref(),
+            description: request.description.as_deref(),
+            retention_days: request.retention_days,
+        };
+        let command = ModifySnapshotAttributeCommand::parse(caller.account_id, &params)?;
+        self.service.modify_snapshot_attribute(&command).await?;
+        note_snapshot(command.snapshot_id.as_str());
+        Ok(pb::ModifySnapshotAttributeResponse {
+            request_id: caller.request_id,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -129,5 +150,12 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         handle(request, |caller, request| self.delete(caller, request)).await
+    }
+
+    async fn modify_snapshot_attribute(
+        &self,
+        request: Request<pb::ModifySnapshotAttributeRequest>,
+    ) -> Result<Response<pb::ModifySnapshotAttributeResponse>, Status> {
+        handle(request, |caller, request| self.modify(caller, request)).await
     }
 }

@@ -10,6 +10,7 @@ mod access_keys;
 mod group_commit;
 mod images;
 mod inventory;
+mod modify;
 mod snapshots;
 mod worker;
 

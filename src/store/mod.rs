@@ -351,6 +351,10 @@ pub trait Transaction: Send {
     /// Deletes the snapshot and frees its quota (and its disk, if it was being copied).
     async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
 
+    /// Writes the snapshot's attributes a caller may change (name, description, retention and
+    /// the release time it implies) and its `last_modified_at`; the caller holds its lock.
+    async fn update_snapshot_attributes(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
     /// The caller's binding of an image client token.
     async fn read_image_token(
         &mut self,

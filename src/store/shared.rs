@@ -711,6 +711,23 @@ where
         Ok(())
     }
 
+    async fn update_snapshot_attributes(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE snapshots SET snapshot_name = $2, description = $3, retention_days = $4,
+                                  release_at = $5, last_modified_at = $6
+             WHERE snapshot_id = $1",
+        )
+        .bind(snapshot.snapshot_id.as_str())
+        .bind(snapshot.snapshot_name.as_deref())
+        .bind(snapshot.description.as_str())
+        .bind(snapshot.retention.as_i32())
+        .bind(snapshot.retention.release_at(snapshot.created_at))
+        .bind(snapshot.last_modified_at)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
     async fn read_image_token(
         &mut self,
         account_id: &str,

@@ -28,6 +28,7 @@ on_both_backends!(
     one_signed_request_sent_many_times_at_once_runs_once,
     numbered_pages_and_the_total_count_cover_every_snapshot_once,
     the_describe_filters_list_what_the_grpc_filters_list,
+    modify_snapshot_attribute_answers_as_the_grpc_edge_does,
 );
 
 /// InstanceId, SourceDiskType, Usage and the creation-time `Filter.N` pairs list what the gRPC
@@ -1266,4 +1267,177 @@ async fn requests_past_the_concurrency_limit_are_shed_before_their_body_is_read(
 #[test]
 fn encode_is_rfc_3986() {
     assert_eq!(encode("a b*~/é"), "a%20b%2A~%2F%C3%A9");
+}
+
+/// The gRPC edge's ModifySnapshotAttribute answer as (ECS code, HTTP status).
+fn grpc_modify_code(
+    result: Result<tonic::Response<pb::ModifySnapshotAttributeResponse>, tonic::Status>,
+) -> (String, u16) {
+    grpc_code(result.map(|_| pb::CreateSnapshotResponse::default()))
+}
+
+async fn modify_snapshot_attribute_answers_as_the_grpc_edge_does(backend: Backend) {
+    let app = spawn_ecs(backend, |_| {}).await;
+    let client = client_of(&app, "acct-demo");
+    let now = server_now(&app);
+    let created = client
+        .call(
+            "CreateSnapshot",
+            &[
+                ("DiskId", "d-demo-ok"),
+                ("SnapshotName", "nightly"),
+                ("Description", "before the upgrade"),
+                ("RetentionDays", "7"),
+            ],
+            now,
+        )
+        .await;
+    let id = created.body["SnapshotId"].as_str().unwrap().to_owned();
+    let shown = |answer: &EcsAnswer| answer.body["Snapshots"]["Snapshot"][0].clone();
+    let describe = || client.call("DescribeSnapshots", &[("DiskId", "d-demo-ok")], now);
+
+    app.advance(Duration::from_secs(60));
+    let later = server_now(&app);
+    let changed = client
+        .call(
+            "ModifySnapshotAttribute",
+            &[
+                ("SnapshotId", &id),
+                ("SnapshotName", "renamed"),
+                ("RetentionDays", "10"),
+                ("DisableInstantAccess", "true"),
+            ],
+            later,
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    let keys: Vec<&String> = changed.body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["RequestId"], "{}", changed.text);
+    let snapshot = shown(&describe().await);
+    assert_eq!(snapshot["SnapshotName"], "renamed");
+    assert_eq!(
+        snapshot["Description"], "before the upgrade",
+        "absent: kept"
+    );
+    assert_eq!(snapshot["RetentionDays"], 10);
+    assert_eq!(
+        snapshot["LastModifiedTime"],
+        later.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    );
+    let emptied = client
+        .call(
+            "ModifySnapshotAttribute",
+            &[("SnapshotId", &id), ("Description", "")],
+            later,
+        )
+        .await;
+    assert_eq!(emptied.status, 200, "{}", emptied.text);
+    let snapshot = shown(&describe().await);
+    assert_eq!(snapshot["Description"], "", "given empty: emptied");
+    assert_eq!(snapshot["SnapshotName"], "renamed");
+
+    // Each refusal: the ECS parameters, the gRPC request, and the code both must answer.
+    let grpc = |change: fn(&mut pb::ModifySnapshotAttributeRequest)| {
+        let mut request = pb::ModifySnapshotAttributeRequest {
+            snapshot_id: id.clone(),
+            ..Default::default()
+        };
+        change(&mut request);
+        request
+    };
+    let unknown = "s-00000000000000000000";
+    // (ECS parameters, the gRPC request, the code, the HTTP status)
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        pb::ModifySnapshotAttributeRequest,
+        &'a str,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![("SnapshotId", &id), ("RetentionDays", "5")],
+            grpc(|r| r.retention_days = Some(5)),
+            "InvalidRetentionDays.ShortenNotSupported",
+            403,
+        ),
+        (
+            vec![("SnapshotId", &id), ("SnapshotName", "a")],
+            grpc(|r| r.snapshot_name = Some("a".into())),
+            "InvalidSnapshotName.Malformed",
+            400,
+        ),
+        (
+            vec![("SnapshotId", &id), ("Description", "x")],
+            grpc(|r| r.description = Some("x".into())),
+            "InvalidDescription.Malformed",
+            404,
+        ),
+        (
+            vec![("SnapshotId", &id), ("RetentionDays", "65537")],
+            grpc(|r| r.retention_days = Some(65_537)),
+            "InvalidRetentionDays.Malformed",
+            400,
+        ),
+        (
+            vec![("SnapshotId", unknown), ("SnapshotName", "renamed")],
+            grpc(|r| r.snapshot_id = "s-00000000000000000000".into()),
+            "InvalidSnapshotId.NotFound",
+            404,
+        ),
+        (
+            vec![("SnapshotName", "renamed")],
+            grpc(|r| r.snapshot_id.clear()),
+            "MissingParameter",
+            400,
+        ),
+    ];
+    for (params, request, code, http) in cases {
+        let answer = client.call("ModifySnapshotAttribute", &params, later).await;
+        assert_eq!((answer.code(), answer.status), (code, http), "{params:?}");
+        let on_grpc = app
+            .snapshots()
+            .modify_snapshot_attribute(as_account("acct-demo", request))
+            .await;
+        assert_eq!(
+            grpc_modify_code(on_grpc),
+            (code.to_owned(), http),
+            "{params:?}"
+        );
+    }
+    // This edge's own: parameters it does not read, values that do not parse.
+    for params in [
+        vec![("SnapshotId", id.as_str()), ("Tag.1.Key", "env")],
+        vec![("SnapshotId", id.as_str()), ("RetentionDays", "ten")],
+        vec![
+            ("SnapshotId", id.as_str()),
+            ("DisableInstantAccess", "maybe"),
+        ],
+    ] {
+        let answer = client.call("ModifySnapshotAttribute", &params, later).await;
+        assert_eq!(
+            (answer.code(), answer.status),
+            ("InvalidParameter", 400),
+            "{params:?}"
+        );
+    }
+    // Another account's snapshot is not found, exactly as an unknown one.
+    let stranger = client_of(&app, "acct-demo-broke");
+    let answer = stranger
+        .call(
+            "ModifySnapshotAttribute",
+            &[("SnapshotId", &id), ("SnapshotName", "stolen")],
+            later,
+        )
+        .await;
+    assert_eq!(
+        (answer.code(), answer.status),
+        ("InvalidSnapshotId.NotFound", 404)
+    );
+    let snapshot = shown(&describe().await);
+    assert_eq!(
+        snapshot["SnapshotName"], "renamed",
+        "no refusal wrote anything"
+    );
+    assert_eq!(snapshot["RetentionDays"], 10);
+    app.assert_invariants().await;
 }

@@ -563,6 +563,43 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
         cells += 1;
     }
 
+    // ModifySnapshotAttribute: each of A's, with each attribute, a retention shorter than A's
+    // (a refusal for that would say the snapshot exists) and none at all.
+    let modify_as = |id: &str, change: fn(&mut pb::ModifySnapshotAttributeRequest)| {
+        let mut request = pb::ModifySnapshotAttributeRequest {
+            snapshot_id: id.to_owned(),
+            ..Default::default()
+        };
+        change(&mut request);
+        let mut snapshots = app.snapshots();
+        async move {
+            snapshots
+                .modify_snapshot_attribute(as_account(B, request))
+                .await
+                .unwrap_err()
+        }
+    };
+    type Change = fn(&mut pb::ModifySnapshotAttributeRequest);
+    let changes: [(&str, Change); 6] = [
+        ("a name", |r| r.snapshot_name = Some("mine".into())),
+        ("no name", |r| r.snapshot_name = Some(String::new())),
+        ("a description", |r| r.description = Some("mine".into())),
+        ("a longer retention", |r| r.retention_days = Some(0)),
+        ("a shorter retention", |r| r.retention_days = Some(1)),
+        ("nothing", |_| {}),
+    ];
+    let missing = modify_as(NOWHERE, changes[0].1).await;
+    assert_snapshot_not_found(&missing, NOWHERE, "a change of a missing snapshot");
+    for id in a_ids {
+        for (change, apply) in changes {
+            let case = format!("modify {id}: {change}");
+            let status = modify_as(id, apply).await;
+            assert_snapshot_not_found(&status, id, &case);
+            assert_eq!(visible(&status, id), visible(&missing, NOWHERE), "{case}");
+            cells += 1;
+        }
+    }
+
     // Nothing of A's changed, nor anything at all.
     assert_eq!(view_of(app, A, &A_DISKS).await, before);
     assert_eq!(table_counts(app).await, counts_before);
@@ -831,6 +868,21 @@ async fn every_tenant_rpc(
             "CreateImage",
             images(app)
                 .create_image(decorated(image_of(snapshot_id), decorate))
+                .await
+                .map(|_| None),
+        ),
+        (
+            "ModifySnapshotAttribute",
+            snapshots
+                .modify_snapshot_attribute(decorated(
+                    pb::ModifySnapshotAttributeRequest {
+                        snapshot_id: snapshot_id.into(),
+                        snapshot_name: Some("renamed".into()),
+                        retention_days: Some(0),
+                        ..Default::default()
+                    },
+                    decorate,
+                ))
                 .await
                 .map(|_| None),
         ),

@@ -297,6 +297,8 @@ fn engine_input(world: &World) -> (CreateState, Policy) {
         snapshot_quota: world.quota,
         init_window: world.init_window,
         copy_rate_mibps: world.copy_rate_mibps,
+        // The seed's rule, which the model writes.
+        snapshot_available_disks: false,
     };
     (state, policy)
 }

@@ -103,13 +103,15 @@ enum Rpc {
     PutInstance,
     PutDisk,
     GetDisk,
+    ModifySnapshotAttribute,
 }
 
-const RPCS: [Rpc; 8] = [
+const RPCS: [Rpc; 9] = [
     Rpc::CreateSnapshot,
     Rpc::DescribeSnapshots,
     Rpc::DeleteSnapshot,
     Rpc::CreateImage,
+    Rpc::ModifySnapshotAttribute,
     Rpc::PutAccount,
     Rpc::PutInstance,
     Rpc::PutDisk,
@@ -127,6 +129,9 @@ impl Rpc {
             Self::PutInstance => "/ecs.snapshot.v1.InventoryService/PutInstance",
             Self::PutDisk => "/ecs.snapshot.v1.InventoryService/PutDisk",
             Self::GetDisk => "/ecs.snapshot.v1.InventoryService/GetDisk",
+            Self::ModifySnapshotAttribute => {
+                "/ecs.snapshot.v1.SnapshotService/ModifySnapshotAttribute"
+            }
         }
     }
 
@@ -138,7 +143,7 @@ impl Rpc {
             Self::CreateSnapshot => &[&[1], &[2], &[3], &[4], &[6, 1], &[6, 2]],
             Self::DescribeSnapshots => &[&[1], &[2], &[4], &[6], &[7, 1], &[7, 2], &[8], &[10]],
             Self::DeleteSnapshot | Self::GetDisk => &[&[1]],
-            Self::CreateImage => &[&[1], &[2], &[3]],
+            Self::CreateImage | Self::ModifySnapshotAttribute => &[&[1], &[2], &[3]],
             Self::PutAccount => &[&[1, 1]],
             Self::PutInstance => &[&[1, 1], &[1, 2], &[1, 6]],
             Self::PutDisk => &[&[1, 1], &[1, 2], &[1, 3], &[1, 6]],
@@ -156,6 +161,9 @@ impl Rpc {
             Self::PutInstance => pb::PutInstanceResponse::decode(body).map(drop),
             Self::PutDisk => pb::PutDiskResponse::decode(body).map(drop),
             Self::GetDisk => pb::GetDiskResponse::decode(body).map(drop),
+            Self::ModifySnapshotAttribute => {
+                pb::ModifySnapshotAttributeResponse::decode(body).map(drop)
+            }
         }
     }
 }
@@ -409,6 +417,25 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
             .boxed(),
         Rpc::GetDisk => disk_id()
             .prop_map(|disk_id| pb::GetDiskRequest { disk_id }.encode_to_vec())
+            .boxed(),
+        // Each attribute absent, given empty, or given: proto3 `optional` tells them apart.
+        Rpc::ModifySnapshotAttribute => (
+            snapshot_id(),
+            proptest::option::of(field(&["", "renamed"], &[0, 2, 128])),
+            proptest::option::of(field(&["", "after upgrade"], &[0, 2, 256])),
+            proptest::option::of(prop_oneof![small_int(), Just(65_536), Just(65_537)]),
+        )
+            .prop_map(
+                |(snapshot_id, snapshot_name, description, retention_days)| {
+                    pb::ModifySnapshotAttributeRequest {
+                        snapshot_id,
+                        snapshot_name,
+                        description,
+                        retention_days,
+                    }
+                    .encode_to_vec()
+                },
+            )
             .boxed(),
     }
 }
@@ -923,6 +950,33 @@ fn first_broken_rule(rpc: Rpc, body: &[u8]) -> Option<Option<&'static str>> {
             let request = pb::DeleteSnapshotRequest::decode(body).ok()?;
             Some(snapshot_id(&request.snapshot_id))
         }
+        // CreateSnapshot's rules for the attributes given, in its order.
+        Rpc::ModifySnapshotAttribute => {
+            let request = pb::ModifySnapshotAttributeRequest::decode(body).ok()?;
+            Some(
+                snapshot_id(&request.snapshot_id)
+                    .or_else(|| {
+                        request
+                            .snapshot_name
+                            .as_deref()
+                            .is_some_and(|name| !name.is_empty() && !valid_snapshot_name(name))
+                            .then_some("InvalidSnapshotName.Malformed")
+                    })
+                    .or_else(|| {
+                        request
+                            .description
+                            .as_deref()
+                            .is_some_and(|text| !valid_description(text))
+                            .then_some("InvalidDescription.Malformed")
+                    })
+                    .or_else(|| {
+                        request
+                            .retention_days
+                            .is_some_and(|days| !(0..=65_536).contains(&days))
+                            .then_some("InvalidRetentionDays.Malformed")
+                    }),
+            )
+        }
         Rpc::CreateImage => {
             let request = pb::CreateImageRequest::decode(body).ok()?;
             Some(
@@ -1129,6 +1183,16 @@ fn valid_requests_with_values_postgresql_cannot_store() -> Vec<(&'static str, Rp
             pb::CreateSnapshotRequest {
                 description: "ab\0".to_owned(),
                 ..create("d-fuzz-0")
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ModifySnapshotAttribute description \"ab\\0\"",
+            Rpc::ModifySnapshotAttribute,
+            pb::ModifySnapshotAttributeRequest {
+                snapshot_id: "s-00000000000000000000".to_owned(),
+                description: Some("ab\0".to_owned()),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

@@ -286,6 +286,7 @@ impl Harness {
             snapshot_quota: QUOTA,
             init_window: Duration::from_secs(3600),
             copy_rate_mibps: RATE_MIBPS,
+            snapshot_available_disks: false,
         };
         let service = Arc::new(Service::new(
             Arc::clone(&store),
