@@ -11,6 +11,7 @@ mod group_commit;
 mod images;
 mod inventory;
 mod snapshots;
+mod tags;
 mod worker;
 
 use std::sync::Arc;
