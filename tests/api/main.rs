@@ -32,6 +32,7 @@ mod round_trips;
 mod server;
 mod sqlite_file;
 mod storage_full;
+mod tag_resources;
 mod tags_and_retention;
 mod tenant_matrix;
 mod tenants;
