@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::error::EcsError;
 use super::params::Params;
+use super::tag_actions;
 use crate::domain::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
     DescribeSnapshotsParams, MAX_TAGS, PageCursor, ParseError, SnapshotId, SnapshotQuery,
@@ -19,14 +20,20 @@ pub enum Action {
     DescribeSnapshots,
     DeleteSnapshot,
     CreateImage,
+    TagResources,
+    UntagResources,
+    ListTagResources,
 }
 
 impl Action {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 7] = [
         Self::CreateSnapshot,
         Self::DescribeSnapshots,
         Self::DeleteSnapshot,
         Self::CreateImage,
+        Self::TagResources,
+        Self::UntagResources,
+        Self::ListTagResources,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -39,6 +46,9 @@ impl Action {
             Self::DescribeSnapshots => "DescribeSnapshots",
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::CreateImage => "CreateImage",
+            Self::TagResources => "TagResources",
+            Self::UntagResources => "UntagResources",
+            Self::ListTagResources => "ListTagResources",
         }
     }
 }
@@ -94,11 +104,29 @@ impl Action {
             ],
             Self::DeleteSnapshot => &["SnapshotId", "Force"],
             Self::CreateImage => &["SnapshotId", "ImageName", "ClientToken"],
+            Self::TagResources => &["ResourceType"],
+            Self::UntagResources => &["ResourceType", "All"],
+            Self::ListTagResources => &["ResourceType", "NextToken"],
         }
     }
 
     fn takes_tags(self) -> bool {
-        matches!(self, Self::CreateSnapshot | Self::DescribeSnapshots)
+        matches!(
+            self,
+            Self::CreateSnapshot
+                | Self::DescribeSnapshots
+                | Self::TagResources
+                | Self::ListTagResources
+        )
+    }
+
+    /// The numbered lists (`ResourceId.N`, `TagKey.N`) this action reads.
+    fn numbered_lists(self) -> &'static [&'static str] {
+        match self {
+            Self::TagResources | Self::ListTagResources => &["ResourceId"],
+            Self::UntagResources => &["ResourceId", "TagKey"],
+            _ => &[],
+        }
     }
 }
 
@@ -107,7 +135,11 @@ fn check_parameters(action: Action, params: &Params) -> Result<(), EcsError> {
     for (name, _) in params.all() {
         let known = COMMON_PARAMETERS.contains(&name)
             || action.parameters().contains(&name)
-            || (action.takes_tags() && name.starts_with("Tag."));
+            || (action.takes_tags() && name.starts_with("Tag."))
+            || action.numbered_lists().iter().any(|list| {
+                name.strip_prefix(list)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            });
         if !known {
             return Err(EcsError::UnknownParameter {
                 parameter: name.to_owned(),
@@ -135,6 +167,11 @@ pub async fn run(
         Action::DescribeSnapshots => describe_snapshots(service, account_id, params).await,
         Action::DeleteSnapshot => delete_snapshot(service, account_id, params).await,
         Action::CreateImage => create_image(service, account_id, params).await,
+        Action::TagResources => tag_actions::tag_resources(service, account_id, params).await,
+        Action::UntagResources => tag_actions::untag_resources(service, account_id, params).await,
+        Action::ListTagResources => {
+            tag_actions::list_tag_resources(service, account_id, params).await
+        }
     }
 }
 
@@ -289,7 +326,7 @@ async fn create_image(
     Ok(json!({ "ImageId": outcome.id() }))
 }
 
-fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
+pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
     EcsError::InvalidValue {
         parameter,
         why: why.to_owned(),
@@ -331,7 +368,7 @@ fn snapshot_ids(params: &Params) -> Result<Vec<String>, EcsError> {
 }
 
 /// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
-fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
+pub(super) fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
     let mut tags: Vec<(usize, String, String)> = Vec::new();
     for name in params.names_with_prefix("Tag.") {
         let index = name

@@ -45,7 +45,7 @@ fn keys(range: std::ops::Range<usize>, prefix: &str) -> Vec<pb::Tag> {
         .collect()
 }
 
-pub fn tag_request(ids: &[&str], tags: Vec<pb::Tag>) -> pb::TagResourcesRequest {
+fn tag_request(ids: &[&str], tags: Vec<pb::Tag>) -> pb::TagResourcesRequest {
     pb::TagResourcesRequest {
         resource_type: "snapshot".into(),
         resource_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
