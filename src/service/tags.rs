@@ -9,7 +9,7 @@
 
 use super::{Service, ServiceError};
 use crate::domain::{
-    Tag, TagPage, TagQuery, TagResourcesCommand, Timestamp, UntagResourcesCommand,
+    SnapshotId, Tag, TagPage, TagQuery, TagResourcesCommand, Timestamp, UntagResourcesCommand,
 };
 use crate::engine::{decide_tag, decide_untag, require_own_resource};
 use crate::store::Transaction;
@@ -37,9 +37,13 @@ impl Service {
     /// One page of the tags of the caller's snapshots the query names.
     pub async fn list_tag_resources(&self, query: &TagQuery) -> Result<TagPage, ServiceError> {
         let mut read = self.store.read().await?;
-        let own = read
-            .own_snapshot_ids(&query.account_id, &query.snapshot_ids)
-            .await?;
+        let shaped: Vec<String> = query
+            .snapshot_ids
+            .iter()
+            .filter(|id| could_be_a_snapshot(id))
+            .cloned()
+            .collect();
+        let own = read.own_snapshot_ids(&query.account_id, &shaped).await?;
         for id in &query.snapshot_ids {
             require_own_resource(id, own.contains(id))?;
         }
@@ -54,7 +58,7 @@ async fn lock_and_read_tags(
     account_id: &str,
     ids: &[String],
 ) -> Result<Vec<Option<Vec<Tag>>>, ServiceError> {
-    let mut in_lock_order: Vec<&String> = ids.iter().collect();
+    let mut in_lock_order: Vec<&String> = ids.iter().filter(|id| could_be_a_snapshot(id)).collect();
     in_lock_order.sort();
     let mut found: Vec<(&String, Option<Vec<Tag>>)> = Vec::with_capacity(ids.len());
     for id in in_lock_order {
@@ -74,6 +78,12 @@ async fn lock_and_read_tags(
                 .and_then(|(_, tags)| tags.clone())
         })
         .collect())
+}
+
+/// Whether `id` has the shape of a snapshot id: one that has not (text PostgreSQL cannot even
+/// store, such as NUL) is not found without asking the database.
+fn could_be_a_snapshot(id: &str) -> bool {
+    SnapshotId::parse(id).is_ok()
 }
 
 async fn tag(
