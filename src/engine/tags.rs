@@ -81,7 +81,9 @@ mod tests {
                 value: value.into(),
             }]
         };
-        let cases: [(Vec<Tag>, Vec<Tag>, Result<bool, RuleError>); 7] = [
+        // (held, sent, verdict)
+        type Case = (Vec<Tag>, Vec<Tag>, Result<bool, RuleError>);
+        let cases: [Case; 7] = [
             (vec![], tags(0..20), Ok(true)),
             (vec![], tags(0..21), over(21)),
             (tags(0..9), tags(9..20), Ok(true)),

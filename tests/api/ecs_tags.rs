@@ -180,7 +180,9 @@ async fn tag_actions_refuse_with_the_codes_of_the_grpc_edge(backend: Backend) {
     too_many.extend(many.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
     let snapshot = [("ResourceType", "snapshot")];
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, u16)> = vec![
+    // (case, action, parameters, code, HTTP status)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         (
             "another type",
             "TagResources",

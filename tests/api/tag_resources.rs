@@ -186,7 +186,7 @@ async fn tags_are_added_overwritten_listed_and_removed(backend: Backend) {
     );
     let shown = snapshot(&app, &created).await;
     assert_eq!(shown.tags.len(), 2, "DescribeSnapshots shows the tags");
-    let tagged_at = shown.last_modified_at.clone();
+    let tagged_at = shown.last_modified_at;
     assert_ne!(tagged_at, before, "a tag change moves LastModifiedTime");
 
     app.advance(Duration::from_secs(60));
