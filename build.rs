@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/ecs/snapshot/v1/inventory.proto",
     "proto/ecs/snapshot/v1/snapshot.proto",
     "proto/ecs/snapshot/v1/image.proto",
+    "proto/ecs/snapshot/v1/tag.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

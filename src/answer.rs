@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::config::RateLimit;
-use crate::domain::ParseError;
+use crate::domain::{MAX_RESOURCE_IDS, MAX_TAGS, ParseError};
 use crate::engine::RuleError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -374,6 +374,31 @@ pub fn parse_answer(invalid: &ParseError) -> Answer {
             format!("The specified parameter \"{field}\" is not valid."),
         )
         .bad_request(field, why.clone()),
+        ParseError::InvalidResourceTypeNotFound { resource_type } => Answer::new(
+            InvalidArgument,
+            "InvalidResourceType.NotFound",
+            404,
+            "The ResourceType provided does not exist in our records.",
+        )
+        .meta("resourceType", resource_type)
+        .bad_request("resource_type", "snapshot is the only resource type here"),
+        ParseError::NumberExceedResourceIds { count } => Answer::new(
+            InvalidArgument,
+            "NumberExceed.ResourceIds",
+            400,
+            "The ResourceIds parameter's number is exceed , Valid : 50",
+        )
+        .bad_request(
+            "resource_ids",
+            format!("{count} resource ids; at most {MAX_RESOURCE_IDS} in one call"),
+        ),
+        ParseError::BothEmptyTagsAndResources => Answer::new(
+            InvalidArgument,
+            "BothEmpty.TagsAndResources",
+            403,
+            "The specified Tags and ResourcesIds are not allow to both empty.",
+        )
+        .bad_request("resource_ids", "name resource ids, tags, or both"),
     }
 }
 
@@ -610,6 +635,35 @@ pub fn rule_answer(rule: &RuleError) -> Answer {
                 ),
             },
         ),
+        RuleError::InvalidResourceIdNotFound { resource_id } => Answer::new(
+            NotFound,
+            "InvalidResourceId.NotFound",
+            404,
+            "The specified ResourceIds are not found in our records.",
+        )
+        .meta("resourceId", resource_id)
+        .detail(Detail::Resource {
+            resource_type: "snapshot",
+            name: resource_id.clone(),
+            owner: String::new(),
+        }),
+        RuleError::OperationDeniedQuotaExceed {
+            snapshot_id,
+            would_hold,
+        } => Answer::new(
+            ResourceExhausted,
+            "OperationDenied.QuotaExceed",
+            400,
+            "The quota of tags on resource is beyond permitted range.",
+        )
+        .meta("resourceId", snapshot_id)
+        .meta("quota", MAX_TAGS.to_string())
+        .detail(Detail::Quota {
+            subject: format!("snapshot/{snapshot_id}"),
+            description: format!(
+                "a snapshot can hold at most {MAX_TAGS} tags; this call would leave it {would_hold}"
+            ),
+        }),
         RuleError::InvalidParameter { field, why } => Answer::new(
             InvalidArgument,
             "InvalidParameter",

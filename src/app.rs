@@ -22,10 +22,11 @@ use crate::backend::{SimulatedBackend, SnapshotBackend};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ListenOrOff, redact_password};
 use crate::ecs::{self, EcsEdge};
-use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi};
+use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi, TagApi};
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
+use crate::pb::tag_service_server::TagServiceServer;
 use crate::service::{Service, ServiceError};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::{self, metric};
@@ -33,10 +34,11 @@ use crate::throttle::Throttle;
 use crate::worker::Worker;
 
 /// Fully-qualified names of the services whose health is reported.
-const SERVICE_NAMES: [&str; 4] = [
+const SERVICE_NAMES: [&str; 5] = [
     "",
     "ecs.snapshot.v1.SnapshotService",
     "ecs.snapshot.v1.ImageService",
+    "ecs.snapshot.v1.TagService",
     "ecs.snapshot.v1.InventoryService",
 ];
 
@@ -230,6 +232,7 @@ impl App {
         let snapshots = SnapshotApi::new(Arc::clone(&self.service));
         let inventory = InventoryApi::new(Arc::clone(&self.service));
         let images = ImageApi::new(Arc::clone(&self.service));
+        let tags = TagApi::new(Arc::clone(&self.service));
         let layer = RpcLayer::new(
             Arc::clone(&gate),
             self.config.max_concurrent_requests,
@@ -346,6 +349,12 @@ impl App {
             )
             .add_service(
                 ImageServiceServer::new(images)
+                    .max_decoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
+            .add_service(
+                TagServiceServer::new(tags)
                     .max_decoding_message_size(limit)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip),

@@ -43,6 +43,16 @@ pub enum ParseError {
     #[error("InvalidImageName.Malformed: {why}")]
     InvalidImageNameMalformed { why: &'static str },
 
+    // The tag calls (TagResources, UntagResources, ListTagResources).
+    #[error("InvalidResourceType.NotFound: {resource_type:?}")]
+    InvalidResourceTypeNotFound { resource_type: String },
+
+    #[error("NumberExceed.ResourceIds: {count} resource ids")]
+    NumberExceedResourceIds { count: usize },
+
+    #[error("BothEmpty.TagsAndResources")]
+    BothEmptyTagsAndResources,
+
     /// Any other field out of its range (inventory records, page sizes, request bodies).
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

@@ -29,6 +29,7 @@ mod ids;
 mod inventory;
 mod names;
 mod snapshot;
+mod tags;
 
 pub use commands::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
@@ -43,6 +44,11 @@ pub use inventory::{
 };
 pub use names::{ClientToken, Description, ImageName, MAX_TAGS, RetentionDays, SnapshotName, Tag};
 pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};
+pub use tags::{
+    ListTagResourcesParams, MAX_RESOURCE_IDS, SNAPSHOT_RESOURCE_TYPE, TAG_PAGE_SIZE, TagCursor,
+    TagKeys, TagPage, TagQuery, TagResource, TagResourcesCommand, TagResourcesParams,
+    UntagResourcesCommand, UntagResourcesParams,
+};
 
 /// Timestamps are UTC instants throughout.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

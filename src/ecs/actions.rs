@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::error::EcsError;
 use super::params::Params;
+use super::tag_actions;
 use crate::domain::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
     DescribeSnapshotsParams, DiskType, MAX_TAGS, ModifySnapshotAttributeCommand,
@@ -21,15 +22,21 @@ pub enum Action {
     DeleteSnapshot,
     CreateImage,
     ModifySnapshotAttribute,
+    TagResources,
+    UntagResources,
+    ListTagResources,
 }
 
 impl Action {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::CreateSnapshot,
         Self::DescribeSnapshots,
         Self::DeleteSnapshot,
         Self::CreateImage,
         Self::ModifySnapshotAttribute,
+        Self::TagResources,
+        Self::UntagResources,
+        Self::ListTagResources,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -43,6 +50,9 @@ impl Action {
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::CreateImage => "CreateImage",
             Self::ModifySnapshotAttribute => "ModifySnapshotAttribute",
+            Self::TagResources => "TagResources",
+            Self::UntagResources => "UntagResources",
+            Self::ListTagResources => "ListTagResources",
         }
     }
 }
@@ -107,15 +117,30 @@ impl Action {
                 "RetentionDays",
                 "DisableInstantAccess",
             ],
+            Self::TagResources => &["ResourceType"],
+            Self::UntagResources => &["ResourceType", "All"],
+            Self::ListTagResources => &["ResourceType", "NextToken"],
         }
     }
 
     fn takes_tags(self) -> bool {
-        matches!(self, Self::CreateSnapshot | Self::DescribeSnapshots)
+        matches!(
+            self,
+            Self::CreateSnapshot
+                | Self::DescribeSnapshots
+                | Self::TagResources
+                | Self::ListTagResources
+        )
     }
 
-    fn takes_filters(self) -> bool {
-        self == Self::DescribeSnapshots
+    /// The numbered lists (`ResourceId.N`, `TagKey.N`) this action reads.
+    fn numbered_lists(self) -> &'static [&'static str] {
+        match self {
+            Self::TagResources | Self::ListTagResources => &["ResourceId"],
+            Self::UntagResources => &["ResourceId", "TagKey"],
+            Self::DescribeSnapshots => &["Filter"],
+            _ => &[],
+        }
     }
 }
 
@@ -125,7 +150,10 @@ fn check_parameters(action: Action, params: &Params) -> Result<(), EcsError> {
         let known = COMMON_PARAMETERS.contains(&name)
             || action.parameters().contains(&name)
             || (action.takes_tags() && name.starts_with("Tag."))
-            || (action.takes_filters() && name.starts_with("Filter."));
+            || action.numbered_lists().iter().any(|list| {
+                name.strip_prefix(list)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            });
         if !known {
             return Err(EcsError::UnknownParameter {
                 parameter: name.to_owned(),
@@ -155,6 +183,11 @@ pub async fn run(
         Action::CreateImage => create_image(service, account_id, params).await,
         Action::ModifySnapshotAttribute => {
             modify_snapshot_attribute(service, account_id, params).await
+        }
+        Action::TagResources => tag_actions::tag_resources(service, account_id, params).await,
+        Action::UntagResources => tag_actions::untag_resources(service, account_id, params).await,
+        Action::ListTagResources => {
+            tag_actions::list_tag_resources(service, account_id, params).await
         }
     }
 }
@@ -340,7 +373,7 @@ async fn modify_snapshot_attribute(
     Ok(json!({}))
 }
 
-fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
+pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
     EcsError::InvalidValue {
         parameter,
         why: why.to_owned(),
@@ -382,7 +415,7 @@ fn snapshot_ids(params: &Params) -> Result<Vec<String>, EcsError> {
 }
 
 /// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
-fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
+pub(super) fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
     let mut tags: Vec<(usize, String, String)> = Vec::new();
     for name in params.names_with_prefix("Tag.") {
         let index = name

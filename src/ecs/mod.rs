@@ -11,6 +11,7 @@ mod error;
 mod params;
 mod render;
 mod signature;
+mod tag_actions;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -96,6 +96,16 @@ pub enum RuleError {
         requested: i32,
     },
 
+    // Tags after creation (TagResources, UntagResources, ListTagResources).
+    #[error("InvalidResourceId.NotFound: {resource_id}")]
+    InvalidResourceIdNotFound { resource_id: String },
+
+    #[error("OperationDenied.QuotaExceed: {snapshot_id} would hold {would_hold} tags")]
+    OperationDeniedQuotaExceed {
+        snapshot_id: String,
+        would_hold: usize,
+    },
+
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

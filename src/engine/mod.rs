@@ -10,6 +10,7 @@ mod error;
 mod idempotence;
 mod inventory;
 mod lifecycle;
+mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -21,3 +22,4 @@ pub use inventory::{
     check_instance_reassignment,
 };
 pub use lifecycle::{DeletePlan, SnapshotFacts, decide_create_image, decide_delete, decide_modify};
+pub use tags::{decide_tag, decide_untag, require_own_resource};

@@ -7,7 +7,7 @@ use chrono::DateTime;
 
 use crate::domain::{
     Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus,
-    ParseError, SnapshotStatus, Tag, Timestamp, is_plain_id,
+    ParseError, SNAPSHOT_RESOURCE_TYPE, SnapshotStatus, Tag, TagResource, Timestamp, is_plain_id,
 };
 use crate::pb;
 use crate::service::SnapshotView;
@@ -277,6 +277,16 @@ pub fn tags_to_proto(tags: Vec<Tag>) -> Vec<pb::Tag> {
 
 /// Request tags, validated (CreateSnapshot and DescribeSnapshots share the rules).
 /// A request's tags as the domain's raw `(key, value)` pairs.
+/// One tag of one snapshot, as ListTagResources lists it.
+pub fn tag_resource_to_proto(tag: TagResource) -> pb::TagResource {
+    pb::TagResource {
+        resource_id: tag.snapshot_id,
+        resource_type: SNAPSHOT_RESOURCE_TYPE.to_owned(),
+        tag_key: tag.key,
+        tag_value: tag.value,
+    }
+}
+
 pub fn tag_pairs(tags: &[pb::Tag]) -> Vec<(&str, &str)> {
     tags.iter()
         .map(|t| (t.key.as_str(), t.value.as_str()))

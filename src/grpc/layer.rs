@@ -72,9 +72,10 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 /// Services whose methods are named in logs and metrics; any other path is `unknown`, so a
 /// client cannot grow the metrics' label sets.
-const SERVICES: [(&str, Kind); 6] = [
+const SERVICES: [(&str, Kind); 7] = [
     ("ecs.snapshot.v1.SnapshotService", Kind::Tenant),
     ("ecs.snapshot.v1.ImageService", Kind::Tenant),
+    ("ecs.snapshot.v1.TagService", Kind::Tenant),
     ("ecs.snapshot.v1.InventoryService", Kind::Admin),
     ("grpc.health.v1.Health", Kind::Infrastructure),
     ("grpc.reflection.v1.ServerReflection", Kind::Infrastructure),
@@ -91,7 +92,7 @@ pub const BODY_START_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// SnapshotService and ImageService: an account calls.
+    /// SnapshotService, ImageService and TagService: an account calls.
     Tenant,
     /// InventoryService: the admin calls.
     Admin,

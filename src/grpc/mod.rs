@@ -14,6 +14,7 @@ pub mod image;
 pub mod inventory;
 pub mod layer;
 pub mod snapshot;
+pub mod tag;
 
 pub use call::Gate;
 pub use error::ApiError;
@@ -21,6 +22,7 @@ pub use image::ImageApi;
 pub use inventory::InventoryApi;
 pub use layer::RpcLayer;
 pub use snapshot::SnapshotApi;
+pub use tag::TagApi;
 
 /// Domain of every `ErrorInfo` this service returns.
 pub const ERROR_DOMAIN: &str = "snapshotd.ecs";

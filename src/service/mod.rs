@@ -12,6 +12,7 @@ mod images;
 mod inventory;
 mod modify;
 mod snapshots;
+mod tags;
 mod worker;
 
 use std::sync::Arc;

@@ -22,7 +22,7 @@ pub use sqlite::SqliteStore;
 
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot,
-    SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
+    SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagKeys, TagPage, TagQuery, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -392,6 +392,38 @@ pub trait Transaction: Send {
         finished: &[(&Snapshot, SnapshotStatus)],
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    // Tags after creation (lock the snapshot first: `lock_own_snapshot`).
+
+    /// The snapshot's tags, by key.
+    async fn read_tags(&mut self, snapshot_id: &str) -> Result<Vec<Tag>, StoreError>;
+
+    /// Adds the tags to the snapshot (a key it has takes the new value) and moves its
+    /// `last_modified_at` to `now`.
+    async fn put_tags(
+        &mut self,
+        snapshot_id: &str,
+        tags: &[Tag],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Removes these tags from the snapshot and moves its `last_modified_at` to `now`.
+    async fn remove_tags(
+        &mut self,
+        snapshot_id: &str,
+        keys: &TagKeys,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Those of `snapshot_ids` that are snapshots of `account_id`.
+    async fn own_snapshot_ids(
+        &mut self,
+        account_id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// One page of the tags of the query's snapshots, by snapshot id then key.
+    async fn list_tags(&mut self, query: &TagQuery) -> Result<TagPage, StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 

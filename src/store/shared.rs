@@ -21,7 +21,8 @@ use super::{
 };
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor,
-    Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Timestamp,
+    Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagCursor, TagKeys, TagPage,
+    TagQuery, TagResource, Timestamp,
 };
 use crate::engine::TokenBinding;
 
@@ -874,6 +875,141 @@ where
         Ok(())
     }
 
+    async fn read_tags(&mut self, snapshot_id: &str) -> Result<Vec<Tag>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, value FROM snapshot_tags WHERE snapshot_id = $1 ORDER BY key",
+        )
+        .bind(snapshot_id)
+        .fetch_all(self.connection())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, value)| Tag { key, value })
+            .collect())
+    }
+
+    async fn put_tags(
+        &mut self,
+        snapshot_id: &str,
+        tags: &[Tag],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(snapshot_id)
+            .bind(tag.key.as_str())
+            .bind(tag.value.as_str())
+            .execute(self.connection())
+            .await?;
+        }
+        self.touch_snapshot(snapshot_id, now).await
+    }
+
+    async fn remove_tags(
+        &mut self,
+        snapshot_id: &str,
+        keys: &TagKeys,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        match keys {
+            TagKeys::All => {
+                sqlx::query("DELETE FROM snapshot_tags WHERE snapshot_id = $1")
+                    .bind(snapshot_id)
+                    .execute(self.connection())
+                    .await?;
+            }
+            TagKeys::Only(keys) => {
+                for key in keys {
+                    sqlx::query("DELETE FROM snapshot_tags WHERE snapshot_id = $1 AND key = $2")
+                        .bind(snapshot_id)
+                        .bind(key.as_str())
+                        .execute(self.connection())
+                        .await?;
+                }
+            }
+        }
+        self.touch_snapshot(snapshot_id, now).await
+    }
+
+    async fn own_snapshot_ids(
+        &mut self,
+        account_id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        if snapshot_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut statement =
+            Statement::new("SELECT snapshot_id FROM snapshots WHERE account_id = ".to_owned());
+        statement.push_param(Param::Text(account_id.to_owned()));
+        statement.push(" AND snapshot_id IN ");
+        statement.push_list(snapshot_ids);
+        let rows: Vec<(String,)> = statement.fetch_all(self.connection()).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Keyed on `(snapshot_id, key)`, the table's primary key, so pages neither repeat nor skip
+    /// rows; one row more than the page tells whether another follows.
+    async fn list_tags(&mut self, query: &TagQuery) -> Result<TagPage, StoreError> {
+        let mut statement = Statement::new(
+            "SELECT t.snapshot_id, t.key, t.value FROM snapshot_tags t \
+             JOIN snapshots s ON s.snapshot_id = t.snapshot_id WHERE s.account_id = "
+                .to_owned(),
+        );
+        statement.push_param(Param::Text(query.account_id.clone()));
+        if !query.snapshot_ids.is_empty() {
+            statement.push(" AND t.snapshot_id IN ");
+            statement.push_list(&query.snapshot_ids);
+        }
+        for tag in &query.tags {
+            statement.push(
+                " AND EXISTS (SELECT 1 FROM snapshot_tags f \
+                 WHERE f.snapshot_id = t.snapshot_id AND f.key = ",
+            );
+            statement.push_param(Param::Text(tag.key.clone()));
+            // An empty value matches any value of the key, as in DescribeSnapshots.
+            if !tag.value.is_empty() {
+                statement.push(" AND f.value = ");
+                statement.push_param(Param::Text(tag.value.clone()));
+            }
+            statement.push(")");
+        }
+        if let Some(after) = &query.after {
+            let id = statement.param(Param::Text(after.snapshot_id.clone()));
+            let key = statement.param(Param::Text(after.key.clone()));
+            statement.push(&format!(
+                " AND (t.snapshot_id > {id} OR (t.snapshot_id = {id} AND t.key > {key}))"
+            ));
+        }
+        statement.push(" ORDER BY t.snapshot_id, t.key LIMIT ");
+        statement.push_param(Param::Int(i64::from(query.limit) + 1));
+        let mut rows: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|last| TagCursor {
+                snapshot_id: last.snapshot_id.clone(),
+                key: last.key.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(TagPage {
+            tags: rows
+                .into_iter()
+                .map(|row| TagResource {
+                    snapshot_id: row.snapshot_id,
+                    key: row.key,
+                    value: row.value,
+                })
+                .collect(),
+            next,
+        })
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.end("COMMIT").await
     }
@@ -885,6 +1021,29 @@ where
 }
 
 /// `$first, …` for `count` placeholders.
+impl<DB> SqlSession<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
+{
+    /// A change to the snapshot's tags is a change to the snapshot: its `LastModifiedTime`.
+    async fn touch_snapshot(
+        &mut self,
+        snapshot_id: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE snapshots SET last_modified_at = $2 WHERE snapshot_id = $1")
+            .bind(snapshot_id)
+            .bind(now)
+            .execute(self.connection())
+            .await?;
+        Ok(())
+    }
+}
+
 /// `select` over the caller's snapshots that match the query's filters (not its page).
 fn matching_snapshots(select: String, query: &SnapshotQuery) -> Statement {
     let mut statement = Statement::new(format!("{select} WHERE s.account_id = "));
@@ -1075,6 +1234,12 @@ const INVARIANTS: &[Invariant] = &[
               FROM disks d LEFT JOIN snapshots s ON s.source_disk_id = d.disk_id \
               GROUP BY d.disk_id, d.snapshot_count \
               HAVING d.snapshot_count <> COUNT(s.snapshot_id)",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a snapshot holds at most 20 tags",
+        sql: "SELECT snapshot_id, CAST(COUNT(*) AS TEXT) FROM snapshot_tags \
+              GROUP BY snapshot_id HAVING COUNT(*) > 20",
         takes_quota: false,
     },
     Invariant {

@@ -30,6 +30,7 @@ async fn health_reports_serving_for_every_service(backend: Backend) {
         "",
         "ecs.snapshot.v1.SnapshotService",
         "ecs.snapshot.v1.ImageService",
+        "ecs.snapshot.v1.TagService",
         "ecs.snapshot.v1.InventoryService",
     ] {
         let response = health
@@ -51,6 +52,7 @@ async fn reflection_v1_and_v1alpha_describe_the_contract_and_the_error_details(b
     let symbols = [
         "ecs.snapshot.v1.SnapshotService",
         "ecs.snapshot.v1.ImageService",
+        "ecs.snapshot.v1.TagService",
         "ecs.snapshot.v1.InventoryService",
         "google.rpc.ErrorInfo",
         "google.rpc.BadRequest",

@@ -599,6 +599,9 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
             cells += 1;
         }
     }
+    // Tags after creation: A's ids, alone or beside B's own, answer as an id nobody has, for
+    // each of the three calls; a tag filter over A's tags finds nothing.
+    cells += tag_calls_of_another_account(app, &a_ids, &h.b_snapshot).await;
 
     // Nothing of A's changed, nor anything at all.
     assert_eq!(view_of(app, A, &A_DISKS).await, before);
@@ -633,6 +636,94 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
     assert_ne!(b_image.image_id, h.image_id);
     assert_eq!(view_of(app, A, &A_DISKS).await, before);
     app.assert_invariants().await;
+}
+
+/// Asserts `status` is the tag calls' plain not-found answer for `resource_id`.
+#[track_caller]
+fn assert_resource_not_found(status: &Status, resource_id: &str, case: &str) {
+    let metadata = assert_error(
+        status,
+        Code::NotFound,
+        "InvalidResourceId.NotFound",
+        "404",
+        Detail::ResourceInfo("snapshot"),
+    );
+    assert_eq!(
+        metadata.get("resourceId").map(String::as_str),
+        Some(resource_id),
+        "{case}"
+    );
+    let resource = status.get_details_resource_info().expect("ResourceInfo");
+    assert_eq!(resource.owner, "", "{case}: the owner is never revealed");
+}
+
+/// B's TagResources, UntagResources and ListTagResources naming A's snapshots; the cells run.
+async fn tag_calls_of_another_account(app: &TestApp, a_ids: &[&String], b_own: &str) -> usize {
+    let mut client = crate::tag_resources::tags_client(app);
+    let named = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+    let tag_of = |ids: &[&str]| pb::TagResourcesRequest {
+        resource_type: "snapshot".into(),
+        resource_ids: named(ids),
+        tags: vec![tag("owner", "b")],
+    };
+    let untag_of = |ids: &[&str]| pb::UntagResourcesRequest {
+        resource_type: "snapshot".into(),
+        resource_ids: named(ids),
+        tag_keys: Vec::new(),
+        all: true,
+    };
+    let list_of = |ids: &[&str]| pb::ListTagResourcesRequest {
+        resource_type: "snapshot".into(),
+        resource_ids: named(ids),
+        ..Default::default()
+    };
+    let missing = client
+        .tag_resources(as_account(B, tag_of(&[NOWHERE])))
+        .await
+        .unwrap_err();
+    assert_resource_not_found(&missing, NOWHERE, "tagging a missing snapshot");
+    let mut cells = 0;
+    for id in a_ids {
+        for (case, ids) in [
+            (format!("{id} alone"), vec![id.as_str()]),
+            (format!("{id} after B's own"), vec![b_own, id.as_str()]),
+        ] {
+            let tagged = client
+                .tag_resources(as_account(B, tag_of(&ids)))
+                .await
+                .unwrap_err();
+            let untagged = client
+                .untag_resources(as_account(B, untag_of(&ids)))
+                .await
+                .unwrap_err();
+            let listed = client
+                .list_tag_resources(as_account(B, list_of(&ids)))
+                .await
+                .unwrap_err();
+            for (call, status) in [("tag", tagged), ("untag", untagged), ("list", listed)] {
+                let case = format!("{call} {case}");
+                assert_resource_not_found(&status, id, &case);
+                if call == "tag" && ids.len() == 1 {
+                    assert_eq!(visible(&status, id), visible(&missing, NOWHERE), "{case}");
+                }
+                cells += 1;
+            }
+        }
+    }
+    let filtered = client
+        .list_tag_resources(as_account(
+            B,
+            pb::ListTagResourcesRequest {
+                resource_type: "snapshot".into(),
+                tags: vec![tag("env", "prod")],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a tag filter")
+        .into_inner();
+    assert!(filtered.tag_resources.is_empty(), "B sees none of A's tags");
+    cells + 1
 }
 
 // ---------------------------------------------------------------------------------------------

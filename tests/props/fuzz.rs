@@ -104,9 +104,12 @@ enum Rpc {
     PutDisk,
     GetDisk,
     ModifySnapshotAttribute,
+    TagResources,
+    UntagResources,
+    ListTagResources,
 }
 
-const RPCS: [Rpc; 9] = [
+const RPCS: [Rpc; 12] = [
     Rpc::CreateSnapshot,
     Rpc::DescribeSnapshots,
     Rpc::DeleteSnapshot,
@@ -116,6 +119,9 @@ const RPCS: [Rpc; 9] = [
     Rpc::PutInstance,
     Rpc::PutDisk,
     Rpc::GetDisk,
+    Rpc::TagResources,
+    Rpc::UntagResources,
+    Rpc::ListTagResources,
 ];
 
 impl Rpc {
@@ -132,6 +138,9 @@ impl Rpc {
             Self::ModifySnapshotAttribute => {
                 "/ecs.snapshot.v1.SnapshotService/ModifySnapshotAttribute"
             }
+            Self::TagResources => "/ecs.snapshot.v1.TagService/TagResources",
+            Self::UntagResources => "/ecs.snapshot.v1.TagService/UntagResources",
+            Self::ListTagResources => "/ecs.snapshot.v1.TagService/ListTagResources",
         }
     }
 
@@ -147,6 +156,9 @@ impl Rpc {
             Self::PutAccount => &[&[1, 1]],
             Self::PutInstance => &[&[1, 1], &[1, 2], &[1, 6]],
             Self::PutDisk => &[&[1, 1], &[1, 2], &[1, 3], &[1, 6]],
+            Self::TagResources => &[&[1], &[2], &[3, 1], &[3, 2]],
+            Self::UntagResources => &[&[1], &[2], &[3]],
+            Self::ListTagResources => &[&[1], &[2], &[3, 1], &[3, 2], &[4]],
         }
     }
 
@@ -164,6 +176,9 @@ impl Rpc {
             Self::ModifySnapshotAttribute => {
                 pb::ModifySnapshotAttributeResponse::decode(body).map(drop)
             }
+            Self::TagResources => pb::TagResourcesResponse::decode(body).map(drop),
+            Self::UntagResources => pb::UntagResourcesResponse::decode(body).map(drop),
+            Self::ListTagResources => pb::ListTagResourcesResponse::decode(body).map(drop),
         }
     }
 }
@@ -437,7 +452,58 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                 },
             )
             .boxed(),
+        Rpc::TagResources => (
+            resource_type(),
+            proptest::collection::vec(snapshot_id(), 0..3),
+            tags(),
+        )
+            .prop_map(|(resource_type, resource_ids, tags)| {
+                pb::TagResourcesRequest {
+                    resource_type,
+                    resource_ids,
+                    tags,
+                }
+                .encode_to_vec()
+            })
+            .boxed(),
+        Rpc::UntagResources => (
+            resource_type(),
+            proptest::collection::vec(snapshot_id(), 0..3),
+            proptest::collection::vec(field(&["env", "team"], &[0, 1, 128]), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(resource_type, resource_ids, tag_keys, all)| {
+                pb::UntagResourcesRequest {
+                    resource_type,
+                    resource_ids,
+                    tag_keys,
+                    all,
+                }
+                .encode_to_vec()
+            })
+            .boxed(),
+        Rpc::ListTagResources => (
+            resource_type(),
+            proptest::collection::vec(snapshot_id(), 0..3),
+            tags(),
+            field(&[""], &[0, 2, 100]),
+        )
+            .prop_map(|(resource_type, resource_ids, tags, next_token)| {
+                pb::ListTagResourcesRequest {
+                    resource_type,
+                    resource_ids,
+                    tags,
+                    next_token,
+                }
+                .encode_to_vec()
+            })
+            .boxed(),
     }
+}
+
+/// The tag calls' resource type: mostly the one there is, sometimes another or anything.
+fn resource_type() -> BoxedStrategy<String> {
+    field(&["snapshot", "snapshot", "instance", ""], &[0, 8, 64])
 }
 
 fn any_rpc() -> impl Strategy<Value = Rpc> {
@@ -1176,6 +1242,12 @@ fn valid_requests_with_values_postgresql_cannot_store() -> Vec<(&'static str, Rp
     let at = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
     // 4713 BC is PostgreSQL's earliest; chrono goes back to 262143 BC.
     let year_minus_100000 = -3_217_862_419_200;
+    let ids = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+    let tag_on = |resource_ids: Vec<String>, tags: Vec<pb::Tag>| pb::TagResourcesRequest {
+        resource_type: "snapshot".to_owned(),
+        resource_ids,
+        tags,
+    };
     vec![
         (
             "CreateSnapshot description \"ab\\0\"",
@@ -1192,6 +1264,47 @@ fn valid_requests_with_values_postgresql_cannot_store() -> Vec<(&'static str, Rp
             pb::ModifySnapshotAttributeRequest {
                 snapshot_id: "s-00000000000000000000".to_owned(),
                 description: Some("ab\0".to_owned()),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "TagResources resource id \"s-\\0\"",
+            Rpc::TagResources,
+            tag_on(ids(&["s-\0"]), vec![tag("k", "v")]).encode_to_vec(),
+        ),
+        (
+            "TagResources tag value \"v\\0\"",
+            Rpc::TagResources,
+            tag_on(ids(&["s-00000000000000000000"]), vec![tag("k", "v\0")]).encode_to_vec(),
+        ),
+        (
+            "UntagResources resource id \"\\0\"",
+            Rpc::UntagResources,
+            pb::UntagResourcesRequest {
+                resource_type: "snapshot".to_owned(),
+                resource_ids: ids(&["\0"]),
+                all: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ListTagResources resource id \"s-\\0\"",
+            Rpc::ListTagResources,
+            pb::ListTagResourcesRequest {
+                resource_type: "snapshot".to_owned(),
+                resource_ids: ids(&["s-\0"]),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ListTagResources resource type \"snap\\0\"",
+            Rpc::ListTagResources,
+            pb::ListTagResourcesRequest {
+                resource_type: "snap\0".to_owned(),
+                resource_ids: ids(&["s-00000000000000000000"]),
                 ..Default::default()
             }
             .encode_to_vec(),

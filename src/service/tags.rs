@@ -1,0 +1,123 @@
+//! Tags after creation: TagResources, UntagResources and ListTagResources on the caller's
+//! snapshots.
+//!
+//! A change is "lock every snapshot named, read their tags, let the engine decide, write": the
+//! snapshots are locked in id order (two calls naming the same snapshots never deadlock), and
+//! their tags are read after the lock, so two calls adding tags to one snapshot serialize on its
+//! row and the second counts the first's tags (never more than 20). The answer is all or
+//! nothing: one snapshot refused, none is changed.
+
+use super::{Service, ServiceError};
+use crate::domain::{
+    SnapshotId, Tag, TagPage, TagQuery, TagResourcesCommand, Timestamp, UntagResourcesCommand,
+};
+use crate::engine::{decide_tag, decide_untag, require_own_resource};
+use crate::store::Transaction;
+
+impl Service {
+    /// Adds the tags to each of the caller's snapshots named, or changes none.
+    pub async fn tag_resources(&self, command: &TagResourcesCommand) -> Result<(), ServiceError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let result = tag(tx.as_mut(), command, now).await;
+        self.finish(tx, result).await
+    }
+
+    /// Removes the tags from each of the caller's snapshots named, or changes none.
+    pub async fn untag_resources(
+        &self,
+        command: &UntagResourcesCommand,
+    ) -> Result<(), ServiceError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let result = untag(tx.as_mut(), command, now).await;
+        self.finish(tx, result).await
+    }
+
+    /// One page of the tags of the caller's snapshots the query names.
+    pub async fn list_tag_resources(&self, query: &TagQuery) -> Result<TagPage, ServiceError> {
+        let mut read = self.store.read().await?;
+        let shaped: Vec<String> = query
+            .snapshot_ids
+            .iter()
+            .filter(|id| could_be_a_snapshot(id))
+            .cloned()
+            .collect();
+        let own = read.own_snapshot_ids(&query.account_id, &shaped).await?;
+        for id in &query.snapshot_ids {
+            require_own_resource(id, own.contains(id))?;
+        }
+        Ok(read.list_tags(query).await?)
+    }
+}
+
+/// Locks the caller's snapshots of `ids` in id order and reads their tags; for each id in the
+/// order given, its tags (`None`: not the caller's snapshot).
+async fn lock_and_read_tags(
+    tx: &mut dyn Transaction,
+    account_id: &str,
+    ids: &[String],
+) -> Result<Vec<Option<Vec<Tag>>>, ServiceError> {
+    let mut in_lock_order: Vec<&String> = ids.iter().filter(|id| could_be_a_snapshot(id)).collect();
+    in_lock_order.sort();
+    let mut found: Vec<(&String, Option<Vec<Tag>>)> = Vec::with_capacity(ids.len());
+    for id in in_lock_order {
+        let tags = match tx.lock_own_snapshot(account_id, id).await? {
+            // Read after the lock: a change that held it has committed and is seen.
+            Some(_) => Some(tx.read_tags(id).await?),
+            None => None,
+        };
+        found.push((id, tags));
+    }
+    Ok(ids
+        .iter()
+        .map(|id| {
+            found
+                .iter()
+                .find(|(locked, _)| *locked == id)
+                .and_then(|(_, tags)| tags.clone())
+        })
+        .collect())
+}
+
+/// Whether `id` has the shape of a snapshot id: one that has not (text PostgreSQL cannot even
+/// store, such as NUL) is not found without asking the database.
+fn could_be_a_snapshot(id: &str) -> bool {
+    SnapshotId::parse(id).is_ok()
+}
+
+async fn tag(
+    tx: &mut dyn Transaction,
+    command: &TagResourcesCommand,
+    now: Timestamp,
+) -> Result<(), ServiceError> {
+    let held = lock_and_read_tags(tx, &command.account_id, &command.snapshot_ids).await?;
+    let mut changed = Vec::new();
+    for (id, existing) in command.snapshot_ids.iter().zip(&held) {
+        if decide_tag(id, existing.as_deref(), &command.tags)? {
+            changed.push(id);
+        }
+    }
+    for id in changed {
+        tx.put_tags(id, &command.tags, now).await?;
+    }
+    Ok(())
+}
+
+async fn untag(
+    tx: &mut dyn Transaction,
+    command: &UntagResourcesCommand,
+    now: Timestamp,
+) -> Result<(), ServiceError> {
+    let held = lock_and_read_tags(tx, &command.account_id, &command.snapshot_ids).await?;
+    let mut changed = Vec::new();
+    for (id, existing) in command.snapshot_ids.iter().zip(&held) {
+        if decide_untag(id, existing.as_deref(), &command.keys)? {
+            changed.push(id);
+        }
+    }
+    for id in changed {
+        tx.remove_tags(id, &command.keys, now).await?;
+    }
+    Ok(())
+}
