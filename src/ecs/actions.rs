@@ -19,14 +19,18 @@ pub enum Action {
     DescribeSnapshots,
     DeleteSnapshot,
     CreateImage,
+    DescribeImages,
+    DeleteImage,
 }
 
 impl Action {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::CreateSnapshot,
         Self::DescribeSnapshots,
         Self::DeleteSnapshot,
         Self::CreateImage,
+        Self::DescribeImages,
+        Self::DeleteImage,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -39,6 +43,8 @@ impl Action {
             Self::DescribeSnapshots => "DescribeSnapshots",
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::CreateImage => "CreateImage",
+            Self::DescribeImages => "DescribeImages",
+            Self::DeleteImage => "DeleteImage",
         }
     }
 }
@@ -94,6 +100,15 @@ impl Action {
             ],
             Self::DeleteSnapshot => &["SnapshotId", "Force"],
             Self::CreateImage => &["SnapshotId", "ImageName", "ClientToken"],
+            Self::DescribeImages => &[
+                "ImageId",
+                "SnapshotId",
+                "PageNumber",
+                "PageSize",
+                "Status",
+                "ImageOwnerAlias",
+            ],
+            Self::DeleteImage => &["ImageId", "Force"],
         }
     }
 
@@ -135,6 +150,8 @@ pub async fn run(
         Action::DescribeSnapshots => describe_snapshots(service, account_id, params).await,
         Action::DeleteSnapshot => delete_snapshot(service, account_id, params).await,
         Action::CreateImage => create_image(service, account_id, params).await,
+        Action::DescribeImages => super::images::describe_images(service, account_id, params).await,
+        Action::DeleteImage => super::images::delete_image(service, account_id, params).await,
     }
 }
 
@@ -233,11 +250,7 @@ async fn describe_snapshots(
         tags: &tag_refs,
         next_token: params.text("NextToken"),
         max_results,
-        page_number: match number(params, "PageNumber")? {
-            None => 0,
-            Some(page) if page >= 1 => page,
-            Some(_) => return Err(invalid_value("PageNumber", "must be 1 or more")),
-        },
+        page_number: page_number(params)?,
         count_total: true,
     };
     let query = SnapshotQuery::parse(account_id.to_owned(), &describe)?;
@@ -262,12 +275,7 @@ async fn delete_snapshot(
     params: &Params,
 ) -> Result<Value, EcsError> {
     let snapshot_id = SnapshotId::parse(params.text("SnapshotId"))?;
-    let force = match params.get("Force") {
-        None | Some("") => false,
-        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(invalid_value("Force", "must be true or false")),
-    };
+    let force = flag(params, "Force")?;
     service
         .delete_snapshot(account_id, &snapshot_id, force)
         .await?;
@@ -289,7 +297,26 @@ async fn create_image(
     Ok(json!({ "ImageId": outcome.id() }))
 }
 
-fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
+/// `PageNumber`: 0 when not given, else 1 or more.
+pub(super) fn page_number(params: &Params) -> Result<i32, EcsError> {
+    match number(params, "PageNumber")? {
+        None => Ok(0),
+        Some(page) if page >= 1 => Ok(page),
+        Some(_) => Err(invalid_value("PageNumber", "must be 1 or more")),
+    }
+}
+
+/// A `true`/`false` parameter (any case); not given is false.
+pub(super) fn flag(params: &Params, name: &'static str) -> Result<bool, EcsError> {
+    match params.get(name) {
+        None | Some("") => Ok(false),
+        Some(raw) if raw.eq_ignore_ascii_case("true") => Ok(true),
+        Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(false),
+        Some(_) => Err(invalid_value(name, "must be true or false")),
+    }
+}
+
+pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
     EcsError::InvalidValue {
         parameter,
         why: why.to_owned(),
@@ -297,7 +324,7 @@ fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
 }
 
 /// A whole-number parameter, if given.
-fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
+pub(super) fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
     match params.get(name) {
         None | Some("") => Ok(None),
         Some(raw) => raw
@@ -361,7 +388,7 @@ fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
 }
 
 /// ECS's time format: to the second, in UTC.
-fn ecs_time(at: Timestamp) -> String {
+pub(super) fn ecs_time(at: Timestamp) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 

@@ -85,6 +85,9 @@ pub enum RuleError {
         status: &'static str,
     },
 
+    #[error("InvalidImageId.NotFound: {image_id}")]
+    InvalidImageIdNotFound { image_id: String },
+
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

@@ -1,4 +1,4 @@
-//! Lifecycle rules: deleting a snapshot, and making an image of one.
+//! Lifecycle rules: deleting a snapshot, making an image of one, and deleting an image.
 
 use super::RuleError;
 use crate::domain::{SnapshotStatus, SnapshotUsage};
@@ -59,4 +59,16 @@ pub fn decide_create_image(
         });
     }
     Ok(())
+}
+
+/// DeleteImage: `found` is whether the caller has the image. Another account's image, an unknown
+/// one and one already deleted are the same answer, so an id tells nothing about its owner.
+pub fn decide_delete_image(image_id: &str, found: bool) -> Result<(), RuleError> {
+    if found {
+        Ok(())
+    } else {
+        Err(RuleError::InvalidImageIdNotFound {
+            image_id: image_id.to_owned(),
+        })
+    }
 }

@@ -20,4 +20,6 @@ pub use inventory::{
     check_access_key_owner, check_account_exists, check_disk_attachment, check_disk_reassignment,
     check_instance_reassignment,
 };
-pub use lifecycle::{DeletePlan, SnapshotFacts, decide_create_image, decide_delete};
+pub use lifecycle::{
+    DeletePlan, SnapshotFacts, decide_create_image, decide_delete, decide_delete_image,
+};
