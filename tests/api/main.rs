@@ -25,6 +25,7 @@ mod group_commit;
 mod hostile;
 mod hostile_inputs;
 mod idempotence;
+mod images;
 mod inventory;
 mod inventory_races;
 mod operations;
