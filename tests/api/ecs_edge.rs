@@ -129,7 +129,7 @@ async fn one_signed_request_sent_many_times_at_once_runs_once(backend: Backend) 
 }
 
 /// A server with the ECS edge on an ephemeral port and the demo inventory (with its keys).
-async fn spawn_ecs(
+pub(crate) async fn spawn_ecs(
     backend: Backend,
     configure: impl FnOnce(&mut snapshotd::Config) + Send + 'static,
 ) -> TestApp {
@@ -162,7 +162,7 @@ async fn seed_demo(app: &TestApp) {
         .expect("seeding the demo inventory");
 }
 
-fn server_now(app: &TestApp) -> DateTime<Utc> {
+pub(crate) fn server_now(app: &TestApp) -> DateTime<Utc> {
     match &app.clock {
         Some(clock) => snapshotd::clock::Clock::now(clock.as_ref()),
         None => Utc::now(),
@@ -174,7 +174,7 @@ fn ecs_addr(app: &TestApp) -> SocketAddr {
 }
 
 /// A client signing with the demo key of `account`.
-fn client_of(app: &TestApp, account: &str) -> EcsClient {
+pub(crate) fn client_of(app: &TestApp, account: &str) -> EcsClient {
     let (id, secret, _) = DEMO_ACCESS_KEYS
         .iter()
         .find(|(_, _, owner)| *owner == account)
@@ -205,7 +205,7 @@ fn listed_ids(answer: &EcsAnswer) -> Vec<String> {
         .collect()
 }
 
-fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
+pub(crate) fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
     if answer.status == 200 {
         ("OK".to_owned(), 200)
     } else {

@@ -17,6 +17,7 @@ mod delete_and_images;
 mod describe;
 mod durability;
 mod ecs_edge;
+mod ecs_images;
 mod edge;
 mod edge_hostile;
 mod embedded;

@@ -265,7 +265,11 @@ async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
         client_token: "tok".into(),
         ..Default::default()
     };
-    let imaged = app.create("acct-a", token_request).await.unwrap().snapshot_id;
+    let imaged = app
+        .create("acct-a", token_request)
+        .await
+        .unwrap()
+        .snapshot_id;
     crate::helpers::finish_copies(&app).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
         .expect("a valid address")
