@@ -209,9 +209,11 @@ mod tests {
             let got = ImageQuery::parse("a".into(), &params)
                 .map(drop)
                 .map_err(|err| {
-                    let text = err.to_string();
-                    let code = text.split(':').next().unwrap_or_default().to_owned();
-                    code
+                    err.to_string()
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
                 });
             assert_eq!(got, expected.map_err(str::to_owned), "{label}");
         }

@@ -9,6 +9,9 @@ use crate::ecs_edge::{client_of, ecs_code, server_now, spawn_ecs};
 use crate::helpers::{Backend, TestApp, as_account, finish_copies, world};
 use crate::on_both_backends;
 
+/// ECS parameters as `(name, value)` pairs.
+type Params<'a> = Vec<(&'a str, &'a str)>;
+
 on_both_backends!(
     describe_images_speaks_ecs_and_refuses_what_it_does_not_offer,
     delete_image_answers_the_same_codes_on_both_edges_and_unpins_the_snapshot,
@@ -96,7 +99,7 @@ async fn describe_images_speaks_ecs_and_refuses_what_it_does_not_offer(backend: 
 
     // ImageId is a comma list; SnapshotId filters; numbered pages.
     let both = format!("{named}, {other}");
-    let cases: [(&str, Vec<(&str, &str)>, Vec<&str>, u64); 4] = [
+    let cases: [(&str, Params, Vec<&str>, u64); 4] = [
         ("two ids", vec![("ImageId", &both)], vec![&other, &named], 2),
         ("one id", vec![("ImageId", &named)], vec![&named], 1),
         (
@@ -138,7 +141,7 @@ async fn describe_images_speaks_ecs_and_refuses_what_it_does_not_offer(backend: 
     );
 
     // What this service does not offer is refused by name, never ignored.
-    let refused: [(Vec<(&str, &str)>, &str, &str, u16); 8] = [
+    let refused: [(Params, &str, &str, u16); 8] = [
         (vec![("Status", "Available")], "", "OK", 200),
         (vec![("ImageOwnerAlias", "self")], "", "OK", 200),
         (

@@ -213,7 +213,10 @@ async fn a_snapshot_stays_pinned_until_its_last_image_is_deleted(backend: Backen
         .await
         .expect("DeleteImage");
 
-    assert_eq!(image_ids(&app, "acct-a").await, [second.clone()]);
+    assert_eq!(
+        image_ids(&app, "acct-a").await,
+        std::slice::from_ref(&second)
+    );
     assert_eq!(
         find(&app, "acct-a", &snapshot_id).await.unwrap().usage,
         "image"

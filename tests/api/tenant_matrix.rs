@@ -1091,8 +1091,6 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
                 }
                 "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
                 "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
-                "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
-                "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
                 _ => assert_snapshot_not_found(&result.unwrap_err(), &a_snapshot, method),
             }
         }
