@@ -360,6 +360,14 @@ pub fn parse_answer(invalid: &ParseError) -> Answer {
             "The Tag.N.Key contain duplicate key.",
         )
         .bad_request("tags", format!("the key {key:?} appears more than once")),
+        ParseError::InvalidImageIdMalformed { field, image_id } => Answer::new(
+            InvalidArgument,
+            "InvalidImageId.Malformed",
+            400,
+            "The specified parameter ImageId is not valid.",
+        )
+        .meta("imageId", image_id)
+        .bad_request(field, "each image id must be `m-` followed by 20 of [0-9a-z]"),
         ParseError::InvalidImageNameMalformed { why } => Answer::new(
             InvalidArgument,
             "InvalidImageName.Malformed",
@@ -663,6 +671,18 @@ pub fn rule_answer(rule: &RuleError) -> Answer {
             description: format!(
                 "a snapshot can hold at most {MAX_TAGS} tags; this call would leave it {would_hold}"
             ),
+        }),
+        RuleError::InvalidImageIdNotFound { image_id } => Answer::new(
+            NotFound,
+            "InvalidImageId.NotFound",
+            404,
+            "The specified ImageId does not exist.",
+        )
+        .meta("imageId", image_id)
+        .detail(Detail::Resource {
+            resource_type: "image",
+            name: image_id.clone(),
+            owner: String::new(),
         }),
         RuleError::InvalidParameter { field, why } => Answer::new(
             InvalidArgument,

@@ -204,52 +204,14 @@ impl PageCursor {
     /// The checksum makes a token that was altered (or not written by us) malformed rather than
     /// a cursor somewhere else.
     pub fn to_token(&self) -> String {
-        let body = format!(
-            "{NEXT_TOKEN_VERSION}|{}|{}|{}",
-            self.created_at.timestamp(),
-            self.created_at.timestamp_subsec_nanos(),
-            self.snapshot_id
-        );
-        let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        cursor_token(NEXT_TOKEN_VERSION, self.created_at, &self.snapshot_id)
     }
 
     /// Reads a `next_token` back; anything this service did not write is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let malformed = || ParseError::InvalidNextTokenMalformed;
-        if !token.len().is_multiple_of(2) || token.len() > 256 {
-            return Err(malformed());
-        }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
-                    .map_err(|_| malformed())
-            })
-            .collect::<Result<Vec<u8>, _>>()?;
-        let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
-        let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
-        if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
-            return Err(malformed());
-        }
-        let mut parts = body.split('|');
-        let (Some(NEXT_TOKEN_VERSION), Some(seconds), Some(nanos), Some(snapshot_id), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(malformed());
-        };
-        let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
-        let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
-        // Only instants a snapshot can have been created at (both databases store them).
-        if !(0..=LATEST_SECONDS).contains(&seconds) || nanos >= 1_000_000_000 {
-            return Err(malformed());
-        }
-        let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
-        let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
+        let (created_at, snapshot_id) = read_cursor_token(token, NEXT_TOKEN_VERSION)?;
+        let snapshot_id =
+            SnapshotId::parse(&snapshot_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
         Ok(Self {
             created_at,
             snapshot_id: snapshot_id.as_str().to_owned(),
@@ -257,11 +219,67 @@ impl PageCursor {
     }
 }
 
+/// A page's end `(created_at, id)` as an opaque token of the listing `version` names (`v1`:
+/// snapshots; each listing its own, so one listing's token is malformed in another).
+pub(super) fn cursor_token(version: &str, created_at: Timestamp, id: &str) -> String {
+    let body = format!(
+        "{version}|{}|{}|{id}",
+        created_at.timestamp(),
+        created_at.timestamp_subsec_nanos(),
+    );
+    let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a [`cursor_token`] of the listing `version` back into its instant and (unchecked) id.
+pub(super) fn read_cursor_token(
+    token: &str,
+    version: &str,
+) -> Result<(Timestamp, String), ParseError> {
+    let malformed = || ParseError::InvalidNextTokenMalformed;
+    if !token.len().is_multiple_of(2) || token.len() > 256 {
+        return Err(malformed());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
+                .map_err(|_| malformed())
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
+    if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
+        return Err(malformed());
+    }
+    let mut parts = body.split('|');
+    let (Some(read_version), Some(seconds), Some(nanos), Some(id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(malformed());
+    };
+    if read_version != version {
+        return Err(malformed());
+    }
+    let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
+    let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
+    // Only instants a row can have been created at (both databases store them).
+    if !(0..=LATEST_SECONDS).contains(&seconds) || nanos >= 1_000_000_000 {
+        return Err(malformed());
+    }
+    let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
+    Ok((created_at, id.to_owned()))
+}
+
 /// At most this many ids in one DescribeSnapshots.
 pub const MAX_SNAPSHOT_IDS: usize = 100;
 
-/// Page size of DescribeSnapshots: 1..=100, 0 meaning the default of 10.
-fn page_size(max_results: i32) -> Result<u32, ParseError> {
+/// Page size of DescribeSnapshots (and DescribeImages): 1..=100, 0 meaning the default of 10.
+pub(super) fn page_size(max_results: i32) -> Result<u32, ParseError> {
     match max_results {
         0 => Ok(10),
         1..=100 => Ok(u32::try_from(max_results).unwrap_or(10)),
@@ -375,14 +393,19 @@ impl SnapshotQuery {
 
 /// The snapshots a numbered page passes over: `(page_number - 1) * limit`.
 fn skip(params: &DescribeSnapshotsParams<'_>, limit: u32) -> Result<u32, ParseError> {
+    page_skip(params.page_number, params.next_token, limit)
+}
+
+/// The rows a numbered page passes over: `(page_number - 1) * limit`; 0 when no page is named.
+pub(super) fn page_skip(page_number: i32, next_token: &str, limit: u32) -> Result<u32, ParseError> {
     let invalid = |why: &str| ParseError::InvalidParameter {
         field: "page_number",
         why: why.to_owned(),
     };
-    match params.page_number {
+    match page_number {
         0 => Ok(0),
         page if page < 0 => Err(invalid("must be 1 or more")),
-        _ if !params.next_token.is_empty() => {
+        _ if !next_token.is_empty() => {
             Err(invalid("pass either next_token or page_number, not both"))
         }
         page => u32::try_from(page - 1)
@@ -391,7 +414,7 @@ fn skip(params: &DescribeSnapshotsParams<'_>, limit: u32) -> Result<u32, ParseEr
             .filter(|skip| *skip <= MAX_SKIP)
             .ok_or_else(|| {
                 invalid(&format!(
-                    "a numbered page may start at most {MAX_SKIP} snapshots in; page on with next_token"
+                    "a numbered page may start at most {MAX_SKIP} rows in; page on with next_token"
                 ))
             }),
     }

@@ -40,6 +40,12 @@ pub enum ParseError {
     #[error("Duplicate.TagKey: {key}")]
     DuplicateTagKey { key: String },
 
+    #[error("InvalidImageId.Malformed: {field}: {image_id:?}")]
+    InvalidImageIdMalformed {
+        field: &'static str,
+        image_id: String,
+    },
+
     #[error("InvalidImageName.Malformed: {why}")]
     InvalidImageNameMalformed { why: &'static str },
 

@@ -103,6 +103,35 @@ impl SnapshotId {
     }
 }
 
+/// An image id as a caller sends it: `m-` + 20 of `[0-9a-z]`, the shape of the ids we generate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageId(String);
+
+impl ImageId {
+    /// `field` names the parameter in the error (`image_id`, or `image_ids` for a list).
+    pub fn parse_field(field: &'static str, raw: &str) -> Result<Self, ParseError> {
+        if raw.is_empty() {
+            return Err(ParseError::MissingParameter { field });
+        }
+        if is_generated_id(raw, "m-") {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ParseError::InvalidImageIdMalformed {
+                field,
+                image_id: raw.to_owned(),
+            })
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        Self::parse_field("image_id", raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +146,37 @@ mod tests {
         assert!(id.starts_with("s-"));
         assert!(id[2..].bytes().all(|b| ID_ALPHABET.contains(&b)));
         assert_ne!(new_snapshot_id(), new_snapshot_id());
+    }
+
+    #[test]
+    fn an_image_id_is_m_dash_and_20_lowercase_alphanumerics() {
+        let generated = new_image_id();
+        assert_eq!(
+            ImageId::parse(&generated).map(|id| id.as_str().to_owned()),
+            Ok(generated)
+        );
+        assert_eq!(
+            ImageId::parse(""),
+            Err(ParseError::MissingParameter { field: "image_id" })
+        );
+        let twenty = repeat('a', 20);
+        for bad in [
+            format!("s-{twenty}"),
+            format!("m-{}", repeat('a', 19)),
+            format!("m-{}", repeat('a', 21)),
+            format!("M-{twenty}"),
+            format!("m-{}A", repeat('a', 19)),
+            "m-".to_owned(),
+        ] {
+            assert_eq!(
+                ImageId::parse(&bad),
+                Err(ParseError::InvalidImageIdMalformed {
+                    field: "image_id",
+                    image_id: bad.clone()
+                }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ macro_rules! text_enum {
 mod commands;
 mod error;
 mod ids;
+mod images;
 mod inventory;
 mod names;
 mod snapshot;
@@ -37,7 +38,10 @@ pub use commands::{
 };
 pub use commands::{ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams};
 pub use error::ParseError;
-pub use ids::{DiskId, MAX_PLAIN_ID_LEN, SnapshotId, is_plain_id, new_image_id, new_snapshot_id};
+pub use ids::{
+    DiskId, ImageId, MAX_PLAIN_ID_LEN, SnapshotId, is_plain_id, new_image_id, new_snapshot_id,
+};
+pub use images::{DescribeImagesParams, Image, ImageCursor, ImagePage, ImageQuery, MAX_IMAGE_IDS};
 pub use inventory::{
     AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, Instance, InstanceStatus,
     SECURITY_LOCK,

@@ -25,10 +25,12 @@ pub enum Action {
     TagResources,
     UntagResources,
     ListTagResources,
+    DescribeImages,
+    DeleteImage,
 }
 
 impl Action {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::CreateSnapshot,
         Self::DescribeSnapshots,
         Self::DeleteSnapshot,
@@ -37,6 +39,8 @@ impl Action {
         Self::TagResources,
         Self::UntagResources,
         Self::ListTagResources,
+        Self::DescribeImages,
+        Self::DeleteImage,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -53,6 +57,8 @@ impl Action {
             Self::TagResources => "TagResources",
             Self::UntagResources => "UntagResources",
             Self::ListTagResources => "ListTagResources",
+            Self::DescribeImages => "DescribeImages",
+            Self::DeleteImage => "DeleteImage",
         }
     }
 }
@@ -120,6 +126,15 @@ impl Action {
             Self::TagResources => &["ResourceType"],
             Self::UntagResources => &["ResourceType", "All"],
             Self::ListTagResources => &["ResourceType", "NextToken"],
+            Self::DescribeImages => &[
+                "ImageId",
+                "SnapshotId",
+                "PageNumber",
+                "PageSize",
+                "Status",
+                "ImageOwnerAlias",
+            ],
+            Self::DeleteImage => &["ImageId", "Force"],
         }
     }
 
@@ -189,6 +204,8 @@ pub async fn run(
         Action::ListTagResources => {
             tag_actions::list_tag_resources(service, account_id, params).await
         }
+        Action::DescribeImages => super::images::describe_images(service, account_id, params).await,
+        Action::DeleteImage => super::images::delete_image(service, account_id, params).await,
     }
 }
 
@@ -282,11 +299,7 @@ async fn describe_snapshots(
         tags: &tag_refs,
         next_token: params.text("NextToken"),
         max_results,
-        page_number: match number(params, "PageNumber")? {
-            None => 0,
-            Some(page) if page >= 1 => page,
-            Some(_) => return Err(invalid_value("PageNumber", "must be 1 or more")),
-        },
+        page_number: page_number(params)?,
         instance_id: params.text("InstanceId"),
         source_disk_type: source_disk_type(params)?,
         usage: params.text("Usage"),
@@ -315,12 +328,7 @@ async fn delete_snapshot(
     params: &Params,
 ) -> Result<Value, EcsError> {
     let snapshot_id = SnapshotId::parse(params.text("SnapshotId"))?;
-    let force = match params.get("Force") {
-        None | Some("") => false,
-        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(invalid_value("Force", "must be true or false")),
-    };
+    let force = flag(params, "Force")?;
     service
         .delete_snapshot(account_id, &snapshot_id, force)
         .await?;
@@ -373,6 +381,25 @@ async fn modify_snapshot_attribute(
     Ok(json!({}))
 }
 
+/// `PageNumber`: 0 when not given, else 1 or more.
+pub(super) fn page_number(params: &Params) -> Result<i32, EcsError> {
+    match number(params, "PageNumber")? {
+        None => Ok(0),
+        Some(page) if page >= 1 => Ok(page),
+        Some(_) => Err(invalid_value("PageNumber", "must be 1 or more")),
+    }
+}
+
+/// A `true`/`false` parameter (any case); not given is false.
+pub(super) fn flag(params: &Params, name: &'static str) -> Result<bool, EcsError> {
+    match params.get(name) {
+        None | Some("") => Ok(false),
+        Some(raw) if raw.eq_ignore_ascii_case("true") => Ok(true),
+        Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(false),
+        Some(_) => Err(invalid_value(name, "must be true or false")),
+    }
+}
+
 pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
     EcsError::InvalidValue {
         parameter,
@@ -381,7 +408,7 @@ pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
 }
 
 /// A whole-number parameter, if given.
-fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
+pub(super) fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
     match params.get(name) {
         None | Some("") => Ok(None),
         Some(raw) => raw
@@ -530,7 +557,7 @@ fn ecs_time_parse(raw: &str) -> Option<Timestamp> {
 }
 
 /// ECS's time format: to the second, in UTC.
-fn ecs_time(at: Timestamp) -> String {
+pub(super) fn ecs_time(at: Timestamp) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 

@@ -8,6 +8,7 @@
 
 mod actions;
 mod error;
+mod images;
 mod params;
 mod render;
 mod signature;

@@ -106,6 +106,9 @@ pub enum RuleError {
         would_hold: usize,
     },
 
+    #[error("InvalidImageId.NotFound: {image_id}")]
+    InvalidImageIdNotFound { image_id: String },
+
     // Inventory (admin API) input rules.
     #[error("InvalidParameter: {field}: {why}")]
     InvalidParameter { field: &'static str, why: String },

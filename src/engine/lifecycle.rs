@@ -1,4 +1,5 @@
-//! Lifecycle rules: deleting a snapshot, making an image of one, and changing its attributes.
+//! Lifecycle rules: deleting a snapshot, making an image of one, changing its attributes, and
+//! deleting an image.
 
 use super::RuleError;
 use crate::domain::{
@@ -111,4 +112,16 @@ pub fn decide_modify(
     }
     modified.last_modified_at = now;
     Ok(Some(modified))
+}
+
+/// DeleteImage: `found` is whether the caller has the image. Another account's image, an unknown
+/// one and one already deleted are the same answer, so an id tells nothing about its owner.
+pub fn decide_delete_image(image_id: &str, found: bool) -> Result<(), RuleError> {
+    if found {
+        Ok(())
+    } else {
+        Err(RuleError::InvalidImageIdNotFound {
+            image_id: image_id.to_owned(),
+        })
+    }
 }

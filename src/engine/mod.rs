@@ -21,5 +21,8 @@ pub use inventory::{
     check_access_key_owner, check_account_exists, check_disk_attachment, check_disk_reassignment,
     check_instance_reassignment,
 };
-pub use lifecycle::{DeletePlan, SnapshotFacts, decide_create_image, decide_delete, decide_modify};
+pub use lifecycle::{
+    DeletePlan, SnapshotFacts, decide_create_image, decide_delete, decide_delete_image,
+    decide_modify,
+};
 pub use tags::{decide_tag, decide_untag, require_own_resource};

@@ -1052,3 +1052,15 @@ mod modify {
         );
     }
 }
+
+#[test]
+fn deleting_an_image_the_caller_does_not_have_is_not_found() {
+    let image_id = "m-0123456789abcdefghij";
+    assert_eq!(decide_delete_image(image_id, true), Ok(()));
+    assert_eq!(
+        decide_delete_image(image_id, false),
+        Err(RuleError::InvalidImageIdNotFound {
+            image_id: image_id.to_owned()
+        })
+    );
+}

@@ -6,7 +6,7 @@
 use chrono::DateTime;
 
 use crate::domain::{
-    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Instance, InstanceStatus,
+    Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Image, Instance, InstanceStatus,
     ParseError, SNAPSHOT_RESOURCE_TYPE, SnapshotStatus, Tag, TagResource, Timestamp, is_plain_id,
 };
 use crate::pb;
@@ -347,5 +347,17 @@ pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
         available,
         snapshot_id: snapshot.snapshot_id,
         source_disk_id: snapshot.source_disk_id,
+    }
+}
+
+/// An image as DescribeImages shows it.
+pub fn image_to_proto(image: Image) -> pb::Image {
+    pb::Image {
+        image_name: image.image_name.unwrap_or_default(),
+        created_at: Some(timestamp_to_proto(image.created_at)),
+        size_gib: image.size_gib,
+        disk_type: disk_type_to_proto(image.disk_type).into(),
+        image_id: image.image_id,
+        snapshot_id: image.snapshot_id,
     }
 }

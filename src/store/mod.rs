@@ -21,8 +21,9 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{
-    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, Snapshot,
-    SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagKeys, TagPage, TagQuery, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, ImagePage, ImageQuery,
+    Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagKeys, TagPage,
+    TagQuery, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -369,6 +370,28 @@ pub trait Transaction: Send {
         command: &CreateImageCommand,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// The snapshot the caller's image `image_id` pins, the image's row locked until the
+    /// transaction ends (a concurrent DeleteImage of it waits, then finds it gone). `None` when
+    /// the caller has no such image.
+    async fn lock_own_image(
+        &mut self,
+        account_id: &str,
+        image_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Deletes the image and, when it was its snapshot's last, sets the snapshot's usage back
+    /// to none. The caller holds the snapshot's lock ([`Transaction::lock_own_snapshot`]), so no
+    /// image of it can be added or counted meanwhile.
+    async fn delete_image(
+        &mut self,
+        image_id: &str,
+        snapshot_id: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// One page of the query's images, newest first, and how many match.
+    async fn describe_images(&mut self, query: &ImageQuery) -> Result<ImagePage, StoreError>;
 
     /// Up to `limit` snapshots of the worker's `queue` due by `now`, oldest due first, held
     /// until the transaction ends; rows another transaction holds are skipped, not waited for.

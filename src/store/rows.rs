@@ -7,9 +7,9 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::domain::{
-    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, InProgressSnapshot, Instance,
-    InstanceStatus, PageCursor, RetentionDays, Snapshot, SnapshotStatus, SnapshotUsage, Tag,
-    Timestamp,
+    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, Image, ImageCursor,
+    InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
+    SnapshotStatus, SnapshotUsage, Tag, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -124,6 +124,57 @@ impl TryFrom<DiskRow> for Disk {
             ever_attached: row.ever_attached,
         })
     }
+}
+
+/// An image with its snapshot's disk size and type (DescribeImages).
+#[derive(Debug, FromRow)]
+pub(crate) struct ImageRow {
+    pub image_id: String,
+    pub account_id: String,
+    pub snapshot_id: String,
+    pub image_name: Option<String>,
+    pub created_at: Timestamp,
+    pub size_gib: i32,
+    pub disk_type: String,
+}
+
+impl TryFrom<ImageRow> for Image {
+    type Error = StoreError;
+
+    fn try_from(row: ImageRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            disk_type: DiskType::parse(&row.disk_type)
+                .ok_or_else(|| corrupt("disk type", &row.disk_type))?,
+            image_id: row.image_id,
+            account_id: row.account_id,
+            snapshot_id: row.snapshot_id,
+            image_name: row.image_name,
+            created_at: row.created_at,
+            size_gib: row.size_gib,
+        })
+    }
+}
+
+/// A page of images from rows fetched one beyond `limit`, and where the next page starts.
+pub(crate) fn into_image_page(
+    rows: Vec<ImageRow>,
+    limit: u32,
+) -> Result<(Vec<Image>, Option<ImageCursor>), StoreError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    let images = rows
+        .into_iter()
+        .take(limit)
+        .map(Image::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = more.then(|| {
+        let last = images.last().expect("a full page");
+        ImageCursor {
+            created_at: last.created_at,
+            image_id: last.image_id.clone(),
+        }
+    });
+    Ok((images, next))
 }
 
 /// The caller's account and token binding, read when the disk is not there to lock.

@@ -13,16 +13,17 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{
-    AccessKeyRow, AccountRow, CallerRow, DiskRow, InstanceRow, LockedDiskRow, OptionalTokenColumns,
-    SnapshotRow, TagRow, attach_tags, decode_queue, into_page, join_lock_reasons,
+    AccessKeyRow, AccountRow, CallerRow, DiskRow, ImageRow, InstanceRow, LockedDiskRow,
+    OptionalTokenColumns, SnapshotRow, TagRow, attach_tags, decode_queue, into_image_page,
+    into_page, join_lock_reasons,
 };
 use super::{
     BatchRead, LockedRead, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
-    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, Instance, PageCursor,
-    Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagCursor, TagKeys, TagPage,
-    TagQuery, TagResource, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, ImageCursor, ImagePage,
+    ImageQuery, Instance, PageCursor, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag,
+    TagCursor, TagKeys, TagPage, TagQuery, TagResource, Timestamp,
 };
 use crate::engine::TokenBinding;
 
@@ -283,6 +284,7 @@ where
     for<'r> OptionalTokenColumns: FromRow<'r, DB::Row>,
     for<'r> SnapshotRow: FromRow<'r, DB::Row>,
     for<'r> TagRow: FromRow<'r, DB::Row>,
+    for<'r> ImageRow: FromRow<'r, DB::Row>,
 {
     async fn table_names(&mut self) -> Result<Vec<String>, StoreError> {
         let names: Vec<(String,)> = sqlx::query_as(DB::TABLE_NAMES)
@@ -786,6 +788,90 @@ where
         Ok(())
     }
 
+    async fn lock_own_image(
+        &mut self,
+        account_id: &str,
+        image_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let statement = format!(
+            "SELECT snapshot_id FROM images WHERE image_id = $1 AND account_id = $2{}",
+            DB::LOCK_ROWS
+        );
+        let row: Option<(String,)> = sqlx::query_as(&statement)
+            .bind(image_id)
+            .bind(account_id)
+            .fetch_optional(self.connection())
+            .await?;
+        Ok(row.map(|(snapshot_id,)| snapshot_id))
+    }
+
+    /// Two statements after the snapshot's lock was taken: on PostgreSQL the count of the
+    /// snapshot's images then sees every CreateImage that committed while this call waited.
+    async fn delete_image(
+        &mut self,
+        image_id: &str,
+        snapshot_id: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM images WHERE image_id = $1")
+            .bind(image_id)
+            .execute(self.connection())
+            .await?;
+        sqlx::query(
+            "UPDATE snapshots SET usage = 'none', last_modified_at = $2
+             WHERE snapshot_id = $1 AND usage = 'image'
+               AND NOT EXISTS (SELECT 1 FROM images WHERE snapshot_id = $1)",
+        )
+        .bind(snapshot_id)
+        .bind(now)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    /// Newest first, keyed on `(created_at, image_id)` as DescribeSnapshots is keyed; one row
+    /// more than the page tells whether another follows. Then the count with the same filters.
+    async fn describe_images(&mut self, query: &ImageQuery) -> Result<ImagePage, StoreError> {
+        let mut statement = matching_images(
+            "SELECT i.image_id, i.account_id, i.snapshot_id, i.image_name, i.created_at, \
+                    s.source_disk_size_gib AS size_gib, s.source_disk_type AS disk_type \
+             FROM images i JOIN snapshots s ON s.snapshot_id = i.snapshot_id"
+                .to_owned(),
+            query,
+        );
+        if let Some(ImageCursor {
+            created_at,
+            image_id,
+        }) = &query.after
+        {
+            let at = statement.param(Param::Time(*created_at));
+            let id = statement.param(Param::Text(image_id.clone()));
+            statement.push(&format!(
+                " AND (i.created_at < {at} OR (i.created_at = {at} AND i.image_id < {id}))"
+            ));
+        }
+        statement.push(" ORDER BY i.created_at DESC, i.image_id DESC LIMIT ");
+        statement.push_param(Param::Int(i64::from(query.limit) + 1));
+        if query.skip > 0 {
+            statement.push(" OFFSET ");
+            statement.push_param(Param::Int(i64::from(query.skip)));
+        }
+        let rows: Vec<ImageRow> = statement.fetch_all(self.connection()).await?;
+        let (images, next) = into_image_page(rows, query.limit)?;
+        let counted: Vec<(i64,)> =
+            matching_images("SELECT count(*) FROM images i".to_owned(), query)
+                .fetch_all(self.connection())
+                .await?;
+        let total = counted
+            .first()
+            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0));
+        Ok(ImagePage {
+            images,
+            next,
+            total,
+        })
+    }
+
     async fn claim_due(
         &mut self,
         queue: WorkQueue,
@@ -1101,6 +1187,21 @@ fn matching_snapshots(select: String, query: &SnapshotQuery) -> Statement {
     statement
 }
 
+/// `select` over the caller's images `i` that match the query's filters (not its page).
+fn matching_images(select: String, query: &ImageQuery) -> Statement {
+    let mut statement = Statement::new(format!("{select} WHERE i.account_id = "));
+    statement.push_param(Param::Text(query.account_id.clone()));
+    if !query.image_ids.is_empty() {
+        statement.push(" AND i.image_id IN ");
+        statement.push_list(&query.image_ids);
+    }
+    if let Some(snapshot_id) = &query.snapshot_id {
+        statement.push(" AND i.snapshot_id = ");
+        statement.push_param(Param::Text(snapshot_id.clone()));
+    }
+    statement
+}
+
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
@@ -1248,6 +1349,21 @@ const INVARIANTS: &[Invariant] = &[
               LEFT JOIN snapshots s ON s.source_disk_id = d.disk_id AND s.status = 'progressing' \
               WHERE (d.progressing_snapshot_id IS NULL) <> (s.snapshot_id IS NULL) \
                  OR d.progressing_snapshot_id <> s.snapshot_id",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "a snapshot's usage is image exactly while an image uses it",
+        sql: "SELECT s.snapshot_id, s.usage || ' with ' || CAST(COUNT(i.image_id) AS TEXT) || ' images' \
+              FROM snapshots s LEFT JOIN images i ON i.snapshot_id = s.snapshot_id \
+              GROUP BY s.snapshot_id, s.usage \
+              HAVING (s.usage = 'image') <> (COUNT(i.image_id) > 0)",
+        takes_quota: false,
+    },
+    Invariant {
+        promise: "an image's snapshot exists and belongs to the image's account",
+        sql: "SELECT i.image_id, i.snapshot_id || ' of ' || COALESCE(s.account_id, '(none)') \
+              FROM images i LEFT JOIN snapshots s ON s.snapshot_id = i.snapshot_id \
+              WHERE s.snapshot_id IS NULL OR s.account_id <> i.account_id",
         takes_quota: false,
     },
 ];

@@ -372,7 +372,7 @@ fn listed_ids(answer: &EcsAnswer) -> Vec<String> {
         .collect()
 }
 
-fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
+pub(crate) fn ecs_code(answer: &EcsAnswer) -> (String, u16) {
     if answer.status == 200 {
         ("OK".to_owned(), 200)
     } else {
@@ -793,7 +793,7 @@ async fn signature_and_nonce_refusals_write_nothing(backend: Backend) {
     );
 
     for refused in [
-        ("Usage", "none"),
+        ("Category", "flash"),
         ("SnapshotType", "auto"),
         ("DryRun", "true"),
     ] {

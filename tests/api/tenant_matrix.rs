@@ -38,6 +38,9 @@ const B: &str = "acct-b";
 /// A snapshot id no account has.
 const NOWHERE: &str = "s-00000000000000000000";
 
+/// An image id no account has.
+const NO_IMAGE: &str = "m-00000000000000000000";
+
 const TABLES: [&str; 8] = [
     "accounts",
     "instances",
@@ -97,6 +100,50 @@ async fn create_image_as(
         .create_image(as_account(account, request))
         .await
         .map(tonic::Response::into_inner)
+}
+
+async fn delete_image_as(app: &TestApp, account: &str, image_id: &str) -> Status {
+    images(app)
+        .delete_image(as_account(
+            account,
+            pb::DeleteImageRequest {
+                image_id: image_id.to_owned(),
+            },
+        ))
+        .await
+        .expect_err("another account's image is never deleted")
+}
+
+async fn describe_images_as(
+    app: &TestApp,
+    account: &str,
+    request: pb::DescribeImagesRequest,
+) -> pb::DescribeImagesResponse {
+    images(app)
+        .describe_images(as_account(account, request))
+        .await
+        .expect("DescribeImages")
+        .into_inner()
+}
+
+/// Asserts `status` is the plain not-found answer for `image_id`.
+#[track_caller]
+fn assert_image_not_found(status: &Status, image_id: &str, case: &str) {
+    let metadata = assert_error(
+        status,
+        Code::NotFound,
+        "InvalidImageId.NotFound",
+        "404",
+        Detail::ResourceInfo("image"),
+    );
+    assert_eq!(
+        metadata.get("imageId").map(String::as_str),
+        Some(image_id),
+        "{case}"
+    );
+    let resource = status.get_details_resource_info().expect("ResourceInfo");
+    assert_eq!(resource.resource_name, image_id, "{case}");
+    assert_eq!(resource.owner, "", "{case}: the owner is never revealed");
 }
 
 fn image_of(snapshot_id: &str) -> pb::CreateImageRequest {
@@ -603,6 +650,43 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
     // each of the three calls; a tag filter over A's tags finds nothing.
     cells += tag_calls_of_another_account(app, &a_ids, &h.b_snapshot).await;
 
+    // DeleteImage of A's image: indistinguishable from an image nobody has.
+    let missing = delete_image_as(app, B, NO_IMAGE).await;
+    assert_image_not_found(&missing, NO_IMAGE, "a missing image");
+    let status = delete_image_as(app, B, &h.image_id).await;
+    assert_image_not_found(&status, &h.image_id, "delete A's image");
+    assert_eq!(
+        visible(&status, &h.image_id),
+        visible(&missing, NO_IMAGE),
+        "delete A's image"
+    );
+    cells += 1;
+
+    // DescribeImages with A's image id or A's snapshot as the filter: nothing, counted as none.
+    let image_queries = [
+        (
+            "A's image id",
+            pb::DescribeImagesRequest {
+                image_ids: vec![h.image_id.clone()],
+                ..Default::default()
+            },
+        ),
+        (
+            "A's imaged snapshot",
+            pb::DescribeImagesRequest {
+                snapshot_id: h.imaged.clone(),
+                ..Default::default()
+            },
+        ),
+        ("everything", pb::DescribeImagesRequest::default()),
+    ];
+    for (case, request) in image_queries {
+        let page = describe_images_as(app, B, request).await;
+        assert!(page.images.is_empty(), "{case}: {page:?}");
+        assert_eq!(page.total_count, 0, "{case}");
+        cells += 1;
+    }
+
     // Nothing of A's changed, nor anything at all.
     assert_eq!(view_of(app, A, &A_DISKS).await, before);
     assert_eq!(table_counts(app).await, counts_before);
@@ -899,8 +983,9 @@ async fn every_inventory_rpc_refuses_near_miss_admin_tokens_and_writes_nothing(b
 // ---------------------------------------------------------------------------------------------
 // Odd identity headers on every tenant RPC.
 
-/// The four tenant RPCs, each made with `decorate` applied to its metadata: CreateSnapshot of
-/// `disk_id`, DescribeSnapshots, DeleteSnapshot and CreateImage of `snapshot_id`.
+/// The tenant RPCs, each made with `decorate` applied to its metadata: CreateSnapshot of
+/// `disk_id`, DescribeSnapshots, DeleteSnapshot and CreateImage of `snapshot_id`,
+/// DescribeImages, and DeleteImage of an image nobody has.
 async fn every_tenant_rpc(
     app: &TestApp,
     disk_id: &str,
@@ -971,6 +1056,33 @@ async fn every_tenant_rpc(
                         snapshot_name: Some("renamed".into()),
                         retention_days: Some(0),
                         ..Default::default()
+                    },
+                    decorate,
+                ))
+                .await
+                .map(|_| None),
+        ),
+        (
+            "DescribeImages",
+            images(app)
+                .describe_images(decorated(pb::DescribeImagesRequest::default(), decorate))
+                .await
+                .map(|r| {
+                    Some(
+                        r.into_inner()
+                            .images
+                            .into_iter()
+                            .map(|i| i.image_id)
+                            .collect(),
+                    )
+                }),
+        ),
+        (
+            "DeleteImage",
+            images(app)
+                .delete_image(decorated(
+                    pb::DeleteImageRequest {
+                        image_id: NO_IMAGE.into(),
                     },
                     decorate,
                 ))
@@ -1141,6 +1253,8 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
                 "DescribeSnapshots" => {
                     assert_eq!(result.unwrap(), Some(vec![b_snapshot.clone()]), "{method}")
                 }
+                "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
+                "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
                 _ => assert_snapshot_not_found(&result.unwrap_err(), &a_snapshot, method),
             }
         }
@@ -1163,6 +1277,8 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
             "DescribeSnapshots" => {
                 assert_eq!(result.unwrap(), Some(vec![a_snapshot.clone()]), "{method}")
             }
+            "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
+            "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
             _ => assert_snapshot_not_found(&result.unwrap_err(), &b_snapshot, method),
         }
     }

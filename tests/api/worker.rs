@@ -265,8 +265,25 @@ async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
         client_token: "tok".into(),
         ..Default::default()
     };
-    app.create("acct-a", token_request).await.unwrap();
+    let imaged = app
+        .create("acct-a", token_request)
+        .await
+        .unwrap()
+        .snapshot_id;
     crate::helpers::finish_copies(&app).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("a valid address")
+        .connect_lazy();
+    snapshotd::pb::image_service_client::ImageServiceClient::new(channel)
+        .create_image(crate::helpers::as_account(
+            "acct-a",
+            pb::CreateImageRequest {
+                snapshot_id: imaged,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("CreateImage");
     app.create_on("acct-a", "d-acct-a-0").await.unwrap();
     app.assert_invariants().await;
 
@@ -294,6 +311,14 @@ async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
         (
             "UPDATE client_tokens SET account_id = 'acct-b'",
             "a client token names a snapshot of its own account",
+        ),
+        (
+            "UPDATE snapshots SET usage = 'none' WHERE usage = 'image'",
+            "a snapshot's usage is image exactly while an image uses it",
+        ),
+        (
+            "UPDATE images SET account_id = 'acct-b'",
+            "an image's snapshot exists and belongs to the image's account",
         ),
         (
             "UPDATE snapshots SET account_id = 'acct-b' WHERE status = 'accomplished'",

@@ -8,7 +8,8 @@
 //!   (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED,
 //!   RESOURCE_EXHAUSTED): never UNKNOWN, never INTERNAL, and an OK body decodes;
 //! - invalid UTF-8 in a string field is INVALID_ARGUMENT;
-//! - for a body that decodes as CreateSnapshot, DeleteSnapshot or CreateImage, OK only if every
+//! - for a body that decodes as CreateSnapshot, DeleteSnapshot, CreateImage or DeleteImage, OK
+//!   only if every
 //!   field keeps its rule as `validators.rs` specifies it, and a refusal for an input rule names
 //!   the first rule broken, in the seed's order (nothing slips past validation, nothing valid is
 //!   refused for a rule it keeps);
@@ -99,6 +100,8 @@ enum Rpc {
     DescribeSnapshots,
     DeleteSnapshot,
     CreateImage,
+    DescribeImages,
+    DeleteImage,
     PutAccount,
     PutInstance,
     PutDisk,
@@ -109,12 +112,14 @@ enum Rpc {
     ListTagResources,
 }
 
-const RPCS: [Rpc; 12] = [
+const RPCS: [Rpc; 14] = [
     Rpc::CreateSnapshot,
     Rpc::DescribeSnapshots,
     Rpc::DeleteSnapshot,
     Rpc::CreateImage,
     Rpc::ModifySnapshotAttribute,
+    Rpc::DescribeImages,
+    Rpc::DeleteImage,
     Rpc::PutAccount,
     Rpc::PutInstance,
     Rpc::PutDisk,
@@ -131,6 +136,8 @@ impl Rpc {
             Self::DescribeSnapshots => "/ecs.snapshot.v1.SnapshotService/DescribeSnapshots",
             Self::DeleteSnapshot => "/ecs.snapshot.v1.SnapshotService/DeleteSnapshot",
             Self::CreateImage => "/ecs.snapshot.v1.ImageService/CreateImage",
+            Self::DescribeImages => "/ecs.snapshot.v1.ImageService/DescribeImages",
+            Self::DeleteImage => "/ecs.snapshot.v1.ImageService/DeleteImage",
             Self::PutAccount => "/ecs.snapshot.v1.InventoryService/PutAccount",
             Self::PutInstance => "/ecs.snapshot.v1.InventoryService/PutInstance",
             Self::PutDisk => "/ecs.snapshot.v1.InventoryService/PutDisk",
@@ -151,7 +158,8 @@ impl Rpc {
         match self {
             Self::CreateSnapshot => &[&[1], &[2], &[3], &[4], &[6, 1], &[6, 2]],
             Self::DescribeSnapshots => &[&[1], &[2], &[4], &[6], &[7, 1], &[7, 2], &[8], &[10]],
-            Self::DeleteSnapshot | Self::GetDisk => &[&[1]],
+            Self::DeleteSnapshot | Self::DeleteImage | Self::GetDisk => &[&[1]],
+            Self::DescribeImages => &[&[1], &[2], &[4]],
             Self::CreateImage | Self::ModifySnapshotAttribute => &[&[1], &[2], &[3]],
             Self::PutAccount => &[&[1, 1]],
             Self::PutInstance => &[&[1, 1], &[1, 2], &[1, 6]],
@@ -169,6 +177,8 @@ impl Rpc {
             Self::DescribeSnapshots => pb::DescribeSnapshotsResponse::decode(body).map(drop),
             Self::DeleteSnapshot => pb::DeleteSnapshotResponse::decode(body).map(drop),
             Self::CreateImage => pb::CreateImageResponse::decode(body).map(drop),
+            Self::DescribeImages => pb::DescribeImagesResponse::decode(body).map(drop),
+            Self::DeleteImage => pb::DeleteImageResponse::decode(body).map(drop),
             Self::PutAccount => pb::PutAccountResponse::decode(body).map(drop),
             Self::PutInstance => pb::PutInstanceResponse::decode(body).map(drop),
             Self::PutDisk => pb::PutDiskResponse::decode(body).map(drop),
@@ -208,6 +218,23 @@ thread_local! {
     /// The ids of the snapshots seeded into the server this thread's test fuzzes.
     static SEEDED_SNAPSHOTS: std::cell::RefCell<Vec<String>> =
         const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An image id: well-formed ones nobody has, near misses of the shape (short, long, upper
+/// case, a snapshot's prefix), empty, or anything near the id's length.
+fn image_id() -> BoxedStrategy<String> {
+    field(
+        &[
+            "m-00000000000000000000",
+            "m-zzzzzzzzzzzzzzzzzzzz",
+            "m-0000000000000000000",
+            "m-000000000000000000000",
+            "m-ZZZZZZZZZZZZZZZZZZZZ",
+            "s-00000000000000000000",
+            "",
+        ],
+        &[0, 2, 22, 23],
+    )
 }
 
 /// Mostly a snapshot the server holds (read when the value is generated, after seeding).
@@ -350,6 +377,25 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                 }
                 .encode_to_vec()
             })
+            .boxed(),
+        Rpc::DescribeImages => (
+            proptest::collection::vec(image_id(), 0..3),
+            snapshot_id(),
+            small_int(),
+            field(&[""], &[0, 2, 100]),
+        )
+            .prop_map(|(image_ids, snapshot_id, max_results, next_token)| {
+                pb::DescribeImagesRequest {
+                    image_ids,
+                    snapshot_id,
+                    max_results,
+                    next_token,
+                }
+                .encode_to_vec()
+            })
+            .boxed(),
+        Rpc::DeleteImage => image_id()
+            .prop_map(|image_id| pb::DeleteImageRequest { image_id }.encode_to_vec())
             .boxed(),
         Rpc::PutAccount => (
             account_id(),
@@ -943,7 +989,7 @@ fn check_answer(
 // The input rules, from the validators' specification.
 
 /// The ErrorInfo reasons of the input rules modelled by [`first_broken_rule`].
-const INPUT_RULE_REASONS: [&str; 11] = [
+const INPUT_RULE_REASONS: [&str; 12] = [
     "MissingParameter",
     "DiskId.ValueNotSupported",
     "InvalidSnapshotName.Malformed",
@@ -955,6 +1001,7 @@ const INPUT_RULE_REASONS: [&str; 11] = [
     "Duplicate.TagKey",
     "InvalidSnapshotId.Malformed",
     "InvalidImageName.Malformed",
+    "InvalidImageId.Malformed",
 ];
 
 /// The first input rule of a request that breaks one, in the seed's order, as the ErrorInfo
@@ -963,8 +1010,8 @@ const INPUT_RULE_REASONS: [&str; 11] = [
 /// an RPC with input rules the predicates do not cover).
 fn first_broken_rule(rpc: Rpc, body: &[u8]) -> Option<Option<&'static str>> {
     use crate::validators::{
-        valid_client_token, valid_description, valid_disk_id, valid_image_name, valid_snapshot_id,
-        valid_snapshot_name, valid_tag_key, valid_tag_value,
+        valid_client_token, valid_description, valid_disk_id, valid_image_id, valid_image_name,
+        valid_snapshot_id, valid_snapshot_name, valid_tag_key, valid_tag_value,
     };
     let snapshot_id = |id: &str| match id {
         "" => Some("MissingParameter"),
@@ -1053,6 +1100,14 @@ fn first_broken_rule(rpc: Rpc, body: &[u8]) -> Option<Option<&'static str>> {
                     })
                     .or_else(|| token(&request.client_token)),
             )
+        }
+        Rpc::DeleteImage => {
+            let request = pb::DeleteImageRequest::decode(body).ok()?;
+            Some(match request.image_id.as_str() {
+                "" => Some("MissingParameter"),
+                id if !valid_image_id(id) => Some("InvalidImageId.Malformed"),
+                _ => None,
+            })
         }
         _ => None,
     }
@@ -1351,6 +1406,24 @@ fn valid_requests_with_values_postgresql_cannot_store() -> Vec<(&'static str, Rp
             pb::DescribeSnapshotsRequest {
                 tags: vec![tag("k", "v\0")],
                 ..describe()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "DeleteImage image_id with a NUL where a letter belongs",
+            Rpc::DeleteImage,
+            pb::DeleteImageRequest {
+                image_id: "m-000000000000000000\0a".to_owned(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "DescribeImages image id and snapshot filter with NULs",
+            Rpc::DescribeImages,
+            pb::DescribeImagesRequest {
+                image_ids: vec!["m-\0".to_owned()],
+                snapshot_id: "s-\0".to_owned(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

@@ -119,6 +119,16 @@ pub(crate) fn valid_snapshot_id(id: &str) -> bool {
     })
 }
 
+/// An image id: `m-` and 20 of `[0-9a-z]` (the InvalidImageId.Malformed row).
+pub(crate) fn valid_image_id(id: &str) -> bool {
+    id.strip_prefix("m-").is_some_and(|rest| {
+        characters(rest) == 20
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generators.
 
