@@ -1048,6 +1048,10 @@ async fn the_official_python_sdk_walks_through_the_api(backend: Backend) {
         "isolation acs3",
         "wrong secret acs3",
         "unknown key acs3",
+        "describe filters acs3",
+        "modify acs3",
+        "tags acs3",
+        "images acs3",
         "delete acs3",
         "create v1",
         "replay v1",
@@ -1056,6 +1060,10 @@ async fn the_official_python_sdk_walks_through_the_api(backend: Backend) {
         "isolation v1",
         "wrong secret v1",
         "unknown key v1",
+        "describe filters v1",
+        "modify v1",
+        "tags v1",
+        "images v1",
         "delete v1",
     ] {
         assert!(

@@ -7,6 +7,7 @@ walked through: ACS3-HMAC-SHA256 (its default) and signature v1 (`signature_algo
 
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
@@ -42,7 +43,7 @@ def refused(call, code, status):
     raise AssertionError(f"expected {code}, the call succeeded")
 
 
-def walk(scheme, disk_id):
+def walk(scheme, disk_id, disk_type):
     demo = client(DEMO, scheme)
     token = str(uuid.uuid4())
     create = ecs.CreateSnapshotRequest(
@@ -145,6 +146,79 @@ def walk(scheme, disk_id):
     )
     print(f"ok unknown key {scheme}")
 
+    start = (datetime.now(timezone.utc) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%MZ")
+    filtered = demo.describe_snapshots_with_options(
+        ecs.DescribeSnapshotsRequest(
+            region_id="cn-hangzhou",
+            instance_id="i-demo-running",
+            source_disk_type=disk_type,
+            usage="none",
+            filter=[ecs.DescribeSnapshotsRequestFilter(key="CreationStartTime", value=start)],
+        ),
+        NO_RETRY,
+    )
+    listed = [s.snapshot_id for s in filtered.body.snapshots.snapshot]
+    assert snapshot_id in listed, filtered.body
+    assert filtered.body.total_count == len(listed), filtered.body
+    print(f"ok describe filters {scheme}")
+
+    demo.modify_snapshot_attribute_with_options(
+        ecs.ModifySnapshotAttributeRequest(
+            snapshot_id=snapshot_id, snapshot_name="nightly-renamed", retention_days=30
+        ),
+        NO_RETRY,
+    )
+    refused(
+        lambda: demo.modify_snapshot_attribute_with_options(
+            ecs.ModifySnapshotAttributeRequest(snapshot_id=snapshot_id, retention_days=7), NO_RETRY
+        ),
+        "InvalidRetentionDays.ShortenNotSupported",
+        403,
+    )
+    print(f"ok modify {scheme}")
+
+    demo.tag_resources_with_options(
+        ecs.TagResourcesRequest(
+            region_id="cn-hangzhou",
+            resource_type="snapshot",
+            resource_id=[snapshot_id],
+            tag=[ecs.TagResourcesRequestTag(key="team", value="storage")],
+        ),
+        NO_RETRY,
+    )
+    tags = demo.list_tag_resources_with_options(
+        ecs.ListTagResourcesRequest(
+            region_id="cn-hangzhou", resource_type="snapshot", resource_id=[snapshot_id]
+        ),
+        NO_RETRY,
+    )
+    pairs = {(t.tag_key, t.tag_value) for t in tags.body.tag_resources.tag_resource}
+    assert pairs == {("env", "prod"), ("team", "storage")}, tags.body
+    demo.untag_resources_with_options(
+        ecs.UntagResourcesRequest(
+            region_id="cn-hangzhou",
+            resource_type="snapshot",
+            resource_id=[snapshot_id],
+            tag_key=["team"],
+        ),
+        NO_RETRY,
+    )
+    print(f"ok tags {scheme}")
+
+    images = demo.describe_images_with_options(
+        ecs.DescribeImagesRequest(region_id="cn-hangzhou", snapshot_id=snapshot_id), NO_RETRY
+    )
+    assert images.body.total_count == 0, images.body
+    refused(
+        lambda: demo.delete_image_with_options(
+            ecs.DeleteImageRequest(region_id="cn-hangzhou", image_id="m-00000000000000000000"),
+            NO_RETRY,
+        ),
+        "InvalidImageId.NotFound",
+        404,
+    )
+    print(f"ok images {scheme}")
+
     deleted = demo.delete_snapshot_with_options(
         ecs.DeleteSnapshotRequest(snapshot_id=snapshot_id, force=True), NO_RETRY
     )
@@ -159,5 +233,5 @@ def walk(scheme, disk_id):
     print(f"ok delete {scheme}")
 
 
-walk("acs3", "d-demo-ok")
-walk("v1", "d-demo-ok-2")
+walk("acs3", "d-demo-ok", "Data")
+walk("v1", "d-demo-ok-2", "System")
