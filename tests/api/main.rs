@@ -28,6 +28,7 @@ mod idempotence;
 mod inventory;
 mod inventory_races;
 mod operations;
+mod pgbouncer;
 mod round_trips;
 mod server;
 mod sqlite_file;
