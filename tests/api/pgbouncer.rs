@@ -122,10 +122,11 @@ async fn the_whole_api_and_the_worker_work_through_pgbouncer_in_transaction_mode
     );
     app.assert_invariants().await;
     // Migrations ran once, over the direct URL, and left no advisory lock behind.
-    let locks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(&mut direct)
-        .await
-        .expect("reading pg_locks");
+    let locks: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&mut direct)
+            .await
+            .expect("reading pg_locks");
     assert_eq!(locks, 0, "an advisory lock outlived the migrations");
     drop(direct);
 
@@ -182,7 +183,11 @@ async fn client(app: &TestApp, n: usize) -> Outcome {
 
         // Signed by the demo account's key: the access-key read and the nonce's write.
         let answer = ecs
-            .call("DescribeSnapshots", &[("RegionId", "cn-hangzhou")], Utc::now())
+            .call(
+                "DescribeSnapshots",
+                &[("RegionId", "cn-hangzhou")],
+                Utc::now(),
+            )
             .await;
         if answer.status >= 500 {
             outcome.failures.push(format!(

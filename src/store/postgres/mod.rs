@@ -17,8 +17,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{FromRow, PgConnection, Postgres, Row};
 
-use super::rows::LockedDiskRow;
 use super::pooler::SessionConnection;
+use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
 use super::{BatchRead, PoolOptions, Setting, StoreError};
 use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
