@@ -71,15 +71,16 @@ impl CountingProxy {
     async fn take_through_the_ping_after_commit(&self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            let recorded = self.round_trips.lock().unwrap();
-            if recorded
-                .iter()
-                .position(|w| w == "COMMIT")
-                .is_some_and(|commit| commit + 1 < recorded.len())
-            {
+            let pinged = {
+                let recorded = self.round_trips.lock().unwrap();
+                recorded
+                    .iter()
+                    .position(|w| w == "COMMIT")
+                    .is_some_and(|commit| commit + 1 < recorded.len())
+            };
+            if pinged {
                 break;
             }
-            drop(recorded);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.take()
