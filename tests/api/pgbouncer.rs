@@ -25,7 +25,6 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::ecs_client::EcsClient;
-use crate::harness::postgres::postgres_admin_url;
 use crate::helpers::{
     Backend, Options, TestApp, TestDatabase, as_account, concurrently, postgres_server_addr,
     replace_host, spawn_on, world,
@@ -286,7 +285,6 @@ impl Pgbouncer {
             .nth(1)
             .and_then(|rest| rest.split(['@', ':']).next())
             .expect("a user in the URL");
-        let _ = postgres_admin_url().await;
         for _attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|listener| listener.local_addr())
