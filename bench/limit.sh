@@ -13,7 +13,9 @@
 # BACKEND (postgres|sqlite), EDGE (grpc|http: the edge the scenario's calls go through; default
 # grpc), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
 # SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
-# measure, default target/release/snapshotd).
+# measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
+# through a pgbouncer in transaction pooling mode that the script starts, with
+# POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct).
 set -euo pipefail
 
 scenario=${1:-spread}
@@ -36,12 +38,51 @@ cleanup() {
 }
 trap cleanup EXIT
 
+server_url=""
 case "$backend" in
 postgres)
     database=snapshotd_bench
     psql "$admin_url" -q -v ON_ERROR_STOP=1 \
         -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
     database_url="${admin_url%/*}/$database"
+    if [ "${POOLER:-}" = pgbouncer ]; then
+        # host:port and user of the direct URL (postgres://USER@HOST:PORT/DB).
+        authority=${database_url#*://}
+        authority=${authority%%/*}
+        pg_user=${authority%%@*}
+        pg_user=${pg_user%%:*}
+        pg_hostport=${authority##*@}
+        pooler_port=${POOLER_PORT:-6543}
+        chmod 755 "$work"
+        printf '"%s" ""\n' "$pg_user" >"$work/userlist.txt"
+        cat >"$work/pgbouncer.ini" <<INI
+[databases]
+$database = host=${pg_hostport%:*} port=${pg_hostport##*:} dbname=$database
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pooler_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = ${POOLER_POOL_SIZE:-16}
+max_client_conn = 2000
+INI
+        chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
+        # pgbouncer will not run as root: it drops to the postgres user.
+        user_args=()
+        [ "$(id -u)" = 0 ] && user_args=(-u postgres)
+        pgbouncer "${user_args[@]}" "$work/pgbouncer.ini" >"$work/pgbouncer.log" 2>&1 &
+        pids+=("$!")
+        for _ in $(seq 1 50); do
+            psql "postgres://$pg_user@127.0.0.1:$pooler_port/$database" -qAtc 'SELECT 1' \
+                >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        server_url="postgres://$pg_user@127.0.0.1:$pooler_port/$database"
+        export SNAPSHOTD_DATABASE_TRANSACTION_POOLER=true
+        export SNAPSHOTD_MIGRATION_DATABASE_URL="$database_url"
+    fi
     ;;
 sqlite)
     database_url="sqlite://$work/bench.db"
@@ -61,7 +102,7 @@ for replica in $(seq 1 "$replicas"); do
     # Each replica its own ECS port too (the default, 8080, would collide between replicas).
     ecs_port=$((8150 + replica))
     # Copies finish at once and the worker looks often, so `spread` can revisit disks quickly.
-    env DATABASE_URL="$database_url" SNAPSHOTD_ADMIN_TOKEN="$token" \
+    env DATABASE_URL="${server_url:-$database_url}" SNAPSHOTD_ADMIN_TOKEN="$token" \
         SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_METRICS_LISTEN=off \
         SNAPSHOTD_ECS_LISTEN="127.0.0.1:$ecs_port" \
         SNAPSHOTD_COPY_RATE_MIBPS=1000000 SNAPSHOTD_WORKER_INTERVAL=100ms \
@@ -89,7 +130,7 @@ if [ -n "${JSON:-}" ]; then
     json_args=(--json "$JSON")
 fi
 
-echo "snapshotd ($backend, $replicas replica(s), $edge edge) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "snapshotd ($backend${POOLER:+ through $POOLER}, $replicas replica(s), $edge edge) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
 target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
     --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
     --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \

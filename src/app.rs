@@ -411,11 +411,14 @@ impl App {
     }
 }
 
-/// Connects to `DATABASE_URL` and applies the migrations; an error names the database.
+/// Connects to `DATABASE_URL` and applies the migrations (over
+/// `SNAPSHOTD_MIGRATION_DATABASE_URL` when set); an error names the database.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
     let opened = async {
         let store = store::connect(&config.database_url, config.pool_options()).await?;
-        store.migrate().await?;
+        store
+            .migrate(config.migration_database_url.as_deref())
+            .await?;
         Ok(store)
     };
     opened.await.map_err(|source| AppError::Database {
@@ -522,7 +525,12 @@ async fn read_gauges(service: Arc<Service>, layer: RpcLayer) {
     metric::rpc_in_flight(layer.in_flight());
     metric::create_queued(service.create_backlog().queued);
     // Bounded, so a scrape answers (with the last counts) while the database is away.
-    let counted = async { store.read().await?.count_snapshots_by_status().await };
+    let counted = async {
+        let mut read = store.read().await?;
+        let counts = read.count_snapshots_by_status().await?;
+        read.commit().await?;
+        Ok::<_, store::StoreError>(counts)
+    };
     match tokio::time::timeout(Duration::from_secs(2), counted).await {
         Ok(Ok(counts)) => {
             for status in ["progressing", "accomplished", "failed"] {

@@ -51,6 +51,22 @@ pub struct Config {
     #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
+    /// PostgreSQL URL the migrations run over, on a connection of their own: a direct one, never
+    /// a transaction pooler (they hold an advisory lock). Unset: DATABASE_URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOTD_MIGRATION_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub migration_database_url: Option<String>,
+
+    /// DATABASE_URL is a transaction pooler (pgbouncer `pool_mode = transaction`, a managed
+    /// pooler): no named prepared statements, every session in a transaction. Needs
+    /// SNAPSHOTD_MIGRATION_DATABASE_URL.
+    #[arg(long, global = true, env = "SNAPSHOTD_DATABASE_TRANSACTION_POOLER", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub database_transaction_pooler: bool,
+
     /// Address the gRPC server listens on.
     #[arg(
         long,
@@ -286,6 +302,7 @@ impl Config {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
             sqlite_synchronous: self.sqlite_synchronous,
+            transaction_pooler: self.database_transaction_pooler,
         }
     }
 
@@ -325,6 +342,14 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &redact_password(&self.database_url))
+            .field(
+                "migration_database_url",
+                &self.migration_database_url.as_deref().map(redact_password),
+            )
+            .field(
+                "database_transaction_pooler",
+                &self.database_transaction_pooler,
+            )
             .field("listen", &self.listen)
             .field(
                 "admin_token",

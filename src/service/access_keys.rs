@@ -29,7 +29,9 @@ impl Service {
     /// The key pair `access_key_id` names, if any.
     pub async fn access_key(&self, access_key_id: &str) -> Result<Option<AccessKey>, ServiceError> {
         let mut read = self.store.read().await?;
-        Ok(read.select_access_key(access_key_id).await?)
+        let key = read.select_access_key(access_key_id).await?;
+        read.commit().await?;
+        Ok(key)
     }
 
     /// Spends `nonce` for `access_key_id`: false when it was spent within the window (a
@@ -45,10 +47,15 @@ impl Service {
     ) -> Result<bool, ServiceError> {
         let now = self.clock.now();
         let mut session = self.store.read().await?;
-        let result = session
-            .remember_nonce(access_key_id, nonce, now, later(now, 2 * NONCE_WINDOW))
-            .await
-            .map_err(ServiceError::from);
+        let spent = async {
+            let spent = session
+                .remember_nonce(access_key_id, nonce, now, later(now, 2 * NONCE_WINDOW))
+                .await?;
+            // Nothing to commit, unless the store is behind a transaction pooler.
+            session.commit().await?;
+            Ok::<_, crate::store::StoreError>(spent)
+        };
+        let result = spent.await.map_err(ServiceError::from);
         self.storage.note(&result);
         result
     }

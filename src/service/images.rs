@@ -29,7 +29,9 @@ impl Service {
     /// One page of the caller's images, newest first, and how many match the filters.
     pub async fn describe_images(&self, query: &ImageQuery) -> Result<ImagePage, ServiceError> {
         let mut read = self.store.read().await?;
-        Ok(read.describe_images(query).await?)
+        let page = read.describe_images(query).await?;
+        read.commit().await?;
+        Ok(page)
     }
 
     /// Deletes the caller's image; the snapshot it pinned is unpinned with its last image.

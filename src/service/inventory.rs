@@ -34,7 +34,9 @@ impl Service {
     /// Any account's disk (the admin view).
     pub async fn get_disk(&self, disk_id: &DiskId) -> Result<Disk, ServiceError> {
         let mut read = self.store.read().await?;
-        read.select_disk(disk_id.as_str()).await?.ok_or_else(|| {
+        let disk = read.select_disk(disk_id.as_str()).await?;
+        read.commit().await?;
+        disk.ok_or_else(|| {
             RuleError::InvalidDiskIdNotFound {
                 disk_id: disk_id.as_str().to_owned(),
             }
@@ -45,7 +47,9 @@ impl Service {
     /// True when no account has been stored yet (a store never used).
     pub async fn is_empty(&self) -> Result<bool, ServiceError> {
         let mut read = self.store.read().await?;
-        Ok(!read.any_account().await?)
+        let any = read.any_account().await?;
+        read.commit().await?;
+        Ok(!any)
     }
 }
 

@@ -121,7 +121,9 @@ impl Service {
     /// Every stored breach of the service's promises (`snapshotd check`); empty when all hold.
     pub async fn check_invariants(&self) -> Result<Vec<Violation>, ServiceError> {
         let mut read = self.store.read().await?;
-        Ok(read.check_invariants(self.policy.snapshot_quota).await?)
+        let violations = read.check_invariants(self.policy.snapshot_quota).await?;
+        read.commit().await?;
+        Ok(violations)
     }
 }
 

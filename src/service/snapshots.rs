@@ -72,7 +72,9 @@ impl Service {
     ) -> Result<DescribedPage, ServiceError> {
         let page = {
             let mut read = self.store.read().await?;
-            read.describe_snapshots(query).await?
+            let page = read.describe_snapshots(query).await?;
+            read.commit().await?;
+            page
         };
         let now = self.clock.now();
         let mut snapshots = Vec::with_capacity(page.snapshots.len());

@@ -44,10 +44,20 @@ impl Service {
             .cloned()
             .collect();
         let own = read.own_snapshot_ids(&query.account_id, &shaped).await?;
-        for id in &query.snapshot_ids {
-            require_own_resource(id, own.contains(id))?;
-        }
-        Ok(read.list_tags(query).await?)
+        let owned = query
+            .snapshot_ids
+            .iter()
+            .try_for_each(|id| require_own_resource(id, own.contains(id)));
+        // Ended either way: behind a transaction pooler a read runs in a transaction.
+        let page = match owned {
+            Ok(()) => read.list_tags(query).await?,
+            Err(refused) => {
+                read.commit().await?;
+                return Err(refused.into());
+            }
+        };
+        read.commit().await?;
+        Ok(page)
     }
 }
 

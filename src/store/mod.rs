@@ -8,6 +8,7 @@
 //! how a write transaction begins, pool set-up) is in `postgres/` and `sqlite/`, behind
 //! [`shared::Dialect`]. Database facts become typed errors here; SQL never leaves this module.
 
+mod pooler;
 pub mod postgres;
 mod rows;
 mod shared;
@@ -111,6 +112,9 @@ pub struct PoolOptions {
     pub acquire_timeout: std::time::Duration,
     /// When the embedded SQLite store's commits reach the disk.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// PostgreSQL: the URL is a transaction pooler (pgbouncer `pool_mode = transaction`), so no
+    /// session state and no named prepared statement may outlive a transaction (`pooler`).
+    pub transaction_pooler: bool,
 }
 
 /// SQLite's `synchronous` setting (in WAL mode): what an acknowledged write survives.
@@ -191,8 +195,9 @@ pub trait Store: Send + Sync + 'static {
     /// crash of the machine, one sentence each (empty when nothing does).
     fn durability_warnings(&self) -> Vec<String>;
 
-    /// Applies this backend's embedded migrations.
-    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Applies this backend's embedded migrations, over `migration_database_url` (a direct
+    /// connection to PostgreSQL, never through a pooler) when given, else over the store's pool.
+    async fn migrate(&self, migration_database_url: Option<&str>) -> Result<(), StoreError>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -203,7 +208,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A connection outside any transaction, for reads that lock nothing: each statement sees
     /// what was committed when it started, and a write commits on its own (autocommit: for a
-    /// write that is one atomic statement, such as spending a nonce).
+    /// write that is one atomic statement, such as spending a nonce). Behind a transaction
+    /// pooler it is a transaction (`BEGIN`) with the same view: end it with
+    /// [`Transaction::commit`] (which does nothing otherwise), or a write in it is lost and its
+    /// connection closed.
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// The connection pool's state now (for the metrics).
@@ -215,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// The statements the service runs, on one connection: a write transaction ([`Store::begin`])
 /// or, for reads alone, a connection outside any ([`Store::read`], where `commit` and `rollback`
-/// do nothing). Dropping a transaction without [`Transaction::commit`] rolls it back, but only
+/// do nothing unless the store is behind a transaction pooler). Dropping a transaction without [`Transaction::commit`] rolls it back, but only
 /// when its connection is next used: end it with [`Transaction::rollback`].
 #[async_trait]
 pub trait Transaction: Send {
@@ -458,6 +466,11 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<Arc<dyn St
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::connect(database_url, pool).await?))
     } else if database_url.starts_with("sqlite:") {
+        if pool.transaction_pooler {
+            return Err(StoreError::Unsupported(
+                "SNAPSHOTD_DATABASE_TRANSACTION_POOLER is for PostgreSQL only".into(),
+            ));
+        }
         Ok(Arc::new(sqlite::connect(database_url, pool).await?))
     } else {
         Err(StoreError::Unsupported(format!(

@@ -12,6 +12,7 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use super::pooler::SessionConnection;
 use super::rows::{
     AccessKeyRow, AccountRow, CallerRow, DiskRow, ImageRow, InstanceRow, LockedDiskRow,
     OptionalTokenColumns, SnapshotRow, TagRow, attach_tags, decode_queue, into_image_page,
@@ -64,7 +65,7 @@ pub trait Dialect: Database + Sized {
 
     /// See [`Transaction::insert_snapshots`].
     fn insert_snapshots(
-        connection: &mut Self::Connection,
+        connection: SessionConnection<'_, Self>,
         snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -75,6 +76,8 @@ pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     settings: Vec<Setting>,
     _process_lock: Option<std::fs::File>,
+    /// The pool's connections go through a transaction pooler (see `super::pooler`).
+    transaction_pooler: bool,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -87,7 +90,15 @@ impl<DB: Database> SqlStore<DB> {
             pool,
             settings,
             _process_lock: process_lock,
+            transaction_pooler: false,
         }
+    }
+
+    /// The pool's connections go through a transaction pooler: every session runs in a
+    /// transaction, its statements unnamed (see `super::pooler`).
+    pub(super) fn behind_transaction_pooler(mut self, transaction_pooler: bool) -> Self {
+        self.transaction_pooler = transaction_pooler;
+        self
     }
 
     /// The pool, for tests and tools that run their own SQL.
@@ -121,22 +132,38 @@ where
 
     /// Refuses a database that holds another application's tables (no migration table of
     /// ours): adding snapshotd's tables and demo data to it would be a surprise, not a start.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let tables = self.read().await?.table_names().await?;
-        if !tables.is_empty() && !tables.iter().any(|table| table == "_sqlx_migrations") {
-            let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
-            if tables.len() > shown.len() {
-                shown.push("…");
+    ///
+    /// Over `migration_database_url` when given, on a connection of its own: the migrator holds
+    /// an advisory lock (session state) while it runs, which a transaction pooler would lose.
+    async fn migrate(&self, migration_database_url: Option<&str>) -> Result<(), StoreError> {
+        let direct = match migration_database_url {
+            Some(_) if DB::KIND != "postgres" => {
+                return Err(StoreError::Unsupported(
+                    "SNAPSHOTD_MIGRATION_DATABASE_URL is for PostgreSQL only: the embedded store \
+                     migrates its own file"
+                        .into(),
+                ));
             }
-            return Err(StoreError::Unsupported(format!(
-                "the database holds tables of another application ({}); snapshotd keeps its \
-                 data in a database of its own: point DATABASE_URL at a new SQLite file or an \
-                 empty PostgreSQL database",
-                shown.join(", ")
-            )));
+            Some(url) => Some(
+                sqlx::pool::PoolOptions::<DB>::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await?,
+            ),
+            None if self.transaction_pooler => {
+                return Err(StoreError::Unsupported(
+                    "behind a transaction pooler, migrations need a direct connection to \
+                     PostgreSQL: set SNAPSHOTD_MIGRATION_DATABASE_URL"
+                        .into(),
+                ));
+            }
+            None => None,
+        };
+        let migrated = migrate_on::<DB>(direct.as_ref().unwrap_or(&self.pool)).await;
+        if let Some(direct) = direct {
+            direct.close().await;
         }
-        DB::MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        migrated
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -149,6 +176,7 @@ where
         let mut session = SqlSession {
             connection: self.pool.acquire().await?,
             in_transaction: true,
+            unnamed: self.transaction_pooler,
         };
         if let Err(err) = DB::execute(&mut session.connection, DB::BEGIN_WRITE).await {
             session.connection.close_on_drop();
@@ -160,10 +188,21 @@ where
     }
 
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
-        Ok(Box::new(SqlSession {
+        let mut session = SqlSession {
             connection: self.pool.acquire().await?,
             in_transaction: false,
-        }))
+            unnamed: self.transaction_pooler,
+        };
+        if self.transaction_pooler {
+            // Each statement's two exchanges must reach one server connection (`super::pooler`).
+            session.in_transaction = true;
+            if let Err(err) = DB::execute(&mut session.connection, "BEGIN").await {
+                session.connection.close_on_drop();
+                session.in_transaction = false;
+                return Err(err.into());
+            }
+        }
+        Ok(Box::new(session))
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -187,12 +226,45 @@ where
 pub struct SqlSession<DB: Database> {
     connection: PoolConnection<DB>,
     in_transaction: bool,
+    /// Statements run unnamed (behind a transaction pooler).
+    unnamed: bool,
 }
 
 impl<DB: Database> SqlSession<DB> {
-    pub(super) fn connection(&mut self) -> &mut DB::Connection {
-        &mut self.connection
+    /// The executor of the session's statements.
+    pub(super) fn connection(&mut self) -> SessionConnection<'_, DB> {
+        SessionConnection::new(&mut *self.connection, self.unnamed)
     }
+}
+
+/// The migrations, after refusing a database that holds another application's tables.
+async fn migrate_on<DB>(pool: &Pool<DB>) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    DB::Connection: Migrate,
+    SqlSession<DB>: Transaction,
+{
+    let tables = SqlSession {
+        connection: pool.acquire().await?,
+        in_transaction: false,
+        unnamed: false,
+    }
+    .table_names()
+    .await?;
+    if !tables.is_empty() && !tables.iter().any(|table| table == "_sqlx_migrations") {
+        let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
+        if tables.len() > shown.len() {
+            shown.push("…");
+        }
+        return Err(StoreError::Unsupported(format!(
+            "the database holds tables of another application ({}); snapshotd keeps its \
+             data in a database of its own: point DATABASE_URL at a new SQLite file or an \
+             empty PostgreSQL database",
+            shown.join(", ")
+        )));
+    }
+    DB::MIGRATOR.run(pool).await?;
+    Ok(())
 }
 
 impl<DB: Database> Drop for SqlSession<DB> {
@@ -1256,7 +1328,10 @@ impl Statement {
         self.sql.push_str(&format!("({})", list.join(", ")));
     }
 
-    async fn fetch_all<DB, R>(self, connection: &mut DB::Connection) -> Result<Vec<R>, sqlx::Error>
+    async fn fetch_all<DB, R>(
+        self,
+        connection: SessionConnection<'_, DB>,
+    ) -> Result<Vec<R>, sqlx::Error>
     where
         DB: Database,
         R: for<'r> FromRow<'r, DB::Row> + Send + Unpin,

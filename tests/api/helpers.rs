@@ -268,9 +268,12 @@ impl TestApp {
     /// What the invariant checker finds with this quota.
     pub async fn check_invariants(&self, snapshot_quota: u32) -> Vec<snapshotd::store::Violation> {
         let mut read = self.store.read().await.expect("a connection");
-        read.check_invariants(snapshot_quota)
+        let violations = read
+            .check_invariants(snapshot_quota)
             .await
-            .expect("running the invariant checker")
+            .expect("running the invariant checker");
+        read.commit().await.expect("ending the read");
+        violations
     }
 
     /// Moves the server's manual clock forward.

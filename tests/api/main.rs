@@ -32,6 +32,7 @@ mod inventory;
 mod inventory_races;
 mod modify_attributes;
 mod operations;
+mod pgbouncer;
 mod policy_knobs;
 mod round_trips;
 mod server;

@@ -271,11 +271,12 @@ impl Harness {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
             sqlite_synchronous: Default::default(),
+            transaction_pooler: false,
         };
         let store = snapshotd::store::connect(&db.url, pool)
             .await
             .expect("connecting the store");
-        store.migrate().await.expect("migrating");
+        store.migrate(None).await.expect("migrating");
         let start = Utc
             .timestamp_opt(Utc::now().timestamp(), 0)
             .single()

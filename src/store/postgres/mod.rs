@@ -17,6 +17,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{FromRow, PgConnection, Postgres, Row};
 
+use super::pooler::SessionConnection;
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
 use super::{BatchRead, PoolOptions, Setting, StoreError};
@@ -29,9 +30,16 @@ const PING_IDLE_CONNECTIONS_AFTER: Duration = Duration::from_secs(10);
 
 /// Opens a pool on the database of a `postgres://` URL.
 pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, StoreError> {
-    let options = PgConnectOptions::from_str(database_url)
+    let mut options = PgConnectOptions::from_str(database_url)
         .map_err(StoreError::Database)?
         .application_name("snapshotd");
+    let transaction_pooler = pool.transaction_pooler;
+    if transaction_pooler {
+        // No statement is prepared by name (`super::pooler`), so none is cached; and pgbouncer
+        // refuses the `extra_float_digits` startup parameter unless told to ignore it (the
+        // server's default serves: no value crosses the wire as float text).
+        options = options.statement_cache_capacity(0).extra_float_digits(None);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(pool.max_connections)
         .acquire_timeout(pool.acquire_timeout)
@@ -52,12 +60,14 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, S
         .await?;
     let mut settings = Vec::new();
     for name in DURABILITY_SETTINGS {
-        let (value,): (String,) = sqlx::query_as(&format!("SHOW {name}"))
+        // The simple protocol: one exchange, which a transaction pooler keeps on one server.
+        let value: String = sqlx::raw_sql(&format!("SHOW {name}"))
             .fetch_one(&pool)
-            .await?;
+            .await?
+            .try_get(0)?;
         settings.push(Setting { name, value });
     }
-    Ok(SqlStore::new(pool, settings, None))
+    Ok(SqlStore::new(pool, settings, None).behind_transaction_pooler(transaction_pooler))
 }
 
 /// What an acknowledged write's survival rests on, on the server: commits wait for the WAL's
@@ -209,7 +219,7 @@ impl Dialect for Postgres {
     }
 
     async fn insert_snapshots(
-        connection: &mut PgConnection,
+        connection: SessionConnection<'_, Postgres>,
         snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> Result<(), StoreError> {
         let text = |field: fn(&Snapshot, &CreateSnapshotCommand) -> Option<String>| {

@@ -14,6 +14,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
+use super::pooler::SessionConnection;
 use super::shared::{Dialect, SqlSession, SqlStore};
 use super::{BatchRead, PoolOptions, Setting, StoreError, Transaction};
 use crate::domain::{CreateSnapshotCommand, Snapshot};
@@ -149,9 +150,11 @@ impl Dialect for Sqlite {
 
     /// Four statements a snapshot: the row, its tags, its token binding, its disk's count.
     async fn insert_snapshots(
-        connection: &mut SqliteConnection,
+        connection: SessionConnection<'_, Sqlite>,
         snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> Result<(), StoreError> {
+        // Never behind a transaction pooler: its statements run as they are.
+        let connection = connection.into_inner();
         for (snapshot, command) in snapshots {
             insert_snapshot(connection, snapshot, command).await?;
         }
