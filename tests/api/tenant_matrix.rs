@@ -1089,6 +1089,57 @@ async fn every_tenant_rpc(
                 .await
                 .map(|_| None),
         ),
+        (
+            "TagResources",
+            crate::tag_resources::tags_client(app)
+                .tag_resources(decorated(
+                    pb::TagResourcesRequest {
+                        resource_type: "snapshot".into(),
+                        resource_ids: vec![snapshot_id.into()],
+                        tags: vec![tag("odd", "header")],
+                    },
+                    decorate,
+                ))
+                .await
+                .map(|_| None),
+        ),
+        (
+            "UntagResources",
+            crate::tag_resources::tags_client(app)
+                .untag_resources(decorated(
+                    pb::UntagResourcesRequest {
+                        resource_type: "snapshot".into(),
+                        resource_ids: vec![snapshot_id.into()],
+                        all: true,
+                        ..Default::default()
+                    },
+                    decorate,
+                ))
+                .await
+                .map(|_| None),
+        ),
+        (
+            "ListTagResources",
+            crate::tag_resources::tags_client(app)
+                .list_tag_resources(decorated(
+                    pb::ListTagResourcesRequest {
+                        resource_type: "snapshot".into(),
+                        resource_ids: vec![snapshot_id.into()],
+                        ..Default::default()
+                    },
+                    decorate,
+                ))
+                .await
+                .map(|r| {
+                    Some(
+                        r.into_inner()
+                            .tag_resources
+                            .into_iter()
+                            .map(|t| format!("{}={}", t.tag_key, t.tag_value))
+                            .collect(),
+                    )
+                }),
+        ),
     ]
 }
 
@@ -1255,6 +1306,9 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
                 }
                 "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
                 "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
+                "TagResources" | "UntagResources" | "ListTagResources" => {
+                    assert_resource_not_found(&result.unwrap_err(), &a_snapshot, method)
+                }
                 _ => assert_snapshot_not_found(&result.unwrap_err(), &a_snapshot, method),
             }
         }
@@ -1279,6 +1333,9 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
             }
             "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
             "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
+            "TagResources" | "UntagResources" | "ListTagResources" => {
+                assert_resource_not_found(&result.unwrap_err(), &b_snapshot, method)
+            }
             _ => assert_snapshot_not_found(&result.unwrap_err(), &b_snapshot, method),
         }
     }
