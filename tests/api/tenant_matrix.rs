@@ -129,21 +129,7 @@ async fn describe_images_as(
 /// Asserts `status` is the plain not-found answer for `image_id`.
 #[track_caller]
 fn assert_image_not_found(status: &Status, image_id: &str, case: &str) {
-    let metadata = assert_error(
-        status,
-        Code::NotFound,
-        "InvalidImageId.NotFound",
-        "404",
-        Detail::ResourceInfo("image"),
-    );
-    assert_eq!(
-        metadata.get("imageId").map(String::as_str),
-        Some(image_id),
-        "{case}"
-    );
-    let resource = status.get_details_resource_info().expect("ResourceInfo");
-    assert_eq!(resource.resource_name, image_id, "{case}");
-    assert_eq!(resource.owner, "", "{case}: the owner is never revealed");
+    assert_not_found(status, IMAGE_NOT_FOUND, image_id, case);
 }
 
 fn image_of(snapshot_id: &str) -> pb::CreateImageRequest {
@@ -274,21 +260,52 @@ fn assert_disk_not_found(status: &Status, disk_id: &str, case: &str) {
 /// Asserts `status` is the plain not-found answer for `snapshot_id`.
 #[track_caller]
 fn assert_snapshot_not_found(status: &Status, snapshot_id: &str, case: &str) {
+    assert_not_found(status, SNAPSHOT_NOT_FOUND, snapshot_id, case);
+}
+
+/// What a plain not-found answer names: its reason, the ResourceInfo's type and the
+/// ErrorInfo metadata key that carries the id.
+#[derive(Clone, Copy)]
+struct NotFound {
+    reason: &'static str,
+    resource_type: &'static str,
+    id_key: &'static str,
+}
+
+const SNAPSHOT_NOT_FOUND: NotFound = NotFound {
+    reason: "InvalidSnapshotId.NotFound",
+    resource_type: "snapshot",
+    id_key: "snapshotId",
+};
+const IMAGE_NOT_FOUND: NotFound = NotFound {
+    reason: "InvalidImageId.NotFound",
+    resource_type: "image",
+    id_key: "imageId",
+};
+const RESOURCE_NOT_FOUND: NotFound = NotFound {
+    reason: "InvalidResourceId.NotFound",
+    resource_type: "snapshot",
+    id_key: "resourceId",
+};
+
+/// NOT_FOUND naming `id` as `kind` says, and never the owner: the same answer whoever owns it.
+#[track_caller]
+fn assert_not_found(status: &Status, kind: NotFound, id: &str, case: &str) {
     assert_eq!(status.code(), Code::NotFound, "{case}: {status:?}");
     let metadata = assert_error(
         status,
         Code::NotFound,
-        "InvalidSnapshotId.NotFound",
+        kind.reason,
         "404",
-        Detail::ResourceInfo("snapshot"),
+        Detail::ResourceInfo(kind.resource_type),
     );
     assert_eq!(
-        metadata.get("snapshotId").map(String::as_str),
-        Some(snapshot_id),
+        metadata.get(kind.id_key).map(String::as_str),
+        Some(id),
         "{case}"
     );
     let resource = status.get_details_resource_info().expect("ResourceInfo");
-    assert_eq!(resource.resource_name, snapshot_id, "{case}");
+    assert_eq!(resource.resource_name, id, "{case}");
     assert_eq!(resource.owner, "", "{case}: the owner is never revealed");
 }
 
@@ -725,20 +742,7 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
 /// Asserts `status` is the tag calls' plain not-found answer for `resource_id`.
 #[track_caller]
 fn assert_resource_not_found(status: &Status, resource_id: &str, case: &str) {
-    let metadata = assert_error(
-        status,
-        Code::NotFound,
-        "InvalidResourceId.NotFound",
-        "404",
-        Detail::ResourceInfo("snapshot"),
-    );
-    assert_eq!(
-        metadata.get("resourceId").map(String::as_str),
-        Some(resource_id),
-        "{case}"
-    );
-    let resource = status.get_details_resource_info().expect("ResourceInfo");
-    assert_eq!(resource.owner, "", "{case}: the owner is never revealed");
+    assert_not_found(status, RESOURCE_NOT_FOUND, resource_id, case);
 }
 
 /// B's TagResources, UntagResources and ListTagResources naming A's snapshots; the cells run.
