@@ -360,16 +360,7 @@ async fn modify_snapshot_attribute(
 ) -> Result<Value, EcsError> {
     // Deprecated by ECS (instant access is now always on there) and never offered here: there
     // is nothing to disable, so `false` and `true` both change nothing.
-    match params.get("DisableInstantAccess") {
-        None | Some("") => {}
-        Some(raw) if raw.eq_ignore_ascii_case("true") || raw.eq_ignore_ascii_case("false") => {}
-        Some(_) => {
-            return Err(invalid_value(
-                "DisableInstantAccess",
-                "must be true or false",
-            ));
-        }
-    }
+    flag(params, "DisableInstantAccess")?;
     let modify = ModifySnapshotAttributeParams {
         snapshot_id: params.text("SnapshotId"),
         snapshot_name: params.get("SnapshotName"),

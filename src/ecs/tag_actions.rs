@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::actions::{invalid_value, tags};
+use super::actions::{flag, invalid_value, tags};
 use super::error::EcsError;
 use super::params::Params;
 use crate::domain::{
@@ -40,12 +40,7 @@ pub async fn untag_resources(
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let keys = numbered(params, "TagKey")?;
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let all = match params.get("All") {
-        None | Some("") => false,
-        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(invalid_value("All", "must be true or false")),
-    };
+    let all = flag(params, "All")?;
     let untag = UntagResourcesParams {
         resource_type: params.text("ResourceType"),
         resource_ids: &id_refs,
