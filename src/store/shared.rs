@@ -1361,6 +1361,9 @@ struct Invariant {
     takes_quota: bool,
 }
 
+// The tag promise below writes the limit into its SQL: a change of the limit must change it.
+const _: () = assert!(crate::domain::MAX_TAGS == 20);
+
 const INVARIANTS: &[Invariant] = &[
     Invariant {
         promise: "a disk holds at most its quota of snapshots",
