@@ -6,6 +6,7 @@ use chrono::DateTime;
 use super::{
     ClientToken, Description, DiskId, DiskType, ImageName, ParseError, RetentionDays, Snapshot,
     SnapshotId, SnapshotName, SnapshotStatus, SnapshotUsage, Tag, Timestamp, is_plain_id,
+    is_storable_time,
 };
 
 /// CreateSnapshot's parameters as a caller sends them; an empty string is a parameter not given.
@@ -371,8 +372,11 @@ impl SnapshotQuery {
                     )
                 }
             },
-            created_after: params.created_after,
-            created_before: match (params.created_after, params.created_before) {
+            created_after: storable("created_after", params.created_after)?,
+            created_before: match (
+                params.created_after,
+                storable("created_before", params.created_before)?,
+            ) {
                 (Some(after), Some(before)) if before <= after => {
                     return Err(ParseError::InvalidParameter {
                         field: "created_before",
@@ -388,6 +392,17 @@ impl SnapshotQuery {
             limit,
             skip: skip(params, limit)?,
         })
+    }
+}
+
+/// A creation-time bound, refused outside what [`is_storable_time`] allows.
+fn storable(field: &'static str, at: Option<Timestamp>) -> Result<Option<Timestamp>, ParseError> {
+    match at {
+        Some(at) if !is_storable_time(&at) => Err(ParseError::InvalidParameter {
+            field,
+            why: "must be a timestamp from 1970 to 9999".to_owned(),
+        }),
+        at => Ok(at),
     }
 }
 

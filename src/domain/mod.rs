@@ -57,6 +57,16 @@ pub use tags::{
 /// Timestamps are UTC instants throughout.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
+/// The last second a timestamp given as input may name: 9999-12-31T23:59:59Z.
+pub const LATEST_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// Whether a caller's instant lies in 1970..=9999, what every store keeps alike (PostgreSQL's
+/// range stops in 4713 BC) and a cloud API can mean; a leap second (`…:60`) is not one.
+pub fn is_storable_time(at: &Timestamp) -> bool {
+    (0..=LATEST_TIMESTAMP_SECONDS).contains(&at.timestamp())
+        && at.timestamp_subsec_nanos() < 1_000_000_000
+}
+
 /// `at + by`, or the last representable instant if that is past it: configured windows and
 /// copy times come from outside, and time arithmetic must never panic on them.
 pub fn later(at: Timestamp, by: std::time::Duration) -> Timestamp {

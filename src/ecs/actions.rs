@@ -399,13 +399,22 @@ pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
 }
 
 /// A whole-number parameter, if given.
+/// A whole-number parameter, if given, in plain decimal: `-5`, `0`, `12`; not `+5`, `05` or
+/// `-0`, which a parser would read as some number the caller may not have meant.
 pub(super) fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
     match params.get(name) {
         None | Some("") => Ok(None),
-        Some(raw) => raw
-            .parse()
-            .map(Some)
-            .map_err(|_| invalid_value(name, "must be a whole number")),
+        Some(raw) => {
+            let digits = raw.strip_prefix('-').unwrap_or(raw);
+            let plain = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" && digits.len() == raw.len() || !digits.starts_with('0'));
+            plain
+                .then(|| raw.parse().ok())
+                .flatten()
+                .map(Some)
+                .ok_or_else(|| invalid_value(name, "must be a whole number"))
+        }
     }
 }
 
@@ -433,6 +442,17 @@ fn snapshot_ids(params: &Params) -> Result<Vec<String>, EcsError> {
 }
 
 /// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
+/// N of a numbered parameter (`Tag.N.Key`, `ResourceId.N`) as ECS writes it: a decimal from 1
+/// to `max`, without sign or leading zeros, so that `Tag.01` cannot stand beside `Tag.1` as a
+/// second spelling of one entry.
+pub(super) fn list_index(raw: &str, max: usize) -> Option<usize> {
+    let canonical = raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
+    canonical
+        .then(|| raw.parse::<usize>().ok())
+        .flatten()
+        .filter(|n| (1..=max).contains(n))
+}
+
 pub(super) fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
     let mut tags: Vec<(usize, String, String)> = Vec::new();
     for name in params.names_with_prefix("Tag.") {
@@ -440,8 +460,7 @@ pub(super) fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
             .strip_prefix("Tag.")
             .and_then(|rest| rest.split_once('.'))
             .filter(|(_, part)| matches!(*part, "Key" | "Value"))
-            .and_then(|(n, _)| n.parse::<usize>().ok())
-            .filter(|n| (1..=MAX_TAGS).contains(n))
+            .and_then(|(n, _)| list_index(n, MAX_TAGS))
             .ok_or_else(|| {
                 invalid_value(
                     "Tag.N",
@@ -491,8 +510,7 @@ fn creation_times(params: &Params) -> Result<CreationTimes, EcsError> {
             .strip_prefix("Filter.")
             .and_then(|rest| rest.split_once('.'))
             .filter(|(_, part)| matches!(*part, "Key" | "Value"))
-            .and_then(|(n, _)| n.parse::<usize>().ok())
-            .filter(|n| (1..=MAX_FILTERS).contains(n))
+            .and_then(|(n, _)| list_index(n, MAX_FILTERS))
             .ok_or_else(|| {
                 invalid_value(
                     "Filter.N",
@@ -715,6 +733,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn list_indexes_and_numbers_have_one_spelling() {
+        let indexes = [
+            ("1", Some(1)),
+            ("20", Some(20)),
+            ("21", None),
+            ("0", None),
+            ("01", None),
+            ("+1", None),
+            ("-1", None),
+            (" 1", None),
+            ("", None),
+            ("99999999999999999999999", None),
+        ];
+        for (raw, index) in indexes {
+            assert_eq!(list_index(raw, 20), index, "{raw:?}");
+        }
+        let numbers = [
+            ("5", Some(5)),
+            ("0", Some(0)),
+            ("-5", Some(-5)),
+            ("+5", None),
+            ("05", None),
+            ("-0", None),
+            ("-", None),
+            ("5.0", None),
+            ("2147483648", None),
+        ];
+        for (raw, number_read) in numbers {
+            let got = number(&params(&format!("N={}", urlencode(raw))), "N");
+            match number_read {
+                Some(n) => assert_eq!(got.ok(), Some(Some(n)), "{raw:?}"),
+                None => assert!(
+                    matches!(got, Err(EcsError::InvalidValue { parameter: "N", .. })),
+                    "{raw:?}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    fn urlencode(raw: &str) -> String {
+        raw.replace('+', "%2B").replace(' ', "%20")
+    }
+
+    #[test]
+    fn creation_times_in_ecs_format_within_the_storable_range() {
+        let times = |query: &str| creation_times(&params(query));
+        assert!(times("Filter.1.Key=CreationStartTime&Filter.1.Value=2026-01-02T03:04Z").is_ok());
+        assert!(times("Filter.1.Key=CreationEndTime&Filter.1.Value=2026-01-02T03:04:05Z").is_ok());
+        for bad in [
+            "Filter.1.Key=CreationStartTime&Filter.1.Value=yesterday",
+            "Filter.01.Key=CreationStartTime&Filter.01.Value=2026-01-02T03:04Z",
+            "Filter.3.Key=CreationStartTime&Filter.3.Value=2026-01-02T03:04Z",
+            "Filter.1.Key=Bogus&Filter.1.Value=2026-01-02T03:04Z",
+            "Filter.1.Key=CreationStartTime&Filter.1.Value=2026-01-02T03:04Z&Filter.2.Key=CreationStartTime&Filter.2.Value=2026-01-02T03:04Z",
+        ] {
+            assert!(times(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

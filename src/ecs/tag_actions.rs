@@ -3,12 +3,12 @@
 
 use serde_json::{Value, json};
 
-use super::actions::{flag, invalid_value, tags};
+use super::actions::{flag, invalid_value, list_index, tags};
 use super::error::EcsError;
 use super::params::Params;
 use crate::domain::{
-    ListTagResourcesParams, SNAPSHOT_RESOURCE_TYPE, TagCursor, TagQuery, TagResourcesCommand,
-    TagResourcesParams, UntagResourcesCommand, UntagResourcesParams,
+    ListTagResourcesParams, MAX_TAGS, SNAPSHOT_RESOURCE_TYPE, TagCursor, TagQuery,
+    TagResourcesCommand, TagResourcesParams, UntagResourcesCommand, UntagResourcesParams,
 };
 use crate::service::Service;
 
@@ -17,7 +17,7 @@ pub async fn tag_resources(
     account_id: &str,
     params: &Params,
 ) -> Result<Value, EcsError> {
-    let ids = numbered(params, "ResourceId")?;
+    let ids = numbered(params, "ResourceId", usize::MAX)?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let tags = tags(params)?;
     let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -36,9 +36,9 @@ pub async fn untag_resources(
     account_id: &str,
     params: &Params,
 ) -> Result<Value, EcsError> {
-    let ids = numbered(params, "ResourceId")?;
+    let ids = numbered(params, "ResourceId", usize::MAX)?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let keys = numbered(params, "TagKey")?;
+    let keys = numbered(params, "TagKey", MAX_TAGS)?;
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let all = flag(params, "All")?;
     let untag = UntagResourcesParams {
@@ -57,7 +57,7 @@ pub async fn list_tag_resources(
     account_id: &str,
     params: &Params,
 ) -> Result<Value, EcsError> {
-    let ids = numbered(params, "ResourceId")?;
+    let ids = numbered(params, "ResourceId", usize::MAX)?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let tags = tags(params)?;
     let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -89,18 +89,17 @@ pub async fn list_tag_resources(
 
 /// `<list>.N` (`ResourceId.1`, `ResourceId.2`, …), in N's order; N is a whole number from 1.
 /// How many there may be is the domain's rule (50 resource ids, 20 tag keys).
-fn numbered(params: &Params, list: &'static str) -> Result<Vec<String>, EcsError> {
+fn numbered(params: &Params, list: &'static str, max: usize) -> Result<Vec<String>, EcsError> {
     let prefix = format!("{list}.");
     let mut items: Vec<(usize, String)> = Vec::new();
     for name in params.names_with_prefix(&prefix) {
         let index = name
             .strip_prefix(prefix.as_str())
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n >= 1)
+            .and_then(|n| list_index(n, max))
             .ok_or_else(|| {
                 invalid_value(
                     list,
-                    &format!("{name} is not {list}.N with N a number from 1"),
+                    &format!("{name} is not {list}.N with N a number from 1 to {max}"),
                 )
             })?;
         items.push((index, params.text(name).to_owned()));
@@ -122,7 +121,8 @@ mod tests {
         assert_eq!(
             numbered(
                 &params("ResourceId.2=b&ResourceId.1=a&ResourceId.10=c"),
-                "ResourceId"
+                "ResourceId",
+                usize::MAX
             )
             .expect("valid"),
             vec!["a", "b", "c"]
@@ -132,14 +132,22 @@ mod tests {
             "ResourceId.x=a",
             "ResourceId.1.Key=a",
             "ResourceId.=a",
+            // Another spelling of ResourceId.1: it must not stand beside it as a second entry.
+            "ResourceId.01=a",
+            "ResourceId.+1=a",
+            "ResourceId.-1=a",
         ] {
             assert!(
                 matches!(
-                    numbered(&params(bad), "ResourceId"),
+                    numbered(&params(bad), "ResourceId", usize::MAX),
                     Err(EcsError::InvalidValue { .. })
                 ),
                 "{bad}"
             );
         }
+        assert!(matches!(
+            numbered(&params("TagKey.21=a"), "TagKey", MAX_TAGS),
+            Err(EcsError::InvalidValue { .. })
+        ));
     }
 }

@@ -7,7 +7,8 @@ use chrono::DateTime;
 
 use crate::domain::{
     Account, Disk, DiskCategory, DiskId, DiskStatus, DiskType, Image, Instance, InstanceStatus,
-    ParseError, SNAPSHOT_RESOURCE_TYPE, SnapshotStatus, Tag, TagResource, Timestamp, is_plain_id,
+    LATEST_TIMESTAMP_SECONDS, ParseError, SNAPSHOT_RESOURCE_TYPE, SnapshotStatus, Tag, TagResource,
+    Timestamp, is_plain_id,
 };
 use crate::pb;
 use crate::service::SnapshotView;
@@ -26,10 +27,7 @@ pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-/// Inventory timestamps must lie in 1970..=9999: what every backend stores (PostgreSQL's range
-/// stops in 4713 BC) and what a cloud inventory can mean.
-const LATEST_TIMESTAMP_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-
+/// Input timestamps must lie in 1970..=9999 (`LATEST_TIMESTAMP_SECONDS`, the domain's rule).
 pub fn timestamp_from_proto(
     field: &'static str,
     at: Option<prost_types::Timestamp>,

@@ -180,6 +180,39 @@ async fn the_describe_filters_list_what_the_grpc_filters_list(backend: Backend) 
         (vec![("Usage", "disk")], "Usage"),
         (vec![("SourceDiskType", "ssd")], "SourceDiskType"),
         (vec![("InstanceId", "i 1")], "InstanceId"),
+        // The gRPC edge's range, 1970 to 9999, and no leap second (found by a hostile review:
+        // these answered 200 here while gRPC refused them).
+        (
+            vec![
+                ("Filter.1.Key", "CreationStartTime"),
+                ("Filter.1.Value", "1969-12-31T23:59Z"),
+            ],
+            "Filter.N.Value",
+        ),
+        (
+            vec![
+                ("Filter.1.Key", "CreationEndTime"),
+                ("Filter.1.Value", "+10000-01-01T00:00Z"),
+            ],
+            "Filter.N.Value",
+        ),
+        (
+            vec![
+                ("Filter.1.Key", "CreationEndTime"),
+                ("Filter.1.Value", "2016-12-31T23:59:60Z"),
+            ],
+            "Filter.N.Value",
+        ),
+        // A second spelling of Filter.1 was read as the same filter and one bound dropped.
+        (
+            vec![
+                ("Filter.1.Key", "CreationStartTime"),
+                ("Filter.1.Value", one.as_str()),
+                ("Filter.01.Key", "CreationStartTime"),
+                ("Filter.01.Value", two.as_str()),
+            ],
+            "Filter.N",
+        ),
     ] {
         let refused = client.call("DescribeSnapshots", &params, now).await;
         let (code, status) = ecs_code(&refused);

@@ -262,6 +262,45 @@ async fn tag_actions_refuse_with_the_codes_of_the_grpc_edge(backend: Backend) {
             "InvalidParameter",
             400,
         ),
+        // Second spellings of one entry (a hostile review found `Tag.01` merged with `Tag.1`,
+        // one of them dropped, and 29 tags taken in one call) and a key past TagKey.20.
+        (
+            "Tag.01 beside Tag.1",
+            "TagResources",
+            [
+                &snapshot[..],
+                &[
+                    ("ResourceId.1", &foreign),
+                    ("Tag.1.Key", "p"),
+                    ("Tag.01.Key", "q"),
+                ],
+            ]
+            .concat(),
+            "InvalidParameter",
+            400,
+        ),
+        (
+            "ResourceId.+1",
+            "TagResources",
+            [
+                &snapshot[..],
+                &[("ResourceId.+1", &foreign), ("Tag.1.Key", "p")],
+            ]
+            .concat(),
+            "InvalidParameter",
+            400,
+        ),
+        (
+            "TagKey.21",
+            "UntagResources",
+            [
+                &snapshot[..],
+                &[("ResourceId.1", &foreign), ("TagKey.21", "p")],
+            ]
+            .concat(),
+            "InvalidParameter",
+            400,
+        ),
     ];
     for (case, action, params, code, status) in cases {
         let answer = client.call(action, &params, now).await;
