@@ -290,6 +290,7 @@ impl App {
                 self.config.request_timeout,
                 self.config.max_message_size as usize,
                 self.config.max_concurrent_requests,
+                self.config.max_concurrent_requests_per_peer,
             ));
             tokio::spawn(ecs::serve(
                 listener,

@@ -128,8 +128,9 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
-    /// Calls one peer (a client IP address; an IPv6 /64) may have in progress at once, whatever
-    /// accounts it names; beyond it a call is answered RESOURCE_EXHAUSTED `Throttling`. Unset:
+    /// Calls one peer (a client IP address; an IPv6 /64) may have in progress at once on each
+    /// edge, whatever accounts it names; beyond it a call is answered RESOURCE_EXHAUSTED
+    /// `Throttling` (403 on the ECS edge). Unset:
     /// three quarters of --max-concurrent-requests. Behind a sidecar or gateway every call comes
     /// from its address: set it to --max-concurrent-requests there.
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]

@@ -4,6 +4,7 @@
 //! one use case of `service`, which runs the pure rules (`engine`) inside a transaction of the
 //! `store`. `docs/architecture.md` has the map.
 
+mod admission;
 pub mod answer;
 pub mod app;
 pub mod backend;

@@ -66,6 +66,8 @@ pub enum EcsError {
     },
     #[error("{limit} requests are already in progress")]
     Overloaded { limit: u32 },
+    #[error("{peer} already has {limit} requests in progress")]
+    PeerBusy { peer: String, limit: u32 },
     #[error("the request ran past the request timeout of {0:?}")]
     Timeout(Duration),
 }
@@ -209,6 +211,7 @@ pub fn answer(err: &EcsError) -> Answer {
             format!("{action} does not take {parameter} here: it is not offered"),
         ),
         EcsError::Overloaded { limit } => answer::overloaded(*limit),
+        EcsError::PeerBusy { peer, limit } => answer::caller_busy(peer, *limit),
         EcsError::Timeout(timeout) => answer::deadline_exceeded(*timeout),
     }
 }

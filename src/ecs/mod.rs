@@ -32,6 +32,7 @@ use error::EcsError;
 use params::Params;
 use render::Format;
 
+use crate::admission::{Shares, default_share, peer_of};
 use crate::answer::{Answer, Detail};
 use crate::domain::ParseError;
 use crate::service::{NONCE_WINDOW, Service};
@@ -60,6 +61,10 @@ pub struct EcsEdge {
     /// its body is read, so held bodies cannot pile up in memory.
     slots: Arc<tokio::sync::Semaphore>,
     max_in_flight: u32,
+    /// The slots each peer holds, and how many one may hold: so that one client cannot take
+    /// them all (the account is known only once the body is read and the signature checked).
+    peers: Arc<Shares>,
+    per_peer: u32,
 }
 
 impl EcsEdge {
@@ -70,6 +75,7 @@ impl EcsEdge {
         request_timeout: Duration,
         max_body_bytes: usize,
         max_in_flight: u32,
+        per_peer: Option<u32>,
     ) -> Self {
         Self {
             service,
@@ -78,6 +84,8 @@ impl EcsEdge {
             max_body_bytes,
             slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight as usize)),
             max_in_flight,
+            peers: Arc::new(Shares::default()),
+            per_peer: per_peer.unwrap_or_else(|| default_share(max_in_flight)),
         }
     }
 }
@@ -230,11 +238,24 @@ impl EcsEdge {
             .unwrap_or("snapshotd")
             .to_owned();
         let mut notes = CallNotes::default();
-        let result = match Arc::clone(&self.slots).try_acquire_owned() {
-            Err(_) => Err(EcsError::Overloaded {
+        let admitted = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| EcsError::Overloaded {
                 limit: self.max_in_flight,
-            }),
-            Ok(_slot) => {
+            })
+            .and_then(|slot| {
+                let share = self
+                    .peers
+                    .take(peer_of(peer.ip()), self.per_peer)
+                    .map_err(|busy| EcsError::PeerBusy {
+                        peer: busy.holder,
+                        limit: busy.limit,
+                    })?;
+                Ok((slot, share))
+            });
+        let result = match admitted {
+            Err(refused) => Err(refused),
+            Ok(_held) => {
                 match tokio::time::timeout(self.request_timeout, self.call(request, &mut notes))
                     .await
                 {

@@ -34,9 +34,7 @@
 //! running UNAVAILABLE (their transactions roll back), so every client gets an answer it may retry
 //! elsewhere.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -61,6 +59,7 @@ use tracing::Instrument;
 
 use super::ApiError;
 use super::call::{Admitted, Gate};
+use crate::admission::{Busy, Share, Shares, default_share, peer_of};
 use crate::domain::ParseError;
 use crate::telemetry::{error_chain, metric};
 
@@ -193,9 +192,8 @@ struct Limits {
     per_caller: u32,
     /// The slots one peer may hold at once, whatever callers it names.
     per_peer: u32,
-    /// The slots each caller and each peer holds now (keys `account/…`, `admin`, `peer/…`);
-    /// one holding none has no entry.
-    held: Mutex<HashMap<String, u32>>,
+    /// The slots each caller and each peer holds now.
+    shares: Arc<Shares>,
     timeout: Duration,
     max_message_size: usize,
     /// Cancelled when the drain starts: long infrastructure streams end.
@@ -213,7 +211,7 @@ impl RpcLayer {
         timeout: Duration,
         max_message_size: usize,
     ) -> Self {
-        let per_caller = per_caller_share(max_concurrent);
+        let per_caller = default_share(max_concurrent);
         Self {
             limits: Arc::new(Limits {
                 gate,
@@ -221,7 +219,7 @@ impl RpcLayer {
                 max_concurrent,
                 per_caller,
                 per_peer: per_peer.unwrap_or(per_caller),
-                held: Mutex::new(HashMap::new()),
+                shares: Arc::new(Shares::default()),
                 timeout,
                 max_message_size,
                 streams_end: CancellationToken::new(),
@@ -345,12 +343,6 @@ where
     }
 }
 
-/// One caller's share of the slots: three quarters, so the others always keep some (all of
-/// them under 4 slots, where a quarter is less than one).
-fn per_caller_share(max_concurrent: u32) -> u32 {
-    (max_concurrent - max_concurrent / 4).max(1)
-}
-
 /// Admits a call on its headers and gives it a slot: checks who calls (noting the outcome in
 /// the request's extensions for the handler), then takes one of the server's slots, one of its
 /// peer's share and one of the caller's. Health and reflection need none of them.
@@ -395,9 +387,21 @@ fn admit(
         .map_err(|_| ApiError::Overloaded {
             limit: limits.max_concurrent,
         })?;
-    let peer = Share::take(limits, peer_key(request.extensions()), limits.per_peer)?;
+    let busy = |busy: Busy| ApiError::CallerBusy {
+        caller: busy.holder,
+        limit: busy.limit,
+    };
+    let peer = limits
+        .shares
+        .take(peer_key(request.extensions()), limits.per_peer)
+        .map_err(busy)?;
     let caller = match caller {
-        Some(caller) => Some(Share::take(limits, caller, limits.per_caller)?),
+        Some(caller) => Some(
+            limits
+                .shares
+                .take(caller, limits.per_caller)
+                .map_err(busy)?,
+        ),
         None => None,
     };
     Ok(Some(Slot {
@@ -421,65 +425,12 @@ fn peer_key(extensions: &Extensions) -> String {
         .map_or_else(|| "peer/unknown".to_owned(), |addr| peer_of(addr.ip()))
 }
 
-/// `peer/<IPv4 address>` (an IPv4-mapped IPv6 address is its IPv4 one), or `peer/<prefix>/64`
-/// for IPv6, since one host commonly holds a whole /64 and could otherwise pick a new address
-/// per connection.
-fn peer_of(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(ip) => format!("peer/{ip}"),
-        IpAddr::V6(ip) => {
-            let prefix = Ipv6Addr::from_bits(ip.to_bits() & !u128::from(u64::MAX));
-            format!("peer/{prefix}/64")
-        }
-    }
-}
-
 /// A call's slot and its places in its peer's and its caller's shares, all given back when
 /// dropped.
 struct Slot {
     _slot: OwnedSemaphorePermit,
     _peer: Share,
     _caller: Option<Share>,
-}
-
-/// One of the slots a caller or a peer holds.
-struct Share {
-    limits: Arc<Limits>,
-    holder: String,
-}
-
-impl Share {
-    fn take(limits: &Arc<Limits>, holder: String, limit: u32) -> Result<Self, ApiError> {
-        let mut held = limits.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(holder.clone()).or_insert(0);
-        if *count >= limit {
-            return Err(ApiError::CallerBusy {
-                caller: holder,
-                limit,
-            });
-        }
-        *count += 1;
-        Ok(Self {
-            limits: Arc::clone(limits),
-            holder,
-        })
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        let mut held = self
-            .limits
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.holder) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.holder);
-            }
-        }
-    }
 }
 
 /// When a call must be answered by: `--request-timeout` after it arrived, or the client's
@@ -1139,21 +1090,6 @@ mod tests {
             "/ecs.snapshot.v1.SnapshotService/ünï",
         ] {
             assert_eq!(route(hostile).0, "unknown", "{hostile}");
-        }
-    }
-
-    #[test]
-    fn a_peer_is_its_ipv4_address_or_its_ipv6_slash_64() {
-        let cases = [
-            ("127.0.0.1", "peer/127.0.0.1"),
-            ("::ffff:10.1.2.3", "peer/10.1.2.3"),
-            ("::1", "peer/::/64"),
-            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "peer/2001:db8:1:2::/64"),
-            ("2001:db8:1:2::1", "peer/2001:db8:1:2::/64"),
-            ("2001:db8:1:3::1", "peer/2001:db8:1:3::/64"),
-        ];
-        for (ip, peer) in cases {
-            assert_eq!(peer_of(ip.parse().unwrap()), peer, "{ip}");
         }
     }
 

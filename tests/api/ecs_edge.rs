@@ -1305,6 +1305,82 @@ async fn requests_past_the_concurrency_limit_are_shed_before_their_body_is_read(
     drop(held);
 }
 
+/// One address holds at most its share of the ECS edge's slots (three quarters by default), so
+/// another address is still served while it holds them; the share is given back with its
+/// requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_peer_cannot_take_every_slot_of_the_ecs_edge() {
+    let app = spawn_ecs(Backend::Sqlite, |config| config.max_concurrent_requests = 4).await;
+    // 127.0.0.1 holds three slots (its share of four) with bodies that never finish.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(ecs_addr(&app))
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nA=",
+            )
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    let client = client_of(&app, "acct-demo");
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        let answer = client
+            .call("DescribeSnapshots", &[], server_now(&app))
+            .await;
+        let status = answer.status;
+        answers.push(answer);
+        if status == 403 {
+            break;
+        }
+        // The held requests may not all have reached the server yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = answers.pop().expect("an answer");
+    assert_eq!(
+        refused.status, 403,
+        "127.0.0.1's request past its share of 3 is refused; the last answer: {}",
+        refused.text
+    );
+    assert_eq!(refused.code(), "Throttling", "{}", refused.text);
+    assert!(
+        refused.headers.contains_key("retry-after"),
+        "{}",
+        refused.text
+    );
+
+    // Another address takes the fourth slot.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let query = client.signed_query("DescribeSnapshots", &[], server_now(&app));
+    let served = other
+        .get(format!("http://{}/?{query}", ecs_addr(&app)))
+        .send()
+        .await
+        .expect("the ECS edge answers 127.0.0.2");
+    assert_eq!(served.status(), 200, "{:?}", served.text().await);
+
+    // Given back: 127.0.0.1 is served again once its held requests are gone.
+    drop(held);
+    let mut again = None;
+    for _ in 0..100 {
+        let answer = client
+            .call("DescribeSnapshots", &[], server_now(&app))
+            .await;
+        if answer.status == 200 {
+            again = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    again.expect("127.0.0.1 is served again once its requests have ended");
+}
+
 #[test]
 fn encode_is_rfc_3986() {
     assert_eq!(encode("a b*~/é"), "a%20b%2A~%2F%C3%A9");
