@@ -398,7 +398,6 @@ pub(super) fn invalid_value(parameter: &'static str, why: &str) -> EcsError {
     }
 }
 
-/// A whole-number parameter, if given.
 /// A whole-number parameter, if given, in plain decimal: `-5`, `0`, `12`; not `+5`, `05` or
 /// `-0`, which a parser would read as some number the caller may not have meant.
 pub(super) fn number(params: &Params, name: &'static str) -> Result<Option<i32>, EcsError> {
@@ -441,7 +440,6 @@ fn snapshot_ids(params: &Params) -> Result<Vec<String>, EcsError> {
     }
 }
 
-/// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
 /// N of a numbered parameter (`Tag.N.Key`, `ResourceId.N`) as ECS writes it: a decimal from 1
 /// to `max`, without sign or leading zeros, so that `Tag.01` cannot stand beside `Tag.1` as a
 /// second spelling of one entry.
@@ -453,6 +451,7 @@ pub(super) fn list_index(raw: &str, max: usize) -> Option<usize> {
         .filter(|n| (1..=max).contains(n))
 }
 
+/// `Tag.N.Key` and `Tag.N.Value`, N from 1 to [`MAX_TAGS`], in N's order.
 pub(super) fn tags(params: &Params) -> Result<Vec<(String, String)>, EcsError> {
     let mut tags: Vec<(usize, String, String)> = Vec::new();
     for name in params.names_with_prefix("Tag.") {

@@ -122,7 +122,7 @@ pub fn decide_create(
         }
     };
     if let Some(instance) = instance {
-        check_instance(disk_id.clone(), instance)?;
+        check_instance(&disk_id, instance)?;
     }
     let initialized_at = later(disk.created_at, policy.init_window);
     if now < initialized_at {
@@ -154,12 +154,14 @@ pub fn decide_create(
 }
 
 /// The rules of the instance an `In_use` disk is attached to (#18..#20), in the seed's order.
-fn check_instance(disk_id: String, instance: &Instance) -> Result<(), RuleError> {
-    let instance_id = instance.instance_id.clone();
+fn check_instance(disk_id: &str, instance: &Instance) -> Result<(), RuleError> {
+    // The ids are copied only into a refusal: an accepted create allocates nothing here.
+    let ids = || (disk_id.to_owned(), instance.instance_id.clone());
     if !matches!(
         instance.status,
         InstanceStatus::Running | InstanceStatus::Stopped
     ) {
+        let (disk_id, instance_id) = ids();
         return Err(RuleError::IncorrectInstanceStatus {
             disk_id,
             instance_id,
@@ -167,12 +169,14 @@ fn check_instance(disk_id: String, instance: &Instance) -> Result<(), RuleError>
         });
     }
     if instance.lock_reasons.iter().any(|r| r == SECURITY_LOCK) {
+        let (disk_id, instance_id) = ids();
         return Err(RuleError::InstanceLockedForSecurity {
             disk_id,
             instance_id,
         });
     }
     if instance.last_started_at.is_none() {
+        let (disk_id, instance_id) = ids();
         return Err(RuleError::IncorrectDiskStatusNeverUsed {
             disk_id,
             instance_id,

@@ -273,8 +273,6 @@ pub fn tags_to_proto(tags: Vec<Tag>) -> Vec<pb::Tag> {
         .collect()
 }
 
-/// Request tags, validated (CreateSnapshot and DescribeSnapshots share the rules).
-/// A request's tags as the domain's raw `(key, value)` pairs.
 /// One tag of one snapshot, as ListTagResources lists it.
 pub fn tag_resource_to_proto(tag: TagResource) -> pb::TagResource {
     pb::TagResource {
@@ -285,6 +283,7 @@ pub fn tag_resource_to_proto(tag: TagResource) -> pb::TagResource {
     }
 }
 
+/// A request's tags as the domain's raw `(key, value)` pairs (validated by the domain).
 pub fn tag_pairs(tags: &[pb::Tag]) -> Vec<(&str, &str)> {
     tags.iter()
         .map(|t| (t.key.as_str(), t.value.as_str()))
@@ -299,7 +298,6 @@ pub fn snapshot_status_to_proto(status: SnapshotStatus) -> pb::SnapshotStatus {
     }
 }
 
-/// A status filter: `UNSPECIFIED` means any.
 /// DescribeSnapshots' `source_disk_type`: unspecified is any.
 pub fn disk_type_filter(raw: i32) -> Result<Option<DiskType>, ParseError> {
     match pb::DiskType::try_from(raw) {
@@ -310,6 +308,7 @@ pub fn disk_type_filter(raw: i32) -> Result<Option<DiskType>, ParseError> {
     }
 }
 
+/// A status filter: `UNSPECIFIED` means any.
 pub fn snapshot_status_filter(raw: i32) -> Result<Option<SnapshotStatus>, ParseError> {
     match pb::SnapshotStatus::try_from(raw) {
         Ok(pb::SnapshotStatus::Unspecified) => Ok(None),

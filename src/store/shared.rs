@@ -422,13 +422,18 @@ where
             let tags: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
             attach_tags(&mut snapshots, tags);
         }
-        let counted: Vec<(i64,)> =
-            matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
-                .fetch_all(self.connection())
-                .await?;
-        let total = counted
-            .first()
-            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0));
+        // A first page with nothing after it holds every match: no count to ask for.
+        let total = if query.after.is_none() && query.skip == 0 && next.is_none() {
+            snapshots.len() as u64
+        } else {
+            let counted: Vec<(i64,)> =
+                matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
+                    .fetch_all(self.connection())
+                    .await?;
+            counted
+                .first()
+                .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
+        };
         Ok(SnapshotPage {
             snapshots,
             next,
@@ -930,13 +935,18 @@ where
         }
         let rows: Vec<ImageRow> = statement.fetch_all(self.connection()).await?;
         let (images, next) = into_image_page(rows, query.limit)?;
-        let counted: Vec<(i64,)> =
-            matching_images("SELECT count(*) FROM images i".to_owned(), query)
-                .fetch_all(self.connection())
-                .await?;
-        let total = counted
-            .first()
-            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0));
+        // A first page with nothing after it holds every match: no count to ask for.
+        let total = if query.after.is_none() && query.skip == 0 && next.is_none() {
+            images.len() as u64
+        } else {
+            let counted: Vec<(i64,)> =
+                matching_images("SELECT count(*) FROM images i".to_owned(), query)
+                    .fetch_all(self.connection())
+                    .await?;
+            counted
+                .first()
+                .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
+        };
         Ok(ImagePage {
             images,
             next,

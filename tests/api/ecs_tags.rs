@@ -263,7 +263,7 @@ async fn tag_actions_refuse_with_the_codes_of_the_grpc_edge(backend: Backend) {
             400,
         ),
         // Second spellings of one entry (a hostile review found `Tag.01` merged with `Tag.1`,
-        // one of them dropped, and 29 tags taken in one call) and a key past TagKey.20.
+        // one of them dropped, and 29 tags taken in one call).
         (
             "Tag.01 beside Tag.1",
             "TagResources",
@@ -291,11 +291,11 @@ async fn tag_actions_refuse_with_the_codes_of_the_grpc_edge(backend: Backend) {
             400,
         ),
         (
-            "TagKey.21",
+            "TagKey.01",
             "UntagResources",
             [
                 &snapshot[..],
-                &[("ResourceId.1", &foreign), ("TagKey.21", "p")],
+                &[("ResourceId.1", &foreign), ("TagKey.01", "p")],
             ]
             .concat(),
             "InvalidParameter",
