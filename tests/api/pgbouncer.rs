@@ -120,12 +120,15 @@ async fn the_whole_api_and_the_worker_work_through_pgbouncer_in_transaction_mode
         "acknowledged deletes undone: {resurrected:?}"
     );
     app.assert_invariants().await;
-    // Migrations ran once, over the direct URL, and left no advisory lock behind.
-    let locks: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
-            .fetch_one(&mut direct)
-            .await
-            .expect("reading pg_locks");
+    // Migrations ran once, over the direct URL, and left no advisory lock behind in this
+    // database (other tests' servers migrate their own databases at the same time).
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut direct)
+    .await
+    .expect("reading pg_locks");
     assert_eq!(locks, 0, "an advisory lock outlived the migrations");
     drop(direct);
 
