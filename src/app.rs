@@ -22,12 +22,14 @@ use crate::backend::{SimulatedBackend, SnapshotBackend};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ListenOrOff, redact_password};
 use crate::ecs::{self, EcsEdge};
-use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SnapshotApi, TagApi};
+use crate::grpc::{Gate, ImageApi, InventoryApi, RpcLayer, SimulationApi, SnapshotApi, TagApi};
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::inventory_service_server::InventoryServiceServer;
+use crate::pb::simulation_service_server::SimulationServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
 use crate::pb::tag_service_server::TagServiceServer;
-use crate::service::{Service, ServiceError};
+use crate::service::{Service, ServiceError, Simulation};
+use crate::simulation::{self, SteeredBackend, SteeredClock, Steering};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::{self, metric};
 use crate::throttle::Throttle;
@@ -88,13 +90,24 @@ pub struct App {
     ecs_tls: Option<tokio_rustls::TlsAcceptor>,
     tls: Option<ServerTlsConfig>,
     service: Arc<Service>,
+    /// What SimulationService steers, when `--simulation-controls` serves it.
+    steering: Option<Arc<Steering>>,
 }
 
 impl App {
-    /// Builds the server with the simulated backend and the system clock.
+    /// Builds the server with the simulated backend and the system clock, both steered by
+    /// SimulationService with `--simulation-controls`.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let backend = Arc::new(SimulatedBackend::new(config.copy_rate_mibps));
-        Self::build_with(config, backend, Arc::new(SystemClock)).await
+        if !config.simulation_controls {
+            let backend = Arc::new(SimulatedBackend::new(config.copy_rate_mibps));
+            return Self::build_with(config, backend, Arc::new(SystemClock)).await;
+        }
+        let steering = Steering::new(config.copy_rate_mibps);
+        let backend = Arc::new(SteeredBackend::new(Arc::clone(&steering)));
+        let clock = Arc::new(SteeredClock::new(Arc::clone(&steering)));
+        let mut app = Self::build_with(config, backend, clock).await?;
+        app.steering = Some(steering);
+        Ok(app)
     }
 
     /// Builds the server with a given snapshot backend and clock.
@@ -146,6 +159,7 @@ impl App {
             ecs_tls,
             tls,
             service,
+            steering: None,
         })
     }
 
@@ -207,16 +221,9 @@ impl App {
         };
         health.set(ServingStatus::Serving).await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let simulated = self.steering.is_some();
+        let reflection_v1 = reflection(simulated).build_v1()?;
+        let reflection_v1alpha = reflection(simulated).build_v1alpha()?;
 
         if self.config.admin_token.is_none() {
             tracing::warn!(
@@ -233,6 +240,15 @@ impl App {
         let inventory = InventoryApi::new(Arc::clone(&self.service));
         let images = ImageApi::new(Arc::clone(&self.service));
         let tags = TagApi::new(Arc::clone(&self.service));
+        let simulation = self.steering.as_ref().map(|steering| {
+            tracing::warn!(
+                "SimulationService is served (--simulation-controls): the admin can move the \
+                 clock and fail copies; never run production like this"
+            );
+            let simulation = Simulation::new(Arc::clone(&self.service), Arc::clone(steering));
+            SimulationServiceServer::new(SimulationApi::new(simulation))
+                .max_decoding_message_size(self.config.max_message_size as usize)
+        });
         let layer = RpcLayer::new(
             Arc::clone(&gate),
             self.config.max_concurrent_requests,
@@ -251,6 +267,13 @@ impl App {
             side_stop.clone(),
         ));
         let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
+        if let Some(steering) = &self.steering {
+            tokio::spawn(simulation::keep_in_step(
+                Arc::clone(steering),
+                self.store(),
+                side_stop.clone(),
+            ));
+        }
         let store = self.store();
         let service = self.service();
         let metrics_server = self.metrics_listener.map(|listener| {
@@ -366,6 +389,7 @@ impl App {
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip),
             )
+            .add_optional_service(simulation)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), draining);
 
         // The grace period starts when the shutdown signal arrives; calls still running when it
@@ -409,6 +433,20 @@ impl App {
         store.close().await;
         tracing::info!("snapshotd stopped");
         Ok(())
+    }
+}
+
+/// Server reflection over our contract, health and the error details; SimulationService's
+/// file only when it is served.
+fn reflection(simulated: bool) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    if simulated {
+        builder.register_encoded_file_descriptor_set(crate::pb::SIMULATION_FILE_DESCRIPTOR_SET)
+    } else {
+        builder
     }
 }
 

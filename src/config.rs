@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_SNAPSHOT_AVAILABLE_DISKS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub snapshot_available_disks: bool,
 
+    /// Serve SimulationService (admin token required): move the clock forward, fail a disk's
+    /// next copy, set a disk's copy rate. For testing against snapshotd; never in production.
+    #[arg(long, global = true, env = "SNAPSHOTD_SIMULATION_CONTROLS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub simulation_controls: bool,
+
     /// How often the worker looks for finished copies and expired snapshots when idle.
     #[arg(long, global = true, env = "SNAPSHOTD_WORKER_INTERVAL", default_value = "250ms", value_parser = duration_in(MILLISECOND, HOUR))]
     pub worker_interval: Duration,
@@ -360,6 +365,7 @@ impl std::fmt::Debug for Config {
             .field("snapshot_quota", &self.snapshot_quota)
             .field("copy_rate_mibps", &self.copy_rate_mibps)
             .field("snapshot_available_disks", &self.snapshot_available_disks)
+            .field("simulation_controls", &self.simulation_controls)
             .field("worker_interval", &self.worker_interval)
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout", &self.db_acquire_timeout)

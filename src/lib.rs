@@ -17,6 +17,7 @@ pub mod engine;
 mod grpc;
 pub mod pb;
 pub mod service;
+pub mod simulation;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

@@ -29,6 +29,7 @@ mod ids;
 mod images;
 mod inventory;
 mod names;
+mod simulation;
 mod snapshot;
 mod tags;
 
@@ -47,6 +48,10 @@ pub use inventory::{
     SECURITY_LOCK,
 };
 pub use names::{ClientToken, Description, ImageName, MAX_TAGS, RetentionDays, SnapshotName, Tag};
+pub use simulation::{
+    Checkpoint, ClockAdvance, CopyRateMibps, DiskSteering, STALLED_REMAINING, SteeredCopy,
+    SteeredRate,
+};
 pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};
 pub use tags::{
     ListTagResourcesParams, MAX_RESOURCE_IDS, SNAPSHOT_RESOURCE_TYPE, TAG_PAGE_SIZE, TagCursor,

@@ -3,7 +3,7 @@
 //! then learn from them.
 //!
 //! A tenant call (SnapshotService, ImageService) is identified and throttled; an admin call
-//! (InventoryService) must bear the admin token. A handler finds the outcome in the request's
+//! (InventoryService, SimulationService) must bear the admin token. A handler finds the outcome in the request's
 //! extensions ([`Admitted`]) and refuses a call that does not carry it, so a service mounted
 //! without the layer fails closed.
 
@@ -29,7 +29,7 @@ pub struct Gate {
 pub enum Admitted {
     /// A tenant call, from this account.
     Account(String),
-    /// An InventoryService call that bore the admin token.
+    /// An InventoryService or SimulationService call that bore the admin token.
     Admin,
 }
 
@@ -109,4 +109,27 @@ where
     result
         .map(Response::new)
         .map_err(|err| err.into_status(&request_id))
+}
+
+/// Runs one admin call (InventoryService, SimulationService): `call(message)` once the layer
+/// admitted it as the admin (it checked the bearer token before the call took a slot), its
+/// error mapped with the call's request id.
+pub async fn handle_admin<M, T, F, Fut>(request: Request<M>, call: F) -> Result<Response<T>, Status>
+where
+    F: FnOnce(M) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let (_metadata, extensions, message) = request.into_parts();
+    let request_id = request_id(&extensions);
+    async {
+        if extensions.get::<Admitted>() != Some(&Admitted::Admin) {
+            // Only without the layer, which checks the token of every admin call: fail
+            // closed.
+            return Err(ApiError::InvalidAdminToken);
+        }
+        call(message).await
+    }
+    .await
+    .map(Response::new)
+    .map_err(|err| err.into_status(&request_id))
 }

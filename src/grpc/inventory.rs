@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::ApiError;
-use super::call::{Admitted, request_id};
+use super::call::handle_admin;
 use crate::domain::{AccessKey, Account, Disk, DiskId, Instance, ParseError};
 use crate::pb;
 use crate::service::Service;
@@ -17,32 +16,6 @@ pub struct InventoryApi {
 impl InventoryApi {
     pub fn new(service: Arc<Service>) -> Self {
         Self { service }
-    }
-
-    /// Runs `call(message)` for a call the layer admitted as the admin (it checked the bearer
-    /// token before the call took a slot), and maps its error with the call's request id.
-    async fn handle<M, T, F, Fut>(
-        &self,
-        request: Request<M>,
-        call: F,
-    ) -> Result<Response<T>, Status>
-    where
-        F: FnOnce(M) -> Fut,
-        Fut: Future<Output = Result<T, ApiError>>,
-    {
-        let (_metadata, extensions, message) = request.into_parts();
-        let request_id = request_id(&extensions);
-        async {
-            if extensions.get::<Admitted>() != Some(&Admitted::Admin) {
-                // Only without the layer, which checks the token of every admin call: fail
-                // closed.
-                return Err(ApiError::InvalidAdminToken);
-            }
-            call(message).await
-        }
-        .await
-        .map(Response::new)
-        .map_err(|err| err.into_status(&request_id))
     }
 }
 
@@ -57,7 +30,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::PutAccountRequest>,
     ) -> Result<Response<pb::PutAccountResponse>, Status> {
-        self.handle(request, |put| async move {
+        handle_admin(request, |put| async move {
             let account = Account::try_from(required("account", put.account)?)?;
             Ok(pb::PutAccountResponse {
                 account: Some(self.service.put_account(&account).await?.into()),
@@ -70,7 +43,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::PutInstanceRequest>,
     ) -> Result<Response<pb::PutInstanceResponse>, Status> {
-        self.handle(request, |put| async move {
+        handle_admin(request, |put| async move {
             let instance = Instance::try_from(required("instance", put.instance)?)?;
             Ok(pb::PutInstanceResponse {
                 instance: Some(self.service.put_instance(&instance).await?.into()),
@@ -83,7 +56,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::PutDiskRequest>,
     ) -> Result<Response<pb::PutDiskResponse>, Status> {
-        self.handle(request, |put| async move {
+        handle_admin(request, |put| async move {
             let disk = Disk::try_from(required("disk", put.disk)?)?;
             Ok(pb::PutDiskResponse {
                 disk: Some(self.service.put_disk(&disk).await?.into()),
@@ -96,7 +69,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::PutAccessKeyRequest>,
     ) -> Result<Response<pb::PutAccessKeyResponse>, Status> {
-        self.handle(request, |put| async move {
+        handle_admin(request, |put| async move {
             let key = required("access_key", put.access_key)?;
             let key =
                 AccessKey::parse(&key.access_key_id, &key.access_key_secret, &key.account_id)?;
@@ -116,7 +89,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetDiskRequest>,
     ) -> Result<Response<pb::GetDiskResponse>, Status> {
-        self.handle(request, |get| async move {
+        handle_admin(request, |get| async move {
             let disk_id = DiskId::parse(&get.disk_id)?;
             Ok(pb::GetDiskResponse {
                 disk: Some(self.service.get_disk(&disk_id).await?.into()),

@@ -71,11 +71,12 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 /// Services whose methods are named in logs and metrics; any other path is `unknown`, so a
 /// client cannot grow the metrics' label sets.
-const SERVICES: [(&str, Kind); 7] = [
+const SERVICES: [(&str, Kind); 8] = [
     ("ecs.snapshot.v1.SnapshotService", Kind::Tenant),
     ("ecs.snapshot.v1.ImageService", Kind::Tenant),
     ("ecs.snapshot.v1.TagService", Kind::Tenant),
     ("ecs.snapshot.v1.InventoryService", Kind::Admin),
+    ("ecs.snapshot.v1.SimulationService", Kind::Admin),
     ("grpc.health.v1.Health", Kind::Infrastructure),
     ("grpc.reflection.v1.ServerReflection", Kind::Infrastructure),
     (
@@ -93,7 +94,7 @@ pub const BODY_START_TIMEOUT: Duration = Duration::from_secs(2);
 enum Kind {
     /// SnapshotService, ImageService and TagService: an account calls.
     Tenant,
-    /// InventoryService: the admin calls.
+    /// InventoryService and SimulationService: the admin calls.
     Admin,
     /// A path of no service of ours: tonic answers UNIMPLEMENTED without reading the body.
     Unknown,

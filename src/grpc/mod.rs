@@ -13,6 +13,7 @@ pub mod identity;
 pub mod image;
 pub mod inventory;
 pub mod layer;
+pub mod simulation;
 pub mod snapshot;
 pub mod tag;
 
@@ -21,6 +22,7 @@ pub use error::ApiError;
 pub use image::ImageApi;
 pub use inventory::InventoryApi;
 pub use layer::RpcLayer;
+pub use simulation::SimulationApi;
 pub use snapshot::SnapshotApi;
 pub use tag::TagApi;
 

@@ -11,6 +11,7 @@ mod group_commit;
 mod images;
 mod inventory;
 mod modify;
+mod simulation;
 mod snapshots;
 mod tags;
 mod worker;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use access_keys::NONCE_WINDOW;
 pub use group_commit::Backlog;
+pub use simulation::Simulation;
 pub use snapshots::{DescribedPage, SnapshotView};
 pub use worker::WorkDone;
 

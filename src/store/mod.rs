@@ -22,9 +22,9 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{
-    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, ImagePage, ImageQuery,
-    Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagKeys, TagPage,
-    TagQuery, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, DiskSteering, ImagePage,
+    ImageQuery, Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag, TagKeys,
+    TagPage, TagQuery, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -455,6 +455,36 @@ pub trait Transaction: Send {
 
     /// One page of the tags of the query's snapshots, by snapshot id then key.
     async fn list_tags(&mut self, query: &TagQuery) -> Result<TagPage, StoreError>;
+
+    // The simulation controls (`SimulationService`): empty tables in production.
+
+    /// How far the service's clock has been moved forward (µs), and every steered disk.
+    async fn read_simulation(&mut self) -> Result<(i64, Vec<DiskSteering>), StoreError>;
+
+    /// Moves the shared clock forward by `by_micros`: the offset after (µs).
+    async fn advance_clock(&mut self, by_micros: i64) -> Result<i64, StoreError>;
+
+    /// The disk's steering, locked until the transaction ends (untouched when it has none).
+    async fn lock_steering(&mut self, disk_id: &str) -> Result<DiskSteering, StoreError>;
+
+    /// Writes the disk's steering; the caller holds its lock ([`Transaction::lock_steering`]).
+    async fn put_steering(&mut self, steering: &DiskSteering) -> Result<(), StoreError>;
+
+    /// Records that FailNextCopy picked `snapshot_id` for the disk, unless it has picked one
+    /// already or was asked again since `fail_from`, and makes its copy due by `fails_at`.
+    async fn pick_doomed(
+        &mut self,
+        disk_id: &str,
+        snapshot_id: &str,
+        fail_from: Timestamp,
+        fails_at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// The disk's snapshot being copied, locked until the transaction ends.
+    async fn lock_progressing_snapshot(
+        &mut self,
+        disk_id: &str,
+    ) -> Result<Option<Snapshot>, StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 

@@ -7,9 +7,9 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::domain::{
-    AccessKey, Account, Disk, DiskCategory, DiskStatus, DiskType, Image, ImageCursor,
-    InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
-    SnapshotStatus, SnapshotUsage, Tag, Timestamp,
+    AccessKey, Account, Checkpoint, Disk, DiskCategory, DiskStatus, DiskSteering, DiskType, Image,
+    ImageCursor, InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
+    SnapshotStatus, SnapshotUsage, SteeredRate, Tag, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -390,4 +390,35 @@ pub(crate) fn decode_queue(rows: Vec<SnapshotRow>) -> Vec<Snapshot> {
                 .ok()
         })
         .collect()
+}
+
+#[derive(Debug, FromRow)]
+pub(crate) struct SteeringRow {
+    pub disk_id: String,
+    pub rate_mibps: Option<i64>,
+    pub rate_since: Option<Timestamp>,
+    pub checkpoint_snapshot: Option<String>,
+    pub checkpoint_kib: Option<i64>,
+    pub fail_from: Option<Timestamp>,
+    pub doomed_snapshot_id: Option<String>,
+}
+
+impl From<SteeringRow> for DiskSteering {
+    fn from(row: SteeringRow) -> Self {
+        Self {
+            disk_id: row.disk_id,
+            rate: row
+                .rate_mibps
+                .zip(row.rate_since)
+                .map(|(mibps, since)| SteeredRate { mibps, since }),
+            checkpoint: row.checkpoint_snapshot.zip(row.checkpoint_kib).map(
+                |(snapshot_id, copied_kib)| Checkpoint {
+                    snapshot_id,
+                    copied_kib,
+                },
+            ),
+            fail_from: row.fail_from,
+            doomed_snapshot_id: row.doomed_snapshot_id,
+        }
+    }
 }

@@ -15,16 +15,16 @@ use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, 
 use super::pooler::SessionConnection;
 use super::rows::{
     AccessKeyRow, AccountRow, CallerRow, DiskRow, ImageRow, InstanceRow, LockedDiskRow,
-    OptionalTokenColumns, SnapshotRow, TagRow, attach_tags, decode_queue, into_image_page,
-    into_page, join_lock_reasons,
+    OptionalTokenColumns, SnapshotRow, SteeringRow, TagRow, attach_tags, decode_queue,
+    into_image_page, into_page, join_lock_reasons,
 };
 use super::{
     BatchRead, LockedRead, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
-    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, ImageCursor, ImagePage,
-    ImageQuery, Instance, PageCursor, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag,
-    TagCursor, TagKeys, TagPage, TagQuery, TagResource, Timestamp,
+    AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, DiskSteering, ImageCursor,
+    ImagePage, ImageQuery, Instance, PageCursor, Snapshot, SnapshotPage, SnapshotQuery,
+    SnapshotStatus, Tag, TagCursor, TagKeys, TagPage, TagQuery, TagResource, Timestamp,
 };
 use crate::engine::TokenBinding;
 
@@ -327,6 +327,10 @@ const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
     s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
     s.created_at, s.started_at, s.copy_due_at, s.last_modified_at, s.retention_days, s.usage";
 
+/// Columns of a `simulated_disks` row, as [`SteeringRow`] reads them.
+const STEERING_COLUMNS: &str = "disk_id, rate_mibps, rate_since, checkpoint_snapshot, \
+    checkpoint_kib, fail_from, doomed_snapshot_id";
+
 #[async_trait::async_trait]
 impl<DB> Transaction for SqlSession<DB>
 where
@@ -339,6 +343,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> i32: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Timestamp>: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
@@ -357,6 +362,7 @@ where
     for<'r> SnapshotRow: FromRow<'r, DB::Row>,
     for<'r> TagRow: FromRow<'r, DB::Row>,
     for<'r> ImageRow: FromRow<'r, DB::Row>,
+    for<'r> SteeringRow: FromRow<'r, DB::Row>,
 {
     async fn table_names(&mut self) -> Result<Vec<String>, StoreError> {
         let names: Vec<(String,)> = sqlx::query_as(DB::TABLE_NAMES)
@@ -1176,6 +1182,115 @@ where
                 .collect(),
             next,
         })
+    }
+
+    async fn read_simulation(&mut self) -> Result<(i64, Vec<DiskSteering>), StoreError> {
+        let offset: Option<(i64,)> =
+            sqlx::query_as("SELECT offset_us FROM simulation_clock WHERE id = 1")
+                .fetch_optional(self.connection())
+                .await?;
+        let disks: Vec<SteeringRow> = sqlx::query_as(&format!(
+            "SELECT {STEERING_COLUMNS} FROM simulated_disks ORDER BY disk_id"
+        ))
+        .fetch_all(self.connection())
+        .await?;
+        Ok((
+            offset.map_or(0, |(offset,)| offset),
+            disks.into_iter().map(DiskSteering::from).collect(),
+        ))
+    }
+
+    async fn advance_clock(&mut self, by_micros: i64) -> Result<i64, StoreError> {
+        let (offset,): (i64,) = sqlx::query_as(
+            "INSERT INTO simulation_clock (id, offset_us) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET offset_us = simulation_clock.offset_us + $1
+             RETURNING offset_us",
+        )
+        .bind(by_micros)
+        .fetch_one(self.connection())
+        .await?;
+        Ok(offset)
+    }
+
+    async fn lock_steering(&mut self, disk_id: &str) -> Result<DiskSteering, StoreError> {
+        sqlx::query("INSERT INTO simulated_disks (disk_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(disk_id)
+            .execute(self.connection())
+            .await?;
+        let statement = format!(
+            "SELECT {STEERING_COLUMNS} FROM simulated_disks WHERE disk_id = $1{}",
+            DB::LOCK_ROWS
+        );
+        let row: SteeringRow = sqlx::query_as(&statement)
+            .bind(disk_id)
+            .fetch_one(self.connection())
+            .await?;
+        Ok(row.into())
+    }
+
+    async fn put_steering(&mut self, steering: &DiskSteering) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE simulated_disks SET rate_mibps = $2, rate_since = $3,
+                 checkpoint_snapshot = $4, checkpoint_kib = $5, fail_from = $6,
+                 doomed_snapshot_id = $7
+             WHERE disk_id = $1",
+        )
+        .bind(steering.disk_id.as_str())
+        .bind(steering.rate.map(|rate| rate.mibps))
+        .bind(steering.rate.map(|rate| rate.since))
+        .bind(steering.checkpoint.as_ref().map(|c| c.snapshot_id.as_str()))
+        .bind(steering.checkpoint.as_ref().map(|c| c.copied_kib))
+        .bind(steering.fail_from)
+        .bind(steering.doomed_snapshot_id.as_deref())
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    async fn pick_doomed(
+        &mut self,
+        disk_id: &str,
+        snapshot_id: &str,
+        fail_from: Timestamp,
+        fails_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let picked: Option<(String,)> = sqlx::query_as(
+            "UPDATE simulated_disks SET doomed_snapshot_id = $2
+             WHERE disk_id = $1 AND fail_from = $3 AND doomed_snapshot_id IS NULL
+             RETURNING disk_id",
+        )
+        .bind(disk_id)
+        .bind(snapshot_id)
+        .bind(fail_from)
+        .fetch_optional(self.connection())
+        .await?;
+        if picked.is_some() {
+            sqlx::query(
+                "UPDATE snapshots SET copy_due_at = $2
+                 WHERE snapshot_id = $1 AND status = 'progressing' AND copy_due_at > $2",
+            )
+            .bind(snapshot_id)
+            .bind(fails_at)
+            .execute(self.connection())
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn lock_progressing_snapshot(
+        &mut self,
+        disk_id: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let statement = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s \
+             WHERE s.source_disk_id = $1 AND s.status = 'progressing'{}",
+            DB::LOCK_ROWS
+        );
+        let row: Option<SnapshotRow> = sqlx::query_as(&statement)
+            .bind(disk_id)
+            .fetch_optional(self.connection())
+            .await?;
+        row.map(Snapshot::try_from).transpose()
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {

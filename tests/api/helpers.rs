@@ -119,14 +119,20 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, options: Options) -> T
     }
     (options.configure)(&mut config);
     let snapshot_quota = config.snapshot_quota;
-    let manual_clock = (!options.real_time).then(|| Arc::new(ManualClock::new(Utc::now())));
+    // SimulationService steers the production clock and backend: `App::build`'s own.
+    let simulated = config.simulation_controls;
+    let manual_clock =
+        (!options.real_time && !simulated).then(|| Arc::new(ManualClock::new(Utc::now())));
     let clock: Arc<dyn Clock> = match &manual_clock {
         Some(manual) => manual.clone(),
         None => Arc::new(SystemClock),
     };
-    let app = App::build_with(config, options.snapshot_backend, clock)
-        .await
-        .expect("building the app");
+    let app = if simulated {
+        App::build(config).await
+    } else {
+        App::build_with(config, options.snapshot_backend, clock).await
+    }
+    .expect("building the app");
     let worker = app.worker();
     let store = app.store();
     let service = app.service();

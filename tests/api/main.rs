@@ -36,6 +36,7 @@ mod pgbouncer;
 mod policy_knobs;
 mod round_trips;
 mod server;
+mod simulation;
 mod sqlite_file;
 mod storage_full;
 mod tag_resources;
