@@ -29,7 +29,7 @@ use crate::pb::simulation_service_server::SimulationServiceServer;
 use crate::pb::snapshot_service_server::SnapshotServiceServer;
 use crate::pb::tag_service_server::TagServiceServer;
 use crate::service::{Service, ServiceError, Simulation};
-use crate::simulation::{self, SteeredBackend, SteeredClock, Steering};
+use crate::simulation::{SteeredBackend, SteeredClock, Steering};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::{self, metric};
 use crate::throttle::Throttle;
@@ -90,8 +90,8 @@ pub struct App {
     ecs_tls: Option<tokio_rustls::TlsAcceptor>,
     tls: Option<ServerTlsConfig>,
     service: Arc<Service>,
-    /// What SimulationService steers, when `--simulation-controls` serves it.
-    steering: Option<Arc<Steering>>,
+    /// SimulationService's use cases, when `--simulation-controls` serves it.
+    simulation: Option<Arc<Simulation>>,
 }
 
 impl App {
@@ -106,7 +106,10 @@ impl App {
         let backend = Arc::new(SteeredBackend::new(Arc::clone(&steering)));
         let clock = Arc::new(SteeredClock::new(Arc::clone(&steering)));
         let mut app = Self::build_with(config, backend, clock).await?;
-        app.steering = Some(steering);
+        let simulation = Arc::new(Simulation::new(app.service(), steering));
+        // The clock where the controls left it, before anything reads it.
+        simulation.refresh().await?;
+        app.simulation = Some(simulation);
         Ok(app)
     }
 
@@ -159,7 +162,7 @@ impl App {
             ecs_tls,
             tls,
             service,
-            steering: None,
+            simulation: None,
         })
     }
 
@@ -221,7 +224,7 @@ impl App {
         };
         health.set(ServingStatus::Serving).await;
 
-        let simulated = self.steering.is_some();
+        let simulated = self.simulation.is_some();
         let reflection_v1 = reflection(simulated).build_v1()?;
         let reflection_v1alpha = reflection(simulated).build_v1alpha()?;
 
@@ -240,14 +243,15 @@ impl App {
         let inventory = InventoryApi::new(Arc::clone(&self.service));
         let images = ImageApi::new(Arc::clone(&self.service));
         let tags = TagApi::new(Arc::clone(&self.service));
-        let simulation = self.steering.as_ref().map(|steering| {
+        let simulation = self.simulation.as_ref().map(|simulation| {
             tracing::warn!(
                 "SimulationService is served (--simulation-controls): the admin can move the \
                  clock and fail copies; never run production like this"
             );
-            let simulation = Simulation::new(Arc::clone(&self.service), Arc::clone(steering));
-            SimulationServiceServer::new(SimulationApi::new(simulation))
+            SimulationServiceServer::new(SimulationApi::new(Arc::clone(simulation)))
                 .max_decoding_message_size(self.config.max_message_size as usize)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
         });
         let layer = RpcLayer::new(
             Arc::clone(&gate),
@@ -267,13 +271,10 @@ impl App {
             side_stop.clone(),
         ));
         let housekeeping = tokio::spawn(forget_idle_accounts(Arc::clone(&gate), side_stop.clone()));
-        if let Some(steering) = &self.steering {
-            tokio::spawn(simulation::keep_in_step(
-                Arc::clone(steering),
-                self.store(),
-                side_stop.clone(),
-            ));
-        }
+        let steering_kept = self
+            .simulation
+            .as_ref()
+            .map(|simulation| tokio::spawn(Arc::clone(simulation).keep_in_step(side_stop.clone())));
         let store = self.store();
         let service = self.service();
         let metrics_server = self.metrics_listener.map(|listener| {
@@ -418,6 +419,10 @@ impl App {
             }
         }
         let _ = housekeeping.await;
+        if let Some(steering_kept) = steering_kept {
+            // Its last picks recorded.
+            let _ = steering_kept.await;
+        }
         if let Some(ecs_server) = ecs_server {
             // It stopped accepting when the shutdown began and drains within the grace.
             let _ = ecs_server.await;

@@ -4,6 +4,12 @@ use crate::domain::Timestamp;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
+
+    /// The real time, where the service's own may run ahead of it (the simulation controls'
+    /// clock): what clients date their signed requests by.
+    fn wall(&self) -> Timestamp {
+        self.now()
+    }
 }
 
 /// Wall-clock time.

@@ -74,9 +74,10 @@ pub struct DiskSteering {
     pub rate: Option<SteeredRate>,
     /// The copy that was running when the rate last changed, and how far it had got then.
     pub checkpoint: Option<Checkpoint>,
-    /// FailNextCopy: the disk's first snapshot started at or after this instant fails.
+    /// FailNextCopy is armed: the disk's first snapshot started at or after this instant
+    /// fails. Cleared when that snapshot is picked.
     pub fail_from: Option<Timestamp>,
-    /// The snapshot FailNextCopy picked, once one was seen (it stays picked).
+    /// The snapshot FailNextCopy picked last (it stays doomed when the call is armed again).
     pub doomed_snapshot_id: Option<String>,
 }
 
@@ -126,6 +127,15 @@ impl SteeredCopy {
         std::time::Duration::try_from_secs_f64(left / self.rate_kibps).unwrap_or(STALLED_REMAINING)
     }
 
+    /// When the worker should look at the copy again, standing as it does at `now`.
+    pub fn due_at(&self, now: Timestamp) -> Timestamp {
+        if self.has_ended() {
+            now
+        } else {
+            super::later(now, self.remaining())
+        }
+    }
+
     /// 0..=99, truncated, of the whole disk.
     pub fn progress_percent(&self) -> u8 {
         if self.total_kib <= 0.0 {
@@ -147,14 +157,13 @@ impl DiskSteering {
         }
     }
 
-    /// Whether FailNextCopy dooms `snapshot`: the one it picked, or the first snapshot of the
-    /// disk started after the call when none is picked yet (the caller records the pick).
+    /// Whether FailNextCopy dooms `snapshot`: the one it picked, or, while it is armed, a
+    /// snapshot of the disk started after the call (the first one seen is picked).
     pub fn dooms(&self, snapshot: &Snapshot) -> bool {
-        match (&self.doomed_snapshot_id, self.fail_from) {
-            (Some(doomed), _) => *doomed == snapshot.snapshot_id,
-            (None, Some(from)) => snapshot.started_at >= from,
-            (None, None) => false,
-        }
+        self.doomed_snapshot_id.as_deref() == Some(snapshot.snapshot_id.as_str())
+            || self
+                .fail_from
+                .is_some_and(|from| snapshot.started_at >= from)
     }
 
     /// Where `snapshot`'s copy stands at `now`: at `default_mibps` until the disk's rate was
@@ -309,20 +318,27 @@ mod tests {
 
     #[test]
     fn fail_next_copy_dooms_the_first_snapshot_started_after_it_and_no_other() {
-        let picked = DiskSteering {
+        let armed = DiskSteering {
             fail_from: Some(at(10)),
+            ..DiskSteering::untouched("d-1")
+        };
+        let picked = DiskSteering {
+            fail_from: None,
             doomed_snapshot_id: Some("s-2".into()),
             ..DiskSteering::untouched("d-1")
         };
-        let unpicked = DiskSteering {
-            doomed_snapshot_id: None,
+        // Armed again while s-2 is still copying.
+        let armed_again = DiskSteering {
+            fail_from: Some(at(15)),
             ..picked.clone()
         };
         let cases = [
-            (&unpicked, "s-1", 9, false), // started before the call
-            (&unpicked, "s-2", 10, true), // the first after it (to be picked)
+            (&armed, "s-1", 9, false), // started before the call
+            (&armed, "s-2", 10, true), // the first after it (to be picked)
             (&picked, "s-2", 10, true),
             (&picked, "s-3", 20, false), // a later one: the pick is made
+            (&armed_again, "s-2", 10, true),
+            (&armed_again, "s-3", 20, true),
             (&DiskSteering::untouched("d-1"), "s-4", 30, false),
         ];
         for (steering, id, started, dooms) in cases {

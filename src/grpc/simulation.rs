@@ -1,6 +1,8 @@
 //! `ecs.snapshot.v1.SimulationService`: steering the simulated data plane and the clock, for
 //! people testing their own code against snapshotd. Mounted only with `--simulation-controls`.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::call::handle_admin;
@@ -10,11 +12,11 @@ use crate::pb;
 use crate::service::Simulation;
 
 pub struct SimulationApi {
-    simulation: Simulation,
+    simulation: Arc<Simulation>,
 }
 
 impl SimulationApi {
-    pub fn new(simulation: Simulation) -> Self {
+    pub fn new(simulation: Arc<Simulation>) -> Self {
         Self { simulation }
     }
 }

@@ -461,8 +461,13 @@ pub trait Transaction: Send {
     /// How far the service's clock has been moved forward (µs), and every steered disk.
     async fn read_simulation(&mut self) -> Result<(i64, Vec<DiskSteering>), StoreError>;
 
-    /// Moves the shared clock forward by `by_micros`: the offset after (µs).
-    async fn advance_clock(&mut self, by_micros: i64) -> Result<i64, StoreError>;
+    /// Moves the shared clock forward by `by_micros`, unless the offset would pass
+    /// `max_micros`: the offset after (µs), `None` when refused.
+    async fn advance_clock(
+        &mut self,
+        by_micros: i64,
+        max_micros: i64,
+    ) -> Result<Option<i64>, StoreError>;
 
     /// The disk's steering, locked until the transaction ends (untouched when it has none).
     async fn lock_steering(&mut self, disk_id: &str) -> Result<DiskSteering, StoreError>;
@@ -470,15 +475,19 @@ pub trait Transaction: Send {
     /// Writes the disk's steering; the caller holds its lock ([`Transaction::lock_steering`]).
     async fn put_steering(&mut self, steering: &DiskSteering) -> Result<(), StoreError>;
 
-    /// Records that FailNextCopy picked `snapshot_id` for the disk, unless it has picked one
-    /// already or was asked again since `fail_from`, and makes its copy due by `fails_at`.
+    /// Records that FailNextCopy, armed at `fail_from`, picked the stored `snapshot_id` (and
+    /// is disarmed), unless another pick or call came first; then makes that copy due by
+    /// `fails_at`. Whether it was recorded.
     async fn pick_doomed(
         &mut self,
         disk_id: &str,
         snapshot_id: &str,
         fail_from: Timestamp,
         fails_at: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// Makes the disk's running copy due by `due` (the worker looks at it again then).
+    async fn hasten_copy(&mut self, disk_id: &str, due: Timestamp) -> Result<(), StoreError>;
 
     /// The disk's snapshot being copied, locked until the transaction ends.
     async fn lock_progressing_snapshot(

@@ -1200,16 +1200,22 @@ where
         ))
     }
 
-    async fn advance_clock(&mut self, by_micros: i64) -> Result<i64, StoreError> {
-        let (offset,): (i64,) = sqlx::query_as(
+    async fn advance_clock(
+        &mut self,
+        by_micros: i64,
+        max_micros: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let moved: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO simulation_clock (id, offset_us) VALUES (1, $1)
              ON CONFLICT (id) DO UPDATE SET offset_us = simulation_clock.offset_us + $1
+             WHERE simulation_clock.offset_us <= $2 - $1
              RETURNING offset_us",
         )
         .bind(by_micros)
-        .fetch_one(self.connection())
+        .bind(max_micros)
+        .fetch_optional(self.connection())
         .await?;
-        Ok(offset)
+        Ok(moved.map(|(offset,)| offset))
     }
 
     async fn lock_steering(&mut self, disk_id: &str) -> Result<DiskSteering, StoreError> {
@@ -1253,10 +1259,11 @@ where
         snapshot_id: &str,
         fail_from: Timestamp,
         fails_at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let picked: Option<(String,)> = sqlx::query_as(
-            "UPDATE simulated_disks SET doomed_snapshot_id = $2
-             WHERE disk_id = $1 AND fail_from = $3 AND doomed_snapshot_id IS NULL
+            "UPDATE simulated_disks SET doomed_snapshot_id = $2, fail_from = NULL
+             WHERE disk_id = $1 AND fail_from = $3
+               AND EXISTS (SELECT 1 FROM snapshots WHERE snapshot_id = $2)
              RETURNING disk_id",
         )
         .bind(disk_id)
@@ -1265,15 +1272,20 @@ where
         .fetch_optional(self.connection())
         .await?;
         if picked.is_some() {
-            sqlx::query(
-                "UPDATE snapshots SET copy_due_at = $2
-                 WHERE snapshot_id = $1 AND status = 'progressing' AND copy_due_at > $2",
-            )
-            .bind(snapshot_id)
-            .bind(fails_at)
-            .execute(self.connection())
-            .await?;
+            self.hasten_copy(disk_id, fails_at).await?;
         }
+        Ok(picked.is_some())
+    }
+
+    async fn hasten_copy(&mut self, disk_id: &str, due: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE snapshots SET copy_due_at = $2
+             WHERE source_disk_id = $1 AND status = 'progressing' AND copy_due_at > $2",
+        )
+        .bind(disk_id)
+        .bind(due)
+        .execute(self.connection())
+        .await?;
         Ok(())
     }
 

@@ -103,6 +103,15 @@ async fn wait_for_status(app: &TestApp, snapshot_id: &str, status: pb::SnapshotS
     .await;
 }
 
+async fn fail_next_copy(app: &TestApp, disk_id: &str) {
+    simulation(app)
+        .fail_next_copy(as_admin(pb::FailNextCopyRequest {
+            disk_id: disk_id.into(),
+        }))
+        .await
+        .expect("FailNextCopy");
+}
+
 async fn create(app: &TestApp, disk_id: &str) -> String {
     app.create_on(ACCOUNT, disk_id)
         .await
@@ -164,21 +173,18 @@ async fn fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk
     let app = spawn_simulated(backend).await;
     app.seed(&world(ACCOUNT, 2)).await;
     let (doomed_disk, other_disk) = ("d-acct-sim-0", "d-acct-sim-1");
-    simulation(&app)
-        .fail_next_copy(as_admin(pb::FailNextCopyRequest {
-            disk_id: doomed_disk.into(),
-        }))
-        .await
-        .expect("FailNextCopy");
+    fail_next_copy(&app, doomed_disk).await;
 
     let doomed = create(&app, doomed_disk).await;
     let spared = create(&app, other_disk).await;
-    // Halfway through a 160 s copy: 79 s in, copying; 81 s in, failed.
-    advance(&app, 79).await;
-    let halfway = describe(&app, &doomed).await.expect("the doomed snapshot");
-    assert_eq!(halfway.status(), pb::SnapshotStatus::Progressing);
-    assert_eq!(halfway.progress, 49);
-    advance(&app, 2).await;
+    // A 160 s copy fails at 80 s: 60 s in (and however long this machine took), copying.
+    advance(&app, 60).await;
+    let copying = describe(&app, &doomed).await.expect("the doomed snapshot");
+    assert_eq!(copying.status(), pb::SnapshotStatus::Progressing);
+    assert!((37..=49).contains(&copying.progress), "{copying:?}");
+    // Armed again while its pick copies: the pick still fails.
+    fail_next_copy(&app, doomed_disk).await;
+    advance(&app, 20).await;
     wait_for_status(&app, &doomed, pb::SnapshotStatus::Failed).await;
     assert_eq!(
         describe(&app, &spared).await.unwrap().status(),
@@ -186,11 +192,15 @@ async fn fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk
         "another disk's copy goes on"
     );
 
-    // The disk is free again; its next snapshot is not doomed; the failed one can be deleted.
+    // The disk is free again; its next snapshot is the second call's, the one after that is
+    // not doomed; a failed one can be deleted.
+    let second_doomed = create(&app, doomed_disk).await;
+    advance(&app, 3600).await;
+    wait_for_status(&app, &second_doomed, pb::SnapshotStatus::Failed).await;
+    wait_for_status(&app, &spared, pb::SnapshotStatus::Accomplished).await;
     let next = create(&app, doomed_disk).await;
     advance(&app, 3600).await;
     wait_for_status(&app, &next, pb::SnapshotStatus::Accomplished).await;
-    wait_for_status(&app, &spared, pb::SnapshotStatus::Accomplished).await;
     app.snapshots()
         .delete_snapshot(as_account(
             ACCOUNT,
@@ -222,22 +232,39 @@ async fn a_copy_slows_stalls_and_resumes_at_the_rate_set(backend: Backend) {
         }
     };
     let snapshot_id = create(&app, disk).await;
-    // 40 s at 256 MiB/s: a quarter. Then stalled: still a quarter an hour later.
+    // 40 s at 256 MiB/s: a quarter (more, by however long this machine takes). Then stalled:
+    // where it stopped, an hour later.
     advance(&app, 40).await;
     set_rate(0).await;
+    let stopped = describe(&app, &snapshot_id).await.unwrap().progress;
+    assert!((25..=40).contains(&stopped), "{stopped}%");
     advance(&app, 3600).await;
     let stalled = describe(&app, &snapshot_id).await.unwrap();
     assert_eq!(stalled.status(), pb::SnapshotStatus::Progressing);
-    assert_eq!(stalled.progress, 25, "{stalled:?}");
-    // 1 MiB/s for 10 s adds 10 MiB (0.02 %): still 25 %.
+    assert_eq!(stalled.progress, stopped, "{stalled:?}");
+    assert_eq!(stalled.remain_time_seconds, 3600, "{stalled:?}");
+    // 1 MiB/s for 10 s adds 10 MiB (0.02 %): where it was.
     set_rate(1).await;
     advance(&app, 10).await;
-    assert_eq!(describe(&app, &snapshot_id).await.unwrap().progress, 25);
+    assert_eq!(
+        describe(&app, &snapshot_id).await.unwrap().progress,
+        stopped
+    );
     // Fast again: the worker finishes it at once, without the clock moving.
     set_rate(1024 * 1024).await;
     wait_for_status(&app, &snapshot_id, pb::SnapshotStatus::Accomplished).await;
     app.assert_invariants().await;
 }
+
+/// A call's name, what it answered, and the error it should have been.
+type Case = (
+    &'static str,
+    Result<(), tonic::Status>,
+    Code,
+    &'static str,
+    &'static str,
+    Detail,
+);
 
 async fn a_bad_request_is_refused_and_changes_nothing(backend: Backend) {
     let app = spawn_simulated(backend).await;
@@ -264,7 +291,7 @@ async fn a_bad_request_is_refused_and_changes_nothing(backend: Backend) {
         disk_id: disk_id.into(),
         mibps,
     };
-    let cases: [(&str, Result<(), tonic::Status>, Code, &str, &str, Detail); 8] = [
+    let cases: [Case; 8] = [
         (
             "no disk",
             client.fail_next_copy(as_admin(fail(""))).await.map(drop),
@@ -410,10 +437,22 @@ async fn list_services(app: &TestApp) -> Vec<String> {
     }
 }
 
-/// What one replica sets, the other acts on: its clock, a doomed copy it created, a rate.
+/// What one replica sets, the other acts on: its clock, a doomed copy it created, a rate. The
+/// first replica's worker sleeps, so the second's finishes the copies, with what it read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_postgres_share_what_the_controls_set() {
-    let first = spawn_simulated(Backend::Postgres).await;
+    let first = spawn_app_with(
+        Backend::Postgres,
+        Options {
+            configure: Box::new(|config| {
+                config.simulation_controls = true;
+                config.worker_interval = Duration::from_secs(24 * 3600);
+            }),
+            real_time: true,
+            ..Options::default()
+        },
+    )
+    .await;
     let second = spawn_replica(&first, simulated()).await;
     first.seed(&world(ACCOUNT, 2)).await;
     let (doomed_disk, stalled_disk) = ("d-acct-sim-0", "d-acct-sim-1");
@@ -452,7 +491,17 @@ async fn two_replicas_on_one_postgres_share_what_the_controls_set() {
     advance(&first, 3600).await;
     let snapshot = describe(&second, &stalled).await.unwrap();
     assert_eq!(snapshot.status(), pb::SnapshotStatus::Progressing);
-    assert!(snapshot.progress < 5, "stalled at once: {snapshot:?}");
+    assert!(snapshot.progress < 10, "stalled at once: {snapshot:?}");
+    // Fast again on the first: the second's worker finishes it, though it had dated it by the
+    // stall.
+    simulation(&first)
+        .set_copy_rate(as_admin(pb::SetCopyRateRequest {
+            disk_id: stalled_disk.into(),
+            mibps: 1024 * 1024,
+        }))
+        .await
+        .expect("SetCopyRate on the first");
+    wait_for_status(&second, &stalled, pb::SnapshotStatus::Accomplished).await;
     second.assert_invariants().await;
     second.stop().await;
 }
