@@ -56,6 +56,7 @@ fi
 spawn() {
   local pidfile=$1
   shift
+  # shellcheck disable=SC2016 # $$ and "$@" are the inner shell's
   setsid bash -c 'echo $$ > "$1"; shift; exec "$@"' _ "$pidfile" "$@" &
 }
 
