@@ -103,20 +103,6 @@ for _ in $(seq 1 100); do
 done
 SNAPSHOTD_LISTEN=127.0.0.1:$DRILL_PORT "$SNAPSHOTD_BIN" health >/dev/null || { say "the server never got ready"; exit 1; }
 
-# Readiness, sampled every 250 ms: its changes, with the time since the load started.
-t0=$(now)
-(
-  last=""
-  while :; do
-    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT/readyz" || true)
-    if [ "$code" != "$last" ]; then
-      printf '%s %s\n' "$(since "$t0")" "$code" >>"$RUN_DIR/readiness"
-      last=$code
-    fi
-    sleep 0.25
-  done
-) &
-watch_pid=$!
 
 say "load: $CONCURRENCY in flight, $RATE calls/s, $DURATION at least; killing the leader ($MODE) after ${KILL_AFTER} s"
 "$DRILL_BIN" --target "http://127.0.0.1:$DRILL_PORT" --admin-token "$ADMIN_TOKEN" \
@@ -130,6 +116,19 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 t0=$(now)
+# Readiness, sampled every 250 ms: its changes, with the time since the load started.
+(
+  last=""
+  while :; do
+    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT/readyz" || true)
+    if [ "$code" != "$last" ]; then
+      printf '%s %s\n' "$(since "$t0")" "$code" >>"$RUN_DIR/readiness"
+      last=$code
+    fi
+    sleep 0.25
+  done
+) &
+watch_pid=$!
 sleep "$KILL_AFTER"
 
 old=$("$HA" leader) || { say "no leader to kill"; exit 1; }
@@ -170,7 +169,8 @@ recovered=yes
 kill -0 "$server_pid" 2>/dev/null || recovered="no: the server exited"
 echo "readiness (s into the load → /readyz): $(tr '\n' ' ' <"$RUN_DIR/readiness")"
 echo "server restarts: none ($recovered)"
-echo "logged at ERROR: $(grep -c '"level":"ERROR"' "$RUN_DIR/snapshotd.log" || true); distinct messages: $(grep '"level":"ERROR"' "$RUN_DIR/snapshotd.log" | grep -o '"cause":"[^"]\{0,90\}' | sort | uniq -c | sort -rn | head -3 | tr -s ' ' | tr '\n' ';' || true)"
+echo "server log lines at ERROR, by message:"
+grep '"level":"ERROR"' "$RUN_DIR/snapshotd.log" | grep -o '"message":"[^"]*"' | sort | uniq -c | sort -rn | head -5 || true
 
 check_status=0
 DATABASE_URL=$URL "$SNAPSHOTD_BIN" check >"$RUN_DIR/check.out" 2>&1 || check_status=$?

@@ -293,7 +293,8 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(5)).await;
             return;
         };
-        let naming = &self.shared.naming;
+        let shared = Arc::clone(&self.shared);
+        let naming = &shared.naming;
         let account = naming.owner_of_disk(disk);
         let token = format!(
             "drill-{}-{}",
@@ -706,11 +707,16 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             .filter(|(_, (ok, failed))| *failed > 0 || *ok == 0)
             .flat_map(|(second, _)| second.saturating_sub(1)..=second + 1)
             .collect();
-        let line: Vec<String> = tally
-            .per_second
-            .iter()
-            .filter(|(second, _)| worst.contains(second))
-            .map(|(second, (ok, failed))| format!("{second}s:{ok}/{failed}"))
+        // Seconds in which no attempt ended (every worker waiting on a call) count as 0/0.
+        let last = load_end_ms / 1000;
+        let line: Vec<String> = (0..=last)
+            .filter(|second| {
+                worst.contains(second) || !tally.per_second.contains_key(second)
+            })
+            .map(|second| {
+                let (ok, failed) = tally.per_second.get(&second).copied().unwrap_or_default();
+                format!("{second}s:{ok}/{failed}")
+            })
             .collect();
         println!(
             "timeline (second: creates acknowledged/attempts failed, around failures): {}",
