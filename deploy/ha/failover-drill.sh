@@ -115,6 +115,11 @@ for _ in $(seq 1 600); do
   kill -0 "$drill_pid" 2>/dev/null || break
   sleep 0.1
 done
+if ! grep -q 'load started' "$RUN_DIR/drill.err" 2>/dev/null; then
+  say "the drill did not start its load:"
+  tail -5 "$RUN_DIR/drill.err" >&2
+  exit 1
+fi
 t0=$(now)
 # Readiness, sampled every 250 ms: its changes, with the time since the load started.
 (

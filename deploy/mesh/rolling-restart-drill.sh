@@ -13,9 +13,9 @@
 #
 # Environment: DATABASE_HOST (127.0.0.1), DATABASE_PORT (5432), DATABASE_USER (postgres): the
 # PostgreSQL the replicas share (a fresh database is made on it); CONCURRENCY (16), RATE (300
-# calls/s), DESCRIBE_PERCENT (50), WARMUP (5 s before the first restart), PAUSE (3 s between
-# restarts), SHUTDOWN_GRACE (20s), SNAPSHOTD_BIN, DRILL_BIN (default: the release builds of
-# this checkout, built if needed), NGINX (nginx), SERVER_ARGS (extra server flags),
+# calls/s; 0: as fast as they go), DESCRIBE_PERCENT (50), WARMUP (5 s before the first
+# restart), PAUSE (3 s between restarts), ROUNDS (1: each replica restarted once), SHUTDOWN_GRACE (20s), SNAPSHOTD_BIN, DRILL_BIN (default: the release builds of
+# this checkout, built if needed), NGINX (nginx), NGINX_CONF, SERVER_ARGS (extra server flags),
 # SNAPSHOTD_MESH_DIR (state and logs; default: a new directory under the system temp dir).
 set -euo pipefail
 
@@ -29,10 +29,17 @@ RATE=${RATE:-300}
 DESCRIBE_PERCENT=${DESCRIBE_PERCENT:-50}
 WARMUP=${WARMUP:-5}
 PAUSE=${PAUSE:-3}
+ROUNDS=${ROUNDS:-1}
+# KILL: SIGKILL instead of SIGTERM (a crash, not a drain: calls in flight on it are cut).
+SIGNAL=${SIGNAL:-TERM}
 SHUTDOWN_GRACE=${SHUTDOWN_GRACE:-20s}
+# Three replicas share the database's max_connections (100 by default) with whatever else uses it.
+DB_MAX_CONNECTIONS=${DB_MAX_CONNECTIONS:-16}
 SNAPSHOTD_BIN=${SNAPSHOTD_BIN:-$ROOT/target/release/snapshotd}
 DRILL_BIN=${DRILL_BIN:-$ROOT/target/release/drill}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+# Another nginx configuration to try (same ports and relative paths as deploy/mesh/nginx.conf).
+NGINX_CONF=$(realpath "${NGINX_CONF:-$HERE/nginx.conf}")
 PSQL=${PSQL:-$(command -v psql || echo /usr/lib/postgresql/15/bin/psql)}
 ADMIN_TOKEN=drill-admin-token
 # The ports of deploy/mesh/nginx.conf.
@@ -67,7 +74,7 @@ cleanup() {
     if [ -n "$pid" ]; then wait "$pid" 2>/dev/null || true; fi
   done
   if [ "$nginx_started" = 1 ]; then
-    "$NGINX" -p "$STATE" -e stderr -c "$HERE/nginx.conf" -s quit 2>/dev/null || true
+    "$NGINX" -p "$STATE" -e stderr -c "$NGINX_CONF" -s quit 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
@@ -83,7 +90,7 @@ start_replica() {
     "$SNAPSHOTD_BIN" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$((9481 + index))" \
     --ecs-listen off --log-format json --copy-rate-mibps 1000000 --worker-interval 100ms \
     --max-concurrent-requests 1024 --max-concurrent-requests-per-peer 1024 \
-    --shutdown-grace "$SHUTDOWN_GRACE" ${SERVER_ARGS:-} >>"$STATE/replica$index.log" 2>&1 &
+    --shutdown-grace "$SHUTDOWN_GRACE" --db-max-connections "$DB_MAX_CONNECTIONS" ${SERVER_ARGS:-} >>"$STATE/replica$index.log" 2>&1 &
   pids[index]=$!
 }
 
@@ -106,8 +113,8 @@ for index in 1 2; do
   wait_ready "$index" || { say "replica $index never got ready"; exit 1; }
 done
 
-"$NGINX" -p "$STATE" -e stderr -c "$HERE/nginx.conf" -t -q
-"$NGINX" -p "$STATE" -e stderr -c "$HERE/nginx.conf"
+"$NGINX" -p "$STATE" -e stderr -c "$NGINX_CONF" -t -q
+"$NGINX" -p "$STATE" -e stderr -c "$NGINX_CONF"
 nginx_started=1
 say "nginx on $FRONT in front of 127.0.0.1:${REPLICA_PORTS[0]}-${REPLICA_PORTS[2]}"
 
@@ -125,14 +132,19 @@ for _ in $(seq 1 600); do
   kill -0 "$drill_pid" 2>/dev/null || break
   sleep 0.1
 done
+if ! grep -q 'load started' "$STATE/drill.err" 2>/dev/null; then
+  say "the drill did not start its load:"
+  tail -5 "$STATE/drill.err" >&2
+  exit 1
+fi
 t0=$(now)
 sleep "$WARMUP"
 
-for index in 0 1 2; do
+for index in $(for _ in $(seq 1 "$ROUNDS"); do echo 0 1 2; done); do
   pid=${pids[$index]}
   stopping=$(now)
-  say "$(since "$t0") s: SIGTERM to replica $index (pid $pid, port ${REPLICA_PORTS[$index]})"
-  kill -TERM "$pid"
+  say "$(since "$t0") s: SIG$SIGNAL to replica $index (pid $pid, port ${REPLICA_PORTS[$index]})"
+  kill "-$SIGNAL" "$pid"
   status=0
   wait "$pid" || status=$?
   drained=$(since "$stopping")
@@ -152,6 +164,7 @@ if [ "$drill_status" = 1 ]; then
   tail -5 "$STATE/drill.err" >&2
   exit 1
 fi
-echo "nginx: upstream answers other than 200 in the access log: $(awk '$5 != "upstream_status=200" && $5 != "upstream_status=200," {n++} END {print n+0}' "$STATE/logs/access.log"); error log lines: $(wc -l <"$STATE/logs/error.log")"
+log=$STATE/logs/access.log
+echo "nginx: calls sent on to another replica $(grep -c 'upstream_status=[^ ]*, ' "$log" || true), calls no replica answered $(grep -vc 'upstream_status=\([0-9]*, \)*200 ' "$log" || true), error log lines $(wc -l <"$STATE/logs/error.log")"
 tail -1 "$STATE/drill.out"
 [ "$drill_status" = 0 ]

@@ -597,7 +597,9 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         "drill: setting up {} accounts and {} disks (run {}) at {}",
         naming.accounts, naming.disks, naming.run_id, args.target
     );
-    setup::inventory(&channels[0], &args.admin_token, &naming).await?;
+    // The inventory calls are upserts: run the whole setup again on a passing failure (a busy
+    // database, a replica restarting).
+    with_retries(|| setup::inventory(&channels[0], &args.admin_token, &naming)).await?;
 
     let shared = Arc::new(Shared {
         free_at_ms: (0..naming.disks).map(|_| AtomicU64::new(0)).collect(),
