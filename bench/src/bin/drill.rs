@@ -118,7 +118,11 @@ struct Args {
 fn answer_of(status: &Status) -> String {
     match status.get_error_details().error_info() {
         Some(info) => format!("{:?} {}", status.code(), info.reason),
-        None => format!("{:?} (no ErrorInfo: {})", status.code(), short(status.message())),
+        None => format!(
+            "{:?} (no ErrorInfo: {})",
+            status.code(),
+            short(status.message())
+        ),
     }
 }
 
@@ -613,12 +617,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         abandoned: Mutex::new(Vec::new()),
     });
     let concurrency = args.concurrency.max(1);
-    let period = (args.rate > 0).then(|| {
-        Duration::from_secs_f64(concurrency as f64 / f64::from(args.rate))
-    });
+    let period =
+        (args.rate > 0).then(|| Duration::from_secs_f64(concurrency as f64 / f64::from(args.rate)));
     eprintln!(
         "drill: load started: {concurrency} in flight, {} calls/s, {} % describe, at least {}",
-        if args.rate > 0 { args.rate.to_string() } else { "unpaced".to_owned() },
+        if args.rate > 0 {
+            args.rate.to_string()
+        } else {
+            "unpaced".to_owned()
+        },
         args.describe_percent,
         humantime::format_duration(args.duration)
     );
@@ -660,7 +667,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let acks = std::mem::take(&mut *shared.acks.lock().expect("not poisoned"));
     let abandoned = std::mem::take(&mut *shared.abandoned.lock().expect("not poisoned"));
 
-    eprintln!("drill: load over; verifying {} acknowledged creates", acks.len());
+    eprintln!(
+        "drill: load over; verifying {} acknowledged creates",
+        acks.len()
+    );
     let verdict = verify(&channels[0], &shared.naming, &acks, args.call_timeout).await?;
 
     // The report.
@@ -712,9 +722,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         // Seconds in which no attempt ended (every worker waiting on a call) count as 0/0.
         let last = load_end_ms / 1000;
         let line: Vec<String> = (0..=last)
-            .filter(|second| {
-                worst.contains(second) || !tally.per_second.contains_key(second)
-            })
+            .filter(|second| worst.contains(second) || !tally.per_second.contains_key(second))
             .map(|second| {
                 let (ok, failed) = tally.per_second.get(&second).copied().unwrap_or_default();
                 format!("{second}s:{ok}/{failed}")
@@ -722,7 +730,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             .collect();
         println!(
             "timeline (second: creates acknowledged/attempts failed, around failures): {}",
-            if line.is_empty() { "no failures".to_owned() } else { line.join(" ") }
+            if line.is_empty() {
+                "no failures".to_owned()
+            } else {
+                line.join(" ")
+            }
         );
     }
     println!(
