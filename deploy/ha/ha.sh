@@ -37,6 +37,10 @@ HA_STATS_PORT=${HA_STATS_PORT:-8440}
 HA_TTL=${HA_TTL:-10}
 HA_LOOP_WAIT=${HA_LOOP_WAIT:-2}
 HA_RETRY_TIMEOUT=${HA_RETRY_TIMEOUT:-4}
+# pg_rewind lets a lost leader rejoin as a standby without a new base backup; with it on, Patroni
+# runs crash recovery in single-user mode before restarting a crashed primary in place (slower).
+# Off: a diverged old leader is cloned again instead. Read at bootstrap only (destroy, start).
+HA_USE_PG_REWIND=${HA_USE_PG_REWIND:-true}
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || dirname "$(command -v initdb)")}
 NODES=(node1 node2)
 SCOPE=snapshotd-ha
@@ -129,7 +133,8 @@ bootstrap:
     synchronous_mode: true
     synchronous_mode_strict: false
     postgresql:
-      use_pg_rewind: true
+      use_pg_rewind: $HA_USE_PG_REWIND
+      remove_data_directory_on_diverged_timelines: true
       use_slots: true
       parameters:
         max_connections: 200
