@@ -775,3 +775,56 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     Ok(lost == 0 && duplicated == 0 && abandoned.is_empty() && verdict.wrong_disk == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_stretch_counts_from_the_start_and_to_the_end_of_the_load() {
+        let cases: [(&[u64], u64, (u64, u64, u64)); 4] = [
+            (&[100, 200, 5_000, 5_100], 6_000, (4_800, 200, 5_000)),
+            (&[3_000, 3_100], 3_500, (3_000, 0, 3_000)),
+            (&[100, 200], 9_000, (8_800, 200, 9_000)),
+            (&[], 1_000, (1_000, 0, 1_000)),
+        ];
+        for (acks, end, expected) in cases {
+            let mut acks = acks.to_vec();
+            acks.reverse();
+            assert_eq!(longest_gap(&mut acks, 0, end), expected, "{acks:?}");
+        }
+    }
+
+    #[test]
+    fn a_call_is_retried_on_the_answers_the_docs_call_retryable_and_not_on_a_refusal() {
+        let retried = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Cancelled,
+            Code::Unknown,
+        ];
+        for code in retried {
+            assert!(
+                retry_after(&Status::new(code, "x"), false).is_some(),
+                "{code:?}"
+            );
+        }
+        let refused = [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+        ];
+        for code in refused {
+            assert!(
+                retry_after(&Status::new(code, "x"), true).is_none(),
+                "{code:?}"
+            );
+        }
+        let internal = Status::new(Code::Internal, "x");
+        assert!(retry_after(&internal, false).is_none());
+        assert!(retry_after(&internal, true).is_some());
+    }
+}
