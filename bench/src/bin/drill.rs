@@ -559,8 +559,11 @@ async fn verify(
     })
 }
 
-/// The longest stretch, in ms, with no acknowledged create, between `start` and `end`.
-fn longest_gap(ok_at_ms: &mut [u64], start: u64, end: u64) -> (u64, u64, u64) {
+/// A stretch of the run, in ms: (length, from, to).
+type Stretch = (u64, u64, u64);
+
+/// The longest stretch with no acknowledged create, between `start` and `end`.
+fn longest_gap(ok_at_ms: &mut [u64], start: u64, end: u64) -> Stretch {
     ok_at_ms.sort_unstable();
     let mut best = (0, start, start);
     let mut previous = start;
@@ -782,7 +785,7 @@ mod tests {
 
     #[test]
     fn the_longest_stretch_counts_from_the_start_and_to_the_end_of_the_load() {
-        let cases: [(&[u64], u64, (u64, u64, u64)); 4] = [
+        let cases: [(&[u64], u64, Stretch); 4] = [
             (&[100, 200, 5_000, 5_100], 6_000, (4_800, 200, 5_000)),
             (&[3_000, 3_100], 3_500, (3_000, 0, 3_000)),
             (&[100, 200], 9_000, (8_800, 200, 9_000)),
