@@ -80,7 +80,7 @@ cleanup() {
     wait "$server_pid" 2>/dev/null || true
   fi
   if [ "$started_ha" = 1 ] && [ -z "${KEEP_HA:-}" ]; then
-    "$HA" stop || true
+    "$HA" stop >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
