@@ -16,7 +16,8 @@
 # calls/s; 0: as fast as they go), DESCRIBE_PERCENT (50), WARMUP (5 s before the first
 # restart), PAUSE (3 s between restarts), ROUNDS (1: each replica restarted once), SHUTDOWN_GRACE (20s), SNAPSHOTD_BIN, DRILL_BIN (default: the release builds of
 # this checkout, built if needed), NGINX (nginx), NGINX_CONF, SERVER_ARGS (extra server flags),
-# SNAPSHOTD_MESH_DIR (state and logs; default: a new directory under the system temp dir).
+# SNAPSHOTD_MESH_DIR (state and logs; default: a new directory under the system temp dir),
+# KEEP_DB=1 to keep the database (dropped at the end otherwise).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -64,6 +65,7 @@ DB="mesh_$(date +%s)_$$"
 URL="postgres://$DATABASE_USER@$DATABASE_HOST:$DATABASE_PORT/$DB"
 declare -a pids=()
 nginx_started=0
+db_created=0
 cleanup() {
   for pid in "${pids[@]}"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
@@ -76,10 +78,15 @@ cleanup() {
   if [ "$nginx_started" = 1 ]; then
     "$NGINX" -p "$STATE" -e stderr -c "$NGINX_CONF" -s quit 2>/dev/null || true
   fi
+  if [ "$db_created" = 1 ] && [ -z "${KEEP_DB:-}" ]; then
+    "$PSQL" -X -q -h "$DATABASE_HOST" -p "$DATABASE_PORT" -U "$DATABASE_USER" -d postgres \
+      -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 
 "$PSQL" -X -q -h "$DATABASE_HOST" -p "$DATABASE_PORT" -U "$DATABASE_USER" -d postgres -c "CREATE DATABASE $DB"
+db_created=1
 say "database $DB on $DATABASE_HOST:$DATABASE_PORT; state and logs in $STATE"
 
 # Replica i: gRPC on REPLICA_PORTS[i], metrics on 948(i+1).
