@@ -12,19 +12,18 @@
 //! signed with an access key per account (put through the InventoryService with the rest of
 //! the inventory, which is always set up over gRPC).
 
-mod ecs_client;
 mod limit;
 mod pgbench;
 mod report;
 mod scenario;
 mod server_stats;
-mod setup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use snapshotd_bench::{ecs_client, setup};
 use tonic::transport::Channel;
 
 use crate::ecs_client::EcsClient;
