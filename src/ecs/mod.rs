@@ -35,7 +35,8 @@ use render::Format;
 use crate::admission::{Shares, default_share, peer_of};
 use crate::answer::{Answer, Detail};
 use crate::domain::ParseError;
-use crate::service::{NONCE_WINDOW, Service};
+use crate::domain::AccessKey;
+use crate::service::{NONCE_WINDOW, NonceSpend, Service};
 use crate::telemetry::metric;
 use crate::throttle::Throttle;
 
@@ -371,22 +372,59 @@ impl EcsEdge {
         notes.account_id = Some(key.account_id.clone());
         self.check_timestamp(signed.timestamp)?;
         let string_to_sign = signed.string_to_sign(parts.method.as_str(), &parts, &params, &body);
-        if !signed.matches(&key.access_key_secret, &string_to_sign) {
-            return Err(EcsError::SignatureMismatch { string_to_sign });
-        }
-        // After the signature, so nobody can spend another account's budget with its key id
-        // alone; before the nonce, so a throttled request writes nothing.
-        if let Some(throttle) = &self.throttle {
-            throttle.admit(&key.account_id)?;
-        }
-        if !self
-            .service
-            .spend_nonce(&key.access_key_id, signed.nonce)
-            .await?
-        {
-            return Err(EcsError::NonceUsed);
-        }
+        let key = self.authenticate(&signed, key, string_to_sign).await?;
         actions::run(&self.service, action, &key.account_id, &params).await
+    }
+
+    /// Verifies the signature with `key` (as cached), throttles its account and spends the
+    /// nonce; the key the request was verified with.
+    ///
+    /// A cached key can be older than the stored one (its secret rotated since, maybe on
+    /// another replica): a signature it does not verify, or a nonce the database would not
+    /// spend with it ([`NonceSpend::KeyChanged`]), is tried once more with the stored key.
+    async fn authenticate(
+        &self,
+        signed: &Signed<'_>,
+        mut key: Arc<AccessKey>,
+        string_to_sign: String,
+    ) -> Result<Arc<AccessKey>, EcsError> {
+        let mut stored = false;
+        let mut throttled = false;
+        loop {
+            if !signed.matches(&key.access_key_secret, &string_to_sign) {
+                if stored {
+                    return Err(EcsError::SignatureMismatch { string_to_sign });
+                }
+                key = self.stored_key(signed).await?;
+                stored = true;
+                continue;
+            }
+            // After the signature, so nobody can spend another account's budget with its key
+            // id alone; before the nonce, so a throttled request writes nothing.
+            if !throttled && let Some(throttle) = &self.throttle {
+                throttle.admit(&key.account_id)?;
+            }
+            throttled = true;
+            match self.service.spend_nonce(&key, signed.nonce).await? {
+                NonceSpend::Spent => return Ok(key),
+                NonceSpend::Replayed => return Err(EcsError::NonceUsed),
+                NonceSpend::KeyChanged if !stored => {
+                    key = self.stored_key(signed).await?;
+                    stored = true;
+                }
+                // Rotated again meanwhile: the secret signed with is not the key's.
+                NonceSpend::KeyChanged => {
+                    return Err(EcsError::SignatureMismatch { string_to_sign });
+                }
+            }
+        }
+    }
+
+    async fn stored_key(&self, signed: &Signed<'_>) -> Result<Arc<AccessKey>, EcsError> {
+        self.service
+            .stored_access_key(signed.access_key_id)
+            .await?
+            .ok_or_else(|| EcsError::UnknownAccessKey(signed.access_key_id.to_owned()))
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, EcsError> {
