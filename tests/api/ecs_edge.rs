@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::create_snapshot::RefusingBackend;
 use crate::ecs_client::{EcsAnswer, EcsClient, encode};
-use crate::helpers::{Backend, Options, TestApp, as_account, as_admin, spawn_app_with};
+use crate::helpers::{
+    Backend, Options, TestApp, as_account, as_admin, spawn_app_with, spawn_replica,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -1029,6 +1031,59 @@ async fn access_keys_name_one_account_and_never_return_their_secret(backend: Bac
     let new = EcsClient::new(ecs_addr(&app), "LTAInew", "the-rotated-secret-2")
         .call("DescribeSnapshots", &[], now)
         .await;
+    assert_eq!(new.status, 200, "{}", new.text);
+}
+
+/// Keys are cached per server: a secret rotated through one replica stops working at once on
+/// another that has the key cached (the nonce is spent only with the stored secret), and
+/// the new secret works there at once; the refused request spends no nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_secret_stops_working_at_once_on_every_replica() {
+    let first = spawn_ecs(Backend::Postgres, |_| {}).await;
+    let second = spawn_replica(
+        &first,
+        Options {
+            configure: Box::new(|config| {
+                config.ecs_listen = ListenOrOff::At(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    let put = |key_id: &str, secret: &str| {
+        let request = pb::PutAccessKeyRequest {
+            access_key: Some(pb::AccessKey {
+                access_key_id: key_id.into(),
+                access_key_secret: secret.into(),
+                account_id: "acct-demo".into(),
+            }),
+        };
+        let mut inventory = first.inventory();
+        async move { inventory.put_access_key(as_admin(request)).await }
+    };
+    let describe = |key_id: &str, secret: &str| {
+        let client = EcsClient::new(ecs_addr(&second), key_id, secret);
+        let now = server_now(&second);
+        async move { client.call("DescribeSnapshots", &[], now).await }
+    };
+    // Two keys, each cached on the second replica, then rotated through the first.
+    for key_id in ["LTAIoldFirst", "LTAInewFirst"] {
+        put(key_id, "the-first-secret-1").await.expect("a new key");
+        let cached = describe(key_id, "the-first-secret-1").await;
+        assert_eq!(cached.status, 200, "{key_id}: {}", cached.text);
+        put(key_id, "the-second-secret-2").await.expect("rotation");
+    }
+
+    let nonces = first.count_rows("signature_nonces").await;
+    let old = describe("LTAIoldFirst", "the-first-secret-1").await;
+    assert_eq!(
+        ecs_code(&old),
+        ("SignatureDoesNotMatch".to_owned(), 400),
+        "{}",
+        old.text
+    );
+    assert_eq!(first.count_rows("signature_nonces").await, nonces);
+    let new = describe("LTAInewFirst", "the-second-secret-2").await;
     assert_eq!(new.status, 200, "{}", new.text);
 }
 
