@@ -30,7 +30,8 @@ admin_url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 token=bench-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked --workspace --bins -q
+# BUILD=0: measure the binaries as they are (while another cargo holds target/).
+[ "${BUILD:-1}" = 0 ] || cargo build --release --locked --workspace --bins -q
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -47,10 +47,24 @@ pub const API_VERSION: &str = "2014-05-26";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body must arrive within this time of the headers.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+// The edge's own limits on a request's head, answered with ECS's error body. hyper writes
+// its own refusals (414, 431, 400 on a head it cannot parse) itself, with an empty body and
+// no hook to change it, so its limits are set above these: it refuses alone only a head over
+// MAX_READ_BUFFER or with more than HYPER_MAX_HEADERS lines (docs/ecs.md).
+
 /// Headers together (names and values); more is answered 431. SDKs send under 2 KiB.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// What hyper buffers of one connection while it reads a request's head.
+/// Header lines at most (hyper's own default); more is answered 431.
+const MAX_HEADERS: usize = 100;
+/// The request target (path and query) at most; more is answered 414. Parameters that do not
+/// fit go in a form body.
+const MAX_URI_BYTES: usize = 16 * 1024;
+/// What hyper buffers of one connection while it reads a request's head: room for a head at
+/// the edge's limits (16 + 32 KiB and the lines' framing); beyond it, hyper answers 431.
+/// Below hyper's fixed 65,534-byte URI limit, so hyper never answers 414 itself.
 const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Header lines hyper parses at most, beyond which it answers 431 itself.
+const HYPER_MAX_HEADERS: usize = 1024;
 
 /// The edge's settings and the core it calls.
 pub struct EcsEdge {
@@ -168,6 +182,7 @@ async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_READ_BUFFER)
+        .max_headers(HYPER_MAX_HEADERS)
         .serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %err, "ECS edge: connection ended");
@@ -335,6 +350,15 @@ impl EcsEdge {
         if header_bytes > MAX_HEADER_BYTES {
             return Err(EcsError::HeadersTooLarge {
                 limit: MAX_HEADER_BYTES,
+            });
+        }
+        if parts.headers.len() > MAX_HEADERS {
+            return Err(EcsError::TooManyHeaders { limit: MAX_HEADERS });
+        }
+        let target = parts.uri.path_and_query().map_or(0, |target| target.as_str().len());
+        if target > MAX_URI_BYTES {
+            return Err(EcsError::UriTooLong {
+                limit: MAX_URI_BYTES,
             });
         }
         if parts.method != Method::GET && parts.method != Method::POST {
