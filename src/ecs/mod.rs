@@ -34,8 +34,8 @@ use render::Format;
 
 use crate::admission::{Shares, default_share, peer_of};
 use crate::answer::{Answer, Detail};
-use crate::domain::ParseError;
 use crate::domain::AccessKey;
+use crate::domain::ParseError;
 use crate::service::{NONCE_WINDOW, NonceSpend, Service};
 use crate::telemetry::metric;
 use crate::throttle::Throttle;
@@ -355,7 +355,10 @@ impl EcsEdge {
         if parts.headers.len() > MAX_HEADERS {
             return Err(EcsError::TooManyHeaders { limit: MAX_HEADERS });
         }
-        let target = parts.uri.path_and_query().map_or(0, |target| target.as_str().len());
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or(0, |target| target.as_str().len());
         if target > MAX_URI_BYTES {
             return Err(EcsError::UriTooLong {
                 limit: MAX_URI_BYTES,

@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::{NONCE_WINDOW, ServiceError, StorageHealth};
 use crate::clock::Clock;
 use crate::domain::{AccessKey, later};
-use crate::store::{NonceSpend, Store};
+use crate::store::{NonceSpend, Store, StoreError};
 
 /// Nonces written in one statement at most.
 const MAX_BATCH: usize = 256;
@@ -157,6 +157,13 @@ async fn write_batch(
                     outcome => outcome,
                 };
                 let _ = queued.reply.send(Some(Ok(outcome)));
+            }
+        }
+        // An unreachable database is every request's answer (each would wait for it again).
+        Err(ServiceError::Store(StoreError::Unavailable(cause))) => {
+            for queued in batch {
+                let unreachable = StoreError::Unavailable(cause.clone());
+                let _ = queued.reply.send(Some(Err(unreachable.into())));
             }
         }
         Err(failure) if batch.len() == 1 => {

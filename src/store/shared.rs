@@ -19,7 +19,8 @@ use super::rows::{
     into_page, join_lock_reasons,
 };
 use super::{
-    BatchRead, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
+    BatchRead, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError, Transaction,
+    Violation, WorkQueue,
 };
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, ImageCursor, ImagePage,

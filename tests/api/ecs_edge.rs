@@ -1187,9 +1187,7 @@ async fn hostile_input_gets_a_clear_4xx_and_the_server_goes_on() {
         ),
         (
             "thousands of parameters in the query",
-            client
-                .http()
-                .get(format!("{base}?{}", &many[..12_000])),
+            client.http().get(format!("{base}?{}", &many[..12_000])),
             400,
             "InvalidParameter",
         ),
@@ -1203,9 +1201,10 @@ async fn hostile_input_gets_a_clear_4xx_and_the_server_goes_on() {
         ),
         (
             "more than 100 headers (hyper alone would answer 431 with no body)",
-            (0..120).fold(client.http().get(format!("{base}?{signed}")), |request, i| {
-                request.header(format!("x-extra-{i}"), "v")
-            }),
+            (0..120).fold(
+                client.http().get(format!("{base}?{signed}")),
+                |request, i| request.header(format!("x-extra-{i}"), "v"),
+            ),
             431,
             "RequestHeaderFieldsTooLarge",
         ),

@@ -312,9 +312,15 @@ impl Dialect for Postgres {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<Vec<NonceSpend>, StoreError> {
-        let key_ids: Vec<&str> = nonces.iter().map(|(key, _)| key.access_key_id.as_str()).collect();
+        let key_ids: Vec<&str> = nonces
+            .iter()
+            .map(|(key, _)| key.access_key_id.as_str())
+            .collect();
         let spent: Vec<&str> = nonces.iter().map(|(_, nonce)| *nonce).collect();
-        let accounts: Vec<&str> = nonces.iter().map(|(key, _)| key.account_id.as_str()).collect();
+        let accounts: Vec<&str> = nonces
+            .iter()
+            .map(|(key, _)| key.account_id.as_str())
+            .collect();
         let secrets: Vec<&str> = nonces
             .iter()
             .map(|(key, _)| key.access_key_secret.as_str())
