@@ -127,6 +127,12 @@ impl Service {
         spent
     }
 
+    /// Signed requests whose nonces wait for the next batch right now (tests wait on it
+    /// instead of sleeping).
+    pub fn nonce_backlog(&self) -> usize {
+        self.nonces.queued()
+    }
+
     /// The service's clock: what a signed request's timestamp is compared with.
     pub fn now(&self) -> Timestamp {
         self.clock.now()

@@ -107,6 +107,11 @@ impl NonceBatches {
         }
     }
 
+    /// Requests queued for the next batch now.
+    pub fn queued(&self) -> usize {
+        self.lock_queue().len()
+    }
+
     fn take_batch(&self) -> Vec<Queued> {
         let mut queue = self.lock_queue();
         let taken = queue.len().min(MAX_BATCH);

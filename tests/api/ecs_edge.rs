@@ -330,6 +330,70 @@ async fn one_signed_request_sent_many_times_at_once_runs_once(backend: Backend) 
     assert_eq!(app.count_rows("snapshots").await, 1);
 }
 
+/// Copies of one signed request that wait for the same nonce batch run once: the batch writes
+/// their nonce once and tells the others it was used. (The nonce lane is held busy by a batch
+/// waiting on a nonce another session is inserting, so the copies queue together.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_a_request_in_one_nonce_batch_run_once() {
+    let app = Arc::new(spawn_ecs(Backend::Postgres, |_| {}).await);
+    let client = Arc::new(client_of(&app, "acct-demo"));
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&app.db.url)
+        .await
+        .expect("connecting to the test database");
+    let mut held = other.begin().await.expect("BEGIN");
+    sqlx::query(
+        "INSERT INTO signature_nonces (access_key_id, nonce, expires_at)
+         VALUES ($1, 'held', now() + interval '1 hour')",
+    )
+    .bind(DEMO_ACCESS_KEY_ID)
+    .execute(&mut *held)
+    .await
+    .expect("holding a nonce");
+    let first = {
+        let query = client.signed_query_with("DescribeSnapshots", &[], server_now(&app), "held");
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { ecs_code(&client.get(&query).await) })
+    };
+    crate::helpers::wait_for_lock_waiters(&other, 1, "the first nonce batch, on the held nonce")
+        .await;
+
+    let query = Arc::new(client.signed_query_with(
+        "CreateSnapshot",
+        &[("DiskId", "d-demo-ok")],
+        server_now(&app),
+        "sent-eight-times",
+    ));
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, query) = (Arc::clone(&client), Arc::clone(&query));
+            tokio::spawn(async move { ecs_code(&client.get(&query).await) })
+        })
+        .collect();
+    crate::helpers::wait_until("the eight copies queue for one batch", || {
+        match app.service.nonce_backlog() {
+            8 => Ok(()),
+            queued => Err(format!("{queued} queued")),
+        }
+    })
+    .await;
+    held.rollback().await.expect("ROLLBACK");
+
+    assert_eq!(first.await.unwrap(), ("OK".to_owned(), 200));
+    let mut answers = Vec::new();
+    for copy in copies {
+        answers.push(copy.await.unwrap());
+    }
+    let ran = answers.iter().filter(|(code, _)| code == "OK").count();
+    let replays = answers
+        .iter()
+        .filter(|answer| **answer == ("SignatureNonceUsed".to_owned(), 400))
+        .count();
+    assert_eq!((ran, replays), (1, 7), "{answers:?}");
+    assert_eq!(app.count_rows("snapshots").await, 1);
+}
+
 /// A server with the ECS edge on an ephemeral port and the demo inventory (with its keys).
 pub(crate) async fn spawn_ecs(
     backend: Backend,
