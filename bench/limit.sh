@@ -11,7 +11,9 @@
 #
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
 # BACKEND (postgres|sqlite), EDGE (grpc|http: the edge the scenario's calls go through; default
-# grpc), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
+# grpc; `both`: gRPC then HTTP against the same servers and database, ROUNDS times, default 1,
+# the pgbench limit after the last), BENCH_DATABASE (default snapshotd_bench), PORT_OFFSET
+# (added to the servers' ports, 0 by default: for two benches on one machine), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
 # SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
 # measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
@@ -28,7 +30,8 @@ admin_url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 token=bench-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked --workspace --bins -q
+# BUILD=0: measure the binaries as they are (while another cargo holds target/).
+[ "${BUILD:-1}" = 0 ] || cargo build --release --locked --workspace --bins -q
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -41,7 +44,7 @@ trap cleanup EXIT
 server_url=""
 case "$backend" in
 postgres)
-    database=snapshotd_bench
+    database=${BENCH_DATABASE:-snapshotd_bench}
     psql "$admin_url" -q -v ON_ERROR_STOP=1 \
         -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
     database_url="${admin_url%/*}/$database"
@@ -98,9 +101,9 @@ targets=()
 ecs_targets=()
 pid_args=()
 for replica in $(seq 1 "$replicas"); do
-    port=$((50150 + replica))
+    port=$((50150 + ${PORT_OFFSET:-0} + replica))
     # Each replica its own ECS port too (the default, 8080, would collide between replicas).
-    ecs_port=$((8150 + replica))
+    ecs_port=$((8150 + ${PORT_OFFSET:-0} + replica))
     # Copies finish at once and the worker looks often, so `spread` can revisit disks quickly.
     env DATABASE_URL="${server_url:-$database_url}" SNAPSHOTD_ADMIN_TOKEN="$token" \
         SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_METRICS_LISTEN=off \
@@ -130,8 +133,19 @@ if [ -n "${JSON:-}" ]; then
     json_args=(--json "$JSON")
 fi
 
-echo "snapshotd ($backend${POOLER:+ through $POOLER}, $replicas replica(s), $edge edge) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
-target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
-    --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
-    --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
-    "${pid_args[@]}" "${limit_args[@]}" "${json_args[@]}"
+edges=("$edge")
+if [ "$edge" = both ]; then
+    edges=()
+    for _ in $(seq 1 "${ROUNDS:-1}"); do edges+=(grpc http); done
+fi
+for run in "${!edges[@]}"; do
+    edge=${edges[$run]}
+    # pgbench stops the servers (the bench does it): only after the last run.
+    last_args=()
+    [ "$run" = $((${#edges[@]} - 1)) ] && last_args=("${limit_args[@]}" "${json_args[@]}")
+    echo "snapshotd ($backend${POOLER:+ through $POOLER}, $replicas replica(s), $edge edge) · $(nproc) cores · $(date -u +%Y-%m-%dT%H:%MZ)"
+    target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
+        --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
+        --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
+        "${pid_args[@]}" "${last_args[@]}"
+done

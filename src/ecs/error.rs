@@ -27,6 +27,10 @@ pub enum EcsError {
     UnsupportedBody,
     #[error("the request's headers are over {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("the request has more than {limit} headers")]
+    TooManyHeaders { limit: usize },
+    #[error("the request's URI is over {limit} bytes")]
+    UriTooLong { limit: usize },
     #[error("the request body is over {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// The connection broke off in the middle of the body.
@@ -121,6 +125,21 @@ pub fn answer(err: &EcsError) -> Answer {
             "RequestHeaderFieldsTooLarge",
             431,
             format!("The request's headers are over {limit} bytes."),
+        ),
+        EcsError::TooManyHeaders { limit } => Answer::new(
+            InvalidArgument,
+            "RequestHeaderFieldsTooLarge",
+            431,
+            format!("The request has more than {limit} headers."),
+        ),
+        EcsError::UriTooLong { limit } => Answer::new(
+            InvalidArgument,
+            "RequestURITooLong",
+            414,
+            format!(
+                "The request's URI is over {limit} bytes: send the parameters in an \
+                 application/x-www-form-urlencoded body (POST)."
+            ),
         ),
         EcsError::BodyTooLarge { limit } => answer::request_too_large(*limit),
         EcsError::BodyBroken(_) => Answer::new(

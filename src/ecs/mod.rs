@@ -34,8 +34,9 @@ use render::Format;
 
 use crate::admission::{Shares, default_share, peer_of};
 use crate::answer::{Answer, Detail};
+use crate::domain::AccessKey;
 use crate::domain::ParseError;
-use crate::service::{NONCE_WINDOW, Service};
+use crate::service::{NONCE_WINDOW, NonceSpend, Service};
 use crate::telemetry::metric;
 use crate::throttle::Throttle;
 
@@ -46,10 +47,24 @@ pub const API_VERSION: &str = "2014-05-26";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body must arrive within this time of the headers.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+// The edge's own limits on a request's head, answered with ECS's error body. hyper writes
+// its own refusals (414, 431, 400 on a head it cannot parse) itself, with an empty body and
+// no hook to change it, so its limits are set above these: it refuses alone only a head over
+// MAX_READ_BUFFER or with more than HYPER_MAX_HEADERS lines (docs/ecs.md).
+
 /// Headers together (names and values); more is answered 431. SDKs send under 2 KiB.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// What hyper buffers of one connection while it reads a request's head.
+/// Header lines at most (hyper's own default); more is answered 431.
+const MAX_HEADERS: usize = 100;
+/// The request target (path and query) at most; more is answered 414. Parameters that do not
+/// fit go in a form body.
+const MAX_URI_BYTES: usize = 16 * 1024;
+/// What hyper buffers of one connection while it reads a request's head: room for a head at
+/// the edge's limits (16 + 32 KiB and the lines' framing); beyond it, hyper answers 431.
+/// Below hyper's fixed 65,534-byte URI limit, so hyper never answers 414 itself.
 const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Header lines hyper parses at most, beyond which it answers 431 itself.
+const HYPER_MAX_HEADERS: usize = 1024;
 
 /// The edge's settings and the core it calls.
 pub struct EcsEdge {
@@ -167,6 +182,7 @@ async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_READ_BUFFER)
+        .max_headers(HYPER_MAX_HEADERS)
         .serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %err, "ECS edge: connection ended");
@@ -336,6 +352,18 @@ impl EcsEdge {
                 limit: MAX_HEADER_BYTES,
             });
         }
+        if parts.headers.len() > MAX_HEADERS {
+            return Err(EcsError::TooManyHeaders { limit: MAX_HEADERS });
+        }
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or(0, |target| target.as_str().len());
+        if target > MAX_URI_BYTES {
+            return Err(EcsError::UriTooLong {
+                limit: MAX_URI_BYTES,
+            });
+        }
         if parts.method != Method::GET && parts.method != Method::POST {
             return Err(EcsError::UnsupportedMethod(parts.method.to_string()));
         }
@@ -371,22 +399,59 @@ impl EcsEdge {
         notes.account_id = Some(key.account_id.clone());
         self.check_timestamp(signed.timestamp)?;
         let string_to_sign = signed.string_to_sign(parts.method.as_str(), &parts, &params, &body);
-        if !signed.matches(&key.access_key_secret, &string_to_sign) {
-            return Err(EcsError::SignatureMismatch { string_to_sign });
-        }
-        // After the signature, so nobody can spend another account's budget with its key id
-        // alone; before the nonce, so a throttled request writes nothing.
-        if let Some(throttle) = &self.throttle {
-            throttle.admit(&key.account_id)?;
-        }
-        if !self
-            .service
-            .spend_nonce(&key.access_key_id, signed.nonce)
-            .await?
-        {
-            return Err(EcsError::NonceUsed);
-        }
+        let key = self.authenticate(&signed, key, string_to_sign).await?;
         actions::run(&self.service, action, &key.account_id, &params).await
+    }
+
+    /// Verifies the signature with `key` (as cached), throttles its account and spends the
+    /// nonce; the key the request was verified with.
+    ///
+    /// A cached key can be older than the stored one (its secret rotated since, maybe on
+    /// another replica): a signature it does not verify, or a nonce the database would not
+    /// spend with it ([`NonceSpend::KeyChanged`]), is tried once more with the stored key.
+    async fn authenticate(
+        &self,
+        signed: &Signed<'_>,
+        mut key: Arc<AccessKey>,
+        string_to_sign: String,
+    ) -> Result<Arc<AccessKey>, EcsError> {
+        let mut stored = false;
+        let mut throttled = false;
+        loop {
+            if !signed.matches(&key.access_key_secret, &string_to_sign) {
+                if stored {
+                    return Err(EcsError::SignatureMismatch { string_to_sign });
+                }
+                key = self.stored_key(signed).await?;
+                stored = true;
+                continue;
+            }
+            // After the signature, so nobody can spend another account's budget with its key
+            // id alone; before the nonce, so a throttled request writes nothing.
+            if !throttled && let Some(throttle) = &self.throttle {
+                throttle.admit(&key.account_id)?;
+            }
+            throttled = true;
+            match self.service.spend_nonce(&key, signed.nonce).await? {
+                NonceSpend::Spent => return Ok(key),
+                NonceSpend::Replayed => return Err(EcsError::NonceUsed),
+                NonceSpend::KeyChanged if !stored => {
+                    key = self.stored_key(signed).await?;
+                    stored = true;
+                }
+                // Rotated again meanwhile: the secret signed with is not the key's.
+                NonceSpend::KeyChanged => {
+                    return Err(EcsError::SignatureMismatch { string_to_sign });
+                }
+            }
+        }
+    }
+
+    async fn stored_key(&self, signed: &Signed<'_>) -> Result<Arc<AccessKey>, EcsError> {
+        self.service
+            .stored_access_key(signed.access_key_id)
+            .await?
+            .ok_or_else(|| EcsError::UnknownAccessKey(signed.access_key_id.to_owned()))
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, EcsError> {

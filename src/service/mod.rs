@@ -11,6 +11,7 @@ mod group_commit;
 mod images;
 mod inventory;
 mod modify;
+mod nonces;
 mod simulation;
 mod snapshots;
 mod tags;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use access_keys::NONCE_WINDOW;
+pub use access_keys::{KEY_CACHE_TTL, NONCE_WINDOW, NonceSpend};
 pub use group_commit::Backlog;
 pub use simulation::Simulation;
 pub use snapshots::{DescribedPage, SnapshotView};
@@ -31,7 +32,9 @@ use crate::clock::Clock;
 use crate::domain::Snapshot;
 use crate::engine::{Policy, RuleError};
 use crate::store::{Store, StoreError, Transaction, Violation};
+use access_keys::KeyCache;
 use group_commit::GroupCommit;
+use nonces::NonceBatches;
 
 /// How often a write is tried when it loses a unique-key race (a client token taken by a
 /// concurrent request); the next try sees the winner's binding.
@@ -82,6 +85,10 @@ pub struct Service {
     policy: Policy,
     group_commit: GroupCommit,
     storage: StorageHealth,
+    /// The ECS edge's access keys, read lately.
+    keys: KeyCache,
+    /// The ECS edge's signature nonces, spent in batches.
+    nonces: NonceBatches,
 }
 
 /// Calls written in one create transaction at most.
@@ -101,6 +108,7 @@ impl Service {
             storage.clone(),
             CREATE_BATCH,
         );
+        let nonces = NonceBatches::new(Arc::clone(&store), Arc::clone(&clock), storage.clone());
         Self {
             store,
             backend,
@@ -108,6 +116,8 @@ impl Service {
             policy,
             group_commit,
             storage,
+            keys: KeyCache::default(),
+            nonces,
         }
     }
 

@@ -179,6 +179,18 @@ pub enum BatchRead {
     Missing,
 }
 
+/// What spending a signed request's nonce found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceSpend {
+    /// Recorded: the request was not sent before.
+    Spent,
+    /// Used before and not expired yet: the request is a replay.
+    Replayed,
+    /// The key no longer holds the secret and account the request's signature was verified
+    /// with (its secret was rotated since they were read): nothing was recorded.
+    KeyChanged,
+}
+
 /// The persistence the service needs. One implementation per database.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -331,15 +343,14 @@ pub trait Transaction: Send {
         access_key_id: &str,
     ) -> Result<Option<AccessKey>, StoreError>;
 
-    /// Records that `nonce` was used with `access_key_id` until `expires_at`: false when it was
-    /// already used and has not expired yet (a replayed request).
-    async fn remember_nonce(
+    /// Spends each nonce with the key its request's signature was verified with, until
+    /// `expires_at`: one outcome per nonce, in order. The `(key id, nonce)` pairs are distinct.
+    async fn spend_nonces(
         &mut self,
-        access_key_id: &str,
-        nonce: &str,
+        nonces: &[(&AccessKey, &str)],
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<NonceSpend>, StoreError>;
 
     /// Drops the nonces whose window has passed.
     async fn forget_expired_nonces(&mut self, now: Timestamp) -> Result<(), StoreError>;

@@ -19,7 +19,8 @@ use super::rows::{
     into_image_page, into_page, join_lock_reasons,
 };
 use super::{
-    BatchRead, LockedRead, PoolStats, Setting, Store, StoreError, Transaction, Violation, WorkQueue,
+    BatchRead, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError, Transaction,
+    Violation, WorkQueue,
 };
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, DiskSteering, ImageCursor,
@@ -68,6 +69,14 @@ pub trait Dialect: Database + Sized {
         connection: SessionConnection<'_, Self>,
         snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// See [`Transaction::spend_nonces`].
+    fn spend_nonces(
+        connection: SessionConnection<'_, Self>,
+        nonces: &[(&AccessKey, &str)],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> impl Future<Output = Result<Vec<NonceSpend>, StoreError>> + Send;
 }
 
 /// A store on one database: its pool, and for SQLite the lock that keeps other processes off
@@ -711,30 +720,13 @@ where
         Ok(found.map(AccessKey::from))
     }
 
-    /// One statement, so two replicas that see the same nonce at once cannot both take it: the
-    /// insert wins, or takes over an expired row, or returns nothing.
-    async fn remember_nonce(
+    async fn spend_nonces(
         &mut self,
-        access_key_id: &str,
-        nonce: &str,
+        nonces: &[(&AccessKey, &str)],
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let taken: Option<(String,)> = sqlx::query_as(
-            "INSERT INTO signature_nonces (access_key_id, nonce, expires_at)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (access_key_id, nonce) DO UPDATE
-             SET expires_at = EXCLUDED.expires_at
-             WHERE signature_nonces.expires_at <= $4
-             RETURNING nonce",
-        )
-        .bind(access_key_id)
-        .bind(nonce)
-        .bind(expires_at)
-        .bind(now)
-        .fetch_optional(self.connection())
-        .await?;
-        Ok(taken.is_some())
+    ) -> Result<Vec<NonceSpend>, StoreError> {
+        DB::spend_nonces(self.connection(), nonces, now, expires_at).await
     }
 
     async fn forget_expired_nonces(&mut self, now: Timestamp) -> Result<(), StoreError> {

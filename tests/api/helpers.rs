@@ -457,31 +457,41 @@ impl DiskLock {
 
     /// Waits until `sessions` other sessions of the database wait on a lock.
     pub async fn wait_for_waiters(&self, sessions: i64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .expect("reading pg_stat_activity");
-            if waiting >= sessions {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{waiting} sessions wait on a lock {PATIENCE:?} on, not {sessions}: the \
-                 server's CreateSnapshot never waited on the disk lock"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_lock_waiters(
+            &self.pool,
+            sessions,
+            "the server's CreateSnapshot, on the disk lock",
+        )
+        .await;
     }
 
     pub async fn release(self) {
         self.tx.rollback().await.expect("ROLLBACK");
         self.pool.close().await;
+    }
+}
+
+/// Waits until `sessions` sessions of `pool`'s database other than the caller's wait on a lock
+/// (`who`: what should be waiting, for the failure's message).
+pub async fn wait_for_lock_waiters(pool: &PgPool, sessions: i64, who: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("reading pg_stat_activity");
+        if waiting >= sessions {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} sessions wait on a lock {PATIENCE:?} on, not {sessions}: {who} never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

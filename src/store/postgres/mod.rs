@@ -20,8 +20,8 @@ use sqlx::{FromRow, PgConnection, Postgres, Row};
 use super::pooler::SessionConnection;
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
-use super::{BatchRead, PoolOptions, Setting, StoreError};
-use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
+use super::{BatchRead, NonceSpend, PoolOptions, Setting, StoreError};
+use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type PgStore = SqlStore<Postgres>;
 
@@ -151,6 +151,36 @@ SET snapshot_count = d.snapshot_count + 1, progressing_snapshot_id = new.snapsho
 FROM new
 WHERE d.disk_id = new.source_disk_id";
 
+/// Spends signature nonces, each with the key its request's signature was verified with: `$1`
+/// key ids, `$2` nonces, `$3` accounts, `$4` secrets, one element per nonce (distinct pairs),
+/// `$5` the new expiry and `$6` now. A nonce is recorded only while its key still holds that
+/// secret and account (`key_current`), and only when it was never used or has expired
+/// (`spent`). One row per nonce (`n`, 1-based); inserted in key order, so that two replicas'
+/// batches wait for each other's nonces in one order and never deadlock.
+pub const SPEND_NONCES_SQL: &str = "\
+WITH asked AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+        AS a (access_key_id, nonce, account_id, access_key_secret, n)
+), current_keys AS (
+    SELECT asked.n, asked.access_key_id, asked.nonce
+    FROM asked
+    JOIN access_keys k ON k.access_key_id = asked.access_key_id
+        AND k.account_id = asked.account_id
+        AND k.access_key_secret = asked.access_key_secret
+), spent AS (
+    INSERT INTO signature_nonces (access_key_id, nonce, expires_at)
+    SELECT access_key_id, nonce, $5 FROM current_keys ORDER BY access_key_id, nonce
+    ON CONFLICT (access_key_id, nonce) DO UPDATE
+    SET expires_at = EXCLUDED.expires_at
+    WHERE signature_nonces.expires_at <= $6
+    RETURNING access_key_id, nonce
+)
+SELECT asked.n, current_keys.n IS NOT NULL AS key_current, spent.nonce IS NOT NULL AS spent
+FROM asked
+LEFT JOIN current_keys ON current_keys.n = asked.n
+LEFT JOIN spent ON spent.access_key_id = asked.access_key_id AND spent.nonce = asked.nonce
+ORDER BY asked.n";
+
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
     /// The database's commit rate peaks with few transactions in flight (pgbench here: at 8
@@ -274,6 +304,51 @@ impl Dialect for Postgres {
             .execute(connection)
             .await?;
         Ok(())
+    }
+
+    async fn spend_nonces(
+        connection: SessionConnection<'_, Postgres>,
+        nonces: &[(&AccessKey, &str)],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<Vec<NonceSpend>, StoreError> {
+        let key_ids: Vec<&str> = nonces
+            .iter()
+            .map(|(key, _)| key.access_key_id.as_str())
+            .collect();
+        let spent: Vec<&str> = nonces.iter().map(|(_, nonce)| *nonce).collect();
+        let accounts: Vec<&str> = nonces
+            .iter()
+            .map(|(key, _)| key.account_id.as_str())
+            .collect();
+        let secrets: Vec<&str> = nonces
+            .iter()
+            .map(|(key, _)| key.access_key_secret.as_str())
+            .collect();
+        let rows: Vec<(i64, bool, bool)> = sqlx::query_as(SPEND_NONCES_SQL)
+            .bind(key_ids)
+            .bind(spent)
+            .bind(accounts)
+            .bind(secrets)
+            .bind(expires_at)
+            .bind(now)
+            .fetch_all(connection)
+            .await?;
+        if rows.len() != nonces.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} nonces spent, {} answered",
+                nonces.len(),
+                rows.len()
+            )));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(_, key_current, spent)| match (key_current, spent) {
+                (false, _) => NonceSpend::KeyChanged,
+                (true, true) => NonceSpend::Spent,
+                (true, false) => NonceSpend::Replayed,
+            })
+            .collect())
     }
 }
 

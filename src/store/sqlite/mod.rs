@@ -16,8 +16,8 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::pooler::SessionConnection;
 use super::shared::{Dialect, SqlSession, SqlStore};
-use super::{BatchRead, PoolOptions, Setting, StoreError, Transaction};
-use crate::domain::{CreateSnapshotCommand, Snapshot};
+use super::{BatchRead, NonceSpend, PoolOptions, Setting, StoreError, Transaction};
+use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
@@ -159,6 +159,53 @@ impl Dialect for Sqlite {
             insert_snapshot(connection, snapshot, command).await?;
         }
         Ok(())
+    }
+
+    /// Two statements a nonce: is its key still the one verified with, then the nonce. (One
+    /// process holds the file, so nothing changes the key in between.)
+    async fn spend_nonces(
+        connection: SessionConnection<'_, Sqlite>,
+        nonces: &[(&AccessKey, &str)],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<Vec<NonceSpend>, StoreError> {
+        let connection = connection.into_inner();
+        let mut outcomes = Vec::with_capacity(nonces.len());
+        for (key, nonce) in nonces {
+            let current: Option<(i64,)> = sqlx::query_as(
+                "SELECT 1 FROM access_keys
+                 WHERE access_key_id = $1 AND account_id = $2 AND access_key_secret = $3",
+            )
+            .bind(&key.access_key_id)
+            .bind(&key.account_id)
+            .bind(&key.access_key_secret)
+            .fetch_optional(&mut *connection)
+            .await?;
+            if current.is_none() {
+                outcomes.push(NonceSpend::KeyChanged);
+                continue;
+            }
+            let taken: Option<(String,)> = sqlx::query_as(
+                "INSERT INTO signature_nonces (access_key_id, nonce, expires_at)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (access_key_id, nonce) DO UPDATE
+                 SET expires_at = EXCLUDED.expires_at
+                 WHERE signature_nonces.expires_at <= $4
+                 RETURNING nonce",
+            )
+            .bind(&key.access_key_id)
+            .bind(*nonce)
+            .bind(expires_at)
+            .bind(now)
+            .fetch_optional(&mut *connection)
+            .await?;
+            outcomes.push(if taken.is_some() {
+                NonceSpend::Spent
+            } else {
+                NonceSpend::Replayed
+            });
+        }
+        Ok(outcomes)
     }
 }
 
