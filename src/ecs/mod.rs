@@ -474,7 +474,7 @@ impl EcsEdge {
     fn check_timestamp(&self, raw: &str) -> Result<(), EcsError> {
         let at = chrono::DateTime::parse_from_rfc3339(raw)
             .map_err(|_| EcsError::TimestampFormat(raw.to_owned()))?;
-        let off = (self.service.now() - at.to_utc()).abs();
+        let off = (self.service.signing_time() - at.to_utc()).abs();
         if off.to_std().unwrap_or(Duration::MAX) > NONCE_WINDOW {
             return Err(EcsError::TimestampExpired(raw.to_owned()));
         }

@@ -133,9 +133,10 @@ impl Service {
         self.nonces.queued()
     }
 
-    /// The service's clock: what a signed request's timestamp is compared with.
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
+    /// What a signed request's timestamp is compared with: the real time, which clients sign
+    /// with, even where the simulation controls moved the service's clock ahead.
+    pub fn signing_time(&self) -> Timestamp {
+        self.clock.wall()
     }
 }
 

@@ -190,7 +190,8 @@ async fn spend_all(
     clock: &dyn Clock,
     nonces: &[(&AccessKey, &str)],
 ) -> Result<Vec<NonceSpend>, ServiceError> {
-    let now = clock.now();
+    // Real time, as the requests' timestamps (see `Service::signing_time`).
+    let now = clock.wall();
     let mut tx = store.begin().await?;
     match tx
         .spend_nonces(nonces, now, later(now, 2 * NONCE_WINDOW))

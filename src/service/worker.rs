@@ -32,7 +32,8 @@ impl Service {
         let copies = advance_copies(tx.as_mut(), now, self.backend.as_ref()).await;
         let copies = self.finish(tx, copies).await?;
         let mut tx = self.store.begin().await?;
-        let released = release_expired(tx.as_mut(), now, self.backend.as_ref()).await;
+        let released =
+            release_expired(tx.as_mut(), now, self.clock.wall(), self.backend.as_ref()).await;
         let released = self.finish(tx, released).await?;
         Ok(WorkDone { released, ..copies })
     }
@@ -76,10 +77,12 @@ fn record_lag(snapshot: &Snapshot, now: Timestamp) {
 }
 
 /// Deletes the snapshots past their retention by `now` that no image uses (how many), and
-/// the signature nonces whose window has passed.
+/// the signature nonces whose window has passed by `wall`, the real time they are dated by
+/// (see `Service::signing_time`).
 async fn release_expired(
     tx: &mut dyn Transaction,
     now: Timestamp,
+    wall: Timestamp,
     backend: &dyn SnapshotBackend,
 ) -> Result<usize, ServiceError> {
     let due = tx.claim_due(WorkQueue::Releases, now, BATCH).await?;
@@ -89,6 +92,6 @@ async fn release_expired(
         }
         tx.delete_and_uncount(snapshot).await?;
     }
-    tx.forget_expired_nonces(now).await?;
+    tx.forget_expired_nonces(wall).await?;
     Ok(due.len())
 }

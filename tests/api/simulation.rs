@@ -3,8 +3,11 @@
 //! and listed only with the flag; shared by two replicas on one PostgreSQL.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use snapshotd::config::ListenOrOff;
+use snapshotd::demo::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET};
 use snapshotd::pb;
 use snapshotd::pb::simulation_service_client::SimulationServiceClient;
 use tokio::time::Instant;
@@ -13,6 +16,7 @@ use tonic::{Code, Request};
 use tonic_reflection::pb::v1;
 
 use crate::assertions::{Detail, assert_error};
+use crate::ecs_client::EcsClient;
 use crate::helpers::{
     Backend, Options, PATIENCE, TestApp, as_account, as_admin, attached_disk, create_request,
     spawn_app, spawn_app_with, spawn_replica, world,
@@ -21,6 +25,7 @@ use crate::on_both_backends;
 
 on_both_backends!(
     the_clock_moves_forward_for_copies_retention_and_new_disks,
+    signed_requests_are_still_dated_by_the_real_time,
     fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk,
     a_copy_slows_stalls_and_resumes_at_the_rate_set,
     a_bad_request_is_refused_and_changes_nothing,
@@ -167,6 +172,48 @@ async fn the_clock_moves_forward_for_copies_retention_and_new_disks(backend: Bac
     advance(&app, 3600).await;
     create(&app, "d-acct-sim-new").await;
     app.assert_invariants().await;
+}
+
+/// Clients sign with their real clocks: a moved service clock must not expire every request
+/// (nor forget the nonces of the real last 15 minutes).
+async fn signed_requests_are_still_dated_by_the_real_time(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|config| {
+                config.simulation_controls = true;
+                config.ecs_listen = ListenOrOff::At(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }),
+            real_time: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    snapshotd::demo::seed_demo(&app.service, chrono::Utc::now())
+        .await
+        .expect("seeding the demo inventory");
+    let client = EcsClient::new(
+        app.ecs_addr.expect("the ECS edge"),
+        DEMO_ACCESS_KEY_ID,
+        DEMO_ACCESS_KEY_SECRET,
+    );
+    let query = client.signed_query("DescribeSnapshots", &[], chrono::Utc::now());
+    assert_eq!(client.get(&query).await.status, 200);
+    advance(&app, 3600).await;
+    let fresh = client
+        .call("DescribeSnapshots", &[], chrono::Utc::now())
+        .await;
+    assert_eq!(fresh.status, 200, "{}", fresh.text);
+    // The worker's nonce sweep runs on the real time too: the first request's nonce is
+    // still remembered.
+    app.tick_until_idle().await;
+    let replayed = client.get(&query).await;
+    assert_eq!(
+        (replayed.status, replayed.code()),
+        (400, "SignatureNonceUsed"),
+        "{}",
+        replayed.text
+    );
 }
 
 async fn fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk(backend: Backend) {
