@@ -13,6 +13,7 @@ mod inventory;
 mod modify;
 mod snapshots;
 mod tags;
+mod watch;
 mod worker;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub use access_keys::NONCE_WINDOW;
 pub use group_commit::Backlog;
 pub use snapshots::{DescribedPage, SnapshotView};
+pub use watch::{PROGRESS_EVERY, WATCH_BUFFER, Watch, WatchEvent};
 pub use worker::WorkDone;
 
 use crate::backend::{BackendError, SnapshotBackend};
@@ -47,6 +49,15 @@ pub enum ServiceError {
     /// The store failed (unreachable, corrupt, …); nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The account already holds `--max-watches-per-account` watches.
+    #[error("account {account_id} already has {limit} watches open")]
+    TooManyWatches { account_id: String, limit: u32 },
+    /// The watcher did not read its messages as fast as they came: its buffer overflowed.
+    #[error("the watcher fell {buffer} messages behind")]
+    WatchTooSlow { buffer: usize },
+    /// The server is not serving watches (it is shutting down).
+    #[error("the server is not serving watches")]
+    WatchesClosed,
 }
 
 impl ServiceError {
@@ -80,6 +91,7 @@ pub struct Service {
     policy: Policy,
     group_commit: GroupCommit,
     storage: StorageHealth,
+    watches: watch::Watches,
 }
 
 /// Calls written in one create transaction at most.
@@ -106,6 +118,7 @@ impl Service {
             policy,
             group_commit,
             storage,
+            watches: watch::Watches::default(),
         }
     }
 
