@@ -360,7 +360,9 @@ impl Hub {
             };
             let now = self.clock.now();
             for snapshot in page.snapshots {
-                views.push(Arc::new(view_of(self.backend.as_ref(), snapshot, now).await));
+                views.push(Arc::new(
+                    view_of(self.backend.as_ref(), snapshot, now).await,
+                ));
             }
             match page.next {
                 Some(next) => after = Some(next),
@@ -388,7 +390,11 @@ impl Hub {
     async fn changed(&mut self, changes: Vec<SnapshotChange>) {
         let watched: Vec<SnapshotChange> = changes
             .into_iter()
-            .filter(|c| !self.interested(&c.account_id, &c.disk_id, &c.snapshot_id).is_empty())
+            .filter(|c| {
+                !self
+                    .interested(&c.account_id, &c.disk_id, &c.snapshot_id)
+                    .is_empty()
+            })
             .collect();
         if watched.is_empty() {
             return;
@@ -417,7 +423,8 @@ impl Hub {
         let mut found = Vec::new();
         for (account_id, ids) in by_account {
             for chunk in ids.chunks(MAX_SNAPSHOT_IDS) {
-                let mut snapshot_ids: Vec<String> = chunk.iter().map(|id| (*id).to_owned()).collect();
+                let mut snapshot_ids: Vec<String> =
+                    chunk.iter().map(|id| (*id).to_owned()).collect();
                 snapshot_ids.sort_unstable();
                 let query = WatchQuery {
                     account_id: account_id.to_owned(),
@@ -452,8 +459,11 @@ impl Hub {
         if self.known.get(&snapshot.snapshot_id) == Some(&view) {
             return;
         }
-        let watchers =
-            self.interested(&snapshot.account_id, &snapshot.source_disk_id, &snapshot.snapshot_id);
+        let watchers = self.interested(
+            &snapshot.account_id,
+            &snapshot.source_disk_id,
+            &snapshot.snapshot_id,
+        );
         self.send(&watchers, &WatchEvent::Changed(Arc::clone(&view)));
         self.known.insert(snapshot.snapshot_id.clone(), view);
     }

@@ -44,4 +44,5 @@ mod tenant_matrix;
 mod tenants;
 mod tls;
 mod transport;
+mod watch;
 mod worker;

@@ -298,7 +298,10 @@ impl Dialect for Postgres {
                     Ok(Some(notification)) => match parse_change(notification.payload()) {
                         Some(change) => FeedEvent::Changed(vec![change]),
                         None => {
-                            tracing::warn!(payload = notification.payload(), "an unreadable snapshot change notification");
+                            tracing::warn!(
+                                payload = notification.payload(),
+                                "an unreadable snapshot change notification"
+                            );
                             continue;
                         }
                     },

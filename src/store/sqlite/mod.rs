@@ -19,7 +19,8 @@ use super::shared::{Dialect, SqlSession, SqlStore};
 use tokio::sync::mpsc;
 
 use super::{
-    BatchRead, FEED_BUFFER, FeedEvent, PoolOptions, Setting, SnapshotChange, StoreError, Transaction,
+    BatchRead, FEED_BUFFER, FeedEvent, PoolOptions, Setting, SnapshotChange, StoreError,
+    Transaction,
 };
 use crate::domain::{CreateSnapshotCommand, Snapshot};
 
