@@ -504,3 +504,74 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_on_postgres() {
         .await;
     }
 }
+
+/// The listener's session is killed and may not reconnect while a change commits: the
+/// notification is lost, and the watch still sees the change once the listener is back (the hub
+/// reads everything watched again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on_postgres() {
+    use sqlx::Connection;
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let mut stream = watch(&app, "acct-a", &[&id], "").await;
+    next(&mut stream, "the current state").await;
+
+    let mut test = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    // A database cannot refuse connections from a session of its own: the admin's does.
+    let admin_url = crate::harness::postgres::postgres_admin_url().await;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut test)
+        .await
+        .unwrap();
+    let listener = "SELECT pid FROM pg_stat_activity
+                    WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let pid: i32 = sqlx::query_scalar(listener)
+        .fetch_one(&mut test)
+        .await
+        .expect("the server's change listener");
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut test)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut test)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener's session lives on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nobody listens while this commits.
+    sqlx::query("UPDATE snapshots SET snapshot_name = 'while-away' WHERE snapshot_id = $1")
+        .bind(&id)
+        .execute(&mut test)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let renamed = next(&mut stream, "the change made while the listener was away").await;
+    assert_eq!(snapshot(&renamed).snapshot_name, "while-away");
+}
