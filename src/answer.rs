@@ -136,6 +136,9 @@ pub fn service_answer(err: &ServiceError) -> Answer {
         ServiceError::Refused(rule) => rule_answer(rule),
         ServiceError::CopyNotStarted(_) => copy_not_started(),
         ServiceError::Store(store) => store_answer(store),
+        ServiceError::TooManyWatches { account_id, limit } => too_many_watches(account_id, *limit),
+        ServiceError::WatchTooSlow { buffer } => watch_too_slow(*buffer),
+        ServiceError::WatchesClosed => shutting_down(),
     }
 }
 
@@ -229,6 +232,39 @@ pub fn caller_busy(caller: &str, limit: u32) -> Answer {
         description: format!("at most {limit} calls in progress at once"),
     })
     .retry_after(OVERLOADED_RETRY_AFTER)
+}
+
+/// The account holds as many watches as `--max-watches-per-account` allows.
+pub fn too_many_watches(account_id: &str, limit: u32) -> Answer {
+    Answer::new(
+        ResourceExhausted,
+        "QuotaExceed.Watch",
+        403,
+        "The maximum number of open watches is exceeded.",
+    )
+    .meta("accountId", account_id)
+    .meta("quota", limit.to_string())
+    .detail(Detail::Quota {
+        subject: format!("account/{account_id}"),
+        description: format!("an account may have at most {limit} watches open at once"),
+    })
+}
+
+/// A watcher read its messages slower than they came, and its buffer overflowed.
+pub fn watch_too_slow(buffer: usize) -> Answer {
+    Answer::new(
+        ResourceExhausted,
+        "Watch.TooSlow",
+        403,
+        "The watch was ended because its messages were not read in time.",
+    )
+    .meta("buffer", buffer.to_string())
+    .detail(Detail::Quota {
+        subject: "watch/buffer".to_owned(),
+        description: format!(
+            "at most {buffer} messages wait for a watcher; watch again to get the current state"
+        ),
+    })
 }
 
 /// The request is over the size limit.

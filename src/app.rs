@@ -260,6 +260,25 @@ impl App {
             self.config.request_timeout,
             self.config.max_message_size as usize,
         );
+        // Changes reach the watchers of every replica: PostgreSQL LISTENs on a session of its
+        // own, over the direct URL the migrations use when there is one (a transaction pooler
+        // does not deliver notifications).
+        let listen_url = self
+            .config
+            .migration_database_url
+            .as_deref()
+            .unwrap_or(&self.config.database_url);
+        let feed = self
+            .service
+            .store()
+            .listen_changes(listen_url)
+            .await
+            .map_err(|source| AppError::Database {
+                database: redact_password(listen_url),
+                source,
+            })?;
+        self.service
+            .start_watches(feed, self.config.max_watches_per_account);
         let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(self.worker().run(self.config.worker_interval, worker_stop));
 
@@ -277,6 +296,7 @@ impl App {
             .map(|simulation| tokio::spawn(Arc::clone(simulation).keep_in_step(side_stop.clone())));
         let store = self.store();
         let service = self.service();
+        let watch_service = self.service();
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener
                 .local_addr()
@@ -329,6 +349,7 @@ impl App {
         let draining = {
             let health = health.clone();
             let stream_layer = layer.clone();
+            let watches = Arc::clone(&watch_service);
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
@@ -339,6 +360,8 @@ impl App {
                 // Open Health/Watch streams would hold their connections, and so the drain,
                 // open until the grace ends: they end now, after sending NOT_SERVING.
                 stream_layer.end_streams();
+                // WatchSnapshots streams too: UNAVAILABLE, to be watched again elsewhere.
+                watches.end_watches();
                 let _ = signalled.send(());
             }
         };

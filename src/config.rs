@@ -141,6 +141,11 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_CONCURRENT_REQUESTS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests_per_peer: Option<u32>,
 
+    /// WatchSnapshots streams one account may have open at once on this server; past it a
+    /// watch is refused RESOURCE_EXHAUSTED `QuotaExceed.Watch` (QuotaFailure).
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_WATCHES_PER_ACCOUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches_per_account: u32,
+
     /// Per-account token bucket, `PER_SECOND[,BURST]` (e.g. `50,100`; the burst defaults to the
     /// rate); a call beyond it is answered RESOURCE_EXHAUSTED `Throttling`. Off when unset.
     #[arg(
@@ -376,6 +381,7 @@ impl std::fmt::Debug for Config {
                 "max_concurrent_requests_per_peer",
                 &self.max_concurrent_requests_per_peer,
             )
+            .field("max_watches_per_account", &self.max_watches_per_account)
             .field("rate_limit", &self.rate_limit)
             .field("max_message_size", &self.max_message_size)
             .field("keepalive_interval", &self.keepalive_interval)

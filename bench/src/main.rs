@@ -17,6 +17,7 @@ mod pgbench;
 mod report;
 mod scenario;
 mod server_stats;
+mod watchers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,6 +79,10 @@ struct Args {
     /// `describe`: snapshots the described account holds.
     #[arg(long, default_value_t = 2000)]
     describe_snapshots: usize,
+    /// `watch`: WatchSnapshots streams to hold open (the server's --max-watches-per-account must
+    /// allow this many ÷ --accounts).
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
     /// The server's process id (same machine), repeated for replicas: report peak RSS (the
     /// largest of them) and CPU per call (all of them).
     #[arg(long)]
@@ -160,6 +165,21 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         ));
         setup::snapshots_to_describe(&channels[0], &plan.naming, args.describe_snapshots).await?;
     }
+    let rss = || {
+        args.server_pid
+            .first()
+            .and_then(|pid| server_stats::rss_kib(*pid))
+    };
+    let watching = if matches!(args.scenario, Scenario::Watch) {
+        let rss_before_kib = rss();
+        progress.say(&format!("opening {} watches", args.watchers));
+        let watchers = watchers::open(&args.target, &plan.naming, args.watchers).await?;
+        let rss_idle_kib = rss();
+        let opened = watchers.received.load(std::sync::atomic::Ordering::Relaxed);
+        Some((watchers, rss_before_kib, rss_idle_kib, opened))
+    } else {
+        None
+    };
     let sampler = (!args.server_pid.is_empty())
         .then(|| server_stats::Sampler::start(args.server_pid.clone()));
     let outcome = scenario::drive(
@@ -180,6 +200,27 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         Edge::Http => args.ecs_target.join(","),
     };
     let mut report = Report::new(&target, &plan, &args, outcome, server);
+    if let Some((watchers, rss_before_kib, rss_idle_kib, opened)) = watching {
+        use std::sync::atomic::Ordering;
+        let messages = watchers.received.load(Ordering::Relaxed) - opened;
+        let extra = rss_before_kib.zip(rss_idle_kib).map(|(before, idle)| {
+            idle.saturating_sub(before) as f64 * 1024.0 / args.watchers.max(1) as f64
+        });
+        report.watch = Some(watchers::WatchStats {
+            watchers: args.watchers,
+            connections: watchers.connections,
+            rss_before_kib,
+            rss_idle_kib,
+            rss_bytes_per_idle_watcher: extra,
+            messages,
+            cpu_us_per_message: report
+                .server
+                .as_ref()
+                .filter(|_| messages > 0)
+                .map(|server| server.cpu_seconds * 1e6 / messages as f64),
+            ended: watchers.ended.load(Ordering::Relaxed),
+        });
+    }
     if let Some(url) = &args.limit_database_url {
         // The servers' pools would take connections pgbench needs (and CPU): stop them first.
         server_stats::stop(&args.server_pid);

@@ -12,6 +12,7 @@ use crate::Args;
 use crate::limit::Limit;
 use crate::scenario::{Edge, Outcome, Plan, Scenario};
 use crate::server_stats::ServerStats;
+use crate::watchers::WatchStats;
 
 /// The progress line (stderr), or nothing with `--quiet`.
 pub struct Progress {
@@ -105,6 +106,8 @@ pub struct Report {
     pub starved: u64,
     pub server: Option<ServerStats>,
     pub limit: Option<Limit>,
+    /// The `watch` scenario's watchers.
+    pub watch: Option<WatchStats>,
 }
 
 impl Report {
@@ -154,6 +157,7 @@ impl Report {
             starved: outcome.starved,
             server,
             limit: None,
+            watch: None,
         }
     }
 
@@ -195,6 +199,31 @@ impl Report {
                 server
                     .cpu_us_per_call
                     .map_or("–".to_owned(), |us| format!("{us:.0}")),
+            );
+        }
+        if let Some(watch) = &self.watch {
+            let kib = |value: Option<u64>| {
+                value.map_or("–".to_owned(), |v| format!("{:.1}", v as f64 / 1024.0))
+            };
+            let _ = writeln!(
+                out,
+                "watchers    {} over {} connections · server RSS {} MiB before, {} MiB idle with them · {} bytes per idle watcher",
+                watch.watchers,
+                watch.connections,
+                kib(watch.rss_before_kib),
+                kib(watch.rss_idle_kib),
+                watch
+                    .rss_bytes_per_idle_watcher
+                    .map_or("–".to_owned(), |bytes| format!("{bytes:.0}")),
+            );
+            let _ = writeln!(
+                out,
+                "watch load  {} messages received · {} µs server CPU per message · {} watches ended early",
+                watch.messages,
+                watch
+                    .cpu_us_per_message
+                    .map_or("–".to_owned(), |us| format!("{us:.1}")),
+                watch.ended,
             );
         }
         if let Some(limit) = &self.limit {

@@ -33,6 +33,9 @@ pub enum Scenario {
     Describe,
     /// 70% DescribeSnapshots, 25% CreateSnapshot (as `spread`), 5% DeleteSnapshot.
     Mixed,
+    /// `spread`'s creates while `--watchers` WatchSnapshots streams, one disk each, receive
+    /// their changes.
+    Watch,
 }
 
 impl Scenario {
@@ -249,7 +252,7 @@ impl Worker {
     /// One call of the scenario; `None` when no disk was free to snapshot.
     async fn call(&mut self, tally: &mut Tally) -> Option<Answer> {
         match self.scenario {
-            Scenario::Spread => self.create_on_a_free_disk(tally).await,
+            Scenario::Spread | Scenario::Watch => self.create_on_a_free_disk(tally).await,
             Scenario::Hot => Some(self.create(0, None).await.0),
             Scenario::Replay => {
                 let token = format!("bench-{}-replay", self.naming.run_id);

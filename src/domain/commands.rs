@@ -395,6 +395,88 @@ impl SnapshotQuery {
     }
 }
 
+/// A validated WatchSnapshots request: these snapshot ids, the snapshots of this disk (those
+/// created later too), or both (a snapshot must match both, as DescribeSnapshots' filters do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchQuery {
+    pub account_id: String,
+    pub disk_id: Option<String>,
+    /// Sorted, without duplicates.
+    pub snapshot_ids: Vec<String>,
+}
+
+impl WatchQuery {
+    /// The ids and the disk are checked as DescribeSnapshots checks them (same codes, same
+    /// limit of ids); a request that names neither watches nothing and is refused.
+    pub fn parse(
+        account_id: String,
+        snapshot_ids: &[&str],
+        disk_id: &str,
+    ) -> Result<Self, ParseError> {
+        let params = DescribeSnapshotsParams {
+            disk_id,
+            snapshot_ids,
+            status: None,
+            snapshot_name: "",
+            tags: &[],
+            next_token: "",
+            max_results: 0,
+            page_number: 0,
+            instance_id: "",
+            source_disk_type: None,
+            usage: "",
+            created_after: None,
+            created_before: None,
+        };
+        let query = SnapshotQuery::parse(account_id, &params)?;
+        if query.snapshot_ids.is_empty() && query.disk_id.is_none() {
+            return Err(ParseError::InvalidParameter {
+                field: "snapshot_ids",
+                why: "name the snapshot ids or the disk id to watch".to_owned(),
+            });
+        }
+        let mut snapshot_ids = query.snapshot_ids;
+        snapshot_ids.sort_unstable();
+        snapshot_ids.dedup();
+        Ok(Self {
+            account_id: query.account_id,
+            disk_id: query.disk_id,
+            snapshot_ids,
+        })
+    }
+
+    /// Whether a snapshot of `account_id` on `disk_id` is one this query watches.
+    pub fn matches(&self, account_id: &str, disk_id: &str, snapshot_id: &str) -> bool {
+        account_id == self.account_id
+            && self.disk_id.as_deref().is_none_or(|disk| disk == disk_id)
+            && (self.snapshot_ids.is_empty()
+                || self
+                    .snapshot_ids
+                    .binary_search_by(|id| id.as_str().cmp(snapshot_id))
+                    .is_ok())
+    }
+
+    /// The DescribeSnapshots query that reads what this watch matches, a page from `after`.
+    pub fn page(&self, after: Option<PageCursor>) -> SnapshotQuery {
+        SnapshotQuery {
+            account_id: self.account_id.clone(),
+            disk_id: self.disk_id.clone(),
+            snapshot_ids: self.snapshot_ids.clone(),
+            status: None,
+            snapshot_name: None,
+            tags: Vec::new(),
+            instance_id: None,
+            source_disk_type: None,
+            usage: None,
+            created_after: None,
+            created_before: None,
+            after,
+            limit: MAX_SNAPSHOT_IDS as u32,
+            skip: 0,
+        }
+    }
+}
+
 /// A creation-time bound, refused outside what [`is_storable_time`] allows.
 fn storable(field: &'static str, at: Option<Timestamp>) -> Result<Option<Timestamp>, ParseError> {
     match at {

@@ -35,7 +35,7 @@ mod tags;
 
 pub use commands::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
-    DescribeSnapshotsParams, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage, SnapshotQuery,
+    DescribeSnapshotsParams, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage, SnapshotQuery, WatchQuery,
 };
 pub use commands::{ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams};
 pub use error::ParseError;

@@ -3,6 +3,8 @@
 //! Decoding validates: a proto that does not make a valid domain value is a `ParseError` naming
 //! the field, so a bad inventory record is refused before anything is written.
 
+use std::sync::Arc;
+
 use chrono::DateTime;
 
 use crate::domain::{
@@ -11,7 +13,7 @@ use crate::domain::{
     Timestamp, is_plain_id,
 };
 use crate::pb;
-use crate::service::SnapshotView;
+use crate::service::{SnapshotView, WatchEvent};
 
 fn invalid(field: &'static str, why: impl Into<String>) -> ParseError {
     ParseError::InvalidParameter {
@@ -344,6 +346,30 @@ pub fn snapshot_to_proto(view: SnapshotView) -> pb::Snapshot {
         available,
         snapshot_id: snapshot.snapshot_id,
         source_disk_id: snapshot.source_disk_id,
+    }
+}
+
+/// A watch's message: the snapshot as DescribeSnapshots shows it, or its id and disk when it
+/// is gone.
+pub fn watch_event_to_proto(event: WatchEvent) -> pb::WatchSnapshotsResponse {
+    match event {
+        WatchEvent::Changed(view) => pb::WatchSnapshotsResponse {
+            snapshot: Some(snapshot_to_proto(
+                Arc::try_unwrap(view).unwrap_or_else(|shared| (*shared).clone()),
+            )),
+            deleted: false,
+        },
+        WatchEvent::Deleted {
+            snapshot_id,
+            disk_id,
+        } => pb::WatchSnapshotsResponse {
+            snapshot: Some(pb::Snapshot {
+                snapshot_id: snapshot_id.to_string(),
+                source_disk_id: disk_id.to_string(),
+                ..pb::Snapshot::default()
+            }),
+            deleted: true,
+        },
     }
 }
 

@@ -66,6 +66,12 @@ pub enum ApiError {
     /// The request message is over `SNAPSHOTD_MAX_MESSAGE_SIZE` (tonic refused to decode it).
     #[error("the request message is over {limit} bytes")]
     RequestTooLarge { limit: usize },
+    /// The account already holds `--max-watches-per-account` watches.
+    #[error("account {account_id} already has {limit} watches open")]
+    TooManyWatches { account_id: String, limit: u32 },
+    /// A watcher fell behind by its whole buffer.
+    #[error("the watcher fell {buffer} messages behind")]
+    WatchTooSlow { buffer: usize },
     /// The shutdown grace period ended before the call did.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -96,6 +102,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Refused(rule) => Self::Rule(rule),
             ServiceError::CopyNotStarted(cause) => Self::CopyNotStarted(cause),
             ServiceError::Store(store) => Self::Store(store),
+            ServiceError::TooManyWatches { account_id, limit } => {
+                Self::TooManyWatches { account_id, limit }
+            }
+            ServiceError::WatchTooSlow { buffer } => Self::WatchTooSlow { buffer },
+            // Watches end when the server drains: the call's answer as at its cut-off.
+            ServiceError::WatchesClosed => Self::ShuttingDown,
         }
     }
 }
@@ -183,6 +195,10 @@ fn answer(err: &ApiError) -> Answer {
         .meta("acceptedEncodings", ACCEPTED_ENCODINGS),
         ApiError::RequestTooLarge { limit } => answer::request_too_large(*limit),
         ApiError::ShuttingDown => answer::shutting_down(),
+        ApiError::TooManyWatches { account_id, limit } => {
+            answer::too_many_watches(account_id, *limit)
+        }
+        ApiError::WatchTooSlow { buffer } => answer::watch_too_slow(*buffer),
         ApiError::DeadlineExceeded { timeout } => answer::deadline_exceeded(*timeout),
         ApiError::Invalid(invalid) => answer::parse_answer(invalid),
         ApiError::Rule(rule) => answer::rule_answer(rule),

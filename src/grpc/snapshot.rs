@@ -1,19 +1,22 @@
 //! `ecs.snapshot.v1.SnapshotService`: the tenant-facing snapshot API.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::call::{Caller, handle};
 use super::convert::{
     disk_type_filter, snapshot_status_filter, snapshot_to_proto, tag_pairs, timestamp_from_proto,
+    watch_event_to_proto,
 };
 use super::layer::{note_disk, note_snapshot};
 use crate::domain::{
     CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams,
     ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams, PageCursor, SnapshotId,
-    SnapshotQuery,
+    SnapshotQuery, WatchQuery,
 };
 use crate::pb;
 use crate::service::{CreateOutcome, Service};
@@ -129,8 +132,46 @@ impl SnapshotApi {
     }
 }
 
+/// A WatchSnapshots answer: its messages, then the status that ended it, if any.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchSnapshotsResponse, Status>> + Send + 'static>>;
+
+impl SnapshotApi {
+    async fn watch(
+        &self,
+        caller: Caller,
+        request: pb::WatchSnapshotsRequest,
+    ) -> Result<WatchStream, ApiError> {
+        note_disk(&request.disk_id);
+        let snapshot_ids: Vec<&str> = request.snapshot_ids.iter().map(String::as_str).collect();
+        let query = WatchQuery::parse(caller.account_id, &snapshot_ids, &request.disk_id)?;
+        let watch = self.service.watch_snapshots(query).await?;
+        let request_id = caller.request_id;
+        Ok(Box::pin(futures_util::stream::unfold(
+            (watch, request_id),
+            |(mut watch, request_id)| async move {
+                let message = watch
+                    .next()
+                    .await?
+                    .map(watch_event_to_proto)
+                    .map_err(|err| ApiError::from(err).into_status(&request_id));
+                Some((message, (watch, request_id)))
+            },
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
+    type WatchSnapshotsStream = WatchStream;
+
+    async fn watch_snapshots(
+        &self,
+        request: Request<pb::WatchSnapshotsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        handle(request, |caller, request| self.watch(caller, request)).await
+    }
+
     async fn create_snapshot(
         &self,
         request: Request<pb::CreateSnapshotRequest>,

@@ -15,6 +15,7 @@ mod nonces;
 mod simulation;
 mod snapshots;
 mod tags;
+mod watch;
 mod worker;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use access_keys::{KEY_CACHE_TTL, NONCE_WINDOW, NonceSpend};
 pub use group_commit::Backlog;
 pub use simulation::Simulation;
 pub use snapshots::{DescribedPage, SnapshotView};
+pub use watch::{PROGRESS_EVERY, WATCH_BUFFER, Watch, WatchEvent};
 pub use worker::WorkDone;
 
 use crate::backend::{BackendError, SnapshotBackend};
@@ -52,6 +54,15 @@ pub enum ServiceError {
     /// The store failed (unreachable, corrupt, …); nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The account already holds `--max-watches-per-account` watches.
+    #[error("account {account_id} already has {limit} watches open")]
+    TooManyWatches { account_id: String, limit: u32 },
+    /// The watcher did not read its messages as fast as they came: its buffer overflowed.
+    #[error("the watcher fell {buffer} messages behind")]
+    WatchTooSlow { buffer: usize },
+    /// The server is not serving watches (it is shutting down).
+    #[error("the server is not serving watches")]
+    WatchesClosed,
 }
 
 impl ServiceError {
@@ -89,6 +100,7 @@ pub struct Service {
     keys: KeyCache,
     /// The ECS edge's signature nonces, spent in batches.
     nonces: NonceBatches,
+    watches: watch::Watches,
 }
 
 /// Calls written in one create transaction at most.
@@ -118,6 +130,7 @@ impl Service {
             storage,
             keys: KeyCache::default(),
             nonces,
+            watches: watch::Watches::default(),
         }
     }
 

@@ -79,25 +79,7 @@ impl Service {
         let now = self.clock.now();
         let mut snapshots = Vec::with_capacity(page.snapshots.len());
         for snapshot in page.snapshots {
-            let (progress_percent, remaining) = match snapshot.status {
-                SnapshotStatus::Accomplished => (100, Duration::ZERO),
-                SnapshotStatus::Failed => (0, Duration::ZERO),
-                SnapshotStatus::Progressing => {
-                    match self.backend.copy_state(&snapshot, now).await {
-                        CopyState::Copying {
-                            progress_percent,
-                            remaining,
-                        } => (progress_percent, remaining),
-                        // Done or failed, and the worker is about to record it.
-                        CopyState::Done | CopyState::Failed(_) => (100, Duration::ZERO),
-                    }
-                }
-            };
-            snapshots.push(SnapshotView {
-                snapshot,
-                progress_percent,
-                remaining,
-            });
+            snapshots.push(view_of(self.backend.as_ref(), snapshot, now).await);
         }
         Ok(DescribedPage {
             snapshots,
@@ -123,6 +105,31 @@ impl Service {
         )
         .await;
         self.finish(tx, result).await
+    }
+}
+
+/// `snapshot` with its copy's progress at `now`: DescribeSnapshots' view, and WatchSnapshots'.
+pub(super) async fn view_of(
+    backend: &dyn SnapshotBackend,
+    snapshot: Snapshot,
+    now: Timestamp,
+) -> SnapshotView {
+    let (progress_percent, remaining) = match snapshot.status {
+        SnapshotStatus::Accomplished => (100, Duration::ZERO),
+        SnapshotStatus::Failed => (0, Duration::ZERO),
+        SnapshotStatus::Progressing => match backend.copy_state(&snapshot, now).await {
+            CopyState::Copying {
+                progress_percent,
+                remaining,
+            } => (progress_percent, remaining),
+            // Done or failed, and the worker is about to record it.
+            CopyState::Done | CopyState::Failed(_) => (100, Duration::ZERO),
+        },
+    };
+    SnapshotView {
+        snapshot,
+        progress_percent,
+        remaining,
     }
 }
 

@@ -95,6 +95,27 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// A committed change to one snapshot row (created, changed or deleted), whichever replica
+/// made it: the row's keys only, the reader reads the row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotChange {
+    pub snapshot_id: String,
+    pub disk_id: String,
+    pub account_id: String,
+}
+
+/// What [`Store::listen_changes`] reports, in commit order per replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    Changed(Vec<SnapshotChange>),
+    /// The feed was cut off and is back (PostgreSQL: the listening connection was lost):
+    /// changes may have been missed, so whoever follows it reads again what it follows.
+    Resumed,
+}
+
+/// How many feed events wait for their reader before the feed waits too.
+pub const FEED_BUFFER: usize = 1024;
+
 /// A connection pool's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -228,6 +249,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The connection pool's state now (for the metrics).
     fn pool_stats(&self) -> PoolStats;
+
+    /// Every committed change to a snapshot row from now on, until the receiver is dropped.
+    /// PostgreSQL: LISTEN on `direct_url`, a session of its own (a transaction pooler would
+    /// not deliver notifications), so every replica's changes arrive; SQLite: the one process's
+    /// own commits, read from the change log after each.
+    async fn listen_changes(
+        &self,
+        direct_url: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -7,6 +7,9 @@
 //! with arrays (a batch's locking read and its insert).
 
 use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolConnection;
@@ -19,8 +22,8 @@ use super::rows::{
     into_image_page, into_page, join_lock_reasons,
 };
 use super::{
-    BatchRead, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError, Transaction,
-    Violation, WorkQueue,
+    BatchRead, FeedEvent, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError,
+    Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, DiskSteering, ImageCursor,
@@ -77,6 +80,11 @@ pub trait Dialect: Database + Sized {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> impl Future<Output = Result<Vec<NonceSpend>, StoreError>> + Send;
+    /// See [`Store::listen_changes`].
+    fn listen_changes(
+        store: &SqlStore<Self>,
+        direct_url: &str,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError>> + Send;
 }
 
 /// A store on one database: its pool, and for SQLite the lock that keeps other processes off
@@ -87,6 +95,8 @@ pub struct SqlStore<DB: Database> {
     _process_lock: Option<std::fs::File>,
     /// The pool's connections go through a transaction pooler (see `super::pooler`).
     transaction_pooler: bool,
+    /// Told after each COMMIT of a session: SQLite's change feed reads its log then.
+    committed: Arc<Notify>,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -100,7 +110,13 @@ impl<DB: Database> SqlStore<DB> {
             settings,
             _process_lock: process_lock,
             transaction_pooler: false,
+            committed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Told after each COMMIT of one of this store's sessions.
+    pub(super) fn committed(&self) -> Arc<Notify> {
+        Arc::clone(&self.committed)
     }
 
     /// The pool's connections go through a transaction pooler: every session runs in a
@@ -186,6 +202,7 @@ where
             connection: self.pool.acquire().await?,
             in_transaction: true,
             unnamed: self.transaction_pooler,
+            committed: Some(self.committed()),
         };
         if let Err(err) = DB::execute(&mut session.connection, DB::BEGIN_WRITE).await {
             session.connection.close_on_drop();
@@ -201,6 +218,7 @@ where
             connection: self.pool.acquire().await?,
             in_transaction: false,
             unnamed: self.transaction_pooler,
+            committed: Some(self.committed()),
         };
         if self.transaction_pooler {
             // Each statement's two exchanges must reach one server connection (`super::pooler`).
@@ -212,6 +230,13 @@ where
             }
         }
         Ok(Box::new(session))
+    }
+
+    async fn listen_changes(
+        &self,
+        direct_url: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError> {
+        DB::listen_changes(self, direct_url).await
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -237,6 +262,8 @@ pub struct SqlSession<DB: Database> {
     in_transaction: bool,
     /// Statements run unnamed (behind a transaction pooler).
     unnamed: bool,
+    /// Told when a COMMIT succeeds ([`SqlStore::committed`]).
+    committed: Option<Arc<Notify>>,
 }
 
 impl<DB: Database> SqlSession<DB> {
@@ -257,6 +284,7 @@ where
         connection: pool.acquire().await?,
         in_transaction: false,
         unnamed: false,
+        committed: None,
     }
     .table_names()
     .await?;
@@ -295,6 +323,12 @@ impl<DB: Dialect> SqlSession<DB> {
         }
         self.in_transaction = false;
         let ended = DB::execute(&mut self.connection, statement).await;
+        if ended.is_ok()
+            && statement == "COMMIT"
+            && let Some(committed) = &self.committed
+        {
+            committed.notify_one();
+        }
         if ended.is_err() {
             let committing = statement == "COMMIT";
             if !committing || DB::execute(&mut self.connection, "ROLLBACK").await.is_err() {

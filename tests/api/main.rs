@@ -45,4 +45,5 @@ mod tenant_matrix;
 mod tenants;
 mod tls;
 mod transport;
+mod watch;
 mod worker;

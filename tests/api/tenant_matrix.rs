@@ -663,6 +663,55 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
             cells += 1;
         }
     }
+    // WatchSnapshots: A's ids (beside B's own, and alone) and A's disks open a watch as ids and
+    // a disk nobody has do, and show B its own snapshot only.
+    let mut watches: Vec<(String, pb::WatchSnapshotsRequest, Vec<String>)> = vec![
+        (
+            "A's ids beside B's".into(),
+            pb::WatchSnapshotsRequest {
+                snapshot_ids: [all_a.clone(), vec![h.b_snapshot.clone()]].concat(),
+                ..Default::default()
+            },
+            vec![h.b_snapshot.clone()],
+        ),
+        (
+            "A's ids".into(),
+            pb::WatchSnapshotsRequest {
+                snapshot_ids: all_a.clone(),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            "an id nobody has".into(),
+            pb::WatchSnapshotsRequest {
+                snapshot_ids: vec![NOWHERE.into()],
+                ..Default::default()
+            },
+            vec![],
+        ),
+    ];
+    for disk in A_DISKS {
+        watches.push((
+            format!("A's disk {disk}"),
+            pb::WatchSnapshotsRequest {
+                disk_id: disk.into(),
+                ..Default::default()
+            },
+            vec![],
+        ));
+    }
+    for (case, request, shown) in watches {
+        let stream = app
+            .snapshots()
+            .watch_snapshots(as_account(B, request))
+            .await
+            .unwrap_or_else(|status| panic!("{case}: {status:?}"))
+            .into_inner();
+        assert_eq!(first_watched(stream).await, shown, "{case}");
+        cells += 1;
+    }
+
     // Tags after creation: A's ids, alone or beside B's own, answer as an id nobody has, for
     // each of the three calls; a tag filter over A's tags finds nothing.
     cells += tag_calls_of_another_account(app, &a_ids, &h.b_snapshot).await;
@@ -738,6 +787,26 @@ async fn another_account_gets_not_found_from_every_rpc_with_the_owners_ids_and_t
     assert_eq!(view_of(app, A, &A_DISKS).await, before);
     app.assert_invariants().await;
 }
+
+/// The snapshots a watch shows in its first [`WATCH_WINDOW`]: its first messages (the current
+/// state, sent at once), and any that would leak after them.
+async fn first_watched(mut stream: tonic::Streaming<pb::WatchSnapshotsResponse>) -> Vec<String> {
+    let mut shown = Vec::new();
+    let window = tokio::time::sleep(WATCH_WINDOW);
+    tokio::pin!(window);
+    loop {
+        tokio::select! {
+            () = &mut window => return shown,
+            message = stream.message() => match message {
+                Ok(Some(message)) => shown.extend(message.snapshot.map(|s| s.snapshot_id)),
+                other => panic!("the watch ended: {other:?}"),
+            },
+        }
+    }
+}
+
+/// How long a watch is read for what it shows: a window in which nothing more may come.
+const WATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Asserts `status` is the tag calls' plain not-found answer for `resource_id`.
 #[track_caller]
@@ -1123,6 +1192,22 @@ async fn every_tenant_rpc(
                 .map(|_| None),
         ),
         (
+            "WatchSnapshots",
+            match snapshots
+                .watch_snapshots(decorated(
+                    pb::WatchSnapshotsRequest {
+                        snapshot_ids: vec![snapshot_id.into()],
+                        ..Default::default()
+                    },
+                    decorate,
+                ))
+                .await
+            {
+                Ok(stream) => Ok(Some(first_watched(stream.into_inner()).await)),
+                Err(status) => Err(status),
+            },
+        ),
+        (
             "ListTagResources",
             crate::tag_resources::tags_client(app)
                 .list_tag_resources(decorated(
@@ -1308,7 +1393,9 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
                 "DescribeSnapshots" => {
                     assert_eq!(result.unwrap(), Some(vec![b_snapshot.clone()]), "{method}")
                 }
-                "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
+                "DescribeImages" | "WatchSnapshots" => {
+                    assert_eq!(result.unwrap(), Some(vec![]), "{method}")
+                }
                 "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
                 "TagResources" | "UntagResources" | "ListTagResources" => {
                     assert_resource_not_found(&result.unwrap_err(), &a_snapshot, method)
@@ -1335,7 +1422,9 @@ async fn a_second_identity_header_never_widens_access(backend: Backend) {
             "DescribeSnapshots" => {
                 assert_eq!(result.unwrap(), Some(vec![a_snapshot.clone()]), "{method}")
             }
-            "DescribeImages" => assert_eq!(result.unwrap(), Some(vec![]), "{method}"),
+            "DescribeImages" | "WatchSnapshots" => {
+                assert_eq!(result.unwrap(), Some(vec![]), "{method}")
+            }
             "DeleteImage" => assert_image_not_found(&result.unwrap_err(), NO_IMAGE, method),
             "TagResources" | "UntagResources" | "ListTagResources" => {
                 assert_resource_not_found(&result.unwrap_err(), &b_snapshot, method)

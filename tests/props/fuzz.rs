@@ -110,9 +110,10 @@ enum Rpc {
     TagResources,
     UntagResources,
     ListTagResources,
+    WatchSnapshots,
 }
 
-const RPCS: [Rpc; 14] = [
+const RPCS: [Rpc; 15] = [
     Rpc::CreateSnapshot,
     Rpc::DescribeSnapshots,
     Rpc::DeleteSnapshot,
@@ -127,6 +128,7 @@ const RPCS: [Rpc; 14] = [
     Rpc::TagResources,
     Rpc::UntagResources,
     Rpc::ListTagResources,
+    Rpc::WatchSnapshots,
 ];
 
 impl Rpc {
@@ -148,6 +150,7 @@ impl Rpc {
             Self::TagResources => "/ecs.snapshot.v1.TagService/TagResources",
             Self::UntagResources => "/ecs.snapshot.v1.TagService/UntagResources",
             Self::ListTagResources => "/ecs.snapshot.v1.TagService/ListTagResources",
+            Self::WatchSnapshots => "/ecs.snapshot.v1.SnapshotService/WatchSnapshots",
         }
     }
 
@@ -167,6 +170,7 @@ impl Rpc {
             Self::TagResources => &[&[1], &[2], &[3, 1], &[3, 2]],
             Self::UntagResources => &[&[1], &[2], &[3]],
             Self::ListTagResources => &[&[1], &[2], &[3, 1], &[3, 2], &[4]],
+            Self::WatchSnapshots => &[&[1], &[2]],
         }
     }
 
@@ -189,6 +193,7 @@ impl Rpc {
             Self::TagResources => pb::TagResourcesResponse::decode(body).map(drop),
             Self::UntagResources => pb::UntagResourcesResponse::decode(body).map(drop),
             Self::ListTagResources => pb::ListTagResourcesResponse::decode(body).map(drop),
+            Self::WatchSnapshots => pb::WatchSnapshotsResponse::decode(body).map(drop),
         }
     }
 }
@@ -544,6 +549,15 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                 .encode_to_vec()
             })
             .boxed(),
+        Rpc::WatchSnapshots => (proptest::collection::vec(snapshot_id(), 0..3), disk_id())
+            .prop_map(|(snapshot_ids, disk_id)| {
+                pb::WatchSnapshotsRequest {
+                    snapshot_ids,
+                    disk_id,
+                }
+                .encode_to_vec()
+            })
+            .boxed(),
     }
 }
 
@@ -701,6 +715,20 @@ impl Client {
             );
         }
         let path = PathAndQuery::from_static(rpc.path());
+        if rpc == Rpc::WatchSnapshots {
+            // A watch that opened is answered OK (its headers came); the first message, if
+            // any, is its body. The stream is dropped here, which ends the watch.
+            let mut stream = grpc
+                .server_streaming(request, path, RawCodec)
+                .await?
+                .into_inner();
+            let first = tokio::time::timeout(Duration::from_millis(50), stream.message()).await;
+            return match first {
+                Ok(Ok(Some(message))) => Ok(message),
+                Ok(Err(status)) => Err(status),
+                Ok(Ok(None)) | Err(_) => Ok(Bytes::new()),
+            };
+        }
         grpc.unary(request, path, RawCodec)
             .await
             .map(tonic::Response::into_inner)
@@ -1062,6 +1090,21 @@ fn first_broken_rule(rpc: Rpc, body: &[u8]) -> Option<Option<&'static str>> {
         Rpc::DeleteSnapshot => {
             let request = pb::DeleteSnapshotRequest::decode(body).ok()?;
             Some(snapshot_id(&request.snapshot_id))
+        }
+        // DescribeSnapshots' rules for the ids and the disk, then one of them is required.
+        Rpc::WatchSnapshots => {
+            let request = pb::WatchSnapshotsRequest::decode(body).ok()?;
+            let ids = request.snapshot_ids.len() > 100
+                || !request.snapshot_ids.iter().all(|id| valid_snapshot_id(id));
+            Some(if ids {
+                Some("InvalidSnapshotIds.Malformed")
+            } else if !request.disk_id.is_empty() && !valid_disk_id(&request.disk_id) {
+                Some("DiskId.ValueNotSupported")
+            } else if request.snapshot_ids.is_empty() && request.disk_id.is_empty() {
+                Some("InvalidParameter")
+            } else {
+                None
+            })
         }
         // CreateSnapshot's rules for the attributes given, in its order.
         Rpc::ModifySnapshotAttribute => {

@@ -20,7 +20,12 @@ use sqlx::{FromRow, PgConnection, Postgres, Row};
 use super::pooler::SessionConnection;
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
-use super::{BatchRead, NonceSpend, PoolOptions, Setting, StoreError};
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use super::{
+    BatchRead, FEED_BUFFER, FeedEvent, NonceSpend, PoolOptions, Setting, SnapshotChange, StoreError,
+};
 use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type PgStore = SqlStore<Postgres>;
@@ -350,6 +355,85 @@ impl Dialect for Postgres {
             })
             .collect())
     }
+    /// LISTEN on a session of its own over `direct_url` (the trigger of migration 0005
+    /// notifies each committed change to a snapshot row, whichever replica wrote it).
+    async fn listen_changes(
+        _store: &PgStore,
+        direct_url: &str,
+    ) -> Result<mpsc::Receiver<FeedEvent>, StoreError> {
+        let mut listener = PgListener::connect(direct_url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        let (sender, receiver) = mpsc::channel(FEED_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    received = listener.try_recv() => received,
+                    () = sender.closed() => return,
+                };
+                let event = match received {
+                    Ok(Some(notification)) => match parse_change(notification.payload()) {
+                        Some(change) => FeedEvent::Changed(vec![change]),
+                        None => {
+                            tracing::warn!(
+                                payload = notification.payload(),
+                                "an unreadable snapshot change notification"
+                            );
+                            continue;
+                        }
+                    },
+                    // Notifications sent while the session was down are lost: once it is
+                    // back, whoever follows the feed reads again.
+                    Ok(None) | Err(_) => {
+                        if !relisten(&mut listener, &sender).await {
+                            return;
+                        }
+                        FeedEvent::Resumed
+                    }
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+/// The channel the trigger of migration 0005 notifies.
+const CHANGES_CHANNEL: &str = "snapshot_changes";
+
+/// How long the listener waits between attempts to reconnect.
+const RELISTEN_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Reconnects the listener (its LISTEN included) until it answers; `false` when nobody reads
+/// the feed any more.
+async fn relisten(listener: &mut PgListener, sender: &mpsc::Sender<FeedEvent>) -> bool {
+    loop {
+        let answered = tokio::select! {
+            answered = sqlx::query("SELECT 1").execute(&mut *listener) => answered,
+            () = sender.closed() => return false,
+        };
+        match answered {
+            Ok(_) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, "the snapshot change listener cannot reconnect");
+                tokio::select! {
+                    () = tokio::time::sleep(RELISTEN_BACKOFF) => {}
+                    () = sender.closed() => return false,
+                }
+            }
+        }
+    }
+}
+
+/// A notification's payload, `snapshot_id disk_id account_id`.
+fn parse_change(payload: &str) -> Option<SnapshotChange> {
+    let mut parts = payload.splitn(3, ' ');
+    Some(SnapshotChange {
+        snapshot_id: parts.next()?.to_owned(),
+        disk_id: parts.next()?.to_owned(),
+        account_id: parts.next()?.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,12 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::pooler::SessionConnection;
 use super::shared::{Dialect, SqlSession, SqlStore};
-use super::{BatchRead, NonceSpend, PoolOptions, Setting, StoreError, Transaction};
+use tokio::sync::mpsc;
+
+use super::{
+    BatchRead, FEED_BUFFER, FeedEvent, NonceSpend, PoolOptions, Setting, SnapshotChange,
+    StoreError, Transaction,
+};
 use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type SqliteStore = SqlStore<Sqlite>;
@@ -207,6 +212,71 @@ impl Dialect for Sqlite {
         }
         Ok(outcomes)
     }
+    /// The change log (`snapshot_changes`, written by triggers in each write's transaction),
+    /// read after every commit of this store's sessions and emptied as it is read: one server
+    /// per file, so its commits are all the changes there are.
+    async fn listen_changes(
+        store: &SqliteStore,
+        _direct_url: &str,
+    ) -> Result<mpsc::Receiver<FeedEvent>, StoreError> {
+        let (sender, receiver) = mpsc::channel(FEED_BUFFER);
+        let pool = store.pool().clone();
+        let committed = store.committed();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = committed.notified() => {}
+                    // A safety net for a write that commits outside a session of the store.
+                    () = tokio::time::sleep(CHANGE_LOG_SWEEP) => {}
+                    () = sender.closed() => return,
+                }
+                loop {
+                    match read_change_log(&pool).await {
+                        Ok(changes) if changes.is_empty() => break,
+                        Ok(changes) => {
+                            if sender.send(FeedEvent::Changed(changes)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            // The rows stay in the log: the next commit or sweep reads them.
+                            tracing::warn!(error = %err, "reading the snapshot change log failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+/// How often the change log is read when no commit said so.
+const CHANGE_LOG_SWEEP: Duration = Duration::from_secs(1);
+
+/// Takes up to a thousand changes off the change log, oldest first.
+async fn read_change_log(pool: &SqlitePool) -> Result<Vec<SnapshotChange>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT seq, snapshot_id, source_disk_id, account_id FROM snapshot_changes
+         ORDER BY seq LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await?;
+    let Some(&(last, ..)) = rows.last() else {
+        return Ok(Vec::new());
+    };
+    sqlx::query("DELETE FROM snapshot_changes WHERE seq <= $1")
+        .bind(last)
+        .execute(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(_, snapshot_id, disk_id, account_id)| SnapshotChange {
+            snapshot_id,
+            disk_id,
+            account_id,
+        })
+        .collect())
 }
 
 async fn insert_snapshot(

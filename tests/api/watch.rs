@@ -1,0 +1,577 @@
+//! WatchSnapshots against the real server, over a real socket with the generated client: the
+//! current state first, then each change (attributes, tags, progress without a write, status,
+//! deletion); a disk's new snapshots; only the caller's account; the request checked as
+//! DescribeSnapshots checks it; the per-account limit; a watcher that does not read; shutdown;
+//! and a change made on one PostgreSQL replica seen by a watcher on another.
+
+use std::time::{Duration, Instant};
+
+use snapshotd::pb;
+use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::assertions::{Detail, assert_error};
+use crate::helpers::{
+    Backend, Options, PATIENCE, TestApp, as_account, create_request, finish_copies, spawn_app,
+    spawn_app_with, spawn_replica, world,
+};
+use crate::on_both_backends;
+use crate::tag_resources::tags_client;
+
+on_both_backends!(
+    a_watch_by_ids_sends_the_current_state_then_each_change,
+    a_watch_by_disk_reports_the_disks_snapshots_created_after_it_started,
+    another_accounts_snapshots_never_appear,
+    a_watch_request_is_checked_as_describe_checks_it,
+    past_the_per_account_limit_a_watch_is_refused_with_quota_failure,
+    a_watcher_that_does_not_read_is_ended_resource_exhausted,
+    shutdown_ends_open_watches_unavailable,
+);
+
+type Watch = Streaming<pb::WatchSnapshotsResponse>;
+
+fn watch_request(ids: &[&str], disk_id: &str) -> pb::WatchSnapshotsRequest {
+    pb::WatchSnapshotsRequest {
+        snapshot_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        disk_id: disk_id.to_owned(),
+    }
+}
+
+async fn watch_on(
+    mut client: SnapshotServiceClient<Channel>,
+    account: &str,
+    request: pb::WatchSnapshotsRequest,
+) -> Result<Watch, Status> {
+    client
+        .watch_snapshots(as_account(account, request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn watch(app: &TestApp, account: &str, ids: &[&str], disk_id: &str) -> Watch {
+    watch_on(app.snapshots(), account, watch_request(ids, disk_id))
+        .await
+        .expect("WatchSnapshots")
+}
+
+/// The next message, which must come within [`PATIENCE`].
+async fn next(stream: &mut Watch, what: &str) -> pb::WatchSnapshotsResponse {
+    match tokio::time::timeout(PATIENCE, stream.message()).await {
+        Ok(Ok(Some(message))) => message,
+        Ok(other) => panic!("{what}: the watch ended: {other:?}"),
+        Err(_) => panic!("{PATIENCE:?} on, still no message: {what}"),
+    }
+}
+
+/// Reads messages until one is `wanted` (the ones before are progress or states on the way).
+async fn next_where(
+    stream: &mut Watch,
+    what: &str,
+    wanted: impl Fn(&pb::WatchSnapshotsResponse) -> bool,
+) -> pb::WatchSnapshotsResponse {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(message))) if wanted(&message) => return message,
+            Ok(Ok(Some(message))) => seen.push(message),
+            Ok(other) => panic!("{what}: the watch ended: {other:?} after {seen:?}"),
+            Err(_) => panic!("{PATIENCE:?} on, still not {what}; seen: {seen:?}"),
+        }
+    }
+}
+
+/// The status the watch ends with, within [`PATIENCE`], and the messages before it.
+async fn end_of(stream: &mut Watch) -> (Status, usize) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut before = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(_))) => before += 1,
+            Ok(Ok(None)) => panic!("the watch ended without a status after {before} messages"),
+            Ok(Err(status)) => return (status, before),
+            Err(_) => panic!("{PATIENCE:?} on, the watch has not ended ({before} messages)"),
+        }
+    }
+}
+
+fn snapshot(message: &pb::WatchSnapshotsResponse) -> &pb::Snapshot {
+    message
+        .snapshot
+        .as_ref()
+        .expect("every message names its snapshot")
+}
+
+async fn rename(app: &TestApp, account: &str, snapshot_id: &str, name: &str) {
+    app.snapshots()
+        .modify_snapshot_attribute(as_account(
+            account,
+            pb::ModifySnapshotAttributeRequest {
+                snapshot_id: snapshot_id.to_owned(),
+                snapshot_name: Some(name.to_owned()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("ModifySnapshotAttribute");
+}
+
+async fn a_watch_by_ids_sends_the_current_state_then_each_change(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let kept_five_days = pb::CreateSnapshotRequest {
+        retention_days: 5,
+        ..create_request("d-acct-a-0")
+    };
+    let id = app
+        .create("acct-a", kept_five_days)
+        .await
+        .unwrap()
+        .snapshot_id;
+
+    let mut stream = watch(&app, "acct-a", &[&id], "").await;
+    let first = next(&mut stream, "the current state").await;
+    assert!(!first.deleted);
+    let first = snapshot(&first);
+    assert_eq!(first.snapshot_id, id);
+    assert_eq!(first.status(), pb::SnapshotStatus::Progressing);
+    assert_eq!((first.progress, first.remain_time_seconds), (0, 160));
+
+    rename(&app, "acct-a", &id, "renamed").await;
+    let renamed = next(&mut stream, "the new name").await;
+    assert_eq!(snapshot(&renamed).snapshot_name, "renamed");
+
+    app.snapshots()
+        .modify_snapshot_attribute(as_account(
+            "acct-a",
+            pb::ModifySnapshotAttributeRequest {
+                snapshot_id: id.clone(),
+                retention_days: Some(9),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a retention");
+    assert_eq!(
+        snapshot(&next(&mut stream, "the retention").await).retention_days,
+        9
+    );
+
+    tags_client(&app)
+        .tag_resources(as_account(
+            "acct-a",
+            pb::TagResourcesRequest {
+                resource_type: "snapshot".into(),
+                resource_ids: vec![id.clone()],
+                tags: vec![pb::Tag {
+                    key: "team".into(),
+                    value: "storage".into(),
+                }],
+            },
+        ))
+        .await
+        .expect("TagResources");
+    let tagged = next(&mut stream, "the tag").await;
+    assert_eq!(
+        snapshot(&tagged).tags,
+        vec![pb::Tag {
+            key: "team".into(),
+            value: "storage".into()
+        }]
+    );
+
+    // Half the copy time passes: the progress is sent with nothing written anywhere.
+    app.advance(Duration::from_secs(80));
+    let halfway = next(&mut stream, "the progress").await;
+    assert_eq!(
+        (
+            snapshot(&halfway).progress,
+            snapshot(&halfway).remain_time_seconds
+        ),
+        (50, 80)
+    );
+
+    finish_copies(&app).await;
+    let done = next_where(&mut stream, "accomplished", |m| {
+        snapshot(m).status() == pb::SnapshotStatus::Accomplished
+    })
+    .await;
+    assert_eq!(snapshot(&done).progress, 100);
+    assert!(snapshot(&done).available);
+
+    app.snapshots()
+        .delete_snapshot(as_account(
+            "acct-a",
+            pb::DeleteSnapshotRequest {
+                snapshot_id: id.clone(),
+                force: false,
+            },
+        ))
+        .await
+        .expect("DeleteSnapshot");
+    let deleted = next(&mut stream, "the deletion").await;
+    assert!(deleted.deleted, "{deleted:?}");
+    assert_eq!(
+        (
+            &snapshot(&deleted).snapshot_id[..],
+            &snapshot(&deleted).source_disk_id[..]
+        ),
+        (&id[..], "d-acct-a-0")
+    );
+}
+
+async fn a_watch_by_disk_reports_the_disks_snapshots_created_after_it_started(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 2)).await;
+    let before = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    finish_copies(&app).await;
+
+    let mut stream = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+    let first = next(&mut stream, "the disk's snapshot").await;
+    assert_eq!(snapshot(&first).snapshot_id, before);
+    assert_eq!(snapshot(&first).status(), pb::SnapshotStatus::Accomplished);
+
+    // Another disk's snapshot is not this watch's; the next message is the new one of the disk.
+    app.create_on("acct-a", "d-acct-a-1").await.unwrap();
+    let created = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let message = next(&mut stream, "the new snapshot").await;
+    assert_eq!(snapshot(&message).snapshot_id, created);
+    assert_eq!(snapshot(&message).source_disk_id, "d-acct-a-0");
+    assert_eq!(snapshot(&message).status(), pb::SnapshotStatus::Progressing);
+}
+
+async fn another_accounts_snapshots_never_appear(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    app.seed(&world("acct-b", 1)).await;
+    let of_a = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let of_b = app
+        .create_on("acct-b", "d-acct-b-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+
+    // B names A's snapshot beside its own, and watches A's disk: as if nobody had them.
+    let mut by_ids = watch(&app, "acct-b", &[&of_a, &of_b], "").await;
+    let mut by_disk = watch(&app, "acct-b", &[], "d-acct-a-0").await;
+    let first = next(&mut by_ids, "B's own snapshot").await;
+    assert_eq!(snapshot(&first).snapshot_id, of_b);
+
+    // A's changes come first; B is told of its own only.
+    rename(&app, "acct-a", &of_a, "secret").await;
+    finish_copies(&app).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    rename(&app, "acct-b", &of_b, "mine").await;
+    let message = next_where(&mut by_ids, "B's rename", |m| {
+        assert_eq!(snapshot(m).snapshot_id, of_b, "only B's snapshot: {m:?}");
+        snapshot(m).snapshot_name == "mine"
+    })
+    .await;
+    assert!(!message.deleted);
+
+    // The hub met A's changes before B's rename, and sent any to a watcher then: a window for
+    // one that would have been sent to B's watch of A's disk to arrive.
+    let seen_by_disk = tokio::time::timeout(Duration::from_millis(500), by_disk.message()).await;
+    assert!(
+        seen_by_disk.is_err(),
+        "B's watch of A's disk saw {seen_by_disk:?}"
+    );
+}
+
+async fn a_watch_request_is_checked_as_describe_checks_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let many: Vec<String> = (0..101).map(|n| format!("s-{n:020}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let rows: [(&str, &[&str], &str); 5] = [
+        ("a malformed id", &["s-short"], ""),
+        ("an id of another shape", &["d-acct-a-0"], ""),
+        ("101 ids", &many, ""),
+        ("a malformed disk", &[], "disk-0"),
+        (
+            "a malformed disk beside an id",
+            &["s-00000000000000000000"],
+            "x",
+        ),
+    ];
+    for (what, ids, disk) in rows {
+        let watched = watch_on(app.snapshots(), "acct-a", watch_request(ids, disk))
+            .await
+            .expect_err(what);
+        let described = app
+            .snapshots()
+            .describe_snapshots(as_account(
+                "acct-a",
+                pb::DescribeSnapshotsRequest {
+                    snapshot_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+                    disk_id: disk.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err(what);
+        assert_eq!(watched.code(), described.code(), "{what}: {watched:?}");
+        assert_eq!(watched.message(), described.message(), "{what}");
+        assert_ne!(watched.code(), Code::Internal, "{what}");
+    }
+    let nothing = watch_on(app.snapshots(), "acct-a", watch_request(&[], ""))
+        .await
+        .expect_err("neither ids nor a disk");
+    let metadata = assert_error(
+        &nothing,
+        Code::InvalidArgument,
+        "InvalidParameter",
+        "400",
+        Detail::BadRequest("snapshot_ids"),
+    );
+    assert_eq!(metadata["httpStatus"], "400");
+}
+
+async fn past_the_per_account_limit_a_watch_is_refused_with_quota_failure(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|config| config.max_watches_per_account = 2),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    app.seed(&world("acct-b", 1)).await;
+    let first = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+    let _second = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+
+    let refused = watch_on(app.snapshots(), "acct-a", watch_request(&[], "d-acct-a-0"))
+        .await
+        .expect_err("a third watch");
+    let metadata = assert_error(
+        &refused,
+        Code::ResourceExhausted,
+        "QuotaExceed.Watch",
+        "403",
+        Detail::QuotaFailure,
+    );
+    assert_eq!(metadata["quota"], "2");
+    // Another account has watches of its own.
+    let _other = watch(&app, "acct-b", &[], "d-acct-b-0").await;
+
+    // A watch the client drops gives its place back.
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match watch_on(app.snapshots(), "acct-a", watch_request(&[], "d-acct-a-0")).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{PATIENCE:?} after a watch was dropped, its place is still taken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+async fn a_watcher_that_does_not_read_is_ended_resource_exhausted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    // A client that takes a kilobyte at a time, and reads nothing until the end.
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = watch_on(
+        SnapshotServiceClient::new(channel),
+        "acct-a",
+        watch_request(&[&id], ""),
+    )
+    .await
+    .expect("WatchSnapshots");
+    let mut reader = watch(&app, "acct-a", &[&id], "").await;
+    next(&mut reader, "the current state").await;
+
+    // Each rename is sent once the one before was read by the reading watcher, so none of
+    // them is merged with the next: the slow watcher's buffer gets every one.
+    let renames = 3 * snapshotd::service::WATCH_BUFFER;
+    for n in 0..renames {
+        let name = format!("name-{n}");
+        rename(&app, "acct-a", &id, &name).await;
+        next_where(&mut reader, &name, |m| snapshot(m).snapshot_name == name).await;
+    }
+
+    let (status, before) = end_of(&mut slow).await;
+    let metadata = assert_error(
+        &status,
+        Code::ResourceExhausted,
+        "Watch.TooSlow",
+        "403",
+        Detail::QuotaFailure,
+    );
+    assert_eq!(
+        metadata["buffer"],
+        snapshotd::service::WATCH_BUFFER.to_string()
+    );
+    assert!(before < renames, "{before} messages before the end");
+    // The reading watcher goes on.
+    rename(&app, "acct-a", &id, "after").await;
+    next_where(&mut reader, "after", |m| {
+        snapshot(m).snapshot_name == "after"
+    })
+    .await;
+}
+
+async fn shutdown_ends_open_watches_unavailable(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            // Longer than the test waits: only the drain's end of the watches can answer it.
+            configure: Box::new(|config| config.shutdown_grace = Duration::from_secs(120)),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    let mut stream = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+
+    let stopped = tokio::spawn(app.stop());
+    let (status, _) = end_of(&mut stream).await;
+    let metadata = assert_error(
+        &status,
+        Code::Unavailable,
+        "ServiceUnavailable",
+        "503",
+        Detail::RetryInfo,
+    );
+    assert_eq!(metadata["cause"], "shutting_down");
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .expect("the server stops once its watches ended")
+        .expect("the server stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_on_one_replica_reaches_a_watcher_on_another_on_postgres() {
+    let first = spawn_app(Backend::Postgres).await;
+    let second = spawn_replica(&first, Options::default()).await;
+    first.seed(&world("acct-a", 1)).await;
+    let mut by_disk = watch(&second, "acct-a", &[], "d-acct-a-0").await;
+
+    let id = first
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let created = next(&mut by_disk, "the snapshot created on the other replica").await;
+    assert_eq!(snapshot(&created).snapshot_id, id);
+    let mut by_id = watch(&second, "acct-a", &[&id], "").await;
+    next(&mut by_id, "the current state").await;
+
+    rename(&first, "acct-a", &id, "renamed-there").await;
+    for stream in [&mut by_disk, &mut by_id] {
+        let renamed = next(stream, "the rename on the other replica").await;
+        assert_eq!(snapshot(&renamed).snapshot_name, "renamed-there");
+    }
+    // The copy is finished by the other replica's worker.
+    finish_copies(&first).await;
+    for stream in [&mut by_disk, &mut by_id] {
+        next_where(stream, "accomplished on the other replica", |m| {
+            snapshot(m).status() == pb::SnapshotStatus::Accomplished
+        })
+        .await;
+    }
+}
+
+/// The listener's session is killed and may not reconnect while a change commits: the
+/// notification is lost, and the watch still sees the change once the listener is back (the hub
+/// reads everything watched again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on_postgres() {
+    use sqlx::Connection;
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let mut stream = watch(&app, "acct-a", &[&id], "").await;
+    next(&mut stream, "the current state").await;
+
+    let mut test = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    // A database cannot refuse connections from a session of its own: the admin's does.
+    let admin_url = crate::harness::postgres::postgres_admin_url().await;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut test)
+        .await
+        .unwrap();
+    let listener = "SELECT pid FROM pg_stat_activity
+                    WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let pid: i32 = sqlx::query_scalar(listener)
+        .fetch_one(&mut test)
+        .await
+        .expect("the server's change listener");
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut test)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut test)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener's session lives on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nobody listens while this commits.
+    sqlx::query("UPDATE snapshots SET snapshot_name = 'while-away' WHERE snapshot_id = $1")
+        .bind(&id)
+        .execute(&mut test)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let renamed = next(&mut stream, "the change made while the listener was away").await;
+    assert_eq!(snapshot(&renamed).snapshot_name, "while-away");
+}
