@@ -20,7 +20,7 @@ use crate::ecs_client::EcsClient;
 use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
     Backend, Cluster, Options, PATIENCE, TestApp, TestDatabase, as_account, assert_health_becomes,
-    readiness, spawn_on, world,
+    concurrently, readiness, spawn_on, world,
 };
 
 const ACCOUNT: &str = "acct-a";
@@ -63,6 +63,15 @@ async fn run_sql(url: &str, sql: &str) {
         .unwrap_or_else(|err| panic!("{sql} on {url}: {err}"));
 }
 
+async fn read_only_for_new_sessions(url: &str) -> bool {
+    let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+    let value: String = sqlx::query_scalar("SHOW default_transaction_read_only")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    value == "on"
+}
+
 /// Sessions of the server (`application_name` snapshotd) the cluster at `url` holds.
 async fn server_sessions(url: &str) -> i64 {
     let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
@@ -92,12 +101,20 @@ fn assert_unavailable(status: &tonic::Status) {
     );
 }
 
+/// The account's snapshot ids, in one page.
 async fn describe(app: &TestApp) -> Result<Vec<String>, tonic::Status> {
     let listed = app
         .snapshots()
-        .describe_snapshots(as_account(ACCOUNT, Default::default()))
+        .describe_snapshots(as_account(
+            ACCOUNT,
+            snapshotd::pb::DescribeSnapshotsRequest {
+                max_results: 100,
+                ..Default::default()
+            },
+        ))
         .await?
         .into_inner();
+    assert!(listed.next_token.is_empty(), "one page holds them all");
     Ok(listed
         .snapshots
         .into_iter()
@@ -158,6 +175,22 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
         let created = app.create(ACCOUNT, with_token(disk, &token)).await.unwrap();
         acknowledged.push((token, created.snapshot_id));
     }
+    // Under load the pool holds many connections to the primary, as in the field (16-way).
+    let app = Arc::new(app);
+    concurrently(16, |_| {
+        let app = Arc::clone(&app);
+        async move {
+            for _ in 0..10 {
+                describe(&app).await.expect("describing on the primary");
+            }
+        }
+    })
+    .await;
+    let opened = server_sessions(&primary.url(&db_name)).await;
+    assert!(
+        opened >= 4,
+        "the pool holds {opened} connections, not several"
+    );
     assert_eq!(readiness(&app).await, ServingStatus::Serving);
 
     // The primary turns read-only under the running server, as a primary set read-only or a
@@ -169,7 +202,17 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
     )
     .await;
     run_sql(&primary.admin_url(), "SELECT pg_reload_conf()").await;
-    // Until the setting reaches the server's sessions, creates may still be acknowledged.
+    // The postmaster signals its sessions once it has read the setting itself, which a new
+    // session shows; each session reads it before its next statement.
+    let deadline = Instant::now() + PATIENCE;
+    while !read_only_for_new_sessions(&primary.admin_url()).await {
+        assert!(
+            Instant::now() < deadline,
+            "the primary never turned read-only"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A create may still be acknowledged, by a session the signal has not reached yet.
     let (pending_disk, pending_token) = loop {
         let disk = disks
             .next()
@@ -183,6 +226,10 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
             }
         }
     };
+    eprintln!(
+        "acknowledged before the primary turned read-only: {}",
+        acknowledged.len()
+    );
     assert_health_becomes(&app, ServingStatus::NotServing).await;
     let retried = app
         .create(ACCOUNT, with_token(pending_disk, &pending_token))
@@ -282,7 +329,65 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
         "the server's connections are on the new primary"
     );
 
-    app.stop().await;
+    Arc::into_inner(app)
+        .expect("the clients are done")
+        .stop()
+        .await;
     drop(proxy);
     drop(pair);
+}
+
+/// Readiness asks whether the database takes writes, not only whether it answers: with no call
+/// to meet it, a primary set read-only under the server's open connections turns readiness
+/// NOT_SERVING, and SERVING again once it takes writes, in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_is_not_serving_while_the_primary_takes_no_writes_and_serving_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.path().join("primary");
+        move || {
+            let cluster = Cluster::new(dir).expect("a private cluster");
+            cluster.start().expect("starting the private cluster");
+            Stopped(cluster)
+        }
+    })
+    .await
+    .unwrap();
+    let admin_url = cluster.0.admin_url();
+    let db = TestDatabase::create_on(&admin_url).await;
+    let app = spawn_on(Backend::Postgres, db, Options::default()).await;
+    app.seed(&world(ACCOUNT, 2)).await;
+    app.create(ACCOUNT, with_token(0, "before")).await.unwrap();
+    assert_eq!(readiness(&app).await, ServingStatus::Serving);
+
+    run_sql(
+        &admin_url,
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    )
+    .await;
+    run_sql(&admin_url, "SELECT pg_reload_conf()").await;
+    assert_health_becomes(&app, ServingStatus::NotServing).await;
+
+    run_sql(
+        &admin_url,
+        "ALTER SYSTEM RESET default_transaction_read_only",
+    )
+    .await;
+    run_sql(&admin_url, "SELECT pg_reload_conf()").await;
+    assert_health_becomes(&app, ServingStatus::Serving).await;
+    app.create(ACCOUNT, with_token(1, "after"))
+        .await
+        .expect("writes are taken again");
+
+    app.stop().await;
+    drop(cluster);
+}
+
+/// A cluster stopped when the test ends, even when it fails.
+struct Stopped(Cluster);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
 }
