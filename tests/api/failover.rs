@@ -5,7 +5,6 @@
 //! (never INTERNAL) and readiness is NOT_SERVING; once a writable primary answers at the address,
 //! the same process serves again, with no connection left on the old server.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,29 +25,28 @@ use crate::helpers::{
 const ACCOUNT: &str = "acct-a";
 const DISKS: usize = 32;
 
-/// A primary and its synchronous standby, stopped when the test ends, even when it fails.
-struct Pair {
-    primary: Arc<Cluster>,
-    standby: Arc<Cluster>,
-}
+/// A cluster of the test's own, stopped when the test ends, even when it fails.
+struct Stopped(Cluster);
 
-impl Pair {
-    fn start(dir: &Path) -> Self {
-        let primary = Cluster::new(dir.join("primary")).expect("a primary cluster");
-        primary.start().expect("starting the primary");
-        let standby = Cluster::standby_of(&primary, dir.join("standby")).expect("a standby");
-        standby.start().expect("starting the standby");
-        Self {
-            primary: Arc::new(primary),
-            standby: Arc::new(standby),
-        }
+impl Stopped {
+    fn start(made: Result<Cluster, String>) -> Self {
+        let cluster = Self(made.expect("a cluster of the test's own"));
+        cluster.0.start().expect("starting the cluster");
+        cluster
     }
 }
 
-impl Drop for Pair {
+impl std::ops::Deref for Stopped {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = self.standby.stop();
-        let _ = self.primary.stop();
+        let _ = self.0.stop();
     }
 }
 
@@ -128,13 +126,16 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
     // synchronous_mode), so every acknowledged snapshot is on it. The server reaches the
     // primary through the proxy.
     let dir = tempfile::tempdir().unwrap();
-    let pair = tokio::task::spawn_blocking({
+    let (primary, standby) = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
-        move || Pair::start(&dir)
+        move || {
+            let primary = Stopped::start(Cluster::new(dir.join("primary")));
+            let standby = Stopped::start(Cluster::standby_of(&primary, dir.join("standby")));
+            (primary, Arc::new(standby))
+        }
     })
     .await
     .unwrap();
-    let (primary, standby) = (Arc::clone(&pair.primary), Arc::clone(&pair.standby));
     run_sql(
         &primary.admin_url(),
         "ALTER SYSTEM SET synchronous_standby_names = '*'",
@@ -263,10 +264,13 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
 
     // The standby is promoted: a writable primary answers at the same address. The same
     // process serves again by itself; the client's retry with its token is acknowledged.
-    tokio::task::spawn_blocking(move || standby.promote())
-        .await
-        .unwrap()
-        .expect("promoting the standby");
+    tokio::task::spawn_blocking({
+        let standby = Arc::clone(&standby);
+        move || standby.promote()
+    })
+    .await
+    .unwrap()
+    .expect("promoting the standby");
     let deadline = Instant::now() + PATIENCE;
     let created = loop {
         match app
@@ -325,7 +329,7 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        server_sessions(&pair.standby.url(&db_name)).await > 0,
+        server_sessions(&standby.url(&db_name)).await > 0,
         "the server's connections are on the new primary"
     );
 
@@ -334,7 +338,6 @@ async fn through_a_failover_calls_are_unavailable_never_internal_and_the_server_
         .stop()
         .await;
     drop(proxy);
-    drop(pair);
 }
 
 /// Readiness asks whether the database takes writes, not only whether it answers: with no call
@@ -345,15 +348,11 @@ async fn readiness_is_not_serving_while_the_primary_takes_no_writes_and_serving_
     let dir = tempfile::tempdir().unwrap();
     let cluster = tokio::task::spawn_blocking({
         let dir = dir.path().join("primary");
-        move || {
-            let cluster = Cluster::new(dir).expect("a private cluster");
-            cluster.start().expect("starting the private cluster");
-            Stopped(cluster)
-        }
+        move || Stopped::start(Cluster::new(dir))
     })
     .await
     .unwrap();
-    let admin_url = cluster.0.admin_url();
+    let admin_url = cluster.admin_url();
     let db = TestDatabase::create_on(&admin_url).await;
     let app = spawn_on(Backend::Postgres, db, Options::default()).await;
     app.seed(&world(ACCOUNT, 2)).await;
@@ -381,13 +380,4 @@ async fn readiness_is_not_serving_while_the_primary_takes_no_writes_and_serving_
 
     app.stop().await;
     drop(cluster);
-}
-
-/// A cluster stopped when the test ends, even when it fails.
-struct Stopped(Cluster);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.stop();
-    }
 }
