@@ -616,9 +616,10 @@ async fn read_gauges(service: Arc<Service>, layer: RpcLayer) {
 /// How often readiness asks the database whether it is there.
 const DATABASE_PING_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Reports NOT_SERVING for every service while the database does not answer, or while its disk
-/// is full, SERVING again once it answers and takes writes: a balancer then sends calls to a
-/// replica that can serve them.
+/// Reports NOT_SERVING for every service while the database does not answer, takes no writes (a
+/// standby in recovery, a primary set read-only: a failover under way) or has a full disk, and
+/// SERVING again once it answers and takes writes, whatever server answers at its address then:
+/// a balancer sends calls to a replica that can serve them.
 async fn watch_database(
     service: Arc<Service>,
     health: Readiness,
@@ -641,7 +642,10 @@ async fn watch_database(
                 tracing::info!("the database answers and takes writes again: SERVING");
                 health.set(ServingStatus::Serving).await;
             } else {
-                tracing::error!("the database does not answer, or its disk is full: NOT_SERVING");
+                tracing::error!(
+                    "the database does not answer, takes no writes (read-only, in recovery) or \
+                     its disk is full: NOT_SERVING"
+                );
                 health.set(ServingStatus::NotServing).await;
             }
         }

@@ -8,6 +8,7 @@
 //! how a write transaction begins, pool set-up) is in `postgres/` and `sqlite/`, behind
 //! [`shared::Dialect`]. Database facts become typed errors here; SQL never leaves this module.
 
+mod fence;
 mod pooler;
 pub mod postgres;
 mod rows;
@@ -30,8 +31,9 @@ use crate::engine::{CreateState, TokenBinding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be reached (connection refused or lost, pool exhausted or closed).
-    /// Cloneable, so that every call of a batch that met it can be told.
+    /// The database cannot be reached (connection refused or lost, pool exhausted or closed), or
+    /// the server at its address takes no writes (a standby in recovery, a read-only primary):
+    /// see [`Diagnosis`]. Cloneable, so that every call of a batch that met it can be told.
     #[error("the database is unavailable")]
     Unavailable(#[source] Unreachable),
     /// The database's disk is full: nothing was written, and writes fail until there is space.
@@ -59,30 +61,60 @@ pub struct Unreachable(Arc<sqlx::Error>);
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        let unreachable = match &err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            // PostgreSQL: the server is shutting down or dropped us (class 57, 08); SQLite: busy.
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("57") || code.starts_with("08") || code == "5" || code == "6"
-            }),
-            _ => false,
-        };
-        // PostgreSQL: disk_full (53100); SQLite: SQLITE_FULL (13).
-        let storage_full = matches!(&err, sqlx::Error::Database(db)
-            if db.code().is_some_and(|code| code == "53100" || code == "13"));
-        if storage_full {
-            Self::StorageFull(err)
-        } else if matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation()) {
-            Self::Conflict(err)
-        } else if unreachable {
-            Self::Unavailable(Unreachable(Arc::new(err)))
-        } else {
-            Self::Database(err)
+        match diagnose(&err) {
+            Diagnosis::ServerLost | Diagnosis::Unreachable => {
+                Self::Unavailable(Unreachable(Arc::new(err)))
+            }
+            Diagnosis::StorageFull => Self::StorageFull(err),
+            Diagnosis::Conflict => Self::Conflict(err),
+            Diagnosis::Other => Self::Database(err),
         }
+    }
+}
+
+/// What a driver's error says about the database: the one place that reads SQLSTATEs, for the
+/// [`StoreError`] it becomes and for the pool ([`fence::Fence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Diagnosis {
+    /// The server behind the address is gone or going (the connection lost, a shutdown, a
+    /// crash, still starting up) or takes no writes (a standby in recovery, a primary set
+    /// read-only): the operator's failover window. Unavailable; and no connection opened before
+    /// it is used again, so the next call reaches whatever answers at the address now.
+    ServerLost,
+    /// Out of reach for now, the pool's connections are not in doubt: no connection free in
+    /// time, the pool closed, SQLite busy or locked, a statement canceled.
+    Unreachable,
+    StorageFull,
+    /// A unique key another transaction took first.
+    Conflict,
+    /// Anything else: a bug of ours, or a database we do not understand. INTERNAL.
+    Other,
+}
+
+pub(crate) fn diagnose(err: &sqlx::Error) -> Diagnosis {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Diagnosis::ServerLost,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            Diagnosis::Unreachable
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => Diagnosis::Conflict,
+        sqlx::Error::Database(db) => match db.code().as_deref().unwrap_or_default() {
+            // PostgreSQL: connection_exception (class 08); admin_shutdown, crash_shutdown,
+            // cannot_connect_now, database_dropped; read_only_sql_transaction (a write on a
+            // standby or a read-only primary: "cannot execute INSERT in a read-only
+            // transaction"). Not 40001/40P01: a conflict with recovery or a deadlock is the
+            // call's to retry, on a server that is fine.
+            code if code.starts_with("08") => Diagnosis::ServerLost,
+            "57P01" | "57P02" | "57P03" | "57P04" | "25006" => Diagnosis::ServerLost,
+            // The rest of operator_intervention (class 57: query_canceled, an idle session's
+            // timeout); SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
+            code if code.starts_with("57") => Diagnosis::Unreachable,
+            "5" | "6" => Diagnosis::Unreachable,
+            // PostgreSQL: disk_full; SQLite: SQLITE_FULL.
+            "53100" | "13" => Diagnosis::StorageFull,
+            _ => Diagnosis::Other,
+        },
+        _ => Diagnosis::Other,
     }
 }
 
@@ -232,7 +264,8 @@ pub trait Store: Send + Sync + 'static {
     /// connection to PostgreSQL, never through a pooler) when given, else over the store's pool.
     async fn migrate(&self, migration_database_url: Option<&str>) -> Result<(), StoreError>;
 
-    /// A cheap round trip, for readiness.
+    /// A cheap round trip, for readiness: fails unless the database answers and takes writes
+    /// (PostgreSQL: not a standby in recovery, not set read-only).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Begins a write transaction, in which reads lock what they read until it ends (PostgreSQL:
@@ -557,5 +590,188 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<Arc<dyn St
             "DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",
             database_url.split(':').next().unwrap_or_default()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database's answer with this SQLSTATE (PostgreSQL) or result code (SQLite).
+    #[derive(Debug)]
+    struct Answered(&'static str);
+
+    impl std::fmt::Display for Answered {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "the database answered {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Answered {}
+
+    impl sqlx::error::DatabaseError for Answered {
+        fn message(&self) -> &str {
+            "the database answered"
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            match self.0 {
+                "23505" | "2067" => sqlx::error::ErrorKind::UniqueViolation,
+                _ => sqlx::error::ErrorKind::Other,
+            }
+        }
+    }
+
+    fn answered(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Answered(code)))
+    }
+
+    fn variant(err: &StoreError) -> &'static str {
+        match err {
+            StoreError::Unavailable(_) => "Unavailable",
+            StoreError::StorageFull(_) => "StorageFull",
+            StoreError::Corrupt(_) => "Corrupt",
+            StoreError::Conflict(_) => "Conflict",
+            StoreError::Database(_) => "Database",
+            StoreError::Migrate(_) => "Migrate",
+            StoreError::Unsupported(_) => "Unsupported",
+        }
+    }
+
+    #[test]
+    fn each_database_answer_becomes_its_store_error_and_a_lost_server_fences_the_pool() {
+        use Diagnosis::{Conflict, Other, ServerLost, StorageFull, Unreachable};
+        let cases: Vec<(&str, sqlx::Error, Diagnosis, &str)> = vec![
+            // A failover: the server behind the address is gone, going, or no primary.
+            (
+                "read_only_sql_transaction (a standby, a read-only primary)",
+                answered("25006"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "cannot_connect_now (starting up, in recovery)",
+                answered("57P03"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "admin_shutdown",
+                answered("57P01"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "crash_shutdown",
+                answered("57P02"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "database_dropped",
+                answered("57P04"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "connection_failure",
+                answered("08006"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "connection_does_not_exist",
+                answered("08003"),
+                ServerLost,
+                "Unavailable",
+            ),
+            (
+                "the connection reset",
+                sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                ServerLost,
+                "Unavailable",
+            ),
+            // Out of reach for now; the pool's connections are fine.
+            (
+                "query_canceled",
+                answered("57014"),
+                Unreachable,
+                "Unavailable",
+            ),
+            (
+                "idle_session_timeout",
+                answered("57P05"),
+                Unreachable,
+                "Unavailable",
+            ),
+            (
+                "no connection free in time",
+                sqlx::Error::PoolTimedOut,
+                Unreachable,
+                "Unavailable",
+            ),
+            (
+                "the pool closed",
+                sqlx::Error::PoolClosed,
+                Unreachable,
+                "Unavailable",
+            ),
+            ("SQLITE_BUSY", answered("5"), Unreachable, "Unavailable"),
+            ("SQLITE_LOCKED", answered("6"), Unreachable, "Unavailable"),
+            // The rest keeps its own answer.
+            ("disk_full", answered("53100"), StorageFull, "StorageFull"),
+            ("SQLITE_FULL", answered("13"), StorageFull, "StorageFull"),
+            ("unique_violation", answered("23505"), Conflict, "Conflict"),
+            (
+                "SQLITE_CONSTRAINT_UNIQUE",
+                answered("2067"),
+                Conflict,
+                "Conflict",
+            ),
+            (
+                "serialization_failure (also a conflict with recovery)",
+                answered("40001"),
+                Other,
+                "Database",
+            ),
+            ("deadlock_detected", answered("40P01"), Other, "Database"),
+            (
+                "object_not_in_prerequisite_state",
+                answered("55000"),
+                Other,
+                "Database",
+            ),
+            ("undefined_table", answered("42P01"), Other, "Database"),
+            ("no row", sqlx::Error::RowNotFound, Other, "Database"),
+        ];
+        for (what, err, diagnosis, store_error) in cases {
+            assert_eq!(diagnose(&err), diagnosis, "{what}");
+            let fence = fence::Fence::default();
+            fence.note(&err);
+            assert_eq!(
+                fence.predates(std::time::Duration::from_secs(1)),
+                diagnosis == ServerLost,
+                "{what}: fences off the connections opened before it"
+            );
+            assert_eq!(variant(&StoreError::from(err)), store_error, "{what}");
+        }
     }
 }

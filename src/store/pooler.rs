@@ -15,26 +15,34 @@
 //!
 //! Off (the default), a session's statements are prepared once per connection and cached, as
 //! sqlx does by default, and reads run outside a transaction: no round trip is added.
+//!
+//! Either way, a statement's error that says the server is gone or takes no writes raises the
+//! pool's [`Fence`] (a failover: `super::fence`).
 
 use std::fmt;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _};
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Describe, Either, Execute, Executor};
 
+use super::fence::Fence;
+
 /// A session's connection as its statements' executor: each statement as it is (prepared and
-/// cached by name) or, behind a transaction pooler, unnamed.
+/// cached by name) or, behind a transaction pooler, unnamed; its errors shown to the fence.
 pub struct SessionConnection<'c, DB: Database> {
     connection: &'c mut DB::Connection,
     unnamed: bool,
+    fence: &'c Fence,
 }
 
 impl<'c, DB: Database> SessionConnection<'c, DB> {
-    pub(super) fn new(connection: &'c mut DB::Connection, unnamed: bool) -> Self {
+    pub(super) fn new(connection: &'c mut DB::Connection, unnamed: bool, fence: &'c Fence) -> Self {
         Self {
             connection,
             unnamed,
+            fence,
         }
     }
 
@@ -67,11 +75,13 @@ where
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        if self.unnamed {
+        let fence = self.fence;
+        let rows = if self.unnamed {
             self.connection.fetch_many(Unnamed(query))
         } else {
             self.connection.fetch_many(query)
-        }
+        };
+        rows.inspect_err(move |err| fence.note(err)).boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -82,11 +92,13 @@ where
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        if self.unnamed {
+        let fence = self.fence;
+        let row = if self.unnamed {
             self.connection.fetch_optional(Unnamed(query))
         } else {
             self.connection.fetch_optional(query)
-        }
+        };
+        row.inspect_err(move |err| fence.note(err)).boxed()
     }
 
     fn prepare_with<'e, 'q: 'e>(

@@ -13,8 +13,9 @@ use tokio::sync::Notify;
 
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection as _, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use super::fence::Fence;
 use super::pooler::SessionConnection;
 use super::rows::{
     AccessKeyRow, AccountRow, CallerRow, DiskRow, ImageRow, InstanceRow, LockedDiskRow,
@@ -61,6 +62,11 @@ pub trait Dialect: Database + Sized {
         statement: &'static str,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Readiness's round trip: fails unless the database answers and takes writes.
+    fn ping(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// See [`Transaction::lock_free_disks_and_read`].
     fn lock_free_disks_and_read(
         session: &mut SqlSession<Self>,
@@ -97,6 +103,9 @@ pub struct SqlStore<DB: Database> {
     transaction_pooler: bool,
     /// Told after each COMMIT of a session: SQLite's change feed reads its log then.
     committed: Arc<Notify>,
+    /// Raised by a sign that the server behind the address is gone or takes no writes; the
+    /// pool's hooks close the connections opened before it (see `super::fence`).
+    fence: Arc<Fence>,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -111,12 +120,19 @@ impl<DB: Database> SqlStore<DB> {
             _process_lock: process_lock,
             transaction_pooler: false,
             committed: Arc::new(Notify::new()),
+            fence: Arc::default(),
         }
     }
 
     /// Told after each COMMIT of one of this store's sessions.
     pub(super) fn committed(&self) -> Arc<Notify> {
         Arc::clone(&self.committed)
+    }
+
+    /// The fence the pool's hooks look at (PostgreSQL's: `super::postgres::connect`).
+    pub(super) fn fenced_by(mut self, fence: Arc<Fence>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// The pool's connections go through a transaction pooler: every session runs in a
@@ -191,20 +207,35 @@ where
         migrated
     }
 
+    /// Also closes the idle connections a fence raised since the last round condemned: nobody
+    /// may ask for them, and each holds a session on the old server.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.acquire().await?.ping().await?;
-        Ok(())
+        if self.fence.take_drain() {
+            for _ in 0..self.pool.num_idle() {
+                let Some(mut idle) = self.pool.try_acquire() else {
+                    break;
+                };
+                idle.close_on_drop();
+            }
+        }
+        let mut connection = self.acquire().await?;
+        let answered = DB::ping(&mut connection).await;
+        if let Err(err) = &answered {
+            self.fence.note(err);
+        }
+        Ok(answered?)
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let waiting = std::time::Instant::now();
         let mut session = SqlSession {
-            connection: self.pool.acquire().await?,
+            connection: self.acquire().await?,
             in_transaction: true,
             unnamed: self.transaction_pooler,
             committed: Some(self.committed()),
+            fence: Arc::clone(&self.fence),
         };
-        if let Err(err) = DB::execute(&mut session.connection, DB::BEGIN_WRITE).await {
+        if let Err(err) = session.execute(DB::BEGIN_WRITE).await {
             session.connection.close_on_drop();
             session.in_transaction = false;
             return Err(err.into());
@@ -215,15 +246,16 @@ where
 
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let mut session = SqlSession {
-            connection: self.pool.acquire().await?,
+            connection: self.acquire().await?,
             in_transaction: false,
             unnamed: self.transaction_pooler,
             committed: Some(self.committed()),
+            fence: Arc::clone(&self.fence),
         };
         if self.transaction_pooler {
             // Each statement's two exchanges must reach one server connection (`super::pooler`).
             session.in_transaction = true;
-            if let Err(err) = DB::execute(&mut session.connection, "BEGIN").await {
+            if let Err(err) = session.execute("BEGIN").await {
                 session.connection.close_on_drop();
                 session.in_transaction = false;
                 return Err(err.into());
@@ -252,6 +284,17 @@ where
     }
 }
 
+impl<DB: Database> SqlStore<DB> {
+    /// A pooled connection. Failing to get one can be a sign for the fence too: the address
+    /// resets connections, or the server refuses them while it starts or stops.
+    async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
+        self.pool
+            .acquire()
+            .await
+            .inspect_err(|err| self.fence.note(err))
+    }
+}
+
 /// One pooled connection: in a write transaction ([`Store::begin`]) or not ([`Store::read`]).
 ///
 /// The transaction is the session's own (`BEGIN`, `COMMIT`, `ROLLBACK`), so that a connection
@@ -264,12 +307,23 @@ pub struct SqlSession<DB: Database> {
     unnamed: bool,
     /// Told when a COMMIT succeeds ([`SqlStore::committed`]).
     committed: Option<Arc<Notify>>,
+    /// The store's fence, raised by a statement that finds the server gone or read-only.
+    fence: Arc<Fence>,
 }
 
 impl<DB: Database> SqlSession<DB> {
     /// The executor of the session's statements.
     pub(super) fn connection(&mut self) -> SessionConnection<'_, DB> {
-        SessionConnection::new(&mut *self.connection, self.unnamed)
+        SessionConnection::new(&mut *self.connection, self.unnamed, &self.fence)
+    }
+}
+
+impl<DB: Dialect> SqlSession<DB> {
+    /// Runs `BEGIN`, `COMMIT` or `ROLLBACK`, its error shown to the fence.
+    async fn execute(&mut self, statement: &'static str) -> Result<(), sqlx::Error> {
+        DB::execute(&mut self.connection, statement)
+            .await
+            .inspect_err(|err| self.fence.note(err))
     }
 }
 
@@ -285,6 +339,7 @@ where
         in_transaction: false,
         unnamed: false,
         committed: None,
+        fence: Arc::default(),
     }
     .table_names()
     .await?;
@@ -329,9 +384,10 @@ impl<DB: Dialect> SqlSession<DB> {
         {
             committed.notify_one();
         }
+        let ended = self.execute(statement).await;
         if ended.is_err() {
             let committing = statement == "COMMIT";
-            if !committing || DB::execute(&mut self.connection, "ROLLBACK").await.is_err() {
+            if !committing || self.execute("ROLLBACK").await.is_err() {
                 self.connection.close_on_drop();
             }
         }

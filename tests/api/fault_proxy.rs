@@ -1,9 +1,10 @@
 //! A TCP proxy in front of PostgreSQL that a test can cut and restore, to take the database
-//! away from a running server without touching the server itself.
+//! away from a running server without touching the server itself, or point at another server,
+//! as HAProxy does in a failover.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 pub struct FaultProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    upstream: Arc<Mutex<SocketAddr>>,
     generation: watch::Sender<u64>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
@@ -20,9 +22,11 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(Mutex::new(upstream));
         let (generation, _) = watch::channel(0u64);
         let accept_loop = tokio::spawn({
             let cut = cut.clone();
+            let upstream = upstream.clone();
             let generation = generation.clone();
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
@@ -30,6 +34,7 @@ impl FaultProxy {
                         drop(client); // refuse: close at once
                         continue;
                     }
+                    let upstream = *upstream.lock().unwrap();
                     let mut cut_signal = generation.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(upstream).await else {
@@ -46,9 +51,16 @@ impl FaultProxy {
         Self {
             addr,
             cut,
+            upstream,
             generation,
             accept_loop,
         }
+    }
+
+    /// Sends new connections to `upstream`; open ones stay with the server they reached (as
+    /// HAProxy's do, unless told `on-marked-down shutdown-sessions`).
+    pub fn point_to(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     /// Drops every open connection and refuses new ones.

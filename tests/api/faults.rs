@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::assertions::{Detail, assert_error};
 use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
-    Backend, Options, TestDatabase, finish_copies, postgres_server_addr, spawn_app, spawn_app_with,
-    spawn_on, world,
+    Backend, Options, TestDatabase, assert_health_becomes, finish_copies, postgres_server_addr,
+    spawn_app, spawn_app_with, spawn_on, world,
 };
 
 /// How soon a call fails while the database is gone: `--db-acquire-timeout` (2 s by default) and
@@ -107,33 +106,6 @@ async fn a_sqlite_database_locked_by_another_process_is_unavailable_and_nothing_
         .await
         .expect("works once the lock is gone");
     finish_copies(&app).await;
-}
-
-/// Polls the overall health until it reports `expected` (at most ten seconds).
-async fn assert_health_becomes(app: &crate::helpers::TestApp, expected: ServingStatus) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = health
-            .check(HealthCheckRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        if status == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "health stayed {status:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Holds disk `disk_id`'s row lock in another session, as a slow transaction would; the

@@ -24,6 +24,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use crate::harness::postgres::{Cluster, postgres_bin_dir, postgres_server_addr, replace_host};
 pub use crate::harness::{Backend, TestDatabase};
@@ -513,6 +515,32 @@ pub async fn wait_until<T>(what: &str, mut state: impl FnMut() -> Result<T, Stri
             ),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The server's readiness now (the overall service, `""`).
+pub async fn readiness(app: &TestApp) -> ServingStatus {
+    HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("the health service answers")
+        .into_inner()
+        .status()
+}
+
+/// Polls the server's readiness until it reports `expected`, for up to [`PATIENCE`].
+pub async fn assert_health_becomes(app: &TestApp, expected: ServingStatus) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = readiness(app).await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness stayed {status:?} for {PATIENCE:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

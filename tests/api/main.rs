@@ -22,6 +22,7 @@ mod ecs_tags;
 mod edge;
 mod edge_hostile;
 mod embedded;
+mod failover;
 mod faults;
 mod group_commit;
 mod hostile;

@@ -93,6 +93,56 @@ pub struct Cluster {
 impl Cluster {
     /// The cluster in `dir`, made if missing, on its saved port or a free one.
     pub fn new(dir: PathBuf) -> Result<Self, String> {
+        let cluster = Self::at(dir)?;
+        if !cluster.data().join("PG_VERSION").exists() {
+            let _ = std::fs::remove_dir_all(cluster.data());
+            let data = cluster.data_arg();
+            cluster.run(
+                "initdb",
+                &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    /// A streaming standby of `primary` (running) in `dir`, copied with `pg_basebackup`: started,
+    /// it replays the primary's WAL, in recovery and read-only until [`Cluster::promote`].
+    pub fn standby_of(primary: &Cluster, dir: PathBuf) -> Result<Self, String> {
+        let standby = Self::at(dir)?;
+        let (data, port) = (standby.data_arg(), primary.port.to_string());
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+            ],
+        )?;
+        Ok(standby)
+    }
+
+    /// Ends a standby's recovery: it becomes a primary that takes writes.
+    pub fn promote(&self) -> Result<(), String> {
+        let data = self.data_arg();
+        self.run("pg_ctl", &["-D", &data, "-w", "promote"])
+    }
+
+    /// Where the cluster listens.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `dir` prepared for a cluster (its port chosen and saved, owned by `postgres` when run as
+    /// root), without making one.
+    fn at(dir: PathBuf) -> Result<Self, String> {
         let bin = postgres_bin_dir()?;
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let as_root = Command::new("id")
@@ -122,14 +172,6 @@ impl Cluster {
                 .arg(&cluster.dir)
                 .status()
                 .map_err(|e| e.to_string())?;
-        }
-        if !cluster.data().join("PG_VERSION").exists() {
-            let _ = std::fs::remove_dir_all(cluster.data());
-            let data = cluster.data_arg();
-            cluster.run(
-                "initdb",
-                &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            )?;
         }
         Ok(cluster)
     }
@@ -165,6 +207,11 @@ impl Cluster {
 
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL of database `name` on this cluster.
+    pub fn url(&self, name: &str) -> String {
+        replace_database(&self.admin_url(), name)
     }
 
     pub fn is_running(&self) -> bool {

@@ -9,14 +9,23 @@
 //! Requests for different disks never wait for each other. (sqlx pings a connection when it
 //! goes back to the pool, after the call's answer is decided; `tests/api/round_trips.rs` counts
 //! the round trips on the wire.)
+//!
+//! Only a primary that takes writes is used. A new connection whose server is a standby in
+//! recovery or a read-only primary is refused (after a failover, a proxy can route to the old
+//! primary still in recovery, and it may lag the new one: not even reads are served from it),
+//! and the pool's [`Fence`] closes the connections opened before a sign that the server behind
+//! the address changed (`super::fence`).
 
+use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{FromRow, PgConnection, Postgres, Row};
 
+use super::fence::Fence;
 use super::pooler::SessionConnection;
 use super::rows::LockedDiskRow;
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
@@ -45,21 +54,40 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, S
         // server's default serves: no value crosses the wire as float text).
         options = options.statement_cache_capacity(0).extra_float_digits(None);
     }
+    let fence = Arc::new(Fence::default());
     let pool = PgPoolOptions::new()
         .max_connections(pool.max_connections)
         .acquire_timeout(pool.acquire_timeout)
+        // One round trip per new connection, none per call. Refused, sqlx tries to connect
+        // again until the acquire timeout: a call that arrives in a failover waits that long for
+        // the new primary before it answers UNAVAILABLE.
+        .after_connect(|connection, _| Box::pin(takes_writes(connection)))
         // sqlx pings every connection it hands out: one more round trip in front of every
         // transaction. It already pings each connection given back (off the call's path), so
         // only a connection idle for a while, which the server or a proxy may have dropped, is
         // pinged before use.
         .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_IDLE_CONNECTIONS_AFTER {
-                    sqlx::Connection::ping(connection).await?;
-                }
-                Ok(true)
-            })
+        .before_acquire({
+            let fence = Arc::clone(&fence);
+            move |connection, meta| {
+                let fenced_off = fence.predates(meta.age);
+                Box::pin(async move {
+                    if fenced_off {
+                        return Ok(false);
+                    }
+                    if meta.idle_for > PING_IDLE_CONNECTIONS_AFTER {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            }
+        })
+        .after_release({
+            let fence = Arc::clone(&fence);
+            move |_, meta| {
+                let keep = !fence.predates(meta.age);
+                Box::pin(async move { Ok(keep) })
+            }
         })
         .connect_with(options)
         .await?;
@@ -72,7 +100,64 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, S
             .try_get(0)?;
         settings.push(Setting { name, value });
     }
-    Ok(SqlStore::new(pool, settings, None).behind_transaction_pooler(transaction_pooler))
+    Ok(SqlStore::new(pool, settings, None)
+        .behind_transaction_pooler(transaction_pooler)
+        .fenced_by(fence))
+}
+
+/// Whether the server takes writes: `transaction_read_only` is on in a standby (in recovery) and
+/// on a primary set `default_transaction_read_only`. One exchange of the simple protocol, which
+/// a transaction pooler keeps on one server connection.
+async fn takes_writes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // No parameters: sqlx sends it as a simple query.
+    let read_only: String = sqlx::Executor::fetch_one(connection, "SHOW transaction_read_only")
+        .await?
+        .try_get(0)?;
+    if read_only == "on" {
+        return Err(sqlx::Error::Database(Box::new(TakesNoWrites)));
+    }
+    Ok(())
+}
+
+/// The server answered that it takes no writes ([`takes_writes`]): reported as the SQLSTATE a
+/// write would have met there (25006 read_only_sql_transaction), so that it is classified and
+/// fenced as that write's error would be.
+#[derive(Debug)]
+struct TakesNoWrites;
+
+impl std::fmt::Display for TakesNoWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(sqlx::error::DatabaseError::message(self))
+    }
+}
+
+impl std::error::Error for TakesNoWrites {}
+
+impl sqlx::error::DatabaseError for TakesNoWrites {
+    fn message(&self) -> &str {
+        "the server takes no writes (transaction_read_only = on): a standby in recovery, or a \
+         primary set read-only"
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed("25006"))
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
 }
 
 /// What an acknowledged write's survival rests on, on the server: commits wait for the WAL's
@@ -210,6 +295,10 @@ impl Dialect for Postgres {
     ) -> Result<(), sqlx::Error> {
         sqlx::Executor::execute(connection, statement).await?;
         Ok(())
+    }
+
+    async fn ping(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+        takes_writes(connection).await
     }
 
     async fn lock_free_disks_and_read(

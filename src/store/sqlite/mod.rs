@@ -135,6 +135,12 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
+    /// SQLite has no standby and no failover: a round trip to the driver's worker thread is the
+    /// whole question.
+    async fn ping(connection: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::Connection::ping(connection).await
+    }
+
     async fn lock_free_disks_and_read(
         session: &mut SqlSession<Sqlite>,
         commands: &[&CreateSnapshotCommand],
