@@ -122,8 +122,9 @@ pub(super) async fn view_of(
                 progress_percent,
                 remaining,
             } => (progress_percent, remaining),
-            // Done or failed, and the worker is about to record it.
-            CopyState::Done | CopyState::Failed(_) => (100, Duration::ZERO),
+            // Done or failed, and the worker is about to record it: shown as it will be.
+            CopyState::Done => (100, Duration::ZERO),
+            CopyState::Failed(_) => (0, Duration::ZERO),
         },
     };
     SnapshotView {

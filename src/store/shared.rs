@@ -377,14 +377,13 @@ impl<DB: Dialect> SqlSession<DB> {
             return Ok(());
         }
         self.in_transaction = false;
-        let ended = DB::execute(&mut self.connection, statement).await;
+        let ended = self.execute(statement).await;
         if ended.is_ok()
             && statement == "COMMIT"
             && let Some(committed) = &self.committed
         {
             committed.notify_one();
         }
-        let ended = self.execute(statement).await;
         if ended.is_err() {
             let committing = statement == "COMMIT";
             if !committing || self.execute("ROLLBACK").await.is_err() {

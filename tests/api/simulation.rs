@@ -222,6 +222,18 @@ async fn fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk
     let (doomed_disk, other_disk) = ("d-acct-sim-0", "d-acct-sim-1");
     fail_next_copy(&app, doomed_disk).await;
 
+    let mut watch = app
+        .snapshots()
+        .watch_snapshots(as_account(
+            ACCOUNT,
+            pb::WatchSnapshotsRequest {
+                snapshot_ids: vec![],
+                disk_id: doomed_disk.into(),
+            },
+        ))
+        .await
+        .expect("WatchSnapshots")
+        .into_inner();
     let doomed = create(&app, doomed_disk).await;
     let spared = create(&app, other_disk).await;
     // A 160 s copy fails at 80 s: 60 s in (and however long this machine took), copying.
@@ -233,6 +245,29 @@ async fn fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk
     fail_next_copy(&app, doomed_disk).await;
     advance(&app, 20).await;
     wait_for_status(&app, &doomed, pb::SnapshotStatus::Failed).await;
+    // A watcher of the disk is told.
+    eventually("the watcher told of the failure", || {
+        let watch = &mut watch;
+        let doomed = &doomed;
+        async move {
+            let message = tokio::time::timeout(PATIENCE, watch.message())
+                .await
+                .map_err(|_| "no message".to_owned())?
+                .map_err(|status| format!("the watch ended: {status:?}"))?
+                .ok_or("the watch ended")?;
+            match message.snapshot {
+                Some(snapshot)
+                    if snapshot.snapshot_id == *doomed
+                        && snapshot.status() == pb::SnapshotStatus::Failed =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("then {other:?}")),
+            }
+        }
+    })
+    .await;
+    drop(watch);
     assert_eq!(
         describe(&app, &spared).await.unwrap().status(),
         pb::SnapshotStatus::Progressing,
