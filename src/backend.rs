@@ -93,26 +93,9 @@ impl SnapshotBackend for SimulatedBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DiskType, RetentionDays, SnapshotStatus, SnapshotUsage};
 
     fn snapshot(size_gib: i32, started_at: Timestamp) -> Snapshot {
-        Snapshot {
-            snapshot_id: "s-00000000000000000000".into(),
-            account_id: "a".into(),
-            source_disk_id: "d-1".into(),
-            snapshot_name: None,
-            description: String::new(),
-            source_disk_size_gib: size_gib,
-            source_disk_type: DiskType::Data,
-            status: SnapshotStatus::Progressing,
-            created_at: started_at,
-            started_at,
-            copy_due_at: started_at,
-            last_modified_at: started_at,
-            retention: RetentionDays::default(),
-            tags: Vec::new(),
-            usage: SnapshotUsage::None,
-        }
+        Snapshot::copying("s-00000000000000000000", size_gib, started_at)
     }
 
     #[tokio::test]

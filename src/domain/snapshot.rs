@@ -72,3 +72,27 @@ pub struct InProgressSnapshot {
     /// engine estimates it from the size and the copy rate.
     pub due_at: Option<Timestamp>,
 }
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of disk `d-1` being copied since `started_at`: the unit tests' copy.
+    pub(crate) fn copying(snapshot_id: &str, size_gib: i32, started_at: Timestamp) -> Self {
+        Self {
+            snapshot_id: snapshot_id.into(),
+            account_id: "a".into(),
+            source_disk_id: "d-1".into(),
+            snapshot_name: None,
+            description: String::new(),
+            source_disk_size_gib: size_gib,
+            source_disk_type: DiskType::Data,
+            status: SnapshotStatus::Progressing,
+            created_at: started_at,
+            started_at,
+            copy_due_at: started_at,
+            last_modified_at: started_at,
+            retention: RetentionDays::default(),
+            tags: Vec::new(),
+            usage: SnapshotUsage::None,
+        }
+    }
+}
