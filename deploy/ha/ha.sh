@@ -257,12 +257,20 @@ start() {
   mkdir -p "$STATE"
   chmod 755 "$STATE"
   start_etcd
-  # node1 first: it bootstraps the cluster (initdb); node2 then clones it (pg_basebackup).
-  start_node node1
-  if ! leader >/dev/null; then
-    wait_for 90 leader || die "no leader after 90 s: see $STATE/node1/patroni.log"
+  if [ -d "$STATE/node2/data" ]; then
+    # A cluster that ran before: both nodes at once, and Patroni elects whichever is ahead (after
+    # the node drill that is node2, which node1 waits for).
+    start_node node1
+    start_node node2
+    wait_for 90 leader || die "no leader after 90 s: see $STATE/node*/patroni.log"
+  else
+    # node1 first: it bootstraps the cluster (initdb); node2 then clones it (pg_basebackup).
+    start_node node1
+    if ! leader >/dev/null; then
+      wait_for 90 leader || die "no leader after 90 s: see $STATE/node1/patroni.log"
+    fi
+    start_node node2
   fi
-  start_node node2
   start_haproxy
   wait_for 60 psql_via_haproxy -c 'select 1' || die "no PostgreSQL through HAProxy: see $STATE/haproxy.log"
   # Wait for the standby to stream and be the synchronous one, so the first commits are
