@@ -591,6 +591,7 @@ async fn read_gauges(service: Arc<Service>, layer: RpcLayer) {
     metric::db_pool(pool.connections, pool.idle, pool.max_connections);
     metric::rpc_in_flight(layer.in_flight());
     metric::create_queued(service.create_backlog().queued);
+    metric::watches_open(service.open_watches());
     // Bounded, so a scrape answers (with the last counts) while the database is away.
     let counted = async {
         let mut read = store.read().await?;

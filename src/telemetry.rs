@@ -165,6 +165,7 @@ pub mod metric {
     pub const CREATE_BATCH_CALLS: &str = "snapshotd_create_batch_calls";
     pub const CREATE_RUN_ALONE: &str = "snapshotd_create_run_alone_total";
     pub const CREATE_QUEUED: &str = "snapshotd_create_queued_calls";
+    pub const WATCHES_OPEN: &str = "snapshotd_watches_open";
     pub const BUILD_INFO: &str = "snapshotd_build_info";
     pub const STORE_INFO: &str = "snapshotd_store_info";
 
@@ -216,6 +217,10 @@ pub mod metric {
         describe_gauge!(
             CREATE_QUEUED,
             "CreateSnapshot calls queued for a group-commit batch, not yet in one"
+        );
+        describe_gauge!(
+            WATCHES_OPEN,
+            "WatchSnapshots streams open, over all accounts"
         );
         describe_gauge!(BUILD_INFO, "always 1; the version is a label");
         describe_gauge!(
@@ -297,5 +302,9 @@ pub mod metric {
 
     pub fn create_queued(calls: usize) {
         gauge!(CREATE_QUEUED).set(calls as f64);
+    }
+
+    pub fn watches_open(watches: u32) {
+        gauge!(WATCHES_OPEN).set(f64::from(watches));
     }
 }

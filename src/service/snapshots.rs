@@ -130,7 +130,9 @@ pub(super) async fn view_of(
     SnapshotView {
         snapshot,
         progress_percent,
-        remaining,
+        // Whole seconds, as both edges show it: a watcher is sent a new state only when what it
+        // sees changes.
+        remaining: Duration::from_secs(remaining.as_secs_f64().ceil() as u64),
     }
 }
 

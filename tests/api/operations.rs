@@ -852,7 +852,13 @@ async fn metrics_count_calls_by_code_and_reason_and_read_the_store_at_scrape_tim
         0.0,
         "{body}"
     );
+    assert_eq!(
+        value(&all, &body, "snapshotd_watches_open", &[]),
+        0.0,
+        "{body}"
+    );
     for family in [
+        "# TYPE snapshotd_watches_open gauge",
         "# TYPE snapshotd_create_queued_calls gauge",
         "# TYPE snapshotd_rpc_requests_total counter",
         "# TYPE snapshotd_rpc_duration_seconds histogram",
