@@ -22,13 +22,15 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, oneshot};
 
 use super::snapshots::{Judgement, judge, start_copy};
-use super::{CONFLICT_ATTEMPTS, CreateOutcome, ServiceError, StorageHealth, cancel_copy};
+use super::{
+    CONFLICT_ATTEMPTS, CallQueue, CreateOutcome, ServiceError, StorageHealth, cancel_copy,
+};
 use crate::backend::SnapshotBackend;
 use crate::domain::{CreateSnapshotCommand, Snapshot, Timestamp};
 use crate::engine::Policy;
@@ -130,7 +132,7 @@ impl Drop for Waiting<'_> {
 /// The calls of some disks, written one batch at a time: a disk's calls always take the same
 /// lane, so two batches of one process never contend for one disk.
 struct Lane {
-    queue: Mutex<Vec<Queued>>,
+    queue: CallQueue<Queued>,
     turn: Arc<Semaphore>,
 }
 
@@ -152,7 +154,7 @@ impl GroupCommit {
             lanes: (0..lanes.max(1))
                 .map(|_| {
                     Arc::new(Lane {
-                        queue: Mutex::new(Vec::new()),
+                        queue: CallQueue::default(),
                         turn: Arc::new(Semaphore::new(1)),
                     })
                 })
@@ -166,7 +168,7 @@ impl GroupCommit {
     /// What the lanes hold now. Each number is read on its own, not all at one instant.
     pub fn backlog(&self) -> Backlog {
         Backlog {
-            queued: self.lanes.iter().map(|lane| lane.lock_queue().len()).sum(),
+            queued: self.lanes.iter().map(|lane| lane.queue.len()).sum(),
             busy_lanes: self
                 .lanes
                 .iter()
@@ -207,7 +209,7 @@ impl GroupCommit {
         // batch sees the reply channel closed.
         let mut waiting = Waiting::enter(&self.callers);
         let (reply, mut verdict) = oneshot::channel();
-        lane.lock_queue().push(Queued {
+        lane.queue.push(Queued {
             command: command.clone(),
             policy: *policy,
             now,
@@ -223,7 +225,7 @@ impl GroupCommit {
                 }
                 turn = Arc::clone(&lane.turn).acquire_owned() => {
                     let turn = turn.expect("the semaphore is never closed");
-                    let batch = lane.take_batch(self.max_batch);
+                    let batch = lane.queue.take(self.max_batch);
                     if batch.is_empty() {
                         // Another leader took this call; its answer is on the way.
                         let answer = verdict.await;
@@ -279,22 +281,7 @@ async fn all_gone(batch: &[Queued]) {
 impl Lane {
     /// Answers every queued call: the database is unreachable.
     fn answer_all(&self, cause: &Unreachable) {
-        answer_unreachable(self.take_batch(usize::MAX), cause);
-    }
-
-    /// The oldest queued calls, up to `max_batch`.
-    fn take_batch(&self, max_batch: usize) -> Vec<Queued> {
-        let mut queue = self.lock_queue();
-        let taken = queue.len().min(max_batch);
-        queue.drain(..taken).collect()
-    }
-
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
-        // The queue is a plain list, consistent between statements: a panic elsewhere cannot
-        // leave it half-changed, so a poisoned lock is still good.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        answer_unreachable(self.queue.take(usize::MAX), cause);
     }
 }
 

@@ -241,6 +241,40 @@ impl StorageHealth {
     }
 }
 
+/// Calls waiting for the next batch (group commit's lanes, the nonce batches), oldest first.
+struct CallQueue<T>(Mutex<Vec<T>>);
+
+impl<T> Default for CallQueue<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> CallQueue<T> {
+    fn push(&self, call: T) {
+        self.lock().push(call);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The oldest queued calls, up to `max`.
+    fn take(&self, max: usize) -> Vec<T> {
+        let mut queue = self.lock();
+        let taken = queue.len().min(max);
+        queue.drain(..taken).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        // A plain list, consistent between statements: a panic elsewhere cannot leave it
+        // half-changed, so a poisoned lock is still good.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Runs `attempt` again while it loses a unique-key race, at most [`CONFLICT_ATTEMPTS`] times.
 async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, ServiceError>
 where

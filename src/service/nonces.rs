@@ -14,11 +14,11 @@
 //! each request writes its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use super::{NONCE_WINDOW, ServiceError, StorageHealth};
+use super::{CallQueue, NONCE_WINDOW, ServiceError, StorageHealth};
 use crate::clock::Clock;
 use crate::domain::{AccessKey, later};
 use crate::store::{NonceSpend, Store, StoreError};
@@ -40,7 +40,7 @@ pub(super) struct NonceBatches {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     storage: StorageHealth,
-    queue: Mutex<Vec<Queued>>,
+    queue: CallQueue<Queued>,
     turn: Arc<Semaphore>,
 }
 
@@ -50,7 +50,7 @@ impl NonceBatches {
             store,
             clock,
             storage,
-            queue: Mutex::new(Vec::new()),
+            queue: CallQueue::default(),
             turn: Arc::new(Semaphore::new(1)),
         }
     }
@@ -74,7 +74,7 @@ impl NonceBatches {
         nonce: &str,
     ) -> Option<Result<NonceSpend, ServiceError>> {
         let (reply, mut answer) = oneshot::channel();
-        self.lock_queue().push(Queued {
+        self.queue.push(Queued {
             key: key.clone(),
             nonce: nonce.to_owned(),
             reply,
@@ -86,7 +86,7 @@ impl NonceBatches {
                 answer = &mut answer => return answer.ok().flatten(),
                 turn = Arc::clone(&self.turn).acquire_owned() => {
                     let turn = turn.expect("the semaphore is never closed");
-                    let batch = self.take_batch();
+                    let batch = self.queue.take(MAX_BATCH);
                     if batch.is_empty() {
                         // Another request's turn took ours; its answer is on the way.
                         return answer.await.ok().flatten();
@@ -109,20 +109,7 @@ impl NonceBatches {
 
     /// Requests queued for the next batch now.
     pub fn queued(&self) -> usize {
-        self.lock_queue().len()
-    }
-
-    fn take_batch(&self) -> Vec<Queued> {
-        let mut queue = self.lock_queue();
-        let taken = queue.len().min(MAX_BATCH);
-        queue.drain(..taken).collect()
-    }
-
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
-        // A plain list, consistent between statements: a poisoned lock is still good.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.queue.len()
     }
 }
 
