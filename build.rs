@@ -16,6 +16,9 @@ const SIMULATION_PROTO: &str = "proto/ecs/snapshot/v1/simulation.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations, but Cargo sees a new file only through this: without
+    // it a build after adding a migration keeps the old list.
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("snapshotd_descriptor.bin"),

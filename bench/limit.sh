@@ -14,6 +14,8 @@
 # grpc; `both`: gRPC then HTTP against the same servers and database, ROUNDS times, default 1,
 # the pgbench limit after the last), BENCH_DATABASE (default snapshotd_bench), PORT_OFFSET
 # (added to the servers' ports, 0 by default: for two benches on one machine), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
+# TEMPLATE (start from a copy of this database, or SQLite file, e.g. bench/bigdata.sh's),
+# BENCH_ARGS (more snapshotd-bench flags, e.g. `--describe-snapshots 10000`),
 # SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
 # measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
@@ -45,8 +47,10 @@ server_url=""
 case "$backend" in
 postgres)
     database=${BENCH_DATABASE:-snapshotd_bench}
+    # TEMPLATE: a copy of a prepared database (bench/bigdata.sh) instead of an empty one.
     psql "$admin_url" -q -v ON_ERROR_STOP=1 \
-        -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
+        -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" \
+        -c "CREATE DATABASE $database${TEMPLATE:+ TEMPLATE $TEMPLATE STRATEGY FILE_COPY}"
     database_url="${admin_url%/*}/$database"
     if [ "${POOLER:-}" = pgbouncer ]; then
         # host:port and user of the direct URL (postgres://USER@HOST:PORT/DB).
@@ -89,6 +93,7 @@ INI
     ;;
 sqlite)
     database_url="sqlite://$work/bench.db"
+    [ -z "${TEMPLATE:-}" ] || cp "$TEMPLATE" "$work/bench.db"
     replicas=1
     ;;
 *)
@@ -147,5 +152,5 @@ for run in "${!edges[@]}"; do
     target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
         --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
         --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
-        "${pid_args[@]}" "${last_args[@]}"
+        "${pid_args[@]}" "${last_args[@]}" ${BENCH_ARGS:-}
 done
