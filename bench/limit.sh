@@ -5,7 +5,8 @@
 #
 # Builds the release binaries; makes a fresh PostgreSQL database; starts REPLICAS servers on it
 # (default 1); drives the scenario with snapshotd-bench; then runs pgbench with the store's own
-# CreateSnapshot transaction on the same database, at the same concurrency, for as long, and
+# CreateSnapshot transaction (describe: its describe statement, page by page; mixed: both, and
+# their mean weighted by the mix) on the same database, at the same concurrency, for as long, and
 # prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead
 # (no pgbench limit then).
 #
@@ -15,7 +16,8 @@
 # the pgbench limit after the last), BENCH_DATABASE (default snapshotd_bench), PORT_OFFSET
 # (added to the servers' ports, 0 by default: for two benches on one machine), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
 # SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
-# measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
+# measure, default target/release/snapshotd), DESCRIBE_PAGE_SIZE (`describe`'s page, default
+# 100), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
 # POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct).
 set -euo pipefail
@@ -147,5 +149,6 @@ for run in "${!edges[@]}"; do
     target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
         --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
         --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
+        ${DESCRIBE_PAGE_SIZE:+--describe-page-size "$DESCRIBE_PAGE_SIZE"} \
         "${pid_args[@]}" "${last_args[@]}"
 done

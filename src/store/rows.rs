@@ -358,7 +358,10 @@ pub(crate) fn into_described_page(
     rows: Vec<DescribedRow>,
     limit: u32,
 ) -> Result<Option<(Vec<Snapshot>, Option<PageCursor>, u64)>, StoreError> {
-    let Some(total) = rows.first().map(|row| u64::try_from(row.total).unwrap_or(0)) else {
+    let Some(total) = rows
+        .first()
+        .map(|row| u64::try_from(row.total).unwrap_or(0))
+    else {
         return Ok(None);
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

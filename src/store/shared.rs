@@ -18,8 +18,8 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 use super::fence::Fence;
 use super::pooler::SessionConnection;
 use super::rows::{
-    AccessKeyRow, AccountRow, CallerRow, DiskRow, ImageRow, InstanceRow, LockedDiskRow,
-    DescribedRow, OptionalTokenColumns, SnapshotRow, SteeringRow, TagRow, decode_queue,
+    AccessKeyRow, AccountRow, CallerRow, DescribedRow, DiskRow, ImageRow, InstanceRow,
+    LockedDiskRow, OptionalTokenColumns, SnapshotRow, SteeringRow, TagRow, decode_queue,
     into_described_page, into_image_page, join_lock_reasons,
 };
 use super::{
