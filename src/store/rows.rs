@@ -9,7 +9,7 @@ use super::StoreError;
 use crate::domain::{
     AccessKey, Account, Checkpoint, Disk, DiskCategory, DiskStatus, DiskSteering, DiskType, Image,
     ImageCursor, InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
-    SnapshotStatus, SnapshotUsage, SteeredRate, Tag, Timestamp,
+    SnapshotPage, SnapshotStatus, SnapshotUsage, SteeredRate, Tag, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -357,7 +357,7 @@ pub(crate) struct DescribedRow {
 pub(crate) fn into_described_page(
     rows: Vec<DescribedRow>,
     limit: u32,
-) -> Result<Option<(Vec<Snapshot>, Option<PageCursor>, u64)>, StoreError> {
+) -> Result<Option<SnapshotPage>, StoreError> {
     let Some(total) = rows
         .first()
         .map(|row| u64::try_from(row.total).unwrap_or(0))
@@ -386,7 +386,11 @@ pub(crate) fn into_described_page(
             snapshot_id: last.snapshot_id.clone(),
         }
     });
-    Ok(Some((snapshots, next, total)))
+    Ok(Some(SnapshotPage {
+        snapshots,
+        next,
+        total,
+    }))
 }
 
 /// Rows of a worker queue, skipping (and logging) any that do not decode, so that one bad row

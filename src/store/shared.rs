@@ -512,12 +512,8 @@ where
         let rows: Vec<DescribedRow> = describe_snapshots_statement::<DB>(query)
             .fetch_all(self.connection())
             .await?;
-        if let Some((snapshots, next, total)) = into_described_page(rows, query.limit)? {
-            return Ok(SnapshotPage {
-                snapshots,
-                next,
-                total,
-            });
+        if let Some(page) = into_described_page(rows, query.limit)? {
+            return Ok(page);
         }
         let first_page = query.after.is_none() && query.skip == 0;
         let total = if first_page {
@@ -1442,8 +1438,11 @@ pub fn describe_snapshots_statement<DB: Dialect>(query: &SnapshotQuery) -> State
     {
         let at = statement.param(Param::Time(*created_at));
         let id = statement.param(Param::Text(snapshot_id.clone()));
+        // A row comparison, which the account's index seeks to: a deep page costs what the
+        // first does (written as `<` OR `=` AND `<`, the index scan began at the account's
+        // newest snapshot and filtered every row before the cursor).
         statement.push(&format!(
-            " AND (s.created_at < {at} OR (s.created_at = {at} AND s.snapshot_id < {id}))"
+            " AND (s.created_at, s.snapshot_id) < ({at}, {id})"
         ));
     }
     statement.push("\n    ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
