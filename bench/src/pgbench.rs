@@ -217,8 +217,13 @@ mod tests {
             script.contains("s.account_id = ('a-' || :account)"),
             "{script}"
         );
-        assert!(script.contains("CAST('2026-01-02 03:04:05.123456+00' AS timestamptz)"));
-        assert!(script.contains("s.snapshot_id < 's-o''k'"), "{script}");
+        assert!(
+            script.contains(
+                "(s.created_at, s.snapshot_id) < \
+                 (CAST('2026-01-02 03:04:05.123456+00' AS timestamptz), 's-o''k')"
+            ),
+            "{script}"
+        );
         assert!(
             script.contains("LIMIT 21"),
             "one row more than the page: {script}"
