@@ -5,7 +5,8 @@
 #
 # Builds the release binaries; makes a fresh PostgreSQL database; starts REPLICAS servers on it
 # (default 1); drives the scenario with snapshotd-bench; then runs pgbench with the store's own
-# CreateSnapshot transaction on the same database, at the same concurrency, for as long, and
+# CreateSnapshot transaction (describe: its describe statement, page by page; mixed: both, and
+# their mean weighted by the mix) on the same database, at the same concurrency, for as long, and
 # prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead
 # (no pgbench limit then).
 #
@@ -17,7 +18,8 @@
 # TEMPLATE (start from a copy of this database, or SQLite file, e.g. bench/bigdata.sh's),
 # BENCH_ARGS (more snapshotd-bench flags, e.g. `--describe-snapshots 10000`),
 # SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
-# measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
+# measure, default target/release/snapshotd), DESCRIBE_PAGE_SIZE (`describe`'s page, default
+# 100), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
 # POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct).
 set -euo pipefail
@@ -152,5 +154,6 @@ for run in "${!edges[@]}"; do
     target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
         --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
         --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
+        ${DESCRIBE_PAGE_SIZE:+--describe-page-size "$DESCRIBE_PAGE_SIZE"} \
         "${pid_args[@]}" "${last_args[@]}" ${BENCH_ARGS:-}
 done

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::pgbench::{PgbenchWorkload, create_snapshot_pgbench_script, pgbench_program};
+use crate::pgbench::{
+    DescribePage, PgbenchWorkload, create_snapshot_pgbench_script,
+    describe_snapshots_pgbench_script, pgbench_program,
+};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -20,6 +23,9 @@ const LOG_PREFIX: &str = "pgbench";
 
 #[derive(Serialize)]
 pub struct Limit {
+    /// What pgbench ran: the store's `create` transaction, its `describe` statement, or `mixed`
+    /// (computed from its `parts`).
+    pub workload: String,
     pub pgbench_tps: f64,
     /// pgbench's own latency per transaction, at `clients`.
     pub latency_p50_ms: f64,
@@ -27,7 +33,17 @@ pub struct Limit {
     pub latency_max_ms: f64,
     pub clients: usize,
     pub seconds: u64,
+    /// `mixed`: the limits measured, one after the other, that this one is computed from (its
+    /// latencies are then zero: no transaction of its own was run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Limit>,
 }
+
+/// `mixed`'s share of DescribeSnapshots calls; the rest are writes (25 % creates, 5 % deletes,
+/// the deletes counted at a create's cost: a transaction of the same round trips).
+pub const MIXED_DESCRIBE_SHARE: f64 = 0.70;
+/// `mixed` reads first pages of this many snapshots.
+pub const MIXED_DESCRIBE_PAGE: u32 = 20;
 
 /// The pgbench script for this run's disks.
 pub fn script(naming: &Naming) -> String {
@@ -45,6 +61,137 @@ pub fn measure(
     clients: usize,
     duration: Duration,
 ) -> Result<Limit, Box<dyn std::error::Error>> {
+    let scripts = [("create_snapshot.sql".to_owned(), script(naming))];
+    measure_scripts("create", database_url, naming, &scripts, clients, duration)
+}
+
+/// The `describe` scenario's limit: the store's describe statement for each page of
+/// `page_size` of account 0's snapshots as the service walks them (the first page, then each
+/// `next_token` page), one pgbench script per page, picked evenly.
+pub fn measure_describe(
+    database_url: &str,
+    naming: &Naming,
+    page_size: u32,
+    clients: usize,
+    duration: Duration,
+) -> Result<Limit, Box<dyn std::error::Error>> {
+    let account = naming.account(0);
+    let rows = newest_first(database_url, &account)?;
+    let account_sql = format!("'{account}'");
+    let page = |after| DescribePage {
+        account_sql: &account_sql,
+        limit: page_size,
+        after,
+    };
+    let mut scripts = vec![(
+        "describe_page_1.sql".to_owned(),
+        describe_snapshots_pgbench_script(&page(None), ""),
+    )];
+    // Page n + 1 starts after the last row of page n, while rows remain after it.
+    let size = usize::try_from(page_size.max(1)).unwrap_or(usize::MAX);
+    for (n, last) in rows.iter().enumerate().skip(size - 1).step_by(size) {
+        if n + 1 >= rows.len() {
+            break;
+        }
+        let after = Some((last.0.as_str(), last.1.as_str()));
+        scripts.push((
+            format!("describe_page_{}.sql", scripts.len() + 1),
+            describe_snapshots_pgbench_script(&page(after), ""),
+        ));
+    }
+    measure_scripts(
+        "describe",
+        database_url,
+        naming,
+        &scripts,
+        clients,
+        duration,
+    )
+}
+
+/// `mixed`'s limit: the weighted harmonic mean of the create limit and the limit of its
+/// describes (first pages of [`MIXED_DESCRIBE_PAGE`] of a random account's snapshots), each
+/// measured here for `duration`, one after the other.
+pub fn measure_mixed(
+    database_url: &str,
+    naming: &Naming,
+    clients: usize,
+    duration: Duration,
+) -> Result<Limit, Box<dyn std::error::Error>> {
+    let create = measure(database_url, naming, clients, duration)?;
+    let account_sql = format!("'bench-{}-a' || :account", naming.run_id);
+    let describe_script = describe_snapshots_pgbench_script(
+        &DescribePage {
+            account_sql: &account_sql,
+            limit: MIXED_DESCRIBE_PAGE,
+            after: None,
+        },
+        &format!(
+            "\\set account random(0, {})\n",
+            naming.accounts.saturating_sub(1)
+        ),
+    );
+    let scripts = [("describe_first_page.sql".to_owned(), describe_script)];
+    let describe = measure_scripts(
+        "describe",
+        database_url,
+        naming,
+        &scripts,
+        clients,
+        duration,
+    )?;
+    let tps = 1.0
+        / (MIXED_DESCRIBE_SHARE / describe.pgbench_tps
+            + (1.0 - MIXED_DESCRIBE_SHARE) / create.pgbench_tps);
+    Ok(Limit {
+        workload: format!(
+            "mixed = 1 / ({MIXED_DESCRIBE_SHARE:.2} / describe + {:.2} / create)",
+            1.0 - MIXED_DESCRIBE_SHARE
+        ),
+        pgbench_tps: tps,
+        latency_p50_ms: 0.0,
+        latency_p99_ms: 0.0,
+        latency_max_ms: 0.0,
+        clients,
+        seconds: describe.seconds + create.seconds,
+        parts: vec![describe, create],
+    })
+}
+
+/// `(created_at as PostgreSQL prints it, snapshot_id)` of the account's snapshots, newest first
+/// (the order DescribeSnapshots pages in), read with `psql`.
+fn newest_first(
+    database_url: &str,
+    account: &str,
+) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!(
+            "SELECT created_at, snapshot_id FROM snapshots WHERE account_id = '{account}' \
+             ORDER BY created_at DESC, snapshot_id DESC"
+        ))
+        .arg(database_url)
+        .output()
+        .map_err(|err| format!("running psql: {err}"))?;
+    if !output.status.success() {
+        return Err(format!("psql failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(at, id)| (at.to_owned(), id.to_owned()))
+        .collect())
+}
+
+/// Runs pgbench with `scripts` (file name, text), each picked with the same weight.
+fn measure_scripts(
+    workload: &str,
+    database_url: &str,
+    naming: &Naming,
+    scripts: &[(String, String)],
+    clients: usize,
+    duration: Duration,
+) -> Result<Limit, Box<dyn std::error::Error>> {
     // One fresh dir holds the script and pgbench's logs, and goes away whatever happens.
     let dir = std::env::temp_dir().join(format!(
         "snapshotd-bench-{}-{}",
@@ -53,20 +200,27 @@ pub fn measure(
     ));
     std::fs::create_dir(&dir)
         .map_err(|err| format!("creating pgbench's temp dir {}: {err}", dir.display()))?;
-    let limit = run_pgbench(&dir, database_url, naming, clients, duration);
+    let limit = run_pgbench(&dir, database_url, scripts, clients, duration);
     let _ = std::fs::remove_dir_all(&dir);
-    limit
+    limit.map(|limit| Limit {
+        workload: workload.to_owned(),
+        ..limit
+    })
 }
 
 fn run_pgbench(
     dir: &Path,
     database_url: &str,
-    naming: &Naming,
+    scripts: &[(String, String)],
     clients: usize,
     duration: Duration,
 ) -> Result<Limit, Box<dyn std::error::Error>> {
-    let file = dir.join("create_snapshot.sql");
-    std::fs::write(&file, script(naming))?;
+    let mut files = Vec::with_capacity(scripts.len());
+    for (name, text) in scripts {
+        let file = dir.join(name);
+        std::fs::write(&file, text)?;
+        files.push(format!("--file={}@1", file.display()));
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(clients);
@@ -77,7 +231,7 @@ fn run_pgbench(
         .arg(format!("--client={clients}"))
         .arg(format!("--jobs={threads}"))
         .arg(format!("--time={seconds}"))
-        .arg(format!("--file={}", file.display()))
+        .args(&files)
         .arg(database_url)
         .output()
         .map_err(|err| format!("running pgbench (is it installed? Debian ships it in the postgresql package): {err}"))?;
@@ -101,12 +255,14 @@ fn run_pgbench(
         .map_err(|err| format!("reading pgbench's per-transaction log: {err}"))?;
     let ms = |micros: u64| micros as f64 / 1e3;
     Ok(Limit {
+        workload: String::new(),
         pgbench_tps: tps,
         latency_p50_ms: ms(latency.value_at_quantile(0.50)),
         latency_p99_ms: ms(latency.value_at_quantile(0.99)),
         latency_max_ms: ms(latency.max()),
         clients,
         seconds,
+        parts: Vec::new(),
     })
 }
 

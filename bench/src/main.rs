@@ -5,8 +5,9 @@
 //! named after a run id, so runs never collide), drives one scenario at a concurrency over a
 //! number of HTTP/2 connections for a duration, and prints throughput, latency percentiles and
 //! a count per gRPC code and reason. With `--limit-database-url` it then runs `pgbench` with the
-//! store's own CreateSnapshot transaction against the same database, at the same concurrency
-//! and for as long, and prints service ÷ limit. `bench/limit.sh` wraps all of it.
+//! store's own CreateSnapshot transaction (`describe`: its describe statement; `mixed`: both,
+//! combined by the mix) against the same database, at the same concurrency and for as long, and
+//! prints service ÷ limit. `bench/limit.sh` wraps all of it.
 //!
 //! With `--edge http` the scenario's calls go through the ECS-compatible HTTP edge instead,
 //! signed with an access key per account (put through the InventoryService with the rest of
@@ -79,6 +80,9 @@ struct Args {
     /// `describe`: snapshots the described account holds.
     #[arg(long, default_value_t = 2000)]
     describe_snapshots: usize,
+    /// `describe`: snapshots per page (`MaxResults`). (`mixed` reads first pages of 20.)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
+    describe_page_size: u32,
     /// `watch`: WatchSnapshots streams to hold open (the server's --max-watches-per-account must
     /// allow this many ÷ --accounts).
     #[arg(long, default_value_t = 10_000)]
@@ -157,6 +161,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         scenario: args.scenario,
         naming: Arc::new(naming),
         revisit_after: args.revisit_after,
+        describe_page_size: args.describe_page_size,
     };
     if matches!(args.scenario, Scenario::Describe) {
         progress.say(&format!(
@@ -228,7 +233,18 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             .limit_clients
             .unwrap_or(args.concurrency.min(MAX_LIMIT_CLIENTS));
         eprintln!("measuring the database limit with pgbench ({clients} clients)…");
-        match limit::measure(url, &plan.naming, clients, args.duration) {
+        let measured = match args.scenario {
+            Scenario::Describe => limit::measure_describe(
+                url,
+                &plan.naming,
+                args.describe_page_size,
+                clients,
+                args.duration,
+            ),
+            Scenario::Mixed => limit::measure_mixed(url, &plan.naming, clients, args.duration),
+            _ => limit::measure(url, &plan.naming, clients, args.duration),
+        };
+        match measured {
             Ok(limit) => report.limit = Some(limit),
             // The service's numbers stand on their own: print them anyway.
             Err(err) => eprintln!("snapshotd-bench: no database limit: {err}"),

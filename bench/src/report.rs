@@ -227,16 +227,35 @@ impl Report {
             );
         }
         if let Some(limit) = &self.limit {
-            let _ = writeln!(
-                out,
-                "limit       pgbench {:.0} tx/s, p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
-                 with the store's transaction ({} clients)",
-                limit.pgbench_tps,
-                limit.latency_p50_ms,
-                limit.latency_p99_ms,
-                limit.latency_max_ms,
-                limit.clients
-            );
+            let parts = if limit.parts.is_empty() {
+                std::slice::from_ref(limit)
+            } else {
+                limit.parts.as_slice()
+            };
+            for part in parts {
+                let _ = writeln!(
+                    out,
+                    "limit       pgbench {:.0} tx/s, p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
+                     with the store's {} ({} clients)",
+                    part.pgbench_tps,
+                    part.latency_p50_ms,
+                    part.latency_p99_ms,
+                    part.latency_max_ms,
+                    if part.workload == "describe" {
+                        "describe statement"
+                    } else {
+                        "create transaction"
+                    },
+                    part.clients
+                );
+            }
+            if !limit.parts.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "limit       {:.0} tx/s: {}",
+                    limit.pgbench_tps, limit.workload
+                );
+            }
             let _ = writeln!(
                 out,
                 "HEADLINE    service ÷ limit = {:.0} ÷ {:.0} = {:.2}",
@@ -254,10 +273,15 @@ impl Report {
                     self.concurrency, limit.clients
                 )
             };
+            let p99 = parts
+                .iter()
+                .map(|part| format!("{} {:.2} ms", part.workload, part.latency_p99_ms))
+                .collect::<Vec<_>>()
+                .join(", ");
             let _ = writeln!(
                 out,
-                "p99         service {:.2} ms vs database alone {:.2} ms ({concurrency})",
-                self.latency.p99_ms, limit.latency_p99_ms
+                "p99         service {:.2} ms vs database alone {p99} ({concurrency})",
+                self.latency.p99_ms
             );
         }
         out

@@ -80,6 +80,8 @@ pub struct Plan {
     pub scenario: Scenario,
     pub naming: Arc<Naming>,
     pub revisit_after: Duration,
+    /// `describe`: snapshots per page.
+    pub describe_page_size: u32,
 }
 
 /// What the measured part of a run produced.
@@ -159,6 +161,7 @@ pub async fn drive(
         let shared = Arc::clone(&shared);
         let naming = Arc::clone(&plan.naming);
         let (scenario, revisit_after) = (plan.scenario, plan.revisit_after);
+        let describe_page_size = i32::try_from(plan.describe_page_size).unwrap_or(i32::MAX);
         workers.push(tokio::spawn(async move {
             let mut worker = Worker {
                 client,
@@ -166,6 +169,7 @@ pub async fn drive(
                 naming,
                 scenario,
                 revisit_after,
+                describe_page_size,
                 next_token: String::new(),
             };
             worker.run(measure_from, deadline).await
@@ -215,6 +219,7 @@ struct Worker {
     naming: Arc<Naming>,
     scenario: Scenario,
     revisit_after: Duration,
+    describe_page_size: i32,
     /// `describe`: where this worker's paging is.
     next_token: String,
 }
@@ -258,7 +263,7 @@ impl Worker {
                 let token = format!("bench-{}-replay", self.naming.run_id);
                 Some(self.create(0, Some(token)).await.0)
             }
-            Scenario::Describe => Some(self.describe_next_page(0, 100).await),
+            Scenario::Describe => Some(self.describe_next_page(0, self.describe_page_size).await),
             Scenario::Mixed => {
                 let roll = rand::rng().random_range(0..100);
                 if roll < 70 {
@@ -397,7 +402,8 @@ impl Worker {
 
     async fn describe_first_page(&mut self, account: usize) -> Answer {
         self.next_token.clear();
-        let answer = self.describe_next_page(account, 20).await;
+        let page = i32::try_from(crate::limit::MIXED_DESCRIBE_PAGE).expect("a small page");
+        let answer = self.describe_next_page(account, page).await;
         self.next_token.clear();
         answer
     }

@@ -9,7 +9,7 @@ use super::StoreError;
 use crate::domain::{
     AccessKey, Account, Checkpoint, Disk, DiskCategory, DiskStatus, DiskSteering, DiskType, Image,
     ImageCursor, InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
-    SnapshotStatus, SnapshotUsage, SteeredRate, Tag, Timestamp,
+    SnapshotPage, SnapshotStatus, SnapshotUsage, SteeredRate, Tag, Timestamp,
 };
 use crate::engine::{CreateState, TokenBinding};
 
@@ -309,7 +309,7 @@ pub(crate) struct SnapshotRow {
 impl TryFrom<SnapshotRow> for Snapshot {
     type Error = StoreError;
 
-    /// Tags are read separately; see [`attach_tags`].
+    /// Tags are read separately (DescribeSnapshots: [`into_described_page`]).
     fn try_from(row: SnapshotRow) -> Result<Self, StoreError> {
         Ok(Self {
             source_disk_type: DiskType::parse(&row.source_disk_type)
@@ -342,33 +342,43 @@ pub(crate) struct TagRow {
     pub value: String,
 }
 
-/// Puts each tag row on its snapshot.
-pub(crate) fn attach_tags(snapshots: &mut [Snapshot], tags: Vec<TagRow>) {
-    for tag in tags {
-        if let Some(snapshot) = snapshots
-            .iter_mut()
-            .find(|s| s.snapshot_id == tag.snapshot_id)
-        {
-            snapshot.tags.push(Tag {
-                key: tag.key,
-                value: tag.value,
-            });
-        }
-    }
+/// A DescribeSnapshots row: the snapshot, its tags as JSON `[[key, value], …]` in key order
+/// (NULL or `[]` without any), and every snapshot the filters match.
+#[derive(Debug, FromRow)]
+pub(crate) struct DescribedRow {
+    #[sqlx(flatten)]
+    pub snapshot: SnapshotRow,
+    pub tags: Option<String>,
+    pub total: i64,
 }
 
-/// Converts rows, keeping the first `limit` and saying where the next page starts.
-pub(crate) fn into_page(
-    rows: Vec<SnapshotRow>,
+/// One page from the rows of the describe statement (one more than `limit` tells whether
+/// another follows), with the total count they carry; `None` for no row.
+pub(crate) fn into_described_page(
+    rows: Vec<DescribedRow>,
     limit: u32,
-) -> Result<(Vec<Snapshot>, Option<PageCursor>), StoreError> {
+) -> Result<Option<SnapshotPage>, StoreError> {
+    let Some(total) = rows
+        .first()
+        .map(|row| u64::try_from(row.total).unwrap_or(0))
+    else {
+        return Ok(None);
+    };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
-    let snapshots = rows
-        .into_iter()
-        .take(limit)
-        .map(Snapshot::try_from)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut snapshots = Vec::with_capacity(rows.len().min(limit));
+    for row in rows.into_iter().take(limit) {
+        let mut snapshot = Snapshot::try_from(row.snapshot)?;
+        if let Some(json) = row.tags.as_deref().filter(|json| *json != "[]") {
+            let pairs: Vec<(String, String)> =
+                serde_json::from_str(json).map_err(|_| corrupt("tag list", json))?;
+            snapshot.tags = pairs
+                .into_iter()
+                .map(|(key, value)| Tag { key, value })
+                .collect();
+        }
+        snapshots.push(snapshot);
+    }
     let next = more.then(|| {
         let last = snapshots.last().expect("a full page");
         PageCursor {
@@ -376,7 +386,11 @@ pub(crate) fn into_page(
             snapshot_id: last.snapshot_id.clone(),
         }
     });
-    Ok((snapshots, next))
+    Ok(Some(SnapshotPage {
+        snapshots,
+        next,
+        total,
+    }))
 }
 
 /// Rows of a worker queue, skipping (and logging) any that do not decode, so that one bad row

@@ -1,7 +1,8 @@
-//! How many database round trips a CreateSnapshot costs on PostgreSQL, counted on the wire: a
-//! proxy between the server and PostgreSQL reads the frontend protocol and records each message
-//! after which the client waits for the server (`Sync` ends an extended-protocol exchange,
-//! `Query` is a simple query such as `BEGIN` or `COMMIT`).
+//! How many database round trips a CreateSnapshot and a DescribeSnapshots page cost on
+//! PostgreSQL, counted on the wire: a proxy between the server and PostgreSQL reads the frontend
+//! protocol and records each message after which the client waits for the server (`Sync` ends an
+//! extended-protocol exchange: `"Execute"` when it ran a statement, `"Sync"` when it did not, as
+//! a ping or a statement's preparation; `Query` is a simple query such as `BEGIN` or `COMMIT`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,10 +11,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Backend, Options, postgres_server_addr, spawn_app_with, world};
+use snapshotd::pb;
 
-/// Records the round trips from clients to PostgreSQL through it: `"Sync"`, or a simple
-/// query's text.
+use crate::helpers::{
+    Backend, Options, TestApp, as_account, create_request, postgres_server_addr, spawn_app_with,
+    world,
+};
+
+/// Records the round trips from clients to PostgreSQL through it: `"Execute"`, `"Sync"`, or a
+/// simple query's text.
 struct CountingProxy {
     addr: SocketAddr,
     round_trips: Arc<Mutex<Vec<String>>>,
@@ -65,19 +71,13 @@ impl CountingProxy {
         std::mem::take(&mut *self.round_trips.lock().unwrap())
     }
 
-    /// Like [`take`](Self::take), once a round trip follows a COMMIT (sqlx's ping as the
-    /// connection goes back to the pool), or after 2 s without one: the window then lacks the
-    /// ping, and the test counts it as inexact.
-    async fn take_through_the_ping_after_commit(&self) -> Vec<String> {
+    /// Like [`take`](Self::take), once sqlx's ping as the connection goes back to the pool (a
+    /// `"Sync"` that ran no statement) was recorded, or after 2 s without one: the window then
+    /// lacks the ping, and the test counts it as inexact.
+    async fn take_through_the_ping_on_release(&self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            let pinged = {
-                let recorded = self.round_trips.lock().unwrap();
-                recorded
-                    .iter()
-                    .position(|w| w == "COMMIT")
-                    .is_some_and(|commit| commit + 1 < recorded.len())
-            };
+            let pinged = self.round_trips.lock().unwrap().iter().any(|w| w == "Sync");
             if pinged {
                 break;
             }
@@ -93,11 +93,13 @@ impl CountingProxy {
 struct FrontendFrames {
     started: bool,
     pending: Vec<u8>,
+    /// An `Execute` since the last `Sync`.
+    executed: bool,
 }
 
 impl FrontendFrames {
-    /// Takes more bytes; returns the round trips they completed: `"Sync"`, or a simple query's
-    /// text.
+    /// Takes more bytes; returns the round trips they completed: `"Execute"`, `"Sync"`, or a
+    /// simple query's text.
     fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         self.pending.extend_from_slice(bytes);
         let mut waits = Vec::new();
@@ -116,7 +118,12 @@ impl FrontendFrames {
             }
             if self.started {
                 match self.pending[0] {
-                    b'S' => waits.push("Sync".to_owned()),
+                    b'E' => self.executed = true,
+                    b'S' => {
+                        let wait = if self.executed { "Execute" } else { "Sync" };
+                        waits.push(wait.to_owned());
+                        self.executed = false;
+                    }
                     b'Q' => {
                         let text = &self.pending[5..total];
                         let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
@@ -133,22 +140,7 @@ impl FrontendFrames {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
-    let proxy = CountingProxy::start(postgres_server_addr().await).await;
-    let proxy_addr = proxy.addr;
-    let app = spawn_app_with(
-        Backend::Postgres,
-        Options {
-            configure: Box::new(move |config| {
-                // Plain TCP, so the proxy can read the protocol; one connection, so its
-                // statement cache is warm after the first create.
-                let url = crate::helpers::replace_host(&config.database_url, proxy_addr);
-                config.database_url = format!("{url}?sslmode=disable");
-                config.db_max_connections = 1;
-            }),
-            ..Options::default()
-        },
-    )
-    .await;
+    let (app, proxy) = app_behind_a_counting_proxy().await;
     app.seed(&world("acct-a", 8)).await;
     app.create_on("acct-a", "d-acct-a-0")
         .await
@@ -163,9 +155,9 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
             .await
             .expect("a snapshot");
         // sqlx pings the connection as it goes back to the pool, after the answer.
-        windows.push(proxy.take_through_the_ping_after_commit().await);
+        windows.push(proxy.take_through_the_ping_on_release().await);
     }
-    let expected = ["BEGIN", "Sync", "Sync", "COMMIT", "Sync"];
+    let expected = ["BEGIN", "Execute", "Execute", "COMMIT", "Sync"];
     let exact = windows
         .iter()
         .filter(|window| window.as_slice() == expected)
@@ -182,6 +174,126 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
     }
 }
 
+/// A server on PostgreSQL through a counting proxy, with one connection (so its statement
+/// cache is warm after the first call of each statement).
+async fn app_behind_a_counting_proxy() -> (TestApp, CountingProxy) {
+    let proxy = CountingProxy::start(postgres_server_addr().await).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        Options {
+            configure: Box::new(move |config| {
+                // Plain TCP, so the proxy can read the protocol.
+                let url = crate::helpers::replace_host(&config.database_url, proxy_addr);
+                config.database_url = format!("{url}?sslmode=disable");
+                config.db_max_connections = 1;
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    (app, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_describe_page_is_one_statement_whatever_its_filters_length() {
+    let (app, proxy) = app_behind_a_counting_proxy().await;
+    app.seed(&world("acct-a", 8)).await;
+    let mut ids = Vec::new();
+    for disk in 0..8 {
+        let mut request = create_request(&format!("d-acct-a-{disk}"));
+        if disk % 2 == 0 {
+            request.tags = vec![pb::Tag {
+                key: "team".to_owned(),
+                value: format!("t{disk}"),
+            }];
+        }
+        ids.push(
+            app.create("acct-a", request)
+                .await
+                .expect("a snapshot")
+                .snapshot_id,
+        );
+    }
+    let describe = |request: pb::DescribeSnapshotsRequest| {
+        let app = &app;
+        async move {
+            app.snapshots()
+                .describe_snapshots(as_account("acct-a", request))
+                .await
+                .expect("a page")
+                .into_inner()
+        }
+    };
+    let first_page = |max_results| pb::DescribeSnapshotsRequest {
+        max_results,
+        ..Default::default()
+    };
+    let of_ids = |ids: &[String]| pb::DescribeSnapshotsRequest {
+        snapshot_ids: ids.to_vec(),
+        max_results: 2,
+        ..Default::default()
+    };
+    let tagged = || pb::DescribeSnapshotsRequest {
+        tags: vec![pb::Tag {
+            key: "team".to_owned(),
+            value: String::new(),
+        }],
+        max_results: 2,
+        ..Default::default()
+    };
+    // Each shape once, so that its statement is prepared.
+    let token = describe(first_page(3)).await.next_token;
+    describe(pb::DescribeSnapshotsRequest {
+        next_token: token.clone(),
+        ..first_page(3)
+    })
+    .await;
+    describe(of_ids(&ids[..2])).await;
+    describe(tagged()).await;
+
+    // Other page sizes and other numbers of ids: the same statements, prepared already.
+    let token_page = pb::DescribeSnapshotsRequest {
+        next_token: token,
+        ..first_page(3)
+    };
+    let tagged_token = describe(tagged()).await.next_token;
+    let pages = [
+        ("a first page", first_page(5)),
+        ("a first page of another size", first_page(7)),
+        ("a token page", token_page),
+        ("five ids", of_ids(&ids[..5])),
+        (
+            "a token page of tagged snapshots",
+            pb::DescribeSnapshotsRequest {
+                next_token: tagged_token,
+                ..tagged()
+            },
+        ),
+    ];
+    for (what, request) in pages {
+        // The readiness check pings the database every 500 ms on the same connection and may
+        // land in a window: a page is tried until a window shows none of it.
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            proxy.take();
+            let page = describe(request.clone()).await;
+            assert!(page.total_count > 0, "{what}: {page:?}");
+            let window = proxy.take_through_the_ping_on_release().await;
+            let exact = window == ["Execute", "Sync"];
+            windows.push(window);
+            if exact {
+                break;
+            }
+        }
+        assert_eq!(
+            windows.last().map(Vec::as_slice),
+            Some(["Execute", "Sync"].map(str::to_owned).as_slice()),
+            "{what}: one statement, already prepared, then sqlx's ping on release: {windows:?}"
+        );
+    }
+}
+
 #[test]
 fn frames_are_counted_across_reads() {
     let mut frames = FrontendFrames::default();
@@ -193,4 +305,14 @@ fn frames_are_counted_across_reads() {
     stream.extend_from_slice(b"BEGIN\0");
     assert!(frames.feed(&stream[..10]).is_empty());
     assert_eq!(frames.feed(&stream[10..]), ["Sync", "BEGIN"]);
+}
+
+#[test]
+fn a_sync_after_an_execute_is_a_statement() {
+    let mut frames = FrontendFrames::default();
+    let mut stream = vec![0, 0, 0, 8, 0, 3, 0, 0];
+    // Bind, Execute, Sync; then Sync alone (a ping).
+    stream.extend_from_slice(&[b'B', 0, 0, 0, 4, b'E', 0, 0, 0, 4, b'S', 0, 0, 0, 4]);
+    stream.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    assert_eq!(frames.feed(&stream), ["Execute", "Sync"]);
 }

@@ -39,6 +39,14 @@ use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
 pub type PgStore = SqlStore<Postgres>;
 
+pub use super::shared::{Param, Statement};
+
+/// DescribeSnapshots' one statement for `query` on PostgreSQL, as the store runs it. (The
+/// bench's pgbench script runs this text.)
+pub fn describe_snapshots_statement(query: &crate::domain::SnapshotQuery) -> Statement {
+    super::shared::describe_snapshots_statement::<Postgres>(query)
+}
+
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IDLE_CONNECTIONS_AFTER: Duration = Duration::from_secs(10);
 
@@ -284,6 +292,20 @@ impl Dialect for Postgres {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
     const TABLE_NAMES: &'static str = "SELECT CAST(table_name AS text) FROM information_schema.tables \
          WHERE table_schema = current_schema() ORDER BY table_name";
+    const SNAPSHOT_TAGS_JSON: &'static str = "(SELECT CAST(json_agg(json_build_array(t.key, t.value) \
+         ORDER BY t.key) AS text) FROM snapshot_tags t WHERE t.snapshot_id = s.snapshot_id)";
+
+    /// A `text[]` parameter.
+    fn in_text_list(column: &str, placeholder: &str) -> String {
+        format!("{column} = ANY(CAST({placeholder} AS text[]))")
+    }
+
+    fn bind_text_list<'q, O>(
+        query: sqlx::query::QueryAs<'q, Self, O, sqlx::postgres::PgArguments>,
+        list: Vec<String>,
+    ) -> sqlx::query::QueryAs<'q, Self, O, sqlx::postgres::PgArguments> {
+        query.bind(list)
+    }
 
     fn durability_warnings(settings: &[Setting]) -> Vec<String> {
         durability_warnings(settings)

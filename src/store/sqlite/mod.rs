@@ -111,6 +111,21 @@ impl Dialect for Sqlite {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     const TABLE_NAMES: &'static str = "SELECT name FROM sqlite_master \
          WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name";
+    const SNAPSHOT_TAGS_JSON: &'static str = "(SELECT json_group_array(json_array(t.key, t.value)) \
+         FROM (SELECT key, value FROM snapshot_tags WHERE snapshot_id = s.snapshot_id \
+         ORDER BY key) t)";
+
+    /// A JSON array of strings in one text parameter.
+    fn in_text_list(column: &str, placeholder: &str) -> String {
+        format!("{column} IN (SELECT value FROM json_each({placeholder}))")
+    }
+
+    fn bind_text_list<'q, O>(
+        query: sqlx::query::QueryAs<'q, Self, O, sqlx::sqlite::SqliteArguments<'q>>,
+        list: Vec<String>,
+    ) -> sqlx::query::QueryAs<'q, Self, O, sqlx::sqlite::SqliteArguments<'q>> {
+        query.bind(serde_json::to_string(&list).expect("a list of strings is JSON"))
+    }
 
     /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
     fn durability_warnings(settings: &[Setting]) -> Vec<String> {
