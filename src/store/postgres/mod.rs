@@ -277,6 +277,8 @@ impl Dialect for Postgres {
     /// clients already), and batches form only while a lane is busy. Measured side by side on
     /// 2 cores (`bench/README.md`): 2 lanes beat 4 at every load tried, and 4 beat 8.
     const CREATE_LANES: usize = 2;
+    /// One per lane, the worker's and one more (`super::kept`).
+    const KEEP_CONNECTIONS: usize = Self::CREATE_LANES + 2;
     const LOCK_DISK: &'static str = "\nFOR UPDATE OF d";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
