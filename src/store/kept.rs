@@ -76,8 +76,7 @@ impl<DB: Database> KeptConnections<DB> {
     /// Keeps `connection`, whose transaction ended cleanly, unless enough are kept or the
     /// pool may have callers waiting for a connection (then it goes back to the pool, to them).
     pub fn keep(&self, connection: PoolConnection<DB>, acquired_at: Instant, pool: &Pool<DB>) {
-        let exhausted =
-            pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections();
+        let exhausted = pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections();
         let mut held = self.lock();
         if held.closed || exhausted || held.connections.len() >= self.capacity {
             return;
