@@ -46,8 +46,13 @@ impl Worker {
         }
     }
 
-    /// Steps until `stop` turns true: at once again after work, else after `interval`. A step
-    /// in progress when `stop` turns true is finished first.
+    /// Steps until `stop` turns true: at once again after a step that found a whole batch due
+    /// (it is behind), else after `interval`. A step in progress when `stop` turns true is
+    /// finished first.
+    ///
+    /// Not at once after any work: under a steady trickle of creates every step found a copy or
+    /// two, and the worker stepped back to back, two transactions per finished copy (at 1 call
+    /// in flight it ran as many transactions as the creates; bench/README.md, issue 19).
     pub async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
@@ -60,8 +65,8 @@ impl Worker {
                 Err(_) => "failed",
             });
             let pause = match step {
-                Ok(Outcome::Worked(_)) => Duration::ZERO,
-                Ok(Outcome::Idle) => interval,
+                Ok(Outcome::Worked(done)) if done.more_due => Duration::ZERO,
+                Ok(_) => interval,
                 Err(err) => {
                     tracing::error!(error = %err, "worker step failed; retrying");
                     interval

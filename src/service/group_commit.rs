@@ -17,8 +17,10 @@
 //! again too. A call queued [`RETRIES`] times, and every unusual case, is told to
 //! [`Verdict::RunAlone`]: it runs the one-call transaction in its own task, as if there were no
 //! batching, and waits for its disk's lock there. A call that went away (its client cancelled,
-//! its deadline passed) before its batch wrote is left out of the write. A batch runs in a task
-//! of its own, so its leader's going away never cuts it short.
+//! its deadline passed) before its batch wrote is left out of the write. A batch that holds
+//! other calls than its leader's runs in a task of its own, so its leader's going away never
+//! cuts it short; a batch of the leader's call alone (every call, under light load) is written
+//! in the leader's task, as the call's own transaction would be, without a hand-off.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -39,6 +41,8 @@ use crate::store::{BatchRead, Store, StoreError, Transaction, Unreachable};
 /// One queued CreateSnapshot call.
 #[derive(Debug)]
 struct Queued {
+    /// Tells this call from the others queued ([`GroupCommit::tickets`]).
+    ticket: u64,
     pub command: CreateSnapshotCommand,
     pub policy: Policy,
     pub now: Timestamp,
@@ -80,6 +84,8 @@ pub(super) struct GroupCommit {
     pick_lane: RandomState,
     max_batch: usize,
     callers: Callers,
+    /// The next queued call's [`Queued::ticket`].
+    tickets: AtomicU64,
 }
 
 /// What the lanes hold at one instant: the only way to see from outside that a call is queued
@@ -162,6 +168,7 @@ impl GroupCommit {
             pick_lane: RandomState::new(),
             max_batch: max_batch.max(1),
             callers: Callers::default(),
+            tickets: AtomicU64::new(0),
         }
     }
 
@@ -209,7 +216,9 @@ impl GroupCommit {
         // batch sees the reply channel closed.
         let mut waiting = Waiting::enter(&self.callers);
         let (reply, mut verdict) = oneshot::channel();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         lane.queue.push(Queued {
+            ticket,
             command: command.clone(),
             policy: *policy,
             now,
@@ -226,21 +235,32 @@ impl GroupCommit {
                 turn = Arc::clone(&lane.turn).acquire_owned() => {
                     let turn = turn.expect("the semaphore is never closed");
                     let batch = lane.queue.take(self.max_batch);
+                    let alone = matches!(batch.as_slice(), [only] if only.ticket == ticket);
                     if batch.is_empty() {
                         // Another leader took this call; its answer is on the way.
                         let answer = verdict.await;
                         waiting.answered = true;
                         return answer.unwrap_or(Verdict::RunAlone);
                     }
-                    // In a task of its own, holding the lane's turn: if this call goes away
-                    // (cancelled, past its deadline), the batch still ends and answers the
-                    // others. Dropped halfway, it could commit with nobody told.
                     let write = write_batch(
                         Arc::clone(&self.store),
                         batch,
                         Arc::clone(&self.backend),
                         self.storage.clone(),
                     );
+                    if alone {
+                        // Only this call is in the batch, so only this call can be cut short
+                        // with it, as its own transaction would be: written here, without the
+                        // task switch to a writer and back (most calls at low load).
+                        if let Some(cause) = write.await {
+                            lane.answer_all(&cause);
+                        }
+                        drop(turn);
+                        continue;
+                    }
+                    // In a task of its own, holding the lane's turn: if this call goes away
+                    // (cancelled, past its deadline), the batch still ends and answers the
+                    // others. Dropped halfway, it could commit with nobody told.
                     let lane = Arc::clone(lane);
                     let writing = tokio::spawn(async move {
                         let _turn = turn;

@@ -16,6 +16,8 @@ pub struct WorkDone {
     pub accomplished: usize,
     pub failed: usize,
     pub released: usize,
+    /// A queue gave a whole batch: more rows may be due already.
+    pub more_due: bool,
 }
 
 impl WorkDone {
@@ -35,7 +37,11 @@ impl Service {
         let released =
             release_expired(tx.as_mut(), now, self.clock.wall(), self.backend.as_ref()).await;
         let released = self.finish(tx, released).await?;
-        Ok(WorkDone { released, ..copies })
+        Ok(WorkDone {
+            released,
+            more_due: copies.more_due || released == BATCH as usize,
+            ..copies
+        })
     }
 }
 
@@ -47,6 +53,7 @@ async fn advance_copies(
 ) -> Result<WorkDone, ServiceError> {
     let mut done = WorkDone::default();
     let claimed = tx.claim_due(WorkQueue::Copies, now, BATCH).await?;
+    done.more_due = claimed.len() == BATCH as usize;
     let mut finished = Vec::with_capacity(claimed.len());
     for snapshot in &claimed {
         match backend.copy_state(snapshot, now).await {

@@ -9,6 +9,7 @@
 //! [`shared::Dialect`]. Database facts become typed errors here; SQL never leaves this module.
 
 mod fence;
+mod kept;
 mod pooler;
 pub mod postgres;
 mod rows;

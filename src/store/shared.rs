@@ -16,6 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::fence::Fence;
+use super::kept::KeptConnections;
 use super::pooler::SessionConnection;
 use super::rows::{
     AccessKeyRow, AccountRow, CallerRow, DescribedRow, DiskRow, ImageRow, InstanceRow,
@@ -39,6 +40,9 @@ pub trait Dialect: Database + Sized {
     const KIND: &'static str;
     /// Create transactions at once: the database's sweet spot (see `service::group_commit`).
     const CREATE_LANES: usize;
+    /// Connections kept between write transactions instead of going back to the pool
+    /// (`super::kept`).
+    const KEEP_CONNECTIONS: usize;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
     const LOCK_DISK: &'static str;
     /// Appended to a read whose rows the transaction holds until it ends.
@@ -120,9 +124,11 @@ pub struct SqlStore<DB: Database> {
     /// Raised by a sign that the server behind the address is gone or takes no writes; the
     /// pool's hooks close the connections opened before it (see `super::fence`).
     fence: Arc<Fence>,
+    /// Connections between two write transactions (`super::kept`).
+    kept: Arc<KeptConnections<DB>>,
 }
 
-impl<DB: Database> SqlStore<DB> {
+impl<DB: Dialect> SqlStore<DB> {
     pub(super) fn new(
         pool: Pool<DB>,
         settings: Vec<Setting>,
@@ -135,6 +141,7 @@ impl<DB: Database> SqlStore<DB> {
             transaction_pooler: false,
             committed: Arc::new(Notify::new()),
             fence: Arc::default(),
+            kept: KeptConnections::new(DB::KEEP_CONNECTIONS),
         }
     }
 
@@ -225,6 +232,8 @@ where
     /// may ask for them, and each holds a session on the old server.
     async fn ping(&self) -> Result<(), StoreError> {
         if self.fence.take_drain() {
+            // Back to the pool, whose `after_release` closes those the fence condemns.
+            self.kept.release_all(false);
             for _ in 0..self.pool.num_idle() {
                 let Some(mut idle) = self.pool.try_acquire() else {
                     break;
@@ -242,15 +251,10 @@ where
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let waiting = std::time::Instant::now();
-        let mut session = SqlSession {
-            connection: self.acquire().await?,
-            in_transaction: true,
-            unnamed: self.transaction_pooler,
-            committed: Some(self.committed()),
-            fence: Arc::clone(&self.fence),
-        };
+        let mut session = self.session().await?;
+        session.in_transaction = true;
         if let Err(err) = session.execute(DB::BEGIN_WRITE).await {
-            session.connection.close_on_drop();
+            session.raw().close_on_drop();
             session.in_transaction = false;
             return Err(err.into());
         }
@@ -259,18 +263,12 @@ where
     }
 
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
-        let mut session = SqlSession {
-            connection: self.acquire().await?,
-            in_transaction: false,
-            unnamed: self.transaction_pooler,
-            committed: Some(self.committed()),
-            fence: Arc::clone(&self.fence),
-        };
+        let mut session = self.session().await?;
         if self.transaction_pooler {
             // Each statement's two exchanges must reach one server connection (`super::pooler`).
             session.in_transaction = true;
             if let Err(err) = session.execute("BEGIN").await {
-                session.connection.close_on_drop();
+                session.raw().close_on_drop();
                 session.in_transaction = false;
                 return Err(err.into());
             }
@@ -294,11 +292,33 @@ where
     }
 
     async fn close(&self) {
+        self.kept.release_all(true);
         self.pool.close().await;
     }
 }
 
-impl<DB: Database> SqlStore<DB> {
+impl<DB: Dialect> SqlStore<DB> {
+    /// A session outside any transaction, on a kept connection (`super::kept`) or a pooled one.
+    async fn session(&self) -> Result<SqlSession<DB>, sqlx::Error> {
+        let (connection, acquired_at) = match self.kept.take(&self.fence) {
+            Some(kept) => (kept.connection, kept.acquired_at),
+            None => (self.acquire().await?, std::time::Instant::now()),
+        };
+        Ok(SqlSession {
+            connection: Some(connection),
+            in_transaction: false,
+            unnamed: self.transaction_pooler,
+            committed: Some(self.committed()),
+            fence: Arc::clone(&self.fence),
+            keep: Some(Keep {
+                kept: Arc::clone(&self.kept),
+                pool: self.pool.clone(),
+                acquired_at,
+                ended_cleanly: false,
+            }),
+        })
+    }
+
     /// A pooled connection. Failing to get one can be a sign for the fence too: the address
     /// resets connections, or the server refuses them while it starts or stops.
     async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
@@ -315,7 +335,8 @@ impl<DB: Database> SqlStore<DB> {
 /// whose transaction did not end cleanly — a COMMIT that failed (a full disk), a ROLLBACK that
 /// failed, a call dropped halfway — is closed, never handed to the next call still inside it.
 pub struct SqlSession<DB: Database> {
-    connection: PoolConnection<DB>,
+    /// `None` only once dropped.
+    connection: Option<PoolConnection<DB>>,
     in_transaction: bool,
     /// Statements run unnamed (behind a transaction pooler).
     unnamed: bool,
@@ -323,21 +344,43 @@ pub struct SqlSession<DB: Database> {
     committed: Option<Arc<Notify>>,
     /// The store's fence, raised by a statement that finds the server gone or read-only.
     fence: Arc<Fence>,
+    /// Where the connection goes after a transaction that ended cleanly (`None`: the pool).
+    keep: Option<Keep<DB>>,
+}
+
+/// Where a session's connection is kept after its transaction ended cleanly.
+struct Keep<DB: Database> {
+    kept: Arc<KeptConnections<DB>>,
+    pool: Pool<DB>,
+    acquired_at: std::time::Instant,
+    /// The session's COMMIT or ROLLBACK answered.
+    ended_cleanly: bool,
 }
 
 impl<DB: Database> SqlSession<DB> {
     /// The executor of the session's statements.
     pub(super) fn connection(&mut self) -> SessionConnection<'_, DB> {
-        SessionConnection::new(&mut *self.connection, self.unnamed, &self.fence)
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("a live session's connection");
+        SessionConnection::new(&mut **connection, self.unnamed, &self.fence)
+    }
+
+    fn raw(&mut self) -> &mut PoolConnection<DB> {
+        self.connection
+            .as_mut()
+            .expect("a live session's connection")
     }
 }
 
 impl<DB: Dialect> SqlSession<DB> {
     /// Runs `BEGIN`, `COMMIT` or `ROLLBACK`, its error shown to the fence.
     async fn execute(&mut self, statement: &'static str) -> Result<(), sqlx::Error> {
-        DB::execute(&mut self.connection, statement)
+        let fence = Arc::clone(&self.fence);
+        DB::execute(self.raw(), statement)
             .await
-            .inspect_err(|err| self.fence.note(err))
+            .inspect_err(|err| fence.note(err))
     }
 }
 
@@ -349,11 +392,12 @@ where
     SqlSession<DB>: Transaction,
 {
     let tables = SqlSession {
-        connection: pool.acquire().await?,
+        connection: Some(pool.acquire().await?),
         in_transaction: false,
         unnamed: false,
         committed: None,
         fence: Arc::default(),
+        keep: None,
     }
     .table_names()
     .await?;
@@ -375,9 +419,14 @@ where
 
 impl<DB: Database> Drop for SqlSession<DB> {
     fn drop(&mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
         if self.in_transaction {
             // Dropped halfway (a cancelled call): closing the connection rolls it back.
-            self.connection.close_on_drop();
+            connection.close_on_drop();
+        } else if let Some(keep) = self.keep.as_ref().filter(|keep| keep.ended_cleanly) {
+            keep.kept.keep(connection, keep.acquired_at, &keep.pool);
         }
     }
 }
@@ -398,10 +447,15 @@ impl<DB: Dialect> SqlSession<DB> {
         {
             committed.notify_one();
         }
+        if ended.is_ok()
+            && let Some(keep) = &mut self.keep
+        {
+            keep.ended_cleanly = true;
+        }
         if ended.is_err() {
             let committing = statement == "COMMIT";
             if !committing || self.execute("ROLLBACK").await.is_err() {
-                self.connection.close_on_drop();
+                self.raw().close_on_drop();
             }
         }
         Ok(ended?)

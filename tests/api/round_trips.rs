@@ -19,10 +19,10 @@ use crate::helpers::{
 };
 
 /// Records the round trips from clients to PostgreSQL through it: `"Execute"`, `"Sync"`, or a
-/// simple query's text.
+/// simple query's text, each with the number of the connection it came on.
 struct CountingProxy {
     addr: SocketAddr,
-    round_trips: Arc<Mutex<Vec<String>>>,
+    round_trips: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl CountingProxy {
@@ -32,7 +32,10 @@ impl CountingProxy {
         let round_trips = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::clone(&round_trips);
         tokio::spawn(async move {
+            let mut connections = 0;
             while let Ok((client, _)) = listener.accept().await {
+                connections += 1;
+                let connection = connections;
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -49,6 +52,7 @@ impl CountingProxy {
                                 Ok(n) => n,
                             };
                             let waits = frames.feed(&buffer[..n]);
+                            let waits = waits.into_iter().map(|wait| (connection, wait));
                             counter.lock().unwrap().extend(waits);
                             if server_write.write_all(&buffer[..n]).await.is_err() {
                                 return;
@@ -67,8 +71,27 @@ impl CountingProxy {
     }
 
     /// Everything recorded so far, emptying the record.
-    fn take(&self) -> Vec<String> {
+    fn take(&self) -> Vec<(usize, String)> {
         std::mem::take(&mut *self.round_trips.lock().unwrap())
+    }
+
+    /// The round trips of the connections that began a transaction since the last take,
+    /// `settle` from now: long enough for anything sent after the answer (as sqlx's ping of a
+    /// connection going back to the pool) to show. (The readiness check's, on another
+    /// connection, are left out.)
+    async fn transactions_after(&self, settle: Duration) -> Vec<String> {
+        tokio::time::sleep(settle).await;
+        let recorded = self.take();
+        let transactions: Vec<usize> = recorded
+            .iter()
+            .filter(|(_, wait)| wait == "BEGIN")
+            .map(|(connection, _)| *connection)
+            .collect();
+        recorded
+            .into_iter()
+            .filter(|(connection, _)| transactions.contains(connection))
+            .map(|(_, wait)| wait)
+            .collect()
     }
 
     /// Like [`take`](Self::take), once sqlx's ping as the connection goes back to the pool (a
@@ -77,13 +100,18 @@ impl CountingProxy {
     async fn take_through_the_ping_on_release(&self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            let pinged = self.round_trips.lock().unwrap().iter().any(|w| w == "Sync");
+            let pinged = self
+                .round_trips
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, w)| w == "Sync");
             if pinged {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.take()
+        self.take().into_iter().map(|(_, wait)| wait).collect()
     }
 }
 
@@ -140,24 +168,27 @@ impl FrontendFrames {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
-    let (app, proxy) = app_behind_a_counting_proxy().await;
+    // Two connections: the creates keep theirs between transactions (its statement cache is
+    // warm after the first create), the readiness check takes the other.
+    let (app, proxy) = app_behind_a_counting_proxy(2).await;
     app.seed(&world("acct-a", 8)).await;
     app.create_on("acct-a", "d-acct-a-0")
         .await
         .expect("a first create prepares the statements");
 
-    // The readiness check pings the database every 500 ms on the same connection and may land
-    // in a window: the creates that show none of it are counted (most of them).
+    // The readiness check asks the database every 500 ms on a connection of the pool: its
+    // round trips are left out of the windows.
     let mut windows = Vec::new();
     for disk in 1..8 {
         proxy.take();
         app.create_on("acct-a", &format!("d-acct-a-{disk}"))
             .await
             .expect("a snapshot");
-        // sqlx pings the connection as it goes back to the pool, after the answer.
-        windows.push(proxy.take_through_the_ping_on_release().await);
+        windows.push(proxy.transactions_after(Duration::from_millis(100)).await);
     }
-    let expected = ["BEGIN", "Execute", "Execute", "COMMIT", "Sync"];
+    // No ping after COMMIT either: the connection is kept for the next transaction instead of
+    // going back to the pool, which would ping it (`store::kept`).
+    let expected = ["BEGIN", "Execute", "Execute", "COMMIT"];
     let exact = windows
         .iter()
         .filter(|window| window.as_slice() == expected)
@@ -165,7 +196,7 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
     assert!(
         exact >= 5,
         "a create is BEGIN, the locking read, the one-statement write and COMMIT (no ping in \
-         front of BEGIN), then sqlx's ping on release: {windows:?}"
+         front of BEGIN nor after COMMIT): {windows:?}"
     );
     for window in &windows {
         let begin = window.iter().position(|w| w == "BEGIN").expect("a BEGIN");
@@ -174,9 +205,8 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
     }
 }
 
-/// A server on PostgreSQL through a counting proxy, with one connection (so its statement
-/// cache is warm after the first call of each statement).
-async fn app_behind_a_counting_proxy() -> (TestApp, CountingProxy) {
+/// A server on PostgreSQL through a counting proxy, with `connections` connections at most.
+async fn app_behind_a_counting_proxy(connections: u32) -> (TestApp, CountingProxy) {
     let proxy = CountingProxy::start(postgres_server_addr().await).await;
     let proxy_addr = proxy.addr;
     let app = spawn_app_with(
@@ -186,7 +216,7 @@ async fn app_behind_a_counting_proxy() -> (TestApp, CountingProxy) {
                 // Plain TCP, so the proxy can read the protocol.
                 let url = crate::helpers::replace_host(&config.database_url, proxy_addr);
                 config.database_url = format!("{url}?sslmode=disable");
-                config.db_max_connections = 1;
+                config.db_max_connections = connections;
             }),
             ..Options::default()
         },
@@ -197,7 +227,8 @@ async fn app_behind_a_counting_proxy() -> (TestApp, CountingProxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_describe_page_is_one_statement_whatever_its_filters_length() {
-    let (app, proxy) = app_behind_a_counting_proxy().await;
+    // One connection, so its statement cache is warm after the first call of each shape.
+    let (app, proxy) = app_behind_a_counting_proxy(1).await;
     app.seed(&world("acct-a", 8)).await;
     let mut ids = Vec::new();
     for disk in 0..8 {
