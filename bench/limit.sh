@@ -6,15 +6,16 @@
 # Builds the release binaries; makes a fresh PostgreSQL database; starts REPLICAS servers on it
 # (default 1); drives the scenario with snapshotd-bench; then runs pgbench with the store's own
 # CreateSnapshot transaction on the same database, at the same concurrency, for as long, and
-# prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead
-# (no pgbench limit then).
+# prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead,
+# and SQLite's own limit is the sqlite3 CLI running the store's statements on a copy of it.
 #
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
 # BACKEND (postgres|sqlite), EDGE (grpc|http: the edge the scenario's calls go through; default
 # grpc; `both`: gRPC then HTTP against the same servers and database, ROUNDS times, default 1,
 # the pgbench limit after the last), BENCH_DATABASE (default snapshotd_bench), PORT_OFFSET
 # (added to the servers' ports, 0 by default: for two benches on one machine), DISKS (default 16384), CONNECTIONS (default 4), JSON (a file for the JSON report),
-# SERVER_ENV (extra `VAR=value` words for the servers), SERVER_BIN (the server binary to
+# SERVER_ENV (extra `VAR=value` words for the servers), BENCH_ARGS (extra words for
+# snapshotd-bench), SERVER_BIN (the server binary to
 # measure, default target/release/snapshotd), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
 # POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct).
@@ -127,6 +128,14 @@ limit_args=()
 # pgbench runs after the servers are stopped (the bench does it), so the pools free their connections.
 if [ "$backend" = postgres ]; then
     limit_args=(--limit-database-url "$database_url")
+else
+    limit_args=(--limit-sqlite-file "$database_url")
+    # The limit runs with the servers' `synchronous`.
+    for word in ${SERVER_ENV:-}; do
+        case "$word" in
+        SNAPSHOTD_SQLITE_SYNCHRONOUS=*) limit_args+=(--limit-sqlite-synchronous "${word#*=}") ;;
+        esac
+    done
 fi
 json_args=()
 if [ -n "${JSON:-}" ]; then
@@ -147,5 +156,5 @@ for run in "${!edges[@]}"; do
     target/release/snapshotd-bench "${targets[@]}" "${ecs_targets[@]}" --edge "$edge" --admin-token "$token" \
         --scenario "$scenario" --concurrency "$concurrency" --duration "$duration" \
         --connections "${CONNECTIONS:-4}" --disks "${DISKS:-16384}" \
-        "${pid_args[@]}" "${last_args[@]}"
+        "${pid_args[@]}" ${BENCH_ARGS:-} "${last_args[@]}"
 done

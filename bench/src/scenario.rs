@@ -203,6 +203,9 @@ pub async fn drive(
     }
 }
 
+/// `describe`: snapshots per page.
+pub const DESCRIBE_PAGE: u32 = 100;
+
 /// One worker's way to the server.
 enum Client {
     Grpc(SnapshotServiceClient<Channel>),
@@ -258,7 +261,7 @@ impl Worker {
                 let token = format!("bench-{}-replay", self.naming.run_id);
                 Some(self.create(0, Some(token)).await.0)
             }
-            Scenario::Describe => Some(self.describe_next_page(0, 100).await),
+            Scenario::Describe => Some(self.describe_next_page(0, DESCRIBE_PAGE as i32).await),
             Scenario::Mixed => {
                 let roll = rand::rng().random_range(0..100);
                 if roll < 70 {

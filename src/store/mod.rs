@@ -20,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use postgres::PgStore;
+pub use shared::describe_snapshots_sql;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{

@@ -420,6 +420,16 @@ LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id"
     )
 }
 
+/// One call's CreateSnapshot read: the disk `$1` of the account `$2`, locked with `lock_disk`
+/// (the dialect's [`Dialect::LOCK_DISK`]), with what the engine needs and the token `$3`'s
+/// binding. (The SQLite database limit in bench/ runs it too.)
+pub(super) fn lock_disk_and_read_sql(lock_disk: &str) -> String {
+    format!(
+        "SELECT {CREATE_STATE_COLUMNS}\nFROM disks d{}\nWHERE d.disk_id = $1 AND d.account_id = $2{lock_disk}",
+        create_state_joins("$3"),
+    )
+}
+
 /// Columns of a snapshot row `s`, as [`SnapshotRow`] reads them.
 const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
     s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
@@ -494,46 +504,24 @@ where
         &mut self,
         query: &SnapshotQuery,
     ) -> Result<SnapshotPage, StoreError> {
-        let mut statement =
-            matching_snapshots(format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots s"), query);
-        if let Some(PageCursor {
-            created_at,
-            snapshot_id,
-        }) = &query.after
-        {
-            let at = statement.param(Param::Time(*created_at));
-            let id = statement.param(Param::Text(snapshot_id.clone()));
-            statement.push(&format!(
-                " AND (s.created_at < {at} OR (s.created_at = {at} AND s.snapshot_id < {id}))"
-            ));
-        }
-        statement.push(" ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
-        statement.push_param(Param::Int(i64::from(query.limit) + 1));
-        if query.skip > 0 {
-            statement.push(" OFFSET ");
-            statement.push_param(Param::Int(i64::from(query.skip)));
-        }
-        let rows: Vec<SnapshotRow> = statement.fetch_all(self.connection()).await?;
+        let rows: Vec<SnapshotRow> = snapshot_page_statement(query)
+            .fetch_all(self.connection())
+            .await?;
         let (mut snapshots, next) = into_page(rows, query.limit)?;
         if !snapshots.is_empty() {
             let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
-            let mut statement = Statement::new(
-                "SELECT snapshot_id, key, value FROM snapshot_tags WHERE snapshot_id IN "
-                    .to_owned(),
-            );
-            statement.push_list(&ids);
-            statement.push(" ORDER BY snapshot_id, key");
-            let tags: Vec<TagRow> = statement.fetch_all(self.connection()).await?;
+            let tags: Vec<TagRow> = page_tags_statement(&ids)
+                .fetch_all(self.connection())
+                .await?;
             attach_tags(&mut snapshots, tags);
         }
         // A first page with nothing after it holds every match: no count to ask for.
         let total = if query.after.is_none() && query.skip == 0 && next.is_none() {
             snapshots.len() as u64
         } else {
-            let counted: Vec<(i64,)> =
-                matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
-                    .fetch_all(self.connection())
-                    .await?;
+            let counted: Vec<(i64,)> = matching_count_statement(query)
+                .fetch_all(self.connection())
+                .await?;
             counted
                 .first()
                 .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
@@ -579,11 +567,7 @@ where
         &mut self,
         command: &CreateSnapshotCommand,
     ) -> Result<Option<LockedRead>, StoreError> {
-        let statement = format!(
-            "SELECT {CREATE_STATE_COLUMNS}\nFROM disks d{}\nWHERE d.disk_id = $1 AND d.account_id = $2{}",
-            create_state_joins("$3"),
-            DB::LOCK_DISK
-        );
+        let statement = lock_disk_and_read_sql(DB::LOCK_DISK);
         let row: Option<LockedDiskRow> = sqlx::query_as(&statement)
             .bind(command.disk_id.as_str())
             .bind(command.account_id.as_str())
@@ -1420,6 +1404,58 @@ where
     }
 }
 
+/// A page of DescribeSnapshots: the matching snapshots from the cursor on, newest first, one
+/// more than the page to tell whether another follows.
+fn snapshot_page_statement(query: &SnapshotQuery) -> Statement {
+    let mut statement =
+        matching_snapshots(format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots s"), query);
+    if let Some(PageCursor {
+        created_at,
+        snapshot_id,
+    }) = &query.after
+    {
+        let at = statement.param(Param::Time(*created_at));
+        let id = statement.param(Param::Text(snapshot_id.clone()));
+        statement.push(&format!(
+            " AND (s.created_at < {at} OR (s.created_at = {at} AND s.snapshot_id < {id}))"
+        ));
+    }
+    statement.push(" ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
+    statement.push_param(Param::Int(i64::from(query.limit) + 1));
+    if query.skip > 0 {
+        statement.push(" OFFSET ");
+        statement.push_param(Param::Int(i64::from(query.skip)));
+    }
+    statement
+}
+
+/// The tags of a page's snapshots.
+fn page_tags_statement(snapshot_ids: &[String]) -> Statement {
+    let mut statement = Statement::new(
+        "SELECT snapshot_id, key, value FROM snapshot_tags WHERE snapshot_id IN ".to_owned(),
+    );
+    statement.push_list(snapshot_ids);
+    statement.push(" ORDER BY snapshot_id, key");
+    statement
+}
+
+/// How many snapshots match the query in all (for a page that is not the whole answer).
+fn matching_count_statement(query: &SnapshotQuery) -> Statement {
+    matching_snapshots("SELECT count(*) FROM snapshots s".to_owned(), query)
+}
+
+/// The statements DescribeSnapshots runs for a page of `query` that is not the whole answer
+/// (the page, its tags for `page_ids`, the count), with their parameters written in as SQL
+/// literals. For the database limits in bench/, so that they cannot drift from what the store
+/// runs.
+pub fn describe_snapshots_sql(query: &SnapshotQuery, page_ids: &[String]) -> Vec<String> {
+    vec![
+        snapshot_page_statement(query).with_literals(),
+        page_tags_statement(page_ids).with_literals(),
+        matching_count_statement(query).with_literals(),
+    ]
+}
+
 /// `select` over the caller's snapshots that match the query's filters (not its page).
 fn matching_snapshots(select: String, query: &SnapshotQuery) -> Statement {
     let mut statement = Statement::new(format!("{select} WHERE s.account_id = "));
@@ -1535,6 +1571,41 @@ impl Statement {
     fn push_param(&mut self, param: Param) {
         let placeholder = self.param(param);
         self.sql.push_str(&placeholder);
+    }
+
+    /// The statement with each parameter written in as an SQL literal, as both databases read
+    /// it (a time as sqlx encodes it for SQLite: RFC 3339 text, which PostgreSQL also parses).
+    fn with_literals(&self) -> String {
+        let literal = |param: &Param| match param {
+            Param::Text(text) => format!("'{}'", text.replace('\'', "''")),
+            Param::Time(time) => format!(
+                "'{}'",
+                time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+            ),
+            Param::Int(int) => int.to_string(),
+        };
+        // One pass, by whole number: `$1` is not the start of `$10`, and a literal's own text
+        // is never read again.
+        let mut sql = String::with_capacity(self.sql.len() * 2);
+        let mut rest = self.sql.as_str();
+        while let Some(dollar) = rest.find('$') {
+            sql.push_str(&rest[..dollar]);
+            let digits = rest[dollar + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let param = rest[dollar + 1..dollar + 1 + digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|number| self.params.get(number.wrapping_sub(1)));
+            match param {
+                Some(param) => sql.push_str(&literal(param)),
+                None => sql.push_str(&rest[dollar..dollar + 1 + digits]),
+            }
+            rest = &rest[dollar + 1 + digits..];
+        }
+        sql.push_str(rest);
+        sql
     }
 
     /// `($n, $n+1, …)`, one text parameter per item.
@@ -1683,6 +1754,24 @@ mod tests {
         );
         assert_eq!(statement.params.len(), 5);
         assert!(matches!(statement.params.last(), Some(Param::Int(11))));
+    }
+
+    #[test]
+    fn literals_replace_placeholders_by_whole_number_and_are_not_read_again() {
+        let mut statement = Statement::new("SELECT ".to_owned());
+        let params: Vec<String> = (1..=10).map(|n| format!("v{n}")).collect();
+        statement.push_list(&params);
+        statement.push(" WHERE a = ");
+        statement.push_param(Param::Text("it's $1".into()));
+        statement.push(" LIMIT ");
+        statement.push_param(Param::Int(21));
+        statement.push(" AND t < ");
+        statement.push_param(Param::Time(Timestamp::default()));
+        assert_eq!(
+            statement.with_literals(),
+            "SELECT ('v1', 'v2', 'v3', 'v4', 'v5', 'v6', 'v7', 'v8', 'v9', 'v10') \
+             WHERE a = 'it''s $1' LIMIT 21 AND t < '1970-01-01T00:00:00+00:00'"
+        );
     }
 
     #[test]

@@ -285,35 +285,64 @@ async fn read_change_log(pool: &SqlitePool) -> Result<Vec<SnapshotChange>, sqlx:
         .collect())
 }
 
+/// CreateSnapshot's write transaction starts with this ([`Dialect::BEGIN_WRITE`]).
+pub const BEGIN_WRITE_SQL: &str = <Sqlite as Dialect>::BEGIN_WRITE;
+
+/// One call's CreateSnapshot read: the disk `$1` of the account `$2` with what the engine needs
+/// and the token `$3`'s binding (the write lock is `BEGIN IMMEDIATE`'s).
+pub fn lock_disk_and_read_sql() -> String {
+    super::shared::lock_disk_and_read_sql(<Sqlite as Dialect>::LOCK_DISK)
+}
+
+/// The snapshot row (`$9`, its creation, is also its last change).
+pub const INSERT_SNAPSHOT_SQL: &str = "\
+INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name,
+                       description, source_disk_size_gib, source_disk_type, status,
+                       created_at, started_at, last_modified_at, copy_due_at,
+                       retention_days, release_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13)";
+
+/// One of the snapshot's tags.
+pub const INSERT_TAG_SQL: &str =
+    "INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)";
+
+/// The caller's token, bound to the snapshot.
+pub const INSERT_CLIENT_TOKEN_SQL: &str = "\
+INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id, created_at)
+VALUES ($1, $2, $3, $4, $5)";
+
+/// The disk's bookkeeping: one more snapshot, and `$2` its copy in progress since `$3`.
+pub const COUNT_SNAPSHOT_ON_DISK_SQL: &str = "\
+UPDATE disks
+SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
+    progressing_since = $3
+WHERE disk_id = $1";
+
+/// The statements of one snapshot, in [`INSERT_SNAPSHOT_SQL`]'s order: the row, its tags, its
+/// token binding, its disk's count.
 async fn insert_snapshot(
     connection: &mut SqliteConnection,
     snapshot: &Snapshot,
     command: &CreateSnapshotCommand,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name,
-                                description, source_disk_size_gib, source_disk_type, status,
-                                created_at, started_at, last_modified_at, copy_due_at,
-                                retention_days, release_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13)",
-    )
-    .bind(&snapshot.snapshot_id)
-    .bind(&snapshot.account_id)
-    .bind(&snapshot.source_disk_id)
-    .bind(snapshot.snapshot_name.as_deref())
-    .bind(&snapshot.description)
-    .bind(snapshot.source_disk_size_gib)
-    .bind(snapshot.source_disk_type.as_str())
-    .bind(snapshot.status.as_str())
-    .bind(snapshot.created_at)
-    .bind(snapshot.started_at)
-    .bind(snapshot.copy_due_at)
-    .bind(snapshot.retention.as_i32())
-    .bind(snapshot.retention.release_at(snapshot.created_at))
-    .execute(&mut *connection)
-    .await?;
+    sqlx::query(INSERT_SNAPSHOT_SQL)
+        .bind(&snapshot.snapshot_id)
+        .bind(&snapshot.account_id)
+        .bind(&snapshot.source_disk_id)
+        .bind(snapshot.snapshot_name.as_deref())
+        .bind(&snapshot.description)
+        .bind(snapshot.source_disk_size_gib)
+        .bind(snapshot.source_disk_type.as_str())
+        .bind(snapshot.status.as_str())
+        .bind(snapshot.created_at)
+        .bind(snapshot.started_at)
+        .bind(snapshot.copy_due_at)
+        .bind(snapshot.retention.as_i32())
+        .bind(snapshot.retention.release_at(snapshot.created_at))
+        .execute(&mut *connection)
+        .await?;
     for tag in &snapshot.tags {
-        sqlx::query("INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)")
+        sqlx::query(INSERT_TAG_SQL)
             .bind(&snapshot.snapshot_id)
             .bind(&tag.key)
             .bind(&tag.value)
@@ -321,30 +350,21 @@ async fn insert_snapshot(
             .await?;
     }
     if let Some(token) = &command.client_token {
-        sqlx::query(
-            "INSERT INTO client_tokens (account_id, client_token, fingerprint, snapshot_id,
-                                        created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&snapshot.account_id)
-        .bind(token.as_str())
-        .bind(command.fingerprint())
+        sqlx::query(INSERT_CLIENT_TOKEN_SQL)
+            .bind(&snapshot.account_id)
+            .bind(token.as_str())
+            .bind(command.fingerprint())
+            .bind(&snapshot.snapshot_id)
+            .bind(snapshot.created_at)
+            .execute(&mut *connection)
+            .await?;
+    }
+    sqlx::query(COUNT_SNAPSHOT_ON_DISK_SQL)
+        .bind(&snapshot.source_disk_id)
         .bind(&snapshot.snapshot_id)
-        .bind(snapshot.created_at)
+        .bind(snapshot.started_at)
         .execute(&mut *connection)
         .await?;
-    }
-    sqlx::query(
-        "UPDATE disks
-         SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
-             progressing_since = $3
-         WHERE disk_id = $1",
-    )
-    .bind(&snapshot.source_disk_id)
-    .bind(&snapshot.snapshot_id)
-    .bind(snapshot.started_at)
-    .execute(&mut *connection)
-    .await?;
     Ok(())
 }
 
