@@ -42,7 +42,7 @@ if [ -n "${DESCRIBE_PAGE_SIZE:-}" ]; then
     bench_args="$bench_args --describe-page-size $DESCRIBE_PAGE_SIZE"
 fi
 
-# One point: BACKEND SCENARIO IN_FLIGHT LABEL. A failed point is a row that says so.
+# One point: BACKEND SCENARIO IN_FLIGHT LABEL (one word). A failed point is a row that says so.
 point() {
     local name="$1-$4-$3"
     echo "$(date -u +%H:%M:%S) $1 $4 at $3 in flight…" >&2
@@ -64,7 +64,7 @@ for backend in $backends; do
     for level in $spread_levels; do point "$backend" spread "$level" spread; done
     for level in $describe_levels; do point "$backend" describe "$level" describe; done
     point "$backend" mixed "$mixed_level" mixed
-    point "$backend" spread "$rss_level" "spread (RSS)"
+    point "$backend" spread "$rss_level" spread-rss
 done
 
 echo
@@ -75,12 +75,10 @@ import json, os, sys
 points_file, describe_page = sys.argv[1], int(sys.argv[2])
 rows = []
 for line in open(points_file):
-    backend, rest = line.split(" ", 1)
-    label_level, path = rest.rsplit(" ", 1)
-    label, level = label_level.rsplit(" ", 1)
+    backend, label, level, path = line.rstrip("\n").split(" ", 3)
     report = None
-    if os.path.exists(path.strip()):
-        with open(path.strip()) as f:
+    if os.path.exists(path):
+        with open(path) as f:
             report = json.load(f)
     rows.append((backend, label, int(level), report))
 
@@ -116,6 +114,10 @@ def mixed_limit(backend, level):
     return 1 / (0.70 / describe[0] + 0.30 / create[0]), None
 
 
+def shown(label):
+    return {"spread-rss": "spread (RSS)", "describe": f"describe ({describe_page})"}.get(label, label)
+
+
 def fmt(value, spec, none="–"):
     return none if value is None else format(value, spec)
 
@@ -124,7 +126,7 @@ print("| backend | scenario | in flight | calls/s | p50 ms | p99 ms | limit /s |
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for backend, label, level, report in rows:
     if report is None:
-        print(f"| {backend} | {label} | {level} | failed | | | | | | | |")
+        print(f"| {backend} | {shown(label)} | {level} | failed | | | | | | | |")
         continue
     limit = limits[(backend, label, level)]
     if label == "mixed" and limit is None:
@@ -132,7 +134,7 @@ for backend, label, level, report in rows:
     server = report.get("server") or {}
     ok = report["ok_per_second"]
     print(
-        f"| {backend} | {label} | {level} | {report['calls_per_second']:,.0f} "
+        f"| {backend} | {shown(label)} | {level} | {report['calls_per_second']:,.0f} "
         f"| {report['latency']['p50_ms']:.2f} | {report['latency']['p99_ms']:.2f} "
         f"| {fmt(limit and limit[0], ',.0f')} | {fmt(limit and limit[1], '.2f')} "
         f"| {fmt(limit and ok / limit[0], '.2f')} "
