@@ -322,20 +322,19 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
     );
 }
 
-/// The sqlite3 CLI's answer to `args`; it must be installed (CI installs it), never skipped.
-fn sqlite3(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    use std::io::Write as _;
-    let mut child = Command::new("sqlite3")
+/// The sqlite3 CLI's answer to `args`, reading `stdin` (a file: the CLI prints rows as it reads,
+/// so a pipe written before reading could fill both ways); it must be installed (CI installs it),
+/// never skipped.
+fn sqlite3(args: &[&str], stdin: Option<&Path>) -> std::process::Output {
+    let stdin = match stdin {
+        Some(file) => std::process::Stdio::from(std::fs::File::open(file).unwrap()),
+        None => std::process::Stdio::null(),
+    };
+    let output = Command::new("sqlite3")
         .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .stdin(stdin)
+        .output()
         .expect("the sqlite3 CLI runs the SQLite limit: apt-get install sqlite3");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default()).unwrap();
-    drop(pipe);
-    let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
         "sqlite3 {args:?}: {}{}",
@@ -424,7 +423,9 @@ async fn the_sqlite_limit_runs_the_store_statements_on_a_copy_of_the_servers_fil
             .unwrap()
     };
     let before = count();
-    sqlite3(&["-bail", copy], Some(text.as_bytes()));
+    let script = dir.path().join("limit.sql");
+    std::fs::write(&script, &text).unwrap();
+    sqlite3(&["-bail", copy], Some(&script));
     assert_eq!(
         count(),
         before + 25,
