@@ -7,8 +7,8 @@
 # (default 1); drives the scenario with snapshotd-bench; then runs pgbench with the store's own
 # CreateSnapshot transaction (describe: its describe statement, page by page; mixed: both, and
 # their mean weighted by the mix) on the same database, at the same concurrency, for as long, and
-# prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead
-# (no pgbench limit then).
+# prints service ÷ limit. With BACKEND=sqlite it runs one server on a fresh SQLite file instead,
+# and SQLite's own limit is the sqlite3 CLI running the store's statements on a copy of it.
 #
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres), REPLICAS,
 # BACKEND (postgres|sqlite), EDGE (grpc|http: the edge the scenario's calls go through; default
@@ -134,6 +134,14 @@ limit_args=()
 # pgbench runs after the servers are stopped (the bench does it), so the pools free their connections.
 if [ "$backend" = postgres ]; then
     limit_args=(--limit-database-url "$database_url")
+else
+    limit_args=(--limit-sqlite-file "$database_url")
+    # The limit runs with the servers' `synchronous`.
+    for word in ${SERVER_ENV:-}; do
+        case "$word" in
+        SNAPSHOTD_SQLITE_SYNCHRONOUS=*) limit_args+=(--limit-sqlite-synchronous "${word#*=}") ;;
+        esac
+    done
 fi
 json_args=()
 if [ -n "${JSON:-}" ]; then

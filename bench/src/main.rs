@@ -7,7 +7,8 @@
 //! a count per gRPC code and reason. With `--limit-database-url` it then runs `pgbench` with the
 //! store's own CreateSnapshot transaction (`describe`: its describe statement; `mixed`: both,
 //! combined by the mix) against the same database, at the same concurrency and for as long, and
-//! prints service ÷ limit. `bench/limit.sh` wraps all of it.
+//! prints service ÷ limit; with `--limit-sqlite-file` it runs the same statements as the SQLite
+//! store through the sqlite3 CLI instead (`sqlite_limit`). `bench/limit.sh` wraps all of it.
 //!
 //! With `--edge http` the scenario's calls go through the ECS-compatible HTTP edge instead,
 //! signed with an access key per account (put through the InventoryService with the rest of
@@ -18,6 +19,7 @@ mod pgbench;
 mod report;
 mod scenario;
 mod server_stats;
+mod sqlite_limit;
 mod watchers;
 
 use std::path::PathBuf;
@@ -101,6 +103,18 @@ struct Args {
     /// PostgreSQL's `max_connections` of 100 allows).
     #[arg(long)]
     limit_clients: Option<usize>,
+    /// After the run, measure SQLite's own limit with the sqlite3 CLI on a copy of this database
+    /// file (the server's, a path or its `sqlite://` URL): the scenario's statements, one
+    /// transaction after another in one process, as long as the run.
+    #[arg(long)]
+    limit_sqlite_file: Option<String>,
+    /// The server's `synchronous` setting, for the SQLite limit.
+    #[arg(long, env = "SNAPSHOTD_SQLITE_SYNCHRONOUS", default_value = "full", value_parser = ["full", "normal"])]
+    limit_sqlite_synchronous: String,
+    /// Print the SQLite limit's script (this many create transactions, then as many describe
+    /// pages of `--limit-sqlite-file`'s account 0) and exit.
+    #[arg(long)]
+    print_sqlite_script: Option<u64>,
     /// Names the run's accounts and disks (default: random).
     #[arg(long)]
     run_id: Option<String>,
@@ -130,6 +144,18 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let naming = Naming::new(args.run_id.clone(), args.accounts, args.disks);
     if args.print_pgbench_script {
         print!("{}", limit::script(&naming));
+        return Ok(true);
+    }
+    if let Some(transactions) = args.print_sqlite_script {
+        print!(
+            "{}",
+            sqlite_limit::script(
+                &naming,
+                &args.limit_sqlite_synchronous,
+                args.describe_page_size,
+                transactions,
+            )?
+        );
         return Ok(true);
     }
     let mut channels = Vec::with_capacity(args.connections.max(1));
@@ -248,6 +274,33 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(limit) => report.limit = Some(limit),
             // The service's numbers stand on their own: print them anyway.
             Err(err) => eprintln!("snapshotd-bench: no database limit: {err}"),
+        }
+    }
+    if let Some(file) = &args.limit_sqlite_file {
+        // One writer at a time: the limit is one process, whatever the concurrency.
+        server_stats::stop(&args.server_pid);
+        let statements = match args.scenario {
+            Scenario::Describe => Some(sqlite_limit::Statements::Describe {
+                page: args.describe_page_size,
+            }),
+            // Its limit is one of its parts' (bench/curve.sh weighs them).
+            Scenario::Mixed => None,
+            Scenario::Spread | Scenario::Hot | Scenario::Replay | Scenario::Watch => {
+                Some(sqlite_limit::Statements::Create)
+            }
+        };
+        if let Some(statements) = statements {
+            eprintln!("measuring SQLite's limit with the sqlite3 CLI ({statements:?})…");
+            match sqlite_limit::measure(
+                &sqlite_limit::database_file(file),
+                &plan.naming,
+                statements,
+                &args.limit_sqlite_synchronous,
+                args.duration,
+            ) {
+                Ok(limit) => report.sqlite_limit = Some(limit),
+                Err(err) => eprintln!("snapshotd-bench: no SQLite limit: {err}"),
+            }
         }
     }
     print!("{}", report.table());

@@ -153,7 +153,7 @@ pub fn pgbench_program() -> std::path::PathBuf {
 }
 
 /// Replaces each `$N` placeholder with `values[N - 1]`.
-fn bind(sql: &str, values: &[&str]) -> String {
+pub fn bind(sql: &str, values: &[&str]) -> String {
     let mut out = String::with_capacity(sql.len() * 2);
     let mut rest = sql;
     while let Some(dollar) = rest.find('$') {

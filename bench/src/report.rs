@@ -12,6 +12,7 @@ use crate::Args;
 use crate::limit::Limit;
 use crate::scenario::{Edge, Outcome, Plan, Scenario};
 use crate::server_stats::ServerStats;
+use crate::sqlite_limit::SqliteLimit;
 use crate::watchers::WatchStats;
 
 /// The progress line (stderr), or nothing with `--quiet`.
@@ -106,6 +107,8 @@ pub struct Report {
     pub starved: u64,
     pub server: Option<ServerStats>,
     pub limit: Option<Limit>,
+    /// SQLite's own limit (`--limit-sqlite-file`).
+    pub sqlite_limit: Option<SqliteLimit>,
     /// The `watch` scenario's watchers.
     pub watch: Option<WatchStats>,
 }
@@ -157,6 +160,7 @@ impl Report {
             starved: outcome.starved,
             server,
             limit: None,
+            sqlite_limit: None,
             watch: None,
         }
     }
@@ -282,6 +286,31 @@ impl Report {
                 out,
                 "p99         service {:.2} ms vs database alone {p99} ({concurrency})",
                 self.latency.p99_ms
+            );
+        }
+        if let Some(limit) = &self.sqlite_limit {
+            let _ = writeln!(
+                out,
+                "limit       sqlite3 {:.0} tx/s, p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
+                 with the store's statements ({:?}, one process, synchronous={})",
+                limit.tps,
+                limit.latency_p50_ms,
+                limit.latency_p99_ms,
+                limit.latency_max_ms,
+                limit.statements,
+                limit.synchronous,
+            );
+            let _ = writeln!(
+                out,
+                "HEADLINE    service ÷ limit = {:.0} ÷ {:.0} = {:.2}",
+                self.ok_per_second,
+                limit.tps,
+                self.ok_per_second / limit.tps
+            );
+            let _ = writeln!(
+                out,
+                "p99         service {:.2} ms vs database alone {:.2} ms (SQLite: one writer, any concurrency)",
+                self.latency.p99_ms, limit.latency_p99_ms
             );
         }
         out

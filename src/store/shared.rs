@@ -488,6 +488,16 @@ LEFT JOIN snapshots p ON p.snapshot_id = d.progressing_snapshot_id"
     )
 }
 
+/// One call's CreateSnapshot read: the disk `$1` of the account `$2`, locked with `lock_disk`
+/// (the dialect's [`Dialect::LOCK_DISK`]), with what the engine needs and the token `$3`'s
+/// binding. (The SQLite database limit in bench/ runs it too.)
+pub(super) fn lock_disk_and_read_sql(lock_disk: &str) -> String {
+    format!(
+        "SELECT {CREATE_STATE_COLUMNS}\nFROM disks d{}\nWHERE d.disk_id = $1 AND d.account_id = $2{lock_disk}",
+        create_state_joins("$3"),
+    )
+}
+
 /// Columns of a snapshot row `s`, as [`SnapshotRow`] reads them.
 const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
     s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
@@ -622,11 +632,7 @@ where
         &mut self,
         command: &CreateSnapshotCommand,
     ) -> Result<Option<LockedRead>, StoreError> {
-        let statement = format!(
-            "SELECT {CREATE_STATE_COLUMNS}\nFROM disks d{}\nWHERE d.disk_id = $1 AND d.account_id = $2{}",
-            create_state_joins("$3"),
-            DB::LOCK_DISK
-        );
+        let statement = lock_disk_and_read_sql(DB::LOCK_DISK);
         let row: Option<LockedDiskRow> = sqlx::query_as(&statement)
             .bind(command.disk_id.as_str())
             .bind(command.account_id.as_str())
@@ -1634,6 +1640,48 @@ impl Statement {
         self.sql.push_str(&placeholder);
     }
 
+    /// The statement with each parameter written in as an SQL literal, as SQLite reads it (a
+    /// time as sqlx encodes it for SQLite: RFC 3339 text; a list as JSON text).
+    pub(super) fn with_literals(&self) -> String {
+        let literal = |param: &Param| match param {
+            Param::Text(text) => format!("'{}'", text.replace('\'', "''")),
+            Param::Time(time) => format!(
+                "'{}'",
+                time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+            ),
+            Param::Int(int) => int.to_string(),
+            // As the SQLite store binds a list: JSON text (`Dialect::bind_text_list`).
+            Param::TextList(list) => format!(
+                "'{}'",
+                serde_json::to_string(list)
+                    .expect("a list of strings is JSON")
+                    .replace('\'', "''")
+            ),
+        };
+        // One pass, by whole number: `$1` is not the start of `$10`, and a literal's own text
+        // is never read again.
+        let mut sql = String::with_capacity(self.sql.len() * 2);
+        let mut rest = self.sql.as_str();
+        while let Some(dollar) = rest.find('$') {
+            sql.push_str(&rest[..dollar]);
+            let digits = rest[dollar + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let param = rest[dollar + 1..dollar + 1 + digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|number| self.params.get(number.wrapping_sub(1)));
+            match param {
+                Some(param) => sql.push_str(&literal(param)),
+                None => sql.push_str(&rest[dollar..dollar + 1 + digits]),
+            }
+            rest = &rest[dollar + 1 + digits..];
+        }
+        sql.push_str(rest);
+        sql
+    }
+
     /// `($n, $n+1, …)`, one text parameter per item.
     fn push_list(&mut self, items: &[String]) {
         let list: Vec<String> = items
@@ -1785,6 +1833,24 @@ mod tests {
         );
         assert_eq!(statement.params.len(), 5);
         assert!(matches!(statement.params.last(), Some(Param::Int(11))));
+    }
+
+    #[test]
+    fn literals_replace_placeholders_by_whole_number_and_are_not_read_again() {
+        let mut statement = Statement::new("SELECT ".to_owned());
+        let params: Vec<String> = (1..=10).map(|n| format!("v{n}")).collect();
+        statement.push_list(&params);
+        statement.push(" WHERE a = ");
+        statement.push_param(Param::Text("it's $1".into()));
+        statement.push(" LIMIT ");
+        statement.push_param(Param::Int(21));
+        statement.push(" AND t < ");
+        statement.push_param(Param::Time(Timestamp::default()));
+        assert_eq!(
+            statement.with_literals(),
+            "SELECT ('v1', 'v2', 'v3', 'v4', 'v5', 'v6', 'v7', 'v8', 'v9', 'v10') \
+             WHERE a = 'it''s $1' LIMIT 21 AND t < '1970-01-01T00:00:00+00:00'"
+        );
     }
 
     #[test]

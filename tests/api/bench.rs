@@ -1,7 +1,8 @@
 //! `snapshotd-bench`, the load generator, against a real server: each scenario runs and reports
 //! what the server answered, and its pgbench script (generated from the store's SQL) runs as
 //! is on the server's PostgreSQL database, where the bench measures the limit and pgbench's own
-//! latency. With `--edge http` the same scenarios go through the ECS-compatible HTTP edge.
+//! latency; its SQLite limit's script runs in the sqlite3 CLI on a copy of a server's file. With
+//! `--edge http` the same scenarios go through the ECS-compatible HTTP edge.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -318,5 +319,116 @@ async fn the_pgbench_script_runs_the_store_transaction_on_the_servers_database()
         app.count_rows("snapshots").await,
         before + 50,
         "each pgbench transaction inserted one snapshot"
+    );
+}
+
+/// The sqlite3 CLI's answer to `args`, reading `stdin` (a file: the CLI prints rows as it reads,
+/// so a pipe written before reading could fill both ways); it must be installed (CI installs it),
+/// never skipped.
+fn sqlite3(args: &[&str], stdin: Option<&Path>) -> std::process::Output {
+    let stdin = match stdin {
+        Some(file) => std::process::Stdio::from(std::fs::File::open(file).unwrap()),
+        None => std::process::Stdio::null(),
+    };
+    let output = Command::new("sqlite3")
+        .args(args)
+        .stdin(stdin)
+        .output()
+        .expect("the sqlite3 CLI runs the SQLite limit: apt-get install sqlite3");
+    assert!(
+        output.status.success(),
+        "sqlite3 {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_limit_runs_the_store_statements_on_a_copy_of_the_servers_file() {
+    sqlite3(&["--version"], None);
+    let app = bench_server(Backend::Sqlite).await;
+    // Each scenario's limit, measured as `BACKEND=sqlite bench/limit.sh` does.
+    let cases = [
+        ("spread", serde_json::json!("create")),
+        (
+            "describe",
+            serde_json::json!({ "describe": { "page": 100 } }),
+        ),
+    ];
+    for (scenario, statements) in cases {
+        let (report, code) = run_bench(
+            &app,
+            scenario,
+            &["--run-id", "sql1", "--limit-sqlite-file", &app.db.url],
+        )
+        .await;
+        assert_eq!(code, 0, "{scenario}: {report:#}");
+        let limit = &report["sqlite_limit"];
+        assert_eq!(limit["statements"], statements, "{scenario}: {report:#}");
+        assert_eq!(limit["synchronous"], "full", "{scenario}: {report:#}");
+        let number = |field: &str| {
+            limit[field].as_f64().unwrap_or_else(|| {
+                panic!("{scenario}: a number at sqlite_limit.{field}: {report:#}")
+            })
+        };
+        assert!(number("tps") > 0.0, "{scenario}: {limit}");
+        assert!(
+            0.0 < number("latency_p50_ms")
+                && number("latency_p50_ms") <= number("latency_p99_ms")
+                && number("latency_p99_ms") <= number("latency_max_ms"),
+            "{scenario}: {limit}"
+        );
+    }
+    // The script itself, on a copy of the server's migrated file holding the run's inventory.
+    let script = Command::new(bench_binary())
+        .args([
+            "--admin-token",
+            "x",
+            "--run-id",
+            "sql1",
+            "--accounts",
+            "4",
+            "--disks",
+            "256",
+        ])
+        .args([
+            "--limit-sqlite-file",
+            &app.db.url,
+            "--print-sqlite-script",
+            "25",
+        ])
+        .output()
+        .expect("printing the script");
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let text = String::from_utf8(script.stdout).unwrap();
+    assert!(!text.contains('$'), "a placeholder is left: {text}");
+    assert_eq!(text.matches("BEGIN IMMEDIATE;").count(), 25, "{text}");
+    assert_eq!(text.matches("FROM snapshot_tags").count(), 25, "{text}");
+    let served = app.db.url.trim_start_matches("sqlite://");
+    let served = served.split('?').next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.db");
+    let copy = copy.to_str().unwrap();
+    sqlite3(&[served, &format!("VACUUM INTO '{copy}'")], None);
+    let count = || {
+        let output = sqlite3(&[copy, "SELECT count(*) FROM snapshots"], None);
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = count();
+    let script = dir.path().join("limit.sql");
+    std::fs::write(&script, &text).unwrap();
+    sqlite3(&["-bail", copy], Some(&script));
+    assert_eq!(
+        count(),
+        before + 25,
+        "each create transaction inserted one snapshot"
     );
 }

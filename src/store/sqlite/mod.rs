@@ -303,33 +303,59 @@ async fn read_change_log(pool: &SqlitePool) -> Result<Vec<SnapshotChange>, sqlx:
         .collect())
 }
 
+/// The statement DescribeSnapshots runs for a page of `query`, with its parameters written in
+/// as SQL literals: for the SQLite limit in bench/, so that it cannot drift.
+pub fn describe_snapshots_sql(query: &crate::domain::SnapshotQuery) -> String {
+    super::shared::describe_snapshots_statement::<Sqlite>(query).with_literals()
+}
+
+/// CreateSnapshot's write transaction starts with this ([`Dialect::BEGIN_WRITE`]).
+pub const BEGIN_WRITE_SQL: &str = <Sqlite as Dialect>::BEGIN_WRITE;
+
+/// One call's CreateSnapshot read: the disk `$1` of the account `$2` with what the engine needs
+/// and the token `$3`'s binding (the write lock is `BEGIN IMMEDIATE`'s).
+pub fn lock_disk_and_read_sql() -> String {
+    super::shared::lock_disk_and_read_sql(<Sqlite as Dialect>::LOCK_DISK)
+}
+
+/// The snapshot row (`$9`, its creation, is also its last change).
+pub const INSERT_SNAPSHOT_SQL: &str = "\
+INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name,
+                       description, source_disk_size_gib, source_disk_type, status,
+                       created_at, started_at, last_modified_at, copy_due_at,
+                       retention_days, release_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13)";
+
+/// The disk's bookkeeping: one more snapshot, and `$2` its copy in progress since `$3`.
+pub const COUNT_SNAPSHOT_ON_DISK_SQL: &str = "\
+UPDATE disks
+SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
+    progressing_since = $3
+WHERE disk_id = $1";
+
+/// One snapshot: its row, its tags, its token binding, its disk's count. (The bench's SQLite
+/// limit runs the row and the count, bench/src/sqlite_limit.rs.)
 async fn insert_snapshot(
     connection: &mut SqliteConnection,
     snapshot: &Snapshot,
     command: &CreateSnapshotCommand,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO snapshots (snapshot_id, account_id, source_disk_id, snapshot_name,
-                                description, source_disk_size_gib, source_disk_type, status,
-                                created_at, started_at, last_modified_at, copy_due_at,
-                                retention_days, release_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13)",
-    )
-    .bind(&snapshot.snapshot_id)
-    .bind(&snapshot.account_id)
-    .bind(&snapshot.source_disk_id)
-    .bind(snapshot.snapshot_name.as_deref())
-    .bind(&snapshot.description)
-    .bind(snapshot.source_disk_size_gib)
-    .bind(snapshot.source_disk_type.as_str())
-    .bind(snapshot.status.as_str())
-    .bind(snapshot.created_at)
-    .bind(snapshot.started_at)
-    .bind(snapshot.copy_due_at)
-    .bind(snapshot.retention.as_i32())
-    .bind(snapshot.retention.release_at(snapshot.created_at))
-    .execute(&mut *connection)
-    .await?;
+    sqlx::query(INSERT_SNAPSHOT_SQL)
+        .bind(&snapshot.snapshot_id)
+        .bind(&snapshot.account_id)
+        .bind(&snapshot.source_disk_id)
+        .bind(snapshot.snapshot_name.as_deref())
+        .bind(&snapshot.description)
+        .bind(snapshot.source_disk_size_gib)
+        .bind(snapshot.source_disk_type.as_str())
+        .bind(snapshot.status.as_str())
+        .bind(snapshot.created_at)
+        .bind(snapshot.started_at)
+        .bind(snapshot.copy_due_at)
+        .bind(snapshot.retention.as_i32())
+        .bind(snapshot.retention.release_at(snapshot.created_at))
+        .execute(&mut *connection)
+        .await?;
     for tag in &snapshot.tags {
         sqlx::query("INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)")
             .bind(&snapshot.snapshot_id)
@@ -352,17 +378,12 @@ async fn insert_snapshot(
         .execute(&mut *connection)
         .await?;
     }
-    sqlx::query(
-        "UPDATE disks
-         SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
-             progressing_since = $3
-         WHERE disk_id = $1",
-    )
-    .bind(&snapshot.source_disk_id)
-    .bind(&snapshot.snapshot_id)
-    .bind(snapshot.started_at)
-    .execute(&mut *connection)
-    .await?;
+    sqlx::query(COUNT_SNAPSHOT_ON_DISK_SQL)
+        .bind(&snapshot.source_disk_id)
+        .bind(&snapshot.snapshot_id)
+        .bind(snapshot.started_at)
+        .execute(&mut *connection)
+        .await?;
     Ok(())
 }
 
