@@ -40,5 +40,5 @@ SELECT calls, round(total_exec_time::numeric), round(mean_exec_time::numeric, 3)
        round(rows::numeric / greatest(calls, 1), 1),
        left(regexp_replace(query, '\s+', ' ', 'g'), 110)
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-WHERE d.datname = 'snapshotd_bench'
+WHERE d.datname = '${BENCH_DATABASE:-snapshotd_bench}'
 ORDER BY total_exec_time DESC LIMIT 15"

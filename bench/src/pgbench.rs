@@ -87,24 +87,12 @@ pub fn describe_snapshots_pgbench_script(page: &DescribePage<'_>, preamble: &str
     // Stands for the account in the query; replaced by `page.account_sql` in the SQL.
     const ACCOUNT: &str = "\u{1}account";
     let query = SnapshotQuery {
-        account_id: ACCOUNT.to_owned(),
-        disk_id: None,
-        snapshot_ids: Vec::new(),
-        status: None,
-        snapshot_name: None,
-        tags: Vec::new(),
-        instance_id: None,
-        source_disk_type: None,
-        usage: None,
-        created_after: None,
-        created_before: None,
         after: page.after.map(|(_, snapshot_id)| PageCursor {
             // The printed time is bound below instead.
             created_at: Default::default(),
             snapshot_id: snapshot_id.to_owned(),
         }),
-        limit: page.limit,
-        skip: 0,
+        ..SnapshotQuery::all_of(ACCOUNT, page.limit)
     };
     let statement = describe_snapshots_statement(&query);
     let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));

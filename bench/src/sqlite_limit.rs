@@ -104,22 +104,7 @@ fn describe_page(naming: &Naming, page: u32) -> String {
 }
 
 fn first_page(naming: &Naming, page: u32) -> SnapshotQuery {
-    SnapshotQuery {
-        account_id: naming.account(0),
-        disk_id: None,
-        snapshot_ids: Vec::new(),
-        status: None,
-        snapshot_name: None,
-        tags: Vec::new(),
-        instance_id: None,
-        source_disk_type: None,
-        usage: None,
-        created_after: None,
-        created_before: None,
-        after: None,
-        limit: page,
-        skip: 0,
-    }
+    SnapshotQuery::all_of(naming.account(0), page)
 }
 
 fn quote(text: &str) -> String {

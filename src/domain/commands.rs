@@ -319,6 +319,26 @@ pub struct SnapshotQuery {
 pub const MAX_SKIP: u32 = 100_000;
 
 impl SnapshotQuery {
+    /// Every snapshot of the account, newest first, the first page of `limit`: no filter.
+    pub fn all_of(account_id: impl Into<String>, limit: u32) -> Self {
+        Self {
+            account_id: account_id.into(),
+            disk_id: None,
+            snapshot_ids: Vec::new(),
+            status: None,
+            snapshot_name: None,
+            tags: Vec::new(),
+            instance_id: None,
+            source_disk_type: None,
+            usage: None,
+            created_after: None,
+            created_before: None,
+            after: None,
+            limit,
+            skip: 0,
+        }
+    }
+
     pub fn parse(
         account_id: String,
         params: &DescribeSnapshotsParams<'_>,
@@ -459,20 +479,10 @@ impl WatchQuery {
     /// The DescribeSnapshots query that reads what this watch matches, a page from `after`.
     pub fn page(&self, after: Option<PageCursor>) -> SnapshotQuery {
         SnapshotQuery {
-            account_id: self.account_id.clone(),
             disk_id: self.disk_id.clone(),
             snapshot_ids: self.snapshot_ids.clone(),
-            status: None,
-            snapshot_name: None,
-            tags: Vec::new(),
-            instance_id: None,
-            source_disk_type: None,
-            usage: None,
-            created_after: None,
-            created_before: None,
             after,
-            limit: MAX_SNAPSHOT_IDS as u32,
-            skip: 0,
+            ..SnapshotQuery::all_of(self.account_id.clone(), MAX_SNAPSHOT_IDS as u32)
         }
     }
 }

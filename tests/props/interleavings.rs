@@ -349,20 +349,8 @@ impl Harness {
             let page = self
                 .service
                 .describe_snapshots(&SnapshotQuery {
-                    account_id: ACCOUNT.to_owned(),
-                    disk_id: None,
-                    snapshot_ids: Vec::new(),
-                    status: None,
-                    snapshot_name: None,
-                    tags: Vec::new(),
-                    instance_id: None,
-                    source_disk_type: None,
-                    usage: None,
-                    created_after: None,
-                    created_before: None,
                     after,
-                    limit: 4,
-                    skip: 0,
+                    ..SnapshotQuery::all_of(ACCOUNT, 4)
                 })
                 .await
                 .expect("DescribeSnapshots");
