@@ -21,7 +21,7 @@
 #
 # The load drops the secondary indexes and triggers (FK checks, change notifications) and
 # rebuilds the indexes from their own definitions after, so it stays right when a migration adds
-# one. Other: PG_ADMIN_URL, SERVER_BIN (default target/release/snapshotd), PORT (for startup).
+# one. Other: PG_ADMIN_URL, SERVER_BIN (default target/release/snapshotd), PORT (for startup; a free one by default).
 set -euo pipefail
 
 mode=${1:-load}
@@ -426,7 +426,10 @@ explain_sqlite() {
 # Seconds from exec to SERVING: connect, migrations (none left to run, or the new ones), the
 # worker and the listeners.
 startup() {
-    local port=${PORT:-50590} log pid started
+    local port=${PORT:-} log pid started
+    # A free port by default: a fixed one in the ephemeral range (32768–60999) can be held by
+    # any client socket on the machine (CI once found 50590 taken).
+    [ -n "$port" ] || port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     log=$(mktemp)
     started=$(date +%s%N)
     env DATABASE_URL="$database_url" SNAPSHOTD_LISTEN="127.0.0.1:$port" SNAPSHOTD_DEMO=false \
