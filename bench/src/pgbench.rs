@@ -13,6 +13,7 @@
 //! the limit measured is, if anything, slightly optimistic.
 
 use snapshotd::domain::{PageCursor, SnapshotQuery};
+use snapshotd::store::bind_placeholders as bind;
 use snapshotd::store::postgres::{
     INSERT_SNAPSHOTS_SQL, Param, describe_snapshots_statement, lock_free_disks_and_read_sql,
 };
@@ -140,40 +141,9 @@ pub fn pgbench_program() -> std::path::PathBuf {
         .unwrap_or_else(|| "pgbench".into())
 }
 
-/// Replaces each `$N` placeholder with `values[N - 1]`.
-pub fn bind(sql: &str, values: &[&str]) -> String {
-    let mut out = String::with_capacity(sql.len() * 2);
-    let mut rest = sql;
-    while let Some(dollar) = rest.find('$') {
-        out.push_str(&rest[..dollar]);
-        let digits = rest[dollar + 1..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .count();
-        let number: usize = rest[dollar + 1..dollar + 1 + digits]
-            .parse()
-            .expect("every $ in the store's SQL starts a placeholder");
-        out.push_str(values[number - 1]);
-        rest = &rest[dollar + 1 + digits..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_replaced_by_number_not_by_prefix() {
-        assert_eq!(
-            bind(
-                "$1, $10, $1::text, $2",
-                &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
-            ),
-            "a, j, a::text, b"
-        );
-    }
 
     #[test]
     fn the_script_runs_the_store_transaction_with_no_placeholder_left() {

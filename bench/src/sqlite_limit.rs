@@ -31,8 +31,8 @@ use snapshotd::store::sqlite::{
     lock_disk_and_read_sql,
 };
 
-use crate::pgbench::bind;
 use crate::setup::Naming;
+use snapshotd::store::bind_placeholders as bind;
 
 /// Printed after each transaction; a line that is this and nothing else ends it.
 const DONE: &str = "snapshotd-limit-done";

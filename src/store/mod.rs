@@ -21,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use postgres::PgStore;
+pub use shared::bind_placeholders;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{

@@ -1599,6 +1599,33 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `sql` with each `$N` placeholder replaced by `values[N - 1]`, in one pass by whole number
+/// (`$1` is not the start of `$10`, and a value's own text is never read again). A `$` that
+/// names no value is left as written. For tools that run the store's statements with literals
+/// (the SQLite limit, the bench's pgbench scripts).
+pub fn bind_placeholders(sql: &str, values: &[&str]) -> String {
+    let mut bound = String::with_capacity(sql.len() * 2);
+    let mut rest = sql;
+    while let Some(dollar) = rest.find('$') {
+        bound.push_str(&rest[..dollar]);
+        let digits = rest[dollar + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let value = rest[dollar + 1..dollar + 1 + digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|number| values.get(number.wrapping_sub(1)));
+        match value {
+            Some(value) => bound.push_str(value),
+            None => bound.push_str(&rest[dollar..dollar + 1 + digits]),
+        }
+        rest = &rest[dollar + 1 + digits..];
+    }
+    bound.push_str(rest);
+    bound
+}
+
 /// A value bound to a statement built at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Param {
@@ -1658,28 +1685,9 @@ impl Statement {
                     .replace('\'', "''")
             ),
         };
-        // One pass, by whole number: `$1` is not the start of `$10`, and a literal's own text
-        // is never read again.
-        let mut sql = String::with_capacity(self.sql.len() * 2);
-        let mut rest = self.sql.as_str();
-        while let Some(dollar) = rest.find('$') {
-            sql.push_str(&rest[..dollar]);
-            let digits = rest[dollar + 1..]
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
-            let param = rest[dollar + 1..dollar + 1 + digits]
-                .parse::<usize>()
-                .ok()
-                .and_then(|number| self.params.get(number.wrapping_sub(1)));
-            match param {
-                Some(param) => sql.push_str(&literal(param)),
-                None => sql.push_str(&rest[dollar..dollar + 1 + digits]),
-            }
-            rest = &rest[dollar + 1 + digits..];
-        }
-        sql.push_str(rest);
-        sql
+        let literals: Vec<String> = self.params.iter().map(literal).collect();
+        let literals: Vec<&str> = literals.iter().map(String::as_str).collect();
+        bind_placeholders(&self.sql, &literals)
     }
 
     /// `($n, $n+1, …)`, one text parameter per item.
@@ -1851,6 +1859,21 @@ mod tests {
             "SELECT ('v1', 'v2', 'v3', 'v4', 'v5', 'v6', 'v7', 'v8', 'v9', 'v10') \
              WHERE a = 'it''s $1' LIMIT 21 AND t < '1970-01-01T00:00:00+00:00'"
         );
+    }
+
+    #[test]
+    fn placeholders_are_bound_by_whole_number() {
+        let ten = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        for (sql, values, bound) in [
+            ("$1, $10, $1::text, $2", &ten[..], "a, j, a::text, b"),
+            // A value's own `$` is not read again.
+            ("$1 $2", &["'$2'", "x"][..], "'$2' x"),
+            // A `$` naming no value stays as written.
+            ("$0 $3 $ $$", &["a", "b"][..], "$0 $3 $ $$"),
+            ("no placeholder", &[][..], "no placeholder"),
+        ] {
+            assert_eq!(bind_placeholders(sql, values), bound, "{sql}");
+        }
     }
 
     #[test]
