@@ -108,7 +108,8 @@ targets=()
 ecs_targets=()
 pid_args=()
 for replica in $(seq 1 "$replicas"); do
-    port=$((50150 + ${PORT_OFFSET:-0} + replica))
+    # Below the ephemeral range (32768-60999), where a client socket may already hold a port.
+    port=$((20150 + ${PORT_OFFSET:-0} + replica))
     # Each replica its own ECS port too (the default, 8080, would collide between replicas).
     ecs_port=$((8150 + ${PORT_OFFSET:-0} + replica))
     # Copies finish at once and the worker looks often, so `spread` can revisit disks quickly.

@@ -22,7 +22,7 @@
 # no call was abandoned, the check is clean, and the server recovered without a restart.
 #
 # Environment: CONCURRENCY (16), RATE (300 calls/s), DURATION (30s of load at least),
-# KILL_AFTER (8 s), DESCRIBE_PERCENT (0), DRILL_PORT (50071; metrics on 9471), SNAPSHOTD_BIN,
+# KILL_AFTER (8 s), DESCRIBE_PERCENT (0), DRILL_PORT (20071; metrics on 9471), SNAPSHOTD_BIN,
 # DRILL_BIN (default: the release builds of this checkout, built if needed), SERVER_ARGS (extra
 # server flags), and ha.sh's own (SNAPSHOTD_HA_DIR, HA_PORT, …).
 set -euo pipefail
@@ -47,8 +47,8 @@ RATE=${RATE:-300}
 DURATION=${DURATION:-30s}
 KILL_AFTER=${KILL_AFTER:-8}
 DESCRIBE_PERCENT=${DESCRIBE_PERCENT:-0}
-DRILL_PORT=${DRILL_PORT:-50071}
-METRICS_PORT=${METRICS_PORT:-$((DRILL_PORT - 50071 + 9471))}
+DRILL_PORT=${DRILL_PORT:-20071}
+METRICS_PORT=${METRICS_PORT:-$((DRILL_PORT - 20071 + 9471))}
 SNAPSHOTD_BIN=${SNAPSHOTD_BIN:-$ROOT/target/release/snapshotd}
 DRILL_BIN=${DRILL_BIN:-$ROOT/target/release/drill}
 ADMIN_TOKEN=drill-admin-token

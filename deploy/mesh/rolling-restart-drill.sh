@@ -44,8 +44,8 @@ NGINX_CONF=$(realpath "${NGINX_CONF:-$HERE/nginx.conf}")
 PSQL=${PSQL:-$(command -v psql || echo /usr/lib/postgresql/15/bin/psql)}
 ADMIN_TOKEN=drill-admin-token
 # The ports of deploy/mesh/nginx.conf.
-FRONT=127.0.0.1:50080
-REPLICA_PORTS=(50081 50082 50083)
+FRONT=127.0.0.1:20080
+REPLICA_PORTS=(20081 20082 20083)
 
 say() { printf 'rolling-restart-drill: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
