@@ -61,31 +61,25 @@ impl Service {
     }
 }
 
-/// Locks the caller's snapshots of `ids` in id order and reads their tags; for each id in the
-/// order given, its tags (`None`: not the caller's snapshot).
+/// Locks the caller's snapshots of `ids` (in id order, in the store) and reads their tags; for
+/// each id in the order given, its tags (`None`: not the caller's snapshot).
 async fn lock_and_read_tags(
     tx: &mut dyn Transaction,
     account_id: &str,
     ids: &[String],
 ) -> Result<Vec<Option<Vec<Tag>>>, ServiceError> {
-    let mut in_lock_order: Vec<&String> = ids.iter().filter(|id| could_be_a_snapshot(id)).collect();
-    in_lock_order.sort();
-    let mut found: Vec<(&String, Option<Vec<Tag>>)> = Vec::with_capacity(ids.len());
-    for id in in_lock_order {
-        let tags = match tx.lock_own_snapshot(account_id, id).await? {
-            // Read after the lock: a change that held it has committed and is seen.
-            Some(_) => Some(tx.read_tags(id).await?),
-            None => None,
-        };
-        found.push((id, tags));
-    }
+    let shaped: Vec<String> = ids
+        .iter()
+        .filter(|id| could_be_a_snapshot(id))
+        .cloned()
+        .collect();
+    let mut held = tx.lock_own_snapshots_and_tags(account_id, &shaped).await?;
     Ok(ids
         .iter()
         .map(|id| {
-            found
-                .iter()
-                .find(|(locked, _)| *locked == id)
-                .and_then(|(_, tags)| tags.clone())
+            held.iter_mut()
+                .find(|(locked, _)| locked == id)
+                .map(|(_, tags)| std::mem::take(tags))
         })
         .collect())
 }
@@ -105,12 +99,10 @@ async fn tag(
     let mut changed = Vec::new();
     for (id, existing) in command.snapshot_ids.iter().zip(&held) {
         if decide_tag(id, existing.as_deref(), &command.tags)? {
-            changed.push(id);
+            changed.push(id.clone());
         }
     }
-    for id in changed {
-        tx.put_tags(id, &command.tags, now).await?;
-    }
+    tx.put_tags(&changed, &command.tags, now).await?;
     Ok(())
 }
 
@@ -123,11 +115,9 @@ async fn untag(
     let mut changed = Vec::new();
     for (id, existing) in command.snapshot_ids.iter().zip(&held) {
         if decide_untag(id, existing.as_deref(), &command.keys)? {
-            changed.push(id);
+            changed.push(id.clone());
         }
     }
-    for id in changed {
-        tx.remove_tags(id, &command.keys, now).await?;
-    }
+    tx.remove_tags(&changed, &command.keys, now).await?;
     Ok(())
 }

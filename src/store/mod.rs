@@ -500,24 +500,32 @@ pub trait Transaction: Send {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    // Tags after creation (lock the snapshot first: `lock_own_snapshot`).
+    // Tags after creation: a few statements per call, however many snapshots and tags.
 
-    /// The snapshot's tags, by key.
-    async fn read_tags(&mut self, snapshot_id: &str) -> Result<Vec<Tag>, StoreError>;
+    /// The caller's snapshots among `snapshot_ids`, locked in id order until the transaction
+    /// ends (two tag calls never wait on each other in a circle), each with its tags by key,
+    /// read after the locks (a change that held one has committed and is seen). An id that is
+    /// not a snapshot of the caller's is left out.
+    async fn lock_own_snapshots_and_tags(
+        &mut self,
+        account_id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<Vec<(String, Vec<Tag>)>, StoreError>;
 
-    /// Adds the tags to the snapshot (a key it has takes the new value) and moves its
-    /// `last_modified_at` to `now`.
+    /// Adds the tags to each of the snapshots (a key one has takes the new value) and moves
+    /// their `last_modified_at` to `now`; the caller holds their locks.
     async fn put_tags(
         &mut self,
-        snapshot_id: &str,
+        snapshot_ids: &[String],
         tags: &[Tag],
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Removes these tags from the snapshot and moves its `last_modified_at` to `now`.
+    /// Removes these tags from each of the snapshots and moves their `last_modified_at` to
+    /// `now`; the caller holds their locks.
     async fn remove_tags(
         &mut self,
-        snapshot_id: &str,
+        snapshot_ids: &[String],
         keys: &TagKeys,
         now: Timestamp,
     ) -> Result<(), StoreError>;

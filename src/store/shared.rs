@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{Arguments, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::fence::Fence;
 use super::kept::KeptConnections;
@@ -60,16 +60,21 @@ pub trait Dialect: Database + Sized {
     /// without any): DescribeSnapshots reads a page's tags in the page's statement.
     const SNAPSHOT_TAGS_JSON: &'static str;
 
-    /// `column` is one of the text list bound at `placeholder` (see [`Dialect::bind_text_list`]):
+    /// `column` is one of the text list bound at `placeholder` (see [`Dialect::text_list`]):
     /// the statement's text does not change with the list's length, so one prepared statement
     /// serves every length.
     fn in_text_list(column: &str, placeholder: &str) -> String;
 
-    /// Binds `list` as the one parameter [`Dialect::in_text_list`] reads.
-    fn bind_text_list<'q, O>(
-        query: sqlx::query::QueryAs<'q, Self, O, <Self as Database>::Arguments<'q>>,
-        list: Vec<String>,
-    ) -> sqlx::query::QueryAs<'q, Self, O, <Self as Database>::Arguments<'q>>;
+    /// How a list of texts is bound as the one parameter [`Dialect::in_text_list`] reads.
+    type TextList: for<'q> Encode<'q, Self> + Type<Self> + Send;
+
+    /// `list` as that one parameter.
+    fn text_list(list: Vec<String>) -> Self::TextList;
+
+    /// Adds the tags `(keys[i], values[i])` to each snapshot of `snapshot_ids` (a key a
+    /// snapshot has takes the new value), in one statement: `$1` the ids, `$2` the keys and
+    /// `$3` the values, each a [`Dialect::text_list`].
+    const PUT_TAGS: &'static str;
 
     /// What in these settings weakens the durability of an acknowledged write.
     fn durability_warnings(settings: &[Setting]) -> Vec<String>;
@@ -527,6 +532,7 @@ where
     for<'r> (String, i32): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (String, String, String): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> AccountRow: FromRow<'r, DB::Row>,
     for<'r> AccessKeyRow: FromRow<'r, DB::Row>,
@@ -1179,63 +1185,93 @@ where
         Ok(())
     }
 
-    async fn read_tags(&mut self, snapshot_id: &str) -> Result<Vec<Tag>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key, value FROM snapshot_tags WHERE snapshot_id = $1 ORDER BY key",
-        )
-        .bind(snapshot_id)
-        .fetch_all(self.connection())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, value)| Tag { key, value })
-            .collect())
+    async fn lock_own_snapshots_and_tags(
+        &mut self,
+        account_id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<Vec<(String, Vec<Tag>)>, StoreError> {
+        if snapshot_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lock = Statement::new(format!(
+            "SELECT snapshot_id FROM snapshots WHERE account_id = $1 AND {} \
+             ORDER BY snapshot_id{}",
+            DB::in_text_list("snapshot_id", "$2"),
+            DB::LOCK_ROWS
+        ));
+        lock.params = vec![
+            Param::Text(account_id.to_owned()),
+            Param::TextList(snapshot_ids.to_vec()),
+        ];
+        let locked: Vec<(String,)> = lock.fetch_all(self.connection()).await?;
+        if locked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let locked: Vec<String> = locked.into_iter().map(|(id,)| id).collect();
+        let mut read = Statement::new(format!(
+            "SELECT snapshot_id, key, value FROM snapshot_tags WHERE {} ORDER BY snapshot_id, key",
+            DB::in_text_list("snapshot_id", "$1")
+        ));
+        read.params = vec![Param::TextList(locked.clone())];
+        let rows: Vec<(String, String, String)> = read.fetch_all(self.connection()).await?;
+        let mut tags_of: Vec<(String, Vec<Tag>)> =
+            locked.into_iter().map(|id| (id, Vec::new())).collect();
+        for (snapshot_id, key, value) in rows {
+            // Both in id order.
+            if let Some((_, tags)) = tags_of.iter_mut().find(|(id, _)| *id == snapshot_id) {
+                tags.push(Tag { key, value });
+            }
+        }
+        Ok(tags_of)
     }
 
     async fn put_tags(
         &mut self,
-        snapshot_id: &str,
+        snapshot_ids: &[String],
         tags: &[Tag],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        for tag in tags {
-            sqlx::query(
-                "INSERT INTO snapshot_tags (snapshot_id, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(snapshot_id)
-            .bind(tag.key.as_str())
-            .bind(tag.value.as_str())
-            .execute(self.connection())
-            .await?;
+        if snapshot_ids.is_empty() {
+            return Ok(());
         }
-        self.touch_snapshot(snapshot_id, now).await
+        let mut put = Statement::new(DB::PUT_TAGS.to_owned());
+        put.params = vec![
+            Param::TextList(snapshot_ids.to_vec()),
+            Param::TextList(tags.iter().map(|tag| tag.key.clone()).collect()),
+            Param::TextList(tags.iter().map(|tag| tag.value.clone()).collect()),
+        ];
+        put.execute(self.connection()).await?;
+        self.touch_snapshots(snapshot_ids, now).await
     }
 
     async fn remove_tags(
         &mut self,
-        snapshot_id: &str,
+        snapshot_ids: &[String],
         keys: &TagKeys,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        match keys {
+        if snapshot_ids.is_empty() {
+            return Ok(());
+        }
+        let of_snapshots = DB::in_text_list("snapshot_id", "$1");
+        let mut remove = match keys {
             TagKeys::All => {
-                sqlx::query("DELETE FROM snapshot_tags WHERE snapshot_id = $1")
-                    .bind(snapshot_id)
-                    .execute(self.connection())
-                    .await?;
+                Statement::new(format!("DELETE FROM snapshot_tags WHERE {of_snapshots}"))
             }
             TagKeys::Only(keys) => {
-                for key in keys {
-                    sqlx::query("DELETE FROM snapshot_tags WHERE snapshot_id = $1 AND key = $2")
-                        .bind(snapshot_id)
-                        .bind(key.as_str())
-                        .execute(self.connection())
-                        .await?;
-                }
+                let mut remove = Statement::new(format!(
+                    "DELETE FROM snapshot_tags WHERE {of_snapshots} AND {}",
+                    DB::in_text_list("key", "$2")
+                ));
+                remove.params.push(Param::TextList(keys.clone()));
+                remove
             }
-        }
-        self.touch_snapshot(snapshot_id, now).await
+        };
+        remove
+            .params
+            .insert(0, Param::TextList(snapshot_ids.to_vec()));
+        remove.execute(self.connection()).await?;
+        self.touch_snapshots(snapshot_ids, now).await
     }
 
     async fn own_snapshot_ids(
@@ -1445,26 +1481,27 @@ where
     }
 }
 
-/// `$first, …` for `count` placeholders.
 impl<DB> SqlSession<DB>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
 {
-    /// A change to the snapshot's tags is a change to the snapshot: its `LastModifiedTime`.
-    async fn touch_snapshot(
+    /// A change to a snapshot's tags is a change to the snapshot: its `LastModifiedTime`.
+    async fn touch_snapshots(
         &mut self,
-        snapshot_id: &str,
+        snapshot_ids: &[String],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE snapshots SET last_modified_at = $2 WHERE snapshot_id = $1")
-            .bind(snapshot_id)
-            .bind(now)
-            .execute(self.connection())
-            .await?;
+        let mut touch = Statement::new(format!(
+            "UPDATE snapshots SET last_modified_at = $1 WHERE {}",
+            DB::in_text_list("snapshot_id", "$2")
+        ));
+        touch.params = vec![Param::Time(now), Param::TextList(snapshot_ids.to_vec())];
+        touch.execute(self.connection()).await?;
         Ok(())
     }
 }
@@ -1592,6 +1629,7 @@ fn matching_images(select: String, query: &ImageQuery) -> Statement {
     statement
 }
 
+/// `$first, …` for `count` placeholders.
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
@@ -1712,17 +1750,49 @@ impl Statement {
         for<'q> i64: Encode<'q, DB> + Type<DB>,
         for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
     {
-        let mut query = sqlx::query_as::<DB, R>(&self.sql);
-        for param in self.params {
-            query = match param {
-                Param::Text(text) => query.bind(text),
-                Param::Time(at) => query.bind(at),
-                Param::Int(n) => query.bind(n),
-                Param::TextList(list) => DB::bind_text_list(query, list),
-            };
-        }
-        query.fetch_all(connection).await
+        let arguments = arguments::<DB>(self.params)?;
+        sqlx::query_as_with::<DB, R, _>(&self.sql, arguments)
+            .fetch_all(connection)
+            .await
     }
+
+    /// Runs a statement that returns no rows.
+    async fn execute<DB>(self, connection: SessionConnection<'_, DB>) -> Result<(), sqlx::Error>
+    where
+        DB: Dialect,
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+        for<'q> String: Encode<'q, DB> + Type<DB>,
+        for<'q> i64: Encode<'q, DB> + Type<DB>,
+        for<'q> Timestamp: Encode<'q, DB> + Type<DB>,
+    {
+        let arguments = arguments::<DB>(self.params)?;
+        sqlx::query_with::<DB, _>(&self.sql, arguments)
+            .execute(connection)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The parameters in placeholder order, as the database binds them.
+fn arguments<'q, DB>(params: Vec<Param>) -> Result<DB::Arguments<'q>, sqlx::Error>
+where
+    DB: Dialect,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> Timestamp: Encode<'a, DB> + Type<DB>,
+{
+    let mut arguments = DB::Arguments::<'q>::default();
+    for param in params {
+        match param {
+            Param::Text(text) => arguments.add(text),
+            Param::Time(at) => arguments.add(at),
+            Param::Int(n) => arguments.add(n),
+            Param::TextList(list) => arguments.add(DB::text_list(list)),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(arguments)
 }
 
 /// One promise of the service, as a query returning `(subject, detail)` for each breach.

@@ -347,3 +347,110 @@ fn a_sync_after_an_execute_is_a_statement() {
     stream.extend_from_slice(&[b'S', 0, 0, 0, 4]);
     assert_eq!(frames.feed(&stream), ["Execute", "Sync"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tag_calls_are_a_few_statements_however_many_snapshots_and_tags() {
+    use crate::tag_resources::tags_client;
+
+    let (app, proxy) = app_behind_a_counting_proxy(2).await;
+    app.seed(&world("acct-a", 50)).await;
+    let mut ids = Vec::new();
+    for disk in 0..50 {
+        ids.push(
+            app.create_on("acct-a", &format!("d-acct-a-{disk}"))
+                .await
+                .expect("a snapshot")
+                .snapshot_id,
+        );
+    }
+    let tags = |count: usize| -> Vec<pb::Tag> {
+        (0..count)
+            .map(|n| pb::Tag {
+                key: format!("k{n:02}"),
+                value: format!("v{n}"),
+            })
+            .collect()
+    };
+    let tag = |ids: &[String], tags: Vec<pb::Tag>| {
+        let request = pb::TagResourcesRequest {
+            resource_type: "snapshot".into(),
+            resource_ids: ids.to_vec(),
+            tags,
+        };
+        let mut client = tags_client(&app);
+        async move {
+            client
+                .tag_resources(as_account("acct-a", request))
+                .await
+                .expect("tagged");
+        }
+    };
+    let untag = |ids: &[String], keys: Vec<String>| {
+        let request = pb::UntagResourcesRequest {
+            resource_type: "snapshot".into(),
+            resource_ids: ids.to_vec(),
+            tag_keys: keys,
+            all: false,
+        };
+        let mut client = tags_client(&app);
+        async move {
+            client
+                .untag_resources(as_account("acct-a", request))
+                .await
+                .expect("untagged");
+        }
+    };
+    // Each statement once, so that it is prepared.
+    tag(&ids[..1], tags(1)).await;
+    untag(&ids[..1], vec!["k00".to_owned()]).await;
+
+    // The locking read, the tags' read, the write, the snapshots' LastModifiedTime.
+    let expected = [
+        "BEGIN", "Execute", "Execute", "Execute", "Execute", "COMMIT",
+    ];
+    for (what, count, tag_count) in [
+        ("one snapshot, one tag", 1, 1),
+        ("50 snapshots, 20 tags", 50, 20),
+    ] {
+        // The readiness check's round trips come on another connection, but it may take the
+        // kept one: a call is tried until a window shows only its own.
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            untag(&ids, tags(20).into_iter().map(|tag| tag.key).collect()).await;
+            proxy.take();
+            tag(&ids[..count], tags(tag_count)).await;
+            let window = proxy.transactions_after(Duration::from_millis(100)).await;
+            let exact = window == expected;
+            windows.push(window);
+            if exact {
+                break;
+            }
+        }
+        assert_eq!(
+            windows.last().map(Vec::as_slice),
+            Some(expected.map(str::to_owned).as_slice()),
+            "TagResources, {what}: {windows:?}"
+        );
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            tag(&ids[..count], tags(tag_count)).await;
+            proxy.take();
+            untag(
+                &ids[..count],
+                tags(tag_count).into_iter().map(|tag| tag.key).collect(),
+            )
+            .await;
+            let window = proxy.transactions_after(Duration::from_millis(100)).await;
+            let exact = window == expected;
+            windows.push(window);
+            if exact {
+                break;
+            }
+        }
+        assert_eq!(
+            windows.last().map(Vec::as_slice),
+            Some(expected.map(str::to_owned).as_slice()),
+            "UntagResources, {what}: {windows:?}"
+        );
+    }
+}

@@ -302,12 +302,18 @@ impl Dialect for Postgres {
         format!("{column} = ANY(CAST({placeholder} AS text[]))")
     }
 
-    fn bind_text_list<'q, O>(
-        query: sqlx::query::QueryAs<'q, Self, O, sqlx::postgres::PgArguments>,
-        list: Vec<String>,
-    ) -> sqlx::query::QueryAs<'q, Self, O, sqlx::postgres::PgArguments> {
-        query.bind(list)
+    type TextList = Vec<String>;
+
+    fn text_list(list: Vec<String>) -> Vec<String> {
+        list
     }
+
+    /// Every id with every pair: the keys and values unnested side by side.
+    const PUT_TAGS: &'static str = "INSERT INTO snapshot_tags (snapshot_id, key, value)
+         SELECT i.id, t.key, t.value
+         FROM unnest(CAST($1 AS text[])) AS i(id)
+         CROSS JOIN unnest(CAST($2 AS text[]), CAST($3 AS text[])) AS t(key, value)
+         ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value";
 
     fn durability_warnings(settings: &[Setting]) -> Vec<String> {
         durability_warnings(settings)

@@ -123,14 +123,23 @@ impl Dialect for Sqlite {
         format!("{column} IN (SELECT value FROM json_each({placeholder}))")
     }
 
-    fn bind_text_list<'q, O>(
-        query: sqlx::query::QueryAs<'q, Self, O, sqlx::sqlite::SqliteArguments<'q>>,
-        list: Vec<String>,
-    ) -> sqlx::query::QueryAs<'q, Self, O, sqlx::sqlite::SqliteArguments<'q>> {
-        query.bind(serde_json::to_string(&list).expect("a list of strings is JSON"))
+    type TextList = String;
+
+    fn text_list(list: Vec<String>) -> String {
+        serde_json::to_string(&list).expect("a list of strings is JSON")
     }
 
-    /// The whole database is held: the one-call reads, in an order that cannot wait on anyone.
+    /// Every id with every pair: a key and its value share their index in the two arrays.
+    /// (`WHERE true`: an upsert's `SELECT` needs a `WHERE` before `ON CONFLICT` to parse.)
+    const PUT_TAGS: &'static str = "INSERT INTO snapshot_tags (snapshot_id, key, value)
+         SELECT i.value, k.value, v.value
+         FROM json_each($1) AS i
+         CROSS JOIN json_each($2) AS k
+         JOIN json_each($3) AS v ON v.key = k.key
+         WHERE true
+         ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value";
+
+    /// Only `synchronous` below `full` weakens it here.
     fn durability_warnings(settings: &[Setting]) -> Vec<String> {
         settings
             .iter()
