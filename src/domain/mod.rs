@@ -49,8 +49,8 @@ pub use inventory::{
 };
 pub use names::{ClientToken, Description, ImageName, MAX_TAGS, RetentionDays, SnapshotName, Tag};
 pub use simulation::{
-    Checkpoint, ClockAdvance, CopyRateMibps, DiskSteering, STALLED_REMAINING, SteeredCopy,
-    SteeredRate,
+    Checkpoint, ClockAdvance, CopyRateMibps, DiskSteering, MAX_CLOCK_ADVANCE_SECONDS,
+    STALLED_REMAINING, SteeredCopy, SteeredRate,
 };
 pub use snapshot::{InProgressSnapshot, Snapshot, SnapshotStatus, SnapshotUsage};
 pub use tags::{

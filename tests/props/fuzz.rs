@@ -1,4 +1,4 @@
-//! Fuzzing every RPC of the real server over a real socket, driven by proptest so it runs in CI.
+//! Fuzzing every RPC of the real server (its SimulationService mounted too) over a real socket, driven by proptest so it runs in CI.
 //!
 //! The request body is sent as raw bytes (a pass-through codec on `tonic::client::Grpc`), so
 //! the server's own decoding is under test: arbitrary bytes, valid encodings with random
@@ -28,7 +28,8 @@ use proptest::test_runner::{TestCaseError, TestRunner};
 use prost::Message;
 use snapshotd::domain::{
     Account, CreateImageCommand, CreateSnapshotCommand, Description, Disk, DiskCategory, DiskId,
-    DiskStatus, DiskType, Instance, InstanceStatus, RetentionDays, SnapshotId,
+    DiskStatus, DiskType, Instance, InstanceStatus, MAX_CLOCK_ADVANCE_SECONDS, RetentionDays,
+    SnapshotId,
 };
 use snapshotd::pb;
 use snapshotd::service::{CreateOutcome, Service};
@@ -111,9 +112,12 @@ enum Rpc {
     UntagResources,
     ListTagResources,
     WatchSnapshots,
+    AdvanceClock,
+    FailNextCopy,
+    SetCopyRate,
 }
 
-const RPCS: [Rpc; 15] = [
+const RPCS: [Rpc; 18] = [
     Rpc::CreateSnapshot,
     Rpc::DescribeSnapshots,
     Rpc::DeleteSnapshot,
@@ -129,6 +133,9 @@ const RPCS: [Rpc; 15] = [
     Rpc::UntagResources,
     Rpc::ListTagResources,
     Rpc::WatchSnapshots,
+    Rpc::AdvanceClock,
+    Rpc::FailNextCopy,
+    Rpc::SetCopyRate,
 ];
 
 impl Rpc {
@@ -151,6 +158,9 @@ impl Rpc {
             Self::UntagResources => "/ecs.snapshot.v1.TagService/UntagResources",
             Self::ListTagResources => "/ecs.snapshot.v1.TagService/ListTagResources",
             Self::WatchSnapshots => "/ecs.snapshot.v1.SnapshotService/WatchSnapshots",
+            Self::AdvanceClock => "/ecs.snapshot.v1.SimulationService/AdvanceClock",
+            Self::FailNextCopy => "/ecs.snapshot.v1.SimulationService/FailNextCopy",
+            Self::SetCopyRate => "/ecs.snapshot.v1.SimulationService/SetCopyRate",
         }
     }
 
@@ -171,6 +181,8 @@ impl Rpc {
             Self::UntagResources => &[&[1], &[2], &[3]],
             Self::ListTagResources => &[&[1], &[2], &[3, 1], &[3, 2], &[4]],
             Self::WatchSnapshots => &[&[1], &[2]],
+            Self::AdvanceClock => &[],
+            Self::FailNextCopy | Self::SetCopyRate => &[&[1]],
         }
     }
 
@@ -194,6 +206,9 @@ impl Rpc {
             Self::UntagResources => pb::UntagResourcesResponse::decode(body).map(drop),
             Self::ListTagResources => pb::ListTagResourcesResponse::decode(body).map(drop),
             Self::WatchSnapshots => pb::WatchSnapshotsResponse::decode(body).map(drop),
+            Self::AdvanceClock => pb::AdvanceClockResponse::decode(body).map(drop),
+            Self::FailNextCopy => pb::FailNextCopyResponse::decode(body).map(drop),
+            Self::SetCopyRate => pb::SetCopyRateResponse::decode(body).map(drop),
         }
     }
 }
@@ -558,6 +573,30 @@ fn well_formed(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
                 .encode_to_vec()
             })
             .boxed(),
+        // Mostly small moves, sometimes the longest, anything, or backward: the clock may run
+        // to the end of year 9999 within a run, and every other RPC must still answer properly.
+        Rpc::AdvanceClock => prop_oneof![
+            4 => 1i64..=86_400,
+            1 => Just(MAX_CLOCK_ADVANCE_SECONDS),
+            1 => any::<i64>(),
+            1 => -2i64..=0,
+        ]
+        .prop_map(|seconds| pb::AdvanceClockRequest { seconds }.encode_to_vec())
+        .boxed(),
+        Rpc::FailNextCopy => disk_id()
+            .prop_map(|disk_id| pb::FailNextCopyRequest { disk_id }.encode_to_vec())
+            .boxed(),
+        Rpc::SetCopyRate => (
+            disk_id(),
+            prop_oneof![
+                2 => Just(i64::from(COPY_RATE_MIBPS)),
+                1 => Just(0i64),
+                1 => 1i64..=1024,
+                1 => any::<i64>(),
+            ],
+        )
+            .prop_map(|(disk_id, mibps)| pb::SetCopyRateRequest { disk_id, mibps }.encode_to_vec())
+            .boxed(),
     }
 }
 
@@ -747,6 +786,30 @@ impl Client {
         check_answer(rpc, &body, &answer)
     }
 
+    /// Moves the clock forward as far as the service takes it, in halving steps, to within a
+    /// day of its end.
+    async fn advance_to_the_end_of_time(&self) {
+        // 9999-12-31T23:59:59Z.
+        const LAST_SECOND: i64 = 253_402_300_799;
+        let mut step = MAX_CLOCK_ADVANCE_SECONDS;
+        let mut now = 0;
+        while step >= 86_400 {
+            let body = pb::AdvanceClockRequest { seconds: step }.encode_to_vec();
+            match self.call(Rpc::AdvanceClock, body, Identity::CALLER).await {
+                Ok(answer) => {
+                    let answer = pb::AdvanceClockResponse::decode(answer).expect("an answer");
+                    now = answer.now.expect("the time").seconds;
+                }
+                Err(status) if status.code() == Code::InvalidArgument => step /= 2,
+                Err(status) => panic!("AdvanceClock by {step} s: {status:?}"),
+            }
+        }
+        assert!(
+            LAST_SECOND - now < 2 * 86_400,
+            "the clock stopped at {now}, short of the end of time"
+        );
+    }
+
     /// A plain, valid call still gets OK: the server is alive and serving.
     async fn still_answers(&self) -> Result<(), TestCaseError> {
         let body = pb::DescribeSnapshotsRequest::default().encode_to_vec();
@@ -779,6 +842,7 @@ impl Server {
         // Copies of the 1 GiB disks take a millisecond, so creates often find the disk free.
         config.copy_rate_mibps = COPY_RATE_MIBPS;
         config.worker_interval = Duration::from_millis(5);
+        config.simulation_controls = true;
         let app = App::build(config).await.expect("building the app");
         let seeded = seed(&app.service()).await;
         SEEDED_SNAPSHOTS.with(|ids| *ids.borrow_mut() = seeded);
@@ -940,7 +1004,11 @@ impl Identity {
     /// body: the admin token for the inventory, a well-formed account (surrounding white space
     /// aside) for the rest.
     fn admitted_to(self, rpc: Rpc) -> bool {
-        if rpc.path().starts_with("/ecs.snapshot.v1.InventoryService/") {
+        if rpc.path().starts_with("/ecs.snapshot.v1.InventoryService/")
+            || rpc
+                .path()
+                .starts_with("/ecs.snapshot.v1.SimulationService/")
+        {
             // The scheme is case-insensitive (RFC 9110), the token exact.
             let token = BEARER.strip_prefix("Bearer ");
             self.authorization
@@ -1217,9 +1285,30 @@ where
     F: Fn(Client, S::Value) -> Fut,
     Fut: Future<Output = Result<(), TestCaseError>>,
 {
+    fuzz_from(backend, Clock::Now, cases, strategy, case);
+}
+
+/// Where the fuzzed server's clock starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Now,
+    /// Within a day of the last instant anything is stored at (9999-12-31T23:59:59Z).
+    AtTheEndOfTime,
+}
+
+/// [`fuzz`] with the server's clock at `clock` first.
+fn fuzz_from<S, F, Fut>(backend: Backend, clock: Clock, cases: u32, strategy: S, case: F)
+where
+    S: Strategy,
+    F: Fn(Client, S::Value) -> Fut,
+    Fut: Future<Output = Result<(), TestCaseError>>,
+{
     watch_server_panics();
     let runtime = runtime(SERVER_THREADS);
     let server = runtime.block_on(Server::spawn(backend));
+    if clock == Clock::AtTheEndOfTime {
+        runtime.block_on(server.client.advance_to_the_end_of_time());
+    }
     let panics_before = SERVER_PANICS.load(Ordering::SeqCst);
     let mut runner = TestRunner::new(config(cases));
     let result = runner.run(&strategy, |value| {
@@ -1323,6 +1412,37 @@ fn well_formed_requests_with_odd_field_values_get_a_proper_status_sqlite() {
 #[test]
 fn well_formed_requests_with_odd_field_values_get_a_proper_status_postgres() {
     well_formed_requests_get_a_proper_status(Backend::Postgres, well_formed_request());
+}
+
+/// The same, a day before the last instant the service stores: a snapshot's copy, retention
+/// and release, an image's creation and every time it answers lie past it or just before it.
+fn well_formed_requests_at_the_end_of_time_get_a_proper_status(backend: Backend) {
+    let strategy = (
+        proptest::collection::vec(well_formed_request(), 1..4),
+        identity(),
+    );
+    fuzz_from(
+        backend,
+        Clock::AtTheEndOfTime,
+        96,
+        strategy,
+        |client, (requests, identity)| async move {
+            for (rpc, body) in requests {
+                client.send(rpc, body, identity).await?;
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn well_formed_requests_at_the_end_of_time_get_a_proper_status_sqlite() {
+    well_formed_requests_at_the_end_of_time_get_a_proper_status(Backend::Sqlite);
+}
+
+#[test]
+fn well_formed_requests_at_the_end_of_time_get_a_proper_status_postgres() {
+    well_formed_requests_at_the_end_of_time_get_a_proper_status(Backend::Postgres);
 }
 
 /// Requests that pass every validator and carry a NUL character (U+0000) in a free-text field,
@@ -1548,8 +1668,14 @@ fn nul_characters_and_ancient_timestamps_get_a_proper_status_postgres() {
 /// UTF-8, appended to a valid request: the last occurrence of a string wins, and a message
 /// field's occurrences merge, so it replaces the valid value (or, for a tag, adds one).
 fn invalid_utf8_request() -> impl Strategy<Value = (Rpc, Vec<u8>, String)> {
+    let with_a_string = select(
+        RPCS.into_iter()
+            .filter(|rpc| !rpc.string_fields().is_empty())
+            .collect::<Vec<_>>(),
+    )
+    .prop_flat_map(|rpc| (Just(rpc), well_formed(rpc)));
     (
-        well_formed_request(),
+        with_a_string,
         any::<prop::sample::Index>(),
         select(NOT_UTF8),
     )
