@@ -214,8 +214,10 @@ async fn app_behind_a_counting_proxy(connections: u32) -> (TestApp, CountingProx
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_describe_page_is_one_statement_whatever_its_filters_length() {
-    // One connection, so its statement cache is warm after the first call of each shape.
-    let (app, proxy) = app_behind_a_counting_proxy(1).await;
+    // Two connections: one call after another, a page's is kept for the next (`store::kept`,
+    // which never keeps a pool's last one), so its statement cache is warm after the first call
+    // of each shape.
+    let (app, proxy) = app_behind_a_counting_proxy(2).await;
     app.seed(&world("acct-a", 8)).await;
     let mut ids = Vec::new();
     for disk in 0..8 {
