@@ -1861,6 +1861,43 @@ mod tests {
         );
     }
 
+    /// [`DescribedRow`] reads the describe statement's columns by position: the statement must
+    /// select [`DESCRIBED_COLUMNS`](super::super::rows::DESCRIBED_COLUMNS), in that order, with
+    /// or without a cursor and filters.
+    #[tokio::test]
+    async fn the_describe_statement_selects_the_columns_its_rows_are_read_by() {
+        use sqlx::{Column, Sqlite};
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        <Sqlite as Dialect>::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("the migrations");
+        let first_page = SnapshotQuery::all_of("acct-a", 20);
+        let filtered = SnapshotQuery {
+            disk_id: Some("d-a".to_owned()),
+            snapshot_ids: vec!["s-a".to_owned()],
+            status: Some(SnapshotStatus::Accomplished),
+            tags: vec![Tag {
+                key: "team".to_owned(),
+                value: "a".to_owned(),
+            }],
+            after: Some(PageCursor {
+                created_at: Timestamp::default(),
+                snapshot_id: "s-b".to_owned(),
+            }),
+            skip: 20,
+            ..first_page.clone()
+        };
+        for query in [first_page, filtered] {
+            let sql = describe_snapshots_statement::<Sqlite>(&query).sql;
+            let described = pool.describe(&sql).await.expect("the statement prepares");
+            let names: Vec<&str> = described.columns().iter().map(Column::name).collect();
+            assert_eq!(names, super::super::rows::DESCRIBED_COLUMNS, "{sql}");
+        }
+    }
+
     #[test]
     fn placeholders_count_from_the_first_number() {
         assert_eq!(placeholders(3, 2), "$3, $4");
