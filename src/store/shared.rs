@@ -40,7 +40,7 @@ pub trait Dialect: Database + Sized {
     const KIND: &'static str;
     /// Create transactions at once: the database's sweet spot (see `service::group_commit`).
     const CREATE_LANES: usize;
-    /// Connections kept between write transactions instead of going back to the pool
+    /// Connections kept between sessions (writes and reads) instead of going back to the pool
     /// (`super::kept`).
     const KEEP_CONNECTIONS: usize;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
