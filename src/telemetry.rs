@@ -39,9 +39,12 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// A new request id: a v4 UUID, hyphenated and upper case like the seed's sample.
+/// A new request id: a v4 UUID, hyphenated and upper case like the seed's sample. Its random
+/// bytes come from the thread's generator (`rand`), not a `getrandom` system call per call as
+/// `Uuid::new_v4` does: the id needs to be unique, not secret.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
         .hyphenated()
         .encode_upper(&mut uuid::Uuid::encode_buffer())
         .to_owned()

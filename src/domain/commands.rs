@@ -229,7 +229,8 @@ pub(super) fn cursor_token(version: &str, created_at: Timestamp, id: &str) -> St
         created_at.timestamp_subsec_nanos(),
     );
     let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
-    plain.bytes().map(|b| format!("{b:02x}")).collect()
+    // Lower-case hex, two digits a byte.
+    hex::encode(plain)
 }
 
 /// Reads a [`cursor_token`] of the listing `version` back into its instant and (unchecked) id.
@@ -665,6 +666,18 @@ mod tests {
     fn forged(body: &str) -> String {
         let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
         plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_next_token_is_its_text_and_checksum_in_lower_case_hex() {
+        let cursor = PageCursor {
+            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
+            snapshot_id: "s-0123456789abcdefghij".into(),
+        };
+        assert_eq!(
+            cursor.to_token(),
+            forged("v1|1780000000|123456000|s-0123456789abcdefghij")
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ impl TagCursor {
     pub fn to_token(&self) -> String {
         let body = format!("{TAG_TOKEN_VERSION}|{}|{}", self.snapshot_id, self.key);
         let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        // Lower-case hex, two digits a byte.
+        hex::encode(plain)
     }
 
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {

@@ -331,7 +331,11 @@ where
                     }
                     Ok(response) => response,
                 };
-                if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+                if let Ok(mut value) = HeaderValue::from_str(request_id.as_str()) {
+                    // Never indexed by HPACK: each id is sent once, and indexing it would churn
+                    // the connection's header table, evicting what repeats (content-type,
+                    // grpc-status) to be sent in full again, on both ends.
+                    value.set_sensitive(true);
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
                 if let Some(mut record) = record {
@@ -357,16 +361,16 @@ fn admit(
     request: &mut Request<Body>,
     facts: &CallFacts,
 ) -> Result<Option<Slot>, ApiError> {
-    let metadata = || MetadataMap::from_headers(request.headers().clone());
     let caller = match kind {
         Kind::Infrastructure => return Ok(None),
         Kind::Tenant => {
-            let admitted =
+            let admitted = with_metadata(request, |metadata, extensions| {
                 limits
                     .gate
-                    .admit_tenant(&metadata(), request.extensions(), |account_id| {
+                    .admit_tenant(metadata, extensions, |account_id| {
                         let _ = facts.account.set(account_id.to_owned());
-                    })?;
+                    })
+            })?;
             let Admitted::Account(account_id) = &admitted else {
                 unreachable!("a tenant call is admitted as its account");
             };
@@ -375,7 +379,7 @@ fn admit(
             Some(caller)
         }
         Kind::Admin => {
-            let admitted = limits.gate.admit_admin(&metadata())?;
+            let admitted = with_metadata(request, |metadata, _| limits.gate.admit_admin(metadata))?;
             request.extensions_mut().insert(admitted);
             Some("admin".to_owned())
         }
@@ -410,6 +414,18 @@ fn admit(
         _peer: peer,
         _caller: caller,
     }))
+}
+
+/// `check` on the request's headers as gRPC metadata, and its extensions. The headers are lent,
+/// not copied (a copy was an allocation per header, every call), and put back after.
+fn with_metadata<T>(
+    request: &mut Request<Body>,
+    check: impl FnOnce(&MetadataMap, &Extensions) -> T,
+) -> T {
+    let metadata = MetadataMap::from_headers(std::mem::take(request.headers_mut()));
+    let checked = check(&metadata, request.extensions());
+    *request.headers_mut() = metadata.into_headers();
+    checked
 }
 
 /// Whose share of the slots a call's peer counts against ([`peer_of`]); `peer/unknown` never

@@ -1,12 +1,13 @@
-//! Connections kept between write transactions, out of the pool.
+//! Connections kept between sessions (write transactions and reads), out of the pool.
 //!
 //! sqlx pings every connection given back to its pool (a Sync and its ReadyForQuery: one more
 //! round trip per transaction, in a task of its own), and the next call most often takes
 //! another idle connection meanwhile. So a session whose transaction ended cleanly (its COMMIT
-//! or ROLLBACK answered) leaves its connection here instead, and the next session takes it from
-//! here first: nothing crosses the wire between the two. At one call in flight that was one
-//! round trip in five on the database, and a task and a wake-up on the server (bench/README.md,
-//! issue 19).
+//! or ROLLBACK answered), or a read its caller committed after every statement answered, leaves
+//! its connection here instead, and the next session takes it from here first: nothing crosses
+//! the wire between the two. At one call in flight that was one round trip in five on the
+//! database for a create, one in two for a describe page, and a task and a wake-up on the
+//! server each time (bench/README.md, issue 19).
 //!
 //! What the pool's hooks checked still holds: a connection leaves the pool only through
 //! `before_acquire` (the fence, the ping of a long-idle one), and a kept one is used again only

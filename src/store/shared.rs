@@ -40,7 +40,7 @@ pub trait Dialect: Database + Sized {
     const KIND: &'static str;
     /// Create transactions at once: the database's sweet spot (see `service::group_commit`).
     const CREATE_LANES: usize;
-    /// Connections kept between write transactions instead of going back to the pool
+    /// Connections kept between sessions (writes and reads) instead of going back to the pool
     /// (`super::kept`).
     const KEEP_CONNECTIONS: usize;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
@@ -442,6 +442,14 @@ impl<DB: Dialect> SqlSession<DB> {
     /// closed instead of going back to the pool.
     async fn end(&mut self, statement: &'static str) -> Result<(), StoreError> {
         if !self.in_transaction {
+            // A read outside a transaction ([`Store::read`]) that its caller ends with COMMIT:
+            // each of its statements answered, so its connection is kept like a write's,
+            // without sqlx's ping on release (one round trip in two of a describe page).
+            if statement == "COMMIT"
+                && let Some(keep) = &mut self.keep
+            {
+                keep.ended_cleanly = true;
+            }
             return Ok(());
         }
         self.in_transaction = false;
@@ -1929,6 +1937,43 @@ mod tests {
             "SELECT ('v1', 'v2', 'v3', 'v4', 'v5', 'v6', 'v7', 'v8', 'v9', 'v10') \
              WHERE a = 'it''s $1' LIMIT 21 AND t < '1970-01-01T00:00:00+00:00'"
         );
+    }
+
+    /// [`DescribedRow`] reads the describe statement's columns by position: the statement must
+    /// select [`DESCRIBED_COLUMNS`](super::super::rows::DESCRIBED_COLUMNS), in that order, with
+    /// or without a cursor and filters.
+    #[tokio::test]
+    async fn the_describe_statement_selects_the_columns_its_rows_are_read_by() {
+        use sqlx::{Column, Sqlite};
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        <Sqlite as Dialect>::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("the migrations");
+        let first_page = SnapshotQuery::all_of("acct-a", 20);
+        let filtered = SnapshotQuery {
+            disk_id: Some("d-a".to_owned()),
+            snapshot_ids: vec!["s-a".to_owned()],
+            status: Some(SnapshotStatus::Accomplished),
+            tags: vec![Tag {
+                key: "team".to_owned(),
+                value: "a".to_owned(),
+            }],
+            after: Some(PageCursor {
+                created_at: Timestamp::default(),
+                snapshot_id: "s-b".to_owned(),
+            }),
+            skip: 20,
+            ..first_page.clone()
+        };
+        for query in [first_page, filtered] {
+            let sql = describe_snapshots_statement::<Sqlite>(&query).sql;
+            let described = pool.describe(&sql).await.expect("the statement prepares");
+            let names: Vec<&str> = described.columns().iter().map(Column::name).collect();
+            assert_eq!(names, super::super::rows::DESCRIBED_COLUMNS, "{sql}");
+        }
     }
 
     #[test]

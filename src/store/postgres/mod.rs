@@ -7,8 +7,9 @@
 //! read skips disks another transaction holds (`FOR UPDATE OF d SKIP LOCKED`). A call the
 //! batch cannot settle runs alone with a plain `FOR UPDATE OF d`, which waits for the lock.
 //! Requests for different disks never wait for each other. (sqlx pings a connection when it
-//! goes back to the pool, so a write transaction's connection is kept for the next one instead,
-//! `super::kept`; `tests/api/round_trips.rs` counts the round trips on the wire.)
+//! goes back to the pool, so a write transaction's or a read's connection is kept for the next
+//! session instead, `super::kept`; `tests/api/round_trips.rs` counts the round trips on the
+//! wire.)
 //!
 //! Only a primary that takes writes is used. A new connection whose server is a standby in
 //! recovery or a read-only primary is refused (after a failover, a proxy can route to the old
@@ -72,7 +73,7 @@ pub async fn connect(database_url: &str, pool: PoolOptions) -> Result<PgStore, S
         .after_connect(|connection, _| Box::pin(takes_writes(connection)))
         // sqlx pings every connection it hands out: one more round trip in front of every
         // transaction. It already pings each connection given back (off the call's path; a
-        // write transaction's is mostly kept instead, `super::kept`), so only a connection idle
+        // session's is mostly kept instead, `super::kept`), so only a connection idle
         // for a while, which the server or a proxy may have dropped, is pinged before use.
         .test_before_acquire(false)
         .before_acquire({

@@ -101,9 +101,9 @@ impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
     /// One writer at a time; batching still pays, with one commit for many calls.
     const CREATE_LANES: usize = 1;
-    /// Its ping on release is a hop to the connection's thread, not a round trip: not worth
-    /// keeping connections from a pool of at most 4.
-    const KEEP_CONNECTIONS: usize = 0;
+    /// Its ping on release is no round trip but a hop to the connection's thread and back, and
+    /// a task: paid by every read. Two of the pool's (at most) four are kept.
+    const KEEP_CONNECTIONS: usize = 2;
     // `BEGIN IMMEDIATE` already holds the whole database for the transaction.
     const LOCK_DISK: &'static str = "";
     const LOCK_ROWS: &'static str = "";
