@@ -233,10 +233,8 @@ impl PageCursor {
     /// did not write is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
         let malformed = || ParseError::InvalidNextTokenMalformed;
-        let (version, created_at, rest) = read_cursor_token(
-            token,
-            &[NEXT_TOKEN_VERSION, NEXT_TOKEN_VERSION_UNCOUNTED],
-        )?;
+        let (version, created_at, rest) =
+            read_cursor_token(token, &[NEXT_TOKEN_VERSION, NEXT_TOKEN_VERSION_UNCOUNTED])?;
         let (snapshot_id, total) = if version == NEXT_TOKEN_VERSION {
             let (snapshot_id, total) = rest.split_once('|').ok_or_else(malformed)?;
             (snapshot_id, Some(parse_total(total).ok_or_else(malformed)?))

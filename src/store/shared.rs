@@ -639,7 +639,8 @@ where
                 .find(|(name, _)| name == what)
                 .map_or(0, |(_, count)| *count)
         };
-        let (stored, progressing, failed) = (count("stored"), count("progressing"), count("failed"));
+        let (stored, progressing, failed) =
+            (count("stored"), count("progressing"), count("failed"));
         Ok(vec![
             ("accomplished".to_owned(), stored - progressing - failed),
             ("failed".to_owned(), failed),

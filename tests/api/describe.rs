@@ -846,9 +846,7 @@ async fn delete_now(app: &TestApp, snapshot_id: &str) {
 /// The total is counted on the listing's first page and carried by its tokens: a page reached
 /// with a token reports it, whatever was created or deleted since, including a page past the
 /// end; a page without a token (a new listing) counts again.
-async fn a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go(
-    backend: Backend,
-) {
+async fn a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go(backend: Backend) {
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 40)).await;
     let expected = thirty_snapshots(&app).await;
@@ -954,7 +952,9 @@ async fn a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count(ba
 
     app.advance(Duration::from_secs(1));
     app.create_on("acct-a", "d-acct-a-30").await.unwrap();
-    let by_v2 = describe(&app, "acct-a", page(first.next_token)).await.unwrap();
+    let by_v2 = describe(&app, "acct-a", page(first.next_token))
+        .await
+        .unwrap();
     let by_v1 = describe(&app, "acct-a", page(v1)).await.unwrap();
     let ids = |response: &pb::DescribeSnapshotsResponse| -> Vec<String> {
         response
@@ -969,7 +969,9 @@ async fn a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count(ba
 
     app.advance(Duration::from_secs(1));
     app.create_on("acct-a", "d-acct-a-31").await.unwrap();
-    let after_v1 = describe(&app, "acct-a", page(by_v1.next_token)).await.unwrap();
+    let after_v1 = describe(&app, "acct-a", page(by_v1.next_token))
+        .await
+        .unwrap();
     assert_eq!(ids(&after_v1), expected[14..21]);
     assert_eq!(after_v1.total_count, 31, "the v1 page's count, carried on");
 }
@@ -1106,7 +1108,10 @@ fn malformed_describe_requests(token: &str) -> Vec<Malformed> {
         ("truncated", token[..token.len() - 2].to_owned()),
         ("lengthened", format!("{token}00")),
         ("300 characters", "x".repeat(300)),
-        ("carrying a total past any count", with_total(token, u64::MAX)),
+        (
+            "carrying a total past any count",
+            with_total(token, u64::MAX),
+        ),
     ] {
         rows.push(row(
             format!("next_token {label}"),
