@@ -202,7 +202,7 @@ pub struct PageCursor {
 /// Tokens written before the total was carried: still read (a listing begun before an upgrade
 /// goes on), never written.
 const NEXT_TOKEN_VERSION_UNCOUNTED: &str = "v1";
-/// `v1` and the listing's total.
+/// What `v1` held, and the listing's total.
 const NEXT_TOKEN_VERSION: &str = "v2";
 
 /// 9999-12-31T23:59:59Z: no later instant is stored anywhere.
