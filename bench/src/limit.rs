@@ -82,6 +82,7 @@ pub fn measure_describe(
         account_sql: &account_sql,
         limit: page_size,
         after,
+        total: rows.len() as u64,
     };
     let mut scripts = vec![(
         "describe_page_1.sql".to_owned(),
@@ -125,6 +126,7 @@ pub fn measure_mixed(
             account_sql: &account_sql,
             limit: MIXED_DESCRIBE_PAGE,
             after: None,
+            total: 0,
         },
         &format!(
             "\\set account random(0, {})\n",

@@ -80,6 +80,9 @@ pub struct DescribePage<'a> {
     /// The previous page's last row (a `next_token` page): its `created_at` as PostgreSQL prints
     /// it, and its `snapshot_id`.
     pub after: Option<(&'a str, &'a str)>,
+    /// What a `next_token` page's token carries: the listing's total, counted on its first
+    /// page (so that page counts nothing).
+    pub total: u64,
 }
 
 /// A pgbench script of one transaction, the store's describe statement for `page` (no
@@ -92,6 +95,7 @@ pub fn describe_snapshots_pgbench_script(page: &DescribePage<'_>, preamble: &str
             // The printed time is bound below instead.
             created_at: Default::default(),
             snapshot_id: snapshot_id.to_owned(),
+            total: Some(page.total),
         }),
         ..SnapshotQuery::all_of(ACCOUNT, page.limit)
     };
@@ -166,6 +170,7 @@ mod tests {
                 account_sql: "'a-' || :account",
                 limit: 20,
                 after: Some(("2026-01-02 03:04:05.123456+00", "s-o'k")),
+                total: 777,
             },
             "\\set account random(0, 3)\n",
         );
@@ -186,6 +191,19 @@ mod tests {
             script.contains("LIMIT 21"),
             "one row more than the page: {script}"
         );
-        assert!(script.contains("count(*)"), "{script}");
+        // A token page reports the total its token carries, and counts nothing.
+        assert!(script.contains("777 AS total"), "{script}");
+        assert!(!script.contains("count(*)"), "{script}");
+        let first_page = describe_snapshots_pgbench_script(
+            &DescribePage {
+                account_sql: "'a-' || :account",
+                limit: 20,
+                after: None,
+                total: 777,
+            },
+            "",
+        );
+        assert!(first_page.contains("count(*)"), "{first_page}");
+        assert!(!first_page.contains("777"), "{first_page}");
     }
 }

@@ -188,43 +188,85 @@ impl ModifySnapshotAttributeCommand {
     }
 }
 
-/// Where a page of DescribeSnapshots ends: the last row's sort key.
+/// Where a page of DescribeSnapshots ends: the last row's sort key, and the listing's total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor {
     pub created_at: Timestamp,
     pub snapshot_id: String,
+    /// Every match, counted on the listing's first page and carried from page to page, so a
+    /// page reached with a token counts nothing. `None`: a `v1` token, written before the total
+    /// was carried; its page counts.
+    pub total: Option<u64>,
 }
 
-const NEXT_TOKEN_VERSION: &str = "v1";
+/// Tokens written before the total was carried: still read (a listing begun before an upgrade
+/// goes on), never written.
+const NEXT_TOKEN_VERSION_UNCOUNTED: &str = "v1";
+/// What `v1` held, and the listing's total.
+const NEXT_TOKEN_VERSION: &str = "v2";
 
 /// 9999-12-31T23:59:59Z: no later instant is stored anywhere.
 const LATEST_SECONDS: i64 = 253_402_300_799;
 
 impl PageCursor {
-    /// The opaque `next_token`: the hex of `v1|<seconds>|<nanoseconds>|<snapshot id>|<crc32>`.
-    /// The checksum makes a token that was altered (or not written by us) malformed rather than
-    /// a cursor somewhere else.
+    /// The opaque `next_token`: the hex of
+    /// `v2|<seconds>|<nanoseconds>|<snapshot id>|<total>|<crc32>` (`v1` had no total).
+    /// The checksum makes a token that was altered by accident (or not written by us) malformed
+    /// rather than a cursor somewhere else. It is no signature: a caller who rewrites it can
+    /// move their own cursor and total, within their own account (docs/decisions.md).
     pub fn to_token(&self) -> String {
-        cursor_token(NEXT_TOKEN_VERSION, self.created_at, &self.snapshot_id)
+        match self.total {
+            Some(total) => cursor_token(
+                NEXT_TOKEN_VERSION,
+                self.created_at,
+                &format!("{}|{total}", self.snapshot_id),
+            ),
+            None => cursor_token(
+                NEXT_TOKEN_VERSION_UNCOUNTED,
+                self.created_at,
+                &self.snapshot_id,
+            ),
+        }
     }
 
-    /// Reads a `next_token` back; anything this service did not write is malformed.
+    /// Reads a `next_token` back (`v2`, or a `v1` of an older server); anything this service
+    /// did not write is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let (created_at, snapshot_id) = read_cursor_token(token, NEXT_TOKEN_VERSION)?;
-        let snapshot_id =
-            SnapshotId::parse(&snapshot_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
+        let malformed = || ParseError::InvalidNextTokenMalformed;
+        let (version, created_at, rest) =
+            read_cursor_token(token, &[NEXT_TOKEN_VERSION, NEXT_TOKEN_VERSION_UNCOUNTED])?;
+        let (snapshot_id, total) = if version == NEXT_TOKEN_VERSION {
+            let (snapshot_id, total) = rest.split_once('|').ok_or_else(malformed)?;
+            (snapshot_id, Some(parse_total(total).ok_or_else(malformed)?))
+        } else {
+            (rest.as_str(), None)
+        };
+        let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
         Ok(Self {
             created_at,
             snapshot_id: snapshot_id.as_str().to_owned(),
+            total,
         })
     }
 }
 
-/// A page's end `(created_at, id)` as an opaque token of the listing `version` names (`v1`:
-/// snapshots; each listing its own, so one listing's token is malformed in another).
-pub(super) fn cursor_token(version: &str, created_at: Timestamp, id: &str) -> String {
+/// A count as [`PageCursor::to_token`] writes it: decimal digits without a sign or a leading
+/// zero, at most what a database count (`bigint`) can be.
+fn parse_total(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    text.parse::<u64>()
+        .ok()
+        .filter(|total| canonical && i64::try_from(*total).is_ok())
+}
+
+/// A page's end `(created_at, id)` as an opaque token of the listing `version` names (`v2`:
+/// snapshots; each listing its own, so one listing's token is malformed in another); `rest` is
+/// the id, and after it what the version adds (`v2`: `|<total>`).
+pub(super) fn cursor_token(version: &str, created_at: Timestamp, rest: &str) -> String {
     let body = format!(
-        "{version}|{}|{}|{id}",
+        "{version}|{}|{}|{rest}",
         created_at.timestamp(),
         created_at.timestamp_subsec_nanos(),
     );
@@ -233,11 +275,12 @@ pub(super) fn cursor_token(version: &str, created_at: Timestamp, id: &str) -> St
     hex::encode(plain)
 }
 
-/// Reads a [`cursor_token`] of the listing `version` back into its instant and (unchecked) id.
+/// Reads a [`cursor_token`] of one of the listing's `versions` back into that version, its
+/// instant and its (unchecked) rest.
 pub(super) fn read_cursor_token(
     token: &str,
-    version: &str,
-) -> Result<(Timestamp, String), ParseError> {
+    versions: &[&'static str],
+) -> Result<(&'static str, Timestamp, String), ParseError> {
     let malformed = || ParseError::InvalidNextTokenMalformed;
     if !token.len().is_multiple_of(2) || token.len() > 256 {
         return Err(malformed());
@@ -254,19 +297,16 @@ pub(super) fn read_cursor_token(
     if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {
         return Err(malformed());
     }
-    let mut parts = body.split('|');
-    let (Some(read_version), Some(seconds), Some(nanos), Some(id), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let mut parts = body.splitn(4, '|');
+    let (Some(read_version), Some(seconds), Some(nanos), Some(rest)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(malformed());
     };
-    if read_version != version {
-        return Err(malformed());
-    }
+    let version = versions
+        .iter()
+        .find(|version| **version == read_version)
+        .ok_or_else(malformed)?;
     let seconds: i64 = seconds.parse().map_err(|_| malformed())?;
     let nanos: u32 = nanos.parse().map_err(|_| malformed())?;
     // Only instants a row can have been created at (both databases store them).
@@ -274,7 +314,7 @@ pub(super) fn read_cursor_token(
         return Err(malformed());
     }
     let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(malformed)?;
-    Ok((created_at, id.to_owned()))
+    Ok((version, created_at, rest.to_owned()))
 }
 
 /// At most this many ids in one DescribeSnapshots.
@@ -638,28 +678,56 @@ mod tests {
         );
     }
 
+    const SNAPSHOT: &str = "s-0123456789abcdefghij";
+
+    fn cursor(total: Option<u64>) -> PageCursor {
+        PageCursor {
+            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
+            snapshot_id: SNAPSHOT.into(),
+            total,
+        }
+    }
+
     #[test]
     fn a_next_token_round_trips_and_anything_else_is_malformed() {
-        let cursor = PageCursor {
-            created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
-            snapshot_id: "s-0123456789abcdefghij".into(),
-        };
-        let token = cursor.to_token();
-        assert_eq!(PageCursor::parse_token(&token), Ok(cursor));
-        for bad in [
-            "",
-            "zz",
-            "abc",
-            "7631",
-            &token[..token.len() - 2],
-            &format!("{token}00"),
-        ] {
-            assert_eq!(
-                PageCursor::parse_token(bad),
-                Err(ParseError::InvalidNextTokenMalformed),
-                "{bad:?}"
-            );
+        for total in [Some(0), Some(1), Some(10_000), Some(i64::MAX as u64), None] {
+            let cursor = cursor(total);
+            let token = cursor.to_token();
+            assert_eq!(PageCursor::parse_token(&token), Ok(cursor), "{total:?}");
+            for bad in [
+                "",
+                "zz",
+                "abc",
+                "7631",
+                &token[..token.len() - 2],
+                &format!("{token}00"),
+            ] {
+                assert_eq!(
+                    PageCursor::parse_token(bad),
+                    Err(ParseError::InvalidNextTokenMalformed),
+                    "{total:?} {bad:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_new_token_is_v2_with_the_total_and_a_v1_token_carries_none() {
+        let plain = |token: &str| {
+            let bytes: Vec<u8> = (0..token.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&token[i..i + 2], 16).unwrap())
+                .collect();
+            String::from_utf8(bytes).unwrap()
+        };
+        let written = plain(&cursor(Some(42)).to_token());
+        assert!(
+            written.starts_with(&format!("v2|1780000000|123456000|{SNAPSHOT}|42|")),
+            "{written}"
+        );
+        // What a server before the total wrote (and a running one may have handed out).
+        let v1 = forged(&format!("v1|1780000000|123456000|{SNAPSHOT}"));
+        assert_eq!(PageCursor::parse_token(&v1), Ok(cursor(None)));
     }
 
     /// A token with a valid checksum around a body this service never wrote.
@@ -683,23 +751,77 @@ mod tests {
     #[test]
     fn a_forged_token_with_an_instant_no_snapshot_can_have_is_malformed() {
         let id = "s-zzzzzzzzzzzzzzzzzzzz";
-        for body in [
-            format!("v1|-211000000000|0|{id}"),
-            format!("v1|-1|0|{id}"),
-            format!("v1|253402300800|0|{id}"),
-            format!("v1|0|1000000000|{id}"),
-            format!("v1|{}|0|{id}", i64::MAX),
+        for version in ["v1|", "v2|"] {
+            let total = if version == "v2|" { "|5" } else { "" };
+            for body in [
+                format!("-211000000000|0|{id}"),
+                format!("-1|0|{id}"),
+                format!("253402300800|0|{id}"),
+                format!("0|1000000000|{id}"),
+                format!("{}|0|{id}", i64::MAX),
+            ] {
+                assert_eq!(
+                    PageCursor::parse_token(&forged(&format!("{version}{body}{total}"))),
+                    Err(ParseError::InvalidNextTokenMalformed),
+                    "{version}{body}{total}"
+                );
+            }
+            for body in [format!("253402300799|999999999|{id}"), format!("0|0|{id}")] {
+                assert!(
+                    PageCursor::parse_token(&forged(&format!("{version}{body}{total}"))).is_ok(),
+                    "{version}{body}{total}"
+                );
+            }
+        }
+    }
+
+    /// The checksum is no signature: a caller can rewrite their own token's total, and is then
+    /// told that total on the pages after (their own listing, their own snapshots). What is not
+    /// a count is refused.
+    #[test]
+    fn a_v2_token_carries_any_sane_total_and_refuses_anything_else() {
+        let body = |total: &str| forged(&format!("v2|1780000000|123456000|{SNAPSHOT}|{total}"));
+        let cases: [(&str, Option<u64>); 16] = [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("9223372036854775807", Some(i64::MAX as u64)),
+            ("9223372036854775808", None),
+            ("18446744073709551616", None),
+            ("-1", None),
+            ("+7", None),
+            ("07", None),
+            ("00", None),
+            ("", None),
+            (" 7", None),
+            ("7 ", None),
+            ("1e3", None),
+            ("7.0", None),
+            ("0x10", None),
+            ("7|8", None),
+        ];
+        for (total, expected) in cases {
+            let parsed = PageCursor::parse_token(&body(total));
+            match expected {
+                Some(total) => assert_eq!(parsed, Ok(cursor(Some(total))), "{total:?}"),
+                None => assert_eq!(
+                    parsed,
+                    Err(ParseError::InvalidNextTokenMalformed),
+                    "{total:?}"
+                ),
+            }
+        }
+        // The versions do not mix: a v2 body without its total, a v1 body with one.
+        for bad in [
+            format!("v2|1780000000|123456000|{SNAPSHOT}"),
+            format!("v1|1780000000|123456000|{SNAPSHOT}|7"),
+            format!("v3|1780000000|123456000|{SNAPSHOT}|7"),
         ] {
             assert_eq!(
-                PageCursor::parse_token(&forged(&body)),
+                PageCursor::parse_token(&forged(&bad)),
                 Err(ParseError::InvalidNextTokenMalformed),
-                "{body}"
+                "{bad}"
             );
         }
-        assert!(
-            PageCursor::parse_token(&forged(&format!("v1|253402300799|999999999|{id}"))).is_ok()
-        );
-        assert!(PageCursor::parse_token(&forged(&format!("v1|0|0|{id}"))).is_ok());
     }
 
     #[test]

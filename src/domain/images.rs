@@ -52,7 +52,7 @@ impl ImageCursor {
 
     /// Reads a `next_token` back; anything this service did not write for images is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let (created_at, image_id) = read_cursor_token(token, IMAGE_TOKEN_VERSION)?;
+        let (_, created_at, image_id) = read_cursor_token(token, &[IMAGE_TOKEN_VERSION])?;
         let image_id =
             ImageId::parse(&image_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
         Ok(Self {
@@ -148,14 +148,19 @@ mod tests {
             ImageCursor::parse_token(&cursor.to_token()),
             Ok(cursor.clone())
         );
-        let snapshots = PageCursor {
-            created_at: at,
-            snapshot_id: "s-0123456789abcdefghij".into(),
-        };
-        assert_eq!(
-            ImageCursor::parse_token(&snapshots.to_token()),
-            Err(ParseError::InvalidNextTokenMalformed)
-        );
+        // Both versions of a snapshot listing's token (`v1`, and `v2` with its total).
+        for total in [None, Some(7)] {
+            let snapshots = PageCursor {
+                created_at: at,
+                snapshot_id: "s-0123456789abcdefghij".into(),
+                total,
+            };
+            assert_eq!(
+                ImageCursor::parse_token(&snapshots.to_token()),
+                Err(ParseError::InvalidNextTokenMalformed),
+                "{total:?}"
+            );
+        }
         assert_eq!(
             PageCursor::parse_token(&cursor.to_token()),
             Err(ParseError::InvalidNextTokenMalformed)

@@ -444,6 +444,7 @@ pub(crate) fn into_described_page(
         PageCursor {
             created_at: last.created_at,
             snapshot_id: last.snapshot_id.clone(),
+            total: Some(total),
         }
     });
     Ok(Some(SnapshotPage {

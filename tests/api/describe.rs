@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use snapshotd::backend::{BackendError, CopyState, SimulatedBackend, SnapshotBackend};
 use snapshotd::clock::Clock;
-use snapshotd::domain::{Snapshot, Timestamp};
+use snapshotd::domain::{PageCursor, Snapshot, Timestamp};
 use snapshotd::pb;
 use tonic::{Code, Status};
 
@@ -28,6 +28,9 @@ on_both_backends!(
     the_limits_of_snapshot_ids_and_max_results_are_accepted,
     a_describe_without_an_account_is_unauthenticated,
     a_next_token_with_any_one_character_changed_is_malformed,
+    a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go,
+    a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count,
+    a_caller_who_rewrites_their_tokens_total_is_told_that_total,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -816,6 +819,197 @@ async fn a_snapshot_created_during_a_walk_does_not_disturb_it(backend: Backend) 
     assert_eq!(all[0], newcomer.snapshot_id, "a new walk starts with it");
 }
 
+/// `token` rewritten as its caller could (the checksum is no signature): the same cursor,
+/// carrying `total`.
+fn with_total(token: &str, total: u64) -> String {
+    let cursor = PageCursor::parse_token(token).expect("a token the service wrote");
+    PageCursor {
+        total: Some(total),
+        ..cursor
+    }
+    .to_token()
+}
+
+async fn delete_now(app: &TestApp, snapshot_id: &str) {
+    app.snapshots()
+        .delete_snapshot(as_account(
+            "acct-a",
+            pb::DeleteSnapshotRequest {
+                snapshot_id: snapshot_id.to_owned(),
+                force: true,
+            },
+        ))
+        .await
+        .expect("DeleteSnapshot");
+}
+
+/// The total is counted on the listing's first page and carried by its tokens: a page reached
+/// with a token reports it, whatever was created or deleted since, including a page past the
+/// end; a page without a token (a new listing) counts again.
+async fn a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 40)).await;
+    let expected = thirty_snapshots(&app).await;
+    let page = |next_token: String| pb::DescribeSnapshotsRequest {
+        max_results: 7,
+        next_token,
+        ..Default::default()
+    };
+
+    let first = describe(&app, "acct-a", page(String::new())).await.unwrap();
+    assert_eq!(first.total_count, 30);
+    let mut visited: Vec<String> = first.snapshots.into_iter().map(|s| s.snapshot_id).collect();
+    let mut next_token = first.next_token;
+    // Before each token page: one snapshot more, and two fewer of those not listed yet.
+    let mut changes = 0;
+    while !next_token.is_empty() {
+        app.advance(Duration::from_secs(1));
+        app.create_on("acct-a", &format!("d-acct-a-{}", 30 + changes))
+            .await
+            .unwrap();
+        for oldest in 1..=2 {
+            delete_now(&app, &expected[expected.len() - 2 * changes - oldest]).await;
+        }
+        changes += 1;
+        let response = describe(&app, "acct-a", page(next_token)).await.unwrap();
+        assert_eq!(
+            response.total_count, 30,
+            "token page {changes}: the first page's total"
+        );
+        visited.extend(response.snapshots.into_iter().map(|s| s.snapshot_id));
+        next_token = response.next_token;
+    }
+    assert_eq!(changes, 3, "pages of 7, 7, 7 and 3");
+    let survivors = &expected[..expected.len() - 2 * changes];
+    assert_eq!(visited, survivors, "the walk itself is undisturbed");
+
+    // A new listing counts what is there now.
+    let now = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            max_results: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(now.total_count as usize, now.snapshots.len());
+    assert_eq!(now.total_count, 30 - 3);
+
+    // A page past the end (every row after the token deleted meanwhile) reports the carried
+    // total too, and ends the walk.
+    let first = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            max_results: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for rest in &now.snapshots[2..] {
+        delete_now(&app, &rest.snapshot_id).await;
+    }
+    let past_the_end = describe(
+        &app,
+        "acct-a",
+        pb::DescribeSnapshotsRequest {
+            max_results: 2,
+            next_token: first.next_token,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            past_the_end.snapshots.len(),
+            past_the_end.next_token.as_str(),
+            past_the_end.total_count
+        ),
+        (0, "", now.total_count)
+    );
+}
+
+/// A `v1` token (no total: written by a server before the total was carried) still lists the
+/// next page, and that page counts; its own token carries that count on.
+async fn a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 32)).await;
+    let expected = thirty_snapshots(&app).await;
+    let page = |next_token: String| pb::DescribeSnapshotsRequest {
+        max_results: 7,
+        next_token,
+        ..Default::default()
+    };
+    let first = describe(&app, "acct-a", page(String::new())).await.unwrap();
+    let v2 = PageCursor::parse_token(&first.next_token).unwrap();
+    assert_eq!(v2.total, Some(30));
+    let v1 = PageCursor { total: None, ..v2 }.to_token();
+    assert!(v1.starts_with("7631"), "hex of v1");
+
+    app.advance(Duration::from_secs(1));
+    app.create_on("acct-a", "d-acct-a-30").await.unwrap();
+    let by_v2 = describe(&app, "acct-a", page(first.next_token))
+        .await
+        .unwrap();
+    let by_v1 = describe(&app, "acct-a", page(v1)).await.unwrap();
+    let ids = |response: &pb::DescribeSnapshotsResponse| -> Vec<String> {
+        response
+            .snapshots
+            .iter()
+            .map(|s| s.snapshot_id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&by_v1), expected[7..14]);
+    assert_eq!(ids(&by_v2), ids(&by_v1));
+    assert_eq!((by_v2.total_count, by_v1.total_count), (30, 31));
+
+    app.advance(Duration::from_secs(1));
+    app.create_on("acct-a", "d-acct-a-31").await.unwrap();
+    let after_v1 = describe(&app, "acct-a", page(by_v1.next_token))
+        .await
+        .unwrap();
+    assert_eq!(ids(&after_v1), expected[14..21]);
+    assert_eq!(after_v1.total_count, 31, "the v1 page's count, carried on");
+}
+
+/// The token's checksum catches mistakes, not rewrites: a caller who rewrites their own token's
+/// total (and its checksum) is told that total on their own later pages, and nothing else
+/// changes: the same rows, and a new listing counts again.
+async fn a_caller_who_rewrites_their_tokens_total_is_told_that_total(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 30)).await;
+    let expected = thirty_snapshots(&app).await;
+    let page = |next_token: String| pb::DescribeSnapshotsRequest {
+        max_results: 7,
+        next_token,
+        ..Default::default()
+    };
+    let first = describe(&app, "acct-a", page(String::new())).await.unwrap();
+    for total in [0, 12_345, i64::MAX as u64] {
+        let rewritten = describe(&app, "acct-a", page(with_total(&first.next_token, total)))
+            .await
+            .unwrap();
+        let ids: Vec<String> = rewritten
+            .snapshots
+            .into_iter()
+            .map(|s| s.snapshot_id)
+            .collect();
+        assert_eq!(ids, expected[7..14], "{total}");
+        // The wire field is an int32: a larger total is reported as its largest value.
+        assert_eq!(
+            i64::from(rewritten.total_count),
+            i64::try_from(total).unwrap().min(i64::from(i32::MAX)),
+            "{total}"
+        );
+    }
+    let again = describe(&app, "acct-a", page(String::new())).await.unwrap();
+    assert_eq!(again.total_count, 30);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors.
 
@@ -909,11 +1103,15 @@ fn malformed_describe_requests(token: &str) -> Vec<Malformed> {
         ("7631", "7631".to_owned()),
         ("not hex at the start", with_char(0, 'g')),
         ("not hex at the end", with_char(token.len() - 1, 'x')),
-        ("v1 becomes v2", with_char(3, '2')),
+        ("v2 becomes v3", with_char(3, '3')),
         ("the first separator becomes }", with_char(5, 'd')),
         ("truncated", token[..token.len() - 2].to_owned()),
         ("lengthened", format!("{token}00")),
         ("300 characters", "x".repeat(300)),
+        (
+            "carrying a total past any count",
+            with_total(token, u64::MAX),
+        ),
     ] {
         rows.push(row(
             format!("next_token {label}"),
@@ -1059,7 +1257,7 @@ async fn each_malformed_describe_request_is_refused_with_its_reason_and_field(ba
     let token = describe(&app, "acct-a", page("")).await.unwrap().next_token;
     assert!(!token.is_empty());
     let table = malformed_describe_requests(&token);
-    assert_eq!(table.len(), 38, "every case of the table is still there");
+    assert_eq!(table.len(), 39, "every case of the table is still there");
 
     for row in table {
         let status = describe(&app, "acct-a", row.request)

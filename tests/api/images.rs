@@ -289,6 +289,7 @@ async fn each_malformed_image_request_is_refused_naming_its_field(backend: Backe
     let snapshot_token = snapshotd::domain::PageCursor {
         created_at: chrono::Utc::now(),
         snapshot_id: snapshot_id.clone(),
+        total: Some(1),
     }
     .to_token();
     let describe = |request: pb::DescribeImagesRequest| Call::Describe(request);

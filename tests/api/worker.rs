@@ -255,6 +255,115 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
 
 on_both_backends!(the_invariant_checker_reports_each_broken_promise);
 
+on_both_backends!(the_metrics_status_counts_match_the_rows_through_copies_failures_and_deletes);
+
+/// Copies of `d-acct-a-0` and `d-acct-a-1` fail; every other copy is simulated at 256 MiB/s.
+struct FailsTwoDisks(SimulatedBackend);
+
+#[async_trait::async_trait]
+impl SnapshotBackend for FailsTwoDisks {
+    async fn start_copy(&self, snapshot: &Snapshot) -> Result<Duration, BackendError> {
+        self.0.start_copy(snapshot).await
+    }
+
+    async fn copy_state(&self, snapshot: &Snapshot, now: Timestamp) -> CopyState {
+        match snapshot.source_disk_id.as_str() {
+            "d-acct-a-0" | "d-acct-a-1" => CopyState::Failed("bad sector".into()),
+            _ => self.0.copy_state(snapshot, now).await,
+        }
+    }
+
+    async fn cancel_copy(&self, snapshot: &Snapshot) -> Result<(), BackendError> {
+        self.0.cancel_copy(snapshot).await
+    }
+}
+
+/// The `snapshotd_snapshots{status}` gauge's counts (read without the table: partial indexes
+/// and the disks' bookkeeping) against the rows themselves, at each step.
+async fn the_metrics_status_counts_match_the_rows_through_copies_failures_and_deletes(
+    backend: Backend,
+) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            snapshot_backend: Arc::new(FailsTwoDisks(SimulatedBackend::new(256))),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 8)).await;
+    let counted = || async {
+        let mut read = app.store.read().await.expect("a connection");
+        let mut counts = read.count_snapshots_by_status().await.expect("the counts");
+        read.commit().await.expect("ending the read");
+        counts.sort();
+        counts
+    };
+    let stored = || async {
+        let mut counts = Vec::new();
+        for status in ["accomplished", "failed", "progressing"] {
+            let rows = app
+                .count_rows(&format!("snapshots WHERE status = '{status}'"))
+                .await;
+            counts.push((status.to_owned(), rows));
+        }
+        counts
+    };
+    let delete = |snapshot_id: String| {
+        let mut client = app.snapshots();
+        async move {
+            client
+                .delete_snapshot(as_account(
+                    "acct-a",
+                    pb::DeleteSnapshotRequest {
+                        snapshot_id,
+                        force: true,
+                    },
+                ))
+                .await
+                .expect("DeleteSnapshot");
+        }
+    };
+
+    let expected = |accomplished: i64, failed: i64, progressing: i64| {
+        vec![
+            ("accomplished".to_owned(), accomplished),
+            ("failed".to_owned(), failed),
+            ("progressing".to_owned(), progressing),
+        ]
+    };
+    assert_eq!(counted().await, expected(0, 0, 0), "an empty store");
+    let mut first = Vec::new();
+    for n in 0..8 {
+        let created = app.create_on("acct-a", &format!("d-acct-a-{n}")).await;
+        first.push(created.expect("CreateSnapshot").snapshot_id);
+    }
+    assert_eq!(counted().await, expected(0, 0, 8));
+
+    app.advance(Duration::from_secs(3600));
+    let done = app.tick_until_idle().await;
+    assert_eq!((done.accomplished, done.failed), (6, 2));
+    assert_eq!(counted().await, expected(6, 2, 0));
+
+    for n in 2..6 {
+        app.create_on("acct-a", &format!("d-acct-a-{n}"))
+            .await
+            .expect("CreateSnapshot");
+    }
+    // One failed, one accomplished and one progressing snapshot fewer.
+    delete(first[0].clone()).await;
+    delete(first[7].clone()).await;
+    let progressing = app
+        .create_on("acct-a", "d-acct-a-6")
+        .await
+        .expect("CreateSnapshot");
+    delete(progressing.snapshot_id).await;
+    let now = counted().await;
+    assert_eq!(now, expected(5, 1, 4));
+    assert_eq!(now, stored().await, "the rows themselves");
+    app.assert_invariants().await;
+}
+
 /// The checker the race tests rely on can fail: break each promise by hand and see it reported.
 async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
     let app = spawn_app(backend).await;
