@@ -741,10 +741,11 @@ mod tests {
         let cursor = PageCursor {
             created_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
             snapshot_id: "s-0123456789abcdefghij".into(),
+            total: Some(42),
         };
         assert_eq!(
             cursor.to_token(),
-            forged("v1|1780000000|123456000|s-0123456789abcdefghij")
+            forged("v2|1780000000|123456000|s-0123456789abcdefghij|42")
         );
     }
 

@@ -1998,11 +1998,21 @@ mod tests {
             after: Some(PageCursor {
                 created_at: Timestamp::default(),
                 snapshot_id: "s-b".to_owned(),
+                total: None,
             }),
             skip: 20,
             ..first_page.clone()
         };
-        for query in [first_page, filtered] {
+        // A token page carrying its listing's total: the count is a parameter then.
+        let carried = SnapshotQuery {
+            after: Some(PageCursor {
+                created_at: Timestamp::default(),
+                snapshot_id: "s-b".to_owned(),
+                total: Some(7),
+            }),
+            ..first_page.clone()
+        };
+        for query in [first_page, filtered, carried] {
             let sql = describe_snapshots_statement::<Sqlite>(&query).sql;
             let described = pool.describe(&sql).await.expect("the statement prepares");
             let names: Vec<&str> = described.columns().iter().map(Column::name).collect();
