@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::Args;
 use crate::limit::Limit;
-use crate::scenario::{Edge, Outcome, Plan, Scenario};
+use crate::scenario::{Edge, GrpcClient, Outcome, Plan, Scenario};
 use crate::server_stats::ServerStats;
 use crate::sqlite_limit::SqliteLimit;
 use crate::watchers::WatchStats;
@@ -89,6 +89,8 @@ pub struct Report {
     pub target: String,
     pub scenario: Scenario,
     pub edge: Edge,
+    /// `--edge grpc`: the client (`--grpc-client`).
+    pub grpc_client: Option<GrpcClient>,
     pub run_id: String,
     pub concurrency: usize,
     /// gRPC: HTTP/2 connections; HTTP/1.1: at most one per call in flight.
@@ -139,6 +141,7 @@ impl Report {
             target: target.to_owned(),
             scenario: plan.scenario,
             edge: args.edge,
+            grpc_client: (args.edge == Edge::Grpc).then_some(args.grpc_client),
             run_id: plan.naming.run_id.clone(),
             concurrency: args.concurrency,
             connections: match args.edge {
@@ -169,8 +172,16 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario {:?} over {:?} · {} concurrent over {} connections · {:.1} s · {}",
-            self.scenario, self.edge, self.concurrency, self.connections, self.seconds, self.target
+            "scenario {:?} over {:?}{} · {} concurrent over {} connections · {:.1} s · {}",
+            self.scenario,
+            self.edge,
+            self.grpc_client
+                .map(|client| format!(" ({client:?} client)"))
+                .unwrap_or_default(),
+            self.concurrency,
+            self.connections,
+            self.seconds,
+            self.target
         );
         let _ = writeln!(
             out,

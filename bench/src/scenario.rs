@@ -12,7 +12,7 @@ use serde::Serialize;
 use snapshotd::pb;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use tonic::Request;
-use tonic::transport::Channel;
+use crate::direct::GrpcConnection;
 use tonic_types::StatusExt;
 
 use crate::ecs_client::EcsClient;
@@ -70,9 +70,20 @@ pub enum Edge {
     Http,
 }
 
-/// How the workers reach the server: worker `i` takes the `i % len`-th entry.
+/// The gRPC client the scenario's calls go through (`--grpc-client`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcClient {
+    /// tonic's `Channel`.
+    Channel,
+    /// hyper's HTTP/2 `SendRequest`, no `Buffer` task (`crate::direct`).
+    Direct,
+}
+
+/// How the workers reach the server: worker `i` takes the `i % len`-th entry (gRPC: each
+/// connection with its target, the origin of its requests).
 pub enum Clients {
-    Grpc(Vec<Channel>),
+    Grpc(Vec<(GrpcConnection, http::Uri)>),
     Http(Vec<EcsClient>),
 }
 
@@ -153,9 +164,13 @@ pub async fn drive(
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency.max(1) {
         let client = match clients {
-            Clients::Grpc(channels) => Client::Grpc(SnapshotServiceClient::new(
-                channels[worker % channels.len()].clone(),
-            )),
+            Clients::Grpc(connections) => {
+                let (connection, origin) = &connections[worker % connections.len()];
+                Client::Grpc(SnapshotServiceClient::with_origin(
+                    connection.clone(),
+                    origin.clone(),
+                ))
+            }
             Clients::Http(edges) => Client::Http(edges[worker % edges.len()].clone()),
         };
         let shared = Arc::clone(&shared);
@@ -209,7 +224,7 @@ pub async fn drive(
 
 /// One worker's way to the server.
 enum Client {
-    Grpc(SnapshotServiceClient<Channel>),
+    Grpc(SnapshotServiceClient<GrpcConnection>),
     Http(EcsClient),
 }
 
