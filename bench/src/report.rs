@@ -108,6 +108,8 @@ pub struct Report {
     /// Times no disk was free to snapshot: more disks, or a shorter `--revisit-after`, needed.
     pub starved: u64,
     pub server: Option<ServerStats>,
+    /// The bench's own CPU per call (all its threads: the client, its connections' tasks).
+    pub client_cpu_us_per_call: Option<f64>,
     pub limit: Option<Limit>,
     /// SQLite's own limit (`--limit-sqlite-file`).
     pub sqlite_limit: Option<SqliteLimit>,
@@ -137,6 +139,10 @@ impl Report {
             server.cpu_seconds = cpu.as_secs_f64();
             server.cpu_us_per_call = (calls > 0).then(|| cpu.as_secs_f64() * 1e6 / calls as f64);
         }
+        let client_cpu_us_per_call = outcome
+            .client_cpu
+            .filter(|_| calls > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / calls as f64);
         Self {
             target: target.to_owned(),
             scenario: plan.scenario,
@@ -162,6 +168,7 @@ impl Report {
             unexpected,
             starved: outcome.starved,
             server,
+            client_cpu_us_per_call,
             limit: None,
             sqlite_limit: None,
             watch: None,
@@ -215,6 +222,9 @@ impl Report {
                     .cpu_us_per_call
                     .map_or("–".to_owned(), |us| format!("{us:.0}")),
             );
+        }
+        if let Some(us) = self.client_cpu_us_per_call {
+            let _ = writeln!(out, "client      {us:.0} µs CPU per call (this bench)");
         }
         if let Some(watch) = &self.watch {
             let kib = |value: Option<u64>| {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::direct::GrpcConnection;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -12,12 +13,11 @@ use serde::Serialize;
 use snapshotd::pb;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use tonic::Request;
-use crate::direct::GrpcConnection;
 use tonic_types::StatusExt;
 
 use crate::ecs_client::EcsClient;
 use crate::report::Progress;
-use crate::server_stats::Sampler;
+use crate::server_stats::{Sampler, cpu_time};
 use crate::setup::Naming;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -107,6 +107,8 @@ pub struct Outcome {
     pub starved: u64,
     /// Server CPU seconds over the measured part, when its pid was given.
     pub server_cpu: Option<Duration>,
+    /// This process's CPU over the measured part: what the client costs per call.
+    pub client_cpu: Option<Duration>,
 }
 
 /// State the workers share.
@@ -194,9 +196,9 @@ pub async fn drive(
     // deadline, and the workers finish their last call.
     let cpu_at_start = async {
         tokio::time::sleep_until(measure_from.into()).await;
-        sampler.map(Sampler::cpu)
+        (sampler.map(Sampler::cpu), cpu_time(std::process::id()))
     };
-    let ((), cpu_before) = tokio::join!(
+    let ((), (cpu_before, client_cpu_before)) = tokio::join!(
         progress.run(&shared.done, &shared.unexpected, epoch, warmup, duration),
         cpu_at_start
     );
@@ -213,12 +215,16 @@ pub async fn drive(
         (Some(sampler), Some(before)) => Some(sampler.cpu_since(before)),
         _ => None,
     };
+    let client_cpu = client_cpu_before
+        .zip(cpu_time(std::process::id()))
+        .map(|(before, after)| after.saturating_sub(before));
     Outcome {
         elapsed: duration,
         latency: total.latency,
         answers: total.answers,
         starved: total.starved,
         server_cpu,
+        client_cpu,
     }
 }
 

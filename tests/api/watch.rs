@@ -609,11 +609,14 @@ async fn wait_until_the_feed_stops(app: &TestApp) {
 }
 
 /// The first watcher starts the change feed; a change that commits while it starts is never
-/// lost. Each round waits until the feed has stopped (nobody watches), opens a watch while
-/// renames commit back to back, stops them as soon as the watch answers, and the watch must
-/// come to the last name committed: a rename committed after the watch's first read and before
-/// the feed reported changes would leave it on an older one.
+/// lost. Each round waits until the feed has stopped (nobody watches), then opens a watch while
+/// renames commit back to back, and stops the renames at a point that moves through the time a
+/// watch takes to open (from its start to twice the last one's time, over the rounds), so that
+/// the last rename lands before, during and after the feed starts. The watch must come to the
+/// last name committed: a server that read first and started the feed after would leave the
+/// watch on an older name whenever the last rename committed in between.
 async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Backend) {
+    const ROUNDS: u32 = 8;
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 1)).await;
     let id = app
@@ -621,7 +624,8 @@ async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Back
         .await
         .unwrap()
         .snapshot_id;
-    for round in 0..4 {
+    let mut opening = Duration::from_millis(20);
+    for round in 0..ROUNDS {
         wait_until_the_feed_stops(&app).await;
         let stop = Arc::new(AtomicBool::new(false));
         let (first_done, first_renamed) = tokio::sync::oneshot::channel();
@@ -656,8 +660,18 @@ async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Back
             }
         });
         first_renamed.await.expect("a first rename");
+        let stop_after = opening * 2 * round / ROUNDS;
+        let stopper = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                tokio::time::sleep(stop_after).await;
+                stop.store(true, Ordering::Release);
+            }
+        });
+        let started = Instant::now();
         let mut stream = watch(&app, "acct-a", &[&id], "").await;
-        stop.store(true, Ordering::Release);
+        opening = started.elapsed();
+        stopper.await.expect("the stopper");
         let last = renamer.await.expect("the renamer");
         next_where(&mut stream, &format!("the last rename, {last}"), |m| {
             snapshot(m).snapshot_name == last
@@ -678,7 +692,11 @@ async fn the_server_listens_only_while_someone_watches_on_postgres() {
     let first = watch(&app, "acct-a", &[], "d-acct-a-0").await;
     assert_eq!(listening_sessions(&app).await, 1, "one watch");
     let mut second = watch(&app, "acct-a", &[], "d-acct-a-1").await;
-    assert_eq!(listening_sessions(&app).await, 1, "two watches, one session");
+    assert_eq!(
+        listening_sessions(&app).await,
+        1,
+        "two watches, one session"
+    );
 
     drop(first);
     let created = app

@@ -484,17 +484,15 @@ impl Dialect for Postgres {
             loop {
                 let Some(listener) = listening.as_mut() else {
                     match commands.recv().await {
-                        Some(FeedControl::Start(started)) => {
-                            match listen(&direct_url).await {
-                                Ok(listener) => {
-                                    listening = Some(listener);
-                                    let _ = started.send(Ok(()));
-                                }
-                                Err(err) => {
-                                    let _ = started.send(Err(err));
-                                }
+                        Some(FeedControl::Start(started)) => match listen(&direct_url).await {
+                            Ok(listener) => {
+                                listening = Some(listener);
+                                let _ = started.send(Ok(()));
                             }
-                        }
+                            Err(err) => {
+                                let _ = started.send(Err(err));
+                            }
+                        },
                         Some(FeedControl::Stop) => {}
                         None => return,
                     }

@@ -19,8 +19,8 @@ use super::shared::{Dialect, SqlSession, SqlStore};
 use tokio::sync::mpsc;
 
 use super::{
-    BatchRead, ChangeFeed, FEED_BUFFER, FeedControl, FeedEvent, NonceSpend, PoolOptions, Setting, SnapshotChange,
-    StoreError, Transaction,
+    BatchRead, ChangeFeed, FEED_BUFFER, FeedControl, FeedEvent, NonceSpend, PoolOptions, Setting,
+    SnapshotChange, StoreError, Transaction,
 };
 use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
@@ -240,7 +240,10 @@ impl Dialect for Sqlite {
     /// read after every commit of this store's sessions and emptied as it is read, while the
     /// feed is started: one server per file, so its commits are all the changes there are.
     /// Stopped, the log is only emptied, once a [`CHANGE_LOG_SWEEP`], so a commit costs no read.
-    async fn listen_changes(store: &SqliteStore, _direct_url: &str) -> Result<ChangeFeed, StoreError> {
+    async fn listen_changes(
+        store: &SqliteStore,
+        _direct_url: &str,
+    ) -> Result<ChangeFeed, StoreError> {
         let (sender, events) = mpsc::channel(FEED_BUFFER);
         let (control, mut commands) = mpsc::unbounded_channel();
         let pool = store.pool().clone();
