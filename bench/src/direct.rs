@@ -1,8 +1,9 @@
-//! A gRPC connection without tonic's `Channel` (`--grpc-client direct`): the generated client
-//! over one HTTP/2 connection's `SendRequest` (hyper), so a request goes from the calling task
-//! straight to the connection's task. A `Channel` puts a tower `Buffer` in between: its task
-//! takes each request from a queue and hands it on, one more task wake-up per call. What this
-//! saves per call is what the `Channel` costs the measured latency (bench/README.md, issue 19).
+//! How the bench's gRPC calls reach the server (`--grpc-client`): tonic's `Channel`, or the
+//! generated client over one HTTP/2 connection's `SendRequest` (hyper), so that a request goes
+//! from the calling task straight to the connection's task. A `Channel` puts a tower `Buffer` in
+//! between: its task takes each request from a queue and hands it on, one more task wake-up per
+//! call. What this saves per call is what the `Channel` costs the measured latency
+//! (bench/README.md, issue 19).
 
 use std::future::Future;
 use std::pin::Pin;
