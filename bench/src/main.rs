@@ -275,7 +275,12 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             ended: watchers.ended.load(Ordering::Relaxed),
         });
     }
-    if let Some(url) = &args.limit_database_url {
+    // `noop` reaches no database: no limit of its own (bench/README.md, issue 19).
+    if let Some(url) = args
+        .limit_database_url
+        .as_ref()
+        .filter(|_| args.scenario != Scenario::Noop)
+    {
         // The servers' pools would take connections pgbench needs (and CPU): stop them first.
         server_stats::stop(&args.server_pid);
         let clients = args
@@ -308,6 +313,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             }),
             // Its limit is one of its parts' (bench/curve.sh weighs them).
             Scenario::Mixed => None,
+            // No statement: its figure is set beside a create's limit measured on its own.
+            Scenario::Noop => None,
             Scenario::Spread | Scenario::Hot | Scenario::Replay | Scenario::Watch => {
                 Some(sqlite_limit::Statements::Create)
             }

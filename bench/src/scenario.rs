@@ -13,6 +13,8 @@ use serde::Serialize;
 use snapshotd::pb;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use tonic::Request;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::ecs_client::EcsClient;
@@ -36,6 +38,10 @@ pub enum Scenario {
     /// `spread`'s creates while `--watchers` WatchSnapshots streams, one disk each, receive
     /// their changes.
     Watch,
+    /// `grpc.health.v1.Health/Check`: a gRPC round trip that reaches no database, to set what
+    /// the client, the network and the server's gRPC stack cost a call beside the pgbench limit
+    /// (at 1 in flight a create's latency is that plus its transaction). gRPC only.
+    Noop,
 }
 
 impl Scenario {
@@ -168,10 +174,13 @@ pub async fn drive(
         let client = match clients {
             Clients::Grpc(connections) => {
                 let (connection, origin) = &connections[worker % connections.len()];
-                Client::Grpc(SnapshotServiceClient::with_origin(
-                    connection.clone(),
-                    origin.clone(),
-                ))
+                Client::Grpc(Box::new(GrpcClients {
+                    snapshots: SnapshotServiceClient::with_origin(
+                        connection.clone(),
+                        origin.clone(),
+                    ),
+                    health: HealthClient::with_origin(connection.clone(), origin.clone()),
+                }))
             }
             Clients::Http(edges) => Client::Http(edges[worker % edges.len()].clone()),
         };
@@ -228,9 +237,15 @@ pub async fn drive(
     }
 }
 
+/// The SnapshotService, and the health service for `noop`, on one connection.
+struct GrpcClients {
+    snapshots: SnapshotServiceClient<GrpcConnection>,
+    health: HealthClient<GrpcConnection>,
+}
+
 /// One worker's way to the server.
 enum Client {
-    Grpc(SnapshotServiceClient<GrpcConnection>),
+    Grpc(Box<GrpcClients>),
     Http(EcsClient),
 }
 
@@ -285,6 +300,7 @@ impl Worker {
                 Some(self.create(0, Some(token)).await.0)
             }
             Scenario::Describe => Some(self.describe_next_page(0, self.describe_page_size).await),
+            Scenario::Noop => Some(self.health_check().await),
             Scenario::Mixed => {
                 let roll = rand::rng().random_range(0..100);
                 if roll < 70 {
@@ -359,7 +375,8 @@ impl Worker {
         let disk_id = self.naming.disk(disk);
         let client_token = client_token.unwrap_or_default();
         match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,
@@ -390,7 +407,8 @@ impl Worker {
     async fn describe_next_page(&mut self, account: usize, page: i32) -> Answer {
         let next_token = std::mem::take(&mut self.next_token);
         let (answer, next_token) = match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,
@@ -421,6 +439,16 @@ impl Worker {
         answer
     }
 
+    async fn health_check(&mut self) -> Answer {
+        let Client::Grpc(grpc) = &mut self.client else {
+            return "UNIMPLEMENTED noop is gRPC only".to_owned();
+        };
+        match grpc.health.check(HealthCheckRequest::default()).await {
+            Ok(_) => "OK".to_owned(),
+            Err(status) => refusal(&status),
+        }
+    }
+
     async fn describe_first_page(&mut self, account: usize) -> Answer {
         self.next_token.clear();
         let page = i32::try_from(crate::limit::MIXED_DESCRIBE_PAGE).expect("a small page");
@@ -431,7 +459,8 @@ impl Worker {
 
     async fn delete(&mut self, account: usize, snapshot_id: String) -> Answer {
         match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,
