@@ -14,6 +14,7 @@
 //! signed with an access key per account (put through the InventoryService with the rest of
 //! the inventory, which is always set up over gRPC).
 
+mod direct;
 mod limit;
 mod pgbench;
 mod report;
@@ -30,9 +31,10 @@ use clap::Parser;
 use snapshotd_bench::{ecs_client, setup};
 use tonic::transport::Channel;
 
+use crate::direct::{DirectConnection, GrpcConnection};
 use crate::ecs_client::EcsClient;
 use crate::report::Report;
-use crate::scenario::{Clients, Edge, Scenario};
+use crate::scenario::{Clients, Edge, GrpcClient, Scenario};
 use crate::setup::Naming;
 
 /// The most pgbench clients by default (a default PostgreSQL accepts 100 connections).
@@ -69,6 +71,12 @@ struct Args {
     /// in flight holds a connection of its own, kept alive between calls).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// `--edge grpc`: how the scenario's calls reach the server. `channel`: tonic's `Channel`
+    /// (a tower `Buffer` task in front of each connection); `direct`: the generated client over
+    /// the HTTP/2 connection's `SendRequest`, one task hand-off less per call. Same server, same
+    /// calls: the difference is the client's share of each call's latency.
+    #[arg(long, value_enum, default_value_t = GrpcClient::Channel)]
+    grpc_client: GrpcClient,
     /// Accounts to set up (each with one instance).
     #[arg(long, default_value_t = 64)]
     accounts: usize,
@@ -170,7 +178,22 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     ));
     setup::inventory(&channels[0], &args.admin_token, &naming).await?;
     let clients = match args.edge {
-        Edge::Grpc => Clients::Grpc(channels.clone()),
+        Edge::Grpc => {
+            let mut connections = Vec::with_capacity(channels.len());
+            for (connection, channel) in channels.iter().enumerate() {
+                let target: http::Uri = args.target[connection % args.target.len()].parse()?;
+                connections.push((
+                    match args.grpc_client {
+                        GrpcClient::Channel => GrpcConnection::Channel(channel.clone()),
+                        GrpcClient::Direct => {
+                            GrpcConnection::Direct(DirectConnection::connect(&target).await?)
+                        }
+                    },
+                    target,
+                ));
+            }
+            Clients::Grpc(connections)
+        }
         Edge::Http => {
             let keys = setup::access_keys(&channels[0], &args.admin_token, &naming).await?;
             let keys: Arc<[ecs_client::AccessKey]> = keys.into();
@@ -252,7 +275,12 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             ended: watchers.ended.load(Ordering::Relaxed),
         });
     }
-    if let Some(url) = &args.limit_database_url {
+    // `noop` reaches no database: no limit of its own (bench/README.md, issue 19).
+    if let Some(url) = args
+        .limit_database_url
+        .as_ref()
+        .filter(|_| args.scenario != Scenario::Noop)
+    {
         // The servers' pools would take connections pgbench needs (and CPU): stop them first.
         server_stats::stop(&args.server_pid);
         let clients = args
@@ -285,6 +313,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             }),
             // Its limit is one of its parts' (bench/curve.sh weighs them).
             Scenario::Mixed => None,
+            // No statement: its figure is set beside a create's limit measured on its own.
+            Scenario::Noop => None,
             Scenario::Spread | Scenario::Hot | Scenario::Replay | Scenario::Watch => {
                 Some(sqlite_limit::Statements::Create)
             }

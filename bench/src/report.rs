@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::Args;
 use crate::limit::Limit;
-use crate::scenario::{Edge, Outcome, Plan, Scenario};
+use crate::scenario::{Edge, GrpcClient, Outcome, Plan, Scenario};
 use crate::server_stats::ServerStats;
 use crate::sqlite_limit::SqliteLimit;
 use crate::watchers::WatchStats;
@@ -89,6 +89,8 @@ pub struct Report {
     pub target: String,
     pub scenario: Scenario,
     pub edge: Edge,
+    /// `--edge grpc`: the client (`--grpc-client`).
+    pub grpc_client: Option<GrpcClient>,
     pub run_id: String,
     pub concurrency: usize,
     /// gRPC: HTTP/2 connections; HTTP/1.1: at most one per call in flight.
@@ -106,6 +108,8 @@ pub struct Report {
     /// Times no disk was free to snapshot: more disks, or a shorter `--revisit-after`, needed.
     pub starved: u64,
     pub server: Option<ServerStats>,
+    /// The bench's own CPU per call (all its threads: the client, its connections' tasks).
+    pub client_cpu_us_per_call: Option<f64>,
     pub limit: Option<Limit>,
     /// SQLite's own limit (`--limit-sqlite-file`).
     pub sqlite_limit: Option<SqliteLimit>,
@@ -135,10 +139,15 @@ impl Report {
             server.cpu_seconds = cpu.as_secs_f64();
             server.cpu_us_per_call = (calls > 0).then(|| cpu.as_secs_f64() * 1e6 / calls as f64);
         }
+        let client_cpu_us_per_call = outcome
+            .client_cpu
+            .filter(|_| calls > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / calls as f64);
         Self {
             target: target.to_owned(),
             scenario: plan.scenario,
             edge: args.edge,
+            grpc_client: (args.edge == Edge::Grpc).then_some(args.grpc_client),
             run_id: plan.naming.run_id.clone(),
             concurrency: args.concurrency,
             connections: match args.edge {
@@ -159,6 +168,7 @@ impl Report {
             unexpected,
             starved: outcome.starved,
             server,
+            client_cpu_us_per_call,
             limit: None,
             sqlite_limit: None,
             watch: None,
@@ -169,8 +179,16 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario {:?} over {:?} · {} concurrent over {} connections · {:.1} s · {}",
-            self.scenario, self.edge, self.concurrency, self.connections, self.seconds, self.target
+            "scenario {:?} over {:?}{} · {} concurrent over {} connections · {:.1} s · {}",
+            self.scenario,
+            self.edge,
+            self.grpc_client
+                .map(|client| format!(" ({client:?} client)"))
+                .unwrap_or_default(),
+            self.concurrency,
+            self.connections,
+            self.seconds,
+            self.target
         );
         let _ = writeln!(
             out,
@@ -204,6 +222,9 @@ impl Report {
                     .cpu_us_per_call
                     .map_or("–".to_owned(), |us| format!("{us:.0}")),
             );
+        }
+        if let Some(us) = self.client_cpu_us_per_call {
+            let _ = writeln!(out, "client      {us:.0} µs CPU per call (this bench)");
         }
         if let Some(watch) = &self.watch {
             let kib = |value: Option<u64>| {

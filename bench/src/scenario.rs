@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::direct::GrpcConnection;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -12,12 +13,13 @@ use serde::Serialize;
 use snapshotd::pb;
 use snapshotd::pb::snapshot_service_client::SnapshotServiceClient;
 use tonic::Request;
-use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::ecs_client::EcsClient;
 use crate::report::Progress;
-use crate::server_stats::Sampler;
+use crate::server_stats::{Sampler, cpu_time};
 use crate::setup::Naming;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -36,6 +38,10 @@ pub enum Scenario {
     /// `spread`'s creates while `--watchers` WatchSnapshots streams, one disk each, receive
     /// their changes.
     Watch,
+    /// `grpc.health.v1.Health/Check`: a gRPC round trip that reaches no database, to set what
+    /// the client, the network and the server's gRPC stack cost a call beside the pgbench limit
+    /// (at 1 in flight a create's latency is that plus its transaction). gRPC only.
+    Noop,
 }
 
 impl Scenario {
@@ -70,9 +76,20 @@ pub enum Edge {
     Http,
 }
 
-/// How the workers reach the server: worker `i` takes the `i % len`-th entry.
+/// The gRPC client the scenario's calls go through (`--grpc-client`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcClient {
+    /// tonic's `Channel`.
+    Channel,
+    /// hyper's HTTP/2 `SendRequest`, no `Buffer` task (`crate::direct`).
+    Direct,
+}
+
+/// How the workers reach the server: worker `i` takes the `i % len`-th entry (gRPC: each
+/// connection with its target, the origin of its requests).
 pub enum Clients {
-    Grpc(Vec<Channel>),
+    Grpc(Vec<(GrpcConnection, http::Uri)>),
     Http(Vec<EcsClient>),
 }
 
@@ -96,6 +113,8 @@ pub struct Outcome {
     pub starved: u64,
     /// Server CPU seconds over the measured part, when its pid was given.
     pub server_cpu: Option<Duration>,
+    /// This process's CPU over the measured part: what the client costs per call.
+    pub client_cpu: Option<Duration>,
 }
 
 /// State the workers share.
@@ -153,9 +172,16 @@ pub async fn drive(
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency.max(1) {
         let client = match clients {
-            Clients::Grpc(channels) => Client::Grpc(SnapshotServiceClient::new(
-                channels[worker % channels.len()].clone(),
-            )),
+            Clients::Grpc(connections) => {
+                let (connection, origin) = &connections[worker % connections.len()];
+                Client::Grpc(Box::new(GrpcClients {
+                    snapshots: SnapshotServiceClient::with_origin(
+                        connection.clone(),
+                        origin.clone(),
+                    ),
+                    health: HealthClient::with_origin(connection.clone(), origin.clone()),
+                }))
+            }
             Clients::Http(edges) => Client::Http(edges[worker % edges.len()].clone()),
         };
         let shared = Arc::clone(&shared);
@@ -179,9 +205,9 @@ pub async fn drive(
     // deadline, and the workers finish their last call.
     let cpu_at_start = async {
         tokio::time::sleep_until(measure_from.into()).await;
-        sampler.map(Sampler::cpu)
+        (sampler.map(Sampler::cpu), cpu_time(std::process::id()))
     };
-    let ((), cpu_before) = tokio::join!(
+    let ((), (cpu_before, client_cpu_before)) = tokio::join!(
         progress.run(&shared.done, &shared.unexpected, epoch, warmup, duration),
         cpu_at_start
     );
@@ -198,18 +224,28 @@ pub async fn drive(
         (Some(sampler), Some(before)) => Some(sampler.cpu_since(before)),
         _ => None,
     };
+    let client_cpu = client_cpu_before
+        .zip(cpu_time(std::process::id()))
+        .map(|(before, after)| after.saturating_sub(before));
     Outcome {
         elapsed: duration,
         latency: total.latency,
         answers: total.answers,
         starved: total.starved,
         server_cpu,
+        client_cpu,
     }
+}
+
+/// The SnapshotService, and the health service for `noop`, on one connection.
+struct GrpcClients {
+    snapshots: SnapshotServiceClient<GrpcConnection>,
+    health: HealthClient<GrpcConnection>,
 }
 
 /// One worker's way to the server.
 enum Client {
-    Grpc(SnapshotServiceClient<Channel>),
+    Grpc(Box<GrpcClients>),
     Http(EcsClient),
 }
 
@@ -264,6 +300,7 @@ impl Worker {
                 Some(self.create(0, Some(token)).await.0)
             }
             Scenario::Describe => Some(self.describe_next_page(0, self.describe_page_size).await),
+            Scenario::Noop => Some(self.health_check().await),
             Scenario::Mixed => {
                 let roll = rand::rng().random_range(0..100);
                 if roll < 70 {
@@ -338,7 +375,8 @@ impl Worker {
         let disk_id = self.naming.disk(disk);
         let client_token = client_token.unwrap_or_default();
         match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,
@@ -369,7 +407,8 @@ impl Worker {
     async fn describe_next_page(&mut self, account: usize, page: i32) -> Answer {
         let next_token = std::mem::take(&mut self.next_token);
         let (answer, next_token) = match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,
@@ -400,6 +439,16 @@ impl Worker {
         answer
     }
 
+    async fn health_check(&mut self) -> Answer {
+        let Client::Grpc(grpc) = &mut self.client else {
+            return "UNIMPLEMENTED noop is gRPC only".to_owned();
+        };
+        match grpc.health.check(HealthCheckRequest::default()).await {
+            Ok(_) => "OK".to_owned(),
+            Err(status) => refusal(&status),
+        }
+    }
+
     async fn describe_first_page(&mut self, account: usize) -> Answer {
         self.next_token.clear();
         let page = i32::try_from(crate::limit::MIXED_DESCRIBE_PAGE).expect("a small page");
@@ -410,7 +459,8 @@ impl Worker {
 
     async fn delete(&mut self, account: usize, snapshot_id: String) -> Answer {
         match &mut self.client {
-            Client::Grpc(client) => {
+            Client::Grpc(grpc) => {
+                let client = &mut grpc.snapshots;
                 let request = as_account(
                     &self.naming,
                     account,

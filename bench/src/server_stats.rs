@@ -71,7 +71,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// utime + stime from `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let after_name = &stat[stat.rfind(')')? + 2..];

@@ -7,6 +7,12 @@
 //! SQLite's change log of its one process). A watcher is registered before its first read, so
 //! nothing committed in between is lost.
 //!
+//! The feed runs only while someone watches: the first watcher starts it and waits until the
+//! store answers that every change committed from then on will be reported (PostgreSQL: the
+//! `LISTEN` returned) before its first read, so a change committed after the watch started is
+//! either in that read or reported after it. The hub stops the feed at the first tick that
+//! finds no watcher. With nobody watching, a create wakes nothing but its own caller.
+//!
 //! The hub reads a changed snapshot once, however many watch it (only when someone does), and
 //! keeps the last state it sent of each watched snapshot: a change that changes nothing the
 //! caller sees is not sent, and the progress of a running copy is computed from that state and
@@ -30,7 +36,7 @@ use super::{Service, ServiceError, SnapshotView};
 use crate::backend::SnapshotBackend;
 use crate::clock::Clock;
 use crate::domain::{MAX_SNAPSHOT_IDS, PageCursor, SnapshotStatus, WatchQuery};
-use crate::store::{FeedEvent, SnapshotChange, Store};
+use crate::store::{ChangeFeed, FeedControl, FeedEvent, SnapshotChange, Store};
 
 /// Messages one watcher may have waiting; past it the watcher is dropped.
 pub const WATCH_BUFFER: usize = 64;
@@ -163,7 +169,7 @@ impl Watches {
 
 impl Service {
     /// Starts the hub on the store's change feed; watches are refused until it runs.
-    pub fn start_watches(&self, feed: mpsc::Receiver<FeedEvent>, max_per_account: u32) {
+    pub fn start_watches(&self, feed: ChangeFeed, max_per_account: u32) {
         let (registrations, incoming) = mpsc::channel(REGISTRATION_BUFFER);
         let hub = Hub {
             store: Arc::clone(&self.store),
@@ -175,6 +181,8 @@ impl Service {
             by_disk: HashMap::new(),
             known: HashMap::new(),
             resync: false,
+            feed_control: feed.control,
+            following: false,
         };
         let handle = HubHandle {
             registrations,
@@ -182,7 +190,7 @@ impl Service {
             open: Arc::default(),
         };
         if self.watches.hub.set(handle).is_ok() {
-            tokio::spawn(hub.run(feed, incoming, self.watches.ended.clone()));
+            tokio::spawn(hub.run(feed.events, incoming, self.watches.ended.clone()));
         }
     }
 
@@ -257,6 +265,10 @@ struct Hub {
     known: HashMap<String, Arc<SnapshotView>>,
     /// A read after a change failed: everything watched is read again at the next tick.
     resync: bool,
+    /// Starts and stops the store's change feed.
+    feed_control: mpsc::UnboundedSender<FeedControl>,
+    /// Whether the feed was started (and not stopped since).
+    following: bool,
 }
 
 impl Hub {
@@ -271,7 +283,7 @@ impl Hub {
         loop {
             tokio::select! {
                 () = ended.cancelled() => return,
-                Some(registration) = registrations.recv() => self.register(registration).await,
+                Some(registration) = registrations.recv() => self.register(registration, &mut feed).await,
                 event = feed.recv() => {
                     let Some(event) = event else {
                         tracing::error!("the snapshot change feed ended: watches see no more changes");
@@ -301,14 +313,55 @@ impl Hub {
         }
     }
 
+    /// Starts the feed if it is not (nobody watched until now), and waits until it reports
+    /// every change committed from then on. What it reported before is dropped: it concerned
+    /// nobody, as a watcher is added only after this.
+    async fn follow(&mut self, feed: &mut mpsc::Receiver<FeedEvent>) -> Result<(), ServiceError> {
+        if self.following {
+            return Ok(());
+        }
+        let (answer, answered) = oneshot::channel();
+        self.feed_control
+            .send(FeedControl::Start(answer))
+            .map_err(|_| ServiceError::WatchesClosed)?;
+        // The feed may be waiting for room to send what it reported before it saw the start.
+        let answered = async {
+            tokio::pin!(answered);
+            loop {
+                tokio::select! {
+                    answer = &mut answered => return answer,
+                    Some(_) = feed.recv() => {}
+                }
+            }
+        };
+        answered.await.map_err(|_| ServiceError::WatchesClosed)??;
+        self.following = true;
+        Ok(())
+    }
+
+    /// Stops the feed when nobody watches any more.
+    fn unfollow_if_unwatched(&mut self) {
+        if self.following && self.watchers.is_empty() {
+            self.following = false;
+            self.resync = false;
+            self.known.clear();
+            // A feed that is gone has stopped already.
+            let _ = self.feed_control.send(FeedControl::Stop);
+        }
+    }
+
     /// Reads the watch's snapshots, answers them as its first messages, then adds the watcher.
-    async fn register(&mut self, registration: Registration) {
+    async fn register(&mut self, registration: Registration, feed: &mut mpsc::Receiver<FeedEvent>) {
         let Registration {
             query,
             sender,
             overflowed,
             reply,
         } = registration;
+        if let Err(err) = self.follow(feed).await {
+            let _ = reply.send(Err(err));
+            return;
+        }
         let views = match self.read_query(&query).await {
             Ok(views) => views,
             Err(err) => {
@@ -535,6 +588,7 @@ impl Hub {
         for id in hung_up {
             self.remove(id);
         }
+        self.unfollow_if_unwatched();
         self.known.retain(|snapshot_id, view| {
             self.by_snapshot.contains_key(snapshot_id)
                 || self.by_disk.contains_key(&view.snapshot.source_disk_id)

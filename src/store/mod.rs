@@ -150,6 +150,25 @@ pub enum FeedEvent {
 /// How many feed events wait for their reader before the feed waits too.
 pub const FEED_BUFFER: usize = 1024;
 
+/// The change feed of [`Store::listen_changes`]: it reports nothing until started, so a server
+/// nobody watches pays nothing for it (PostgreSQL: no `LISTEN`, so no notification wakes a
+/// session and the server on each commit; SQLite: the log is not read after each commit).
+pub struct ChangeFeed {
+    pub events: tokio::sync::mpsc::Receiver<FeedEvent>,
+    pub control: tokio::sync::mpsc::UnboundedSender<FeedControl>,
+}
+
+/// What the reader of a [`ChangeFeed`] asks of it.
+#[derive(Debug)]
+pub enum FeedControl {
+    /// Report changes; answered once every change committed after the answer is sure to be
+    /// reported (PostgreSQL: the `LISTEN` has returned). Changes committed before it may or may
+    /// not be: whoever starts the feed reads what it follows after the answer.
+    Start(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    /// Report nothing more (nobody follows the feed).
+    Stop,
+}
+
 /// A connection pool's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -285,14 +304,11 @@ pub trait Store: Send + Sync + 'static {
     /// The connection pool's state now (for the metrics).
     fn pool_stats(&self) -> PoolStats;
 
-    /// Every committed change to a snapshot row from now on, until the receiver is dropped.
-    /// PostgreSQL: LISTEN on `direct_url`, a session of its own (a transaction pooler would
-    /// not deliver notifications), so every replica's changes arrive; SQLite: the one process's
-    /// own commits, read from the change log after each.
-    async fn listen_changes(
-        &self,
-        direct_url: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError>;
+    /// Every committed change to a snapshot row while the feed is started ([`FeedControl`]),
+    /// until its receiver is dropped. PostgreSQL: LISTEN on `direct_url`, a session of its own
+    /// (a transaction pooler would not deliver notifications), so every replica's changes
+    /// arrive; SQLite: the one process's own commits, read from the change log after each.
+    async fn listen_changes(&self, direct_url: &str) -> Result<ChangeFeed, StoreError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -24,7 +24,7 @@ use super::rows::{
     into_described_page, into_image_page, join_lock_reasons,
 };
 use super::{
-    BatchRead, FeedEvent, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError,
+    BatchRead, ChangeFeed, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError,
     Transaction, Violation, WorkQueue,
 };
 use crate::domain::{
@@ -113,7 +113,7 @@ pub trait Dialect: Database + Sized {
     fn listen_changes(
         store: &SqlStore<Self>,
         direct_url: &str,
-    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<ChangeFeed, StoreError>> + Send;
 }
 
 /// A store on one database: its pool, and for SQLite the lock that keeps other processes off
@@ -281,10 +281,7 @@ where
         Ok(Box::new(session))
     }
 
-    async fn listen_changes(
-        &self,
-        direct_url: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<FeedEvent>, StoreError> {
+    async fn listen_changes(&self, direct_url: &str) -> Result<ChangeFeed, StoreError> {
         DB::listen_changes(self, direct_url).await
     }
 

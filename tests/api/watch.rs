@@ -2,8 +2,11 @@
 //! current state first, then each change (attributes, tags, progress without a write, status,
 //! deletion); a disk's new snapshots; only the caller's account; the request checked as
 //! DescribeSnapshots checks it; the per-account limit; a watcher that does not read; shutdown;
-//! and a change made on one PostgreSQL replica seen by a watcher on another.
+//! a change made on one PostgreSQL replica seen by a watcher on another; the change feed
+//! running only while someone watches, and no change lost while the first watcher starts it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use snapshotd::pb;
@@ -27,6 +30,7 @@ on_both_backends!(
     past_the_per_account_limit_a_watch_is_refused_with_quota_failure,
     a_watcher_that_does_not_read_is_ended_resource_exhausted,
     shutdown_ends_open_watches_unavailable,
+    a_watch_opened_while_changes_commit_sees_the_last_of_them,
 );
 
 type Watch = Streaming<pb::WatchSnapshotsResponse>;
@@ -574,4 +578,136 @@ async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on
 
     let renamed = next(&mut stream, "the change made while the listener was away").await;
     assert_eq!(snapshot(&renamed).snapshot_name, "while-away");
+}
+
+/// The server's sessions that LISTEN for changes (PostgreSQL).
+async fn listening_sessions(app: &TestApp) -> i64 {
+    use sqlx::Connection;
+    let mut test = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut test)
+    .await
+    .unwrap()
+}
+
+/// Waits until the server has stopped its change feed (nobody watches): PostgreSQL, until no
+/// session of it LISTENs; SQLite shows nothing outside, so two of the hub's ticks.
+async fn wait_until_the_feed_stops(app: &TestApp) {
+    match app.backend {
+        Backend::Postgres => {
+            let deadline = Instant::now() + PATIENCE;
+            while listening_sessions(app).await > 0 {
+                assert!(Instant::now() < deadline, "a session still LISTENs");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Backend::Sqlite => tokio::time::sleep(2 * snapshotd::service::PROGRESS_EVERY).await,
+    }
+}
+
+/// The first watcher starts the change feed; a change that commits while it starts is never
+/// lost. Each round waits until the feed has stopped (nobody watches), then opens a watch while
+/// renames commit back to back, and stops the renames at a point that moves through the time a
+/// watch takes to open (from its start to twice the last one's time, over the rounds), so that
+/// the last rename lands before, during and after the feed starts. The watch must come to the
+/// last name committed: a server that read first and started the feed after would leave the
+/// watch on an older name whenever the last rename committed in between.
+async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Backend) {
+    const ROUNDS: u32 = 8;
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let mut opening = Duration::from_millis(20);
+    for round in 0..ROUNDS {
+        wait_until_the_feed_stops(&app).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (first_done, first_renamed) = tokio::sync::oneshot::channel();
+        let renamer = tokio::spawn({
+            let mut client = app.snapshots();
+            let (stop, id) = (Arc::clone(&stop), id.clone());
+            async move {
+                let mut first_done = Some(first_done);
+                let mut last = String::new();
+                for rename in 0.. {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let name = format!("round-{round}-{rename}");
+                    client
+                        .modify_snapshot_attribute(as_account(
+                            "acct-a",
+                            pb::ModifySnapshotAttributeRequest {
+                                snapshot_id: id.clone(),
+                                snapshot_name: Some(name.clone()),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .expect("ModifySnapshotAttribute");
+                    last = name;
+                    if let Some(done) = first_done.take() {
+                        let _ = done.send(());
+                    }
+                }
+                last
+            }
+        });
+        first_renamed.await.expect("a first rename");
+        let stop_after = opening * 2 * round / ROUNDS;
+        let stopper = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                tokio::time::sleep(stop_after).await;
+                stop.store(true, Ordering::Release);
+            }
+        });
+        let started = Instant::now();
+        let mut stream = watch(&app, "acct-a", &[&id], "").await;
+        opening = started.elapsed();
+        stopper.await.expect("the stopper");
+        let last = renamer.await.expect("the renamer");
+        next_where(&mut stream, &format!("the last rename, {last}"), |m| {
+            snapshot(m).snapshot_name == last
+        })
+        .await;
+    }
+}
+
+/// With nobody watching no session LISTENs, so a commit wakes no listener; the first watch
+/// opens one, a second shares it, and it closes once the last watch has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_listens_only_while_someone_watches_on_postgres() {
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 2)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    assert_eq!(listening_sessions(&app).await, 0, "nobody watches yet");
+
+    let first = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+    assert_eq!(listening_sessions(&app).await, 1, "one watch");
+    let mut second = watch(&app, "acct-a", &[], "d-acct-a-1").await;
+    assert_eq!(
+        listening_sessions(&app).await,
+        1,
+        "two watches, one session"
+    );
+
+    drop(first);
+    let created = app
+        .create_on("acct-a", "d-acct-a-1")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let message = next(&mut second, "the second watch goes on").await;
+    assert_eq!(snapshot(&message).snapshot_id, created);
+    assert_eq!(listening_sessions(&app).await, 1, "one watch left");
+
+    drop(second);
+    wait_until_the_feed_stops(&app).await;
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{FromRow, PgConnection, Postgres, Row};
+use sqlx::{Connection, FromRow, PgConnection, Postgres, Row};
 
 use super::fence::Fence;
 use super::pooler::SessionConnection;
@@ -34,7 +34,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
 use super::{
-    BatchRead, FEED_BUFFER, FeedEvent, NonceSpend, PoolOptions, Setting, SnapshotChange, StoreError,
+    BatchRead, ChangeFeed, FEED_BUFFER, FeedControl, FeedEvent, NonceSpend, PoolOptions, Setting,
+    SnapshotChange, StoreError,
 };
 use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
@@ -476,19 +477,50 @@ impl Dialect for Postgres {
             .collect())
     }
     /// LISTEN on a session of its own over `direct_url` (the trigger of migration 0005
-    /// notifies each committed change to a snapshot row, whichever replica wrote it).
-    async fn listen_changes(
-        _store: &PgStore,
-        direct_url: &str,
-    ) -> Result<mpsc::Receiver<FeedEvent>, StoreError> {
-        let mut listener = PgListener::connect(direct_url).await?;
-        listener.listen(CHANGES_CHANNEL).await?;
-        let (sender, receiver) = mpsc::channel(FEED_BUFFER);
+    /// notifies each committed change to a snapshot row, whichever replica wrote it), only
+    /// while the feed is started: the session is opened and LISTENs at each start and is
+    /// closed at each stop, so with nobody watching no notification wakes it or this server.
+    async fn listen_changes(_store: &PgStore, direct_url: &str) -> Result<ChangeFeed, StoreError> {
+        // The URL is checked now, so that a bad one stops the server at startup.
+        PgConnection::connect(direct_url).await?.close().await?;
+        let (sender, events) = mpsc::channel(FEED_BUFFER);
+        let (control, mut commands) = mpsc::unbounded_channel();
+        let direct_url = direct_url.to_owned();
         tokio::spawn(async move {
+            let mut listening: Option<PgListener> = None;
             loop {
+                let Some(listener) = listening.as_mut() else {
+                    match commands.recv().await {
+                        Some(FeedControl::Start(started)) => match listen(&direct_url).await {
+                            Ok(listener) => {
+                                listening = Some(listener);
+                                let _ = started.send(Ok(()));
+                            }
+                            Err(err) => {
+                                let _ = started.send(Err(err));
+                            }
+                        },
+                        Some(FeedControl::Stop) => {}
+                        None => return,
+                    }
+                    continue;
+                };
                 let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    () = sender.closed() => return,
+                    command = commands.recv() => Err(command),
+                    received = listener.try_recv() => Ok(received),
+                };
+                let received = match received {
+                    Ok(received) => received,
+                    Err(Some(FeedControl::Start(started))) => {
+                        let _ = started.send(Ok(()));
+                        continue;
+                    }
+                    // Dropping the listener closes its session.
+                    Err(Some(FeedControl::Stop)) => {
+                        listening = None;
+                        continue;
+                    }
+                    Err(None) => return,
                 };
                 let event = match received {
                     Ok(Some(notification)) => match parse_change(notification.payload()) {
@@ -504,7 +536,7 @@ impl Dialect for Postgres {
                     // Notifications sent while the session was down are lost: once it is
                     // back, whoever follows the feed reads again.
                     Ok(None) | Err(_) => {
-                        if !relisten(&mut listener, &sender).await {
+                        if !relisten(listener, &sender).await {
                             return;
                         }
                         FeedEvent::Resumed
@@ -515,8 +547,16 @@ impl Dialect for Postgres {
                 }
             }
         });
-        Ok(receiver)
+        Ok(ChangeFeed { events, control })
     }
+}
+
+/// A session of its own that LISTENs to the change channel; once this returns, every change
+/// committed afterwards is notified to it.
+async fn listen(direct_url: &str) -> Result<PgListener, StoreError> {
+    let mut listener = PgListener::connect(direct_url).await?;
+    listener.listen(CHANGES_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// The channel the trigger of migration 0005 notifies.

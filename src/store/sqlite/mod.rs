@@ -19,8 +19,8 @@ use super::shared::{Dialect, SqlSession, SqlStore};
 use tokio::sync::mpsc;
 
 use super::{
-    BatchRead, FEED_BUFFER, FeedEvent, NonceSpend, PoolOptions, Setting, SnapshotChange,
-    StoreError, Transaction,
+    BatchRead, ChangeFeed, FEED_BUFFER, FeedControl, FeedEvent, NonceSpend, PoolOptions, Setting,
+    SnapshotChange, StoreError, Transaction,
 };
 use crate::domain::{AccessKey, CreateSnapshotCommand, Snapshot, Timestamp};
 
@@ -246,22 +246,56 @@ impl Dialect for Sqlite {
         Ok(outcomes)
     }
     /// The change log (`snapshot_changes`, written by triggers in each write's transaction),
-    /// read after every commit of this store's sessions and emptied as it is read: one server
-    /// per file, so its commits are all the changes there are.
+    /// read after every commit of this store's sessions and emptied as it is read, while the
+    /// feed is started: one server per file, so its commits are all the changes there are.
+    /// Stopped, the log is only emptied, once a [`CHANGE_LOG_SWEEP`], so a commit costs no read.
     async fn listen_changes(
         store: &SqliteStore,
         _direct_url: &str,
-    ) -> Result<mpsc::Receiver<FeedEvent>, StoreError> {
-        let (sender, receiver) = mpsc::channel(FEED_BUFFER);
+    ) -> Result<ChangeFeed, StoreError> {
+        let (sender, events) = mpsc::channel(FEED_BUFFER);
+        let (control, mut commands) = mpsc::unbounded_channel();
         let pool = store.pool().clone();
         let committed = store.committed();
         tokio::spawn(async move {
+            let mut started = false;
             loop {
+                if !started {
+                    tokio::select! {
+                        command = commands.recv() => match command {
+                            // The triggers log every change: whatever commits after this
+                            // answer is read at the next commit. What is in the log now is
+                            // older than the starter's own reads.
+                            Some(FeedControl::Start(answer)) => {
+                                started = true;
+                                let _ = answer.send(Ok(()));
+                            }
+                            Some(FeedControl::Stop) => {}
+                            None => return,
+                        },
+                        () = tokio::time::sleep(CHANGE_LOG_SWEEP) => {
+                            if let Err(err) = sqlx::query("DELETE FROM snapshot_changes").execute(&pool).await {
+                                tracing::warn!(error = %err, "emptying the snapshot change log failed");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 tokio::select! {
                     () = committed.notified() => {}
                     // A safety net for a write that commits outside a session of the store.
                     () = tokio::time::sleep(CHANGE_LOG_SWEEP) => {}
-                    () = sender.closed() => return,
+                    command = commands.recv() => match command {
+                        Some(FeedControl::Start(answer)) => {
+                            let _ = answer.send(Ok(()));
+                            continue;
+                        }
+                        Some(FeedControl::Stop) => {
+                            started = false;
+                            continue;
+                        }
+                        None => return,
+                    },
                 }
                 loop {
                     match read_change_log(&pool).await {
@@ -280,7 +314,7 @@ impl Dialect for Sqlite {
                 }
             }
         });
-        Ok(receiver)
+        Ok(ChangeFeed { events, control })
     }
 }
 
