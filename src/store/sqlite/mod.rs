@@ -101,9 +101,12 @@ impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
     /// One writer at a time; batching still pays, with one commit for many calls.
     const CREATE_LANES: usize = 1;
-    /// Its ping on release is no round trip but a hop to the connection's thread and back, and
-    /// a task: paid by every read. Two of the pool's (at most) four are kept.
-    const KEEP_CONNECTIONS: usize = 2;
+    /// None: its ping on release is only a hop to the connection's thread and back, and keeping
+    /// one or two (of the pool's at most four) starved the worker under 64 creates in flight: the
+    /// create lane, no longer pausing for the ping, took SQLite's write lock again before the
+    /// worker's busy handler woke, copies were recorded seconds late, and `spread` made 0.7–0.8
+    /// of the calls/s (bench/README.md, "SQLite: kept connections and the worker").
+    const KEEP_CONNECTIONS: usize = 0;
     // `BEGIN IMMEDIATE` already holds the whole database for the transaction.
     const LOCK_DISK: &'static str = "";
     const LOCK_ROWS: &'static str = "";
