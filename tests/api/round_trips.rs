@@ -403,45 +403,54 @@ async fn tag_calls_are_a_few_statements_however_many_snapshots_and_tags() {
         ("one snapshot, one tag", 1, 1),
         ("50 snapshots, 20 tags", 50, 20),
     ] {
-        // The readiness check's round trips come on another connection, but it may take the
-        // kept one: a call is tried until a window shows only its own.
-        let mut windows = Vec::new();
-        for _ in 0..5 {
-            untag(&ids, tags(20).into_iter().map(|tag| tag.key).collect()).await;
+        let all_tags = || tags(20).into_iter().map(|tag| tag.key).collect();
+        let keys = || tags(tag_count).into_iter().map(|tag| tag.key).collect();
+        let tagging = windows_until(&proxy, &expected, || async {
+            untag(&ids, all_tags()).await;
             proxy.take();
             tag(&ids[..count], tags(tag_count)).await;
-            let window = proxy.transactions_after(Duration::from_millis(100)).await;
-            let exact = window == expected;
-            windows.push(window);
-            if exact {
-                break;
-            }
-        }
+        })
+        .await;
         assert_eq!(
-            windows.last().map(Vec::as_slice),
+            tagging.last().map(Vec::as_slice),
             Some(expected.map(str::to_owned).as_slice()),
-            "TagResources, {what}: {windows:?}"
+            "TagResources, {what}: {tagging:?}"
         );
-        let mut windows = Vec::new();
-        for _ in 0..5 {
+        let untagging = windows_until(&proxy, &expected, || async {
             tag(&ids[..count], tags(tag_count)).await;
             proxy.take();
-            untag(
-                &ids[..count],
-                tags(tag_count).into_iter().map(|tag| tag.key).collect(),
-            )
-            .await;
-            let window = proxy.transactions_after(Duration::from_millis(100)).await;
-            let exact = window == expected;
-            windows.push(window);
-            if exact {
-                break;
-            }
-        }
+            untag(&ids[..count], keys()).await;
+        })
+        .await;
         assert_eq!(
-            windows.last().map(Vec::as_slice),
+            untagging.last().map(Vec::as_slice),
             Some(expected.map(str::to_owned).as_slice()),
-            "UntagResources, {what}: {windows:?}"
+            "UntagResources, {what}: {untagging:?}"
         );
     }
+}
+
+/// The transactions' round trips after each run of `call` (which takes the proxy's record
+/// before its own call), until one shows exactly `expected` or five were seen: the readiness
+/// check's round trips come on another connection, but it may take the kept one.
+async fn windows_until<F, Fut>(
+    proxy: &CountingProxy,
+    expected: &[&str],
+    mut call: F,
+) -> Vec<Vec<String>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut windows = Vec::new();
+    for _ in 0..5 {
+        call().await;
+        let window = proxy.transactions_after(Duration::from_millis(100)).await;
+        let exact = window == expected;
+        windows.push(window);
+        if exact {
+            break;
+        }
+    }
+    windows
 }

@@ -1384,16 +1384,20 @@ fn mutated_valid_requests_sent_to_every_rpc_get_a_proper_status() {
 }
 
 /// Every field of a well-formed message holds something odd (boundary lengths, reserved
-/// prefixes, control characters, any Unicode, out-of-range numbers and timestamps). The store
-/// sees these values, so this runs on both backends.
+/// prefixes, control characters, any Unicode, out-of-range numbers and timestamps), `cases`
+/// times, the server's clock at `clock`. The store sees these values, so this runs on both
+/// backends.
 fn well_formed_requests_get_a_proper_status(
     backend: Backend,
+    clock: Clock,
+    cases: u32,
     requests: impl Strategy<Value = (Rpc, Vec<u8>)>,
 ) {
     let strategy = (proptest::collection::vec(requests, 1..4), identity());
-    fuzz(
+    fuzz_from(
         backend,
-        192,
+        clock,
+        cases,
         strategy,
         |client, (requests, identity)| async move {
             for (rpc, body) in requests {
@@ -1406,43 +1410,45 @@ fn well_formed_requests_get_a_proper_status(
 
 #[test]
 fn well_formed_requests_with_odd_field_values_get_a_proper_status_sqlite() {
-    well_formed_requests_get_a_proper_status(Backend::Sqlite, well_formed_request());
+    well_formed_requests_get_a_proper_status(
+        Backend::Sqlite,
+        Clock::Now,
+        192,
+        well_formed_request(),
+    );
 }
 
 #[test]
 fn well_formed_requests_with_odd_field_values_get_a_proper_status_postgres() {
-    well_formed_requests_get_a_proper_status(Backend::Postgres, well_formed_request());
+    well_formed_requests_get_a_proper_status(
+        Backend::Postgres,
+        Clock::Now,
+        192,
+        well_formed_request(),
+    );
 }
 
-/// The same, a day before the last instant the service stores: a snapshot's copy, retention
-/// and release, an image's creation and every time it answers lie past it or just before it.
-fn well_formed_requests_at_the_end_of_time_get_a_proper_status(backend: Backend) {
-    let strategy = (
-        proptest::collection::vec(well_formed_request(), 1..4),
-        identity(),
-    );
-    fuzz_from(
-        backend,
-        Clock::AtTheEndOfTime,
-        96,
-        strategy,
-        |client, (requests, identity)| async move {
-            for (rpc, body) in requests {
-                client.send(rpc, body, identity).await?;
-            }
-            Ok(())
-        },
-    );
-}
+// The same, a day before the last instant the service stores: a snapshot's copy, retention and
+// release, an image's creation and every time it answers lie past it or just before it.
 
 #[test]
 fn well_formed_requests_at_the_end_of_time_get_a_proper_status_sqlite() {
-    well_formed_requests_at_the_end_of_time_get_a_proper_status(Backend::Sqlite);
+    well_formed_requests_get_a_proper_status(
+        Backend::Sqlite,
+        Clock::AtTheEndOfTime,
+        96,
+        well_formed_request(),
+    );
 }
 
 #[test]
 fn well_formed_requests_at_the_end_of_time_get_a_proper_status_postgres() {
-    well_formed_requests_at_the_end_of_time_get_a_proper_status(Backend::Postgres);
+    well_formed_requests_get_a_proper_status(
+        Backend::Postgres,
+        Clock::AtTheEndOfTime,
+        96,
+        well_formed_request(),
+    );
 }
 
 /// Requests that pass every validator and carry a NUL character (U+0000) in a free-text field,
