@@ -29,8 +29,8 @@ use super::{
 };
 use crate::domain::{
     AccessKey, Account, CreateImageCommand, CreateSnapshotCommand, Disk, DiskSteering, ImageCursor,
-    ImagePage, ImageQuery, Instance, PageCursor, Snapshot, SnapshotPage, SnapshotQuery,
-    SnapshotStatus, Tag, TagCursor, TagKeys, TagPage, TagQuery, TagResource, Timestamp,
+    ImagePage, ImageQuery, Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotStatus, Tag,
+    TagCursor, TagKeys, TagPage, TagQuery, TagResource, Timestamp,
 };
 use crate::engine::TokenBinding;
 
@@ -1083,23 +1083,20 @@ where
                 .to_owned(),
             query,
         );
-        if let Some(ImageCursor {
-            created_at,
-            image_id,
-        }) = &query.after
-        {
-            let at = statement.param(Param::Time(*created_at));
-            let id = statement.param(Param::Text(image_id.clone()));
-            statement.push(&format!(
-                " AND (i.created_at < {at} OR (i.created_at = {at} AND i.image_id < {id}))"
-            ));
-        }
-        statement.push(" ORDER BY i.created_at DESC, i.image_id DESC LIMIT ");
-        statement.push_param(Param::Int(i64::from(query.limit) + 1));
-        if query.skip > 0 {
-            statement.push(" OFFSET ");
-            statement.push_param(Param::Int(i64::from(query.skip)));
-        }
+        let after = query.after.as_ref().map(
+            |ImageCursor {
+                 created_at,
+                 image_id,
+             }| (*created_at, image_id.as_str()),
+        );
+        push_newest_first_page(
+            &mut statement,
+            "i.created_at",
+            "i.image_id",
+            after,
+            query.limit,
+            query.skip,
+        );
         let rows: Vec<ImageRow> = statement.fetch_all(self.connection()).await?;
         let (images, next) = into_image_page(rows, query.limit)?;
         // A first page with nothing after it holds every match: no count to ask for.
@@ -1555,27 +1552,18 @@ pub fn describe_snapshots_statement<DB: Dialect>(query: &SnapshotQuery) -> State
     push_snapshot_filters::<DB>(&mut statement, query);
     // The count reads the same filters, with the same parameters.
     let filters = statement.sql[filters_at..].to_owned();
-    if let Some(PageCursor {
-        created_at,
-        snapshot_id,
-        total: _,
-    }) = &query.after
-    {
-        let at = statement.param(Param::Time(*created_at));
-        let id = statement.param(Param::Text(snapshot_id.clone()));
-        // A row comparison, which the account's index seeks to: a deep page costs what the
-        // first does (written as `<` OR `=` AND `<`, the index scan began at the account's
-        // newest snapshot and filtered every row before the cursor).
-        statement.push(&format!(
-            " AND (s.created_at, s.snapshot_id) < ({at}, {id})"
-        ));
-    }
-    statement.push("\n    ORDER BY s.created_at DESC, s.snapshot_id DESC LIMIT ");
-    statement.push_param(Param::Int(i64::from(query.limit) + 1));
-    if query.skip > 0 {
-        statement.push(" OFFSET ");
-        statement.push_param(Param::Int(i64::from(query.skip)));
-    }
+    let after = query
+        .after
+        .as_ref()
+        .map(|cursor| (cursor.created_at, cursor.snapshot_id.as_str()));
+    push_newest_first_page(
+        &mut statement,
+        "s.created_at",
+        "s.snapshot_id",
+        after,
+        query.limit,
+        query.skip,
+    );
     let total = match carried_total(query) {
         Some(total) => statement.param(Param::Int(total)),
         None => format!("(SELECT count(*) FROM snapshots s{filters})"),
@@ -1666,6 +1654,32 @@ fn matching_images(select: String, query: &ImageQuery) -> Statement {
         statement.push_param(Param::Text(snapshot_id.clone()));
     }
     statement
+}
+
+/// Appends a page of rows newest first, keyed on `(created, id)`: the rows after the cursor
+/// `after`, one more than `limit` (it tells whether another page follows), `skip` rows in.
+/// The cursor is a row comparison, which an index on `(…, created, id)` seeks to: a deep page
+/// costs what the first does (written as `<` OR `=` AND `<`, the scan began at the newest row
+/// and filtered every row before the cursor).
+fn push_newest_first_page(
+    statement: &mut Statement,
+    created: &str,
+    id: &str,
+    after: Option<(Timestamp, &str)>,
+    limit: u32,
+    skip: u32,
+) {
+    if let Some((created_at, last_id)) = after {
+        let at = statement.param(Param::Time(created_at));
+        let last = statement.param(Param::Text(last_id.to_owned()));
+        statement.push(&format!(" AND ({created}, {id}) < ({at}, {last})"));
+    }
+    statement.push(&format!("\n    ORDER BY {created} DESC, {id} DESC LIMIT "));
+    statement.push_param(Param::Int(i64::from(limit) + 1));
+    if skip > 0 {
+        statement.push(" OFFSET ");
+        statement.push_param(Param::Int(i64::from(skip)));
+    }
 }
 
 /// `$first, …` for `count` placeholders.
@@ -1934,6 +1948,7 @@ const INVARIANTS: &[Invariant] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::PageCursor;
 
     #[test]
     fn a_built_statement_numbers_its_placeholders_in_binding_order() {
