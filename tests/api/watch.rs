@@ -533,9 +533,8 @@ async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on
         .fetch_one(&mut test)
         .await
         .unwrap();
-    let listener = "SELECT pid FROM pg_stat_activity
-                    WHERE datname = current_database() AND query LIKE 'LISTEN%'";
-    let pid: i32 = sqlx::query_scalar(listener)
+    let pid: i32 = sqlx::query_scalar(LISTENER_PID)
+        .bind(snapshotd::store::postgres::LISTENER_APPLICATION_NAME)
         .fetch_one(&mut test)
         .await
         .expect("the server's change listener");
@@ -580,17 +579,29 @@ async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on
     assert_eq!(snapshot(&renamed).snapshot_name, "while-away");
 }
 
-/// The server's sessions that LISTEN for changes (PostgreSQL).
-async fn listening_sessions(app: &TestApp) -> i64 {
+/// The pid of the server's session that LISTENs for changes (PostgreSQL).
+const LISTENER_PID: &str = "SELECT pid FROM pg_stat_activity
+                            WHERE datname = current_database() AND application_name = $1";
+
+/// The server's sessions that LISTEN for changes, and how many are registered for the trigger
+/// to notify (PostgreSQL): `(sessions, registered)`.
+async fn listeners(app: &TestApp) -> (i64, i64) {
     use sqlx::Connection;
     let mut test = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1),
+                (SELECT count(*) FROM snapshot_change_listeners)",
     )
+    .bind(snapshotd::store::postgres::LISTENER_APPLICATION_NAME)
     .fetch_one(&mut test)
     .await
     .unwrap()
+}
+
+/// The server's sessions that LISTEN for changes (PostgreSQL).
+async fn listening_sessions(app: &TestApp) -> i64 {
+    listeners(app).await.0
 }
 
 /// Waits until the server has stopped its change feed (nobody watches): PostgreSQL, until no
@@ -680,23 +691,20 @@ async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Back
     }
 }
 
-/// With nobody watching no session LISTENs, so a commit wakes no listener; the first watch
-/// opens one, a second shares it, and it closes once the last watch has gone.
+/// With nobody watching no session LISTENs or is registered, so a commit wakes no listener;
+/// the first watch opens and registers one, a second shares it, and it is unregistered and
+/// closed once the last watch has gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_server_listens_only_while_someone_watches_on_postgres() {
     let app = spawn_app(Backend::Postgres).await;
     app.seed(&world("acct-a", 2)).await;
     app.create_on("acct-a", "d-acct-a-0").await.unwrap();
-    assert_eq!(listening_sessions(&app).await, 0, "nobody watches yet");
+    assert_eq!(listeners(&app).await, (0, 0), "nobody watches yet");
 
     let first = watch(&app, "acct-a", &[], "d-acct-a-0").await;
-    assert_eq!(listening_sessions(&app).await, 1, "one watch");
+    assert_eq!(listeners(&app).await, (1, 1), "one watch");
     let mut second = watch(&app, "acct-a", &[], "d-acct-a-1").await;
-    assert_eq!(
-        listening_sessions(&app).await,
-        1,
-        "two watches, one session"
-    );
+    assert_eq!(listeners(&app).await, (1, 1), "two watches, one session");
 
     drop(first);
     let created = app
@@ -710,4 +718,119 @@ async fn the_server_listens_only_while_someone_watches_on_postgres() {
 
     drop(second);
     wait_until_the_feed_stops(&app).await;
+    assert_eq!(listeners(&app).await, (0, 0), "the last watch has gone");
+}
+
+/// The trigger notifies only while some replica's feed is registered (PostgreSQL serializes
+/// notifying commits cluster-wide, listener or not): a session of the test that LISTENs without
+/// registering hears nothing of a commit while nobody watches, and hears each one while a
+/// watch is open. A row left by a session that is gone is deleted when a feed starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trigger_notifies_only_while_a_feed_is_registered_on_postgres() {
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 3)).await;
+    let mut eavesdropper = sqlx::postgres::PgListener::connect(&app.db.url)
+        .await
+        .unwrap();
+    eavesdropper.listen("snapshot_changes").await.unwrap();
+
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    // A notification committed before the one below would arrive first.
+    let marker = "SELECT pg_notify('snapshot_changes', 'marker')";
+    let mut test = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&app.db.url).await.unwrap()
+    };
+    sqlx::query(marker).execute(&mut test).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, eavesdropper.recv())
+        .await
+        .expect("the marker notification")
+        .unwrap();
+    assert_eq!(
+        first.payload(),
+        "marker",
+        "a commit notified with nobody watching"
+    );
+
+    // A replica that died left its row (a pid no session has): the next start deletes it.
+    sqlx::query("INSERT INTO snapshot_change_listeners (pid) VALUES (-1)")
+        .execute(&mut test)
+        .await
+        .unwrap();
+    let _watching = watch(&app, "acct-a", &[], "d-acct-a-1").await;
+    assert_eq!(listeners(&app).await, (1, 1), "the stale row is gone");
+    let created = app
+        .create_on("acct-a", "d-acct-a-1")
+        .await
+        .unwrap()
+        .snapshot_id;
+    // (The first snapshot's copy may finish and notify first.)
+    let expected = format!("{created} d-acct-a-1 acct-a");
+    tokio::time::timeout(PATIENCE, async {
+        while eavesdropper.recv().await.unwrap().payload() != expected {}
+    })
+    .await
+    .expect("the create notified while someone watches");
+}
+
+/// The start's race, made certain: a transaction writes a snapshot row while no feed is
+/// registered (so its trigger does not notify) and commits only after a watch has begun to
+/// open. The watch must still come to the committed name: its start waits for that writer
+/// (`LOCK TABLE snapshots IN SHARE MODE`) before it reads. A start that read at once would
+/// show the old name, and no notification would ever bring the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_missed_the_registration_is_seen_by_the_first_watch_on_postgres() {
+    use sqlx::Connection;
+    let app = spawn_app(Backend::Postgres).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let mut writer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut held = writer.begin().await.unwrap();
+    sqlx::query("UPDATE snapshots SET snapshot_name = 'held' WHERE snapshot_id = $1")
+        .bind(&id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    let watcher = tokio::spawn({
+        let (client, id) = (app.snapshots(), id.clone());
+        async move {
+            let mut stream = watch_on(client, "acct-a", watch_request(&[&id], ""))
+                .await
+                .expect("WatchSnapshots");
+            next_where(
+                &mut stream,
+                "the name committed while the watch opened",
+                |m| snapshot(m).snapshot_name == "held",
+            )
+            .await;
+        }
+    });
+    // Commit once the start waits for the writer's lock, or (a start that does not wait) once
+    // the watch has read.
+    let mut test = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                            WHERE relation = 'snapshots'::regclass AND NOT granted)",
+        )
+        .fetch_one(&mut test)
+        .await
+        .unwrap();
+        if waiting || watcher.is_finished() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // (A start that does not wait: give its read time to happen before the commit.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.commit().await.unwrap();
+    watcher
+        .await
+        .expect("the watch comes to the committed name");
 }

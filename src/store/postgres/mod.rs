@@ -478,8 +478,10 @@ impl Dialect for Postgres {
     }
     /// LISTEN on a session of its own over `direct_url` (the trigger of migration 0005
     /// notifies each committed change to a snapshot row, whichever replica wrote it), only
-    /// while the feed is started: the session is opened and LISTENs at each start and is
-    /// closed at each stop, so with nobody watching no notification wakes it or this server.
+    /// while the feed is started: the session is opened, LISTENs and registers in
+    /// `snapshot_change_listeners` at each start, and unregisters and closes at each stop. With
+    /// nobody watching on any replica, no notification wakes a session or this server, and the
+    /// trigger does not notify at all (migration 0010: notifying commits are serialized).
     async fn listen_changes(_store: &PgStore, direct_url: &str) -> Result<ChangeFeed, StoreError> {
         // The URL is checked now, so that a bad one stops the server at startup.
         PgConnection::connect(direct_url).await?.close().await?;
@@ -517,10 +519,17 @@ impl Dialect for Postgres {
                     }
                     // Dropping the listener closes its session.
                     Err(Some(FeedControl::Stop)) => {
-                        listening = None;
+                        if let Some(listener) = listening.take() {
+                            unregister(listener).await;
+                        }
                         continue;
                     }
-                    Err(None) => return,
+                    Err(None) => {
+                        if let Some(listener) = listening.take() {
+                            unregister(listener).await;
+                        }
+                        return;
+                    }
                 };
                 let event = match received {
                     Ok(Some(notification)) => match parse_change(notification.payload()) {
@@ -551,12 +560,69 @@ impl Dialect for Postgres {
     }
 }
 
-/// A session of its own that LISTENs to the change channel; once this returns, every change
-/// committed afterwards is notified to it.
+/// A session of its own that LISTENs to the change channel and is registered as listening;
+/// once this returns, every change committed afterwards is notified to it.
 async fn listen(direct_url: &str) -> Result<PgListener, StoreError> {
-    let mut listener = PgListener::connect(direct_url).await?;
+    let options = PgConnectOptions::from_str(direct_url)
+        .map_err(StoreError::Database)?
+        .application_name(LISTENER_APPLICATION_NAME);
+    // A pool of one, as `PgListener::connect` makes: it reconnects the session when it is lost.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(options)
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
     listener.listen(CHANGES_CHANNEL).await?;
+    register(&mut listener).await?;
     Ok(listener)
+}
+
+/// The `application_name` of the session that LISTENs (the pool's are `snapshotd`).
+pub const LISTENER_APPLICATION_NAME: &str = "snapshotd-changes";
+
+/// Registers the listener's session (after its LISTEN), so that writers notify: one
+/// transaction that inserts its row and then waits, `LOCK TABLE snapshots IN SHARE MODE`, for
+/// every transaction that wrote a snapshot row and so may have found no listener before this
+/// row commits. A writer that locks the table later runs its trigger after the commit and
+/// notifies (migration 0010). One round trip; rows of sessions that are gone are deleted first.
+async fn register(listener: &mut PgListener) -> Result<(), StoreError> {
+    // On its own: two replicas starting at once could otherwise deadlock on each other's rows.
+    if let Err(err) = sqlx::query(
+        "DELETE FROM snapshot_change_listeners
+         WHERE pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)",
+    )
+    .execute(&mut *listener)
+    .await
+    {
+        tracing::warn!(error = %err, "deleting the rows of change listeners that are gone failed");
+    }
+    sqlx::Executor::execute(
+        &mut *listener,
+        sqlx::raw_sql(
+            "BEGIN;
+         INSERT INTO snapshot_change_listeners (pid) VALUES (pg_backend_pid())
+         ON CONFLICT (pid) DO UPDATE SET started_at = now();
+         LOCK TABLE snapshots IN SHARE MODE;
+         COMMIT;",
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Unregisters and closes the listener's session (its row would only cost notifications, and
+/// is deleted by the next registration if this fails).
+async fn unregister(mut listener: PgListener) {
+    if let Err(err) =
+        sqlx::query("DELETE FROM snapshot_change_listeners WHERE pid = pg_backend_pid()")
+            .execute(&mut listener)
+            .await
+    {
+        tracing::warn!(error = %err, "unregistering the change listener failed");
+    }
 }
 
 /// The channel the trigger of migration 0005 notifies.
@@ -565,12 +631,12 @@ const CHANGES_CHANNEL: &str = "snapshot_changes";
 /// How long the listener waits between attempts to reconnect.
 const RELISTEN_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Reconnects the listener (its LISTEN included) until it answers; `false` when nobody reads
-/// the feed any more.
+/// Reconnects the listener (its LISTEN and registration included) until it answers; `false`
+/// when nobody reads the feed any more.
 async fn relisten(listener: &mut PgListener, sender: &mpsc::Sender<FeedEvent>) -> bool {
     loop {
         let answered = tokio::select! {
-            answered = sqlx::query("SELECT 1").execute(&mut *listener) => answered,
+            answered = register(listener) => answered,
             () = sender.closed() => return false,
         };
         match answered {
