@@ -102,6 +102,18 @@ async fn end_of(stream: &mut Watch) -> (Status, usize) {
     }
 }
 
+/// A server with one disk of `acct-a` and a snapshot of it (still copying): the app and the id.
+async fn app_with_a_snapshot(backend: Backend) -> (TestApp, String) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    (app, id)
+}
+
 fn snapshot(message: &pb::WatchSnapshotsResponse) -> &pb::Snapshot {
     message
         .snapshot
@@ -393,13 +405,7 @@ async fn past_the_per_account_limit_a_watch_is_refused_with_quota_failure(backen
 }
 
 async fn a_watcher_that_does_not_read_is_ended_resource_exhausted(backend: Backend) {
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let id = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (app, id) = app_with_a_snapshot(backend).await;
     // A client that takes a kilobyte at a time, and reads nothing until the end.
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
@@ -515,13 +521,7 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_made_while_the_listener_was_cut_off_is_seen_once_it_is_back_on_postgres() {
     use sqlx::Connection;
-    let app = spawn_app(Backend::Postgres).await;
-    app.seed(&world("acct-a", 1)).await;
-    let id = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (app, id) = app_with_a_snapshot(Backend::Postgres).await;
     let mut stream = watch(&app, "acct-a", &[&id], "").await;
     next(&mut stream, "the current state").await;
 
@@ -628,13 +628,7 @@ async fn wait_until_the_feed_stops(app: &TestApp) {
 /// watch on an older name whenever the last rename committed in between.
 async fn a_watch_opened_while_changes_commit_sees_the_last_of_them(backend: Backend) {
     const ROUNDS: u32 = 8;
-    let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    let id = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (app, id) = app_with_a_snapshot(backend).await;
     let mut opening = Duration::from_millis(20);
     for round in 0..ROUNDS {
         wait_until_the_feed_stops(&app).await;
@@ -781,13 +775,7 @@ async fn the_trigger_notifies_only_while_a_feed_is_registered_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_that_missed_the_registration_is_seen_by_the_first_watch_on_postgres() {
     use sqlx::Connection;
-    let app = spawn_app(Backend::Postgres).await;
-    app.seed(&world("acct-a", 1)).await;
-    let id = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (app, id) = app_with_a_snapshot(Backend::Postgres).await;
     let mut writer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     let mut held = writer.begin().await.unwrap();
     sqlx::query("UPDATE snapshots SET snapshot_name = 'held' WHERE snapshot_id = $1")
