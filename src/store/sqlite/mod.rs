@@ -4,6 +4,9 @@
 //! before the first read, so one request's lock-check-insert is serialized exactly as PostgreSQL
 //! serializes it per disk (here: per database). So no statement needs a row lock, and a batch's
 //! locking read is the one-call read, call by call. WAL keeps readers off the writer's back.
+//! Before `BEGIN IMMEDIATE`, a writer waits for its turn in the process (`super::turn`), so the
+//! writers get the lock in the order they asked, not in whatever order SQLite's busy handler
+//! wakes them.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -107,6 +110,9 @@ impl Dialect for Sqlite {
     /// worker's busy handler woke, copies were recorded seconds late, and `spread` made 0.7–0.8
     /// of the calls/s (bench/README.md, "SQLite: kept connections and the worker").
     const KEEP_CONNECTIONS: usize = 0;
+    /// The file's write lock is one: its writers take turns in the process, in the order they
+    /// asked, rather than in SQLite's busy handler, which keeps no order (`super::turn`).
+    const ONE_WRITER: bool = true;
     // `BEGIN IMMEDIATE` already holds the whole database for the transaction.
     const LOCK_DISK: &'static str = "";
     const LOCK_ROWS: &'static str = "";
