@@ -104,11 +104,11 @@ impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
     /// One writer at a time; batching still pays, with one commit for many calls.
     const CREATE_LANES: usize = 1;
-    /// None: its ping on release is only a hop to the connection's thread and back, and keeping
-    /// one or two (of the pool's at most four) starved the worker under 64 creates in flight: the
-    /// create lane, no longer pausing for the ping, took SQLite's write lock again before the
-    /// worker's busy handler woke, copies were recorded seconds late, and `spread` made 0.7–0.8
-    /// of the calls/s (bench/README.md, "SQLite: kept connections and the worker").
+    /// None: its ping on release is only a hop to the connection's thread and back. Keeping one
+    /// or two (of the pool's at most four) starved the worker under 64 creates in flight before
+    /// the writers' turn; with the turn they no longer do, but `spread` at 64 still made 0.74–0.82
+    /// of the calls/s keeping two, for 5–8 % more describe calls/s at 1 in flight
+    /// (bench/README.md, "SQLite: a fair turn for the writers").
     const KEEP_CONNECTIONS: usize = 0;
     /// The file's write lock is one: its writers take turns in the process, in the order they
     /// asked, rather than in SQLite's busy handler, which keeps no order (`super::turn`).
