@@ -439,6 +439,15 @@ impl App {
                      UNAVAILABLE and their work is dropped"
                 );
                 cut_off_layer.cut_off();
+                // The grace is over for the database too: what waits to begin a transaction
+                // (a writer queued for SQLite's turn, the worker's next step) is answered
+                // unavailable now, as the pool closes. Else each writer queued behind a cut-off
+                // call would take its turn and wait SQLite's busy timeout after it.
+                let _ = stop_worker.send(true);
+                tokio::spawn({
+                    let store = Arc::clone(&store);
+                    async move { store.close().await }
+                });
                 if tokio::time::timeout(CUT_OFF_FLUSH, &mut serving).await.is_err() {
                     tracing::warn!("connections still open after the cut-off are dropped");
                 }

@@ -116,7 +116,8 @@ pub struct Config {
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection before it is answered UNAVAILABLE (with
-    /// RetryInfo): the bound on a call's wait while the database is gone or saturated.
+    /// RetryInfo): the bound on a call's wait while the database is gone or saturated. On SQLite
+    /// it also bounds a write's wait for its turn.
     #[arg(long, global = true, env = "SNAPSHOTD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = duration_in(MILLISECOND, HOUR))]
     pub db_acquire_timeout: Duration,
 

@@ -67,6 +67,11 @@ impl Worker {
             let pause = match step {
                 Ok(Outcome::Worked(done)) if done.more_due => Duration::ZERO,
                 Ok(_) => interval,
+                // Cut off by the shutdown (the store closed): not a failure to report.
+                Err(err) if *stop.borrow() => {
+                    tracing::info!(error = %err, "worker step cut off by the shutdown");
+                    interval
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "worker step failed; retrying");
                     interval

@@ -6,7 +6,7 @@
 //! backends run alike is written once, in [`shared`], generic over the two sqlx drivers (SQLite
 //! reads PostgreSQL's `$1` placeholders as they are); what differs (row locks, array statements,
 //! how a write transaction begins, pool set-up) is in `postgres/` and `sqlite/`, behind
-//! [`shared::Dialect`]. Database facts become typed errors here; SQL never leaves this module.
+//! [`shared::Dialect`]; SQLite's writers take turns in the process (`turn`). Database facts become typed errors here; SQL never leaves this module.
 
 mod fence;
 mod kept;
@@ -15,6 +15,7 @@ pub mod postgres;
 mod rows;
 mod shared;
 pub mod sqlite;
+mod turn;
 
 use std::sync::Arc;
 
@@ -290,7 +291,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Begins a write transaction, in which reads lock what they read until it ends (PostgreSQL:
-    /// row locks; SQLite: the database's write lock, taken up front).
+    /// row locks; SQLite: the database's write lock, taken up front, after the writers that
+    /// asked before this one had theirs: `turn`).
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// A connection outside any transaction, for reads that lock nothing: each statement sees

@@ -23,6 +23,7 @@ use super::rows::{
     LockedDiskRow, OptionalTokenColumns, SnapshotRow, SteeringRow, TagRow, decode_queue,
     into_described_page, into_image_page, join_lock_reasons,
 };
+use super::turn::{Turn, WriteTurn};
 use super::{
     BatchRead, ChangeFeed, LockedRead, NonceSpend, PoolStats, Setting, Store, StoreError,
     Transaction, Violation, WorkQueue,
@@ -43,6 +44,8 @@ pub trait Dialect: Database + Sized {
     /// Connections kept between sessions (writes and reads) instead of going back to the pool
     /// (`super::kept`).
     const KEEP_CONNECTIONS: usize;
+    /// One writer at a time: write transactions take turns in the process (`super::turn`).
+    const ONE_WRITER: bool;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
     const LOCK_DISK: &'static str;
     /// Appended to a read whose rows the transaction holds until it ends.
@@ -131,6 +134,8 @@ pub struct SqlStore<DB: Database> {
     fence: Arc<Fence>,
     /// Connections between two write transactions (`super::kept`).
     kept: Arc<KeptConnections<DB>>,
+    /// Write transactions take turns ([`Dialect::ONE_WRITER`]).
+    turn: WriteTurn,
 }
 
 impl<DB: Dialect> SqlStore<DB> {
@@ -147,6 +152,7 @@ impl<DB: Dialect> SqlStore<DB> {
             committed: Arc::new(Notify::new()),
             fence: Arc::default(),
             kept: KeptConnections::new(DB::KEEP_CONNECTIONS),
+            turn: WriteTurn::new(DB::ONE_WRITER),
         }
     }
 
@@ -256,7 +262,17 @@ where
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
         let waiting = std::time::Instant::now();
+        // The turn before the connection: a writer in the queue holds no connection a read
+        // could use.
+        let turn = self
+            .turn
+            .take(
+                self.pool.options().get_acquire_timeout(),
+                self.pool.close_event(),
+            )
+            .await?;
         let mut session = self.session().await?;
+        session.turn = turn;
         session.in_transaction = true;
         if let Err(err) = session.execute(DB::BEGIN_WRITE).await {
             session.raw().close_on_drop();
@@ -312,6 +328,7 @@ impl<DB: Dialect> SqlStore<DB> {
             unnamed: self.transaction_pooler,
             committed: Some(self.committed()),
             fence: Arc::clone(&self.fence),
+            turn: None,
             keep: Some(Keep {
                 kept: Arc::clone(&self.kept),
                 pool: self.pool.clone(),
@@ -346,6 +363,8 @@ pub struct SqlSession<DB: Database> {
     committed: Option<Arc<Notify>>,
     /// The store's fence, raised by a statement that finds the server gone or read-only.
     fence: Arc<Fence>,
+    /// The writer's turn (SQLite), held until the transaction has ended (`super::turn`).
+    turn: Option<Turn>,
     /// Where the connection goes after a transaction that ended cleanly (`None`: the pool).
     keep: Option<Keep<DB>>,
 }
@@ -399,6 +418,7 @@ where
         unnamed: false,
         committed: None,
         fence: Arc::default(),
+        turn: None,
         keep: None,
     }
     .table_names()
@@ -468,6 +488,9 @@ impl<DB: Dialect> SqlSession<DB> {
                 self.raw().close_on_drop();
             }
         }
+        // The next writer's turn. (A transaction that did not end cleanly leaves a connection
+        // closing with it: the next writer's BEGIN waits for that in the busy handler.)
+        self.turn = None;
         Ok(ended?)
     }
 }

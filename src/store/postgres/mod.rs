@@ -289,6 +289,8 @@ impl Dialect for Postgres {
     const CREATE_LANES: usize = 2;
     /// One per lane, the worker's and one more (`super::kept`).
     const KEEP_CONNECTIONS: usize = Self::CREATE_LANES + 2;
+    /// Writers wait for the rows they lock, not for each other.
+    const ONE_WRITER: bool = false;
     const LOCK_DISK: &'static str = "\nFOR UPDATE OF d";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
