@@ -152,8 +152,8 @@ pub enum FeedEvent {
 pub const FEED_BUFFER: usize = 1024;
 
 /// The change feed of [`Store::listen_changes`]: it reports nothing until started, so a server
-/// nobody watches pays nothing for it (PostgreSQL: no `LISTEN`, so no notification wakes a
-/// session and the server on each commit; SQLite: the log is not read after each commit).
+/// nobody watches pays nothing for it (PostgreSQL: no `LISTEN` and no registered listener, so
+/// the trigger sends no notification; SQLite: the triggers log nothing and nothing is read).
 pub struct ChangeFeed {
     pub events: tokio::sync::mpsc::Receiver<FeedEvent>,
     pub control: tokio::sync::mpsc::UnboundedSender<FeedControl>,

@@ -161,6 +161,12 @@ impl<DB: Dialect> SqlStore<DB> {
         Arc::clone(&self.committed)
     }
 
+    /// The writers' turn, for a write outside the store's sessions that must wait its turn
+    /// too (SQLite's change feed switching its log on and off).
+    pub(super) fn write_turn(&self) -> WriteTurn {
+        self.turn.clone()
+    }
+
     /// The fence the pool's hooks look at (PostgreSQL's: `super::postgres::connect`).
     pub(super) fn fenced_by(mut self, fence: Arc<Fence>) -> Self {
         self.fence = fence;

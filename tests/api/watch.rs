@@ -822,3 +822,53 @@ async fn a_write_that_missed_the_registration_is_seen_by_the_first_watch_on_post
         .await
         .expect("the watch comes to the committed name");
 }
+
+/// SQLite's triggers log a change only while the feed runs: with nobody watching a create leaves
+/// no log row; a watch switches the log on (its row in `snapshot_change_listeners`) and sees a
+/// create; once the last watch has gone the log is off and empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_change_log_is_written_only_while_someone_watches_on_sqlite() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.seed(&world("acct-a", 2)).await;
+    app.create_on("acct-a", "d-acct-a-0").await.unwrap();
+    assert_eq!(
+        change_log(&app).await,
+        (0, 0),
+        "nobody watches: nothing logged"
+    );
+
+    let mut watching = watch(&app, "acct-a", &[], "d-acct-a-1").await;
+    assert_eq!(change_log(&app).await.0, 1, "a watch switched the log on");
+    let created = app
+        .create_on("acct-a", "d-acct-a-1")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let message = next(&mut watching, "the create").await;
+    assert_eq!(snapshot(&message).snapshot_id, created);
+
+    drop(watching);
+    wait_until_the_feed_stops(&app).await;
+    let deadline = Instant::now() + PATIENCE;
+    while change_log(&app).await != (0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the log is still on or not empty"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rename(&app, "acct-a", &created, "unwatched").await;
+    assert_eq!(
+        change_log(&app).await,
+        (0, 0),
+        "the last watch has gone: nothing logged"
+    );
+}
+
+/// SQLite's change log: `(rows of snapshot_change_listeners, rows of snapshot_changes)`.
+async fn change_log(app: &TestApp) -> (i64, i64) {
+    (
+        app.count_rows("snapshot_change_listeners").await,
+        app.count_rows("snapshot_changes").await,
+    )
+}

@@ -19,6 +19,7 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::pooler::SessionConnection;
 use super::shared::{Dialect, SqlSession, SqlStore};
+use super::turn::WriteTurn;
 use tokio::sync::mpsc;
 
 use super::{
@@ -257,36 +258,52 @@ impl Dialect for Sqlite {
     /// The change log (`snapshot_changes`, written by triggers in each write's transaction),
     /// read after every commit of this store's sessions and emptied as it is read, while the
     /// feed is started: one server per file, so its commits are all the changes there are.
-    /// Stopped, the log is only emptied, once a [`CHANGE_LOG_SWEEP`], so a commit costs no read.
+    /// The triggers log only while `snapshot_change_listeners` has its row (migration 0010):
+    /// the feed inserts it when it starts and deletes it, and empties the log, when it stops,
+    /// so with nobody watching a write logs nothing and a commit costs no read.
     async fn listen_changes(
         store: &SqliteStore,
         _direct_url: &str,
     ) -> Result<ChangeFeed, StoreError> {
         let (sender, events) = mpsc::channel(FEED_BUFFER);
         let (control, mut commands) = mpsc::unbounded_channel();
-        let pool = store.pool().clone();
+        let log = ChangeLog {
+            pool: store.pool().clone(),
+            turn: store.write_turn(),
+        };
         let committed = store.committed();
         tokio::spawn(async move {
             let mut started = false;
+            // A server that died while its feed ran left the log on: switched off first.
+            let mut logging = true;
             loop {
                 if !started {
+                    if logging {
+                        match log.switch(false).await {
+                            Ok(()) => logging = false,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "switching the snapshot change log off failed");
+                            }
+                        }
+                    }
                     tokio::select! {
                         command = commands.recv() => match command {
-                            // The triggers log every change: whatever commits after this
-                            // answer is read at the next commit. What is in the log now is
-                            // older than the starter's own reads.
+                            // Whatever commits after the row is logged and read at the next
+                            // commit; what committed before is in the starter's own reads,
+                            // which follow this answer (one writer at a time).
                             Some(FeedControl::Start(answer)) => {
-                                started = true;
-                                let _ = answer.send(Ok(()));
+                                let switched = log.switch(true).await;
+                                if switched.is_ok() {
+                                    started = true;
+                                    logging = true;
+                                }
+                                let _ = answer.send(switched);
                             }
                             Some(FeedControl::Stop) => {}
                             None => return,
                         },
-                        () = tokio::time::sleep(CHANGE_LOG_SWEEP) => {
-                            if let Err(err) = sqlx::query("DELETE FROM snapshot_changes").execute(&pool).await {
-                                tracing::warn!(error = %err, "emptying the snapshot change log failed");
-                            }
-                        }
+                        // Trying again to switch the log off.
+                        () = tokio::time::sleep(CHANGE_LOG_SWEEP), if logging => {}
                     }
                     continue;
                 }
@@ -307,7 +324,7 @@ impl Dialect for Sqlite {
                     },
                 }
                 loop {
-                    match read_change_log(&pool).await {
+                    match read_change_log(&log.pool).await {
                         Ok(changes) if changes.is_empty() => break,
                         Ok(changes) => {
                             if sender.send(FeedEvent::Changed(changes)).await.is_err() {
@@ -327,7 +344,40 @@ impl Dialect for Sqlite {
     }
 }
 
-/// How often the change log is read when no commit said so.
+/// SQLite's change log, switched on while the feed runs.
+struct ChangeLog {
+    pool: SqlitePool,
+    turn: WriteTurn,
+}
+
+impl ChangeLog {
+    /// Switches the triggers' logging on (the row) or off (no row, and the log emptied), in
+    /// the writers' turn like any write of the store.
+    async fn switch(&self, on: bool) -> Result<(), StoreError> {
+        let options = self.pool.options();
+        let _turn = self
+            .turn
+            .take(options.get_acquire_timeout(), self.pool.close_event())
+            .await?;
+        if on {
+            sqlx::query("INSERT OR IGNORE INTO snapshot_change_listeners (id) VALUES (1)")
+                .execute(&self.pool)
+                .await?;
+        } else {
+            // Off first: nothing is logged after, so what the second empties stays empty.
+            sqlx::query("DELETE FROM snapshot_change_listeners")
+                .execute(&self.pool)
+                .await?;
+            sqlx::query("DELETE FROM snapshot_changes")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// How often the change log is read when no commit said so (and switching it off is tried
+/// again after a failure).
 const CHANGE_LOG_SWEEP: Duration = Duration::from_secs(1);
 
 /// Takes up to a thousand changes off the change log, oldest first.
