@@ -589,7 +589,8 @@ pub const LISTENER_APPLICATION_NAME: &str = "snapshotd-changes";
 /// transaction that inserts its row and then waits, `LOCK TABLE snapshots IN SHARE MODE`, for
 /// every transaction that wrote a snapshot row and so may have found no listener before this
 /// row commits. A writer that locks the table later runs its trigger after the commit and
-/// notifies (migration 0010). One round trip; rows of sessions that are gone are deleted first.
+/// notifies (migration 0010). Rows of sessions that are gone are deleted first, in a statement
+/// of its own.
 async fn register(listener: &mut PgListener) -> Result<(), StoreError> {
     // On its own: two replicas starting at once could otherwise deadlock on each other's rows.
     if let Err(err) = sqlx::query(
@@ -601,7 +602,7 @@ async fn register(listener: &mut PgListener) -> Result<(), StoreError> {
     {
         tracing::warn!(error = %err, "deleting the rows of change listeners that are gone failed");
     }
-    sqlx::Executor::execute(
+    let registered = sqlx::Executor::execute(
         &mut *listener,
         sqlx::raw_sql(
             "BEGIN;
@@ -611,7 +612,13 @@ async fn register(listener: &mut PgListener) -> Result<(), StoreError> {
          COMMIT;",
         ),
     )
-    .await?;
+    .await;
+    if let Err(err) = registered {
+        // A statement that failed leaves the explicit transaction open and aborted, and a
+        // session in a transaction is delivered no notification: end it before trying again.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *listener).await;
+        return Err(err.into());
+    }
     Ok(())
 }
 

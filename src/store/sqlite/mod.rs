@@ -292,11 +292,10 @@ impl Dialect for Sqlite {
                             // commit; what committed before is in the starter's own reads,
                             // which follow this answer (one writer at a time).
                             Some(FeedControl::Start(answer)) => {
+                                // On, or maybe on after a failure: switched off again if so.
+                                logging = true;
                                 let switched = log.switch(true).await;
-                                if switched.is_ok() {
-                                    started = true;
-                                    logging = true;
-                                }
+                                started = switched.is_ok();
                                 let _ = answer.send(switched);
                             }
                             Some(FeedControl::Stop) => {}
