@@ -430,9 +430,11 @@ impl App {
             }
         };
         tokio::pin!(serving);
+        let mut cut_off = false;
         tokio::select! {
             served = &mut serving => served?,
             () = grace_over => {
+                cut_off = true;
                 tracing::warn!(
                     ?grace,
                     "the shutdown grace period is over: calls still running are answered \
@@ -467,10 +469,20 @@ impl App {
         }
         // The worker finishes the step it is in; then the pool can close.
         let _ = stop_worker.send(true);
-        if let Err(err) = worker.await {
-            tracing::error!(error = %err, "the worker task failed");
+        let closing = async {
+            if let Err(err) = worker.await {
+                tracing::error!(error = %err, "the worker task failed");
+            }
+            store.close().await;
+        };
+        if !cut_off {
+            closing.await;
+        } else if tokio::time::timeout(CUT_OFF_FLUSH, closing).await.is_err() {
+            // A cut-off call's connection (or the worker's) may still wait in SQLite's busy
+            // handler, for its busy timeout, on a lock another process holds: it has written
+            // nothing, and its transaction ends with the process.
+            tracing::warn!("database connections still busy after the cut-off are dropped");
         }
-        store.close().await;
         tracing::info!("snapshotd stopped");
         Ok(())
     }
