@@ -1,6 +1,7 @@
 //! A TCP proxy in front of PostgreSQL that a test can cut and restore, to take the database
 //! away from a running server without touching the server itself, or point at another server,
-//! as HAProxy does in a failover.
+//! as HAProxy does in a failover, or turn into a black hole (a host that is gone: connections
+//! are taken and never answered).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 pub struct FaultProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     upstream: Arc<Mutex<SocketAddr>>,
     generation: watch::Sender<u64>,
     accept_loop: tokio::task::JoinHandle<()>,
@@ -22,10 +24,12 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Mutex::new(upstream));
         let (generation, _) = watch::channel(0u64);
         let accept_loop = tokio::spawn({
             let cut = cut.clone();
+            let silent = silent.clone();
             let upstream = upstream.clone();
             let generation = generation.clone();
             async move {
@@ -34,8 +38,16 @@ impl FaultProxy {
                         drop(client); // refuse: close at once
                         continue;
                     }
-                    let upstream = *upstream.lock().unwrap();
                     let mut cut_signal = generation.subscribe();
+                    if silent.load(Ordering::SeqCst) {
+                        // Held, never answered, until the proxy changes again.
+                        tokio::spawn(async move {
+                            let _ = cut_signal.changed().await;
+                            drop(client);
+                        });
+                        continue;
+                    }
+                    let upstream = *upstream.lock().unwrap();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(upstream).await else {
                             return;
@@ -51,6 +63,7 @@ impl FaultProxy {
         Self {
             addr,
             cut,
+            silent,
             upstream,
             generation,
             accept_loop,
@@ -69,9 +82,19 @@ impl FaultProxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Accepts connections again.
+    /// Drops every open connection and takes new ones without ever answering, as a host that
+    /// went away does (a connect then waits for its own timeout, not for a refusal).
+    pub fn black_hole(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts and forwards connections again (the ones a black hole held are dropped).
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        if self.silent.swap(false, Ordering::SeqCst) {
+            self.generation.send_modify(|g| *g += 1);
+        }
     }
 }
 

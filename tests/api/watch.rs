@@ -872,3 +872,98 @@ async fn change_log(app: &TestApp) -> (i64, i64) {
         app.count_rows("snapshot_changes").await,
     )
 }
+
+/// The change feed's path to the database going away (connections taken and never answered,
+/// as a host that is gone) under a watch while calls still reach it: the feed loses its
+/// session and tries to get it back; the watcher leaves, and a new watch fails fast as
+/// UNAVAILABLE (a stop is not held by the reconnecting, nor a start by the stop, and the
+/// feed's session waits no longer than a call does); once the path is back a watch works again
+/// and sees changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_while_the_database_is_gone_fails_fast_and_the_next_one_works_on_postgres() {
+    use crate::fault_proxy::FaultProxy;
+    // Stop's unregistering and start's connecting, each bounded by `--db-acquire-timeout` (2 s),
+    // and headroom for a loaded machine; sqlx's own acquire timeout (30 s) would not come close.
+    const FAILS_FAST: Duration = Duration::from_secs(8);
+    let proxy = FaultProxy::start(crate::helpers::postgres_server_addr().await).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        Options {
+            configure: Box::new(move |c| {
+                // Only the feed's path (the direct URL, as behind a transaction pooler) goes
+                // away: calls still reach the database, so the server stays ready.
+                let direct = crate::helpers::replace_host(&c.database_url, proxy_addr);
+                c.migration_database_url = Some(direct);
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.seed(&world("acct-a", 1)).await;
+    let id = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let mut first = watch(&app, "acct-a", &[&id], "").await;
+    next(&mut first, "the current state").await;
+
+    proxy.black_hole();
+    // The feed has lost its session and reconnects; then the last watcher goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+    // The hub sees the watcher gone at its next tick, and stops the feed.
+    tokio::time::sleep(2 * snapshotd::service::PROGRESS_EVERY + Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let status = first_message(&app, &id)
+        .await
+        .expect_err("no watch without the feed");
+    assert!(
+        started.elapsed() < FAILS_FAST,
+        "a watch fails fast while the feed cannot start: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    proxy.restore();
+    let deadline = Instant::now() + PATIENCE;
+    let mut again = loop {
+        match first_message(&app, &id).await {
+            Ok((stream, _)) => break stream,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no watch since the path came back"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    rename(&app, "acct-a", &id, "after-the-outage").await;
+    let renamed = next_where(&mut again, "the rename", |m| {
+        snapshot(m).snapshot_name == "after-the-outage"
+    })
+    .await;
+    assert_eq!(snapshot(&renamed).snapshot_id, id);
+}
+
+/// A watch of `acct-a`'s `snapshot_id` and its first message, or the status it ended with
+/// (within [`PATIENCE`]).
+async fn first_message(
+    app: &TestApp,
+    snapshot_id: &str,
+) -> Result<(Watch, pb::WatchSnapshotsResponse), Status> {
+    let watching = async {
+        let mut stream =
+            watch_on(app.snapshots(), "acct-a", watch_request(&[snapshot_id], "")).await?;
+        match stream.message().await? {
+            Some(message) => Ok((stream, message)),
+            None => Err(Status::unknown("the watch ended without a status")),
+        }
+    };
+    tokio::time::timeout(PATIENCE, watching)
+        .await
+        .unwrap_or_else(|_| panic!("{PATIENCE:?} on, the watch neither answered nor ended"))
+}

@@ -484,102 +484,117 @@ impl Dialect for Postgres {
     /// `snapshot_change_listeners` at each start, and unregisters and closes at each stop. With
     /// nobody watching on any replica, no notification wakes a session or this server, and the
     /// trigger does not notify at all (migration 0010: notifying commits are serialized).
-    async fn listen_changes(_store: &PgStore, direct_url: &str) -> Result<ChangeFeed, StoreError> {
+    async fn listen_changes(store: &PgStore, direct_url: &str) -> Result<ChangeFeed, StoreError> {
         // The URL is checked now, so that a bad one stops the server at startup.
         PgConnection::connect(direct_url).await?.close().await?;
+        // The session waits for the database no longer than a call does: the hub waits for
+        // each start, and the next start waits for a stop's unregistering.
+        let patience = store.pool().options().get_acquire_timeout();
         let (sender, events) = mpsc::channel(FEED_BUFFER);
-        let (control, mut commands) = mpsc::unbounded_channel();
-        let direct_url = direct_url.to_owned();
-        tokio::spawn(async move {
-            let mut listening: Option<PgListener> = None;
-            loop {
-                let Some(listener) = listening.as_mut() else {
-                    match commands.recv().await {
-                        Some(FeedControl::Start(started)) => match listen(&direct_url).await {
-                            Ok(listener) => {
-                                listening = Some(listener);
-                                let _ = started.send(Ok(()));
-                            }
-                            Err(err) => {
-                                let _ = started.send(Err(err));
-                            }
-                        },
-                        Some(FeedControl::Stop) => {}
-                        None => return,
-                    }
-                    continue;
-                };
-                let received = tokio::select! {
-                    command = commands.recv() => Err(command),
-                    received = listener.try_recv() => Ok(received),
-                };
-                let received = match received {
-                    Ok(received) => received,
-                    Err(Some(FeedControl::Start(started))) => {
-                        let _ = started.send(Ok(()));
-                        continue;
-                    }
-                    // Dropping the listener closes its session.
-                    Err(Some(FeedControl::Stop)) => {
-                        if let Some(listener) = listening.take() {
-                            unregister(listener).await;
-                        }
-                        continue;
-                    }
-                    Err(None) => {
-                        if let Some(listener) = listening.take() {
-                            unregister(listener).await;
-                        }
-                        return;
-                    }
-                };
-                let event = match received {
-                    Ok(Some(notification)) => match parse_change(notification.payload()) {
-                        Some(change) => FeedEvent::Changed(vec![change]),
-                        None => {
-                            tracing::warn!(
-                                payload = notification.payload(),
-                                "an unreadable snapshot change notification"
-                            );
-                            continue;
-                        }
-                    },
-                    // Notifications sent while the session was down are lost: once it is
-                    // back, whoever follows the feed reads again.
-                    Ok(None) | Err(_) => {
-                        if !relisten(listener, &sender).await {
-                            return;
-                        }
-                        FeedEvent::Resumed
-                    }
-                };
-                if sender.send(event).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (control, commands) = mpsc::unbounded_channel();
+        tokio::spawn(run_feed(direct_url.to_owned(), patience, commands, sender));
         Ok(ChangeFeed { events, control })
     }
 }
 
+/// The change feed's task: idle until started, then a listening session whose notifications
+/// it forwards, until stopped. Every wait on the database is bounded by `patience` and a
+/// command is read while the session is being got back, so the hub, which waits for each
+/// start, is never held for longer than a call would be.
+async fn run_feed(
+    direct_url: String,
+    patience: Duration,
+    mut commands: mpsc::UnboundedReceiver<FeedControl>,
+    sender: mpsc::Sender<FeedEvent>,
+) {
+    let mut listening: Option<PgListener> = None;
+    loop {
+        let Some(listener) = listening.as_mut() else {
+            match commands.recv().await {
+                Some(FeedControl::Start(started)) => {
+                    let answer = listen(&direct_url, patience)
+                        .await
+                        .map(|listener| listening = Some(listener));
+                    let _ = started.send(answer);
+                }
+                Some(FeedControl::Stop) => {}
+                None => return,
+            }
+            continue;
+        };
+        let received = tokio::select! {
+            command = commands.recv() => Err(command),
+            received = listener.try_recv() => Ok(received),
+        };
+        let event = match received {
+            Err(Some(FeedControl::Start(started))) => {
+                let _ = started.send(Ok(()));
+                continue;
+            }
+            Err(command) => {
+                if let Some(listener) = listening.take() {
+                    unregister(listener, patience).await;
+                }
+                if command.is_none() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Ok(Some(notification))) => match parse_change(notification.payload()) {
+                Some(change) => FeedEvent::Changed(vec![change]),
+                None => {
+                    tracing::warn!(
+                        payload = notification.payload(),
+                        "an unreadable snapshot change notification"
+                    );
+                    continue;
+                }
+            },
+            // Notifications sent while the session was down are lost: once a new one listens,
+            // whoever follows the feed reads again.
+            Ok(Ok(None) | Err(_)) => {
+                listening = None;
+                match relisten(&direct_url, patience, &sender, &mut commands).await {
+                    Relistened::Listening(listener) => {
+                        listening = Some(listener);
+                        FeedEvent::Resumed
+                    }
+                    Relistened::Stopped => continue,
+                    Relistened::Ended => return,
+                }
+            }
+        };
+        if sender.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A session of its own that LISTENs to the change channel and is registered as listening;
-/// once this returns, every change committed afterwards is notified to it.
-async fn listen(direct_url: &str) -> Result<PgListener, StoreError> {
-    let options = PgConnectOptions::from_str(direct_url)
-        .map_err(StoreError::Database)?
-        .application_name(LISTENER_APPLICATION_NAME);
-    // A pool of one, as `PgListener::connect` makes: it reconnects the session when it is lost.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_with(options)
-        .await?;
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.ignore_pool_close_event(true);
-    listener.listen(CHANGES_CHANNEL).await?;
-    register(&mut listener).await?;
-    Ok(listener)
+/// once this returns, every change committed afterwards is notified to it. Gives up after
+/// `patience` (a connection that is never answered would otherwise hold it for good).
+async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, StoreError> {
+    let listening = async {
+        let options = PgConnectOptions::from_str(direct_url)
+            .map_err(StoreError::Database)?
+            .application_name(LISTENER_APPLICATION_NAME);
+        // A pool of one, as `PgListener::connect` makes.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(patience)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(CHANGES_CHANNEL).await?;
+        register(&mut listener).await?;
+        Ok(listener)
+    };
+    tokio::time::timeout(patience, listening)
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()))
 }
 
 /// The `application_name` of the session that LISTENs (the pool's are `snapshotd`).
@@ -622,15 +637,17 @@ async fn register(listener: &mut PgListener) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Unregisters and closes the listener's session (its row would only cost notifications, and
-/// is deleted by the next registration if this fails).
-async fn unregister(mut listener: PgListener) {
-    if let Err(err) =
+/// Unregisters and closes the listener's session, waiting no longer than `patience` (its row
+/// would only cost notifications, and is deleted by the next registration once the session is
+/// gone).
+async fn unregister(mut listener: PgListener, patience: Duration) {
+    let unregistering =
         sqlx::query("DELETE FROM snapshot_change_listeners WHERE pid = pg_backend_pid()")
-            .execute(&mut listener)
-            .await
-    {
-        tracing::warn!(error = %err, "unregistering the change listener failed");
+            .execute(&mut listener);
+    match tokio::time::timeout(patience, unregistering).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "unregistering the change listener failed"),
+        Err(_) => tracing::warn!("unregistering the change listener timed out"),
     }
 }
 
@@ -640,22 +657,55 @@ const CHANGES_CHANNEL: &str = "snapshot_changes";
 /// How long the listener waits between attempts to reconnect.
 const RELISTEN_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Reconnects the listener (its LISTEN and registration included) until it answers; `false`
-/// when nobody reads the feed any more.
-async fn relisten(listener: &mut PgListener, sender: &mpsc::Sender<FeedEvent>) -> bool {
+/// How [`relisten`] ended.
+enum Relistened {
+    Listening(PgListener),
+    /// The feed was stopped meanwhile.
+    Stopped,
+    /// Nobody reads the feed or controls it any more.
+    Ended,
+}
+
+/// Opens a new listening session (LISTEN and registration) until one answers, reading the
+/// feed's commands meanwhile: a stop ends the attempts.
+async fn relisten(
+    direct_url: &str,
+    patience: Duration,
+    sender: &mpsc::Sender<FeedEvent>,
+    commands: &mut mpsc::UnboundedReceiver<FeedControl>,
+) -> Relistened {
+    // A start cannot come while the feed runs; were one sent, the `Resumed` that follows the
+    // reconnection tells its sender to read again.
+    let stopped = |command: Option<FeedControl>| match command {
+        Some(FeedControl::Start(started)) => {
+            let _ = started.send(Ok(()));
+            None
+        }
+        Some(FeedControl::Stop) => Some(Relistened::Stopped),
+        None => Some(Relistened::Ended),
+    };
     loop {
-        let answered = tokio::select! {
-            answered = register(listener) => answered,
-            () = sender.closed() => return false,
+        let attempt = listen(direct_url, patience);
+        tokio::pin!(attempt);
+        let answered = loop {
+            tokio::select! {
+                answered = &mut attempt => break answered,
+                () = sender.closed() => return Relistened::Ended,
+                command = commands.recv() => if let Some(end) = stopped(command) { return end },
+            }
         };
-        match answered {
-            Ok(_) => return true,
-            Err(err) => {
-                tracing::warn!(error = %err, "the snapshot change listener cannot reconnect");
-                tokio::select! {
-                    () = tokio::time::sleep(RELISTEN_BACKOFF) => {}
-                    () = sender.closed() => return false,
-                }
+        let err = match answered {
+            Ok(listener) => return Relistened::Listening(listener),
+            Err(err) => err,
+        };
+        tracing::warn!(error = %err, "the snapshot change listener cannot reconnect");
+        let backoff = tokio::time::sleep(RELISTEN_BACKOFF);
+        tokio::pin!(backoff);
+        loop {
+            tokio::select! {
+                () = &mut backoff => break,
+                () = sender.closed() => return Relistened::Ended,
+                command = commands.recv() => if let Some(end) = stopped(command) { return end },
             }
         }
     }
