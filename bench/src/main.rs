@@ -15,6 +15,7 @@
 //! the inventory, which is always set up over gRPC).
 
 mod direct;
+mod driver_limit;
 mod limit;
 mod pgbench;
 mod report;
@@ -111,6 +112,10 @@ struct Args {
     /// PostgreSQL's `max_connections` of 100 allows).
     #[arg(long)]
     limit_clients: Option<usize>,
+    /// With `--limit-database-url`, for creates (`spread`, `hot`): also run the same
+    /// transaction through sqlx, an async driver on this process's runtime, after pgbench.
+    #[arg(long)]
+    limit_sqlx: bool,
     /// After the run, measure SQLite's own limit with the sqlite3 CLI on a copy of this database
     /// file (the server's, a path or its `sqlite://` URL): the scenario's statements, one
     /// transaction after another in one process, as long as the run.
@@ -302,6 +307,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(limit) => report.limit = Some(limit),
             // The service's numbers stand on their own: print them anyway.
             Err(err) => eprintln!("snapshotd-bench: no database limit: {err}"),
+        }
+        if args.limit_sqlx && matches!(args.scenario, Scenario::Spread | Scenario::Hot) {
+            eprintln!("measuring the database limit through sqlx ({clients} tasks)…");
+            let script = limit::script(&plan.naming);
+            let disks = plan.naming.disks as u64;
+            match driver_limit::measure(url, &script, disks, clients, args.duration).await {
+                Ok(limit) => report.sqlx_limit = Some(limit),
+                Err(err) => eprintln!("snapshotd-bench: no sqlx limit: {err}"),
+            }
         }
     }
     if let Some(file) = &args.limit_sqlite_file {

@@ -111,6 +111,9 @@ pub struct Report {
     /// The bench's own CPU per call (all its threads: the client, its connections' tasks).
     pub client_cpu_us_per_call: Option<f64>,
     pub limit: Option<Limit>,
+    /// The same transaction through sqlx, an async driver (`--limit-sqlx`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlx_limit: Option<Limit>,
     /// SQLite's own limit (`--limit-sqlite-file`).
     pub sqlite_limit: Option<SqliteLimit>,
     /// The `watch` scenario's watchers.
@@ -170,6 +173,7 @@ impl Report {
             server,
             client_cpu_us_per_call,
             limit: None,
+            sqlx_limit: None,
             sqlite_limit: None,
             watch: None,
         }
@@ -307,6 +311,27 @@ impl Report {
                 out,
                 "p99         service {:.2} ms vs database alone {p99} ({concurrency})",
                 self.latency.p99_ms
+            );
+        }
+        if let Some(limit) = &self.sqlx_limit {
+            let _ = writeln!(
+                out,
+                "limit       sqlx {:.0} tx/s, p50 {:.2} ms p99 {:.2} ms max {:.2} ms with the store's \
+                 create transaction ({} tasks on one multi-threaded runtime)",
+                limit.pgbench_tps,
+                limit.latency_p50_ms,
+                limit.latency_p99_ms,
+                limit.latency_max_ms,
+                limit.clients
+            );
+            let _ = writeln!(
+                out,
+                "vs sqlx     service ÷ sqlx limit = {:.0} ÷ {:.0} = {:.2}; p50 {:.2} ms vs {:.2} ms",
+                self.ok_per_second,
+                limit.pgbench_tps,
+                self.ok_per_second / limit.pgbench_tps,
+                self.latency.p50_ms,
+                limit.latency_p50_ms
             );
         }
         if let Some(limit) = &self.sqlite_limit {
