@@ -55,6 +55,8 @@ pub trait Dialect: Database + Sized {
 
     /// The statement that begins a write transaction.
     const BEGIN_WRITE: &'static str;
+    /// The statement that begins CreateSnapshot's batch transaction ([`Store::begin_batch`]).
+    const BEGIN_BATCH: &'static str;
     /// This database's schema, one numbered migration per change.
     const MIGRATOR: Migrator;
     /// The names of the tables the store's statements would see.
@@ -267,26 +269,11 @@ where
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
-        let waiting = std::time::Instant::now();
-        // The turn before the connection: a writer in the queue holds no connection a read
-        // could use.
-        let turn = self
-            .turn
-            .take(
-                self.pool.options().get_acquire_timeout(),
-                self.pool.close_event(),
-            )
-            .await?;
-        let mut session = self.session().await?;
-        session.turn = turn;
-        session.in_transaction = true;
-        if let Err(err) = session.execute(DB::BEGIN_WRITE).await {
-            session.raw().close_on_drop();
-            session.in_transaction = false;
-            return Err(err.into());
-        }
-        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
-        Ok(Box::new(session))
+        Ok(Box::new(self.begin_with(DB::BEGIN_WRITE).await?))
+    }
+
+    async fn begin_batch(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(self.begin_with(DB::BEGIN_BATCH).await?))
     }
 
     async fn read(&self) -> Result<Box<dyn Transaction>, StoreError> {
@@ -322,6 +309,30 @@ where
 }
 
 impl<DB: Dialect> SqlStore<DB> {
+    /// A write transaction begun by `begin` ([`Dialect::BEGIN_WRITE`] or `BEGIN_BATCH`).
+    async fn begin_with(&self, begin: &'static str) -> Result<SqlSession<DB>, StoreError> {
+        let waiting = std::time::Instant::now();
+        // The turn before the connection: a writer in the queue holds no connection a read
+        // could use.
+        let turn = self
+            .turn
+            .take(
+                self.pool.options().get_acquire_timeout(),
+                self.pool.close_event(),
+            )
+            .await?;
+        let mut session = self.session().await?;
+        session.turn = turn;
+        session.in_transaction = true;
+        if let Err(err) = session.execute(begin).await {
+            session.raw().close_on_drop();
+            session.in_transaction = false;
+            return Err(err.into());
+        }
+        crate::telemetry::metric::db_begin_wait(waiting.elapsed());
+        Ok(session)
+    }
+
     /// A session outside any transaction, on a kept connection (`super::kept`) or a pooled one.
     async fn session(&self) -> Result<SqlSession<DB>, sqlx::Error> {
         let (connection, acquired_at) = match self.kept.take(&self.fence) {

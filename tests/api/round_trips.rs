@@ -142,7 +142,12 @@ impl FrontendFrames {
                     b'Q' => {
                         let text = &self.pending[5..total];
                         let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
-                        waits.push(text.into_owned());
+                        // CreateSnapshot's BEGIN, its settings in the same query.
+                        if text == snapshotd::store::postgres::BEGIN_BATCH_SQL {
+                            waits.push("BEGIN".to_owned());
+                        } else {
+                            waits.push(text.into_owned());
+                        }
                     }
                     _ => {}
                 }

@@ -295,6 +295,7 @@ impl Dialect for Postgres {
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const BEGIN_BATCH: &'static str = BEGIN_BATCH_SQL;
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
     const TABLE_NAMES: &'static str = "SELECT CAST(table_name AS text) FROM information_schema.tables \
          WHERE table_schema = current_schema() ORDER BY table_name";
@@ -596,6 +597,21 @@ async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, Stor
         .await
         .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()))
 }
+
+/// CreateSnapshot's batch transaction starts with this ([`Dialect::BEGIN_BATCH`]), in one
+/// simple query.
+///
+/// Generic plans: the batch's statements take their rows by key from arrays of parameters
+/// (`UNNEST($1::text[], …)`), and PostgreSQL's default (`auto`) estimates a generic plan over
+/// arrays of unknown length at ten rows, finds it dearer than the custom plan of a one-element
+/// array, and so plans the statement again at every execution: 0.86 ms of a create's
+/// locking read's bind at 1 in flight, more than its execution and pgbench's whole transaction
+/// (bench/README.md, "Planned once"). The generic plan is the custom one's shape (index
+/// lookups by key, nested loops), for one disk or a batch of 256. `SET LOCAL` ends with the
+/// transaction, so a transaction pooler's next client does not inherit it. Other transactions,
+/// and batches of more than a few calls (`service::group_commit`), keep `auto` (bench/README.md,
+/// "Planned once").
+pub const BEGIN_BATCH_SQL: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The `application_name` of the session that LISTENs (the pool's are `snapshotd`).
 pub const LISTENER_APPLICATION_NAME: &str = "snapshotd-changes";

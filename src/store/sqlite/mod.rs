@@ -121,6 +121,7 @@ impl Dialect for Sqlite {
     /// Takes the write lock at the start, so reads inside the transaction are the state it
     /// writes on.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const BEGIN_BATCH: &'static str = Self::BEGIN_WRITE;
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     const TABLE_NAMES: &'static str = "SELECT name FROM sqlite_master \
          WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name";
