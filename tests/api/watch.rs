@@ -104,7 +104,11 @@ async fn end_of(stream: &mut Watch) -> (Status, usize) {
 
 /// A server with one disk of `acct-a` and a snapshot of it (still copying): the app and the id.
 async fn app_with_a_snapshot(backend: Backend) -> (TestApp, String) {
-    let app = spawn_app(backend).await;
+    with_a_snapshot(spawn_app(backend).await).await
+}
+
+/// `app` with one disk of `acct-a` and a snapshot of it (still copying): the app and the id.
+async fn with_a_snapshot(app: TestApp) -> (TestApp, String) {
     app.seed(&world("acct-a", 1)).await;
     let id = app
         .create_on("acct-a", "d-acct-a-0")
@@ -900,12 +904,7 @@ async fn a_watch_while_the_database_is_gone_fails_fast_and_the_next_one_works_on
         },
     )
     .await;
-    app.seed(&world("acct-a", 1)).await;
-    let id = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (app, id) = with_a_snapshot(app).await;
     let mut first = watch(&app, "acct-a", &[&id], "").await;
     next(&mut first, "the current state").await;
 
