@@ -305,12 +305,6 @@ impl Lane {
     }
 }
 
-/// Batches of up to this many calls run their statements with generic plans
-/// ([`Store::begin_batch`]). A bigger batch's planning is spread over its calls, and at 64 in
-/// flight (batches of about 30) generic plans measured 6–20 % fewer calls/s than planning each
-/// batch (bench/README.md, "Planned once").
-const PLANNED_ONCE_UP_TO: usize = 8;
-
 /// Writes one batch of queued calls in one transaction and answers each; returns the cause
 /// when the database was unreachable. It owns all it uses: it runs in a task of its own, so
 /// that no caller's going away can drop it halfway and leave the others' answers unknown.
@@ -323,12 +317,7 @@ async fn write_batch(
     let written = async {
         let mut attempt = 1;
         loop {
-            // A small batch's statements are planned once: see `Store::begin_batch`.
-            let mut tx = if batch.len() <= PLANNED_ONCE_UP_TO {
-                store.begin_batch().await?
-            } else {
-                store.begin().await?
-            };
+            let mut tx = store.begin_batch(batch.len()).await?;
             let decision = match decide_batch(tx.as_mut(), &batch, backend.as_ref()).await {
                 Ok(decision) => decision,
                 Err(err) => {

@@ -295,11 +295,11 @@ pub trait Store: Send + Sync + 'static {
     /// asked before this one had theirs: `turn`).
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
-    /// [`begin`](Self::begin) for a small CreateSnapshot batch, whose statements take their
-    /// rows by key from arrays of parameters: PostgreSQL plans them once per connection
-    /// (generic plans, `BEGIN_BATCH_SQL` in `postgres/`), where its default would plan them
-    /// again at every call.
-    async fn begin_batch(&self) -> Result<Box<dyn Transaction>, StoreError>;
+    /// [`begin`](Self::begin) for a CreateSnapshot batch of `calls` calls, whose statements take
+    /// their rows by key from arrays of parameters: for a small batch PostgreSQL plans them once
+    /// per connection (generic plans, `BEGIN_BATCH_SQL` in `postgres/`), where its default
+    /// would plan them again at every call.
+    async fn begin_batch(&self, calls: usize) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// A connection outside any transaction, for reads that lock nothing: each statement sees
     /// what was committed when it started, and a write commits on its own (autocommit: for a

@@ -609,7 +609,7 @@ async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, Stor
 /// (bench/README.md, "Planned once"). The generic plan is the custom one's shape (index
 /// lookups by key, nested loops), for one disk or a batch of 256. `SET LOCAL` ends with the
 /// transaction, so a transaction pooler's next client does not inherit it. Other transactions,
-/// and batches of more than a few calls (`service::group_commit`), keep `auto` (bench/README.md,
+/// and batches of more than a few calls (`PLANNED_ONCE_UP_TO` in `shared.rs`), keep `auto` (bench/README.md,
 /// "Planned once").
 pub const BEGIN_BATCH_SQL: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
