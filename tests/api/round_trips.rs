@@ -3,7 +3,10 @@
 //! protocol and records each message after which the client waits for the server (`Sync` ends an
 //! extended-protocol exchange: `"Execute"` when it ran a statement, `"Sync"` when it did not, as
 //! a ping or a statement's preparation; `Query` is a simple query such as `BEGIN` or `COMMIT`).
+//! With `debug_print_plan` on, the proxy also reads the server's answers, and records each
+//! planning PostgreSQL reports (`"plan"`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,10 +62,26 @@ impl CountingProxy {
                             }
                         }
                     };
-                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                    let counter = Arc::clone(&counter);
+                    let downstream = async {
+                        let mut frames = BackendFrames::default();
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let plans = frames.feed(&buffer[..n]);
+                            let plans = plans.into_iter().map(|plan| (connection, plan));
+                            counter.lock().unwrap().extend(plans);
+                            if client_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
                         () = upstream => {}
-                        _ = downstream => {}
+                        () = downstream => {}
                     }
                 });
             }
@@ -84,7 +103,7 @@ impl CountingProxy {
         let recorded = self.take();
         let transactions: Vec<usize> = recorded
             .iter()
-            .filter(|(_, wait)| wait == "BEGIN")
+            .filter(|(_, wait)| wait.starts_with("BEGIN"))
             .map(|(connection, _)| *connection)
             .collect();
         recorded
@@ -144,7 +163,7 @@ impl FrontendFrames {
                         let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
                         // CreateSnapshot's BEGIN, its settings in the same query.
                         if text == snapshotd::store::postgres::BEGIN_BATCH_SQL {
-                            waits.push("BEGIN".to_owned());
+                            waits.push(BEGIN_BATCH.to_owned());
                         } else {
                             waits.push(text.into_owned());
                         }
@@ -156,6 +175,53 @@ impl FrontendFrames {
             self.pending.drain(..total);
         }
     }
+}
+
+/// How the proxy records CreateSnapshot's BEGIN (`BEGIN_BATCH_SQL`: BEGIN, and generic plans
+/// for the transaction, in one query).
+const BEGIN_BATCH: &str = "BEGIN (generic plans)";
+
+/// Splits the backend byte stream into messages (`type, length, body` from the first) and
+/// finds the plannings `debug_print_plan` reports: a NoticeResponse whose message is `plan:`.
+#[derive(Default)]
+struct BackendFrames {
+    pending: Vec<u8>,
+}
+
+impl BackendFrames {
+    /// Takes more bytes; returns a `"plan"` for each planning they completed.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut plans = Vec::new();
+        while self.pending.len() >= 5 {
+            let length = u32::from_be_bytes(self.pending[1..5].try_into().unwrap()) as usize;
+            let total = 1 + length;
+            if self.pending.len() < total {
+                break;
+            }
+            if self.pending[0] == b'N' && notice_message(&self.pending[5..total]) == Some("plan:") {
+                plans.push("plan".to_owned());
+            }
+            self.pending.drain(..total);
+        }
+        plans
+    }
+}
+
+/// The message field (`M`) of a NoticeResponse's body: fields of a type byte and a C string,
+/// ended by a zero byte.
+fn notice_message(mut body: &[u8]) -> Option<&str> {
+    while let [field, rest @ ..] = body {
+        if *field == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|&byte| byte == 0)?;
+        if *field == b'M' {
+            return std::str::from_utf8(&rest[..end]).ok();
+        }
+        body = &rest[end + 1..];
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,7 +246,7 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
     }
     // No ping after COMMIT either: the connection is kept for the next transaction instead of
     // going back to the pool, which would ping it (`store::kept`).
-    let expected = ["BEGIN", "Execute", "Execute", "COMMIT"];
+    let expected = [BEGIN_BATCH, "Execute", "Execute", "COMMIT"];
     let exact = windows
         .iter()
         .filter(|window| window.as_slice() == expected)
@@ -191,14 +257,75 @@ async fn a_successful_create_snapshot_is_four_round_trips_on_its_path() {
          front of BEGIN nor after COMMIT): {windows:?}"
     );
     for window in &windows {
-        let begin = window.iter().position(|w| w == "BEGIN").expect("a BEGIN");
+        let begin = window
+            .iter()
+            .position(|w| w == BEGIN_BATCH)
+            .expect("a BEGIN");
         let commit = window.iter().position(|w| w == "COMMIT").expect("a COMMIT");
         assert_eq!(commit - begin, 3, "two statements inside: {window:?}");
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_is_planned_once_per_connection_not_at_every_call() {
+    // The statements take their rows from arrays; under PostgreSQL's default plan cache mode
+    // they would be planned anew at every call (`BEGIN_BATCH_SQL`).
+    let (app, proxy) = app_behind_a_counting_proxy_with(2, PRINT_PLANS).await;
+    app.seed(&world("acct-a", 12)).await;
+    proxy.take();
+    for disk in 0..12 {
+        app.create_on("acct-a", &format!("d-acct-a-{disk}"))
+            .await
+            .expect("a snapshot");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Per connection: its create transactions, and the plannings in each.
+    let mut creates: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut inside: HashMap<usize, bool> = HashMap::new();
+    for (connection, event) in proxy.take() {
+        match event.as_str() {
+            BEGIN_BATCH => {
+                creates.entry(connection).or_default().push(0);
+                inside.insert(connection, true);
+            }
+            "COMMIT" | "ROLLBACK" => {
+                inside.insert(connection, false);
+            }
+            "plan" if inside.get(&connection) == Some(&true) => {
+                *creates.get_mut(&connection).unwrap().last_mut().unwrap() += 1;
+            }
+            _ => {}
+        }
+    }
+    let total: usize = creates.values().map(Vec::len).sum();
+    assert_eq!(total, 12, "one transaction per create: {creates:?}");
+    for (connection, plannings) in &creates {
+        assert!(
+            plannings[0] >= 2,
+            "a connection's first create plans its statements (and the proxy sees it): \
+             connection {connection}: {plannings:?}"
+        );
+        assert!(
+            plannings[1..].iter().all(|&count| count == 0),
+            "a connection's later creates reuse the plans: connection {connection}: {plannings:?}"
+        );
+    }
+}
+
 /// A server on PostgreSQL through a counting proxy, with `connections` connections at most.
 async fn app_behind_a_counting_proxy(connections: u32) -> (TestApp, CountingProxy) {
+    app_behind_a_counting_proxy_with(connections, "").await
+}
+
+/// PostgreSQL sends each planning to the client as a LOG notice (URL query parameters).
+const PRINT_PLANS: &str = "&options=-c%20debug_print_plan%3Don%20-c%20client_min_messages%3Dlog";
+
+/// [`app_behind_a_counting_proxy`], with `settings` added to the database URL's query.
+async fn app_behind_a_counting_proxy_with(
+    connections: u32,
+    settings: &'static str,
+) -> (TestApp, CountingProxy) {
     let proxy = CountingProxy::start(postgres_server_addr().await).await;
     let proxy_addr = proxy.addr;
     let app = spawn_app_with(
@@ -207,7 +334,7 @@ async fn app_behind_a_counting_proxy(connections: u32) -> (TestApp, CountingProx
             configure: Box::new(move |config| {
                 // Plain TCP, so the proxy can read the protocol.
                 let url = crate::helpers::replace_host(&config.database_url, proxy_addr);
-                config.database_url = format!("{url}?sslmode=disable");
+                config.database_url = format!("{url}?sslmode=disable{settings}");
                 config.db_max_connections = connections;
             }),
             ..Options::default()
