@@ -44,41 +44,24 @@ impl CountingProxy {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let upstream = async {
-                        let mut frames = FrontendFrames::default();
-                        let mut buffer = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match client_read.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let waits = frames.feed(&buffer[..n]);
-                            let waits = waits.into_iter().map(|wait| (connection, wait));
-                            counter.lock().unwrap().extend(waits);
-                            if server_write.write_all(&buffer[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let counter = Arc::clone(&counter);
-                    let downstream = async {
-                        let mut frames = BackendFrames::default();
-                        let mut buffer = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match server_read.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let plans = frames.feed(&buffer[..n]);
-                            let plans = plans.into_iter().map(|plan| (connection, plan));
-                            counter.lock().unwrap().extend(plans);
-                            if client_write.write_all(&buffer[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let mut frontend = FrontendFrames::default();
+                    let mut backend = BackendFrames::default();
+                    let upstream = relay(client_read, server_write, |bytes| {
+                        let waits = frontend.feed(bytes).into_iter();
+                        counter
+                            .lock()
+                            .unwrap()
+                            .extend(waits.map(|wait| (connection, wait)));
+                    });
+                    let downstream = relay(server_read, client_write, |bytes| {
+                        let plans = backend.feed(bytes).into_iter();
+                        counter
+                            .lock()
+                            .unwrap()
+                            .extend(plans.map(|plan| (connection, plan)));
+                    });
                     tokio::select! {
                         () = upstream => {}
                         () = downstream => {}
@@ -118,6 +101,25 @@ impl CountingProxy {
     async fn take_after(&self, settle: Duration) -> Vec<String> {
         tokio::time::sleep(settle).await;
         self.take().into_iter().map(|(_, wait)| wait).collect()
+    }
+}
+
+/// Copies `from` to `to` until either side closes, showing each read to `observe` first.
+async fn relay(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    mut observe: impl FnMut(&[u8]),
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        observe(&buffer[..n]);
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
