@@ -21,7 +21,11 @@
 # measure, default target/release/snapshotd), DESCRIBE_PAGE_SIZE (`describe`'s page, default
 # 100), POOLER (`pgbouncer`: the servers reach PostgreSQL
 # through a pgbouncer in transaction pooling mode that the script starts, with
-# POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct).
+# POOLER_POOL_SIZE server connections, default 16; migrations and pgbench go direct),
+# CALLGRIND (a directory: the servers run under valgrind's callgrind, the bench reports their
+# instructions per call, and each server's profile of the measured part is kept there as
+# callgrind.PID.1, for `callgrind_annotate --inclusive=yes --tree=calling`; run at low
+# concurrency: under valgrind a server is some 50 times slower).
 set -euo pipefail
 
 scenario=${1:-spread}
@@ -107,6 +111,15 @@ esac
 targets=()
 ecs_targets=()
 pid_args=()
+valgrind=()
+health_tries=100
+if [ -n "${CALLGRIND:-}" ]; then
+    command -v valgrind >/dev/null || { echo "CALLGRIND needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+    mkdir -p "$CALLGRIND"
+    valgrind=(valgrind --tool=callgrind "--callgrind-out-file=$(cd "$CALLGRIND" && pwd)/callgrind.%p")
+    health_tries=600
+    BENCH_ARGS="${BENCH_ARGS:-} --callgrind"
+fi
 for replica in $(seq 1 "$replicas"); do
     # Below the ephemeral range (32768-60999), where a client socket may already hold a port.
     port=$((20150 + ${PORT_OFFSET:-0} + replica))
@@ -118,12 +131,12 @@ for replica in $(seq 1 "$replicas"); do
         SNAPSHOTD_ECS_LISTEN="127.0.0.1:$ecs_port" \
         SNAPSHOTD_COPY_RATE_MIBPS=1000000 SNAPSHOTD_WORKER_INTERVAL=100ms \
         SNAPSHOTD_DEMO=false SNAPSHOTD_LOG_FORMAT=json RUST_LOG=warn ${SERVER_ENV:-} \
-        "${SERVER_BIN:-target/release/snapshotd}" >"$work/server-$replica.log" 2>&1 &
+        "${valgrind[@]}" "${SERVER_BIN:-target/release/snapshotd}" >"$work/server-$replica.log" 2>&1 &
     pids+=("$!")
     pid_args+=(--server-pid "$!")
     targets+=(--target "http://127.0.0.1:$port")
     ecs_targets+=(--ecs-target "http://127.0.0.1:$ecs_port")
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 "$health_tries"); do
         target/release/snapshotd health --listen "127.0.0.1:$port" >/dev/null 2>&1 && break
         sleep 0.1
     done

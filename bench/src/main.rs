@@ -102,6 +102,12 @@ struct Args {
     /// largest of them) and CPU per call (all of them).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// The servers of `--server-pid` run under valgrind's callgrind: also report the
+    /// instructions they execute per call, a count that does not move with the machine's load
+    /// (`callgrind_control` zeroes their counters when the measured part starts, reads them and
+    /// dumps a profile of that part when it ends; `bench/limit.sh` with `CALLGRIND=DIR`).
+    #[arg(long, requires = "server_pid")]
+    callgrind: bool,
     /// Also write the report as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -240,7 +246,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         None
     };
     let sampler = (!args.server_pid.is_empty())
-        .then(|| server_stats::Sampler::start(args.server_pid.clone()));
+        .then(|| server_stats::Sampler::start(args.server_pid.clone(), args.callgrind));
     let outcome = scenario::drive(
         &plan,
         &clients,
@@ -253,6 +259,9 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     .await;
     let server = sampler.map(|sampler| sampler.finish());
     progress.finish();
+    if let Some(Err(err)) = &outcome.server_instructions {
+        return Err(format!("--callgrind: {err}").into());
+    }
 
     let target = match args.edge {
         Edge::Grpc => args.target.join(","),

@@ -142,6 +142,12 @@ impl Report {
             server.cpu_seconds = cpu.as_secs_f64();
             server.cpu_us_per_call = (calls > 0).then(|| cpu.as_secs_f64() * 1e6 / calls as f64);
         }
+        if let (Some(server), Some(Ok(instructions))) =
+            (server.as_mut(), &outcome.server_instructions)
+        {
+            server.instructions = Some(*instructions);
+            server.instructions_per_call = (calls > 0).then(|| *instructions as f64 / calls as f64);
+        }
         let client_cpu_us_per_call = outcome
             .client_cpu
             .filter(|_| calls > 0)
@@ -225,6 +231,14 @@ impl Report {
                 server
                     .cpu_us_per_call
                     .map_or("–".to_owned(), |us| format!("{us:.0}")),
+            );
+        }
+        if let Some(server) = &self.server
+            && let Some(per_call) = server.instructions_per_call
+        {
+            let _ = writeln!(
+                out,
+                "server      {per_call:.0} instructions per call (callgrind, all threads)"
             );
         }
         if let Some(us) = self.client_cpu_us_per_call {

@@ -113,6 +113,8 @@ pub struct Outcome {
     pub starved: u64,
     /// Server CPU seconds over the measured part, when its pid was given.
     pub server_cpu: Option<Duration>,
+    /// `--callgrind`: the servers' instructions over the measured part, or why they are unknown.
+    pub server_instructions: Option<Result<u64, String>>,
     /// This process's CPU over the measured part: what the client costs per call.
     pub client_cpu: Option<Duration>,
 }
@@ -205,9 +207,17 @@ pub async fn drive(
     // deadline, and the workers finish their last call.
     let cpu_at_start = async {
         tokio::time::sleep_until(measure_from.into()).await;
-        (sampler.map(Sampler::cpu), cpu_time(std::process::id()))
+        let counting = match sampler {
+            Some(sampler) => sampler.start_counting().await,
+            None => Ok(()),
+        };
+        (
+            sampler.map(Sampler::cpu),
+            cpu_time(std::process::id()),
+            counting,
+        )
     };
-    let ((), (cpu_before, client_cpu_before)) = tokio::join!(
+    let ((), (cpu_before, client_cpu_before, counting)) = tokio::join!(
         progress.run(&shared.done, &shared.unexpected, epoch, warmup, duration),
         cpu_at_start
     );
@@ -224,6 +234,11 @@ pub async fn drive(
         (Some(sampler), Some(before)) => Some(sampler.cpu_since(before)),
         _ => None,
     };
+    let server_instructions = match (sampler, counting) {
+        (Some(sampler), Ok(())) => sampler.instructions().await,
+        (_, Err(err)) => Some(Err(err)),
+        (None, Ok(())) => None,
+    };
     let client_cpu = client_cpu_before
         .zip(cpu_time(std::process::id()))
         .map(|(before, after)| after.saturating_sub(before));
@@ -233,6 +248,7 @@ pub async fn drive(
         answers: total.answers,
         starved: total.starved,
         server_cpu,
+        server_instructions,
         client_cpu,
     }
 }
