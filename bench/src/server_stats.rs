@@ -146,24 +146,6 @@ fn thread_totals(status: &str) -> Option<u64> {
     (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::thread_totals;
-
-    #[test]
-    fn thread_totals_sum_the_threads_counts() {
-        let status = "PID 21252: /work/snapshotd\n\n  Totals:       Ir \n   Th 1  8,288,590 \n   Th 2     76,595 \n   Th 3          0 \n";
-        let cases = [
-            (status, Some(8_365_185)),
-            ("PID 1: x\n  Totals:  Ir\n", None),
-            ("no such process", None),
-        ];
-        for (status, expected) in cases {
-            assert_eq!(thread_totals(status), expected, "{status}");
-        }
-    }
-}
-
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -201,4 +183,22 @@ fn running(pid: u32) -> bool {
             .and_then(|end| stat[end + 1..].split_whitespace().next())
             .is_some_and(|state| state != "Z")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_totals;
+
+    #[test]
+    fn thread_totals_sum_the_threads_counts() {
+        let status = "PID 21252: /usr/local/bin/snapshotd\n\n  Totals:       Ir \n   Th 1  8,288,590 \n   Th 2     76,595 \n   Th 3          0 \n";
+        let cases = [
+            (status, Some(8_365_185)),
+            ("PID 1: x\n  Totals:  Ir\n", None),
+            ("no such process", None),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(thread_totals(status), expected, "{status}");
+        }
+    }
 }
