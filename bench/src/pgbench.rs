@@ -36,7 +36,7 @@ pub fn create_snapshot_pgbench_script(workload: &PgbenchWorkload<'_>) -> String 
     let snapshot = "('s-' || :snap)".to_owned();
     let one = |value: &str| format!("ARRAY[{value}]");
     let lock_and_read = bind(
-        &lock_free_disks_and_read_sql(),
+        lock_free_disks_and_read_sql(),
         &[&one(&disk), &one(&account), "ARRAY[NULL]"],
     );
     let insert = bind(

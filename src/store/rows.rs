@@ -220,9 +220,8 @@ impl OptionalTokenColumns {
 
 /// The one row CreateSnapshot reads under the disk lock: the disk with its bookkeeping, its
 /// account, its instance and the caller's token binding.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 pub(crate) struct LockedDiskRow {
-    #[sqlx(flatten)]
     pub disk: DiskRow,
     pub snapshot_count: i32,
     pub progressing_snapshot_id: Option<String>,
@@ -230,7 +229,6 @@ pub(crate) struct LockedDiskRow {
     /// The progressing snapshot's expected end. Read in the locking statement, so on PostgreSQL
     /// it can be missing when that snapshot committed while the statement waited for the lock.
     pub progressing_due_at: Option<Timestamp>,
-    #[sqlx(flatten)]
     pub account: OptionalAccountColumns,
     pub inst_id: Option<String>,
     pub inst_account_id: Option<String>,
@@ -238,8 +236,109 @@ pub(crate) struct LockedDiskRow {
     pub inst_created_at: Option<Timestamp>,
     pub inst_last_started_at: Option<Timestamp>,
     pub inst_lock_reasons: Option<String>,
-    #[sqlx(flatten)]
     pub token: OptionalTokenColumns,
+}
+
+/// `shared::CREATE_STATE_COLUMNS`' names, in order: [`LockedDiskRow`] reads them by position
+/// (as [`DescribedRow`] does), checked against the statement's in debug builds.
+pub(crate) const CREATE_STATE_COLUMN_NAMES: [&str; 25] = [
+    "disk_id",
+    "account_id",
+    "category",
+    "disk_type",
+    "status",
+    "instance_id",
+    "size_gib",
+    "created_at",
+    "expires_at",
+    "ever_attached",
+    "snapshot_count",
+    "progressing_snapshot_id",
+    "progressing_since",
+    "acct_id",
+    "acct_snapshot_service_activated",
+    "acct_insufficient_balance",
+    "inst_id",
+    "inst_account_id",
+    "inst_status",
+    "inst_created_at",
+    "inst_last_started_at",
+    "inst_lock_reasons",
+    "token_fingerprint",
+    "token_snapshot_id",
+    "progressing_due_at",
+];
+
+impl<'r, R> FromRow<'r, R> for LockedDiskRow
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Self::from_columns(row, 0)
+    }
+}
+
+impl LockedDiskRow {
+    /// By position: the columns of [`CREATE_STATE_COLUMN_NAMES`] from the row's column `first`
+    /// on (a batch's read has its own columns before them).
+    pub fn from_columns<'r, R>(row: &'r R, first: usize) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        String: Decode<'r, R::Database> + Type<R::Database>,
+        i32: Decode<'r, R::Database> + Type<R::Database>,
+        bool: Decode<'r, R::Database> + Type<R::Database>,
+        Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        debug_assert!(
+            row.columns()
+                .iter()
+                .skip(first)
+                .take(CREATE_STATE_COLUMN_NAMES.len())
+                .map(Column::name)
+                .eq(CREATE_STATE_COLUMN_NAMES),
+            "the create read selects CREATE_STATE_COLUMNS from column {first}, in order"
+        );
+        let at = |offset: usize| first + offset;
+        Ok(Self {
+            disk: DiskRow {
+                disk_id: column(row, at(0))?,
+                account_id: column(row, at(1))?,
+                category: column(row, at(2))?,
+                disk_type: column(row, at(3))?,
+                status: column(row, at(4))?,
+                instance_id: column(row, at(5))?,
+                size_gib: column(row, at(6))?,
+                created_at: column(row, at(7))?,
+                expires_at: column(row, at(8))?,
+                ever_attached: column(row, at(9))?,
+            },
+            snapshot_count: column(row, at(10))?,
+            progressing_snapshot_id: column(row, at(11))?,
+            progressing_since: column(row, at(12))?,
+            account: OptionalAccountColumns {
+                acct_id: column(row, at(13))?,
+                acct_snapshot_service_activated: column(row, at(14))?,
+                acct_insufficient_balance: column(row, at(15))?,
+            },
+            inst_id: column(row, at(16))?,
+            inst_account_id: column(row, at(17))?,
+            inst_status: column(row, at(18))?,
+            inst_created_at: column(row, at(19))?,
+            inst_last_started_at: column(row, at(20))?,
+            inst_lock_reasons: column(row, at(21))?,
+            token: OptionalTokenColumns {
+                token_fingerprint: column(row, at(22))?,
+                token_snapshot_id: column(row, at(23))?,
+            },
+            progressing_due_at: column(row, at(24))?,
+        })
+    }
 }
 
 impl CallerRow {
@@ -416,7 +515,7 @@ where
 /// against the column's type (its `type_info` clone and `compatible` test: a quarter of the
 /// instructions that decode a describe row, bench/README.md): the statements' select lists are
 /// fixed, and debug builds, which run every test on both backends, keep the check.
-fn column<'r, R, T>(row: &'r R, index: usize) -> Result<T, sqlx::Error>
+pub(super) fn column<'r, R, T>(row: &'r R, index: usize) -> Result<T, sqlx::Error>
 where
     R: Row,
     usize: ColumnIndex<R>,

@@ -19,16 +19,16 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, FromRow, PgConnection, Postgres, Row};
+use sqlx::{Column, Connection, PgConnection, Postgres, Row};
 
 use super::fence::Fence;
 use super::pooler::SessionConnection;
-use super::rows::LockedDiskRow;
+use super::rows::{LockedDiskRow, column};
 use super::shared::{CREATE_STATE_COLUMNS, Dialect, SqlSession, SqlStore, create_state_joins};
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
@@ -196,9 +196,11 @@ fn durability_warnings(settings: &[Setting]) -> Vec<String> {
 /// engine's columns when its disk was locked; without them (`request_index` is NULL) when the
 /// disk is locked elsewhere (`disk_exists`) or is not the caller's. (The bench's pgbench script
 /// runs this very text.)
-pub fn lock_free_disks_and_read_sql() -> String {
-    format!(
-        "WITH req AS (
+pub fn lock_free_disks_and_read_sql() -> &'static str {
+    // Built once: the text is the same for every batch.
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH req AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
         AS r (disk_id, account_id, client_token, n)
 ), locked AS MATERIALIZED (
@@ -213,8 +215,21 @@ SELECT req.n AS requested,
            AS disk_exists,
        locked.*
 FROM req LEFT JOIN locked ON locked.request_index = req.n",
-        joins = create_state_joins("req.client_token")
-    )
+            joins = create_state_joins("req.client_token")
+        )
+    });
+    &TEXT
+}
+
+/// One array parameter of [`INSERT_SNAPSHOTS_SQL`]: `field` of each snapshot and its command.
+fn each<'s, T>(
+    snapshots: &[(&'s Snapshot, &'s CreateSnapshotCommand)],
+    field: impl Fn(&'s Snapshot, &'s CreateSnapshotCommand) -> T,
+) -> Vec<T> {
+    snapshots
+        .iter()
+        .map(|(snapshot, command)| field(snapshot, command))
+        .collect()
 }
 
 /// Snapshots with their tags and token bindings, and their disks' bookkeeping, in one
@@ -346,23 +361,29 @@ impl Dialect for Postgres {
             .iter()
             .map(|c| c.client_token.as_ref().map(|t| t.as_str()))
             .collect();
-        let rows = sqlx::query(&lock_free_disks_and_read_sql())
+        let rows = sqlx::query(lock_free_disks_and_read_sql())
             .bind(disks)
             .bind(callers)
             .bind(tokens)
             .fetch_all(session.connection())
             .await?;
         let mut reads: Vec<Option<BatchRead>> = commands.iter().map(|_| None).collect();
+        // By position: `requested`, `disk_exists`, `request_index`, then the locked row's.
         for row in rows {
-            let requested: i64 = row.try_get("requested")?;
-            let locked: Option<i64> = row.try_get("request_index")?;
+            debug_assert!(row.columns().iter().take(3).map(Column::name).eq([
+                "requested",
+                "disk_exists",
+                "request_index"
+            ]));
+            let requested: i64 = column(&row, 0)?;
+            let locked: Option<i64> = column(&row, 2)?;
             let read = match locked {
                 Some(_) => BatchRead::Locked(Box::new(
-                    LockedDiskRow::from_row(&row)
+                    LockedDiskRow::from_columns(&row, 3)
                         .map_err(StoreError::from)
                         .and_then(LockedDiskRow::into_parts),
                 )),
-                None if row.try_get("disk_exists")? => BatchRead::Busy,
+                None if column(&row, 1)? => BatchRead::Busy,
                 None => BatchRead::Missing,
             };
             let slot = usize::try_from(requested - 1)
@@ -381,24 +402,6 @@ impl Dialect for Postgres {
         connection: SessionConnection<'_, Postgres>,
         snapshots: &[(&Snapshot, &CreateSnapshotCommand)],
     ) -> Result<(), StoreError> {
-        let text = |field: fn(&Snapshot, &CreateSnapshotCommand) -> Option<String>| {
-            snapshots
-                .iter()
-                .map(|(snapshot, command)| field(snapshot, command))
-                .collect::<Vec<_>>()
-        };
-        let times = |field: fn(&Snapshot) -> Option<Timestamp>| {
-            snapshots
-                .iter()
-                .map(|(snapshot, _)| field(snapshot))
-                .collect::<Vec<_>>()
-        };
-        let integers = |field: fn(&Snapshot) -> i32| {
-            snapshots
-                .iter()
-                .map(|(snapshot, _)| field(snapshot))
-                .collect::<Vec<_>>()
-        };
         let (mut tag_snapshots, mut tag_keys, mut tag_values) = (vec![], vec![], vec![]);
         for (snapshot, _) in snapshots {
             for tag in &snapshot.tags {
@@ -407,26 +410,27 @@ impl Dialect for Postgres {
                 tag_values.push(tag.value.as_str());
             }
         }
+        // Each array borrows its values from the snapshots: nothing is copied to be bound.
         sqlx::query(INSERT_SNAPSHOTS_SQL)
-            .bind(text(|s, _| Some(s.snapshot_id.clone())))
-            .bind(text(|s, _| Some(s.account_id.clone())))
-            .bind(text(|s, _| Some(s.source_disk_id.clone())))
-            .bind(text(|s, _| s.snapshot_name.clone()))
-            .bind(text(|s, _| Some(s.description.clone())))
-            .bind(integers(|s| s.source_disk_size_gib))
-            .bind(text(|s, _| Some(s.source_disk_type.as_str().to_owned())))
-            .bind(text(|s, _| Some(s.status.as_str().to_owned())))
-            .bind(times(|s| Some(s.created_at)))
-            .bind(times(|s| Some(s.started_at)))
-            .bind(text(|_, c| {
-                c.client_token.as_ref().map(|t| t.as_str().to_owned())
+            .bind(each(snapshots, |s, _| s.snapshot_id.as_str()))
+            .bind(each(snapshots, |s, _| s.account_id.as_str()))
+            .bind(each(snapshots, |s, _| s.source_disk_id.as_str()))
+            .bind(each(snapshots, |s, _| s.snapshot_name.as_deref()))
+            .bind(each(snapshots, |s, _| s.description.as_str()))
+            .bind(each(snapshots, |s, _| s.source_disk_size_gib))
+            .bind(each(snapshots, |s, _| s.source_disk_type.as_str()))
+            .bind(each(snapshots, |s, _| s.status.as_str()))
+            .bind(each(snapshots, |s, _| s.created_at))
+            .bind(each(snapshots, |s, _| s.started_at))
+            .bind(each(snapshots, |_, c| {
+                c.client_token.as_ref().map(|t| t.as_str())
             }))
-            .bind(text(|_, c| {
+            .bind(each(snapshots, |_, c| {
                 c.client_token.as_ref().map(|_| c.fingerprint())
             }))
-            .bind(times(|s| Some(s.copy_due_at)))
-            .bind(integers(|s| s.retention.as_i32()))
-            .bind(times(|s| s.retention.release_at(s.created_at)))
+            .bind(each(snapshots, |s, _| s.copy_due_at))
+            .bind(each(snapshots, |s, _| s.retention.as_i32()))
+            .bind(each(snapshots, |s, _| s.retention.release_at(s.created_at)))
             .bind(tag_snapshots)
             .bind(tag_keys)
             .bind(tag_values)
