@@ -252,7 +252,7 @@ impl PageCursor {
 
 /// A count as [`PageCursor::to_token`] writes it: decimal digits without a sign or a leading
 /// zero, at most what a database count (`bigint`) can be.
-fn parse_total(text: &str) -> Option<u64> {
+pub(super) fn parse_total(text: &str) -> Option<u64> {
     let canonical = !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit())
         && (text == "0" || !text.starts_with('0'));

@@ -2,9 +2,10 @@
 //!
 //! DescribeImages pages as DescribeSnapshots does (the same page sizes, numbered pages and
 //! `next_token`s), through the helpers of [`super::commands`]; its tokens are of their own
-//! listing (`i1`), so a snapshot listing's token is malformed here and the other way round.
+//! listing (`i2`, and `i1` before the total was carried), so a snapshot listing's token is
+//! malformed here and the other way round.
 
-use super::commands::{cursor_token, page_size, page_skip, read_cursor_token};
+use super::commands::{cursor_token, page_size, page_skip, parse_total, read_cursor_token};
 use super::{DiskType, ImageId, ParseError, SnapshotId, Timestamp};
 
 /// A custom image as the store keeps it, with what it shows of its snapshot's disk.
@@ -35,29 +36,56 @@ pub struct DescribeImagesParams<'a> {
 /// At most this many ids in one DescribeImages.
 pub const MAX_IMAGE_IDS: usize = 100;
 
-/// Where a page of DescribeImages ends: the last row's sort key.
+/// Where a page of DescribeImages ends: the last row's sort key, and the listing's total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageCursor {
     pub created_at: Timestamp,
     pub image_id: String,
+    /// Every match, counted on the listing's first page and carried from page to page, as
+    /// DescribeSnapshots' tokens carry theirs. `None`: an `i1` token (written before the total
+    /// was carried); its page counts.
+    pub total: Option<u64>,
 }
 
-const IMAGE_TOKEN_VERSION: &str = "i1";
+/// Tokens written before the total was carried: still read, never written.
+const IMAGE_TOKEN_VERSION_UNCOUNTED: &str = "i1";
+/// What `i1` held, and the listing's total.
+const IMAGE_TOKEN_VERSION: &str = "i2";
 
 impl ImageCursor {
-    /// The opaque `next_token`, checksummed as DescribeSnapshots' are.
+    /// The opaque `next_token`, checksummed as DescribeSnapshots' are: `i2|…|<image id>|<total>`.
     pub fn to_token(&self) -> String {
-        cursor_token(IMAGE_TOKEN_VERSION, self.created_at, &self.image_id)
+        match self.total {
+            Some(total) => cursor_token(
+                IMAGE_TOKEN_VERSION,
+                self.created_at,
+                &format!("{}|{total}", self.image_id),
+            ),
+            None => cursor_token(
+                IMAGE_TOKEN_VERSION_UNCOUNTED,
+                self.created_at,
+                &self.image_id,
+            ),
+        }
     }
 
-    /// Reads a `next_token` back; anything this service did not write for images is malformed.
+    /// Reads a `next_token` back (`i2`, or an `i1` of an older server); anything this service
+    /// did not write for images is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let (_, created_at, image_id) = read_cursor_token(token, &[IMAGE_TOKEN_VERSION])?;
-        let image_id =
-            ImageId::parse(&image_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
+        let malformed = || ParseError::InvalidNextTokenMalformed;
+        let (version, created_at, rest) =
+            read_cursor_token(token, &[IMAGE_TOKEN_VERSION, IMAGE_TOKEN_VERSION_UNCOUNTED])?;
+        let (image_id, total) = if version == IMAGE_TOKEN_VERSION {
+            let (image_id, total) = rest.split_once('|').ok_or_else(malformed)?;
+            (image_id, Some(parse_total(total).ok_or_else(malformed)?))
+        } else {
+            (rest.as_str(), None)
+        };
+        let image_id = ImageId::parse(image_id).map_err(|_| malformed())?;
         Ok(Self {
             created_at,
             image_id: image_id.as_str().to_owned(),
+            total,
         })
     }
 }
@@ -143,11 +171,20 @@ mod tests {
         let cursor = ImageCursor {
             created_at: at,
             image_id: IMAGE.into(),
+            total: Some(5),
         };
-        assert_eq!(
-            ImageCursor::parse_token(&cursor.to_token()),
-            Ok(cursor.clone())
-        );
+        // An `i2` token with its total, and an `i1` of an older server without one.
+        for total in [Some(5), None] {
+            let cursor = ImageCursor {
+                total,
+                ..cursor.clone()
+            };
+            assert_eq!(
+                ImageCursor::parse_token(&cursor.to_token()),
+                Ok(cursor.clone()),
+                "{total:?}"
+            );
+        }
         // Both versions of a snapshot listing's token (`v1`, and `v2` with its total).
         for total in [None, Some(7)] {
             let snapshots = PageCursor {
@@ -165,6 +202,50 @@ mod tests {
             PageCursor::parse_token(&cursor.to_token()),
             Err(ParseError::InvalidNextTokenMalformed)
         );
+    }
+
+    /// What is not a count (as DescribeSnapshots' tokens: `commands::parse_total`) is refused,
+    /// and the versions do not mix.
+    #[test]
+    fn an_i2_token_carries_a_count_and_refuses_anything_else() {
+        let at = DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap();
+        let token = |version: &str, rest: &str| cursor_token(version, at, rest);
+        let counted = |total| ImageCursor {
+            created_at: at,
+            image_id: IMAGE.into(),
+            total,
+        };
+        let cases: [(String, Result<ImageCursor, ParseError>); 8] = [
+            (token("i2", &format!("{IMAGE}|0")), Ok(counted(Some(0)))),
+            (
+                token("i2", &format!("{IMAGE}|9223372036854775807")),
+                Ok(counted(Some(i64::MAX as u64))),
+            ),
+            (token("i1", IMAGE), Ok(counted(None))),
+            (
+                token("i2", &format!("{IMAGE}|9223372036854775808")),
+                Err(ParseError::InvalidNextTokenMalformed),
+            ),
+            (
+                token("i2", &format!("{IMAGE}|-1")),
+                Err(ParseError::InvalidNextTokenMalformed),
+            ),
+            (
+                token("i2", &format!("{IMAGE}|07")),
+                Err(ParseError::InvalidNextTokenMalformed),
+            ),
+            (
+                token("i2", IMAGE),
+                Err(ParseError::InvalidNextTokenMalformed),
+            ),
+            (
+                token("i1", &format!("{IMAGE}|7")),
+                Err(ParseError::InvalidNextTokenMalformed),
+            ),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(ImageCursor::parse_token(&token), expected, "{token}");
+        }
     }
 
     #[test]

@@ -172,6 +172,8 @@ pub(crate) fn into_image_page(
         ImageCursor {
             created_at: last.created_at,
             image_id: last.image_id.clone(),
+            // The store writes the listing's total in.
+            total: None,
         }
     });
     Ok((images, next))

@@ -1125,7 +1125,8 @@ where
     }
 
     /// Newest first, keyed on `(created_at, image_id)` as DescribeSnapshots is keyed; one row
-    /// more than the page tells whether another follows. Then the count with the same filters.
+    /// more than the page tells whether another follows. Then the count with the same filters,
+    /// unless the token carries the listing's total (counted on its first page).
     async fn describe_images(&mut self, query: &ImageQuery) -> Result<ImagePage, StoreError> {
         let mut statement = matching_images(
             "SELECT i.image_id, i.account_id, i.snapshot_id, i.image_name, i.created_at, \
@@ -1138,6 +1139,7 @@ where
             |ImageCursor {
                  created_at,
                  image_id,
+                 ..
              }| (*created_at, image_id.as_str()),
         );
         push_newest_first_page(
@@ -1150,21 +1152,29 @@ where
         );
         let rows: Vec<ImageRow> = statement.fetch_all(self.connection()).await?;
         let (images, next) = into_image_page(rows, query.limit)?;
-        // A first page with nothing after it holds every match: no count to ask for.
-        let total = if query.after.is_none() && query.skip == 0 && next.is_none() {
-            images.len() as u64
-        } else {
-            let counted: Vec<(i64,)> =
-                matching_images("SELECT count(*) FROM images i".to_owned(), query)
-                    .fetch_all(self.connection())
-                    .await?;
-            counted
-                .first()
-                .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
+        let carried = query.after.as_ref().and_then(|after| after.total);
+        let total = match carried {
+            Some(total) => total,
+            // A first page with nothing after it holds every match: no count to ask for.
+            None if query.after.is_none() && query.skip == 0 && next.is_none() => {
+                images.len() as u64
+            }
+            None => {
+                let counted: Vec<(i64,)> =
+                    matching_images("SELECT count(*) FROM images i".to_owned(), query)
+                        .fetch_all(self.connection())
+                        .await?;
+                counted
+                    .first()
+                    .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
+            }
         };
         Ok(ImagePage {
             images,
-            next,
+            next: next.map(|next| ImageCursor {
+                total: Some(total),
+                ..next
+            }),
             total,
         })
     }

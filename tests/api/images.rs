@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use snapshotd::domain::ImageCursor;
 use snapshotd::pb;
 use snapshotd::pb::image_service_client::ImageServiceClient;
 use tonic::transport::Channel;
@@ -21,7 +22,8 @@ on_both_backends!(
     another_accounts_an_unknown_or_a_deleted_image_is_not_found_and_nothing_changes,
     each_malformed_image_request_is_refused_naming_its_field,
     describe_images_lists_the_callers_images_newest_first_by_id_and_snapshot,
-    describe_images_pages_with_next_token_and_counts_every_match,
+    describe_images_pages_with_next_token_carrying_the_first_pages_total,
+    an_i1_image_token_of_an_older_server_lists_the_next_page_with_a_fresh_count,
     once_its_last_image_is_gone_a_snapshot_past_its_retention_is_released,
     concurrent_deletes_of_one_image_delete_it_once,
     deleting_an_image_racing_a_delete_of_its_snapshot_never_leaves_a_half_state,
@@ -519,7 +521,10 @@ async fn describe_images_lists_the_callers_images_newest_first_by_id_and_snapsho
     assert_eq!(image_ids(&app, "acct-b").await, [b_image]);
 }
 
-async fn describe_images_pages_with_next_token_and_counts_every_match(backend: Backend) {
+/// The total is counted on the listing's first page and carried by its tokens (as
+/// DescribeSnapshots' are): an image made during the walk is not counted by its token pages, and
+/// a new listing counts it.
+async fn describe_images_pages_with_next_token_carrying_the_first_pages_total(backend: Backend) {
     let app = spawn_app(backend).await;
     app.seed(&world("acct-a", 1)).await;
     let snapshot_id = accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
@@ -537,6 +542,7 @@ async fn describe_images_pages_with_next_token_and_counts_every_match(backend: B
     let mut walked = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
+    let mut made_during_the_walk = Vec::new();
     loop {
         let page = describe_images(
             &app,
@@ -550,19 +556,65 @@ async fn describe_images_pages_with_next_token_and_counts_every_match(backend: B
         .await
         .expect("DescribeImages");
         pages += 1;
-        assert_eq!(page.total_count, 5, "every page counts every match");
+        assert_eq!(page.total_count, 5, "page {pages}: the first page's total");
         assert!(page.images.len() <= 2);
         walked.extend(page.images.into_iter().map(|i| i.image_id));
         if page.next_token.is_empty() {
             break;
         }
         token = page.next_token;
+        // Newer than the cursor: neither listed nor counted by this walk.
+        app.advance(Duration::from_secs(1));
+        made_during_the_walk.push(create_image(&app, "acct-a", &snapshot_id).await);
     }
     assert_eq!(pages, 3);
     assert_eq!(walked, newest_first, "each image once, in order");
     made.sort();
     walked.sort();
     assert_eq!(walked, made);
+    assert_eq!(
+        image_ids(&app, "acct-a").await.len(),
+        5 + made_during_the_walk.len(),
+        "a new listing counts them"
+    );
+}
+
+/// An `i1` token (no total: written by a server before the total was carried) still lists the
+/// next page, and that page counts what is there now.
+async fn an_i1_image_token_of_an_older_server_lists_the_next_page_with_a_fresh_count(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    let snapshot_id = accomplished_snapshot(&app, "acct-a", "d-acct-a-0").await;
+    for _ in 0..3 {
+        app.advance(Duration::from_secs(1));
+        create_image(&app, "acct-a", &snapshot_id).await;
+    }
+    let page = |next_token: String| pb::DescribeImagesRequest {
+        max_results: 2,
+        next_token,
+        ..Default::default()
+    };
+    let first = describe_images(&app, "acct-a", page(String::new()))
+        .await
+        .expect("DescribeImages");
+    let i2 = ImageCursor::parse_token(&first.next_token).expect("a token of this server");
+    assert_eq!(i2.total, Some(3));
+    let i1 = ImageCursor { total: None, ..i2 }.to_token();
+    assert!(i1.starts_with("6931"), "hex of i1");
+
+    app.advance(Duration::from_secs(1));
+    create_image(&app, "acct-a", &snapshot_id).await;
+    let by_i2 = describe_images(&app, "acct-a", page(first.next_token))
+        .await
+        .expect("DescribeImages");
+    let by_i1 = describe_images(&app, "acct-a", page(i1))
+        .await
+        .expect("DescribeImages");
+    assert_eq!(by_i1.images, by_i2.images);
+    assert_eq!(by_i1.images.len(), 1, "the oldest of the first three");
+    assert_eq!((by_i2.total_count, by_i1.total_count), (3, 4));
 }
 
 // ---------------------------------------------------------------------------------------------
