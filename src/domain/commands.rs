@@ -199,11 +199,12 @@ pub struct PageCursor {
     pub total: Option<u64>,
 }
 
-/// Tokens written before the total was carried: still read (a listing begun before an upgrade
-/// goes on), never written.
-const NEXT_TOKEN_VERSION_UNCOUNTED: &str = "v1";
-/// What `v1` held, and the listing's total.
-const NEXT_TOKEN_VERSION: &str = "v2";
+/// DescribeSnapshots' tokens: `v2` with the listing's total; `v1`, written before the total was
+/// carried, still read (a listing begun before an upgrade goes on).
+const SNAPSHOT_TOKENS: TokenVersions = TokenVersions {
+    counted: "v2",
+    uncounted: "v1",
+};
 
 /// 9999-12-31T23:59:59Z: no later instant is stored anywhere.
 const LATEST_SECONDS: i64 = 253_402_300_799;
@@ -215,33 +216,15 @@ impl PageCursor {
     /// rather than a cursor somewhere else. It is no signature: a caller who rewrites it can
     /// move their own cursor and total, within their own account (docs/decisions.md).
     pub fn to_token(&self) -> String {
-        match self.total {
-            Some(total) => cursor_token(
-                NEXT_TOKEN_VERSION,
-                self.created_at,
-                &format!("{}|{total}", self.snapshot_id),
-            ),
-            None => cursor_token(
-                NEXT_TOKEN_VERSION_UNCOUNTED,
-                self.created_at,
-                &self.snapshot_id,
-            ),
-        }
+        SNAPSHOT_TOKENS.write(self.created_at, &self.snapshot_id, self.total)
     }
 
     /// Reads a `next_token` back (`v2`, or a `v1` of an older server); anything this service
     /// did not write is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let malformed = || ParseError::InvalidNextTokenMalformed;
-        let (version, created_at, rest) =
-            read_cursor_token(token, &[NEXT_TOKEN_VERSION, NEXT_TOKEN_VERSION_UNCOUNTED])?;
-        let (snapshot_id, total) = if version == NEXT_TOKEN_VERSION {
-            let (snapshot_id, total) = rest.split_once('|').ok_or_else(malformed)?;
-            (snapshot_id, Some(parse_total(total).ok_or_else(malformed)?))
-        } else {
-            (rest.as_str(), None)
-        };
-        let snapshot_id = SnapshotId::parse(snapshot_id).map_err(|_| malformed())?;
+        let (created_at, snapshot_id, total) = SNAPSHOT_TOKENS.read(token)?;
+        let snapshot_id =
+            SnapshotId::parse(&snapshot_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
         Ok(Self {
             created_at,
             snapshot_id: snapshot_id.as_str().to_owned(),
@@ -250,9 +233,39 @@ impl PageCursor {
     }
 }
 
+/// The versions of one listing's tokens: `counted` carries the listing's total after the id,
+/// `uncounted` (an older server's) does not, and is read but never written by a count.
+pub(super) struct TokenVersions {
+    pub counted: &'static str,
+    pub uncounted: &'static str,
+}
+
+impl TokenVersions {
+    /// The token of a page ending at `(created_at, id)`: counted when the total is known.
+    pub fn write(&self, created_at: Timestamp, id: &str, total: Option<u64>) -> String {
+        match total {
+            Some(total) => cursor_token(self.counted, created_at, &format!("{id}|{total}")),
+            None => cursor_token(self.uncounted, created_at, id),
+        }
+    }
+
+    /// A token of either version back: its instant, its id (unchecked) and its total.
+    pub fn read(&self, token: &str) -> Result<(Timestamp, String, Option<u64>), ParseError> {
+        let malformed = || ParseError::InvalidNextTokenMalformed;
+        let (version, created_at, rest) =
+            read_cursor_token(token, &[self.counted, self.uncounted])?;
+        if version != self.counted {
+            return Ok((created_at, rest, None));
+        }
+        let (id, total) = rest.split_once('|').ok_or_else(malformed)?;
+        let total = parse_total(total).ok_or_else(malformed)?;
+        Ok((created_at, id.to_owned(), Some(total)))
+    }
+}
+
 /// A count as [`PageCursor::to_token`] writes it: decimal digits without a sign or a leading
 /// zero, at most what a database count (`bigint`) can be.
-pub(super) fn parse_total(text: &str) -> Option<u64> {
+fn parse_total(text: &str) -> Option<u64> {
     let canonical = !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit())
         && (text == "0" || !text.starts_with('0'));
@@ -277,7 +290,7 @@ pub(super) fn cursor_token(version: &str, created_at: Timestamp, rest: &str) -> 
 
 /// Reads a [`cursor_token`] of one of the listing's `versions` back into that version, its
 /// instant and its (unchecked) rest.
-pub(super) fn read_cursor_token(
+fn read_cursor_token(
     token: &str,
     versions: &[&'static str],
 ) -> Result<(&'static str, Timestamp, String), ParseError> {

@@ -5,7 +5,7 @@
 //! listing (`i2`, and `i1` before the total was carried), so a snapshot listing's token is
 //! malformed here and the other way round.
 
-use super::commands::{cursor_token, page_size, page_skip, parse_total, read_cursor_token};
+use super::commands::{TokenVersions, page_size, page_skip};
 use super::{DiskType, ImageId, ParseError, SnapshotId, Timestamp};
 
 /// A custom image as the store keeps it, with what it shows of its snapshot's disk.
@@ -47,41 +47,25 @@ pub struct ImageCursor {
     pub total: Option<u64>,
 }
 
-/// Tokens written before the total was carried: still read, never written.
-const IMAGE_TOKEN_VERSION_UNCOUNTED: &str = "i1";
-/// What `i1` held, and the listing's total.
-const IMAGE_TOKEN_VERSION: &str = "i2";
+/// DescribeImages' tokens: `i2` with the listing's total; `i1`, written before the total was
+/// carried, still read.
+const IMAGE_TOKENS: TokenVersions = TokenVersions {
+    counted: "i2",
+    uncounted: "i1",
+};
 
 impl ImageCursor {
     /// The opaque `next_token`, checksummed as DescribeSnapshots' are: `i2|…|<image id>|<total>`.
     pub fn to_token(&self) -> String {
-        match self.total {
-            Some(total) => cursor_token(
-                IMAGE_TOKEN_VERSION,
-                self.created_at,
-                &format!("{}|{total}", self.image_id),
-            ),
-            None => cursor_token(
-                IMAGE_TOKEN_VERSION_UNCOUNTED,
-                self.created_at,
-                &self.image_id,
-            ),
-        }
+        IMAGE_TOKENS.write(self.created_at, &self.image_id, self.total)
     }
 
     /// Reads a `next_token` back (`i2`, or an `i1` of an older server); anything this service
     /// did not write for images is malformed.
     pub fn parse_token(token: &str) -> Result<Self, ParseError> {
-        let malformed = || ParseError::InvalidNextTokenMalformed;
-        let (version, created_at, rest) =
-            read_cursor_token(token, &[IMAGE_TOKEN_VERSION, IMAGE_TOKEN_VERSION_UNCOUNTED])?;
-        let (image_id, total) = if version == IMAGE_TOKEN_VERSION {
-            let (image_id, total) = rest.split_once('|').ok_or_else(malformed)?;
-            (image_id, Some(parse_total(total).ok_or_else(malformed)?))
-        } else {
-            (rest.as_str(), None)
-        };
-        let image_id = ImageId::parse(image_id).map_err(|_| malformed())?;
+        let (created_at, image_id, total) = IMAGE_TOKENS.read(token)?;
+        let image_id =
+            ImageId::parse(&image_id).map_err(|_| ParseError::InvalidNextTokenMalformed)?;
         Ok(Self {
             created_at,
             image_id: image_id.as_str().to_owned(),
@@ -161,6 +145,7 @@ mod tests {
     use chrono::DateTime;
 
     use super::super::PageCursor;
+    use super::super::commands::cursor_token;
     use super::*;
 
     const IMAGE: &str = "m-0123456789abcdefghij";
