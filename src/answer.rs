@@ -250,6 +250,21 @@ pub fn too_many_watches(account_id: &str, limit: u32) -> Answer {
     })
 }
 
+/// The peer (`peer/<address>`) holds as many watches as `--max-watches-per-peer` allows.
+pub fn too_many_watches_from_peer(peer: &str, limit: u32) -> Answer {
+    Answer::new(
+        ResourceExhausted,
+        "QuotaExceed.Watch",
+        403,
+        "The maximum number of open watches is exceeded.",
+    )
+    .meta("quota", limit.to_string())
+    .detail(Detail::Quota {
+        subject: peer.to_owned(),
+        description: format!("a peer may have at most {limit} watches open at once"),
+    })
+}
+
 /// A watcher read its messages slower than they came, and its buffer overflowed.
 pub fn watch_too_slow(buffer: usize) -> Answer {
     Answer::new(

@@ -239,7 +239,8 @@ impl App {
             .rate_limit
             .map(|limit| Arc::new(Throttle::new(limit)));
         let gate = Arc::new(Gate::new(throttle.clone(), self.config.admin_token.clone()));
-        let snapshots = SnapshotApi::new(Arc::clone(&self.service));
+        let snapshots =
+            SnapshotApi::new(Arc::clone(&self.service), self.config.max_watches_per_peer);
         let inventory = InventoryApi::new(Arc::clone(&self.service));
         let images = ImageApi::new(Arc::clone(&self.service));
         let tags = TagApi::new(Arc::clone(&self.service));

@@ -147,6 +147,13 @@ pub struct Config {
     #[arg(long, global = true, env = "SNAPSHOTD_MAX_WATCHES_PER_ACCOUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watches_per_account: u32,
 
+    /// WatchSnapshots streams one peer (a client IP address; an IPv6 /64) may have open at once
+    /// on this server, whatever accounts they name; past it a watch is refused
+    /// RESOURCE_EXHAUSTED `QuotaExceed.Watch` (QuotaFailure). Behind a sidecar or gateway every
+    /// watch comes from its address: raise it there to what the server should hold in all.
+    #[arg(long, global = true, env = "SNAPSHOTD_MAX_WATCHES_PER_PEER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches_per_peer: u32,
+
     /// Per-account token bucket, `PER_SECOND[,BURST]` (e.g. `50,100`; the burst defaults to the
     /// rate); a call beyond it is answered RESOURCE_EXHAUSTED `Throttling`. Off when unset.
     #[arg(
@@ -383,6 +390,7 @@ impl std::fmt::Debug for Config {
                 &self.max_concurrent_requests_per_peer,
             )
             .field("max_watches_per_account", &self.max_watches_per_account)
+            .field("max_watches_per_peer", &self.max_watches_per_peer)
             .field("rate_limit", &self.rate_limit)
             .field("max_message_size", &self.max_message_size)
             .field("keepalive_interval", &self.keepalive_interval)

@@ -95,7 +95,8 @@ struct Args {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
     describe_page_size: u32,
     /// `watch`: WatchSnapshots streams to hold open (the server's --max-watches-per-account must
-    /// allow this many ÷ --accounts).
+    /// allow this many ÷ --accounts, and its --max-watches-per-peer this many: they all come
+    /// from this process's address).
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
     /// The server's process id (same machine), repeated for replicas: report peak RSS (the

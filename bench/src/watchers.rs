@@ -92,7 +92,7 @@ pub async fn open(
     if let Some(Err(status)) = opened.into_iter().find(Result::is_err) {
         return Err(format!(
             "a watch did not open (the server's --max-watches-per-account must allow \
-             watchers ÷ accounts): {status:?}"
+             watchers ÷ accounts, and its --max-watches-per-peer all the watchers): {status:?}"
         )
         .into());
     }

@@ -69,6 +69,9 @@ pub enum ApiError {
     /// The account already holds `--max-watches-per-account` watches.
     #[error("account {account_id} already has {limit} watches open")]
     TooManyWatches { account_id: String, limit: u32 },
+    /// The peer already holds `--max-watches-per-peer` watches, whatever accounts they name.
+    #[error("{peer} already has {limit} watches open")]
+    TooManyWatchesFromPeer { peer: String, limit: u32 },
     /// A watcher fell behind by its whole buffer.
     #[error("the watcher fell {buffer} messages behind")]
     WatchTooSlow { buffer: usize },
@@ -197,6 +200,9 @@ fn answer(err: &ApiError) -> Answer {
         ApiError::ShuttingDown => answer::shutting_down(),
         ApiError::TooManyWatches { account_id, limit } => {
             answer::too_many_watches(account_id, *limit)
+        }
+        ApiError::TooManyWatchesFromPeer { peer, limit } => {
+            answer::too_many_watches_from_peer(peer, *limit)
         }
         ApiError::WatchTooSlow { buffer } => answer::watch_too_slow(*buffer),
         ApiError::DeadlineExceeded { timeout } => answer::deadline_exceeded(*timeout),

@@ -430,7 +430,7 @@ fn with_metadata<T>(
 
 /// Whose share of the slots a call's peer counts against ([`peer_of`]); `peer/unknown` never
 /// happens in the server (tonic notes every connection's address).
-fn peer_key(extensions: &Extensions) -> String {
+pub(super) fn peer_key(extensions: &Extensions) -> String {
     extensions
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)

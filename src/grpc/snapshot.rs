@@ -12,7 +12,8 @@ use super::convert::{
     disk_type_filter, snapshot_status_filter, snapshot_to_proto, tag_pairs, timestamp_from_proto,
     watch_event_to_proto,
 };
-use super::layer::{note_disk, note_snapshot};
+use super::layer::{note_disk, note_snapshot, peer_key};
+use crate::admission::{Busy, Shares};
 use crate::domain::{
     CreateSnapshotCommand, CreateSnapshotParams, DescribeSnapshotsParams,
     ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams, PageCursor, SnapshotId,
@@ -23,11 +24,19 @@ use crate::service::{CreateOutcome, Service};
 
 pub struct SnapshotApi {
     service: Arc<Service>,
+    /// The watches each peer holds open, at most `max_watches_per_peer` (the service counts
+    /// each account's; without this, a client naming a new account per watch had no bound).
+    watching_peers: Arc<Shares>,
+    max_watches_per_peer: u32,
 }
 
 impl SnapshotApi {
-    pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<Service>, max_watches_per_peer: u32) -> Self {
+        Self {
+            service,
+            watching_peers: Arc::default(),
+            max_watches_per_peer,
+        }
     }
 
     async fn create(
@@ -137,25 +146,35 @@ pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<pb::WatchSnapshotsResponse, Status>> + Send + 'static>>;
 
 impl SnapshotApi {
+    /// The peer's share is checked before the account's (as the edge's slots are), and held
+    /// for as long as the stream is open.
     async fn watch(
         &self,
         caller: Caller,
+        peer: String,
         request: pb::WatchSnapshotsRequest,
     ) -> Result<WatchStream, ApiError> {
         note_disk(&request.disk_id);
         let snapshot_ids: Vec<&str> = request.snapshot_ids.iter().map(String::as_str).collect();
         let query = WatchQuery::parse(caller.account_id, &snapshot_ids, &request.disk_id)?;
+        let peer_share = self
+            .watching_peers
+            .take(peer, self.max_watches_per_peer)
+            .map_err(|Busy { holder, limit }| ApiError::TooManyWatchesFromPeer {
+                peer: holder,
+                limit,
+            })?;
         let watch = self.service.watch_snapshots(query).await?;
         let request_id = caller.request_id;
         Ok(Box::pin(futures_util::stream::unfold(
-            (watch, request_id),
-            |(mut watch, request_id)| async move {
+            (watch, request_id, peer_share),
+            |(mut watch, request_id, peer_share)| async move {
                 let message = watch
                     .next()
                     .await?
                     .map(watch_event_to_proto)
                     .map_err(|err| ApiError::from(err).into_status(&request_id));
-                Some((message, (watch, request_id)))
+                Some((message, (watch, request_id, peer_share)))
             },
         )))
     }
@@ -169,7 +188,8 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         &self,
         request: Request<pb::WatchSnapshotsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        handle(request, |caller, request| self.watch(caller, request)).await
+        let peer = peer_key(request.extensions());
+        handle(request, |caller, request| self.watch(caller, peer, request)).await
     }
 
     async fn create_snapshot(

@@ -28,6 +28,7 @@ on_both_backends!(
     another_accounts_snapshots_never_appear,
     a_watch_request_is_checked_as_describe_checks_it,
     past_the_per_account_limit_a_watch_is_refused_with_quota_failure,
+    past_the_per_peer_limit_a_watch_is_refused_whatever_account_it_names,
     a_watcher_that_does_not_read_is_ended_resource_exhausted,
     shutdown_ends_open_watches_unavailable,
     a_watch_opened_while_changes_commit_sees_the_last_of_them,
@@ -395,6 +396,75 @@ async fn past_the_per_account_limit_a_watch_is_refused_with_quota_failure(backen
     let deadline = Instant::now() + PATIENCE;
     loop {
         match watch_on(app.snapshots(), "acct-a", watch_request(&[], "d-acct-a-0")).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{PATIENCE:?} after a watch was dropped, its place is still taken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+/// A client that names a new account per watch still holds at most `--max-watches-per-peer`
+/// watches (the peer's share is checked before the account's); another address has its own,
+/// and a dropped watch gives its place back.
+async fn past_the_per_peer_limit_a_watch_is_refused_whatever_account_it_names(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Options {
+            configure: Box::new(|config| config.max_watches_per_peer = 2),
+            ..Options::default()
+        },
+    )
+    .await;
+    for account in ["acct-a", "acct-b", "acct-c"] {
+        app.seed(&world(account, 1)).await;
+    }
+    let first = watch(&app, "acct-a", &[], "d-acct-a-0").await;
+    let _second = watch(&app, "acct-b", &[], "d-acct-b-0").await;
+
+    let refused = watch_on(app.snapshots(), "acct-c", watch_request(&[], "d-acct-c-0"))
+        .await
+        .expect_err("a third watch from the same address, as a third account");
+    let metadata = assert_error(
+        &refused,
+        Code::ResourceExhausted,
+        "QuotaExceed.Watch",
+        "403",
+        Detail::QuotaFailure,
+    );
+    assert_eq!(metadata["quota"], "2");
+    let subject = tonic_types::StatusExt::get_details_quota_failure(&refused)
+        .expect("QuotaFailure")
+        .violations[0]
+        .subject
+        .clone();
+    assert_eq!(subject, "peer/127.0.0.1");
+
+    // Another address has watches of its own.
+    let other_peer = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .local_address(Some([127, 0, 0, 2].into()))
+        .connect()
+        .await
+        .expect("the server answers 127.0.0.2");
+    let _other = watch_on(
+        SnapshotServiceClient::new(other_peer),
+        "acct-c",
+        watch_request(&[], "d-acct-c-0"),
+    )
+    .await
+    .expect("a watch from 127.0.0.2");
+
+    // A watch the client drops gives its place back.
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match watch_on(app.snapshots(), "acct-c", watch_request(&[], "d-acct-c-0")).await {
             Ok(_) => break,
             Err(status) if status.code() == Code::ResourceExhausted => {
                 assert!(
