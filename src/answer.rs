@@ -236,22 +236,17 @@ pub fn caller_busy(caller: &str, limit: u32) -> Answer {
 
 /// The account holds as many watches as `--max-watches-per-account` allows.
 pub fn too_many_watches(account_id: &str, limit: u32) -> Answer {
-    Answer::new(
-        ResourceExhausted,
-        "QuotaExceed.Watch",
-        403,
-        "The maximum number of open watches is exceeded.",
-    )
-    .meta("accountId", account_id)
-    .meta("quota", limit.to_string())
-    .detail(Detail::Quota {
-        subject: format!("account/{account_id}"),
-        description: format!("an account may have at most {limit} watches open at once"),
-    })
+    watch_quota_exceeded(format!("account/{account_id}"), "an account", limit)
+        .meta("accountId", account_id)
 }
 
 /// The peer (`peer/<address>`) holds as many watches as `--max-watches-per-peer` allows.
 pub fn too_many_watches_from_peer(peer: &str, limit: u32) -> Answer {
+    watch_quota_exceeded(peer.to_owned(), "a peer", limit)
+}
+
+/// `holder` (the QuotaFailure's `subject`) may have `limit` watches open, and has.
+fn watch_quota_exceeded(subject: String, holder: &str, limit: u32) -> Answer {
     Answer::new(
         ResourceExhausted,
         "QuotaExceed.Watch",
@@ -260,8 +255,8 @@ pub fn too_many_watches_from_peer(peer: &str, limit: u32) -> Answer {
     )
     .meta("quota", limit.to_string())
     .detail(Detail::Quota {
-        subject: peer.to_owned(),
-        description: format!("a peer may have at most {limit} watches open at once"),
+        subject,
+        description: format!("{holder} may have at most {limit} watches open at once"),
     })
 }
 

@@ -380,33 +380,13 @@ async fn past_the_per_account_limit_a_watch_is_refused_with_quota_failure(backen
     let refused = watch_on(app.snapshots(), "acct-a", watch_request(&[], "d-acct-a-0"))
         .await
         .expect_err("a third watch");
-    let metadata = assert_error(
-        &refused,
-        Code::ResourceExhausted,
-        "QuotaExceed.Watch",
-        "403",
-        Detail::QuotaFailure,
-    );
-    assert_eq!(metadata["quota"], "2");
+    assert_eq!(watch_quota_exceeded(&refused, 2), "account/acct-a");
     // Another account has watches of its own.
     let _other = watch(&app, "acct-b", &[], "d-acct-b-0").await;
 
     // A watch the client drops gives its place back.
     drop(first);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match watch_on(app.snapshots(), "acct-a", watch_request(&[], "d-acct-a-0")).await {
-            Ok(_) => break,
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{PATIENCE:?} after a watch was dropped, its place is still taken"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("{status:?}"),
-        }
-    }
+    opens_again(&app, "acct-a", "d-acct-a-0").await;
 }
 
 /// A client that names a new account per watch still holds at most `--max-watches-per-peer`
@@ -430,20 +410,7 @@ async fn past_the_per_peer_limit_a_watch_is_refused_whatever_account_it_names(ba
     let refused = watch_on(app.snapshots(), "acct-c", watch_request(&[], "d-acct-c-0"))
         .await
         .expect_err("a third watch from the same address, as a third account");
-    let metadata = assert_error(
-        &refused,
-        Code::ResourceExhausted,
-        "QuotaExceed.Watch",
-        "403",
-        Detail::QuotaFailure,
-    );
-    assert_eq!(metadata["quota"], "2");
-    let subject = tonic_types::StatusExt::get_details_quota_failure(&refused)
-        .expect("QuotaFailure")
-        .violations[0]
-        .subject
-        .clone();
-    assert_eq!(subject, "peer/127.0.0.1");
+    assert_eq!(watch_quota_exceeded(&refused, 2), "peer/127.0.0.1");
 
     // Another address has watches of its own.
     let other_peer = Channel::from_shared(format!("http://{}", app.addr))
@@ -462,10 +429,34 @@ async fn past_the_per_peer_limit_a_watch_is_refused_whatever_account_it_names(ba
 
     // A watch the client drops gives its place back.
     drop(first);
+    opens_again(&app, "acct-c", "d-acct-c-0").await;
+}
+
+/// `refused` is `QuotaExceed.Watch` for a quota of `limit`: the QuotaFailure's subject (whose
+/// quota it was).
+fn watch_quota_exceeded(refused: &Status, limit: u32) -> String {
+    let metadata = assert_error(
+        refused,
+        Code::ResourceExhausted,
+        "QuotaExceed.Watch",
+        "403",
+        Detail::QuotaFailure,
+    );
+    assert_eq!(metadata["quota"], limit.to_string());
+    tonic_types::StatusExt::get_details_quota_failure(refused)
+        .expect("QuotaFailure")
+        .violations[0]
+        .subject
+        .clone()
+}
+
+/// A watch of `disk_id` as `account` opens within [`PATIENCE`] (refused RESOURCE_EXHAUSTED until
+/// a dropped watch's place is given back).
+async fn opens_again(app: &TestApp, account: &str, disk_id: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match watch_on(app.snapshots(), "acct-c", watch_request(&[], "d-acct-c-0")).await {
-            Ok(_) => break,
+        match watch_on(app.snapshots(), account, watch_request(&[], disk_id)).await {
+            Ok(_) => return,
             Err(status) if status.code() == Code::ResourceExhausted => {
                 assert!(
                     Instant::now() < deadline,
