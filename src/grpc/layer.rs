@@ -1,7 +1,8 @@
 //! The tower layer every gRPC call passes through. In order:
 //!
 //! 1. a request id (returned in `x-request-id`, in the body or `RequestInfo`, and on the call's
-//!    span beside the client's own `x-request-id`, kept as `client_request_id`);
+//!    log line (its `rpc` span) beside the client's own `x-request-id`, kept as
+//!    `client_request_id`);
 //! 2. admission, on the headers alone (`call.rs`): a tenant call is identified and throttled,
 //!    an admin call must bear the admin token. A call refused here never takes a slot;
 //! 3. load shedding: one caller (an account, the admin) holds at most three quarters of the
@@ -55,7 +56,6 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tower::{Layer, Service, ServiceExt};
-use tracing::Instrument;
 
 use super::ApiError;
 use super::call::{Admitted, Gate};
@@ -281,7 +281,6 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let (method, kind) = route(request.uri().path());
         let request_id = RequestId::new();
-        let span = tracing::info_span!("rpc", method = %method, request_id = request_id.as_str());
         let client_id = client_request_id(request.headers()).map(str::to_owned);
         request.extensions_mut().insert(request_id.clone());
 
@@ -294,57 +293,54 @@ where
         let deadline = Deadline::of(request.headers(), limits.timeout);
         let streams = reading(kind, request.uri().path()) == Reading::Stream;
         let mut record = Some(CallRecord::new(method, kind, client_id, Arc::clone(&facts)));
-        Box::pin(
-            async move {
-                let fault = StreamFault::default();
-                let outcome = match admitted {
-                    Err(refused) => Err(refused),
-                    Ok(slot) => {
-                        let run = run(inner, request, kind, &limits, deadline, fault.clone());
-                        let call = FACTS.scope(facts, run);
-                        let outcome = tokio::select! {
-                            outcome = call => outcome,
-                            () = limits.cut_off.cancelled(), if kind.is_api() => {
-                                Err(ApiError::ShuttingDown)
-                            }
-                        };
-                        drop(slot);
-                        outcome
-                    }
-                };
-                let mut response = match outcome {
-                    Err(err) => err.into_status(request_id.as_str()).into_http(),
-                    Ok(response) if kind == Kind::Infrastructure => {
-                        let ended = limits.streams_end.clone().cancelled_owned();
-                        // A stream's outcome is known at its end: its log line is written then.
-                        let record = record.take_if(|_| streams);
-                        response.map(|body| {
-                            Body::new(InfraStream {
-                                inner: body,
-                                ended: Box::pin(ended),
-                                fault,
-                                request_id: request_id.clone(),
-                                record,
-                                done: false,
-                            })
+        Box::pin(async move {
+            let fault = StreamFault::default();
+            let outcome = match admitted {
+                Err(refused) => Err(refused),
+                Ok(slot) => {
+                    let run = run(inner, request, kind, &limits, deadline, fault.clone());
+                    let call = FACTS.scope(facts, run);
+                    let outcome = tokio::select! {
+                        outcome = call => outcome,
+                        () = limits.cut_off.cancelled(), if kind.is_api() => {
+                            Err(ApiError::ShuttingDown)
+                        }
+                    };
+                    drop(slot);
+                    outcome
+                }
+            };
+            let mut response = match outcome {
+                Err(err) => err.into_status(request_id.as_str()).into_http(),
+                Ok(response) if kind == Kind::Infrastructure => {
+                    let ended = limits.streams_end.clone().cancelled_owned();
+                    // A stream's outcome is known at its end: its log line is written then.
+                    let record = record.take_if(|_| streams);
+                    response.map(|body| {
+                        Body::new(InfraStream {
+                            inner: body,
+                            ended: Box::pin(ended),
+                            fault,
+                            request_id: request_id.clone(),
+                            record,
+                            done: false,
                         })
-                    }
-                    Ok(response) => response,
-                };
-                if let Ok(mut value) = HeaderValue::from_str(request_id.as_str()) {
-                    // Never indexed by HPACK: each id is sent once, and indexing it would churn
-                    // the connection's header table, evicting what repeats (content-type,
-                    // grpc-status) to be sent in full again, on both ends.
-                    value.set_sensitive(true);
-                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                    })
                 }
-                if let Some(mut record) = record {
-                    record.finish(response.headers(), response.extensions().get::<Status>());
-                }
-                Ok(response)
+                Ok(response) => response,
+            };
+            if let Ok(mut value) = HeaderValue::from_str(request_id.as_str()) {
+                // Never indexed by HPACK: each id is sent once, and indexing it would churn
+                // the connection's header table, evicting what repeats (content-type,
+                // grpc-status) to be sent in full again, on both ends.
+                value.set_sensitive(true);
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
-            .instrument(span),
-        )
+            if let Some(mut record) = record {
+                record.finish(response.headers(), response.extensions().get::<Status>());
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -927,6 +923,15 @@ impl CallRecord {
         let account = CallFacts::get(&self.facts.account);
         let disk = CallFacts::get(&self.facts.disk);
         let snapshot = CallFacts::get(&self.facts.snapshot);
+        // The `rpc` span exists for this line alone, entered once: a span entered around the
+        // whole call was entered at every poll of the call and of sqlx's futures inside it,
+        // which take the current span (41 times a create; bench/README.md).
+        let span = tracing::info_span!(
+            "rpc",
+            method = %self.method,
+            request_id = self.facts.request_id.as_str()
+        );
+        let _entered = span.enter();
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
