@@ -2,7 +2,7 @@
 
 use rand::Rng;
 
-use super::ParseError;
+use super::{ParseError, Timestamp};
 
 /// A disk id: `d-` followed by 1..62 of `[0-9a-z-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,31 +47,56 @@ pub fn is_plain_id(raw: &str) -> bool {
 /// Lower-case alphanumerics used in generated ids.
 const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
-/// `prefix` + 20 random characters of `[0-9a-z]` (about 103 bits of entropy).
-fn generate_id(prefix: &str) -> String {
-    let mut rng = rand::rng();
-    let mut id = String::with_capacity(prefix.len() + 20);
+/// Characters after the prefix of a generated id.
+const GENERATED_ID_CHARS: usize = 20;
+
+/// The leading characters of a generated id that spell its creation second in base 36 (7 of
+/// them last until the year 4453).
+const SECOND_CHARS: usize = 7;
+
+/// `prefix` + 20 characters of `[0-9a-z]`: the second `created_at` falls in, in base 36 (7
+/// characters), then 13 random ones (about 67 bits of entropy). Ids made later sort after
+/// earlier ones, so a new row's key lands beside the last one's in every index on it, instead
+/// of on a random leaf of an index that grows with the table: a create dirties the same few
+/// pages as the creates before it, which is what keeps a big database's writes (and SQLite's
+/// checkpoints) as cheap as an empty one's (bench/README.md, "Ids in time order").
+fn generate_id(prefix: &str, created_at: Timestamp) -> String {
+    let mut id = String::with_capacity(prefix.len() + GENERATED_ID_CHARS);
     id.push_str(prefix);
-    for _ in 0..20 {
+    id.push_str(&base36_second(created_at));
+    let mut rng = rand::rng();
+    for _ in SECOND_CHARS..GENERATED_ID_CHARS {
         id.push(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char);
     }
     id
 }
 
-/// A snapshot id: `s-` + 20 characters of `[0-9a-z]`.
-pub fn new_snapshot_id() -> String {
-    generate_id("s-")
+/// `at`'s second since the Unix epoch in base 36, `SECOND_CHARS` wide (before 1970: all zeros).
+fn base36_second(at: Timestamp) -> String {
+    let base = ID_ALPHABET.len() as u64;
+    let mut second = u64::try_from(at.timestamp()).unwrap_or(0);
+    let mut digits = [b'0'; SECOND_CHARS];
+    for digit in digits.iter_mut().rev() {
+        *digit = ID_ALPHABET[(second % base) as usize];
+        second /= base;
+    }
+    digits.iter().map(|&b| b as char).collect()
 }
 
-/// An image id: `m-` + 20 characters of `[0-9a-z]`.
-pub fn new_image_id() -> String {
-    generate_id("m-")
+/// A snapshot id: `s-` + 20 characters of `[0-9a-z]`, in creation order (see `generate_id`).
+pub fn new_snapshot_id(created_at: Timestamp) -> String {
+    generate_id("s-", created_at)
+}
+
+/// An image id: `m-` + 20 characters of `[0-9a-z]`, in creation order (see `generate_id`).
+pub fn new_image_id(created_at: Timestamp) -> String {
+    generate_id("m-", created_at)
 }
 
 /// True for `prefix` followed by exactly 20 of `[0-9a-z]`, the shape of the ids we generate.
 fn is_generated_id(raw: &str, prefix: &str) -> bool {
     raw.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == 20
+        rest.len() == GENERATED_ID_CHARS
             && rest
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
@@ -139,18 +164,58 @@ mod tests {
         std::iter::repeat_n(c, n).collect()
     }
 
+    fn at(rfc3339: &str) -> Timestamp {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .expect("a valid instant")
+            .to_utc()
+    }
+
     #[test]
     fn generated_ids_have_the_documented_shape() {
-        let id = new_snapshot_id();
+        let now = at("2026-12-01T07:00:00Z");
+        let id = new_snapshot_id(now);
         assert_eq!(id.len(), 22);
         assert!(id.starts_with("s-"));
         assert!(id[2..].bytes().all(|b| ID_ALPHABET.contains(&b)));
-        assert_ne!(new_snapshot_id(), new_snapshot_id());
+        assert_eq!(
+            SnapshotId::parse(&id).map(|id| id.as_str().to_owned()),
+            Ok(id)
+        );
+        assert_ne!(new_snapshot_id(now), new_snapshot_id(now));
+    }
+
+    #[test]
+    fn a_generated_id_starts_with_its_creation_second_in_base_36() {
+        let cases = [
+            ("the epoch", "1970-01-01T00:00:00Z", "0000000"),
+            ("before the epoch", "1969-12-31T23:59:59Z", "0000000"),
+            ("one second", "1970-01-01T00:00:01.999Z", "0000001"),
+            ("36 seconds", "1970-01-01T00:00:36Z", "0000010"),
+            // 1,796,108,400 s since the epoch; int("0tpcu40", 36) in Python gives it back.
+            ("a day in 2026", "2026-12-01T07:00:00Z", "0tpcu40"),
+        ];
+        for (label, instant, second) in cases {
+            let id = new_image_id(at(instant));
+            assert_eq!(&id[2..2 + SECOND_CHARS], second, "{label}");
+        }
+    }
+
+    #[test]
+    fn ids_made_in_a_later_second_sort_after_earlier_ones() {
+        let earlier = new_snapshot_id(at("2026-12-01T07:00:00Z"));
+        for later in [
+            "2026-12-01T07:00:01Z",
+            "2026-12-01T07:00:36Z",
+            "2027-01-01T00:00:00Z",
+            "2100-01-01T00:00:00Z",
+        ] {
+            assert!(new_snapshot_id(at(later)) > earlier, "{later}");
+        }
     }
 
     #[test]
     fn an_image_id_is_m_dash_and_20_lowercase_alphanumerics() {
-        let generated = new_image_id();
+        let generated = new_image_id(chrono::Utc::now());
         assert_eq!(
             ImageId::parse(&generated).map(|id| id.as_str().to_owned()),
             Ok(generated)

@@ -67,7 +67,7 @@ async fn create_image(
         }
     }
     decide_create_image(command.snapshot_id.as_str(), snapshot.as_ref().map(facts))?;
-    let image_id = new_image_id();
+    let image_id = new_image_id(now);
     tx.insert_image(&image_id, command, now).await?;
     Ok(CreateOutcome::Created { id: image_id })
 }

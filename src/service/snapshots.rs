@@ -173,7 +173,7 @@ pub(super) fn judge(
         .as_ref()
         .expect("the engine admits only an existing disk");
     Ok(Judgement::Admitted(Snapshot {
-        snapshot_id: new_snapshot_id(),
+        snapshot_id: new_snapshot_id(now),
         account_id: command.account_id.clone(),
         source_disk_id: disk.disk_id.clone(),
         snapshot_name: command

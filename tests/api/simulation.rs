@@ -29,6 +29,7 @@ on_both_backends!(
     fail_next_copy_fails_the_disks_next_snapshot_halfway_and_frees_the_disk,
     a_copy_slows_stalls_and_resumes_at_the_rate_set,
     a_bad_request_is_refused_and_changes_nothing,
+    a_new_id_spells_its_second_on_the_services_clock,
 );
 
 const ACCOUNT: &str = "acct-sim";
@@ -172,6 +173,45 @@ async fn the_clock_moves_forward_for_copies_retention_and_new_disks(backend: Bac
     advance(&app, 3600).await;
     create(&app, "d-acct-sim-new").await;
     app.assert_invariants().await;
+}
+
+/// A generated id's first 7 characters are its creation second in base 36, read off the
+/// service's clock (docs/decisions.md): with the clock a year ahead, a new id spells next year
+/// and sorts after today's.
+async fn a_new_id_spells_its_second_on_the_services_clock(backend: Backend) {
+    let app = spawn_simulated(backend).await;
+    app.seed(&world(ACCOUNT, 2)).await;
+    let today = create(&app, "d-acct-sim-0").await;
+    advance(&app, 365 * 24 * 3600).await;
+    let next_year = create(&app, "d-acct-sim-1").await;
+    let mut seconds = Vec::new();
+    for id in [&today, &next_year] {
+        let created_at = describe(&app, id)
+            .await
+            .and_then(|snapshot| snapshot.created_at)
+            .expect("the snapshot and its created_at");
+        assert_eq!(
+            &id[2..9],
+            base36(created_at.seconds),
+            "{id} made at {created_at:?}"
+        );
+        seconds.push(created_at.seconds);
+    }
+    let apart = seconds[1] - seconds[0];
+    assert!(apart >= 365 * 24 * 3600, "made {apart} s apart");
+    assert!(next_year > today, "{next_year} sorts after {today}");
+}
+
+/// `seconds` in base 36, 7 digits wide.
+fn base36(mut seconds: i64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut spelled = Vec::new();
+    for _ in 0..7 {
+        spelled.push(DIGITS[(seconds % 36) as usize]);
+        seconds /= 36;
+    }
+    spelled.reverse();
+    String::from_utf8(spelled).expect("ASCII")
 }
 
 /// Clients sign with their real clocks: a moved service clock must not expire every request
