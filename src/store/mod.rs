@@ -15,6 +15,7 @@ pub mod postgres;
 mod rows;
 mod shared;
 pub mod sqlite;
+mod stored_time;
 mod turn;
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 use sqlx::{Column, ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::StoreError;
+use super::stored_time::StoredTime;
 use crate::domain::{
     AccessKey, Account, Checkpoint, Disk, DiskCategory, DiskStatus, DiskSteering, DiskType, Image,
     ImageCursor, InProgressSnapshot, Instance, InstanceStatus, PageCursor, RetentionDays, Snapshot,
@@ -278,7 +279,7 @@ where
     String: Decode<'r, R::Database> + Type<R::Database>,
     i32: Decode<'r, R::Database> + Type<R::Database>,
     bool: Decode<'r, R::Database> + Type<R::Database>,
-    Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+    StoredTime: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         Self::from_columns(row, 0)
@@ -295,7 +296,7 @@ impl LockedDiskRow {
         String: Decode<'r, R::Database> + Type<R::Database>,
         i32: Decode<'r, R::Database> + Type<R::Database>,
         bool: Decode<'r, R::Database> + Type<R::Database>,
-        Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+        StoredTime: Decode<'r, R::Database> + Type<R::Database>,
     {
         debug_assert!(
             row.columns()
@@ -316,13 +317,13 @@ impl LockedDiskRow {
                 status: column(row, at(4))?,
                 instance_id: column(row, at(5))?,
                 size_gib: column(row, at(6))?,
-                created_at: column(row, at(7))?,
-                expires_at: column(row, at(8))?,
+                created_at: time(row, at(7))?,
+                expires_at: optional_time(row, at(8))?,
                 ever_attached: column(row, at(9))?,
             },
             snapshot_count: column(row, at(10))?,
             progressing_snapshot_id: column(row, at(11))?,
-            progressing_since: column(row, at(12))?,
+            progressing_since: optional_time(row, at(12))?,
             account: OptionalAccountColumns {
                 acct_id: column(row, at(13))?,
                 acct_snapshot_service_activated: column(row, at(14))?,
@@ -331,14 +332,14 @@ impl LockedDiskRow {
             inst_id: column(row, at(16))?,
             inst_account_id: column(row, at(17))?,
             inst_status: column(row, at(18))?,
-            inst_created_at: column(row, at(19))?,
-            inst_last_started_at: column(row, at(20))?,
+            inst_created_at: optional_time(row, at(19))?,
+            inst_last_started_at: optional_time(row, at(20))?,
             inst_lock_reasons: column(row, at(21))?,
             token: OptionalTokenColumns {
                 token_fingerprint: column(row, at(22))?,
                 token_snapshot_id: column(row, at(23))?,
             },
-            progressing_due_at: column(row, at(24))?,
+            progressing_due_at: optional_time(row, at(24))?,
         })
     }
 }
@@ -482,7 +483,7 @@ where
     String: Decode<'r, R::Database> + Type<R::Database>,
     i32: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
-    Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+    StoredTime: Decode<'r, R::Database> + Type<R::Database>,
 {
     /// By position, in the order of [`DESCRIBED_COLUMNS`].
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
@@ -500,10 +501,10 @@ where
                 source_disk_size_gib: column(row, 5)?,
                 source_disk_type: column(row, 6)?,
                 status: column(row, 7)?,
-                created_at: column(row, 8)?,
-                started_at: column(row, 9)?,
-                copy_due_at: column(row, 10)?,
-                last_modified_at: column(row, 11)?,
+                created_at: time(row, 8)?,
+                started_at: time(row, 9)?,
+                copy_due_at: time(row, 10)?,
+                last_modified_at: time(row, 11)?,
                 retention_days: column(row, 12)?,
                 usage: column(row, 13)?,
             },
@@ -528,6 +529,26 @@ where
     } else {
         row.try_get_unchecked(index)
     }
+}
+
+/// Column `index` of `row`, an instant (see [`StoredTime`]).
+fn time<'r, R>(row: &'r R, index: usize) -> Result<Timestamp, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    StoredTime: Decode<'r, R::Database> + Type<R::Database>,
+{
+    column::<R, StoredTime>(row, index).map(|at| at.0)
+}
+
+/// Column `index` of `row`, an instant or NULL (see [`StoredTime`]).
+fn optional_time<'r, R>(row: &'r R, index: usize) -> Result<Option<Timestamp>, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    StoredTime: Decode<'r, R::Database> + Type<R::Database>,
+{
+    column::<R, Option<StoredTime>>(row, index).map(|at| at.map(|at| at.0))
 }
 
 /// One page from the rows of the describe statement (one more than `limit` tells whether
