@@ -12,7 +12,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::helpers::{Backend, TestDatabase, as_account};
+use crate::helpers::{Backend, TestDatabase, as_account, count_walk_page};
 use crate::process::{BINARY, Server};
 
 fn demo_request(disk_id: &str, token: &str) -> pb::CreateSnapshotRequest {
@@ -403,7 +403,9 @@ async fn all_snapshot_ids(channel: &Channel, account: &str) -> std::collections:
     let mut client = pb::snapshot_service_client::SnapshotServiceClient::new(channel.clone());
     let mut ids = std::collections::HashSet::new();
     let mut next_token = String::new();
+    let mut pages = 0;
     loop {
+        count_walk_page(&mut pages, "DescribeSnapshots");
         let request = pb::DescribeSnapshotsRequest {
             max_results: 100,
             next_token: next_token.clone(),

@@ -497,6 +497,19 @@ pub async fn wait_for_lock_waiters(pool: &PgPool, sessions: i64, who: &str) {
     }
 }
 
+/// A walk of `next_token` pages longer than this has a token that never ends (a token page
+/// that repeats rows): the walk fails instead of going on forever.
+pub const MAX_WALK_PAGES: usize = 200;
+
+/// Counts one more page of a `next_token` walk (`what` names it for the failure's message).
+pub fn count_walk_page(pages: &mut usize, what: &str) {
+    *pages += 1;
+    assert!(
+        *pages <= MAX_WALK_PAGES,
+        "{what}: next_token still not empty after {MAX_WALK_PAGES} pages (a token page repeats rows)"
+    );
+}
+
 /// How long a wait "until something happens" may take before the test fails: the CI machine
 /// is a noisy 2-core VM, and nothing here should take more than a fraction of this.
 pub const PATIENCE: Duration = Duration::from_secs(15);

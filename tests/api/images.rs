@@ -13,7 +13,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::assertions::{Detail, assert_error};
-use crate::helpers::{Backend, TestApp, as_account, concurrently, finish_copies, spawn_app, world};
+use crate::helpers::{
+    Backend, TestApp, as_account, concurrently, count_walk_page, finish_copies, spawn_app, world,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -555,7 +557,7 @@ async fn describe_images_pages_with_next_token_carrying_the_first_pages_total(ba
         )
         .await
         .expect("DescribeImages");
-        pages += 1;
+        count_walk_page(&mut pages, "DescribeImages");
         assert_eq!(page.total_count, 5, "page {pages}: the first page's total");
         assert!(page.images.len() <= 2);
         walked.extend(page.images.into_iter().map(|i| i.image_id));

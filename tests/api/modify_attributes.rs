@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, TestApp, as_account, create_request, finish_copies, spawn_app, world,
+    Backend, TestApp, as_account, count_walk_page, create_request, finish_copies, spawn_app, world,
 };
 use crate::on_both_backends;
 
@@ -48,7 +48,9 @@ async fn modify(
 async fn listed(app: &TestApp) -> HashMap<String, pb::Snapshot> {
     let mut all = HashMap::new();
     let mut next_token = String::new();
+    let mut pages = 0;
     loop {
+        count_walk_page(&mut pages, "DescribeSnapshots");
         let page = app
             .snapshots()
             .describe_snapshots(as_account(

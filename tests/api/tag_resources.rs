@@ -11,7 +11,9 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::assertions::{Detail, assert_error};
-use crate::helpers::{Backend, TestApp, as_account, create_request, spawn_app, world};
+use crate::helpers::{
+    Backend, TestApp, as_account, count_walk_page, create_request, spawn_app, world,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -515,7 +517,7 @@ async fn a_list_filters_by_tag_and_pages_with_next_token(backend: Backend) {
         )
         .await
         .expect("ListTagResources");
-        pages += 1;
+        count_walk_page(&mut pages, "ListTagResources");
         rows.extend(
             page.tag_resources
                 .into_iter()
