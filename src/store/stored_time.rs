@@ -15,10 +15,11 @@ const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 /// A stored instant, decoded as sqlx decodes a [`Timestamp`] but for PostgreSQL's binary
 /// `timestamptz` (microseconds after 2000-01-01), which it turns into an instant with one
-/// `DateTime::from_timestamp_micros` instead of sqlx's calendar arithmetic from 2000-01-01: a
+/// `DateTime::from_timestamp_micros` instead of sqlx's calendar arithmetic from 2000-01-01:
 /// 154 instructions an instant against 394, on the four instants of every DescribeSnapshots row
-/// (bench/README.md, "Instants decoded"). An instant out of chrono's range is an error here,
-/// where sqlx's own decoder panics. SQLite's instants (text) are decoded by sqlx's.
+/// (bench/README.md, "instants decoded without calendar arithmetic"). An instant out of
+/// chrono's range is an error here, where sqlx's own decoder panics. SQLite's instants (text)
+/// are decoded by sqlx's.
 pub(crate) struct StoredTime(pub Timestamp);
 
 /// Typed as the instant it decodes, on either backend.
