@@ -59,11 +59,11 @@ const SECOND_CHARS: usize = 7;
 /// earlier ones, so a new row's key lands beside the last one's in every index on it, instead
 /// of on a random leaf of an index that grows with the table: a create dirties the same few
 /// pages as the creates before it, which is what keeps a big database's writes (and SQLite's
-/// checkpoints) as cheap as an empty one's (bench/README.md, "Ids in time order").
+/// checkpoints) as cheap as an empty one's (bench/README.md, "ids in time order").
 fn generate_id(prefix: &str, created_at: Timestamp) -> String {
     let mut id = String::with_capacity(prefix.len() + GENERATED_ID_CHARS);
     id.push_str(prefix);
-    id.push_str(&base36_second(created_at));
+    id.extend(base36_second(created_at).map(char::from));
     let mut rng = rand::rng();
     for _ in SECOND_CHARS..GENERATED_ID_CHARS {
         id.push(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char);
@@ -72,7 +72,7 @@ fn generate_id(prefix: &str, created_at: Timestamp) -> String {
 }
 
 /// `at`'s second since the Unix epoch in base 36, `SECOND_CHARS` wide (before 1970: all zeros).
-fn base36_second(at: Timestamp) -> String {
+fn base36_second(at: Timestamp) -> [u8; SECOND_CHARS] {
     let base = ID_ALPHABET.len() as u64;
     let mut second = u64::try_from(at.timestamp()).unwrap_or(0);
     let mut digits = [b'0'; SECOND_CHARS];
@@ -80,7 +80,7 @@ fn base36_second(at: Timestamp) -> String {
         *digit = ID_ALPHABET[(second % base) as usize];
         second /= base;
     }
-    digits.iter().map(|&b| b as char).collect()
+    digits
 }
 
 /// A snapshot id: `s-` + 20 characters of `[0-9a-z]`, in creation order (see `generate_id`).
