@@ -17,7 +17,8 @@
 # 30-day retention (they stay, and the sweep must step over them). Two large accounts for the
 # describe comparison: bulk-10k holds exactly 10,000 snapshots, bulk-2k 2,000 (on disks of
 # their own), interleaved in time with everybody else's. Disk counters (snapshot_count, the
-# progressing snapshot) are computed from the rows; `snapshotd check` verifies every promise.
+# progressing snapshot) and the accounts' counts are computed from the rows; `snapshotd check`
+# verifies every promise.
 #
 # The load drops the secondary indexes and triggers (FK checks, change notifications) and
 # rebuilds the indexes from their own definitions after, so it stays right when a migration adds
@@ -173,6 +174,10 @@ LEFT JOIN (SELECT source_disk_id, count(*) AS snapshot_count,
                   max(started_at) FILTER (WHERE status = 'progressing') AS progressing_since
            FROM snapshots GROUP BY source_disk_id) c ON c.source_disk_id = 'd-bulk' || m;
 
+-- The accounts' counts (migration 0011), computed from the snapshots too.
+INSERT INTO account_snapshot_counts (account_id, slot, snapshot_count)
+SELECT account_id, 0, count(*) FROM snapshots GROUP BY account_id;
+
 SELECT definition FROM bulk_indexes \gexec
 SQL
     psql "$database_url" -q -v ON_ERROR_STOP=1 -c "VACUUM (ANALYZE)"
@@ -284,6 +289,9 @@ LEFT JOIN (SELECT source_disk_id, count(*) AS snapshot_count,
                   max(CASE WHEN status = 'progressing' THEN snapshot_id END) AS progressing_snapshot_id,
                   max(CASE WHEN status = 'progressing' THEN started_at END) AS progressing_since
            FROM snapshots GROUP BY source_disk_id) c ON c.source_disk_id = 'd-bulk' || m;
+
+INSERT INTO account_snapshot_counts (account_id, slot, snapshot_count)
+SELECT account_id, 0, count(*) FROM snapshots GROUP BY account_id;
 
 $rebuilt
 COMMIT;

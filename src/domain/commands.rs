@@ -393,6 +393,37 @@ impl SnapshotQuery {
         }
     }
 
+    /// Whether the query selects every snapshot of the account (whatever its page).
+    pub fn filters_only_by_account(&self) -> bool {
+        // Named one by one, so that a new filter must be looked at here.
+        let Self {
+            account_id: _,
+            disk_id,
+            snapshot_ids,
+            status,
+            snapshot_name,
+            tags,
+            instance_id,
+            source_disk_type,
+            usage,
+            created_after,
+            created_before,
+            after: _,
+            limit: _,
+            skip: _,
+        } = self;
+        disk_id.is_none()
+            && snapshot_ids.is_empty()
+            && status.is_none()
+            && snapshot_name.is_none()
+            && tags.is_empty()
+            && instance_id.is_none()
+            && source_disk_type.is_none()
+            && usage.is_none()
+            && created_after.is_none()
+            && created_before.is_none()
+    }
+
     pub fn parse(
         account_id: String,
         params: &DescribeSnapshotsParams<'_>,

@@ -269,5 +269,7 @@ async fn delete(
     if plan == DeletePlan::CancelCopyAndDelete {
         cancel_copy(backend, &snapshot).await;
     }
-    Ok(tx.delete_and_uncount(&snapshot).await?)
+    Ok(tx
+        .delete_and_uncount(std::slice::from_ref(&snapshot))
+        .await?)
 }

@@ -97,8 +97,8 @@ async fn release_expired(
         if snapshot.status == SnapshotStatus::Progressing {
             cancel_copy(backend, snapshot).await;
         }
-        tx.delete_and_uncount(snapshot).await?;
     }
+    tx.delete_and_uncount(&due).await?;
     tx.forget_expired_nonces(wall).await?;
     Ok(due.len())
 }

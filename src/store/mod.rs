@@ -458,8 +458,9 @@ pub trait Transaction: Send {
         snapshot_id: &str,
     ) -> Result<Option<Snapshot>, StoreError>;
 
-    /// Deletes the snapshot and frees its quota (and its disk, if it was being copied).
-    async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// Deletes the snapshots and frees their quota (and their disks, where they were being
+    /// copied).
+    async fn delete_and_uncount(&mut self, snapshots: &[Snapshot]) -> Result<(), StoreError>;
 
     /// Writes the snapshot's attributes a caller may change (name, description, retention and
     /// the release time it implies) and its `last_modified_at`; the caller holds its lock.

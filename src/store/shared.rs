@@ -6,6 +6,7 @@
 //! how a write transaction begins, the row-lock clauses, and the statements PostgreSQL writes
 //! with arrays (a batch's locking read and its insert).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -46,6 +47,9 @@ pub trait Dialect: Database + Sized {
     const KEEP_CONNECTIONS: usize;
     /// One writer at a time: write transactions take turns in the process (`super::turn`).
     const ONE_WRITER: bool;
+    /// The slots each account's count is spread over (`account_snapshot_counts`, migration
+    /// 0011), so that writers of one account seldom wait for each other there.
+    const COUNT_SLOTS: i32;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
     const LOCK_DISK: &'static str;
     /// Appended to a read whose rows the transaction holds until it ends.
@@ -559,6 +563,18 @@ pub(super) fn lock_disk_and_read_sql(lock_disk: &str) -> String {
     )
 }
 
+/// Adds `$3` snapshots to the count of the account `$1` in the slot `$2`
+/// (`account_snapshot_counts`, migration 0011).
+pub const ADD_TO_ACCOUNT_COUNT_SQL: &str = "\
+INSERT INTO account_snapshot_counts AS c (account_id, slot, snapshot_count) VALUES ($1, $2, $3)
+ON CONFLICT (account_id, slot) DO UPDATE
+SET snapshot_count = c.snapshot_count + EXCLUDED.snapshot_count";
+
+/// The slot of `account_snapshot_counts` a write adds to: any one of the dialect's.
+pub(super) fn count_slot<DB: Dialect>() -> i32 {
+    rand::random_range(0..DB::COUNT_SLOTS)
+}
+
 /// Columns of a snapshot row `s`, as [`SnapshotRow`] reads them.
 const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
     s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
@@ -647,10 +663,9 @@ where
         } else if let Some(total) = carried_total(query) {
             u64::try_from(total).unwrap_or(0)
         } else {
-            let counted: Vec<(i64,)> =
-                matching_snapshots::<DB>("SELECT count(*) FROM snapshots s".to_owned(), query)
-                    .fetch_all(self.connection())
-                    .await?;
+            let counted: Vec<(i64,)> = count_matching_snapshots::<DB>(query)
+                .fetch_all(self.connection())
+                .await?;
             counted
                 .first()
                 .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0))
@@ -988,24 +1003,38 @@ where
         row.map(Snapshot::try_from).transpose()
     }
 
-    async fn delete_and_uncount(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM snapshots WHERE snapshot_id = $1")
+    async fn delete_and_uncount(&mut self, snapshots: &[Snapshot]) -> Result<(), StoreError> {
+        let mut removed: BTreeMap<&str, i64> = BTreeMap::new();
+        for snapshot in snapshots {
+            sqlx::query("DELETE FROM snapshots WHERE snapshot_id = $1")
+                .bind(snapshot.snapshot_id.as_str())
+                .execute(self.connection())
+                .await?;
+            // Every SET expression sees the row as it was, so both CASEs test the old id.
+            sqlx::query(
+                "UPDATE disks SET snapshot_count = snapshot_count - 1,
+                     progressing_snapshot_id = CASE WHEN progressing_snapshot_id = $2 THEN NULL
+                                                    ELSE progressing_snapshot_id END,
+                     progressing_since = CASE WHEN progressing_snapshot_id = $2 THEN NULL
+                                              ELSE progressing_since END
+                 WHERE disk_id = $1",
+            )
+            .bind(snapshot.source_disk_id.as_str())
             .bind(snapshot.snapshot_id.as_str())
             .execute(self.connection())
             .await?;
-        // Every SET expression sees the row as it was, so both CASEs test the old id.
-        sqlx::query(
-            "UPDATE disks SET snapshot_count = snapshot_count - 1,
-                 progressing_snapshot_id = CASE WHEN progressing_snapshot_id = $2 THEN NULL
-                                                ELSE progressing_snapshot_id END,
-                 progressing_since = CASE WHEN progressing_snapshot_id = $2 THEN NULL
-                                          ELSE progressing_since END
-             WHERE disk_id = $1",
-        )
-        .bind(snapshot.source_disk_id.as_str())
-        .bind(snapshot.snapshot_id.as_str())
-        .execute(self.connection())
-        .await?;
+            *removed.entry(snapshot.account_id.as_str()).or_default() += 1;
+        }
+        // The accounts' counts last, after every disk, in account order (migration 0011).
+        let slot = count_slot::<DB>();
+        for (account_id, count) in removed {
+            sqlx::query(ADD_TO_ACCOUNT_COUNT_SQL)
+                .bind(account_id)
+                .bind(slot)
+                .bind(-count)
+                .execute(self.connection())
+                .await?;
+        }
         Ok(())
     }
 
@@ -1589,19 +1618,38 @@ where
     }
 }
 
-/// `select` over the caller's snapshots that match the query's filters (not its page).
-fn matching_snapshots<DB: Dialect>(select: String, query: &SnapshotQuery) -> Statement {
-    let mut statement = Statement::new(select);
+/// The number of the caller's snapshots that match the query's filters, in a statement of its
+/// own.
+fn count_matching_snapshots<DB: Dialect>(query: &SnapshotQuery) -> Statement {
+    if query.filters_only_by_account() {
+        let mut statement = Statement::new("SELECT ".to_owned());
+        let total = account_total(&mut statement, &query.account_id);
+        statement.push(&total);
+        return statement;
+    }
+    let mut statement = Statement::new("SELECT count(*) FROM snapshots s".to_owned());
     push_snapshot_filters::<DB>(&mut statement, query);
     statement
+}
+
+/// An expression of the number of snapshots the account holds, its parameter added to
+/// `statement`: the sum of the account's kept counts (migration 0011), a few rows however many
+/// snapshots it holds.
+fn account_total(statement: &mut Statement, account_id: &str) -> String {
+    let account = statement.param(Param::Text(account_id.to_owned()));
+    format!(
+        "(SELECT CAST(COALESCE(SUM(c.snapshot_count), 0) AS BIGINT) \
+         FROM account_snapshot_counts c WHERE c.account_id = {account})"
+    )
 }
 
 /// DescribeSnapshots in one statement: the page of the caller's snapshots `s` that match the
 /// query's filters, newest first, keyed on `(created_at, snapshot_id)` so pages neither repeat
 /// nor skip rows, one row more than the page to tell whether another follows; each row with
 /// its tags (`tags`, see [`Dialect::SNAPSHOT_TAGS_JSON`]) and the count of every match
-/// (`total`, the same on every row): counted on a listing's first page, carried by its token
-/// after that (a parameter, no count: a page deep in a big account costs what one in a small
+/// (`total`, the same on every row): on a listing's first page read from the account's kept
+/// count when nothing but the account filters it, else counted; carried by its token after
+/// that (a parameter, no count: a page deep in a big account costs what one in a small
 /// account does). Its text depends only on which filters are present and whether it counts,
 /// never on how many ids or on the page's size, so the driver's prepared statement is reused.
 /// (The bench's pgbench script runs this text.)
@@ -1627,6 +1675,7 @@ pub fn describe_snapshots_statement<DB: Dialect>(query: &SnapshotQuery) -> State
     );
     let total = match carried_total(query) {
         Some(total) => statement.param(Param::Int(total)),
+        None if query.filters_only_by_account() => account_total(&mut statement, &query.account_id),
         None => format!("(SELECT count(*) FROM snapshots s{filters})"),
     };
     statement.push(&format!(
@@ -1972,6 +2021,19 @@ const INVARIANTS: &[Invariant] = &[
         takes_quota: false,
     },
     Invariant {
+        promise: "an account's snapshot count is the number of its snapshots",
+        sql: "SELECT a.account_id, \
+                     CAST(COALESCE(c.counted, 0) AS TEXT) || ' <> ' || CAST(COALESCE(s.held, 0) AS TEXT) \
+              FROM accounts a \
+              LEFT JOIN (SELECT account_id, SUM(snapshot_count) AS counted \
+                         FROM account_snapshot_counts GROUP BY account_id) c \
+                ON c.account_id = a.account_id \
+              LEFT JOIN (SELECT account_id, COUNT(*) AS held FROM snapshots GROUP BY account_id) s \
+                ON s.account_id = a.account_id \
+              WHERE COALESCE(c.counted, 0) <> COALESCE(s.held, 0)",
+        takes_quota: false,
+    },
+    Invariant {
         promise: "a snapshot holds at most 20 tags",
         sql: "SELECT snapshot_id, CAST(COUNT(*) AS TEXT) FROM snapshot_tags \
               GROUP BY snapshot_id HAVING COUNT(*) > 20",
@@ -2090,6 +2152,137 @@ mod tests {
             let described = pool.describe(&sql).await.expect("the statement prepares");
             let names: Vec<&str> = described.columns().iter().map(Column::name).collect();
             assert_eq!(names, super::super::rows::DESCRIBED_COLUMNS, "{sql}");
+        }
+    }
+
+    /// A listing of the whole account reads its total from the account's kept count (a few
+    /// rows); a filter makes it count the matching rows; a token's carried total needs neither.
+    #[test]
+    fn only_a_listing_of_the_whole_account_reads_the_kept_count() {
+        #[derive(Debug, PartialEq)]
+        enum Total {
+            Kept,
+            Counted,
+            Carried,
+        }
+        let total_of = |sql: &str| match (
+            sql.contains("account_snapshot_counts"),
+            sql.contains("count(*)"),
+        ) {
+            (true, false) => Total::Kept,
+            (false, true) => Total::Counted,
+            (false, false) => Total::Carried,
+            (true, true) => panic!("both: {sql}"),
+        };
+        let whole = SnapshotQuery::all_of("acct-a", 20);
+        let token = |total| PageCursor {
+            created_at: Timestamp::default(),
+            snapshot_id: "s-b".to_owned(),
+            total,
+        };
+        let with = |change: fn(&mut SnapshotQuery)| {
+            let mut query = whole.clone();
+            change(&mut query);
+            query
+        };
+        // (what, query, its page's total, the total asked alone after a page past the end)
+        let cases = [
+            ("first page", with(|_| {}), Total::Kept, Total::Kept),
+            (
+                "numbered page",
+                with(|q| q.skip = 40),
+                Total::Kept,
+                Total::Kept,
+            ),
+            (
+                "v1 token",
+                SnapshotQuery {
+                    after: Some(token(None)),
+                    ..whole.clone()
+                },
+                Total::Kept,
+                Total::Kept,
+            ),
+            (
+                "carried",
+                SnapshotQuery {
+                    after: Some(token(Some(7))),
+                    ..whole.clone()
+                },
+                Total::Carried,
+                Total::Kept,
+            ),
+            (
+                "disk",
+                with(|q| q.disk_id = Some("d-a".into())),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "ids",
+                with(|q| q.snapshot_ids = vec!["s-a".into()]),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "status",
+                with(|q| q.status = Some(SnapshotStatus::Failed)),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "name",
+                with(|q| q.snapshot_name = Some("n".into())),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "tag",
+                with(|q| {
+                    q.tags = vec![Tag {
+                        key: "k".into(),
+                        value: String::new(),
+                    }]
+                }),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "instance",
+                with(|q| q.instance_id = Some("i-a".into())),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "type",
+                with(|q| q.source_disk_type = Some(crate::domain::DiskType::Data)),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "usage",
+                with(|q| q.usage = Some(crate::domain::SnapshotUsage::Image)),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "after",
+                with(|q| q.created_after = Some(Timestamp::default())),
+                Total::Counted,
+                Total::Counted,
+            ),
+            (
+                "before",
+                with(|q| q.created_before = Some(Timestamp::default())),
+                Total::Counted,
+                Total::Counted,
+            ),
+        ];
+        for (what, query, page, alone) in cases {
+            let page_sql = describe_snapshots_statement::<sqlx::Postgres>(&query).sql;
+            assert_eq!(total_of(&page_sql), page, "{what}, the page: {page_sql}");
+            let alone_sql = count_matching_snapshots::<sqlx::Postgres>(&query).sql;
+            assert_eq!(total_of(&alone_sql), alone, "{what}, alone: {alone_sql}");
         }
     }
 

@@ -14,8 +14,8 @@ use tonic::{Code, Status};
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, Options, TestApp, as_account, count_walk_page, create_request, spawn_app,
-    spawn_app_with, world,
+    Backend, Options, TestApp, as_account, concurrently, count_walk_page, create_request,
+    finish_copies, spawn_app, spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -32,6 +32,7 @@ on_both_backends!(
     a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go,
     a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count,
     a_caller_who_rewrites_their_tokens_total_is_told_that_total,
+    an_accounts_total_stays_the_number_of_its_snapshots_as_they_come_and_go,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -935,6 +936,66 @@ async fn a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go(
         ),
         (0, "", now.total_count)
     );
+}
+
+/// A listing filtered by nothing but the account reads its total from the account's kept
+/// count (migration 0011), not from its rows: the total must stay the number of the account's
+/// snapshots through creates of two accounts at once (batched together), a DeleteSnapshot, and
+/// the retention sweep releasing snapshots of both accounts in one step, and agree with a
+/// filtered listing, which counts rows.
+async fn an_accounts_total_stays_the_number_of_its_snapshots_as_they_come_and_go(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
+    for account in ["acct-a", "acct-b"] {
+        app.seed(&world(account, 12)).await;
+    }
+    let total = |account: &'static str| {
+        let app = Arc::clone(&app);
+        async move {
+            let first_page = pb::DescribeSnapshotsRequest {
+                max_results: 5,
+                ..Default::default()
+            };
+            let unfiltered = describe(&app, account, first_page.clone()).await.unwrap();
+            // A status filter (every snapshot here is accomplished) makes the total a count.
+            let counted = pb::DescribeSnapshotsRequest {
+                status: pb::SnapshotStatus::Accomplished.into(),
+                ..first_page
+            };
+            let counted = describe(&app, account, counted).await.unwrap();
+            assert_eq!(
+                unfiltered.total_count, counted.total_count,
+                "{account}: the kept count against the rows' count"
+            );
+            unfiltered.total_count
+        }
+    };
+    // Twelve creates on each account at once; disks 0 to 3 of each kept one day only.
+    let created = concurrently(24, |n| {
+        let app = Arc::clone(&app);
+        async move {
+            let account = if n % 2 == 0 { "acct-a" } else { "acct-b" };
+            let disk = n / 2;
+            let request = pb::CreateSnapshotRequest {
+                retention_days: if disk < 4 { 1 } else { 0 },
+                ..create_request(&format!("d-{account}-{disk}"))
+            };
+            app.create(account, request).await.map(|r| r.snapshot_id)
+        }
+    })
+    .await;
+    let created: Vec<String> = created.into_iter().map(Result::unwrap).collect();
+    finish_copies(&app).await;
+    assert_eq!((total("acct-a").await, total("acct-b").await), (12, 12));
+
+    // acct-a's snapshot of disk 11 (created by call 22).
+    delete_now(&app, &created[22]).await;
+    assert_eq!((total("acct-a").await, total("acct-b").await), (11, 12));
+
+    app.advance(Duration::from_secs(2 * 24 * 3600));
+    assert_eq!(app.tick_until_idle().await.released, 8);
+    assert_eq!((total("acct-a").await, total("acct-b").await), (7, 8));
+    assert_eq!(total("acct-nobody").await, 0);
+    app.assert_invariants().await;
 }
 
 /// A `v1` token (no total: written by a server before the total was carried) still lists the

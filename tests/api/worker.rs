@@ -414,6 +414,10 @@ async fn the_invariant_checker_reports_each_broken_promise(backend: Backend) {
             "a disk's snapshot count is the number of its snapshots",
         ),
         (
+            "UPDATE account_snapshot_counts SET snapshot_count = snapshot_count + 1",
+            "an account's snapshot count is the number of its snapshots",
+        ),
+        (
             "UPDATE disks SET progressing_snapshot_id = NULL, progressing_since = NULL",
             "a disk's copy in progress is its progressing snapshot",
         ),
