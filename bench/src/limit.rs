@@ -67,11 +67,13 @@ pub fn measure(
 
 /// The `describe` scenario's limit: the store's describe statement for each page of
 /// `page_size` of account 0's snapshots as the service walks them (the first page, then each
-/// `next_token` page), one pgbench script per page, picked evenly.
+/// `next_token` page), one pgbench script per page, picked evenly; or the first page alone
+/// (`first_pages_only`, as `--describe-first-pages` reads).
 pub fn measure_describe(
     database_url: &str,
     naming: &Naming,
     page_size: u32,
+    first_pages_only: bool,
     clients: usize,
     duration: Duration,
 ) -> Result<Limit, Box<dyn std::error::Error>> {
@@ -91,7 +93,7 @@ pub fn measure_describe(
     // Page n + 1 starts after the last row of page n, while rows remain after it.
     let size = usize::try_from(page_size.max(1)).unwrap_or(usize::MAX);
     for (n, last) in rows.iter().enumerate().skip(size - 1).step_by(size) {
-        if n + 1 >= rows.len() {
+        if first_pages_only || n + 1 >= rows.len() {
             break;
         }
         let after = Some((last.0.as_str(), last.1.as_str()));

@@ -94,6 +94,10 @@ struct Args {
     /// `describe`: snapshots per page (`MaxResults`). (`mixed` reads first pages of 20.)
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
     describe_page_size: u32,
+    /// `describe`: every call reads the account's first page (a console listing the account)
+    /// instead of walking `next_token`; its limit runs the first page's statement alone.
+    #[arg(long)]
+    describe_first_pages: bool,
     /// `watch`: WatchSnapshots streams to hold open (the server's --max-watches-per-account must
     /// allow this many ÷ --accounts, and its --max-watches-per-peer this many: they all come
     /// from this process's address).
@@ -223,6 +227,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         naming: Arc::new(naming),
         revisit_after: args.revisit_after,
         describe_page_size: args.describe_page_size,
+        describe_first_pages: args.describe_first_pages,
     };
     if matches!(args.scenario, Scenario::Describe) {
         progress.say(&format!(
@@ -307,6 +312,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
                 url,
                 &plan.naming,
                 args.describe_page_size,
+                args.describe_first_pages,
                 clients,
                 args.duration,
             ),

@@ -99,6 +99,8 @@ pub struct Plan {
     pub revisit_after: Duration,
     /// `describe`: snapshots per page.
     pub describe_page_size: u32,
+    /// `describe`: read the first page at every call instead of walking `next_token`.
+    pub describe_first_pages: bool,
 }
 
 /// What the measured part of a run produced.
@@ -190,6 +192,7 @@ pub async fn drive(
         let naming = Arc::clone(&plan.naming);
         let (scenario, revisit_after) = (plan.scenario, plan.revisit_after);
         let describe_page_size = i32::try_from(plan.describe_page_size).unwrap_or(i32::MAX);
+        let describe_first_pages = plan.describe_first_pages;
         workers.push(tokio::spawn(async move {
             let mut worker = Worker {
                 client,
@@ -198,6 +201,7 @@ pub async fn drive(
                 scenario,
                 revisit_after,
                 describe_page_size,
+                describe_first_pages,
                 next_token: String::new(),
             };
             worker.run(measure_from, deadline).await
@@ -272,6 +276,7 @@ struct Worker {
     scenario: Scenario,
     revisit_after: Duration,
     describe_page_size: i32,
+    describe_first_pages: bool,
     /// `describe`: where this worker's paging is.
     next_token: String,
 }
@@ -315,7 +320,12 @@ impl Worker {
                 let token = format!("bench-{}-replay", self.naming.run_id);
                 Some(self.create(0, Some(token)).await.0)
             }
-            Scenario::Describe => Some(self.describe_next_page(0, self.describe_page_size).await),
+            Scenario::Describe => {
+                if self.describe_first_pages {
+                    self.next_token.clear();
+                }
+                Some(self.describe_next_page(0, self.describe_page_size).await)
+            }
             Scenario::Noop => Some(self.health_check().await),
             Scenario::Mixed => {
                 let roll = rand::rng().random_range(0..100);
