@@ -27,8 +27,8 @@ use rand::Rng;
 use serde::Serialize;
 use snapshotd::domain::SnapshotQuery;
 use snapshotd::store::sqlite::{
-    ADD_TO_ACCOUNT_COUNT_SQL, BEGIN_WRITE_SQL, COUNT_SNAPSHOT_ON_DISK_SQL, INSERT_SNAPSHOT_SQL,
-    describe_snapshots_sql, lock_disk_and_read_sql,
+    BEGIN_WRITE_SQL, COUNT_SNAPSHOT_ON_DISK_SQL, INSERT_SNAPSHOT_SQL, describe_snapshots_sql,
+    lock_disk_and_read_sql,
 };
 
 use crate::setup::Naming;
@@ -95,8 +95,7 @@ fn create_transaction(naming: &Naming, disk: usize, serial: u64) -> String {
         ],
     );
     let count = bind(COUNT_SNAPSHOT_ON_DISK_SQL, &[&disk_id, &snapshot_id, now]);
-    let account_count = bind(ADD_TO_ACCOUNT_COUNT_SQL, &[&account_id, "0", "1"]);
-    format!("{BEGIN_WRITE_SQL};\n{read};\n{insert};\n{count};\n{account_count};\nCOMMIT;\n")
+    format!("{BEGIN_WRITE_SQL};\n{read};\n{insert};\n{count};\nCOMMIT;\n")
 }
 
 /// The statement of account 0's first page of `page` snapshots.

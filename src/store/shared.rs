@@ -6,7 +6,6 @@
 //! how a write transaction begins, the row-lock clauses, and the statements PostgreSQL writes
 //! with arrays (a batch's locking read and its insert).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -47,9 +46,6 @@ pub trait Dialect: Database + Sized {
     const KEEP_CONNECTIONS: usize;
     /// One writer at a time: write transactions take turns in the process (`super::turn`).
     const ONE_WRITER: bool;
-    /// The slots each account's count is spread over (`account_snapshot_counts`, migration
-    /// 0011), so that writers of one account seldom wait for each other there.
-    const COUNT_SLOTS: i32;
     /// Appended to CreateSnapshot's locking read of the disk `d`: holds the disk until commit.
     const LOCK_DISK: &'static str;
     /// Appended to a read whose rows the transaction holds until it ends.
@@ -563,18 +559,6 @@ pub(super) fn lock_disk_and_read_sql(lock_disk: &str) -> String {
     )
 }
 
-/// Adds `$3` snapshots to the count of the account `$1` in the slot `$2`
-/// (`account_snapshot_counts`, migration 0011).
-pub const ADD_TO_ACCOUNT_COUNT_SQL: &str = "\
-INSERT INTO account_snapshot_counts AS c (account_id, slot, snapshot_count) VALUES ($1, $2, $3)
-ON CONFLICT (account_id, slot) DO UPDATE
-SET snapshot_count = c.snapshot_count + EXCLUDED.snapshot_count";
-
-/// The slot of `account_snapshot_counts` a write adds to: any one of the dialect's.
-pub(super) fn count_slot<DB: Dialect>() -> i32 {
-    rand::random_range(0..DB::COUNT_SLOTS)
-}
-
 /// Columns of a snapshot row `s`, as [`SnapshotRow`] reads them.
 const SNAPSHOT_COLUMNS: &str = "s.snapshot_id, s.account_id, s.source_disk_id, \
     s.snapshot_name, s.description, s.source_disk_size_gib, s.source_disk_type, s.status, \
@@ -1003,13 +987,13 @@ where
         row.map(Snapshot::try_from).transpose()
     }
 
+    /// Every disk first, then the rows: deleting a row takes its account's count (the trigger
+    /// of migration 0011), which a transaction must not hold while it waits for a disk.
     async fn delete_and_uncount(&mut self, snapshots: &[Snapshot]) -> Result<(), StoreError> {
-        let mut removed: BTreeMap<&str, i64> = BTreeMap::new();
-        for snapshot in snapshots {
-            sqlx::query("DELETE FROM snapshots WHERE snapshot_id = $1")
-                .bind(snapshot.snapshot_id.as_str())
-                .execute(self.connection())
-                .await?;
+        // In disk order, so that two replicas' sweeps lock shared disks in one order.
+        let mut by_disk: Vec<&Snapshot> = snapshots.iter().collect();
+        by_disk.sort_by(|a, b| a.source_disk_id.cmp(&b.source_disk_id));
+        for snapshot in by_disk {
             // Every SET expression sees the row as it was, so both CASEs test the old id.
             sqlx::query(
                 "UPDATE disks SET snapshot_count = snapshot_count - 1,
@@ -1023,15 +1007,10 @@ where
             .bind(snapshot.snapshot_id.as_str())
             .execute(self.connection())
             .await?;
-            *removed.entry(snapshot.account_id.as_str()).or_default() += 1;
         }
-        // The accounts' counts last, after every disk, in account order (migration 0011).
-        let slot = count_slot::<DB>();
-        for (account_id, count) in removed {
-            sqlx::query(ADD_TO_ACCOUNT_COUNT_SQL)
-                .bind(account_id)
-                .bind(slot)
-                .bind(-count)
+        for snapshot in snapshots {
+            sqlx::query("DELETE FROM snapshots WHERE snapshot_id = $1")
+                .bind(snapshot.snapshot_id.as_str())
                 .execute(self.connection())
                 .await?;
         }

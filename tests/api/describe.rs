@@ -941,8 +941,8 @@ async fn a_token_page_reports_the_first_pages_total_while_snapshots_come_and_go(
 /// A listing filtered by nothing but the account reads its total from the account's kept
 /// count (migration 0011), not from its rows: the total must stay the number of the account's
 /// snapshots through creates of two accounts at once (batched together), a DeleteSnapshot, and
-/// the retention sweep releasing snapshots of both accounts in one step, and agree with a
-/// filtered listing, which counts rows.
+/// the retention sweep releasing snapshots of both accounts in one step, rows written by hand,
+/// and agree with a filtered listing, which counts rows.
 async fn an_accounts_total_stays_the_number_of_its_snapshots_as_they_come_and_go(backend: Backend) {
     let app = Arc::new(spawn_app(backend).await);
     for account in ["acct-a", "acct-b"] {
@@ -995,6 +995,27 @@ async fn an_accounts_total_stays_the_number_of_its_snapshots_as_they_come_and_go
     assert_eq!(app.tick_until_idle().await.released, 8);
     assert_eq!((total("acct-a").await, total("acct-b").await), (7, 8));
     assert_eq!(total("acct-nobody").await, 0);
+
+    // Rows written as a replica of an older version (or an operator) writes them, knowing
+    // nothing of the counts: a copy of acct-b's snapshot of disk 11 (call 23) added, and
+    // acct-a's of disk 10 (call 20) deleted, each with its disk's own count.
+    let columns = "account_id, source_disk_id, snapshot_name, description, \
+                   source_disk_size_gib, source_disk_type, status, created_at, started_at, \
+                   copy_due_at, last_modified_at";
+    app.execute(&format!(
+        "INSERT INTO snapshots (snapshot_id, {columns}) \
+         SELECT 's-byhand', {columns} FROM snapshots WHERE snapshot_id = '{}'; \
+         UPDATE disks SET snapshot_count = snapshot_count + 1 WHERE disk_id = 'd-acct-b-11'",
+        created[23]
+    ))
+    .await;
+    app.execute(&format!(
+        "DELETE FROM snapshots WHERE snapshot_id = '{}'; \
+         UPDATE disks SET snapshot_count = snapshot_count - 1 WHERE disk_id = 'd-acct-a-10'",
+        created[20]
+    ))
+    .await;
+    assert_eq!((total("acct-a").await, total("acct-b").await), (6, 9));
     app.assert_invariants().await;
 }
 

@@ -18,9 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::pooler::SessionConnection;
-/// The account's count (`$1` account, `$2` slot, `$3` snapshots added).
-pub use super::shared::ADD_TO_ACCOUNT_COUNT_SQL;
-use super::shared::{Dialect, SqlSession, SqlStore, count_slot};
+use super::shared::{Dialect, SqlSession, SqlStore};
 use super::turn::WriteTurn;
 use tokio::sync::mpsc;
 
@@ -116,8 +114,6 @@ impl Dialect for Sqlite {
     /// The file's write lock is one: its writers take turns in the process, in the order they
     /// asked, rather than in SQLite's busy handler, which keeps no order (`super::turn`).
     const ONE_WRITER: bool = true;
-    /// Writers take turns anyway.
-    const COUNT_SLOTS: i32 = 1;
     // `BEGIN IMMEDIATE` already holds the whole database for the transaction.
     const LOCK_DISK: &'static str = "";
     const LOCK_ROWS: &'static str = "";
@@ -439,8 +435,8 @@ SET snapshot_count = snapshot_count + 1, progressing_snapshot_id = $2,
     progressing_since = $3
 WHERE disk_id = $1";
 
-/// One snapshot: its row, its tags, its token binding, its disk's count, its account's count.
-/// (The bench's SQLite limit runs the row and the counts, bench/src/sqlite_limit.rs.)
+/// One snapshot: its row, its tags, its token binding, its disk's count (its account's, by
+/// trigger). (The bench's SQLite limit runs the row and the count, bench/src/sqlite_limit.rs.)
 async fn insert_snapshot(
     connection: &mut SqliteConnection,
     snapshot: &Snapshot,
@@ -488,12 +484,6 @@ async fn insert_snapshot(
         .bind(&snapshot.source_disk_id)
         .bind(&snapshot.snapshot_id)
         .bind(snapshot.started_at)
-        .execute(&mut *connection)
-        .await?;
-    sqlx::query(ADD_TO_ACCOUNT_COUNT_SQL)
-        .bind(&snapshot.account_id)
-        .bind(count_slot::<Sqlite>())
-        .bind(1_i64)
         .execute(&mut *connection)
         .await?;
     Ok(())
