@@ -6,10 +6,12 @@
 -- rolling upgrade, an operator's hand-written fix. An account's rows sum to the number of its
 -- snapshots (a promise that `snapshotd check` verifies).
 --
--- An account's count is spread over 16 slots, each statement adding to one picked at random: one
--- row per account would make every write of a busy account wait for the previous one's commit,
--- across the lanes and the replicas. A slot's own number means nothing and can be negative (a
--- snapshot counted in one slot and uncounted in another). The triggers run at the end of their
+-- An account's count is spread over 16 slots: one row per account would make every write of a
+-- busy account wait for the previous one's commit, across the lanes and the replicas. A
+-- statement adds to the slot its transaction names in `snapshotd.count_slot` (each lane of a
+-- server its own: `begin_batch_sql` in src/store/postgres), else to one picked at random. A
+-- slot's own number means nothing and can be negative (a snapshot counted in one slot and
+-- uncounted in another). The triggers run at the end of their
 -- statement and lock accounts in order; the store changes these rows only after every disk its
 -- transaction locks, so that it never holds a count while it waits for a disk
 -- (docs/architecture.md).
@@ -20,11 +22,19 @@ CREATE TABLE account_snapshot_counts (
     PRIMARY KEY (account_id, slot)
 );
 
+-- The transaction's slot, else a random one (an older replica's, an operator's statement).
+CREATE FUNCTION account_count_slot() RETURNS integer
+LANGUAGE sql VOLATILE AS $$
+    SELECT COALESCE(NULLIF(current_setting('snapshotd.count_slot', true), '')::integer,
+                    floor(random() * 16)::integer)
+$$;
+
+-- One function per event: PostgreSQL binds transition tables only to a trigger of one event.
 CREATE FUNCTION count_added_snapshots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO account_snapshot_counts AS c (account_id, slot, snapshot_count)
-    SELECT account_id, floor(random() * 16)::integer, count(*)
+    SELECT account_id, account_count_slot(), count(*)
     FROM added GROUP BY account_id ORDER BY account_id
     ON CONFLICT (account_id, slot) DO UPDATE
     SET snapshot_count = c.snapshot_count + EXCLUDED.snapshot_count;
@@ -36,7 +46,7 @@ CREATE FUNCTION count_removed_snapshots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO account_snapshot_counts AS c (account_id, slot, snapshot_count)
-    SELECT account_id, floor(random() * 16)::integer, -count(*)
+    SELECT account_id, account_count_slot(), -count(*)
     FROM removed GROUP BY account_id ORDER BY account_id
     ON CONFLICT (account_id, slot) DO UPDATE
     SET snapshot_count = c.snapshot_count + EXCLUDED.snapshot_count;

@@ -210,8 +210,9 @@ impl GroupCommit {
         policy: &Policy,
         now: Timestamp,
     ) -> Verdict {
-        let lane = &self.lanes
-            [self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len()];
+        let lane_index =
+            self.pick_lane.hash_one(command.disk_id.as_str()) as usize % self.lanes.len();
+        let lane = &self.lanes[lane_index];
         // Before the channel, so it is dropped after it: once a caller counts as gone, its
         // batch sees the reply channel closed.
         let mut waiting = Waiting::enter(&self.callers);
@@ -244,6 +245,7 @@ impl GroupCommit {
                     }
                     let write = write_batch(
                         Arc::clone(&self.store),
+                        lane_index,
                         batch,
                         Arc::clone(&self.backend),
                         self.storage.clone(),
@@ -310,6 +312,7 @@ impl Lane {
 /// that no caller's going away can drop it halfway and leave the others' answers unknown.
 async fn write_batch(
     store: Arc<dyn Store>,
+    lane: usize,
     batch: Vec<Queued>,
     backend: Arc<dyn SnapshotBackend>,
     storage: StorageHealth,
@@ -317,7 +320,7 @@ async fn write_batch(
     let written = async {
         let mut attempt = 1;
         loop {
-            let mut tx = store.begin_batch(batch.len()).await?;
+            let mut tx = store.begin_batch(batch.len(), lane).await?;
             let decision = match decide_batch(tx.as_mut(), &batch, backend.as_ref()).await {
                 Ok(decision) => decision,
                 Err(err) => {

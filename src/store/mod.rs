@@ -299,8 +299,14 @@ pub trait Store: Send + Sync + 'static {
     /// [`begin`](Self::begin) for a CreateSnapshot batch of `calls` calls, whose statements take
     /// their rows by key from arrays of parameters: for a small batch PostgreSQL plans them once
     /// per connection (generic plans, `BEGIN_BATCH_SQL` in `postgres/`), where its default
-    /// would plan them again at every call.
-    async fn begin_batch(&self, calls: usize) -> Result<Box<dyn Transaction>, StoreError>;
+    /// would plan them again at every call. `lane` numbers the process's batch writers that
+    /// may write at once: two of them never wait for each other on an account's count
+    /// (PostgreSQL: each adds to a slot of its own, `count_slot` in `postgres/`).
+    async fn begin_batch(
+        &self,
+        calls: usize,
+        lane: usize,
+    ) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// A connection outside any transaction, for reads that lock nothing: each statement sees
     /// what was committed when it started, and a write commits on its own (autocommit: for a

@@ -55,8 +55,11 @@ pub trait Dialect: Database + Sized {
 
     /// The statement that begins a write transaction.
     const BEGIN_WRITE: &'static str;
-    /// The statement that begins CreateSnapshot's batch transaction ([`Store::begin_batch`]).
-    const BEGIN_BATCH: &'static str;
+    /// The statement that begins CreateSnapshot's batch transaction ([`Store::begin_batch`]):
+    /// its statements planned once when `planned_once`, its snapshots counted in the slot
+    /// `count_slot` of their accounts' counts (any number: the dialect takes it modulo its
+    /// slots).
+    fn begin_batch(planned_once: bool, count_slot: usize) -> &'static str;
     /// This database's schema, one numbered migration per change.
     const MIGRATOR: Migrator;
     /// The names of the tables the store's statements would see.
@@ -138,6 +141,9 @@ pub struct SqlStore<DB: Database> {
     kept: Arc<KeptConnections<DB>>,
     /// Write transactions take turns ([`Dialect::ONE_WRITER`]).
     turn: WriteTurn,
+    /// Lane `n`'s batches count their snapshots in the slot after this one plus `n`, so that
+    /// this process's lanes never share a slot, and another replica's lanes seldom do.
+    first_count_slot: usize,
 }
 
 impl<DB: Dialect> SqlStore<DB> {
@@ -155,6 +161,7 @@ impl<DB: Dialect> SqlStore<DB> {
             fence: Arc::default(),
             kept: KeptConnections::new(DB::KEEP_CONNECTIONS),
             turn: WriteTurn::new(DB::ONE_WRITER),
+            first_count_slot: rand::random_range(0..1024),
         }
     }
 
@@ -272,12 +279,15 @@ where
         Ok(Box::new(self.begin_with(DB::BEGIN_WRITE).await?))
     }
 
-    async fn begin_batch(&self, calls: usize) -> Result<Box<dyn Transaction>, StoreError> {
-        let begin = if calls <= PLANNED_ONCE_UP_TO {
-            DB::BEGIN_BATCH
-        } else {
-            DB::BEGIN_WRITE
-        };
+    async fn begin_batch(
+        &self,
+        calls: usize,
+        lane: usize,
+    ) -> Result<Box<dyn Transaction>, StoreError> {
+        let begin = DB::begin_batch(
+            calls <= PLANNED_ONCE_UP_TO,
+            self.first_count_slot.wrapping_add(lane),
+        );
         Ok(Box::new(self.begin_with(begin).await?))
     }
 

@@ -163,8 +163,13 @@ impl FrontendFrames {
                     b'Q' => {
                         let text = &self.pending[5..total];
                         let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
-                        // CreateSnapshot's BEGIN, its settings in the same query.
-                        if text == snapshotd::store::postgres::BEGIN_BATCH_SQL {
+                        // CreateSnapshot's BEGIN, its settings in the same query (the
+                        // lane's slot of the accounts' counts last).
+                        let batch_begin = format!(
+                            "{}; SET LOCAL snapshotd.count_slot = ",
+                            snapshotd::store::postgres::BEGIN_BATCH_SQL
+                        );
+                        if text.starts_with(&batch_begin) {
                             waits.push(BEGIN_BATCH.to_owned());
                         } else {
                             waits.push(text.into_owned());
@@ -180,7 +185,7 @@ impl FrontendFrames {
 }
 
 /// How the proxy records CreateSnapshot's BEGIN (`BEGIN_BATCH_SQL`: BEGIN, and generic plans
-/// for the transaction, in one query).
+/// and the lane's count slot for the transaction, in one query).
 const BEGIN_BATCH: &str = "BEGIN (generic plans)";
 
 /// Splits the backend byte stream into messages (`type, length, body` from the first) and

@@ -311,7 +311,9 @@ impl Dialect for Postgres {
     const LOCK_ROWS: &'static str = " FOR UPDATE";
     const CLAIM_ROWS: &'static str = " FOR UPDATE SKIP LOCKED";
     const BEGIN_WRITE: &'static str = "BEGIN";
-    const BEGIN_BATCH: &'static str = BEGIN_BATCH_SQL;
+    fn begin_batch(planned_once: bool, count_slot: usize) -> &'static str {
+        begin_batch_sql(planned_once, count_slot)
+    }
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
     const TABLE_NAMES: &'static str = "SELECT CAST(table_name AS text) FROM information_schema.tables \
          WHERE table_schema = current_schema() ORDER BY table_name";
@@ -618,6 +620,32 @@ async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, Stor
 /// "Planned once").
 pub const BEGIN_BATCH_SQL: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
+/// The slots of an account's count (migration 0011's triggers take `snapshotd.count_slot`, set
+/// for the transaction, else a random one).
+const COUNT_SLOTS: usize = 16;
+
+/// A batch's `BEGIN`, planned once ([`BEGIN_BATCH_SQL`]) or not, setting the slot of the
+/// accounts' counts its snapshots are added to (`count_slot` modulo [`COUNT_SLOTS`]): in the
+/// same simple query, so no round trip more. Built once, one text per slot.
+fn begin_batch_sql(planned_once: bool, count_slot: usize) -> &'static str {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        [false, true]
+            .into_iter()
+            .flat_map(|planned_once| {
+                (0..COUNT_SLOTS).map(move |slot| {
+                    let begin = if planned_once {
+                        BEGIN_BATCH_SQL
+                    } else {
+                        "BEGIN"
+                    };
+                    format!("{begin}; SET LOCAL snapshotd.count_slot = {slot}")
+                })
+            })
+            .collect()
+    });
+    &TEXTS[usize::from(planned_once) * COUNT_SLOTS + count_slot % COUNT_SLOTS]
+}
+
 /// The `application_name` of the session that LISTENs (the pool's are `snapshotd`).
 pub const LISTENER_APPLICATION_NAME: &str = "snapshotd-changes";
 
@@ -745,6 +773,34 @@ fn parse_change(payload: &str) -> Option<SnapshotChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server's lanes, numbered from any first slot, never share a slot of the accounts'
+    /// counts: one lane's batch never waits for another's commit there.
+    #[test]
+    fn the_lanes_of_a_server_count_in_slots_of_their_own() {
+        for first in [0, 7, 15, 1023, usize::MAX - 1] {
+            for planned_once in [false, true] {
+                let begins: Vec<&str> = (0..Postgres::CREATE_LANES)
+                    .map(|lane| begin_batch_sql(planned_once, first.wrapping_add(lane)))
+                    .collect();
+                let mut distinct = begins.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert_eq!(distinct.len(), begins.len(), "{begins:?}");
+                for begin in begins {
+                    assert!(
+                        begin.contains("SET LOCAL snapshotd.count_slot = "),
+                        "{begin}"
+                    );
+                    assert_eq!(
+                        begin.contains("force_generic_plan"),
+                        planned_once,
+                        "{begin}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn each_durability_setting_that_is_off_is_warned_about() {

@@ -121,7 +121,10 @@ impl Dialect for Sqlite {
     /// Takes the write lock at the start, so reads inside the transaction are the state it
     /// writes on.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-    const BEGIN_BATCH: &'static str = Self::BEGIN_WRITE;
+    /// One writer at a time: the counts have one slot (migration 0011).
+    fn begin_batch(_planned_once: bool, _count_slot: usize) -> &'static str {
+        Self::BEGIN_WRITE
+    }
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     const TABLE_NAMES: &'static str = "SELECT name FROM sqlite_master \
          WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name";
