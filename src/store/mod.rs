@@ -301,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     /// per connection (generic plans, `BEGIN_BATCH_SQL` in `postgres/`), where its default
     /// would plan them again at every call. `lane` numbers the process's batch writers that
     /// may write at once: two of them never wait for each other on an account's count
-    /// (PostgreSQL: each adds to a slot of its own, `count_slot` in `postgres/`).
+    /// (PostgreSQL: each adds to a slot of its own, named in its `BEGIN`: `begin_batch_sql` in
+    /// `postgres/`).
     async fn begin_batch(
         &self,
         calls: usize,

@@ -161,7 +161,7 @@ impl<DB: Dialect> SqlStore<DB> {
             fence: Arc::default(),
             kept: KeptConnections::new(DB::KEEP_CONNECTIONS),
             turn: WriteTurn::new(DB::ONE_WRITER),
-            first_count_slot: rand::random_range(0..1024),
+            first_count_slot: usize::from(rand::random::<u16>()),
         }
     }
 
