@@ -11,10 +11,9 @@
 -- statement adds to the slot its transaction names in `snapshotd.count_slot` (each lane of a
 -- server its own: `begin_batch_sql` in src/store/postgres), else to one picked at random. A
 -- slot's own number means nothing and can be negative (a snapshot counted in one slot and
--- uncounted in another). The triggers run at the end of their
--- statement and lock accounts in order; the store changes these rows only after every disk its
--- transaction locks, so that it never holds a count while it waits for a disk
--- (docs/architecture.md).
+-- uncounted in another). The triggers run at the end of their statement and lock accounts in
+-- order; the store inserts and deletes snapshot rows only after every disk its transaction
+-- locks, so that it never holds a count while it waits for a disk (docs/architecture.md).
 CREATE TABLE account_snapshot_counts (
     account_id     text NOT NULL REFERENCES accounts (account_id),
     slot           integer NOT NULL,

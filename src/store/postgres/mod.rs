@@ -620,8 +620,8 @@ async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, Stor
 /// "Planned once").
 pub const BEGIN_BATCH_SQL: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
-/// The slots of an account's count (migration 0011's triggers take `snapshotd.count_slot`, set
-/// for the transaction, else a random one).
+/// The slots of an account's count: migration 0011's triggers take `snapshotd.count_slot`, set
+/// for the transaction, else a random one of the same 16 (the sum is right whatever the slots).
 const COUNT_SLOTS: usize = 16;
 
 /// A batch's `BEGIN`, planned once ([`BEGIN_BATCH_SQL`]) or not, setting the slot of the
