@@ -139,8 +139,9 @@ impl Report {
         let seconds = outcome.elapsed.as_secs_f64();
         let ms = |quantile: f64| outcome.latency.value_at_quantile(quantile) as f64 / 1e3;
         if let (Some(server), Some(cpu)) = (server.as_mut(), outcome.server_cpu) {
-            server.cpu_seconds = cpu.as_secs_f64();
-            server.cpu_us_per_call = (calls > 0).then(|| cpu.as_secs_f64() * 1e6 / calls as f64);
+            server.cpu_seconds = cpu.total().as_secs_f64();
+            server.system_cpu_seconds = cpu.system.as_secs_f64();
+            server.cpu_us_per_call = (calls > 0).then(|| server.cpu_seconds * 1e6 / calls as f64);
         }
         if let (Some(server), Some(Ok(instructions))) =
             (server.as_mut(), &outcome.server_instructions)
@@ -225,9 +226,10 @@ impl Report {
         if let Some(server) = &self.server {
             let _ = writeln!(
                 out,
-                "server      peak RSS {:.1} MiB   CPU {:.2} s   {} µs CPU per call",
+                "server      peak RSS {:.1} MiB   CPU {:.2} s (kernel {:.2} s)   {} µs CPU per call",
                 server.peak_rss_kib as f64 / 1024.0,
                 server.cpu_seconds,
+                server.system_cpu_seconds,
                 server
                     .cpu_us_per_call
                     .map_or("–".to_owned(), |us| format!("{us:.0}")),

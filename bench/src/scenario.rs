@@ -19,7 +19,7 @@ use tonic_types::StatusExt;
 
 use crate::ecs_client::EcsClient;
 use crate::report::Progress;
-use crate::server_stats::{Sampler, cpu_time};
+use crate::server_stats::{CpuTime, Sampler, cpu_time};
 use crate::setup::Naming;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -113,8 +113,8 @@ pub struct Outcome {
     /// Times a worker found no disk free to snapshot (`spread`, `mixed`): the run was limited by
     /// its disks, not the server.
     pub starved: u64,
-    /// Server CPU seconds over the measured part, when its pid was given.
-    pub server_cpu: Option<Duration>,
+    /// Server CPU time over the measured part, when its pid was given.
+    pub server_cpu: Option<CpuTime>,
     /// `--callgrind`: the servers' instructions over the measured part, or why they are unknown.
     pub server_instructions: Option<Result<u64, String>>,
     /// This process's CPU over the measured part: what the client costs per call.
@@ -245,7 +245,7 @@ pub async fn drive(
     };
     let client_cpu = client_cpu_before
         .zip(cpu_time(std::process::id()))
-        .map(|(before, after)| after.saturating_sub(before));
+        .map(|(before, after)| after.since(before).total());
     Outcome {
         elapsed: duration,
         latency: total.latency,

@@ -15,6 +15,8 @@ pub struct ServerStats {
     pub peak_rss_kib: u64,
     pub cpu_seconds: f64,
     pub cpu_us_per_call: Option<f64>,
+    /// Of `cpu_seconds`, the kernel's (system calls, wake-ups, the network stack).
+    pub system_cpu_seconds: f64,
     /// `--callgrind`: instructions executed over the measured part, all servers together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
@@ -71,13 +73,19 @@ impl Sampler {
         }
     }
 
-    /// The servers' CPU time (user + system) so far.
-    pub fn cpu(&self) -> Duration {
-        self.pids.iter().filter_map(|pid| cpu_time(*pid)).sum()
+    /// The servers' CPU time so far.
+    pub fn cpu(&self) -> CpuTime {
+        self.pids
+            .iter()
+            .filter_map(|pid| cpu_time(*pid))
+            .fold(CpuTime::default(), |sum, cpu| CpuTime {
+                user: sum.user + cpu.user,
+                system: sum.system + cpu.system,
+            })
     }
 
-    pub fn cpu_since(&self, before: Duration) -> Duration {
-        self.cpu().saturating_sub(before)
+    pub fn cpu_since(&self, before: CpuTime) -> CpuTime {
+        self.cpu().since(before)
     }
 
     pub fn finish(self) -> ServerStats {
@@ -87,6 +95,7 @@ impl Sampler {
             peak_rss_kib: self.peak_rss_kib.load(Ordering::Relaxed),
             cpu_seconds: 0.0,
             cpu_us_per_call: None,
+            system_cpu_seconds: 0.0,
             instructions: None,
             instructions_per_call: None,
         }
@@ -152,15 +161,39 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// utime + stime from `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+/// A process's CPU time, in user space and in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The time spent since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+}
+
+/// utime and stime from `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
+    Some(CpuTime {
+        user: Duration::from_millis(utime * 10),
+        system: Duration::from_millis(stime * 10),
+    })
 }
 
 /// Sends SIGTERM to each server and waits (up to 30 s) until it has exited.
