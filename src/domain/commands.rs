@@ -278,14 +278,21 @@ fn parse_total(text: &str) -> Option<u64> {
 /// snapshots; each listing its own, so one listing's token is malformed in another); `rest` is
 /// the id, and after it what the version adds (`v2`: `|<total>`).
 pub(super) fn cursor_token(version: &str, created_at: Timestamp, rest: &str) -> String {
-    let body = format!(
+    use std::fmt::Write as _;
+    let mut plain = String::with_capacity(version.len() + rest.len() + 40);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        plain,
         "{version}|{}|{}|{rest}",
         created_at.timestamp(),
         created_at.timestamp_subsec_nanos(),
     );
-    let plain = format!("{body}|{:08x}", crc32fast::hash(body.as_bytes()));
-    // Lower-case hex, two digits a byte.
-    hex::encode(plain)
+    let checksum = crc32fast::hash(plain.as_bytes());
+    let _ = write!(plain, "|{checksum:08x}");
+    // Lower-case hex, two digits a byte (a slice, not `hex::encode`'s char by char).
+    let mut token = vec![0; plain.len() * 2];
+    hex::encode_to_slice(plain, &mut token).expect("twice the length");
+    String::from_utf8(token).expect("hex digits are ASCII")
 }
 
 /// Reads a [`cursor_token`] of one of the listing's `versions` back into that version, its
@@ -298,13 +305,9 @@ fn read_cursor_token(
     if !token.len().is_multiple_of(2) || token.len() > 256 {
         return Err(malformed());
     }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(token.get(i..i + 2).ok_or_else(malformed)?, 16)
-                .map_err(|_| malformed())
-        })
-        .collect::<Result<Vec<u8>, _>>()?;
+    // Anything but hex digits is refused here (into a slice: `hex::decode` collects by pairs).
+    let mut bytes = vec![0; token.len() / 2];
+    hex::decode_to_slice(token, &mut bytes).map_err(|_| malformed())?;
     let plain = String::from_utf8(bytes).map_err(|_| malformed())?;
     let (body, checksum) = plain.rsplit_once('|').ok_or_else(malformed)?;
     if checksum != format!("{:08x}", crc32fast::hash(body.as_bytes())) {

@@ -444,19 +444,18 @@ pub(crate) struct TagRow {
     pub value: String,
 }
 
-/// A DescribeSnapshots row: the snapshot, its tags as JSON `[[key, value], …]` in key order
-/// (NULL or `[]` without any), and every snapshot the filters match.
+/// A DescribeSnapshots row: the snapshot with its tags, and every snapshot the filters match.
 #[derive(Debug)]
 pub(crate) struct DescribedRow {
-    pub snapshot: SnapshotRow,
-    pub tags: Option<String>,
+    pub snapshot: Snapshot,
     pub total: i64,
 }
 
 /// The describe statement's select list, in order (`shared::describe_snapshots_statement`):
 /// [`DescribedRow`] reads its columns by position, not by name, which spares a hash look-up and
 /// a type check by name per column and row (336 on a page of 20). The store checks the names
-/// against the statement's in debug builds, and a test against SQLite's answer.
+/// against the statement's in debug builds, and a test against SQLite's answer. `tags` is JSON
+/// `[[key, value], …]` in key order (NULL or `[]` without any).
 pub(crate) const DESCRIBED_COLUMNS: [&str; 16] = [
     "snapshot_id",
     "account_id",
@@ -481,36 +480,85 @@ where
     R: Row,
     usize: ColumnIndex<R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
     i32: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
     StoredTime: Decode<'r, R::Database> + Type<R::Database>,
 {
-    /// By position, in the order of [`DESCRIBED_COLUMNS`].
+    /// By position, in the order of [`DESCRIBED_COLUMNS`]. The enums and the tags' JSON are
+    /// read where they lie in the row (`&str`) and parsed at once, not copied into strings
+    /// that are parsed and dropped (63 on a page of 20; bench/README.md, tenth round).
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         debug_assert!(
             row.columns().iter().map(Column::name).eq(DESCRIBED_COLUMNS),
             "the describe statement selects DESCRIBED_COLUMNS, in order"
         );
+        let retention_days: i32 = column(row, 12)?;
+        let tags: Option<&str> = column(row, 14)?;
         Ok(Self {
-            snapshot: SnapshotRow {
+            snapshot: Snapshot {
                 snapshot_id: column(row, 0)?,
                 account_id: column(row, 1)?,
                 source_disk_id: column(row, 2)?,
                 snapshot_name: column(row, 3)?,
                 description: column(row, 4)?,
                 source_disk_size_gib: column(row, 5)?,
-                source_disk_type: column(row, 6)?,
-                status: column(row, 7)?,
+                source_disk_type: parsed(row, 6, "disk type", DiskType::parse)?,
+                status: parsed(row, 7, "snapshot status", SnapshotStatus::parse)?,
                 created_at: time(row, 8)?,
                 started_at: time(row, 9)?,
                 copy_due_at: time(row, 10)?,
                 last_modified_at: time(row, 11)?,
-                retention_days: column(row, 12)?,
-                usage: column(row, 13)?,
+                retention: RetentionDays::parse(retention_days).map_err(|_| {
+                    undecodable(12, corrupt("retention", &retention_days.to_string()))
+                })?,
+                usage: parsed(row, 13, "snapshot usage", SnapshotUsage::parse)?,
+                tags: match tags {
+                    Some(json) => parse_tags(json).map_err(|err| undecodable(14, err))?,
+                    None => Vec::new(),
+                },
             },
-            tags: column(row, 14)?,
             total: column(row, 15)?,
         })
+    }
+}
+
+/// Column `index` of `row`, text the domain reads with `parse`; text it does not know is a
+/// [`StoreError::Corrupt`] naming `what`.
+fn parsed<'r, R, T>(
+    row: &'r R,
+    index: usize,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text: &str = column(row, index)?;
+    parse(text).ok_or_else(|| undecodable(index, corrupt(what, text)))
+}
+
+/// A tag list as the describe statement writes it: JSON `[[key, value], …]`.
+fn parse_tags(json: &str) -> Result<Vec<Tag>, StoreError> {
+    if json == "[]" {
+        return Ok(Vec::new());
+    }
+    let pairs: Vec<(String, String)> =
+        serde_json::from_str(json).map_err(|_| corrupt("tag list", json))?;
+    Ok(pairs
+        .into_iter()
+        .map(|(key, value)| Tag { key, value })
+        .collect())
+}
+
+/// Column `index` of the describe statement holding what the domain cannot read, reported as
+/// the driver reports a column that does not decode (the store's error as its cause).
+fn undecodable(index: usize, err: StoreError) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: DESCRIBED_COLUMNS[index].to_owned(),
+        source: Box::new(err),
     }
 }
 
@@ -553,31 +601,17 @@ where
 
 /// One page from the rows of the describe statement (one more than `limit` tells whether
 /// another follows), with the total count they carry; `None` for no row.
-pub(crate) fn into_described_page(
-    rows: Vec<DescribedRow>,
-    limit: u32,
-) -> Result<Option<SnapshotPage>, StoreError> {
-    let Some(total) = rows
+pub(crate) fn into_described_page(rows: Vec<DescribedRow>, limit: u32) -> Option<SnapshotPage> {
+    let total = rows
         .first()
-        .map(|row| u64::try_from(row.total).unwrap_or(0))
-    else {
-        return Ok(None);
-    };
+        .map(|row| u64::try_from(row.total).unwrap_or(0))?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
-    let mut snapshots = Vec::with_capacity(rows.len().min(limit));
-    for row in rows.into_iter().take(limit) {
-        let mut snapshot = Snapshot::try_from(row.snapshot)?;
-        if let Some(json) = row.tags.as_deref().filter(|json| *json != "[]") {
-            let pairs: Vec<(String, String)> =
-                serde_json::from_str(json).map_err(|_| corrupt("tag list", json))?;
-            snapshot.tags = pairs
-                .into_iter()
-                .map(|(key, value)| Tag { key, value })
-                .collect();
-        }
-        snapshots.push(snapshot);
-    }
+    let snapshots: Vec<Snapshot> = rows
+        .into_iter()
+        .take(limit)
+        .map(|row| row.snapshot)
+        .collect();
     let next = more.then(|| {
         let last = snapshots.last().expect("a full page");
         PageCursor {
@@ -586,11 +620,11 @@ pub(crate) fn into_described_page(
             total: Some(total),
         }
     });
-    Ok(Some(SnapshotPage {
+    Some(SnapshotPage {
         snapshots,
         next,
         total,
-    }))
+    })
 }
 
 /// Rows of a worker queue, skipping (and logging) any that do not decode, so that one bad row

@@ -648,7 +648,7 @@ where
         let rows: Vec<DescribedRow> = describe_snapshots_statement::<DB>(query)
             .fetch_all(self.connection())
             .await?;
-        if let Some(page) = into_described_page(rows, query.limit)? {
+        if let Some(page) = into_described_page(rows, query.limit) {
             return Ok(page);
         }
         let first_page = query.after.is_none() && query.skip == 0;

@@ -33,6 +33,7 @@ on_both_backends!(
     a_v1_token_of_an_older_server_lists_the_next_page_with_a_fresh_count,
     a_caller_who_rewrites_their_tokens_total_is_told_that_total,
     an_accounts_total_stays_the_number_of_its_snapshots_as_they_come_and_go,
+    a_snapshot_row_the_domain_cannot_read_is_an_internal_error_without_internals,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1327,6 +1328,68 @@ fn malformed_describe_requests(token: &str) -> Vec<Malformed> {
         rows.push(row(label, request, "InvalidParameter", "400", field));
     }
     rows
+}
+
+/// Each column DescribeSnapshots parses, hand-edited into what the domain does not know: the
+/// owner's listing is INTERNAL with none of the row in its message, another account's listing
+/// is untouched, and the owner's lists again once the value is mended.
+async fn a_snapshot_row_the_domain_cannot_read_is_an_internal_error_without_internals(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    app.seed(&world("acct-a", 1)).await;
+    app.seed(&world("acct-b", 1)).await;
+    let mine = app
+        .create_on("acct-a", "d-acct-a-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    let theirs = app
+        .create_on("acct-b", "d-acct-b-0")
+        .await
+        .unwrap()
+        .snapshot_id;
+    // (column, a value the domain does not know, the value the row had)
+    let cases = [
+        ("status", "'Melted'", "'progressing'"),
+        ("source_disk_type", "'floppy'", "'system'"),
+        ("usage", "'shared'", "'none'"),
+        ("retention_days", "-7", "0"),
+    ];
+    for (column, unreadable, original) in cases {
+        let set = |value: &str| {
+            format!("UPDATE snapshots SET {column} = {value} WHERE snapshot_id = '{mine}'")
+        };
+        crate::helpers::execute_sql(&app, &set(unreadable)).await;
+        let status = describe(&app, "acct-a", pb::DescribeSnapshotsRequest::default())
+            .await
+            .expect_err(column);
+        assert_error(
+            &status,
+            Code::Internal,
+            "InternalError",
+            "500",
+            Detail::None,
+        );
+        let message = status.message().to_lowercase();
+        for leak in [unreadable.trim_matches('\''), column, "select", "corrupt"] {
+            assert!(
+                !message.contains(&leak.to_lowercase()),
+                "{column}: {leak} leaked: {message}"
+            );
+        }
+        assert_eq!(
+            listed(&app, "acct-b", pb::DescribeSnapshotsRequest::default()).await,
+            std::slice::from_ref(&theirs),
+            "{column}: another account's listing"
+        );
+        crate::helpers::execute_sql(&app, &set(original)).await;
+        assert_eq!(
+            listed(&app, "acct-a", pb::DescribeSnapshotsRequest::default()).await,
+            std::slice::from_ref(&mine),
+            "{column}: mended"
+        );
+    }
 }
 
 async fn each_malformed_describe_request_is_refused_with_its_reason_and_field(backend: Backend) {
