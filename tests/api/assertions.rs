@@ -117,6 +117,20 @@ pub fn assert_error(
     info.metadata.clone()
 }
 
+/// The seed's `InternalError` (INTERNAL, 500, nothing beside ErrorInfo and RequestInfo), its
+/// message naming none of `hidden` (case-insensitive): what broke stays in the server's log.
+#[track_caller]
+pub fn assert_internal_error_hiding(status: &Status, hidden: &[&str]) {
+    assert_error(status, Code::Internal, "InternalError", "500", Detail::None);
+    let message = status.message().to_lowercase();
+    for word in hidden {
+        assert!(
+            !message.contains(&word.to_lowercase()),
+            "{word:?} leaked: {message}"
+        );
+    }
+}
+
 /// The RetryInfo delay of `status`, in whole seconds.
 pub fn retry_delay_secs(status: &Status) -> u64 {
     status

@@ -12,7 +12,7 @@ use snapshotd::domain::{PageCursor, Snapshot, Timestamp};
 use snapshotd::pb;
 use tonic::{Code, Status};
 
-use crate::assertions::{Detail, assert_error};
+use crate::assertions::{Detail, assert_error, assert_internal_error_hiding};
 use crate::helpers::{
     Backend, Options, TestApp, as_account, concurrently, count_walk_page, create_request,
     finish_copies, spawn_app, spawn_app_with, world,
@@ -1364,20 +1364,10 @@ async fn a_snapshot_row_the_domain_cannot_read_is_an_internal_error_without_inte
         let status = describe(&app, "acct-a", pb::DescribeSnapshotsRequest::default())
             .await
             .expect_err(column);
-        assert_error(
+        assert_internal_error_hiding(
             &status,
-            Code::Internal,
-            "InternalError",
-            "500",
-            Detail::None,
+            &[unreadable.trim_matches('\''), column, "select", "corrupt"],
         );
-        let message = status.message().to_lowercase();
-        for leak in [unreadable.trim_matches('\''), column, "select", "corrupt"] {
-            assert!(
-                !message.contains(&leak.to_lowercase()),
-                "{column}: {leak} leaked: {message}"
-            );
-        }
         assert_eq!(
             listed(&app, "acct-b", pb::DescribeSnapshotsRequest::default()).await,
             std::slice::from_ref(&theirs),
