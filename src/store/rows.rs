@@ -411,7 +411,8 @@ pub(crate) struct SnapshotRow {
 impl TryFrom<SnapshotRow> for Snapshot {
     type Error = StoreError;
 
-    /// Tags are read separately (DescribeSnapshots: [`into_described_page`]).
+    /// Without tags: the reads that need them add them (DescribeSnapshots reads its rows, tags and
+    /// all, in [`DescribedRow`]).
     fn try_from(row: SnapshotRow) -> Result<Self, StoreError> {
         Ok(Self {
             source_disk_type: DiskType::parse(&row.source_disk_type)
