@@ -236,6 +236,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         ));
         setup::snapshots_to_describe(&channels[0], &plan.naming, args.describe_snapshots).await?;
     }
+    if let Some(url) = &args.limit_database_url {
+        progress.say("analyzing the tables the setup filled");
+        limit::refresh_statistics(url).await?;
+    }
     let rss = || {
         args.server_pid
             .first()
