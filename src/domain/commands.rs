@@ -336,11 +336,14 @@ fn read_cursor_token(
 /// At most this many ids in one DescribeSnapshots.
 pub const MAX_SNAPSHOT_IDS: usize = 100;
 
+/// The largest page a Describe call returns (`MaxResults`).
+pub const MAX_PAGE_SIZE: u32 = 100;
+
 /// Page size of DescribeSnapshots (and DescribeImages): 1..=100, 0 meaning the default of 10.
 pub(super) fn page_size(max_results: i32) -> Result<u32, ParseError> {
-    match max_results {
-        0 => Ok(10),
-        1..=100 => Ok(u32::try_from(max_results).unwrap_or(10)),
+    match u32::try_from(max_results) {
+        Ok(0) => Ok(10),
+        Ok(size @ 1..=MAX_PAGE_SIZE) => Ok(size),
         _ => Err(ParseError::InvalidParameter {
             field: "max_results",
             why: "must be 1 to 100".to_owned(),

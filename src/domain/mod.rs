@@ -35,7 +35,8 @@ mod tags;
 
 pub use commands::{
     CreateImageCommand, CreateImageParams, CreateSnapshotCommand, CreateSnapshotParams,
-    DescribeSnapshotsParams, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage, SnapshotQuery, WatchQuery,
+    DescribeSnapshotsParams, MAX_PAGE_SIZE, MAX_SNAPSHOT_IDS, PageCursor, SnapshotPage,
+    SnapshotQuery, WatchQuery,
 };
 pub use commands::{ModifySnapshotAttributeCommand, ModifySnapshotAttributeParams};
 pub use error::ParseError;

@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use snapshotd::pb;
 
 use crate::helpers::{
-    Backend, Options, TestApp, as_account, create_request, postgres_server_addr, spawn_app_with,
-    world,
+    Backend, Options, TestApp, as_account, create_request, finish_copies, postgres_server_addr,
+    spawn_app_with, world,
 };
 
 /// Records the round trips from clients to PostgreSQL through it: `"Execute"`, `"Sync"`, or a
@@ -372,6 +372,70 @@ async fn a_create_plans_no_sequential_scan_even_where_the_tables_were_analyzed_e
         plans.iter().all(|&scans| !scans),
         "every statement of a create reads by key: an index, never a whole table, whatever the \
          statistics say (plans with a sequential scan marked true): {plans:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_describe_page_is_planned_once_per_connection_on_current_statistics() {
+    // One account holding 2,001 tagged snapshots, its statistics current: PostgreSQL keeps the
+    // plan it made for every page size only while it costs no more than a page's own plan, else
+    // it plans the statement again at every page (`PAGE_ROWS_BOUND` in `src/store/shared.rs`).
+    let (app, proxy) = app_behind_a_counting_proxy_with(2, PRINT_PLANS).await;
+    app.seed(&world("acct-a", 1)).await;
+    let mut request = create_request("d-acct-a-0");
+    request.tags = vec![pb::Tag {
+        key: "team".to_owned(),
+        value: "a".to_owned(),
+    }];
+    let first = app.create("acct-a", request).await.expect("a snapshot");
+    finish_copies(&app).await;
+    let columns = "account_id, source_disk_id, snapshot_name, description, \
+                   source_disk_size_gib, source_disk_type, status, started_at, copy_due_at, \
+                   last_modified_at";
+    app.execute(&format!(
+        "INSERT INTO snapshots (snapshot_id, created_at, {columns}) \
+         SELECT 's-bulk' || lpad(n::text, 16, '0'), created_at - n * interval '1 second', {columns} \
+         FROM snapshots, generate_series(1, 2000) AS n WHERE snapshot_id = '{}'; \
+         INSERT INTO snapshot_tags (snapshot_id, key, value) \
+         SELECT 's-bulk' || lpad(n::text, 16, '0'), 'team', 'a' FROM generate_series(1, 2000) AS n; \
+         ANALYZE",
+        first.snapshot_id
+    ))
+    .await;
+
+    // 24 pages of 20, each followed by what the proxy saw: the page's statement and its
+    // plannings, if any (the readiness check's `SHOW` is not planned).
+    let mut token = String::new();
+    let mut plannings = Vec::new();
+    proxy.take();
+    for _ in 0..24 {
+        let page = app
+            .snapshots()
+            .describe_snapshots(as_account(
+                "acct-a",
+                pb::DescribeSnapshotsRequest {
+                    max_results: 20,
+                    next_token: token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("a page")
+            .into_inner();
+        assert_eq!(page.snapshots.len(), 20);
+        token = page.next_token;
+        let events = proxy.take();
+        plannings.push(events.iter().filter(|(_, event)| event == "plan").count());
+    }
+    // Each of the two connections plans the walk's statement for its first five pages and the
+    // sixth (the plan for every page size); the first page's statement is another.
+    assert!(
+        plannings[..6].iter().sum::<usize>() >= 5,
+        "the first pages are planned (and the proxy sees it): {plannings:?}"
+    );
+    assert!(
+        plannings[18..].iter().all(|&count| count == 0),
+        "the walk's last pages reuse a plan: {plannings:?}"
     );
 }
 
