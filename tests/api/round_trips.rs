@@ -296,24 +296,11 @@ async fn a_create_is_planned_once_per_connection_not_at_every_call() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // Per connection: its create transactions, and the plannings in each.
-    let mut creates: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut inside: HashMap<usize, bool> = HashMap::new();
-    for (connection, event) in proxy.take() {
-        match event.as_str() {
-            BEGIN_BATCH => {
-                creates.entry(connection).or_default().push(0);
-                inside.insert(connection, true);
-            }
-            "COMMIT" | "ROLLBACK" => {
-                inside.insert(connection, false);
-            }
-            "plan" if inside.get(&connection) == Some(&true) => {
-                *creates.get_mut(&connection).unwrap().last_mut().unwrap() += 1;
-            }
-            _ => {}
-        }
-    }
+    // Per connection: its create transactions, and how many plannings in each.
+    let creates: HashMap<usize, Vec<usize>> = plannings_in_creates(proxy.take())
+        .into_iter()
+        .map(|(connection, creates)| (connection, creates.iter().map(Vec::len).collect()))
+        .collect();
     let total: usize = creates.values().map(Vec::len).sum();
     assert_eq!(total, 12, "one transaction per create: {creates:?}");
     for (connection, plannings) in &creates {
@@ -327,6 +314,36 @@ async fn a_create_is_planned_once_per_connection_not_at_every_call() {
             "a connection's later creates reuse the plans: connection {connection}: {plannings:?}"
         );
     }
+}
+
+/// Per connection, its create transactions in order, and in each the plannings PostgreSQL
+/// reported, in order, each `true` when the plan scans a table from end to end.
+fn plannings_in_creates(events: Vec<(usize, String)>) -> HashMap<usize, Vec<Vec<bool>>> {
+    let mut creates: HashMap<usize, Vec<Vec<bool>>> = HashMap::new();
+    let mut inside: HashMap<usize, bool> = HashMap::new();
+    for (connection, event) in events {
+        let in_create = inside.get(&connection) == Some(&true);
+        match event.as_str() {
+            BEGIN_BATCH => {
+                creates.entry(connection).or_default().push(Vec::new());
+                inside.insert(connection, true);
+            }
+            "COMMIT" | "ROLLBACK" => {
+                inside.insert(connection, false);
+            }
+            "plan" if in_create => {
+                let create = creates.get_mut(&connection).and_then(|c| c.last_mut());
+                create.expect("a create begun").push(false);
+            }
+            SEQUENTIAL_SCAN if in_create => {
+                let create = creates.get_mut(&connection).and_then(|c| c.last_mut());
+                let plan = create.and_then(|plans| plans.last_mut());
+                *plan.expect("a plan before its scan") = true;
+            }
+            _ => {}
+        }
+    }
+    creates
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -347,23 +364,11 @@ async fn a_create_plans_no_sequential_scan_even_where_the_tables_were_analyzed_e
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The plannings inside the creates' transactions, each with whether it scans a table.
-    let mut plans = Vec::new();
-    let mut inside: HashMap<usize, bool> = HashMap::new();
-    for (connection, event) in proxy.take() {
-        match event.as_str() {
-            BEGIN_BATCH => {
-                inside.insert(connection, true);
-            }
-            "COMMIT" | "ROLLBACK" => {
-                inside.insert(connection, false);
-            }
-            "plan" if inside.get(&connection) == Some(&true) => plans.push(false),
-            SEQUENTIAL_SCAN if inside.get(&connection) == Some(&true) => {
-                *plans.last_mut().expect("a plan before its scan") = true;
-            }
-            _ => {}
-        }
-    }
+    let plans: Vec<bool> = plannings_in_creates(proxy.take())
+        .into_values()
+        .flatten()
+        .flatten()
+        .collect();
     assert!(
         plans.len() >= 2,
         "the creates plan their locking read and their write (and the proxy sees it): {plans:?}"
