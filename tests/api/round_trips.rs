@@ -289,12 +289,7 @@ async fn a_create_is_planned_once_per_connection_not_at_every_call() {
     let (app, proxy) = app_behind_a_counting_proxy_with(2, PRINT_PLANS).await;
     app.seed(&world("acct-a", 12)).await;
     proxy.take();
-    for disk in 0..12 {
-        app.create_on("acct-a", &format!("d-acct-a-{disk}"))
-            .await
-            .expect("a snapshot");
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    create_on_each_disk(&app, 12).await;
 
     // Per connection: its create transactions, and how many plannings in each.
     let creates: HashMap<usize, Vec<usize>> = plannings_in_creates(proxy.take())
@@ -314,6 +309,17 @@ async fn a_create_is_planned_once_per_connection_not_at_every_call() {
             "a connection's later creates reuse the plans: connection {connection}: {plannings:?}"
         );
     }
+}
+
+/// One create on each of acct-a's first `disks` disks, one after another; then a moment for the
+/// proxy to see the last answers from PostgreSQL.
+async fn create_on_each_disk(app: &TestApp, disks: usize) {
+    for disk in 0..disks {
+        app.create_on("acct-a", &format!("d-acct-a-{disk}"))
+            .await
+            .expect("a snapshot");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Per connection, its create transactions in order, and in each the plannings PostgreSQL
@@ -356,12 +362,7 @@ async fn a_create_plans_no_sequential_scan_even_where_the_tables_were_analyzed_e
     app.seed(&world("acct-a", 6)).await;
     app.execute("ANALYZE").await;
     proxy.take();
-    for disk in 0..6 {
-        app.create_on("acct-a", &format!("d-acct-a-{disk}"))
-            .await
-            .expect("a snapshot");
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    create_on_each_disk(&app, 6).await;
 
     // The plannings inside the creates' transactions, each with whether it scans a table.
     let plans: Vec<bool> = plannings_in_creates(proxy.take())
