@@ -1655,8 +1655,9 @@ pub fn describe_snapshots_statement<DB: Dialect>(query: &SnapshotQuery) -> State
         .as_ref()
         .map(|cursor| (cursor.created_at, cursor.snapshot_id.as_str()));
     // Without an offset, the page's size bounds the outer query, and a constant the inner one:
-    // see `PAGE_ROWS_BOUND`.
-    let bounded = query.skip == 0;
+    // see `PAGE_ROWS_BOUND` (a bigger page than a caller may ask for, which only code can build,
+    // is never cut short by it).
+    let bounded = query.skip == 0 && query.limit < PAGE_ROWS_BOUND;
     if bounded {
         push_after_cursor(&mut statement, "s.created_at", "s.snapshot_id", after);
         statement.push(&format!(
@@ -2094,7 +2095,7 @@ const INVARIANTS: &[Invariant] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PageCursor;
+    use crate::domain::{MAX_PAGE_SIZE, PageCursor};
 
     #[test]
     fn a_built_statement_numbers_its_placeholders_in_binding_order() {
@@ -2175,6 +2176,30 @@ mod tests {
             let described = pool.describe(&sql).await.expect("the statement prepares");
             let names: Vec<&str> = described.columns().iter().map(Column::name).collect();
             assert_eq!(names, super::super::rows::DESCRIBED_COLUMNS, "{sql}");
+        }
+    }
+
+    /// A page without an offset reads at most `PAGE_ROWS_BOUND` rows inside and its own size
+    /// outside; one with an offset, or bigger than any caller may ask for, is not bounded.
+    #[test]
+    fn a_page_is_bounded_by_a_constant_only_where_it_cannot_cut_the_page_short() {
+        let bound = format!("LIMIT {PAGE_ROWS_BOUND}");
+        let cases = [
+            (20, 0, true),
+            (MAX_PAGE_SIZE, 0, true),
+            (20, 40, false),
+            (MAX_PAGE_SIZE + 1, 0, false),
+        ];
+        for (limit, skip, bounded) in cases {
+            let query = SnapshotQuery {
+                skip,
+                ..SnapshotQuery::all_of("acct-a", limit)
+            };
+            let statement = describe_snapshots_statement::<sqlx::Postgres>(&query);
+            assert_eq!(statement.sql.contains(&bound), bounded, "{statement:?}");
+            // The page's own size, one more to tell whether another follows, is a parameter.
+            let size = Param::Int(i64::from(limit) + 1);
+            assert!(statement.params.contains(&size), "{statement:?}");
         }
     }
 

@@ -623,8 +623,8 @@ async fn listen(direct_url: &str, patience: Duration) -> Result<PgListener, Stor
 /// tables' statistics change, and made while a table was analyzed empty (a new database,
 /// autovacuum's first pass) a sequential scan of it costs nothing: the plan kept it while
 /// the creates filled the table, each lookup by key reading every row so far (spread at 64 in
-/// flight fell from 3,170 to 998 calls/s; bench/README.md, "Statistics"). Every statement of
-/// the batch reads by key, where an index is always the right plan.
+/// flight made 845–919 calls/s against 3,095–3,161 without sequential scans; bench/README.md,
+/// "Statistics"). Every statement of the batch reads by key, where an index is always right.
 pub const BEGIN_BATCH_SQL: &str =
     "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
