@@ -14,8 +14,8 @@ use tonic::{Code, Status};
 
 use crate::assertions::{Detail, assert_error, assert_internal_error_hiding};
 use crate::helpers::{
-    Backend, Options, TestApp, as_account, concurrently, count_walk_page, create_request,
-    finish_copies, spawn_app, spawn_app_with, world,
+    Backend, Options, TestApp, a_snapshot_each_of_acct_a_and_acct_b, as_account, concurrently,
+    count_walk_page, create_request, finish_copies, spawn_app, spawn_app_with, world,
 };
 use crate::on_both_backends;
 
@@ -1337,18 +1337,7 @@ async fn a_snapshot_row_the_domain_cannot_read_is_an_internal_error_without_inte
     backend: Backend,
 ) {
     let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    app.seed(&world("acct-b", 1)).await;
-    let mine = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
-    let theirs = app
-        .create_on("acct-b", "d-acct-b-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (mine, theirs) = a_snapshot_each_of_acct_a_and_acct_b(&app).await;
     // (column, a value the domain does not know, the value the row had)
     let cases = [
         ("status", "'Melted'", "'progressing'"),

@@ -578,6 +578,18 @@ pub async fn execute_sql(app: &TestApp, sql: &str) {
 }
 
 /// Lets every copy in progress finish: an hour passes on the server's clock and the worker runs.
+/// One disk each for `acct-a` and `acct-b`, and a snapshot of each: the two snapshots' ids.
+pub async fn a_snapshot_each_of_acct_a_and_acct_b(app: &TestApp) -> (String, String) {
+    app.seed(&world("acct-a", 1)).await;
+    app.seed(&world("acct-b", 1)).await;
+    let of_a = app.create_on("acct-a", "d-acct-a-0").await;
+    let of_b = app.create_on("acct-b", "d-acct-b-0").await;
+    (
+        of_a.expect("acct-a's snapshot").snapshot_id,
+        of_b.expect("acct-b's snapshot").snapshot_id,
+    )
+}
+
 pub async fn finish_copies(app: &TestApp) {
     app.advance(Duration::from_secs(3600));
     app.tick_until_idle().await;

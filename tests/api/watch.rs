@@ -16,8 +16,8 @@ use tonic::{Code, Status, Streaming};
 
 use crate::assertions::{Detail, assert_error};
 use crate::helpers::{
-    Backend, Options, PATIENCE, TestApp, as_account, create_request, finish_copies, spawn_app,
-    spawn_app_with, spawn_replica, world,
+    Backend, Options, PATIENCE, TestApp, a_snapshot_each_of_acct_a_and_acct_b, as_account,
+    create_request, finish_copies, spawn_app, spawn_app_with, spawn_replica, world,
 };
 use crate::on_both_backends;
 use crate::tag_resources::tags_client;
@@ -274,18 +274,7 @@ async fn a_watch_by_disk_reports_the_disks_snapshots_created_after_it_started(ba
 
 async fn another_accounts_snapshots_never_appear(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.seed(&world("acct-a", 1)).await;
-    app.seed(&world("acct-b", 1)).await;
-    let of_a = app
-        .create_on("acct-a", "d-acct-a-0")
-        .await
-        .unwrap()
-        .snapshot_id;
-    let of_b = app
-        .create_on("acct-b", "d-acct-b-0")
-        .await
-        .unwrap()
-        .snapshot_id;
+    let (of_a, of_b) = a_snapshot_each_of_acct_a_and_acct_b(&app).await;
 
     // B names A's snapshot beside its own, and watches A's disk: as if nobody had them.
     let mut by_ids = watch(&app, "acct-b", &[&of_a, &of_b], "").await;
